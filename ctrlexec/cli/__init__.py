@@ -1,0 +1,1 @@
+"""Command-line roles: argument parsing and output formatting only."""

@@ -1,0 +1,48 @@
+"""`ced`: the operator CLI on the dispatcher host."""
+
+from __future__ import annotations
+
+from .. import log
+from . import roles
+
+TOPICS: tuple[str, ...] = ()
+
+# The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
+COMPAT_MODES = (
+    "run", "status", "wait", "ping", "pairing-mode", "list-requests", "approve", "deny",
+    "setup-ca", "setup-ctrl-exec", "list-agents", "edit-agent", "list-locks",
+    "rotate-cert", "serial-status", "unpair", "maintain",
+)
+
+DESCRIPTION = """Operator CLI of ctrl-exec: set up the CA, pair agents, run allowlisted
+scripts on them and manage the registry."""
+
+EPILOG = """Hosts are registered agent names, optionally NAME:PORT. Script arguments
+follow `--` and are passed as an argument list, never through a shell:
+  ced run web-01 db-02 backup -- --full "two words"
+"""
+
+
+def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Everything after the first `--` belongs to the script, verbatim."""
+    if "--" in argv:
+        index = argv.index("--")
+        return argv[:index], argv[index + 1:]
+    return argv, None
+
+
+def main(argv: list[str], prog: str = "ced") -> int:
+    head, script_args = split_script_args(argv)
+    parser = roles.build_parser(prog, "ctrl-exec-dispatcher", DESCRIPTION, TOPICS,
+                                COMPAT_MODES, EPILOG)
+    if not head:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(head)
+    args.script_args = script_args
+    if getattr(args, "handler", None) is None:
+        parser.print_usage()
+        return 2
+    from .common import Context, run_handler
+
+    return run_handler(Context(args=args, prog=prog, ident=log.IDENT_DISPATCHER))

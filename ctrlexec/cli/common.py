@@ -1,0 +1,138 @@
+"""What every command-line role shares: global options, the run context,
+output helpers and the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .. import __version__, log
+from ..config.paths import Layout, resolve_layout
+from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
+
+DEBUG_ENV = "CTRL_EXEC_DEBUG"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
+                              f"Try '{self.prog} --help'.\n")
+
+
+def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted before or after the subcommand (0.12's CLIs take
+    options anywhere). On subparsers the defaults are suppressed so a value
+    given before the subcommand is not overwritten."""
+    default = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("global options")
+    group.add_argument("--root", metavar="DIR", default=default,
+                       help="re-base every default path under DIR (also CTRL_EXEC_ROOT)")
+    group.add_argument("--config", metavar="PATH", default=default,
+                       help="configuration file to read instead of the default")
+    group.add_argument("--json", action="store_true",
+                       default=argparse.SUPPRESS if suppress else False,
+                       help="print machine-readable JSON")
+    group.add_argument("--log-target", metavar="TARGET", default=default,
+                       help="auto, syslog, stderr or a file path (also CTRL_EXEC_LOG_TARGET)")
+    group.add_argument("--log-format", choices=log.FORMATS, default=default,
+                       help="kv (ACTION=... lines) or json (also CTRL_EXEC_LOG_FORMAT)")
+
+
+@dataclass
+class Context:
+    """Everything a command handler needs, resolved once."""
+
+    args: argparse.Namespace
+    prog: str
+    ident: str
+    _layout: Layout | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> Layout:
+        if self._layout is None:
+            self._layout = resolve_layout(getattr(self.args, "root", None))
+        return self._layout
+
+    @property
+    def config_path(self) -> Path | None:
+        value = getattr(self.args, "config", None)
+        return Path(value) if value else None
+
+    @property
+    def json(self) -> bool:
+        return bool(getattr(self.args, "json", False))
+
+    def emit_json(self, value: Any) -> None:
+        sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def out(self, text: str = "") -> None:
+        sys.stdout.write(text + "\n")
+
+    def err(self, text: str) -> None:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def configure_logging(self, target: str | None = None, fmt: str | None = None) -> None:
+        """Log destination: the command line wins, then the environment,
+        then the config file's log_target/log_format."""
+        log.configure(self.ident,
+                      getattr(self.args, "log_target", None) or os.environ.get("CTRL_EXEC_LOG_TARGET") or target,
+                      getattr(self.args, "log_format", None) or os.environ.get("CTRL_EXEC_LOG_FORMAT") or fmt)
+
+
+Handler = Callable[[Context], int]
+
+
+def add_command(subparsers, name: str, handler: Handler, help_text: str,
+                description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name, help=help_text, description=description or help_text, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_global_options(parser, suppress=True)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def run_handler(ctx: Context) -> int:
+    """Call the chosen handler; map errors to one line and an exit code."""
+    handler: Handler | None = getattr(ctx.args, "handler", None)
+    if handler is None:
+        raise SystemExit(EXIT_USAGE)
+    try:
+        return handler(ctx) or 0
+    except CtrlExecError as exc:
+        ctx.err(f"{ctx.prog}: {exc}")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        ctx.err(f"{ctx.prog}: interrupted")
+        return 130
+    except BrokenPipeError:
+        return EXIT_FAILURE
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        if os.environ.get(DEBUG_ENV):
+            raise
+        ctx.err(f"{ctx.prog}: internal error: {type(exc).__name__}: {exc} "
+                f"(set {DEBUG_ENV}=1 for a traceback)")
+        return EXIT_FAILURE
+
+
+def version_line(program: str) -> str:
+    return f"{program} {__version__}"
+
+
+def table(rows: Iterable[Iterable[str]], widths: list[int]) -> list[str]:
+    """Fixed-width columns, as 0.12's tables (last column unpadded)."""
+    lines = []
+    for row in rows:
+        cells = list(row)
+        parts = [f"{cell:<{width}}" for cell, width in zip(cells[:-1], widths)]
+        lines.append(" ".join(parts + [cells[-1]]) if cells else "")
+    return lines

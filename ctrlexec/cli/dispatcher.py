@@ -1,0 +1,17 @@
+"""`dispatcher`: the long-running dispatcher services (HTTP API, maintenance)."""
+
+from __future__ import annotations
+
+from .. import log
+from . import roles
+
+TOPICS: tuple[str, ...] = ()
+COMPAT_MODES = ("serve",)
+
+DESCRIPTION = """Long-running dispatcher services of ctrl-exec: the HTTP API (port 7445)
+and the maintenance loop."""
+
+
+def main(argv: list[str], prog: str = "ctrl-exec dispatcher") -> int:
+    parser = roles.build_parser(prog, "ctrl-exec-api", DESCRIPTION, TOPICS, COMPAT_MODES)
+    return roles.run(parser, argv, prog, log.IDENT_API)

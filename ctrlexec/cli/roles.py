@@ -1,0 +1,49 @@
+"""Building a role's parser from its topic modules.
+
+Each topic module (`ced_pki`, `agent_serve`, ...) has `register(subparsers)`
+that adds its subcommands. A role lists its topics and the subcommand names
+ctrl-exec 0.12 has; a 0.12 name that no topic provides still appears in
+`--help` and answers with a clear "not available" error, so operators see the
+whole surface and scripts fail loudly rather than oddly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from ..errors import EXIT_USAGE, CtrlExecError
+from .common import Context, Parser, add_command, add_global_options, run_handler, version_line
+
+
+def _not_available(name: str):
+    def handler(ctx: Context) -> int:
+        raise CtrlExecError(f"'{name}' is not available in this build of ctrl-exec")
+    return handler
+
+
+def build_parser(prog: str, version_name: str, description: str, topics: tuple[str, ...],
+                 compat_modes: tuple[str, ...], epilog: str = "") -> Parser:
+    parser = Parser(prog=prog, description=description, epilog=epilog,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(version_name))
+    add_global_options(parser, suppress=False)
+    subparsers = parser.add_subparsers(title="modes", metavar="MODE", parser_class=Parser)
+    for topic in topics:
+        importlib.import_module(topic).register(subparsers)
+    for mode in compat_modes:
+        if mode not in subparsers.choices:
+            add_command(subparsers, mode, _not_available(mode), "(not available in this build)")
+    return parser
+
+
+def run(parser: Parser, argv: list[str], prog: str, ident: str) -> int:
+    if not argv:
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_usage(sys.stderr)
+        return EXIT_USAGE
+    return run_handler(Context(args=args, prog=prog, ident=ident))

@@ -1,0 +1,1 @@
+"""Configuration: default paths, the schema of every key, loading and editing."""

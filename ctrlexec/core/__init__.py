@@ -1,0 +1,1 @@
+"""Protocol logic with no I/O: pure functions on bytes, text and dicts."""

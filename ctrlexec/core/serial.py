@@ -1,0 +1,78 @@
+"""Certificate serial numbers as trust keys.
+
+The trusted-dispatcher map and the revocation list are keyed by a canonical
+text form of a certificate serial. ctrl-exec 0.12 derives that form with a
+function that reads a digits-only hex string as *decimal* ("10" -> "a").
+Every peer in a mixed fleet must derive the same keys, so the quirk is kept
+exactly. What is not kept is 0.12's habit of applying the function several
+times along the trust path (it is not idempotent): we apply it once, to raw
+certificate hex text, and store values that arrive already canonical
+(`dispatcher_serial`, the rotate `serial`) as received.
+"""
+
+from __future__ import annotations
+
+import re
+
+_HEX = re.compile(r"[0-9a-f]+")
+_DIGITS = re.compile(r"[0-9]+")
+_PREFIX_0X = re.compile(r"^0x", re.IGNORECASE)
+_PREFIX_SERIAL = re.compile(r"^serial=", re.IGNORECASE)
+
+
+def _strip_prefixes(value: str) -> str:
+    value = _PREFIX_0X.sub("", value, count=1)
+    return _PREFIX_SERIAL.sub("", value, count=1)
+
+
+def _strip_leading_zeros(value: str) -> str:
+    stripped = value.lstrip("0")
+    return stripped if stripped else value[-1:]
+
+
+def serial_to_hex(value: str | None) -> str:
+    """The 0.12 canonical key of a serial given as text (raw cert hex, openssl
+    output, a revocation line). Quirk kept: all-digit input is decimal."""
+    if value is None:
+        return ""
+    value = value.strip()
+    if not value:
+        return ""
+    value = _strip_prefixes(value)
+    if ":" in value:
+        return _strip_leading_zeros(value.replace(":", "").lower())
+    value = value.lower()
+    if _DIGITS.fullmatch(value):
+        return format(int(value, 10), "x")
+    if _HEX.fullmatch(value):
+        return _strip_leading_zeros(value)
+    return _garbage_to_hex(value)
+
+
+def _garbage_to_hex(value: str) -> str:
+    # 0.12 hands anything else to Math::BigInt ("garbage in, garbage out").
+    # Such a key can never equal the canonical form of real certificate hex,
+    # so we map it to the empty key, which is never trusted.
+    return ""
+
+
+def cert_serial_key(serial: int) -> str:
+    """Trust key of a certificate serial number: canonicalise its hex text once."""
+    return serial_to_hex(format(serial, "x"))
+
+
+def normalise_received(value: str | None) -> str:
+    """A serial that arrives already canonical (pairing `dispatcher_serial`,
+    rotate `serial`): tidy the spelling, never re-apply the decimal step."""
+    if value is None:
+        return ""
+    value = _strip_prefixes(value.strip())
+    value = value.replace(":", "").lower()
+    if not value or not _HEX.fullmatch(value):
+        return ""
+    return _strip_leading_zeros(value)
+
+
+def serial_display(serial: int) -> str:
+    """How we write a serial for people: lowercase hex, no leading zeros."""
+    return format(serial, "x")

@@ -1,0 +1,183 @@
+"""State files: atomic writes with explicit modes, and fcntl locks.
+
+Every state file is written as temp file in the same directory, fsync,
+rename, fsync of the directory. A reader sees the old or the new content,
+never a part; a crash at any instant leaves one of the two.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import OperationTimeout, StateError
+
+
+def ensure_dir(path: str | os.PathLike, mode: int = 0o750) -> Path:
+    """Create a directory (and parents) if missing. The mode applies to the
+    directories this call creates; an existing one keeps its mode."""
+    target = Path(path)
+    missing = []
+    probe = target
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+            os.chmod(directory, mode)  # umask must not weaken or widen it
+        except FileExistsError:
+            pass
+    if not target.is_dir():
+        raise StateError(f"{target} exists and is not a directory")
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o640,
+                 owner: tuple[int, int] | None = None) -> None:
+    target = Path(path)
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        os.fchmod(fd, mode)
+        if owner is not None:
+            os.fchown(fd, *owner)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, target)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o640) -> None:
+    atomic_write(path, text.encode("utf-8"), mode)
+
+
+def write_json(path: str | os.PathLike, value: object, mode: int = 0o640) -> None:
+    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+                        + "\n").encode("utf-8"), mode)
+
+
+def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> object:
+    """Parse a JSON state file. Missing -> FileNotFoundError; bad -> StateError."""
+    target = Path(path)
+    with open(target, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise StateError(f"{target}: larger than {max_bytes} bytes")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StateError(f"{target}: not valid JSON ({exc})") from exc
+
+
+def remove(path: str | os.PathLike) -> bool:
+    """Delete a file if it exists; True when something was removed."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class FileLock:
+    """An exclusive flock on a lock file, as a context manager.
+
+    `blocking=False` raises BlockingIOError at once when another process
+    holds it; `timeout` (seconds) polls until then and raises
+    OperationTimeout. The lock file itself is left in place (removing it
+    would race with another process that has it open).
+    """
+
+    def __init__(self, path: str | os.PathLike, mode: int = 0o660):
+        self.path = Path(path)
+        self.mode = mode
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> "FileLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        try:
+            if timeout is not None:
+                self._acquire_with_timeout(fd, timeout)
+            else:
+                flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+                fcntl.flock(fd, flags)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return self
+
+    def _acquire_with_timeout(self, fd: int, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OperationTimeout(f"timed out waiting for lock {self.path}")
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def __enter__(self) -> "FileLock":
+        if self._fd is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
+def is_locked(path: str | os.PathLike) -> bool:
+    """True when some process holds an flock on `path` (probe, then let go)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        raise
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
