@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import __version__, log
+from .._bootstrap import NativeBundleError
 from ..config.paths import Layout, resolve_layout
 from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
 
@@ -111,6 +112,9 @@ def run_handler(ctx: Context) -> int:
     except CtrlExecError as exc:
         ctx.err(f"{ctx.prog}: {exc}")
         return exc.exit_code
+    except NativeBundleError as exc:
+        ctx.err(f"{ctx.prog}: {exc}")
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         ctx.err(f"{ctx.prog}: interrupted")
         return 130

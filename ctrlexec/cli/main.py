@@ -31,6 +31,7 @@ ROLES = {
     "agent": ("ctrlexec.cli.agent", "agent daemon and its pairing and checks"),
     "executor": ("ctrlexec.cli.executor", "privileged executor for the agent"),
     "demo": ("ctrlexec.cli.demo", "a throwaway CA, dispatcher and agent on loopback, paired, running a script"),
+    "doctor": ("ctrlexec.cli.doctor", "check that this host can run ctrl-exec (Python, native libraries)"),
 }
 
 USAGE = """usage: ctrl-exec.pyz ROLE [options] ...

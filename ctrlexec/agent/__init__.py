@@ -1,0 +1,1 @@
+"""The agent service: mTLS server, allowlist, execution, trust files."""

@@ -1,0 +1,1 @@
+"""Dispatcher services: registry, fan-out to agents, pairing listener, API."""

@@ -1,0 +1,1 @@
+"""Certificates: CA, keys and CSRs (cryptography, imported lazily), TLS contexts."""

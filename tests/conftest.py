@@ -1,0 +1,106 @@
+"""Shared fixtures: one built ctrl-exec.pyz per session, and a runner for it.
+
+The pyz is `dist/ctrl-exec.pyz`, rebuilt by build_zipapp.py when its inputs
+(the package, the build script, wheels.lock) changed since the last build.
+CTRL_EXEC_PYZ points the suite at an already built archive instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DIST_PYZ = REPO / "dist" / "ctrl-exec.pyz"
+STAMP = REPO / "dist" / ".ctrl-exec.pyz.inputs"
+
+
+def _inputs_digest() -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in (REPO / "ctrlexec").rglob("*")
+                   if p.is_file() and "__pycache__" not in p.parts)
+    files += [REPO / "build_zipapp.py", REPO / "wheels.lock"]
+    for path in files:
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    digest.update(sys.version.encode())
+    return digest.hexdigest()
+
+
+def build_pyz() -> Path:
+    override = os.environ.get("CTRL_EXEC_PYZ")
+    if override:
+        return Path(override).resolve()
+    wanted = _inputs_digest()
+    if DIST_PYZ.exists() and STAMP.exists() and STAMP.read_text() == wanted:
+        return DIST_PYZ
+    subprocess.run([sys.executable, str(REPO / "build_zipapp.py")], check=True,
+                   stdout=subprocess.DEVNULL)
+    STAMP.write_text(wanted)
+    return DIST_PYZ
+
+
+@pytest.fixture(scope="session")
+def pyz() -> Path:
+    return build_pyz()
+
+
+@pytest.fixture(scope="session")
+def native_cache(tmp_path_factory) -> Path:
+    """One native-library cache for the whole session (extract once)."""
+    return tmp_path_factory.mktemp("native-cache")
+
+
+class Pyz:
+    """Runs `python3 ctrl-exec.pyz ...` the way an operator would."""
+
+    def __init__(self, path: Path, cache: Path, root: Path | None = None):
+        self.path = path
+        self.cache = cache
+        self.root = root
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CTRL_EXEC_")}
+        env["CTRL_EXEC_CACHE_DIR"] = str(self.cache)
+        if self.root is not None:
+            env["CTRL_EXEC_ROOT"] = str(self.root)
+            env["CTRL_EXEC_LOG_TARGET"] = str(self.root / "ctrl-exec.log")
+        env.update(extra or {})
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return [sys.executable, str(self.path), *args]
+
+    def run(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 60, check: bool = False, cwd: Path | None = None
+            ) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.argv(*args), env=self.env(env), input=input,
+                                capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}"
+                                 f"\nstderr:\n{result.stderr}")
+        return result
+
+    def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+        kwargs.setdefault("text", True)
+        return subprocess.Popen(self.argv(*args), env=self.env(env), **kwargs)
+
+    def log_text(self) -> str:
+        assert self.root is not None
+        path = self.root / "ctrl-exec.log"
+        return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture
+def ctl(pyz, native_cache, tmp_path) -> Pyz:
+    """The pyz with a fresh `--root` (via CTRL_EXEC_ROOT) under tmp_path."""
+    root = tmp_path / "root"
+    root.mkdir()
+    return Pyz(pyz, native_cache, root)
