@@ -1,0 +1,95 @@
+"""One mTLS request from the dispatcher to an agent (standard library only).
+
+The wire rules (protocol.md §2.2, §14.2): a new TLS connection per request,
+the dispatcher certificate presented, the agent verified against the CA
+with no hostname check, `Content-Length` on every body, at most a few
+header lines, and the reply read by Content-Length or to EOF.
+
+Every blocking step (connect, handshake, send, each read) is bounded by
+`timeout`: 0.12's `read_timeout` is an inactivity timeout, not a bound on
+the whole run, and a long script that keeps its agent silent is given that
+long. The reply size is bounded by core.http.MAX_RESPONSE_BODY.
+
+The result is a `Reply` or a `Failure` of one of the kinds in core.results;
+nothing here raises for a network problem.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+
+from ..core import results
+from ..core.http import FramingError, IncompleteMessage, ResponseReader, request_bytes
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+_RECV = 65536
+
+
+def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path: str,
+             body: bytes | None, timeout: float) -> results.Reply | results.Failure:
+    """Send one request and read one reply."""
+
+    def failed(kind: str, detail: str = "") -> results.Failure:
+        return results.Failure(kind, address, port, detail)
+
+    try:
+        raw = socket.create_connection((address, port), timeout=timeout)
+    except socket.gaierror as exc:
+        return failed(results.RESOLVE, exc.strerror or "")
+    except ConnectionRefusedError:
+        return failed(results.REFUSED)
+    except (TimeoutError, socket.timeout):
+        return failed(results.TIMEOUT)
+    except OSError as exc:
+        if exc.errno in _UNREACHABLE:
+            return failed(results.UNREACHABLE)
+        return failed(results.OTHER, exc.strerror or str(exc))
+    try:
+        try:
+            sock = context.wrap_socket(raw, server_hostname=None)
+        except (TimeoutError, socket.timeout):
+            return failed(results.TIMEOUT)
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            return failed(results.TLS, str(exc))
+        raw = sock
+        return _request(sock, method, path, body, address, port, failed)
+    finally:
+        raw.close()
+
+
+def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, address: str,
+             port: int, failed) -> results.Reply | results.Failure:
+    host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    reader = ResponseReader()
+    received = 0
+    try:
+        sock.sendall(request_bytes(method, path, body, host=host))
+        while True:
+            data = sock.recv(_RECV)
+            if not data:
+                response = reader.finish()
+                break
+            received += len(data)
+            response = reader.feed(data)
+            if response is not None:
+                break
+    except (TimeoutError, socket.timeout):
+        return failed(results.READ_TIMEOUT)
+    except ssl.SSLError as exc:
+        # TLS 1.3 reports a refused client certificate only on the first
+        # read after the handshake; a close_notify-less EOF lands here too.
+        if received == 0 and not isinstance(exc, ssl.SSLEOFError):
+            return failed(results.TLS, str(exc))
+        return failed(results.CLOSED if received == 0 else results.PROTOCOL, str(exc))
+    except IncompleteMessage:
+        return failed(results.CLOSED if received == 0 else results.PROTOCOL,
+                      "truncated response")
+    except FramingError as exc:
+        return failed(results.PROTOCOL, exc.reason)
+    except ConnectionError:
+        return failed(results.CLOSED)
+    except OSError as exc:
+        return failed(results.OTHER, exc.strerror or str(exc))
+    return results.Reply(response.status, response.phrase, response.body)
