@@ -104,3 +104,11 @@ def ctl(pyz, native_cache, tmp_path) -> Pyz:
     root = tmp_path / "root"
     root.mkdir()
     return Pyz(pyz, native_cache, root)
+
+
+@pytest.fixture(scope="session")
+def session_ca():
+    """The one test CA of the session (tests/support/testpki.py)."""
+    from tests.support.testpki import SessionCA
+
+    return SessionCA()

@@ -86,6 +86,7 @@ class Peer012:
     directory: Path
     behaviour: Behaviour = default_behaviour
     cn: str = "vm"
+    client_ca: SessionCA | None = None  # CA that client certs must chain to (default: ca)
     received: list[Received] = field(default_factory=list)
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
@@ -97,7 +98,7 @@ class Peer012:
                          self.directory / "ca.crt")
         cert.write_bytes(issued.cert_pem)
         key.write_bytes(issued.key_pem)
-        ca.write_bytes(self.ca.cert_pem)
+        ca.write_bytes((self.client_ca or self.ca).cert_pem)
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
         self.context.load_verify_locations(cafile=ca)
@@ -112,6 +113,10 @@ class Peer012:
     def __exit__(self, *exc_info) -> None:
         self._stop.set()
         self.release.set()
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        except OSError:
+            pass
         self.listener.close()
         self._thread.join(timeout=5)
 
