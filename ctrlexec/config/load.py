@@ -193,19 +193,15 @@ def _check_value(doc: _Document, key: schema.Key, value: Any, table: tuple[str, 
     return value
 
 
+# Checked in order: bool before int, because a bool is an int in Python.
+_VALUE_WORDS = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+               (list, "an array"), (dict, "a table"))
+
+
 def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
+    for kind, words in _VALUE_WORDS:
+        if isinstance(value, kind):
+            return words
     return type(value).__name__
 
 
