@@ -9,6 +9,7 @@ the whole operation print `Denied: ...` / `Locked: ...` on stderr, or with
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -123,6 +124,21 @@ class ProgressLine:
             self.stream.flush()
 
 
+def _print(text: str) -> None:
+    """Write results whatever an agent put in them: a lone surrogate in a
+    JSON string (legal JSON, not encodable text) must not crash the output."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8", "replace"))
+    sys.stdout.buffer.flush()
+
+
+def _results(ctx: Context, results: list[dict], as_text) -> None:
+    if ctx.json:
+        _print(json.dumps({"ok": 1, "results": results}, ensure_ascii=False) + "\n")
+    else:
+        _print(as_text(results))
+
+
 def _engine(ctx: Context) -> Engine:
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
@@ -172,11 +188,7 @@ def cmd_run(ctx: Context) -> int:
         return _stopped(ctx, exc)
     finally:
         progress.clear()
-    if ctx.json:
-        ctx.emit_json({"ok": 1, "results": results})
-    else:
-        sys.stdout.write(report.run_text(results))
-        sys.stdout.flush()
+    _results(ctx, results, report.run_text)
     return EXIT_FAILURE if any(run_failed(result) for result in results) else 0
 
 
@@ -192,11 +204,7 @@ def cmd_ping(ctx: Context) -> int:
         return _stopped(ctx, exc)
     finally:
         progress.clear()
-    if ctx.json:
-        ctx.emit_json({"ok": 1, "results": results})
-    else:
-        sys.stdout.write(report.ping_text(results))
-        sys.stdout.flush()
+    _results(ctx, results, report.ping_text)
     return EXIT_FAILURE if any(ping_failed(result) for result in results) else 0
 
 

@@ -119,6 +119,19 @@ def failing_peer(session_ca, tmp_path):
         yield running
 
 
+def test_output_survives_text_that_cannot_be_encoded(disp, session_ca, tmp_path):
+    """JSON may carry a lone surrogate; printing it must not crash ced."""
+    from tests.support.peer012 import http_response
+
+    body = b'{"exit":0,"stdout":"bad \\ud800 text\\n","stderr":"","script":"s","reqid":"r"}'
+    with Peer012(session_ca, tmp_path / "p", behaviour=lambda r: http_response(200, body)) as odd:
+        register(disp, session_ca, "vm", odd.port)
+        for argv in (["run", "vm", "s"], ["--json", "run", "vm", "s"]):
+            result = disp.run("ced", *argv)
+            assert result.returncode == 0, result.stderr
+            assert "bad ? text" in result.stdout
+
+
 def test_unknown_agent(disp, session_ca, peer):
     register(disp, session_ca, "vm", peer.port)
     result = disp.run("ced", "run", "vm", "nosuch", "echo-args")
