@@ -52,6 +52,7 @@ def deployment(tmp_path_factory, session_ca, pyz_for):
            "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
            "agent_cert": agent_issued_expiry}
     assert agent.stop() == 0
+    assert "ACTION=connection-error" not in ctl.log_text()
 
 
 def exchange(deployment, raw: bytes):

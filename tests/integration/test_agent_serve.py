@@ -77,6 +77,7 @@ def env(tmp_path_factory, session_ca, pyz_for):
     yield state
     assert agent.stop() == 0
     log = ctl.log_text()
+    assert "ACTION=connection-error" not in log
     assert TOKEN not in log, "a token reached the log"
 
 
