@@ -25,8 +25,7 @@ from ..core.http import Request
 from ..core.timefmt import iso_utc
 from ..errors import NotAllowlisted
 from . import capabilities
-from .allowlist import Resolved
-from .runner import Runner, ScriptJob, default_runner
+from .runner import Runner, default_runner, job_for
 from .state import AgentState
 
 # Request-supplied text in log lines is cut to this many characters.
@@ -50,17 +49,6 @@ class Reply:
 
 def _short(text: str) -> str:
     return text if len(text) <= LOG_TEXT_MAX else text[:LOG_TEXT_MAX] + "..."
-
-
-def job_for(resolved: Resolved, args: tuple[str, ...], stdin: bytes, state: AgentState,
-            log_fields: dict[str, object]) -> ScriptJob:
-    """The ScriptJob for an allowlisted script with this agent's limits."""
-    config = state.config
-    return ScriptJob(
-        executable=resolved.executable, argv=(resolved.argv0, *args), stdin=stdin,
-        timeout=resolved.entry.timeout or config.script_timeout,
-        stdin_timeout=config.stdin_timeout, max_output=config.max_output_bytes,
-        log_fields=log_fields)
 
 
 class Endpoints:
@@ -134,7 +122,7 @@ class Endpoints:
                                             iso_utc(self.now()))
         if request.run_async:
             return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
-        job = job_for(resolved, request.args, context, state,
+        job = job_for(resolved, request.args, context, state.config,
                       {"SCRIPT": request.script, "REQID": fields["REQID"]})
         result = self.runner.run(job)
         extra: dict[str, object] = {}

@@ -25,10 +25,13 @@ it; 127 when the exec itself failed (missing file, not executable); -1 when
 no process could be started (fork or pipe failure), with the reason in
 stderr.
 
-`run_script(job)` is the entry point for any code that runs a script on the
-agent (the synchronous `/run` today; an async runner can call it from its
-own thread or process). `Runner` remembers the process groups it started so
-a stopping agent can end them.
+Entry points for any code that runs a script on the agent (the synchronous
+`/run` today; an async runner can call them from its own thread or
+process): `job_for(resolved, args, stdin, config)` builds the job of an
+allowlisted script under the agent's limits, `run_script(job)` runs it to
+completion and returns a ScriptResult (it never raises for anything the
+script does). `Runner` remembers the process groups it started so a
+stopping agent can end them.
 """
 
 from __future__ import annotations
@@ -40,9 +43,13 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from .. import log
+
+if TYPE_CHECKING:
+    from ..config.load import AgentConfig
+    from .allowlist import Resolved
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "TZ", "TERM", "USER", "LOGNAME")
@@ -90,6 +97,18 @@ class ScriptResult:
     timed_out: bool = False
     truncated: tuple[str, ...] = ()  # "stdout", "stderr"
     stdin_unwritten: int = 0
+
+
+def job_for(resolved: "Resolved", args: tuple[str, ...], stdin: bytes, config: "AgentConfig",
+            log_fields: Mapping[str, object] | None = None) -> ScriptJob:
+    """The job for an allowlisted script under this agent's limits: its
+    canonical file, argv[0] as the allowlist writes it, the per-script
+    timeout (else `script_timeout`), `stdin_timeout`, `max_output_bytes`."""
+    return ScriptJob(
+        executable=resolved.executable, argv=(resolved.argv0, *args), stdin=stdin,
+        timeout=resolved.entry.timeout or config.script_timeout,
+        stdin_timeout=config.stdin_timeout, max_output=config.max_output_bytes,
+        log_fields=dict(log_fields or {}))
 
 
 def start_failure(exc: OSError, executable: str) -> tuple[int, str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Generic, TypeVar
 
 from .. import __version__, log
-from ..config.load import AgentConfig, load_agent, load_allowlist
+from ..config.load import AgentConfig, load_allowlist
 from ..config.paths import Layout
 from ..core import agent_wire
 from ..core.timefmt import openssl_notafter
@@ -117,7 +117,7 @@ def _load_revocations(path: str) -> trust.RevocationList:
 class AgentRuntime:
     """Holds the current AgentState and knows how to rebuild it."""
 
-    def __init__(self, config: AgentConfig, allowlist_path: Path, layout: Layout,
+    def __init__(self, config: AgentConfig, layout: Layout, allowlist_path: Path | None = None,
                  host: str | None = None):
         self.config = config
         self.layout = layout
@@ -134,16 +134,9 @@ class AgentRuntime:
                               getattr(exc, "filename", None)) from None
         self._static = self._load_static()
 
-    @classmethod
-    def load(cls, layout: Layout, config_path: Path | None = None,
-             allowlist_path: Path | None = None) -> "AgentRuntime":
-        config = load_agent(layout, config_path)
-        return cls(config, Path(allowlist_path) if allowlist_path else layout.allowlist, layout)
-
     def _load_static(self) -> tuple[Allowlist, dict[str, agent_wire.Sidecar], str]:
         """The parts that change only on SIGHUP. Raises ConfigError."""
-        explicit = self.allowlist_path if self.allowlist_path != self.layout.allowlist else None
-        entries = load_allowlist(self.layout, explicit, self.config.profiles)
+        entries = load_allowlist(self.layout, self.allowlist_path, self.config.profiles)
         allowlist = Allowlist(entries, tuple(self.config.script_dirs))
         return allowlist, capabilities.load_sidecars(allowlist), cert_expiry(self.config.cert)
 

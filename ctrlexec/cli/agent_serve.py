@@ -55,6 +55,7 @@ def _allowlist_path(ctx: Context) -> Path | None:
 
 
 def serve(ctx: Context) -> int:
+    from .. import log
     from ..agent import selfcheck
     from ..agent.server import AgentServer
     from ..agent.state import AgentRuntime
@@ -63,13 +64,10 @@ def serve(ctx: Context) -> int:
     config = load_agent(ctx.layout, ctx.config_path)
     context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format)
-    from .. import log
-
     for name in selfcheck.unenforced_profiles(config):
         log.event("config-warn", log.WARNING, PROFILE=name,
                   MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied")
-    allowlist = _allowlist_path(ctx)
-    runtime = AgentRuntime(config, allowlist or ctx.layout.allowlist, ctx.layout)
+    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
     server = AgentServer(runtime, context)
     try:
         server.listen()
