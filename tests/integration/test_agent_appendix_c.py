@@ -218,3 +218,22 @@ def test_http_1_0_request_without_headers(deployment):
     raw = socket.gethostname()
     assert raw  # the host name is reported as the FQDN or, without a domain, this name
     assert response.json()["host"] in (raw, socket.getfqdn())
+
+
+def _tls12_client(deployment, ciphers: str) -> DispatcherClient:
+    client = DispatcherClient.for_dispatcher(deployment["base"] / "dispatcher")
+    client.context.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.context.set_ciphers(ciphers)
+    return client
+
+
+def test_tls_policy_of_0_12(deployment):
+    port = deployment["site"].port
+    with deployment["client"].connect(port) as conn:
+        assert conn.version() == "TLSv1.3"
+    listed = _tls12_client(deployment, "ECDHE-ECDSA-AES256-GCM-SHA384")
+    with listed.connect(port) as conn:
+        assert (conn.version(), conn.cipher()[0]) == ("TLSv1.2", "ECDHE-ECDSA-AES256-GCM-SHA384")
+    unlisted = _tls12_client(deployment, "ECDHE-ECDSA-CHACHA20-POLY1305")
+    with pytest.raises(ssl.SSLError):
+        unlisted.connect(port).close()

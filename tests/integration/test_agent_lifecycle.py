@@ -101,6 +101,27 @@ def test_port_in_use_is_one_clear_line(deployment):
     assert "cannot listen on 127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_allowlist_and_pidfile_options_and_profile_warning(deployment):
+    site = deployment["site"]
+    other = deployment["tmp"] / "other-scripts.toml"
+    only = write_script(site.scripts_dir / "only-here.sh", "#!/bin/sh\necho only\n")
+    other.write_text(f'only-here = {{ path = "{only}", profile = "ops" }}\n')
+    config = site.layout.agent_config
+    config.write_text(config.read_text() + '\n[profile.ops]\nrun_as = "nobody"\n')
+    pidfile = deployment["tmp"] / "run" / "agent.pid"
+    agent = AgentProcess(deployment["ctl"], site, ("--allowlist", str(other), "--pidfile", str(pidfile)),
+                         pidfile).start()
+    try:
+        assert pidfile.read_text().strip() == str(agent.pid)
+        client = deployment["client"]
+        assert client.run(site.port, "only-here")["stdout"] == "only\n"
+        assert client.run(site.port, "echo-args")["error"] == "script not permitted"
+        assert "ACTION=config-warn" in deployment["ctl"].log_text()
+    finally:
+        assert agent.stop() == 0
+    assert not pidfile.exists()
+
+
 # --- what the request path loads -------------------------------------------------------
 
 

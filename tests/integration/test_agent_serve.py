@@ -235,7 +235,7 @@ def test_hook_denials(env, hook, kind, reason):
 
 def _zombie(pid: int) -> bool:
     try:
-        return open(f"/proc/{pid}/stat").read().split(") ", 1)[1].startswith("Z")
+        return open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1].startswith(("Z", "X"))
     except OSError:
         return True
 

@@ -120,9 +120,12 @@ def install_site(ca: testpki.SessionCA, root: Path, dispatcher: testpki.Issued |
 class AgentProcess:
     """`agent serve` for a site, run through the pyz runner `ctl`."""
 
-    def __init__(self, ctl, site: AgentSite):
+    def __init__(self, ctl, site: AgentSite, extra_args: tuple[str, ...] = (),
+                 pidfile: Path | None = None):
         self.ctl = ctl
         self.site = site
+        self.extra_args = extra_args
+        self.pidfile = pidfile or site.pidfile
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -132,8 +135,8 @@ class AgentProcess:
 
     def start(self, deadline_seconds: float = 30.0, attempts: int = 3) -> "AgentProcess":
         for _ in range(attempts):
-            self.site.pidfile.unlink(missing_ok=True)
-            self.proc = self.ctl.popen("agent", "serve", stdout=subprocess.DEVNULL)
+            self.pidfile.unlink(missing_ok=True)
+            self.proc = self.ctl.popen("agent", "serve", *self.extra_args, stdout=subprocess.DEVNULL)
             if self._await_ready(deadline_seconds):
                 return self
             stderr = self.proc.stderr.read() if self.proc.stderr else ""
@@ -151,7 +154,7 @@ class AgentProcess:
                 return False
             # The agent writes its pidfile once it listens (a TCP probe would
             # count as a failed handshake).
-            if self.site.pidfile.exists():
+            if self.pidfile.exists():
                 return True
             time.sleep(0.01)
         raise AssertionError(f"agent not ready within {seconds} s")
