@@ -32,6 +32,7 @@ seconds to finish, then any script still running is killed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -141,52 +142,42 @@ class AgentServer:
     def serve(self, pidfile: Path | None = None) -> None:
         """Accept until SIGTERM/SIGINT; then stop gracefully."""
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        wake_r, wake_w = socket.socketpair()
-        wake_r.setblocking(False)
-        wake_w.setblocking(False)
-        previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-        previous = {sig: signal.signal(sig, _note_signal)
-                    for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
-        selector = selectors.DefaultSelector()
-        selector.register(wake_r, selectors.EVENT_READ, None)
-        for sock in self._listeners:
-            selector.register(sock, selectors.EVENT_READ, sock)
-        state = self.runtime.state()
-        log.event("start", log.INFO, PORT=self.runtime.config.port,
-                  SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
-                  VERSION=state.version)
-        if pidfile is not None:  # written last: its presence means "serving"
-            ensure_dir(pidfile.parent, 0o750)
-            atomic_write_text(pidfile, f"{os.getpid()}\n", 0o644)
-        paused_until: float | None = None
-        try:
-            while not self._stopping:
-                timeout = None
-                if paused_until is not None:
-                    timeout = max(0.0, paused_until - self.clock())
-                for key, _ in selector.select(timeout):
-                    if key.data is None:
-                        self._signals(wake_r)
-                    elif paused_until is None and not self._stopping and not self._accept(key.data):
-                        # Out of file descriptors or memory: stop polling the
-                        # listeners for a moment instead of spinning on them.
-                        paused_until = self.clock() + ACCEPT_BACKOFF
-                        for sock in self._listeners:
-                            selector.unregister(sock)
-                if paused_until is not None and self.clock() >= paused_until:
-                    paused_until = None
-                    for sock in self._listeners:
-                        selector.register(sock, selectors.EVENT_READ, sock)
-        finally:
-            selector.close()
+        with _signals_as_bytes((signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) as wake, \
+                selectors.DefaultSelector() as selector:
+            selector.register(wake, selectors.EVENT_READ, None)
             for sock in self._listeners:
-                sock.close()
-            signal.set_wakeup_fd(previous_fd)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            wake_r.close()
-            wake_w.close()
-            self._drain_and_stop(pidfile)
+                selector.register(sock, selectors.EVENT_READ, sock)
+            state = self.runtime.state()
+            log.event("start", log.INFO, PORT=self.runtime.config.port,
+                      SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
+                      VERSION=state.version)
+            if pidfile is not None:  # written last: its presence means "serving"
+                ensure_dir(pidfile.parent, 0o750)
+                atomic_write_text(pidfile, f"{os.getpid()}\n", 0o644)
+            try:
+                self._accept_loop(selector, wake)
+            finally:
+                for sock in self._listeners:
+                    sock.close()
+                self._drain_and_stop(pidfile)
+
+    def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
+        paused_until: float | None = None
+        while not self._stopping:
+            timeout = None if paused_until is None else max(0.0, paused_until - self.clock())
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    self._signals(wake)
+                elif paused_until is None and not self._stopping and not self._accept(key.data):
+                    # Out of file descriptors or memory: stop polling the
+                    # listeners for a moment instead of spinning on them.
+                    paused_until = self.clock() + ACCEPT_BACKOFF
+                    for sock in self._listeners:
+                        selector.unregister(sock)
+            if paused_until is not None and self.clock() >= paused_until:
+                paused_until = None
+                for sock in self._listeners:
+                    selector.register(sock, selectors.EVENT_READ, sock)
 
     def _signals(self, wake: socket.socket) -> None:
         try:
@@ -374,8 +365,27 @@ class AgentServer:
                       REASON=_failure_reason(exc))
 
 
+@contextlib.contextmanager
+def _signals_as_bytes(signals: tuple[int, ...]):
+    """Deliver `signals` as bytes (their numbers) on a socket the accept loop
+    selects on, so they are handled between accepts, never in a handler."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, _note_signal) for sig in signals}
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wake_r.close()
+        wake_w.close()
+
+
 def _note_signal(signum, frame) -> None:
-    """Signals are read from the wake-up socket by the accept loop."""
+    """Installed so the signal is delivered; the wake-up socket carries it."""
 
 
 def _abort(conn: socket.socket) -> None:
