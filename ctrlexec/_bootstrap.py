@@ -144,11 +144,8 @@ def _ensure_cache(root: Path) -> Path:
 
 
 def _hash_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _intact(directory: Path, files: dict[str, str]) -> bool:

@@ -22,7 +22,7 @@ STAMP = REPO / "dist" / ".ctrl-exec.pyz.inputs"
 
 def _inputs_digest() -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in (REPO / "ctrlexec").rglob("*")
+    files = sorted(p for tree in ("ctrlexec", "examples") for p in (REPO / tree).rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
     files += [REPO / "build_zipapp.py", REPO / "wheels.lock"]
     for path in files:

@@ -193,19 +193,15 @@ def _check_value(doc: _Document, key: schema.Key, value: Any, table: tuple[str, 
     return value
 
 
+# Checked in order: bool before int, because a bool is an int in Python.
+_VALUE_WORDS = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+               (list, "an array"), (dict, "a table"))
+
+
 def _describe(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
+    for kind, words in _VALUE_WORDS:
+        if isinstance(value, kind):
+            return words
     return type(value).__name__
 
 
@@ -280,9 +276,13 @@ def _tags(doc: _Document | None, raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
+# Scripts without a `profile` use this one; agent.toml may redefine it.
+DEFAULT_PROFILE = Profile("default", None, (), (), True)
+
+
 def _profiles(doc: _Document | None, raw: Any, layout: Layout) -> dict[str, Profile]:
     if not raw:
-        return {}
+        return {"default": DEFAULT_PROFILE}
     assert doc is not None
     if not isinstance(raw, dict):
         raise doc.error("must be tables [profile.<name>]", (), "profile")
@@ -297,13 +297,14 @@ def _profiles(doc: _Document | None, raw: Any, layout: Layout) -> dict[str, Prof
         values = _flat_settings(doc, body, schema.PROFILE_KEYS, layout, table=("profile", name))
         profiles[name] = Profile(name, values["run_as"], tuple(values["caps"]),
                                  tuple(values["writable"]), values["no_new_privileges"])
+    profiles.setdefault("default", DEFAULT_PROFILE)
     return profiles
 
 
 def load_allowlist(layout: Layout, path: Path | None = None,
                    profiles: dict[str, Profile] | None = None) -> dict[str, ScriptEntry]:
-    """The allowlist. With `profiles` given, every referenced profile
-    (including the implicit 'default') must be defined there."""
+    """The allowlist. With `profiles` given, every referenced profile must be
+    defined there ('default' always is)."""
     doc = _load_or_defaults(path, layout.allowlist)
     if doc is None:
         return {}

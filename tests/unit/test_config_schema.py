@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from ctrlexec.config import load
@@ -72,3 +74,24 @@ def test_deprecated_timeout_alias(layout, tmp_path):
     path = tmp_path / "ctrl-exec.toml"
     path.write_text("timeout = 12\n")
     assert load.load_dispatcher(layout, path).read_timeout == 12
+
+
+def test_default_profile_needs_no_table(layout, tmp_path):
+    agent = tmp_path / "agent.toml"
+    agent.write_text('port = 7443\n')
+    profiles = load.load_agent(layout, agent).profiles
+    assert profiles["default"].run_as is None
+    allow = tmp_path / "scripts.toml"
+    allow.write_text('hello = "/opt/s/hello"\n')
+    assert load.load_allowlist(layout, allow, profiles)["hello"].profile == "default"
+
+
+def test_shipped_examples_are_valid(layout):
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    agent = load.load_agent(layout, examples / "agent.toml")
+    assert agent.settings.source == examples / "agent.toml"
+    load.load_dispatcher(layout, examples / "ctrl-exec.toml")
+    scripts = load.load_allowlist(layout, examples / "scripts.toml", agent.profiles)
+    assert set(scripts) == {"hello", "uptime-report", "fail-on-purpose"}
+    for entry in scripts.values():
+        assert (examples / "scripts" / Path(entry.path).name).stat().st_mode & 0o111
