@@ -107,6 +107,15 @@ def ctl(pyz, native_cache, tmp_path) -> Pyz:
 
 
 @pytest.fixture(scope="session")
+def pyz_for(pyz, native_cache):
+    """A Pyz runner for a given root, for fixtures wider than one test."""
+    def make(root: Path) -> Pyz:
+        root.mkdir(parents=True, exist_ok=True)
+        return Pyz(pyz, native_cache, root)
+    return make
+
+
+@pytest.fixture(scope="session")
 def session_ca():
     """The one test CA of the session (tests/support/testpki.py)."""
     from tests.support.testpki import SessionCA
