@@ -1,10 +1,11 @@
 """`ced ping`, `ced run` and `ced list-locks` through the pyz, as operators
-run them: output formats, exit codes, the dispatcher auth hook, tokens, locks,
-the progress line, and no `cryptography` on these paths.
+run them: output formats, exit codes, refusals before any agent is
+contacted, the progress line, and no `cryptography` on these paths.
 
 The agent here is the 0.12 stand-in (tests/support/peer012.py), so what the
 agent received can be inspected; tests/integration/test_execution_path.py
-drives our real agent."""
+drives our real agents (the auth hook, locks, the token in the script's
+stdin)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,8 @@ import subprocess
 
 import pytest
 
-from tests.support import hookscripts, testpki
-from tests.support.peer012 import Peer012, default_behaviour, hold_then
-
-TOKEN = "tok-7f3a-secret"
+from tests.support import agentproc, testpki
+from tests.support.peer012 import Peer012
 
 
 @pytest.fixture
@@ -39,19 +38,6 @@ def peer(session_ca, tmp_path):
 
 def register(disp, session_ca, name: str, port: int) -> None:
     testpki.register_agent(disp.root, name, port, session_ca.issue(name), disp.issued)
-
-
-def configure(disp, **keys) -> None:
-    lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
-    disp.layout.dispatcher_config.write_text("\n".join(lines) + "\n")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # -- output and exit codes -------------------------------------------------------
@@ -73,7 +59,7 @@ def test_ping_text_and_json(disp, session_ca, peer):
 
 def test_ping_exits_1_when_any_host_fails(disp, session_ca, peer):
     register(disp, session_ca, "vm", peer.port)
-    register(disp, session_ca, "down", free_port())
+    register(disp, session_ca, "down", agentproc.free_port())
     result = disp.run("ced", "ping", "vm", "down")
     assert result.returncode == 1
     assert "connection refused (agent not running, or wrong port?)" in result.stdout
@@ -159,109 +145,6 @@ def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer)
     assert result.returncode == 78
     assert "does not exist" in result.stderr and "ced setup-ctrl-exec" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
-
-
-# -- the dispatcher auth hook ------------------------------------------------------
-
-def test_hook_allow_sees_the_0_12_contract_and_the_token_is_forwarded(disp, session_ca, peer, tmp_path):
-    register(disp, session_ca, "vm", peer.port)
-    record = tmp_path / "calls"
-    configure(disp, auth_hook=str(hookscripts.write_hook(tmp_path / "hook", 0, record)))
-    args = ["a b", "", "x\ny"]
-    result = disp.run("ced", "run", f"vm:{peer.port}", "echo-args", "--username", "alice", "--", *args,
-                      env={"ENVEXEC_TOKEN": TOKEN, "USER": "ignored"})
-    assert result.returncode == 0, result.stderr
-    [(env, stdin)] = hookscripts.calls(record)
-    assert env["ENVEXEC_ACTION"] == "run" and env["ENVEXEC_SCRIPT"] == "echo-args"
-    assert env["ENVEXEC_HOSTS"] == f"vm:{peer.port}"  # as the operator wrote it
-    assert env["ENVEXEC_ARGS"] == "a b  x\ny" and json.loads(env["ENVEXEC_ARGS_JSON"]) == args
-    assert env["ENVEXEC_USERNAME"] == "alice" and env["ENVEXEC_TOKEN"] == TOKEN
-    assert env["ENVEXEC_SOURCE_IP"] == "127.0.0.1" and env["ENVEXEC_DISPATCHER"] == ""
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["ENVEXEC_TIMESTAMP"])
-    assert set(stdin) == {"action", "script", "hosts", "args", "username", "token", "source_ip",
-                          "dispatcher", "dispatcher_serial", "reqid", "submitter", "timestamp"}
-    assert stdin["hosts"] == [f"vm:{peer.port}"] and stdin["token"] == TOKEN
-    assert peer.received[-1].json["token"] == TOKEN
-    assert TOKEN not in disp.log_text() and TOKEN not in result.stdout + result.stderr
-    assert "ACTION=auth AUTHACTION=run IP=127.0.0.1 RESULT=pass USER=alice" in disp.log_text()
-
-
-def test_hook_for_ping_and_token_option(disp, session_ca, peer, tmp_path):
-    register(disp, session_ca, "vm", peer.port)
-    record = tmp_path / "calls"
-    configure(disp, auth_hook=str(hookscripts.write_hook(tmp_path / "hook", 0, record)))
-    result = disp.run("ced", "ping", "vm", "--token", TOKEN, env={"USER": "bob"})
-    assert result.returncode == 0, result.stderr
-    [(env, stdin)] = hookscripts.calls(record)
-    assert env["ENVEXEC_ACTION"] == "ping" and env["ENVEXEC_SCRIPT"] == ""
-    assert env["ENVEXEC_TOKEN"] == TOKEN and env["ENVEXEC_USERNAME"] == "bob"
-    assert stdin["args"] == [] and stdin["hosts"] == ["vm"]
-    assert TOKEN not in disp.log_text()
-
-
-@pytest.mark.parametrize("behaviour, reason, code", [
-    (1, "denied", 1),
-    (2, "bad credentials", 2),
-    (3, "insufficient privilege", 3),
-    (7, "hook exited 7", 7),
-    ("crash", "denied", 1),
-    ("hang", "denied", 1),
-    ("missing", "auth hook not found or not executable: {hook}", 1),
-])
-def test_hook_denials(disp, session_ca, peer, tmp_path, behaviour, reason, code):
-    check_denial(disp, session_ca, peer, tmp_path, behaviour, reason, code, "run")
-
-
-def test_hook_denies_ping(disp, session_ca, peer, tmp_path):
-    check_denial(disp, session_ca, peer, tmp_path, 2, "bad credentials", 2, "ping")
-
-
-def check_denial(disp, session_ca, peer, tmp_path, behaviour, reason, code, command):
-    register(disp, session_ca, "vm", peer.port)
-    hook = tmp_path / "hook"
-    if behaviour != "missing":
-        hookscripts.write_hook(hook, behaviour)
-    configure(disp, auth_hook=str(hook), auth_hook_timeout=1)
-    argv = ["run", "vm", "echo-args", "--", "x"] if command == "run" else ["ping", "vm"]
-    reason = reason.format(hook=hook)
-    text = disp.run("ced", *argv, env={"ENVEXEC_TOKEN": TOKEN})
-    assert text.returncode == 1
-    assert text.stderr == f"Denied: {reason}\n" and text.stdout == ""
-    as_json = disp.run("ced", "--json", *argv, env={"ENVEXEC_TOKEN": TOKEN})
-    assert as_json.returncode == 1
-    assert json.loads(as_json.stdout) == {"ok": 0, "error": reason, "code": code}
-    assert peer.received == []
-    log_text = disp.log_text()
-    assert "ACTION=auth" in log_text and TOKEN not in log_text
-    if behaviour == "hang":
-        assert "ACTION=auth-hook-timeout" in log_text
-
-
-# -- locks -------------------------------------------------------------------------
-
-def test_a_second_run_of_the_same_script_is_locked_out(disp, session_ca, peer):
-    peer.behaviour = hold_then(default_behaviour, peer)
-    register(disp, session_ca, "vm", peer.port)
-    first = disp.popen("ced", "run", "vm", "sleep", "--", "1")
-    try:
-        assert peer.arrived.wait(30), first.stderr.read() if first.poll() is not None else ""
-        second = disp.run("ced", "run", "vm", "sleep")
-        assert second.returncode == 1
-        assert second.stderr == "Locked: already running: vm:sleep\n"
-        as_json = disp.run("ced", "--json", "run", "vm", "sleep")
-        assert json.loads(as_json.stdout) == {"ok": 0, "error": "locked", "code": 4,
-                                              "conflicts": ["vm:sleep"]}
-        held = disp.run("ced", "list-locks")
-        assert held.stdout.splitlines()[2].split() == ["vm", "sleep"]
-        assert json.loads(disp.run("ced", "--json", "list-locks").stdout) == {
-            "ok": 1, "locks": [{"host": "vm", "script": "sleep"}]}
-        assert len(peer.received) == 1
-    finally:
-        peer.release.set()
-        out, err = first.communicate(timeout=30)
-    assert first.returncode == 0, err
-    assert disp.run("ced", "list-locks").stdout == "No locks currently held.\n"
-    assert "ACTION=lock-conflict CONFLICTS=vm:sleep" in disp.log_text()
 
 
 # -- progress line, and the stdlib-only path -------------------------------------------

@@ -180,20 +180,33 @@ def test_untrusted_dispatcher_is_refused(fleet, session_ca, ctl):
 
 # -- the dispatcher auth hook ------------------------------------------------------------
 
-def test_hook_allows(fleet, tmp_path):
+def test_hook_allows_and_sees_the_0_12_contract(fleet, tmp_path):
     record = tmp_path / "calls"
     fleet.configure(auth_hook=str(hookscripts.write_hook(tmp_path / "hook", 0, record)))
-    completed = fleet.ced("run", *NAMES, "echo-args", "--", "x y",
+    port = fleet.agents["agent-01"][1].site.port
+    args = ["x y", "", "a\nb"]
+    completed = fleet.ced("run", f"agent-01:{port}", "agent-02", "show-context", "--", *args,
                           env={"ENVEXEC_TOKEN": TOKEN, "USER": "carol"})
     assert completed.returncode == 0, completed.stderr
-    ping = fleet.ced("ping", "agent-02", env={"ENVEXEC_TOKEN": TOKEN})
+    ping = fleet.ced("ping", "agent-02", "--token", TOKEN, "--username", "dave")
     assert ping.returncode == 0
-    (run_env, run_stdin), (ping_env, _) = hookscripts.calls(record)
-    assert run_env["ENVEXEC_ACTION"] == "run" and run_env["ENVEXEC_HOSTS"] == ",".join(NAMES)
-    assert json.loads(run_env["ENVEXEC_ARGS_JSON"]) == ["x y"]
-    assert run_env["ENVEXEC_TOKEN"] == TOKEN and run_env["ENVEXEC_USERNAME"] == "carol"
-    assert run_env["ENVEXEC_SOURCE_IP"] == "127.0.0.1" and run_stdin["script"] == "echo-args"
-    assert ping_env["ENVEXEC_ACTION"] == "ping" and ping_env["ENVEXEC_HOSTS"] == "agent-02"
+    (env, stdin), (ping_env, ping_stdin) = hookscripts.calls(record)
+    assert env["ENVEXEC_ACTION"] == "run" and env["ENVEXEC_SCRIPT"] == "show-context"
+    assert env["ENVEXEC_HOSTS"] == f"agent-01:{port},agent-02"  # as the operator wrote them
+    assert env["ENVEXEC_ARGS"] == "x y  a\nb" and json.loads(env["ENVEXEC_ARGS_JSON"]) == args
+    assert env["ENVEXEC_TOKEN"] == TOKEN and env["ENVEXEC_USERNAME"] == "carol"
+    assert env["ENVEXEC_SOURCE_IP"] == "127.0.0.1" and env["ENVEXEC_DISPATCHER"] == ""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["ENVEXEC_TIMESTAMP"])
+    assert set(stdin) == {"action", "script", "hosts", "args", "username", "token", "source_ip",
+                          "dispatcher", "dispatcher_serial", "reqid", "submitter", "timestamp"}
+    assert stdin["hosts"] == [f"agent-01:{port}", "agent-02"] and stdin["args"] == args
+    assert ping_env["ENVEXEC_ACTION"] == "ping" and ping_env["ENVEXEC_SCRIPT"] == ""
+    assert ping_env["ENVEXEC_TOKEN"] == TOKEN and ping_env["ENVEXEC_USERNAME"] == "dave"
+    assert ping_stdin["hosts"] == ["agent-02"] and ping_stdin["args"] == []
+    # the token went on to both agents and their scripts
+    contexts = [json.loads(block.split("\n", 1)[1]) for block in completed.stdout.split("==> ")[1:]]
+    assert [context["token"] for context in contexts] == [TOKEN, TOKEN]
+    assert "ACTION=auth AUTHACTION=run IP=127.0.0.1 RESULT=pass USER=carol" in fleet.dispatcher.log_text()
     assert TOKEN not in fleet.all_logs()
 
 
@@ -239,6 +252,8 @@ def test_lock_conflict_while_a_run_is_in_progress(fleet, tmp_path):
         as_json = fleet.ced("--json", "run", "agent-02", "agent-01", "block", "--", str(gate))
         assert json.loads(as_json.stdout) == {"ok": 0, "error": "locked", "code": 4,
                                               "conflicts": ["agent-01:block"]}
+        text = fleet.ced("list-locks").stdout.splitlines()
+        assert text[0].split() == ["HOST", "SCRIPT"] and text[2].split() == ["agent-01", "block"]
         listed = fleet.ced("--json", "list-locks")
         assert json.loads(listed.stdout) == {"ok": 1, "locks": [{"host": "agent-01",
                                                                  "script": "block"}]}
@@ -251,5 +266,6 @@ def test_lock_conflict_while_a_run_is_in_progress(fleet, tmp_path):
     assert first.returncode == 0, stderr
     assert "released" in stdout
     assert fleet.ced("list-locks").stdout == "No locks currently held.\n"
+    assert "ACTION=lock-conflict CONFLICTS=agent-01:block" in fleet.dispatcher.log_text()
     after = fleet.ced("run", "agent-01", "block", "--", str(gate))
     assert after.returncode == 0
