@@ -21,15 +21,17 @@ import socket
 import ssl
 
 from ..core import results
-from ..core.http import FramingError, IncompleteMessage, ResponseReader, request_bytes
+from ..core.http import (MAX_RESPONSE_BODY, FramingError, IncompleteMessage, ResponseReader,
+                         request_bytes)
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536
 
 
 def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path: str,
-             body: bytes | None, timeout: float) -> results.Reply | results.Failure:
-    """Send one request and read one reply."""
+             body: bytes | None, timeout: float, max_body: int = MAX_RESPONSE_BODY
+             ) -> results.Reply | results.Failure:
+    """Send one request and read one reply of at most `max_body` bytes."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
@@ -54,15 +56,15 @@ def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             return failed(results.TLS, str(exc))
         raw = sock
-        return _request(sock, method, path, body, address, port, failed)
+        return _request(sock, method, path, body, address, port, max_body, failed)
     finally:
         raw.close()
 
 
 def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, address: str,
-             port: int, failed) -> results.Reply | results.Failure:
+             port: int, max_body: int, failed) -> results.Reply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-    reader = ResponseReader()
+    reader = ResponseReader(max_body)
     received = 0
     try:
         sock.sendall(request_bytes(method, path, body, host=host))
