@@ -15,6 +15,7 @@ import pytest
 
 from ctrlexec.core import agent_wire
 from tests.support import testpki
+from tests.support.fuzz import random_body
 from tests.support.agentproc import AgentProcess, DispatcherClient, install_site, wait_for
 
 REQUEST_TIMEOUT = 2
@@ -189,31 +190,13 @@ def test_deeply_nested_and_huge_json_bodies(env):
 # --- pure validation under random input -------------------------------------------------
 
 
-def _random_json(rng: random.Random, depth: int = 0):
-    kinds = ["str", "int", "float", "bool", "null"] + (["list", "dict"] if depth < 4 else [])
-    kind = rng.choice(kinds)
-    if kind == "str":
-        return "".join(rng.choice("ab \n\x00\u00e9\U0001F600-_") for _ in range(rng.randrange(6)))
-    if kind == "int":
-        return rng.randrange(-10**20, 10**20)
-    if kind == "float":
-        return rng.random()
-    if kind == "bool":
-        return rng.random() < 0.5
-    if kind == "null":
-        return None
-    if kind == "list":
-        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    keys = ["script", "args", "reqid", "username", "token", "async", "x"]
-    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
+RUN_KEYS = ["script", "args", "reqid", "username", "token", "async", "x"]
 
 
 def test_parse_run_accepts_or_rejects_every_input_cleanly():
     rng = random.Random(99)
     for _ in range(3000):
-        value = _random_json(rng)
-        body = json.dumps(value).encode() if rng.random() < 0.9 else bytes(
-            rng.randrange(256) for _ in range(rng.randrange(40)))
+        _, body = random_body(rng, RUN_KEYS)
         try:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:

@@ -13,6 +13,7 @@ from ctrlexec.core import report, results
 from ctrlexec.dispatcher import agent_client
 from ctrlexec.pki.tls import dispatcher_client_context
 from tests.support import testpki
+from tests.support.fuzz import random_body
 from tests.support.peer012 import Peer012
 
 
@@ -59,31 +60,14 @@ def test_endless_body_without_length_is_bounded(context, session_ca, tmp_path):
     assert isinstance(outcome, results.Failure) and outcome.detail == "response too large"
 
 
-def _random_json(rng: random.Random, depth: int = 0):
-    choice = rng.randrange(8 if depth < 3 else 5)
-    if choice == 0:
-        return None
-    if choice == 1:
-        return rng.choice([True, False])
-    if choice == 2:
-        return rng.randint(-2**70, 2**70)
-    if choice == 3:
-        return rng.random() * 1e6
-    if choice == 4:
-        return "".join(chr(rng.randrange(0, 0x3000)) for _ in range(rng.randrange(12)))
-    if choice == 5:
-        return [_random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
-    keys = ["exit", "stdout", "stderr", "host", "status", "reqid", "error", "rtt", "expiry",
-            "version", "reported_hostname", "script"]
-    return {rng.choice(keys): _random_json(rng, depth + 1) for _ in range(rng.randrange(7))}
+RESULT_KEYS = ["exit", "stdout", "stderr", "host", "status", "reqid", "error", "rtt", "expiry",
+               "version", "reported_hostname", "script"]
 
 
 def test_random_bodies_always_give_a_result_that_renders():
     rng = random.Random(20261123)
     for _ in range(3000):
-        value = _random_json(rng)
-        body = json.dumps(value).encode() if rng.random() < 0.9 else bytes(
-            rng.randrange(256) for _ in range(rng.randrange(40)))
+        value, body = random_body(rng, RESULT_KEYS)
         status = rng.choice([200, 200, 202, 403, 404, 413, 500, 599])
         reply = results.Reply(status, "Whatever", body)
         run = results.run_result("vm", "s", "r", "1ms", reply, None, 60)
