@@ -46,17 +46,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 30) -> None:
+def wait_for_pidfile(pidfile: Path, process: subprocess.Popen, timeout: float = 30) -> None:
+    """An agent writes its pidfile once it listens (a bare port probe would
+    count as a failed handshake towards its probe limit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"agent on port {port} exited {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise SystemExit(f"agent did not listen on {port}")
+            raise SystemExit(f"agent exited {process.returncode} before listening")
+        if pidfile.exists():
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"agent did not start within {timeout}s")
 
 
 def percentiles(samples: list[float]) -> dict:
@@ -91,8 +91,8 @@ class Bench:
         self.client.load_verify_locations(str(layout.ca_cert))
         self.client.load_cert_chain(str(layout.dispatcher_cert), str(layout.dispatcher_key))
 
-    def ctl(self, root: Path, *args: str) -> list[str]:
-        return [sys.executable, str(self.pyz), "--root", str(root), *args]
+    def ctl(self, root: Path, role: str, *args: str) -> list[str]:
+        return [sys.executable, str(self.pyz), role, "--root", str(root), *args]
 
     def start_agent(self, name: str) -> tuple[int, subprocess.Popen]:
         root = self.base / name
@@ -110,7 +110,7 @@ class Bench:
         process = subprocess.Popen(self.ctl(root, "agent", "serve"), env=self.env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.processes.append(process)
-        wait_for_port(port, process)
+        wait_for_pidfile(layout.agent_pidfile, process)
         testpki.register_agent(self.dispatcher_root, name, port, agent, self.dispatcher)
         return port, process
 

@@ -62,7 +62,21 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def _wait_for_pidfile(pidfile: Path, process: subprocess.Popen, what: str) -> None:
+    """The agent writes its pidfile once it listens. Probing its port instead
+    would count as a failed handshake towards the agent's probe limit."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DemoFailed(f"{what} exited with status {process.returncode} before listening")
+        if pidfile.exists():
+            return
+        time.sleep(0.02)
+    raise DemoFailed(f"{what} did not start within {READY_TIMEOUT}s")
+
+
 def _wait_for_port(port: int, process: subprocess.Popen, what: str) -> None:
+    """For the pairing listener, which expects (and ignores) a bare probe."""
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -216,7 +230,7 @@ class Demo:
     def serve(self) -> None:
         self.say(f"\n5. Start the agent on 127.0.0.1:{self.agent_port}")
         self.agent_process = self.start("agent", "serve", log_name="agent.log")
-        _wait_for_port(self.agent_port, self.agent_process, "agent serve")
+        _wait_for_pidfile(self.layout.agent_pidfile, self.agent_process, "agent serve")
 
     def use(self) -> None:
         self.say("\n6. Use it: ping the agent, then run an allowlisted script")
