@@ -79,19 +79,33 @@ def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, ad
                 break
     except (TimeoutError, socket.timeout):
         return failed(results.READ_TIMEOUT)
-    except ssl.SSLError as exc:
-        # TLS 1.3 reports a refused client certificate only on the first
-        # read after the handshake; a close_notify-less EOF lands here too.
-        if received == 0 and not isinstance(exc, ssl.SSLEOFError):
-            return failed(results.TLS, str(exc))
-        return failed(results.CLOSED if received == 0 else results.PROTOCOL, str(exc))
+    except ssl.SSLEOFError as exc:
+        if received:  # EOF without close_notify: the end of a reply read to EOF
+            return _finish(reader, failed)
+        return failed(results.TLS, str(exc))
+    except (ssl.SSLError, ConnectionError) as exc:
+        if received:
+            return failed(results.PROTOCOL, f"connection broken mid-response ({exc})")
+        # Under TLS 1.3 an agent refuses our certificate only after our side
+        # of the handshake is done: its alert reaches the first read, or is
+        # lost when its close resets the connection under the request we
+        # just sent. Either way nothing was answered, and that is the cause.
+        return failed(results.TLS, str(exc))
     except IncompleteMessage:
         return failed(results.CLOSED if received == 0 else results.PROTOCOL,
                       "truncated response")
     except FramingError as exc:
         return failed(results.PROTOCOL, exc.reason)
-    except ConnectionError:
-        return failed(results.CLOSED)
     except OSError as exc:
         return failed(results.OTHER, exc.strerror or str(exc))
+    return results.Reply(response.status, response.phrase, response.body)
+
+
+def _finish(reader: ResponseReader, failed) -> results.Reply | results.Failure:
+    try:
+        response = reader.finish()
+    except IncompleteMessage:
+        return failed(results.PROTOCOL, "truncated response")
+    except FramingError as exc:
+        return failed(results.PROTOCOL, exc.reason)
     return results.Reply(response.status, response.phrase, response.body)
