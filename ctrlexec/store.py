@@ -91,6 +91,21 @@ def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> objec
         raise StateError(f"{target}: not valid JSON ({exc})") from exc
 
 
+def write_pidfile(path: Path) -> None:
+    """`<pid>\n`, written atomically (a daemon writes it once it serves)."""
+    ensure_dir(path.parent, 0o750)
+    atomic_write_text(path, f"{os.getpid()}\n", 0o644)
+
+
+def remove_own_pidfile(path: Path) -> None:
+    """Remove the pidfile if it still names this process."""
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except OSError:
+        pass
+
+
 def remove(path: str | os.PathLike) -> bool:
     """Delete a file if it exists; True when something was removed."""
     try:

@@ -32,10 +32,7 @@ seconds to finish, then any script still running is killed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import ipaddress
-import os
 import selectors
 import signal
 import socket
@@ -52,34 +49,20 @@ from ..core.http import MAX_LINE, FramingError, IncompleteMessage, RequestReader
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.serial import cert_serial_key, openssl_hex
+from ..netio import abort as _abort
+from ..netio import finish as _finish
+from ..netio import open_listeners, peer_address
+from ..netio import signals_as_bytes as _signals_as_bytes
 from ..pki.tls import peer_serial
-from ..store import atomic_write_text, ensure_dir
+from ..store import remove_own_pidfile, write_pidfile
 from .handlers import Endpoints, Peer, Reply
 from .state import AgentRuntime
 
-# Pending connections the kernel queues for us (0.12 uses 10; a fan-out of
-# hundreds of dispatcher connections must not be refused by the kernel).
-LISTEN_BACKLOG = 512
 RECV_CHUNK = 65_536
-# After the reply: how long and how much unread input is drained so the
-# close does not turn into a reset that destroys the reply in flight.
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 256 * 1024
 # On SIGTERM, how long running requests may take before scripts are killed.
 SHUTDOWN_GRACE = 10.0
 # Pause before accepting again when accept fails for lack of resources.
 ACCEPT_BACKOFF = 0.1
-
-
-def peer_address(address: tuple) -> str:
-    """The peer IP as text; IPv4-mapped IPv6 shown as IPv4 (as 0.12 logs it)."""
-    try:
-        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
-    except (ValueError, IndexError):
-        return "unknown"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -90,21 +73,6 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return type(exc).__name__
-
-
-def open_listeners(bind: str, port: int) -> list[socket.socket]:
-    """Listening sockets for `bind` (empty: every interface, IPv6 and IPv4)."""
-    if not bind:
-        try:
-            sock = socket.create_server(("::", port), family=socket.AF_INET6,
-                                        backlog=LISTEN_BACKLOG, reuse_port=False,
-                                        dualstack_ipv6=True)
-        except (OSError, ValueError):
-            sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
-        return [sock]
-    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    return [socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)]
 
 
 class AgentServer:
@@ -152,8 +120,7 @@ class AgentServer:
                       SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
                       VERSION=state.version)
             if pidfile is not None:  # written last: its presence means "serving"
-                ensure_dir(pidfile.parent, 0o750)
-                atomic_write_text(pidfile, f"{os.getpid()}\n", 0o644)
+                write_pidfile(pidfile)
             try:
                 self._accept_loop(selector, wake)
             finally:
@@ -200,7 +167,7 @@ class AgentServer:
         if killed:
             log.event("stop-kill", log.WARNING, SCRIPTS=killed)
         if pidfile is not None:
-            _remove_own_pidfile(pidfile)
+            remove_own_pidfile(pidfile)
 
     # --- accept ------------------------------------------------------------
 
@@ -364,73 +331,3 @@ class AgentServer:
             log.event("reply-fail", log.WARNING, PEER=ip, STATUS=reply.status,
                       REASON=_failure_reason(exc))
 
-
-@contextlib.contextmanager
-def _signals_as_bytes(signals: tuple[int, ...]):
-    """Deliver `signals` as bytes (their numbers) on a socket the accept loop
-    selects on, so they are handled between accepts, never in a handler."""
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    wake_w.setblocking(False)
-    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
-    previous = {sig: signal.signal(sig, _note_signal) for sig in signals}
-    try:
-        yield wake_r
-    finally:
-        signal.set_wakeup_fd(previous_fd)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        wake_r.close()
-        wake_w.close()
-
-
-def _note_signal(signum, frame) -> None:
-    """Installed so the signal is delivered; the wake-up socket carries it."""
-
-
-def _abort(conn: socket.socket) -> None:
-    """Close a connection we will not serve, without waiting for anything."""
-    try:
-        conn.close()
-    except OSError:
-        pass
-
-
-def _finish(tls: ssl.SSLSocket) -> None:
-    """Send close_notify without waiting for the peer's, half-close, and
-    drain what the peer still sends (bounded), then close."""
-    try:
-        tls.setblocking(False)
-        tls.unwrap()
-    except (ssl.SSLError, OSError, ValueError):
-        pass
-    try:
-        raw = socket.socket(fileno=tls.detach())
-    except OSError:
-        tls.close()
-        return
-    try:
-        raw.shutdown(socket.SHUT_WR)
-        deadline = time.monotonic() + LINGER_SECONDS
-        drained = 0
-        while drained < LINGER_BYTES:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            raw.settimeout(remaining)
-            data = raw.recv(RECV_CHUNK)
-            if not data:
-                break
-            drained += len(data)
-    except OSError:
-        pass
-    finally:
-        raw.close()
-
-
-def _remove_own_pidfile(pidfile: Path) -> None:
-    try:
-        if pidfile.read_text().strip() == str(os.getpid()):
-            pidfile.unlink()
-    except OSError:
-        pass

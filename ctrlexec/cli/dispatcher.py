@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import log
 from . import roles
 
-TOPICS: tuple[str, ...] = ()
+TOPICS: tuple[str, ...] = ("ctrlexec.cli.dispatcher_serve",)
 COMPAT_MODES = ("serve",)
 
 DESCRIPTION = """Long-running dispatcher services of ctrl-exec: the HTTP API (port 7445)

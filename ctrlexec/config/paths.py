@@ -86,6 +86,10 @@ class Layout:
         return self.dispatcher_state / "runs"
 
     @property
+    def api_pidfile(self) -> Path:
+        return self.dispatcher_state / "api.pid"
+
+    @property
     def rotation_file(self) -> Path:
         return self.dispatcher_state / "rotation.json"
 

@@ -190,3 +190,69 @@ def run_failed(result: dict) -> bool:
 
 def ping_failed(result: dict) -> bool:
     return result.get("status") != "ok"
+
+
+def async_submit_result(name: str, script: str, reqid: str, rtt: str, reply: Reply | None,
+                        failure: Failure | None, read_timeout: int) -> dict:
+    """One host's answer to an async submission: the agent's 202 body, or
+    `busy` (409), or `error` with the reason (any other answer, including a
+    200 refusal such as `script not permitted`)."""
+    def refused(status: str, error: str) -> dict:
+        return {"host": name, "script": script, "status": status, "error": error,
+                "rtt": rtt, "reqid": reqid}
+
+    if reply is not None and reply.status == 409:
+        error = (_object(reply.body) or {}).get("error")
+        return refused("busy", str(error) if error is not None else "script already running")
+    if reply is None or not reply.ok:
+        return refused("error", _error(reply, failure, read_timeout, "run"))
+    body = _object(reply.body)
+    if body is None:
+        return refused("error", "invalid JSON response")
+    if body.get("status") != "accepted":
+        error = body.get("error")
+        return refused("error", str(error) if error is not None else "not accepted")
+    result = dict(body)
+    result["rtt"] = rtt
+    if result.get("reqid") is None:
+        result["reqid"] = reqid
+    return _canonical(result, name)
+
+
+def capabilities_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
+                        read_timeout: int) -> dict:
+    """One host's /capabilities answer. 0.12 reports any refusal by its
+    status line (`403 Forbidden`), not the agent's body."""
+    if reply is None or not reply.ok:
+        error = reply.status_line if reply is not None else \
+            _error(None, failure, read_timeout, "capabilities")
+        return {"host": name, "status": "error", "error": error, "rtt": rtt}
+    body = _object(reply.body)
+    if body is None:
+        return {"host": name, "status": "error", "error": "invalid JSON", "rtt": rtt}
+    result = dict(body)
+    _reported(result, body)
+    result["rtt"] = rtt
+    return _canonical(result, name)
+
+
+def fetch_result(name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None,
+                 read_timeout: int) -> dict:
+    """One host's /result/<reqid> answer: the agent's record, `unknown` for a
+    404, else `error`."""
+    if reply is not None and reply.status == 404:
+        return {"host": name, "status": "unknown", "reqid": reqid, "rtt": rtt}
+    if reply is None or not reply.ok:
+        return {"host": name, "status": "error",
+                "error": _error(reply, failure, read_timeout, "result"), "reqid": reqid,
+                "rtt": rtt}
+    body = _object(reply.body)
+    if body is None:
+        return {"host": name, "status": "error", "error": "invalid JSON", "reqid": reqid,
+                "rtt": rtt}
+    result = dict(body)
+    result["rtt"] = rtt
+    if result.get("reqid") is None:
+        result["reqid"] = reqid
+    result["host"] = name
+    return result

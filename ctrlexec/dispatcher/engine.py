@@ -1,7 +1,7 @@
 """Ping and run fan-out: how every dispatcher front end talks to agents.
 
-`ced ping`/`ced run` call it now, the HTTP API (`dispatcher serve`) will call
-it the same way with `caller="api"` and its client's address. One call is:
+`ced ping`/`ced run` call it, and the HTTP API (`dispatcher serve`) calls it
+the same way with `caller="api"` and its client's address. One call is:
 
 1. validate the request (hosts, script name, args) -> BadRequest;
 2. the auth hook for the action (`ping` or `run`) -> PolicyDenied;
@@ -11,6 +11,10 @@ it the same way with `caller="api"` and its client's address. One call is:
    `max_parallel` at once, each bounded by `read_timeout`;
 6. one result object per host, in the order the hosts were given
    (core.results: 0.12's shapes and error strings).
+
+An async run (`run_async=True`) ends at the agents' 202; `fetch_results`
+collects each agent's `/result/<reqid>` later. `discover` (gated as `ping`,
+as 0.12) and `capabilities` ask agents what they offer.
 
 Nothing here prints; transport problems with one agent become that agent's
 result, never an exception.
@@ -44,6 +48,10 @@ MAX_HOSTS = 500
 CLI_SOURCE_IP = "127.0.0.1"
 # Bounds on what one run may carry (the agent caps its request body at 1 MiB).
 MAX_ARGS = 4096
+# Discovery caches an agent's tags in its registry record; an agent has at
+# most 256 (config.load.MAX_TAGS), and a tag is a short label.
+MAX_CACHED_TAGS = 256
+MAX_TAG_TEXT = 1024
 
 Progress = Callable[[dict], None]
 
@@ -146,9 +154,11 @@ class Engine:
     def run(self, hosts: Sequence[str], script: str, args: Sequence[str], *, caller: str,
             username: str = "", token: str = "", source_ip: str = CLI_SOURCE_IP,
             port: int | None = None, reqid: str | None = None,
-            progress: Progress | None = None) -> list[dict]:
+            progress: Progress | None = None, run_async: bool = False) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
-        host:script locks throughout; one result per host (§7.7)."""
+        host:script locks throughout; one result per host (§7.7). With
+        `run_async` the agents only accept the job (202) and the results are
+        fetched later (`fetch_results`)."""
         _check_hosts(hosts)
         _check_run(script, args)
         self.authorise("run", hosts, caller=caller, username=username, token=token,
@@ -157,21 +167,54 @@ class Engine:
         with self.locks.acquire([target.name for target in targets], script):
             reqid = reqid or self.new_reqid()
             context = self.tls_context()
-            log.event("dispatch", log.INFO, SCRIPT=script, REQID=reqid, MODE="sync",
+            log.event("dispatch", log.INFO, SCRIPT=script, REQID=reqid,
+                      MODE="async" if run_async else "sync",
                       HOSTS=",".join(target.name for target in targets))
-            body = encode_json({"script": script, "args": list(args), "reqid": reqid,
-                                "username": username, "token": token})
-            return fan_out(targets,
-                           lambda target: self._run_one(context, target, body, script, reqid),
+            request = {"script": script, "args": list(args), "reqid": reqid,
+                       "username": username, "token": token}
+            if run_async:
+                request["async"] = True
+            body = encode_json(request)
+            one = self._submit_one if run_async else self._run_one
+            return fan_out(targets, lambda target: one(context, target, body, script, reqid),
                            self.settings.max_parallel, progress)
+
+    def capabilities(self, targets: Sequence[Target]) -> list[dict]:
+        """GET /capabilities from every target; one result per target. No
+        auth hook here: `discover` is the gated front door."""
+        context = self.tls_context()
+        return fan_out(list(targets), lambda target: self._capabilities_one(context, target),
+                       self.settings.max_parallel)
+
+    def discover(self, hosts: Sequence[str], *, caller: str, username: str = "",
+                 token: str = "", source_ip: str = CLI_SOURCE_IP,
+                 port: int | None = None) -> list[dict]:
+        """Discovery as 0.12 gates it (the `ping` action), then the agents'
+        capabilities; each OK agent's tags are cached in the registry."""
+        _check_hosts(hosts)
+        self.authorise("ping", hosts, caller=caller, username=username, token=token,
+                       source_ip=source_ip)
+        results = self.capabilities(self.resolve(hosts, port))
+        for result in results:
+            if result.get("status") == "ok" and isinstance(result.get("tags"), dict):
+                self._cache_tags(result["host"], result["tags"])
+        return results
+
+    def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[dict]:
+        """GET /result/<reqid> from every target (an async run's progress)."""
+        context = self.tls_context()
+        return fan_out(list(targets), lambda target: self._fetch_one(context, target, reqid),
+                       self.settings.max_parallel)
 
     # -- one host --------------------------------------------------------------
 
-    def _exchange(self, context: ssl.SSLContext, target: Target, path: str, body: bytes
+    def _exchange(self, context: ssl.SSLContext, target: Target, path: str, body: bytes | None
                   ) -> tuple[results.Reply | None, results.Failure | None, str]:
+        """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
+        method = "GET" if body is None else "POST"
         try:
-            outcome = agent_client.exchange(context, target.address, target.port, "POST", path,
+            outcome = agent_client.exchange(context, target.address, target.port, method, path,
                                             body, self.settings.read_timeout)
         except Exception as exc:  # noqa: BLE001 - one host's bug must not sink the others
             outcome = results.Failure(results.OTHER, target.address, target.port,
@@ -193,6 +236,63 @@ class Engine:
             log.event("run", log.ERR, SCRIPT=script, TARGET=target.label,
                       ERROR=result["error"], RTT=rtt, REQID=reqid)
         return result
+
+    def _submit_one(self, context: ssl.SSLContext, target: Target, body: bytes, script: str,
+                    reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, "/run", body)
+        result = results.async_submit_result(target.name, script, reqid, rtt, reply, failure,
+                                             self.settings.read_timeout)
+        status = result.get("status")
+        fields = {"SCRIPT": script, "TARGET": target.label, "RTT": rtt, "REQID": reqid}
+        if status == "accepted":
+            log.event("run-async", log.INFO, STATUS=status, **fields)
+        elif status == "busy":
+            log.event("run-async", log.WARNING, STATUS=status, **fields)
+        else:
+            log.event("run-async", log.ERR, ERROR=result.get("error", ""), **fields)
+        return result
+
+    def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> dict:
+        reply, failure, rtt = self._exchange(context, target, "/capabilities", None)
+        result = results.capabilities_result(target.name, rtt, reply, failure,
+                                             self.settings.read_timeout)
+        if result.get("status") == "ok" and isinstance(result.get("scripts"), list):
+            log.event("capabilities", log.INFO, TARGET=target.label,
+                      SCRIPTS=len(result["scripts"]), RTT=rtt)
+        else:
+            log.event("capabilities", log.ERR, TARGET=target.label,
+                      ERROR=result.get("error", ""), RTT=rtt)
+        return result
+
+    def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, f"/result/{reqid}", None)
+        result = results.fetch_result(target.name, reqid, rtt, reply, failure,
+                                      self.settings.read_timeout)
+        if result.get("status") == "error":
+            log.event("result", log.ERR, TARGET=target.label, ERROR=result.get("error", ""),
+                      RTT=rtt, REQID=reqid)
+        else:
+            log.event("result", log.INFO, TARGET=target.label, STATUS=result.get("status"),
+                      RTT=rtt, REQID=reqid)
+        return result
+
+    def _cache_tags(self, name: str, tags: dict) -> None:
+        """Discovery refreshes the registry's tag cache (`list-agents --tags`);
+        a registry that cannot be written must not fail the discovery. Tags
+        beyond what an agent can configure are not cached."""
+        clean = {str(key): str(value) for key, value in tags.items()}
+        if len(clean) > MAX_CACHED_TAGS or any(len(key) + len(value) > MAX_TAG_TEXT
+                                               for key, value in clean.items()):
+            log.event("registry-fail", log.WARNING, HOST=name, ERROR="tags too large to cache")
+            return
+
+        def change(record: dict) -> None:
+            record["tags"] = clean
+
+        try:
+            self.registry.update(name, change)
+        except (CtrlExecError, OSError) as exc:
+            log.event("registry-fail", log.WARNING, HOST=name, ERROR=str(exc)[:200])
 
     def _ping_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
         reply, failure, rtt = self._exchange(context, target, "/ping", body)

@@ -1,0 +1,102 @@
+"""`dispatcher serve`: the HTTP API on port 7445."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import EXIT_OK, ConfigError, CtrlExecError
+from .common import Context, add_command
+
+DESCRIPTION = """Serve the dispatcher's HTTP API (default 127.0.0.1:7445), the API of
+ctrl-exec 0.12's ctrl-exec-api: /ping, /run (sync and async), /discovery,
+/status/<reqid>, /health, /openapi.json and /openapi-live.json.
+
+Plain HTTP unless api_cert and api_key are set (then TLS, no client
+certificate). Every request passes the auth hook as action `api`, then as the
+endpoint's action; with no hook, api_auth_default decides (default: deny
+everything). At most api_max_children requests are served at once; more get
+503.
+
+Runs in the foreground until SIGTERM or SIGINT: the listener closes and
+requests in progress finish (a second signal stops at once). A configuration
+error stops it before it listens, with exit code 78."""
+
+EPILOG = """files (defaults; --root DIR re-bases them):
+  /etc/ctrl-exec/ctrl-exec.toml      settings (docs/configuration.md)
+  /var/lib/ctrl-exec/runs/           run records for /status (kept 24 hours)
+  /var/lib/ctrl-exec/api.pid         written once the API is listening"""
+
+
+def register(subparsers) -> None:
+    parser = add_command(subparsers, "serve", serve, "serve the HTTP API (port 7445)",
+                         DESCRIPTION, EPILOG)
+    parser.add_argument("--pidfile", metavar="PATH",
+                        help="where to write the pid once listening (default: api.pid in "
+                             "the dispatcher state directory)")
+
+
+def _readable(what: str, path: str) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
+
+
+def _api_tls(settings):
+    """The API's TLS context, or None for plain HTTP. 0.12 falls back to
+    plain HTTP when a configured file is missing; we refuse to start."""
+    import ssl
+
+    from ..pki.tls import server_only_context
+
+    cert, key = settings.api_cert, settings.api_key
+    if not cert and not key:
+        return None
+    if not (cert and key):
+        missing = "api_key" if cert else "api_cert"
+        raise ConfigError(f"{missing} must be set too: TLS needs both api_cert and api_key",
+                          str(settings.source or ""), missing)
+    _readable("API certificate", cert)
+    _readable("API key", key)
+    try:
+        return server_only_context(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"api_cert and api_key cannot be used: {exc}") from None
+
+
+def _openapi_document() -> bytes:
+    from importlib import resources
+
+    return resources.files("ctrlexec.dispatcher").joinpath("openapi.json").read_bytes()
+
+
+def serve(ctx: Context) -> int:
+    from .. import __version__
+    from ..config.load import load_dispatcher
+    from ..dispatcher.api import Api
+    from ..dispatcher.api_server import ApiServer
+    from ..dispatcher.engine import Engine
+    from ..dispatcher.runstore import RunStore
+
+    settings = load_dispatcher(ctx.layout, ctx.config_path)
+    tls = _api_tls(settings)
+    ctx.configure_logging(settings.log_target, settings.log_format)
+    engine = Engine.from_config(settings, ctx.layout)
+    engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
+    store = RunStore(ctx.layout.runs_dir)
+    api = Api(engine, store, _openapi_document(), __version__,
+              deny_generic=settings.auth_deny_generic, health_open=settings.health_open)
+    server = ApiServer(api, settings.api_bind, settings.api_port, settings.api_max_children,
+                       settings.api_request_timeout, tls, purge=store.purge)
+    where = f"{settings.api_bind}:{settings.api_port}"
+    try:
+        server.listen()
+    except OSError as exc:
+        raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    ctx.out(f"ctrl-exec API listening on {where} ({'TLS' if tls else 'plain HTTP'})")
+    sys.stdout.flush()
+    pidfile = Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
+    server.serve(pidfile)
+    return EXIT_OK

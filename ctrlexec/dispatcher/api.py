@@ -1,0 +1,164 @@
+"""API requests to replies: the auth gates and each endpoint. No sockets
+here: the server hands in a parsed request and the client's address, and
+writes back the Reply.
+
+Per request, as 0.12 (protocol.md §7.2-7.4):
+
+1. the `api` gate: the auth hook (or `api_auth_default` when there is none)
+   with action `api`, the body's `token` and the client's address; a no is
+   403. `GET /health` skips it when `health_open` is set (0.12's code gates
+   it, its documentation says it is open: operators choose);
+2. the route (404 for anything else);
+3. the endpoint's own action: `ping` for /ping and /discovery, `run` for
+   /run, `status` for /status/<reqid>; the engine calls the hook for the
+   first three, this module for the last.
+
+`/status` answers 404 alike for an unknown reqid, an expired one and one the
+`status` check refuses. Unlike 0.12, which polls the agents first, the
+check comes before anything is fetched: a caller who is refused causes no
+agent traffic and no rewrite of the record.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import log
+from ..core import api_wire, run_record
+from ..core.api_wire import ApiError, Reply
+from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
+from ..hooks import CALLER_API
+from .engine import BadRequest, Engine
+from .registry import UnknownAgents
+from .runstore import RunStore, aggregate
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str
+    body: bytes
+    authorization: str  # the Authorization header, or ""
+    peer: str           # the client's IP
+
+
+class Api:
+    def __init__(self, engine: Engine, store: RunStore, spec: bytes, version: str,
+                 deny_generic: bool = False, health_open: bool = False,
+                 clock: Callable[[], float] = time.time):
+        self.engine = engine
+        self.store = store
+        self.spec = spec
+        self.version = version
+        self.deny_generic = deny_generic
+        self.health_open = health_open
+        self.clock = clock
+
+    def handle(self, request: ApiRequest) -> Reply:
+        found = api_wire.route(request.method, request.path)
+        try:
+            if not (found.name == api_wire.HEALTH and self.health_open):
+                self.engine.authorise("api", [], caller=CALLER_API,
+                                      token=api_wire.gate_token(request.body),
+                                      source_ip=request.peer)
+            return self._endpoint(found, request)
+        except ApiError as exc:
+            return exc.reply
+        except PolicyDenied as exc:
+            return api_wire.denied(exc.reason, exc.code, self.deny_generic)
+        except UnknownAgents as exc:
+            return api_wire.unknown_agents(exc.names)
+        except Locked as exc:
+            return api_wire.locked(exc.conflicts)
+        except BadRequest as exc:
+            return api_wire.bad_request(str(exc)).reply
+        except CtrlExecError as exc:
+            log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
+            return api_wire.server_error(str(exc))
+
+    def _endpoint(self, found: api_wire.Route, request: ApiRequest) -> Reply:
+        name = found.name
+        if name == api_wire.INDEX:
+            return Reply(200, api_wire.index_body(self.version))
+        if name == api_wire.HEALTH:
+            return Reply(200, api_wire.health_body(self.version))
+        if name == api_wire.PING:
+            return self._ping(request)
+        if name == api_wire.RUN:
+            return self._run(request)
+        if name == api_wire.DISCOVERY:
+            return self._discovery(request)
+        if name == api_wire.STATUS:
+            return self._status(found.arg, request)
+        if name == api_wire.OPENAPI:
+            return Reply(200, self.spec)
+        if name == api_wire.OPENAPI_LIVE:
+            return self._openapi_live()
+        return api_wire.no_route(request.method, request.path)
+
+    def _ping(self, request: ApiRequest) -> Reply:
+        ping = api_wire.parse_ping(request.body)
+        results = self.engine.ping(ping.hosts, caller=CALLER_API, username=ping.username,
+                                   token=ping.token, source_ip=request.peer)
+        return Reply(200, {"ok": True, "results": results})
+
+    def _run(self, request: ApiRequest) -> Reply:
+        run = api_wire.parse_run(request.body)
+        reqid = self.engine.new_reqid()
+        results = self.engine.run(run.hosts, run.script, run.args, caller=CALLER_API,
+                                  username=run.username, token=run.token,
+                                  source_ip=request.peer, reqid=reqid, run_async=run.run_async)
+        submitter = {"username": run.username, "source_ip": request.peer}
+        try:
+            if run.run_async:
+                self.store.record_async(reqid, run.script, results, submitter)
+            else:
+                self.store.record_sync(reqid, run.script, run.hosts, results, submitter)
+        except StateError:
+            pass  # logged run-store-fail; the run happened and its answer stands (0.12)
+        if run.run_async:
+            return Reply(202, {"ok": True, "reqid": reqid, "async": True, "results": results})
+        return Reply(200, {"ok": True, "reqid": reqid, "results": results})
+
+    def _discovery(self, request: ApiRequest) -> Reply:
+        wanted = api_wire.parse_discovery(request.body)
+        hosts = wanted.hosts or self.engine.registry.names()
+        if not hosts:
+            return Reply(200, {"ok": True, "hosts": {}})
+        results = self.engine.discover(hosts, caller=CALLER_API, username=wanted.username,
+                                       token=wanted.token, source_ip=request.peer)
+        return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
+
+    def _status(self, reqid: str, request: ApiRequest) -> Reply:
+        try:
+            self.store.purge()
+            record = self.store.load(reqid)
+        except (StateError, OSError):
+            return api_wire.server_error("cannot read result")
+        if record is None:
+            return api_wire.status_unknown(reqid)
+        submitter = record.get("submitter")
+        try:
+            self.engine.authorise("status", [], caller=CALLER_API,
+                                  token=api_wire.bearer_token(request.authorization),
+                                  source_ip=request.peer, reqid=reqid,
+                                  submitter=submitter if isinstance(submitter, dict) else None)
+        except PolicyDenied:
+            return api_wire.status_unknown(reqid)
+        try:
+            record = aggregate(self.store, self.engine, reqid)
+        except (StateError, OSError):
+            return api_wire.server_error("cannot read result")
+        if record is None:  # purged between the two reads
+            return api_wire.status_unknown(reqid)
+        return Reply(200, {"ok": True, **run_record.public(record)})
+
+    def _openapi_live(self) -> Reply:
+        names = self.engine.registry.names()
+        capabilities = self.engine.capabilities(self.engine.resolve(names)) if names else []
+        document = api_wire.live_spec(json.loads(self.spec), names, capabilities,
+                                      int(self.clock()))
+        return Reply(200, document)

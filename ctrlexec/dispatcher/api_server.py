@@ -1,0 +1,274 @@
+"""The dispatcher API's listener on 7445: accept, (TLS), one request, close.
+
+Theory of operation. The main thread owns the listening socket and a
+selector that also watches a signal wake-up socket, so signals are handled
+between accepts, never inside a signal handler. Every accepted connection
+gets a thread of its own (a synchronous /run holds its thread for as long
+as the script runs); the number being served is capped at
+`api_max_children`:
+
+- under the cap: (TLS handshake with `api_cert`/`api_key`, no client
+  certificate), the request read with 0.12's limits (32 header lines -> 431,
+  a body over 1 MiB -> 413, an empty request line -> 400), `api-request`
+  logged, the request handled by `dispatcher.api`, the reply written;
+- at the cap: 503 `too many concurrent requests` without reading the
+  request (0.12), `api-overload` logged. Writing that answer needs a thread
+  too (the TLS handshake, a clean close); at most OVERLOAD_THREADS such
+  threads run at once, and beyond them a connection is closed unanswered.
+
+The handshake and the whole request must arrive within
+`api_request_timeout` seconds (0.12 waits forever). Replies are HTTP/1.0
+with Content-Type and Content-Length only, then close_notify and a half
+close (core.http, netio).
+
+SIGTERM or SIGINT: the listener closes at once and requests in progress
+finish and are answered (a synchronous run waits for its agents); a second
+signal stops without waiting. The run store is purged of records older
+than 24 hours at start and every PURGE_EVERY seconds.
+"""
+
+from __future__ import annotations
+
+import selectors
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import log
+from ..core import api_wire
+from ..core.http import FramingError, IncompleteMessage, RequestReader, response_bytes
+from ..netio import abort, finish, open_listeners, peer_address, signals_as_bytes
+from ..store import remove_own_pidfile, write_pidfile
+from .api import Api, ApiRequest
+
+RECV_CHUNK = 65_536
+# Threads that may be writing a 503 at once (each lives at most the request
+# timeout); connections beyond them are closed unanswered.
+OVERLOAD_THREADS = 32
+# Seconds between purges of expired run records.
+PURGE_EVERY = 3_600
+# While stopping, how often the wait for in-flight requests looks for a
+# second signal.
+STOP_POLL = 0.2
+
+
+class ApiServer:
+    def __init__(self, api: Api, bind: str, port: int, max_children: int,
+                 request_timeout: float, tls: ssl.SSLContext | None = None,
+                 purge: Callable[[], object] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.api = api
+        self.bind = bind
+        self.port = port
+        self.max_children = max_children
+        self.request_timeout = request_timeout
+        self.tls = tls
+        self.purge = purge
+        self.clock = clock
+        self._active = 0
+        self._overload = 0
+        self._changed = threading.Condition()
+        self._listeners: list[socket.socket] = []
+        self._stopping = False
+        self._next_purge = 0.0
+        self._purging = threading.Lock()
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def listen(self) -> list[tuple]:
+        self._listeners = open_listeners(self.bind, self.port)
+        for sock in self._listeners:
+            sock.setblocking(False)
+        return [sock.getsockname() for sock in self._listeners]
+
+    def serve(self, pidfile: Path | None = None) -> None:
+        """Accept until SIGTERM/SIGINT, then let requests in progress finish."""
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        with signals_as_bytes((signal.SIGTERM, signal.SIGINT)) as wake, \
+                selectors.DefaultSelector() as selector:
+            selector.register(wake, selectors.EVENT_READ, None)
+            for sock in self._listeners:
+                selector.register(sock, selectors.EVENT_READ, sock)
+            log.event("api-start", log.INFO, PORT=self.port, BIND=self.bind,
+                      TLS="yes" if self.tls else "no", MAX=self.max_children)
+            if pidfile is not None:  # written last: its presence means "serving"
+                write_pidfile(pidfile)
+            try:
+                self._accept_loop(selector, wake)
+            finally:
+                for sock in self._listeners:
+                    sock.close()
+                self._drain(wake)
+                log.event("api-stop", log.INFO, ACTIVE=self._active)
+                if pidfile is not None:
+                    remove_own_pidfile(pidfile)
+
+    def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
+        while not self._stopping:
+            self._housekeeping()
+            timeout = max(0.0, self._next_purge - self.clock()) if self.purge else None
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    self._stopping = _stop_requested(wake)
+                elif not self._stopping:
+                    self._accept(key.data)
+
+    def _drain(self, wake: socket.socket) -> None:
+        """Wait for requests in progress; a second signal stops the wait."""
+        with self._changed:
+            while self._active or self._overload:
+                self._changed.wait(STOP_POLL)
+                if _stop_requested(wake):
+                    log.event("api-stop-now", log.WARNING, ACTIVE=self._active)
+                    return
+
+    def _housekeeping(self) -> None:
+        if self.purge is None or self.clock() < self._next_purge:
+            return
+        self._next_purge = self.clock() + PURGE_EVERY
+        if self._purging.acquire(blocking=False):
+            threading.Thread(target=self._run_purge, name="purge", daemon=True).start()
+
+    def _run_purge(self) -> None:
+        try:
+            assert self.purge is not None
+            self.purge()
+        except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the API
+            log.event("maintain", log.ERR, PHASE="purge", ERROR=str(exc)[:200])
+        finally:
+            self._purging.release()
+
+    # --- accept ------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
+                return
+            self._admit(conn, peer_address(address))
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        with self._changed:
+            if self._active < self.max_children:
+                self._active += 1
+                overloaded = False
+            elif self._overload < OVERLOAD_THREADS:
+                self._overload += 1
+                overloaded = True
+            else:
+                overloaded = None
+        if overloaded is None:
+            log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+            abort(conn)
+            return
+        try:
+            threading.Thread(target=self._connection, args=(conn, ip, overloaded), daemon=True,
+                             name=f"api-{ip}").start()
+        except RuntimeError:  # no thread could be started
+            self._release(overloaded)
+            log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+            abort(conn)
+
+    def _release(self, overloaded: bool) -> None:
+        with self._changed:
+            if overloaded:
+                self._overload -= 1
+            else:
+                self._active -= 1
+            self._changed.notify_all()
+
+    # --- one connection ----------------------------------------------------
+
+    def _connection(self, conn: socket.socket, ip: str, overloaded: bool) -> None:
+        sock: socket.socket | None = None
+        try:
+            sock = self._handshake(conn, ip)
+            if sock is None:
+                return
+            if overloaded:
+                log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+                self._send(sock, ip, api_wire.overloaded())
+            else:
+                reply = self._exchange(sock, ip)
+                if reply is not None:
+                    self._send(sock, ip, reply)
+        except Exception as exc:  # noqa: BLE001 - one connection must never stop the API
+            log.event("connection-error", log.ERR, PEER=ip,
+                      ERROR=f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            if sock is not None:
+                finish(sock)
+            else:
+                abort(conn)
+            self._release(overloaded)
+
+    def _handshake(self, conn: socket.socket, ip: str) -> socket.socket | None:
+        """The connection to talk on (TLS-wrapped when configured), or None
+        when the handshake failed."""
+        conn.settimeout(self.request_timeout)
+        if self.tls is None:
+            return conn
+        try:
+            return self.tls.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            log.event("tls-failure", log.WARNING, PEER=ip,
+                      REASON=getattr(exc, "reason", None) or type(exc).__name__)
+            return None
+
+    def _exchange(self, conn: socket.socket, ip: str) -> api_wire.Reply | None:
+        deadline = self.clock() + self.request_timeout
+        reader = RequestReader()
+        try:
+            while True:
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    raise TimeoutError("request deadline passed")
+                conn.settimeout(remaining)
+                chunk = conn.recv(RECV_CHUNK)
+                request = reader.finish() if not chunk else reader.feed(chunk)
+                if request is not None:
+                    break
+        except FramingError as exc:
+            return api_wire.framing_error(exc)
+        except (socket.timeout, TimeoutError):
+            log.event("request-timeout", log.WARNING, PEER=ip)
+            return None
+        except (IncompleteMessage, ssl.SSLError, OSError):
+            return None  # the client went away mid-request: nobody to answer
+        log.event("api-request", log.INFO, METHOD=request.method.upper(),
+                  PATH=request.path[:512], PEER=ip, LEN=len(request.body))
+        try:
+            return self.api.handle(ApiRequest(request.method, request.path, request.body,
+                                              request.header("authorization"), ip))
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500, never kills the thread silently
+            log.event("api-error", log.ERR, PATH=request.path[:200],
+                      ERROR=f"{type(exc).__name__}: {exc}"[:300])
+            return api_wire.server_error("internal error")
+
+    def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
+        try:
+            conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
+            conn.sendall(response_bytes(reply.status, reply.body))
+        except (ssl.SSLError, OSError) as exc:
+            log.event("reply-fail", log.WARNING, PEER=ip, STATUS=reply.status,
+                      REASON=getattr(exc, "strerror", None) or type(exc).__name__)
+
+
+def _stop_requested(wake: socket.socket) -> bool:
+    """Whether SIGTERM or SIGINT arrived on the wake-up socket."""
+    try:
+        data = wake.recv(512)
+    except BlockingIOError:
+        return False
+    return any(number in (signal.SIGTERM, signal.SIGINT) for number in data)
+

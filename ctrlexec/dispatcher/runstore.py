@@ -1,0 +1,158 @@
+"""The dispatcher's run store: one JSON record per run, and async progress.
+
+`<runs_dir>/<reqid>.json` (0.12's layout), mode 0640, written atomically
+(temp file, fsync, rename): a reader, or a dispatcher killed at any instant,
+leaves the old record or the new one, never a part. A crash can leave a
+temp file (`.<reqid>.json.*.tmp`), which no reader ever opens and `purge`
+removes once it is older than TEMP_GRACE.
+
+Records (core.run_record) are written by API runs (sync and async) and by
+`ced run --async`; `/status`, `ced status` and `ced wait` read them.
+Aggregation asks the agents of an async run's pending hosts for
+`/result/<reqid>` and merges the answers under the store lock, so pollers
+racing each other never undo each other's progress. A record is rewritten
+only when something changed.
+
+Records older than TTL seconds (by mtime) are removed by `purge`, run on
+every `/status` as 0.12 does, and by `dispatcher serve` on a timer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import log
+from ..core import names, run_record
+from ..errors import CtrlExecError, StateError
+from ..store import FileLock, atomic_write, ensure_dir, read_json
+from .registry import UnknownAgents
+
+TTL = 86_400
+# A temp file this old belongs to a writer that died; younger ones may be
+# in the middle of a write by another process.
+TEMP_GRACE = 3_600
+# A run record holds every host's output (each bounded by the agent client);
+# refuse to parse anything larger than this.
+MAX_RECORD_BYTES = 256 * 1_048_576
+# purge looks at no more directory entries than this per call.
+MAX_SCANNED = 1_000_000
+RECORD_MODE = 0o640
+
+
+class RunStore:
+    def __init__(self, directory: str | os.PathLike, clock: Callable[[], float] = time.time):
+        self.directory = Path(directory)
+        self.clock = clock
+
+    def path(self, reqid: str) -> Path:
+        if not names.is_store_reqid(reqid):
+            raise CtrlExecError(f"invalid reqid: {reqid!r}")
+        return self.directory / f"{reqid}.json"
+
+    def _lock(self) -> FileLock:
+        ensure_dir(self.directory, 0o750)
+        return FileLock(self.directory / ".lock", 0o660)
+
+    def save(self, record: dict) -> None:
+        """Write a record; a failure is logged `run-store-fail` and raised."""
+        reqid = record["reqid"]
+        data = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        try:
+            ensure_dir(self.directory, 0o750)
+            atomic_write(self.path(reqid), data, RECORD_MODE)
+        except (OSError, StateError) as exc:
+            log.event("run-store-fail", log.WARNING, REQID=reqid,
+                      ERROR=getattr(exc, "strerror", None) or str(exc))
+            raise StateError(f"cannot record run {reqid}: {exc}") from None
+
+    def load(self, reqid: str) -> dict | None:
+        """The record, or None when there is none (or the reqid cannot be
+        one); StateError when it cannot be read."""
+        if not names.is_store_reqid(reqid):
+            return None
+        try:
+            record = read_json(self.path(reqid), MAX_RECORD_BYTES)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StateError(f"cannot read run {reqid}: {exc.strerror or exc}") from None
+        if not isinstance(record, dict):
+            raise StateError(f"run record {reqid} is not a JSON object")
+        return record
+
+    def update(self, reqid: str, change: Callable[[dict], bool]) -> dict | None:
+        """Re-read the record under the store lock, apply `change` (True when
+        it changed something) and write it back if so."""
+        with self._lock():
+            record = self.load(reqid)
+            if record is not None and change(record):
+                self.save(record)
+            return record
+
+    def record_sync(self, reqid: str, script: str, hosts: list[str], results: list[dict],
+                    submitter: dict | None = None) -> dict:
+        record = run_record.sync_record(reqid, script, hosts, results, int(self.clock()),
+                                        submitter)
+        self.save(record)
+        return record
+
+    def record_async(self, reqid: str, script: str, submitted: list[dict],
+                     submitter: dict | None = None) -> dict:
+        record = run_record.async_record(reqid, script, submitted, int(self.clock()), submitter)
+        self.save(record)
+        return record
+
+    def purge(self, ttl: int = TTL) -> int:
+        """Remove records older than `ttl` seconds and temp files left by
+        writers that died; the number of records removed."""
+        try:
+            entries = os.scandir(self.directory)
+        except FileNotFoundError:
+            return 0
+        now = self.clock()
+        removed = 0
+        with entries:
+            for count, entry in enumerate(entries):
+                if count >= MAX_SCANNED:
+                    break
+                is_record = entry.name.endswith(".json") and \
+                    names.is_store_reqid(entry.name[:-5])
+                is_temp = entry.name.startswith(".") and entry.name.endswith(".tmp")
+                if not (is_record or is_temp):
+                    continue
+                try:
+                    age = now - entry.stat(follow_symlinks=False).st_mtime
+                    if age > (ttl if is_record else TEMP_GRACE):
+                        os.unlink(entry.path)
+                        removed += 1 if is_record else 0
+                except FileNotFoundError:
+                    continue
+        if removed:
+            log.event("run-store-purge", log.INFO, REMOVED=removed)
+        return removed
+
+
+def aggregate(store: RunStore, engine, reqid: str) -> dict | None:
+    """The record of `reqid` brought up to date: every pending host of an
+    async run is asked for `/result/<reqid>` and the answers merged. None
+    when there is no record."""
+    record = store.load(reqid)
+    if record is None:
+        return None
+    pending = run_record.pending_hosts(record)
+    if not pending:
+        return record
+    fetched: dict[str, dict] = {}
+    targets = []
+    for name in pending:
+        try:
+            targets.extend(engine.resolve([name]))
+        except UnknownAgents:
+            fetched[name] = {"status": "error", "error": "not a registered agent"}
+    for answer in engine.fetch_results(targets, reqid):
+        fetched[answer["host"]] = answer
+    return store.update(reqid, lambda current: run_record.merge_fetched(current, fetched))

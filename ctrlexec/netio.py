@@ -1,0 +1,120 @@
+"""Socket plumbing shared by the long-running servers (agent on 7443,
+dispatcher API on 7445): listening sockets, signal delivery to an accept
+loop, and closing a connection so the peer sees the reply.
+
+Why closing needs care: a server that closes a socket while unread input
+is still queued makes the kernel send a reset, and a reset can destroy the
+reply still in flight to the peer. `finish` therefore sends close_notify
+(TLS), half-closes, and drains what the peer still sends (bounded in time
+and bytes) before closing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import socket
+import ssl
+import time
+
+# Pending connections the kernel queues for us (0.12 uses 10; a fan-out of
+# hundreds of dispatcher connections must not be refused by the kernel).
+LISTEN_BACKLOG = 512
+RECV_CHUNK = 65_536
+# After the reply: how long and how much unread input is drained so the
+# close does not turn into a reset that destroys the reply in flight.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+
+def peer_address(address: tuple) -> str:
+    """The peer IP as text; IPv4-mapped IPv6 shown as IPv4 (as 0.12 logs it)."""
+    try:
+        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    except (ValueError, IndexError):
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def open_listeners(bind: str, port: int) -> list[socket.socket]:
+    """Listening sockets for `bind` (empty: every interface, IPv6 and IPv4)."""
+    if not bind:
+        try:
+            sock = socket.create_server(("::", port), family=socket.AF_INET6,
+                                        backlog=LISTEN_BACKLOG, reuse_port=False,
+                                        dualstack_ipv6=True)
+        except (OSError, ValueError):
+            sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
+        return [sock]
+    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    return [socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)]
+
+
+@contextlib.contextmanager
+def signals_as_bytes(signals: tuple[int, ...]):
+    """Deliver `signals` as bytes (their numbers) on a socket the accept loop
+    selects on, so they are handled between accepts, never in a handler."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, _note_signal) for sig in signals}
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wake_r.close()
+        wake_w.close()
+
+
+def _note_signal(signum, frame) -> None:
+    """Installed so the signal is delivered; the wake-up socket carries it."""
+
+
+def abort(conn: socket.socket) -> None:
+    """Close a connection we will not serve, without waiting for anything."""
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+def finish(conn: socket.socket) -> None:
+    """Send close_notify (TLS) without waiting for the peer's, half-close,
+    and drain what the peer still sends (bounded), then close."""
+    if isinstance(conn, ssl.SSLSocket):
+        try:
+            conn.setblocking(False)
+            conn.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        try:
+            raw = socket.socket(fileno=conn.detach())
+        except OSError:
+            conn.close()
+            return
+    else:
+        raw = conn
+    try:
+        raw.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            raw.settimeout(remaining)
+            data = raw.recv(RECV_CHUNK)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    finally:
+        raw.close()
