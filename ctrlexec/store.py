@@ -115,6 +115,38 @@ def remove(path: str | os.PathLike) -> bool:
         return False
 
 
+# A temp file of atomic_write this old belongs to a writer that died; a
+# younger one may be in the middle of a write by another process.
+TEMP_GRACE = 3_600
+
+
+def purge_expired(directory: str | os.PathLike, ttl: float, now: float,
+                  is_record, max_scanned: int = 1_000_000) -> list[str]:
+    """Remove the files of `directory` for which `is_record(name)` holds and
+    whose mtime is more than `ttl` seconds before `now`, and temp files left
+    by atomic_write older than TEMP_GRACE. The names of the records removed."""
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    with entries:
+        for count, entry in enumerate(entries):
+            if count >= max_scanned:
+                break
+            record = is_record(entry.name)
+            if not record and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                if now - entry.stat(follow_symlinks=False).st_mtime > (ttl if record else TEMP_GRACE):
+                    os.unlink(entry.path)
+                    if record:
+                        removed.append(entry.name)
+            except FileNotFoundError:
+                continue
+    return removed
+
+
 class FileLock:
     """An exclusive flock on a lock file, as a context manager.
 

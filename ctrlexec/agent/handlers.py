@@ -25,6 +25,7 @@ from ..core.http import Request
 from ..core.timefmt import iso_utc
 from ..errors import NotAllowlisted
 from . import capabilities
+from .async_runs import AsyncRuns
 from .runner import Runner, default_runner, job_for
 from .state import AgentState
 
@@ -52,9 +53,21 @@ def _short(text: str) -> str:
 
 
 class Endpoints:
-    def __init__(self, runner: Runner | None = None, now: Callable[[], float] = time.time):
+    def __init__(self, runner: Runner | None = None, now: Callable[[], float] = time.time,
+                 async_runs: AsyncRuns | None = None):
         self.runner = runner or default_runner()
         self.now = now
+        self.async_runs = async_runs  # None: async runs are refused
+
+    def shutdown(self) -> int:
+        """The agent is stopping: kill every running script (async jobs are
+        recorded interrupted); the number of scripts killed."""
+        if self.async_runs is not None:
+            self.async_runs.interrupt()
+        killed = self.runner.kill_all()
+        if self.async_runs is not None:
+            self.async_runs.wait()
+        return killed
 
     # --- untrusted peers ---------------------------------------------------
 
@@ -120,10 +133,12 @@ class Endpoints:
             return Reply(200, agent_wire.run_refused(request, f"not authorised: {decision.reason}"))
         context = agent_wire.script_context(request, peer.ip, peer.dispatcher or "",
                                             iso_utc(self.now()))
-        if request.run_async:
-            return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
         job = job_for(resolved, request.args, context, state.config,
                       {"SCRIPT": request.script, "REQID": fields["REQID"]})
+        if request.run_async:
+            if self.async_runs is None:
+                return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
+            return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
         result = self.runner.run(job)
         extra: dict[str, object] = {}
         if result.timed_out:
@@ -155,8 +170,10 @@ class Endpoints:
                                                        state.config.tags, scripts))
 
     def result(self, reqid: str, peer: Peer) -> Reply:
-        """No async store on this agent yet: every id is unknown (0.12's answer
-        for an id it never ran)."""
-        log.event("result-miss", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
-                  REQID=_short(reqid))
-        return Reply(404, agent_wire.result_unknown(reqid))
+        """The caller's async run record; with no async store every id is
+        unknown (0.12's answer for an id it never ran)."""
+        fields = {"PEER": peer.ip, "DISPATCHER": peer.dispatcher, "REQID": _short(reqid)}
+        if self.async_runs is None:
+            log.event("result-miss", log.INFO, **fields)
+            return Reply(404, agent_wire.result_unknown(reqid))
+        return Reply(*self.async_runs.result(reqid, peer.dispatcher, fields))

@@ -163,7 +163,7 @@ class AgentServer:
         with self._active_changed:
             while self._active and self.clock() < deadline:
                 self._active_changed.wait(max(0.0, deadline - self.clock()))
-        killed = self.endpoints.runner.kill_all()
+        killed = self.endpoints.shutdown()
         if killed:
             log.event("stop-kill", log.WARNING, SCRIPTS=killed)
         if pidfile is not None:

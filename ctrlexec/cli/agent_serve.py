@@ -57,6 +57,9 @@ def _allowlist_path(ctx: Context) -> Path | None:
 def serve(ctx: Context) -> int:
     from .. import log
     from ..agent import selfcheck
+    from ..agent.async_runs import AsyncRuns
+    from ..agent.handlers import Endpoints
+    from ..agent.runner import default_runner
     from ..agent.server import AgentServer
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
@@ -68,7 +71,10 @@ def serve(ctx: Context) -> int:
         log.event("config-warn", log.WARNING, PROFILE=name,
                   MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied")
     runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
-    server = AgentServer(runtime, context)
+    runner = default_runner()
+    async_runs = AsyncRuns(config.async_runs_dir, runner.run)
+    async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
+    server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
     try:
         server.listen()
     except OSError as exc:

@@ -7,6 +7,7 @@ from . import roles
 
 TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_run",
+    "ctrlexec.cli.ced_status",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.

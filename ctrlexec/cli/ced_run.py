@@ -20,7 +20,7 @@ from ..core.results import ping_failed, run_failed
 from ..dispatcher.engine import BadRequest, Engine
 from ..dispatcher.locks import HostScriptLocks
 from ..dispatcher.registry import UnknownAgents
-from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied
+from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateError
 from ..hooks import CALLER_CLI
 from .common import Context, add_command
 
@@ -44,7 +44,8 @@ runs on one host at a time: a second run while the first holds the
 host:script lock stops with `Locked: ...` (see `ced list-locks`).
 
 Exit status: 0 when every host exited 0; 1 when any host failed, the auth
-hook denied, or a lock was held; 2 for a malformed command.
+hook denied, or a lock was held; 2 for a malformed command. With --async:
+0 when any host accepted the job, else 1.
 
 """ + IDENTITY_HELP
 
@@ -79,6 +80,9 @@ def register(subparsers) -> None:
     run.usage = "%(prog)s [options] HOST... SCRIPT [-- ARGS...]"
     run.add_argument("operands", nargs="+", metavar="HOST... SCRIPT",
                      help="one or more agents (NAME or NAME:PORT), then the script name")
+    run.add_argument("--async", dest="run_async", action="store_true",
+                     help="return once the agents accepted the job; follow it with "
+                          "`ced status REQID` or `ced wait REQID`")
     _identity_options(run)
 
     ping = add_command(subparsers, "ping", cmd_ping, "check that agents answer",
@@ -124,7 +128,7 @@ class ProgressLine:
             self.stream.flush()
 
 
-def _print(text: str) -> None:
+def write_text(text: str) -> None:
     """Write results whatever an agent put in them: a lone surrogate in a
     JSON string (legal JSON, not encodable text) must not crash the output."""
     sys.stdout.flush()
@@ -134,9 +138,9 @@ def _print(text: str) -> None:
 
 def _results(ctx: Context, results: list[dict], as_text) -> None:
     if ctx.json:
-        _print(json.dumps({"ok": 1, "results": results}, ensure_ascii=False) + "\n")
+        write_text(json.dumps({"ok": 1, "results": results}, ensure_ascii=False) + "\n")
     else:
-        _print(as_text(results))
+        write_text(as_text(results))
 
 
 def _engine(ctx: Context) -> Engine:
@@ -180,6 +184,8 @@ def cmd_run(ctx: Context) -> int:
     hosts, script = operands[:-1], operands[-1]
     script_args = getattr(ctx.args, "script_args", None) or []
     engine = _engine(ctx)
+    if ctx.args.run_async:
+        return _run_async(ctx, engine, hosts, script, script_args)
     progress = ProgressLine(len(hosts), run_failed)
     try:
         results = engine.run(hosts, script, script_args, caller=CALLER_CLI,
@@ -190,6 +196,29 @@ def cmd_run(ctx: Context) -> int:
         progress.clear()
     _results(ctx, results, report.run_text)
     return EXIT_FAILURE if any(run_failed(result) for result in results) else 0
+
+
+def _run_async(ctx: Context, engine: Engine, hosts: list[str], script: str,
+               script_args: list[str]) -> int:
+    """Submit, record the run for `ced status`/`ced wait`, report acceptance."""
+    from ..dispatcher.runstore import RunStore
+
+    reqid = engine.new_reqid()
+    try:
+        results = engine.run(hosts, script, script_args, caller=CALLER_CLI, reqid=reqid,
+                             run_async=True, **_identity(ctx))
+    except (PolicyDenied, Locked, UnknownAgents) as exc:
+        return _stopped(ctx, exc)
+    try:
+        RunStore(ctx.layout.runs_dir).record_async(reqid, script, results)
+    except StateError as exc:  # the jobs run anyway: say so, and that status cannot follow
+        ctx.err(f"{ctx.prog}: warning: {exc}; `status {reqid}` will not find this run")
+    if ctx.json:
+        write_text(json.dumps({"ok": 1, "reqid": reqid, "results": results},
+                              ensure_ascii=False) + "\n")
+    else:
+        write_text(report.async_submit_text(reqid, results, f"{ctx.prog} status"))
+    return 0 if any(result.get("status") == "accepted" for result in results) else EXIT_FAILURE
 
 
 def cmd_ping(ctx: Context) -> int:

@@ -166,6 +166,22 @@ def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) ->
             "reqid": request.reqid}
 
 
+# 0.12's refusals of an async run (HTTP 200, exit -1).
+ASYNC_BAD_REQID = "async run requires a valid reqid"
+ASYNC_NOT_STARTED = "could not start async job"
+
+
+def async_accepted(request: RunRequest) -> dict:
+    """202: the job is running detached; poll /result/<reqid>."""
+    return {"script": request.script, "status": "accepted", "reqid": request.reqid}
+
+
+def async_busy(request: RunRequest) -> dict:
+    """409: the same script is already running for this dispatcher."""
+    return {"script": request.script, "status": "busy", "reqid": request.reqid,
+            "error": "script already running"}
+
+
 def script_context(request: RunRequest, peer_ip: str, dispatcher: str, timestamp: str) -> bytes:
     """The JSON object a script reads on stdin: compact, UTF-8, no newline."""
     return json.dumps({

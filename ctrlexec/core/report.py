@@ -1,4 +1,5 @@
-"""Text output of `ced run`, `ced ping` and `ced list-locks`, with no I/O.
+"""Text output of `ced run`, `ced ping`, `ced list-locks`, `ced status` and
+`ced wait`, with no I/O.
 
 The layouts are 0.12's, so people and scripts that read them keep working:
 
@@ -47,12 +48,7 @@ def run_text(results: list[dict]) -> str:
                      f"{visible(result.get('rtt', ''))}  req:{visible(result.get('reqid', ''))}]")
         if result.get("error"):
             lines.append(f"    ERROR: {visible(result['error'])}")
-        stdout = result.get("stdout")
-        if _has_text(stdout):
-            lines.append(stdout[:-1] if stdout.endswith("\n") else stdout)
-        stderr = result.get("stderr")
-        if _has_text(stderr):
-            lines.append("    STDERR: " + (stderr[:-1] if stderr.endswith("\n") else stderr))
+        _output(lines, result)
     return "".join(line + "\n" for line in lines)
 
 
@@ -93,3 +89,61 @@ def progress_text(done: int, total: int, failed: int) -> str:
     """The live line shown on a terminal while a large fan-out runs."""
     width = len(str(total))
     return f"[{done:>{width}}/{total}] hosts done, {failed} failed"
+
+
+def async_submit_text(reqid: str, results: list[dict], status_command: str) -> str:
+    """What `ced run --async` prints: one line per host, then how to follow up."""
+    lines = [f"Submitted async run  req:{visible(reqid)}"]
+    for result in results:
+        status = result.get("status")
+        if status == "accepted":
+            lines.append(f"==> {_host_label(result)}  [accepted  {visible(result.get('rtt', ''))}]")
+        elif status == "busy":
+            lines.append(f"==> {_host_label(result)}  "
+                         f"[BUSY: {visible(result.get('error') or 'already running')}]")
+        else:
+            lines.append(f"==> {_host_label(result)}  "
+                         f"[ERROR: {visible(result.get('error') or 'submit failed')}]")
+    lines.append(f"Check progress with: {status_command} {visible(reqid)}")
+    return "".join(line + "\n" for line in lines)
+
+
+def status_text(record: dict) -> str:
+    """`ced status`/`ced wait`: a header, then a sync run as `run` shows it,
+    or one block per host of an async run (sorted by name)."""
+    state = "COMPLETE" if record.get("complete") else "PENDING"
+    head = (f"Request {visible(record.get('reqid', '?'))}  "
+            f"(script: {visible(record.get('script', '?'))})  [{state}]\n")
+    hosts = record.get("hosts")
+    if record.get("mode") != "async" or not isinstance(hosts, dict):
+        results = record.get("results")
+        return head + run_text(results if isinstance(results, list) else [])
+    lines: list[str] = []
+    for name in sorted(hosts):
+        entry = hosts[name] if isinstance(hosts[name], dict) else {}
+        status = str(entry.get("status") or "unknown")
+        label = visible(name)
+        if status == "done":
+            lines.append(f"==> {label}  [done  exit:{exit_code_of(entry)}]")
+            if entry.get("error"):
+                lines.append(f"    ERROR: {visible(entry['error'])}")
+            _output(lines, entry)
+        elif status in ("accepted", "running"):
+            lines.append(f"==> {label}  [{status}]")
+            if entry.get("fetch_error") is not None:
+                lines.append(f"    (fetch pending: {visible(entry['fetch_error'])})")
+        else:
+            lines.append(f"==> {label}  [{visible(status.upper())}]")
+            if entry.get("error") is not None:
+                lines.append(f"    {visible(entry['error'])}")
+    return head + "".join(line + "\n" for line in lines)
+
+
+def _output(lines: list[str], result: dict) -> None:
+    """A script's stdout as written, then its stderr after `STDERR:`."""
+    stdout = result.get("stdout")
+    if _has_text(stdout):
+        lines.append(stdout[:-1] if stdout.endswith("\n") else stdout)
+    stderr = result.get("stderr")
+    if _has_text(stderr):
+        lines.append("    STDERR: " + (stderr[:-1] if stderr.endswith("\n") else stderr))

@@ -4,7 +4,7 @@
 (temp file, fsync, rename): a reader, or a dispatcher killed at any instant,
 leaves the old record or the new one, never a part. A crash can leave a
 temp file (`.<reqid>.json.*.tmp`), which no reader ever opens and `purge`
-removes once it is older than TEMP_GRACE.
+removes once it is an hour old (store.TEMP_GRACE).
 
 Records (core.run_record) are written by API runs (sync and async) and by
 `ced run --async`; `/status`, `ced status` and `ced wait` read them.
@@ -28,18 +28,13 @@ from typing import Callable
 from .. import log
 from ..core import names, run_record
 from ..errors import CtrlExecError, StateError
-from ..store import FileLock, atomic_write, ensure_dir, read_json
+from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json
 from .registry import UnknownAgents
 
 TTL = 86_400
-# A temp file this old belongs to a writer that died; younger ones may be
-# in the middle of a write by another process.
-TEMP_GRACE = 3_600
 # A run record holds every host's output (each bounded by the agent client);
 # refuse to parse anything larger than this.
 MAX_RECORD_BYTES = 256 * 1_048_576
-# purge looks at no more directory entries than this per call.
-MAX_SCANNED = 1_000_000
 RECORD_MODE = 0o640
 
 
@@ -109,32 +104,14 @@ class RunStore:
     def purge(self, ttl: int = TTL) -> int:
         """Remove records older than `ttl` seconds and temp files left by
         writers that died; the number of records removed."""
-        try:
-            entries = os.scandir(self.directory)
-        except FileNotFoundError:
-            return 0
-        now = self.clock()
-        removed = 0
-        with entries:
-            for count, entry in enumerate(entries):
-                if count >= MAX_SCANNED:
-                    break
-                is_record = entry.name.endswith(".json") and \
-                    names.is_store_reqid(entry.name[:-5])
-                is_temp = entry.name.startswith(".") and entry.name.endswith(".tmp")
-                if not (is_record or is_temp):
-                    continue
-                try:
-                    age = now - entry.stat(follow_symlinks=False).st_mtime
-                    if age > (ttl if is_record else TEMP_GRACE):
-                        os.unlink(entry.path)
-                        removed += 1 if is_record else 0
-                except FileNotFoundError:
-                    continue
+        removed = purge_expired(self.directory, ttl, self.clock(), _is_record_name)
         if removed:
-            log.event("run-store-purge", log.INFO, REMOVED=removed)
-        return removed
+            log.event("run-store-purge", log.INFO, REMOVED=len(removed))
+        return len(removed)
 
+
+def _is_record_name(name: str) -> bool:
+    return name.endswith(".json") and names.is_store_reqid(name[:-5])
 
 def aggregate(store: RunStore, engine, reqid: str) -> dict | None:
     """The record of `reqid` brought up to date: every pending host of an

@@ -17,10 +17,7 @@ from tests.support import agentproc, hookscripts, testpki
 TOKEN = "tok-5e1f-never-logged"
 NAMES = ("agent-01", "agent-02")
 
-# Waits until the test lets it go: `block DIR` creates DIR/started, then
-# returns once DIR/go exists (polled by the script itself, not by the test).
-BLOCK = ('#!/bin/sh\n: > "$1/started"\n'
-         'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho released\n')
+BLOCK = agentproc.BLOCK
 
 
 class Fleet:

@@ -30,6 +30,12 @@ APPENDIX_C_SCRIPTS = {
 }
 
 
+# Waits until the test lets it go: `block DIR` creates DIR/started, then
+# returns once DIR/go exists (polled by the script itself, not by the test).
+BLOCK = ('#!/bin/sh\n: > "$1/started"\n'
+         'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho released\n')
+
+
 def toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

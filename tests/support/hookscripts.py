@@ -5,6 +5,7 @@ what it was given (its ENVEXEC_* environment as `env.json`, its stdin as
 `stdin.json`, one pair per call, numbered) and then behaves as asked:
 
 - an int: exit with that status (0 allows, 1-3 the 0.12 reasons, other N);
+- a dict: per ENVEXEC_ACTION, one of these ("*" for the others, default 0);
 - "hang": never finish (the caller's timeout must kill it);
 - "crash": die of SIGSEGV (0.12 would let that through; we deny).
 """
@@ -32,6 +33,8 @@ if record:
     with open(os.path.join(record, f"call-{{n}}.stdin.json"), "wb") as out:
         out.write(stdin)
 behaviour = {behaviour!r}
+if isinstance(behaviour, dict):
+    behaviour = behaviour.get(os.environ.get("ENVEXEC_ACTION"), behaviour.get("*", 0))
 if behaviour == "hang":
     while True:
         time.sleep(60)
@@ -41,7 +44,7 @@ sys.exit(behaviour)
 """
 
 
-def write_hook(path: Path, behaviour: int | str, record: Path | None = None) -> Path:
+def write_hook(path: Path, behaviour: int | str | dict, record: Path | None = None) -> Path:
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)
     path.write_text(_TEMPLATE.format(python=sys.executable, record=str(record) if record else "",
