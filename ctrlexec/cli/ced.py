@@ -5,7 +5,12 @@ from __future__ import annotations
 from .. import log
 from . import roles
 
-TOPICS: tuple[str, ...] = ()
+TOPICS: tuple[str, ...] = (
+    "ctrlexec.cli.ced_pki",
+    "ctrlexec.cli.ced_pairing_mode",
+    "ctrlexec.cli.ced_pairing",
+    "ctrlexec.cli.ced_registry",
+)
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
 COMPAT_MODES = (
