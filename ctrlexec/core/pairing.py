@@ -51,7 +51,7 @@ REASON_TIMEOUT = "approval timeout"
 # The agent's nonce is 32 lowercase hex characters; 0.12 stores whatever
 # arrives. We accept any short run of letters and digits (it is only echoed)
 # and refuse anything else rather than store arbitrary text.
-_NONCE = re.compile(r"[A-Za-z0-9]{1,128}")
+_NONCE = re.compile(r"[A-Za-z0-9]{0,128}")
 LOOKUP_CHOICES = ("ip", "hostname")
 
 
