@@ -3,12 +3,18 @@ while `ced pairing-mode` holds the agents' connections open."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..config.load import load_dispatcher
 from ..core import pairing as wire
-from ..dispatcher import pairing_decide
-from ..dispatcher.pairing_queue import PairingQueue
 from ..errors import CtrlExecError
 from .common import Context, add_command, table
+
+if TYPE_CHECKING:
+    from ..dispatcher.pairing_decide import Approved
+
+# Topic modules are imported for every `ced` command (to build --help), so
+# the pairing services are imported only when a pairing command runs.
 
 # Fields of a queued request shown by `list-requests --json` (the CSR and
 # the nonce stay in the queue file).
@@ -17,9 +23,11 @@ LISTED_FIELDS = ("hostname", "ip", "source_ip", "code", "received", "reverse_dns
 
 
 def settings_and_queue(ctx: Context):
+    from ..dispatcher.pairing_decide import open_queue
+
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    return settings, pairing_decide.open_queue(ctx.layout.pairing_dir, settings.registry_dir)
+    return settings, open_queue(ctx.layout.pairing_dir, settings.registry_dir)
 
 
 def listed(request: dict) -> dict:
@@ -62,7 +70,7 @@ def list_requests(ctx: Context) -> int:
     return 0
 
 
-def approval_lines(result: pairing_decide.Approved) -> list[str]:
+def approval_lines(result: Approved) -> list[str]:
     """What the operator is told after an approval (also used in pairing mode)."""
     record, request = result.record, result.request
     name = record["hostname"]
@@ -98,6 +106,8 @@ def approve(ctx: Context) -> int:
     args = ctx.args
     if args.ip is not None and wire.valid_ip(args.ip) is None:
         raise CtrlExecError("--ip must be an IPv4 or IPv6 address")
+    from ..dispatcher import pairing_decide
+
     port = _port(args.agent_port) if args.agent_port is not None else None
     settings, queue = settings_and_queue(ctx)
     result = pairing_decide.approve(queue, settings, args.reqid, lookup_by=args.lookup_by,
@@ -111,6 +121,8 @@ def approve(ctx: Context) -> int:
 
 
 def deny(ctx: Context) -> int:
+    from ..dispatcher import pairing_decide
+
     _, queue = settings_and_queue(ctx)
     request = pairing_decide.deny(queue, ctx.args.reqid)
     if ctx.json:

@@ -8,6 +8,9 @@ listener detached; `stop` ends it. Only one pairing mode runs at a time: it
 holds `pairing-mode.lock` and writes its PID to `pairing-mode.pid`.
 """
 
+# The listener and the queue are imported when pairing mode runs, not when
+# `ced` builds its parser for some other command.
+
 from __future__ import annotations
 
 import json
@@ -22,8 +25,6 @@ from pathlib import Path
 from .. import log
 from ..config.load import load_dispatcher
 from ..core.ratelimit import Rule
-from ..dispatcher import pairing_decide
-from ..dispatcher.pairing_server import ListenerSettings, PairingListener
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, ensure_dir, is_locked, remove
 from .ced_pairing import approval_lines, reverse_text
@@ -191,6 +192,8 @@ class Console:
         return None
 
     def decide(self, verb: str, request: dict) -> None:
+        from ..dispatcher import pairing_decide
+
         reqid = str(request.get("id"))
         try:
             if verb == "a":
@@ -218,7 +221,9 @@ def _window(ctx: Context, settings) -> int:
     return value
 
 
-def _listener_settings(ctx: Context, settings) -> ListenerSettings:
+def _listener_settings(ctx: Context, settings):
+    from ..dispatcher.pairing_server import ListenerSettings
+
     for label, path in (("certificate", settings.cert), ("key", settings.key)):
         if not Path(path).exists():
             raise StateError(f"cannot start pairing mode: the dispatcher {label} {path} is "
@@ -242,12 +247,15 @@ def _fingerprint(settings) -> str:
         raise StateError(f"{paths.cert} is not a PEM certificate") from None
 
 
-def serve(ctx: Context, settings, listening: ListenerSettings, window: int, interactive: bool,
+def serve(ctx: Context, settings, listening, window: int, interactive: bool,
           ready=None) -> int:
+    from ..dispatcher.pairing_decide import open_queue
+    from ..dispatcher.pairing_server import PairingListener
+
     instance = Instance(ctx.layout.pairing_pidfile)
     out = Output(ctx.json)
     fingerprint = _fingerprint(settings)
-    queue = pairing_decide.open_queue(ctx.layout.pairing_dir, settings.registry_dir)
+    queue = open_queue(ctx.layout.pairing_dir, settings.registry_dir)
     instance.acquire()
     try:
         console = Console(out, settings, queue) if interactive else None
@@ -307,7 +315,7 @@ def _announcer(out: Output):
     return announce
 
 
-def _start_background(ctx: Context, settings, listening: ListenerSettings, window: int) -> int:
+def _start_background(ctx: Context, settings, listening, window: int) -> int:
     instance = Instance(ctx.layout.pairing_pidfile)
     running = instance.running_pid()
     if running:

@@ -57,6 +57,9 @@ REVERSE_DNS_TIMEOUT = 2.0
 EXTRA_HANDLERS = 64
 BACKLOG = 128
 READ_CHUNK = 16384
+# How long, and how much, a refused client may go on sending (see _linger).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
 
 _resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rdns")
 
@@ -228,8 +231,8 @@ class PairingListener:
             try:
                 reqid, hostname = self._queue_request(tls, ip, deadline)
             except _Refuse as refusal:
-                if refusal.reason:
-                    self._send(tls, encode_json(wire.error_body(refusal.reason)))
+                if refusal.reason and self._send(tls, encode_json(wire.error_body(refusal.reason))):
+                    _linger(tls)
                 fields = {"DETAIL": refusal.detail} if refusal.detail else {}
                 log.event("pair-reject", IP=ip, REASON=refusal.log_reason, **fields)
                 return
@@ -341,6 +344,23 @@ def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
         return False
     except (ssl.SSLError, OSError):
         return True
+
+
+def _linger(sock: socket.socket) -> None:
+    """After an error answer, let the client finish sending (a body we did
+    not read) before closing, so it gets the answer instead of a reset.
+    Bounded in time and bytes."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
+        drained = 0
+        while drained < LINGER_BYTES:
+            data = sock.recv(READ_CHUNK)
+            if not data:
+                return
+            drained += len(data)
+    except (OSError, ValueError):
+        pass
 
 
 def _close(sock: socket.socket) -> None:

@@ -26,7 +26,7 @@ def pending(ced) -> dict:
 def test_deny_and_both_timeouts(ctl, tmp_path):
     ctl.run("ced", "setup-ca", check=True)
     ctl.run("ced", "setup-ctrl-exec", check=True)
-    window = 7
+    window = 5
     started = time.monotonic()
     listener = start_listener(ctl, timeout=window)
     key = openssl.ec_key(tmp_path / "raw.pem")
@@ -73,7 +73,7 @@ def test_deny_and_both_timeouts(ctl, tmp_path):
         assert waiting_agent.returncode == 2, err
         assert "Pairing failed: approval timeout" in err
         listener.proc.wait(10)
-        assert "Pairing mode timed out after 7s. Stopped." in listener.lines.rest()
+        assert "Pairing mode timed out after 5s. Stopped." in listener.lines.rest()
     finally:
         listener.stop()
 

@@ -154,6 +154,59 @@ def pair_body(hostname: str, csr: str, nonce: str = "9fb2e5da0af54bd6943d62b666c
     return json.dumps(fields, separators=(",", ":")).encode()
 
 
+CLOSED = None  # the listener hung up without an answer
+
+
+def frame(body: bytes, length: int | None = None, extra: bytes = b"") -> bytes:
+    declared = len(body) if length is None else length
+    return (b"POST /pair HTTP/1.0\r\nContent-Type: application/json\r\n" + extra
+            + b"Content-Length: " + str(declared).encode() + b"\r\n\r\n" + body)
+
+
+def exchange(port: int, data: bytes, close_early: bool = False, tls: bool = True):
+    """Send `data`; return the error reason of the one response, or CLOSED."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=15)
+    try:
+        if not tls:
+            raw.sendall(data)
+            return _reason(_read_all(raw))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = context.wrap_socket(raw)
+        conn.sendall(data)
+        if close_early:
+            conn.close()
+            return CLOSED
+        return _reason(_read_all(conn))
+    except (ConnectionError, ssl.SSLError):
+        return CLOSED
+    finally:
+        raw.close()
+
+
+def _read_all(conn) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = conn.recv(65536)
+        except (ConnectionError, ssl.SSLError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _reason(data: bytes) -> str | None:
+    if not data:
+        return CLOSED
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.0 200 OK", data[:200]
+    reply = json.loads(body)
+    assert reply["status"] == "error", reply  # never "pending"
+    return reply["reason"]
+
+
 def probe(port: int, host: str = "127.0.0.1") -> None:
     """0.12's pre-flight: connect and close at once."""
     socket.create_connection((host, port), timeout=5).close()
