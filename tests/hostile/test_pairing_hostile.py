@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import (CLOSED, RawPairing, exchange, frame, pair_body, start_listener,
-                                   wait_for)
+from tests.support.pairing import (CLOSED, RawPairing, exchange, frame, pair_body,
+                                   setup_dispatcher, start_listener, wait_for)
 
 TOO_LARGE = "request too large"
 INVALID = "invalid request"
@@ -116,14 +116,9 @@ def cases(csrs: dict, rng: random.Random) -> list[tuple[str, bytes, set, dict]]:
 
 
 def test_hostile_pairing_requests(ctl, csrs):
-    etc = ctl.root / "etc/ctrl-exec"
-    etc.mkdir(parents=True)
-    # the volume limit would block this one address after ten connections;
-    # it is tested on its own in test_pairing_listener
-    (etc / "ctrl-exec.toml").write_text("pairing_rate_limit_disable = true\n"
-                                        "pairing_request_timeout = 2\n")
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    # the volume limit would block this one address after ten connections
+    # (tested on its own in test_pki_cli); silent clients are cut off at 2 s
+    setup_dispatcher(ctl, "pairing_rate_limit_disable = true\npairing_request_timeout = 2\n")
     listener = start_listener(ctl, timeout=300)
     port = listener.port
     waiting = []

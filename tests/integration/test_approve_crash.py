@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ctrlexec.core import pairing as wire
 from tests.support import openssl
+from tests.support.pairing import setup_dispatcher
 
 ROUNDS = 10
 
@@ -57,8 +58,7 @@ def state_of(ctl, reqid: str, name: str) -> str:
 
 
 def test_kill_approve_at_any_moment(ctl, tmp_path):
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl)
     key = openssl.ec_key(tmp_path / "agent.pem")
 
     reqid = queue_request(ctl.root, key, 99)

@@ -9,7 +9,7 @@ import select
 import subprocess
 import time
 
-from tests.support.pairing import agent_env, wait_for
+from tests.support.pairing import agent_env, setup_dispatcher, wait_for
 
 
 class Terminal:
@@ -64,8 +64,7 @@ def request(agent, port: int, name: str) -> tuple[str, str]:
 
 
 def test_interactive_pairing_mode(ctl, tmp_path):
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl)
     terminal = Terminal(ctl.argv("ced", "pairing-mode", "--port", "0", "--timeout", "120"),
                         ctl.env())
     try:

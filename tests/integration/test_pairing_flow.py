@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import agent_env, start_listener, wait_for
+from tests.support.pairing import agent_env, setup_dispatcher, start_listener, wait_for
 
 DISPATCHER_ID = "test-dispatcher"
 
@@ -24,11 +24,7 @@ def mode(path: Path) -> int:
 
 @pytest.fixture
 def dispatcher(ctl):
-    etc = ctl.root / "etc/ctrl-exec"
-    etc.mkdir(parents=True)
-    (etc / "ctrl-exec.toml").write_text(f'dispatcher_id = "{DISPATCHER_ID}"\n')
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl, f'dispatcher_id = "{DISPATCHER_ID}"\n')
     listener = start_listener(ctl)
     yield ctl, listener
     listener.stop()

@@ -23,15 +23,12 @@ from ctrlexec.agent import trust
 from ctrlexec.core.serial import cert_serial_key
 from ctrlexec.core.x509 import facts_from_pem
 from tests.support import openssl
-from tests.support.pairing import RawPairing, agent_env, pair_body, probe, start_listener
+from tests.support.pairing import (RawPairing, agent_env, pair_body, probe, setup_dispatcher,
+                                   start_listener)
 
 
 def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
-    etc = ctl.root / "etc/ctrl-exec"
-    etc.mkdir(parents=True)
-    (etc / "ctrl-exec.toml").write_text('dispatcher_id = "py-dispatcher"\n')
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl, 'dispatcher_id = "py-dispatcher"\n')
     listener = start_listener(ctl)
     try:
         key = openssl.rsa_key(tmp_path / "agent.key", 4096)
@@ -66,7 +63,7 @@ def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
     assert openssl.verify(tmp_path / "ca.crt", tmp_path / "agent.crt")
     assert openssl.run("x509", "-in", str(tmp_path / "agent.crt"), "-noout", "-pubkey") == \
         openssl.run("req", "-in", str(tmp_path / "agent.csr"), "-noout", "-pubkey")
-    [expected_serial] = openssl.canonical_serial_keys([openssl.serial_text(etc / "dispatcher.crt")])
+    [expected_serial] = openssl.canonical_serial_keys([openssl.serial_text(ctl.root / "etc/ctrl-exec/dispatcher.crt")])
     assert result["dispatcher_serial"] == expected_serial
     record = json.loads((ctl.root / "var/lib/ctrl-exec/agents/vm.json").read_text())
     assert (record["port"], record["lookup_by"], record["ip"]) == (17443, "ip", "127.0.0.1")

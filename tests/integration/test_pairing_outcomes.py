@@ -13,7 +13,8 @@ import time
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import Reaped, RawPairing, agent_env, pair_body, start_listener, wait_for
+from tests.support.pairing import (RawPairing, Reaped, agent_env, pair_body, setup_dispatcher,
+                                   start_listener, wait_for)
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
 TIMED_OUT = {"status": "denied", "reason": "approval timeout"}
@@ -24,8 +25,7 @@ def pending(ced) -> dict:
 
 
 def test_deny_and_both_timeouts(ctl, tmp_path):
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl)
     window = 5
     started = time.monotonic()
     listener = start_listener(ctl, timeout=window)

@@ -9,7 +9,8 @@ import re
 import stat
 
 from tests.support import openssl, testpki
-from tests.support.pairing import CLOSED, exchange, frame, probe, start_listener
+from tests.support.pairing import (CLOSED, exchange, frame, probe, setup_dispatcher,
+                                   start_listener)
 
 INVALID = "invalid request"
 
@@ -29,8 +30,7 @@ def test_setup_ca_refuses_to_overwrite_and_force_keeps_a_backup(ctl):
 
 
 def test_setup_ctrl_exec_asks_when_agents_are_registered(ctl):
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl)
     cert = ctl.root / "etc/ctrl-exec/dispatcher.crt"
     key = ctl.root / "etc/ctrl-exec/dispatcher.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -62,8 +62,7 @@ def test_setup_ctrl_exec_needs_a_ca(ctl):
 def test_pairing_mode_start_stop(ctl):
     missing = ctl.run("ced", "pairing-mode", "start", "--port", "0")
     assert missing.returncode == 1 and "setup-ctrl-exec" in missing.stderr
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl)
     started = ctl.run("ced", "pairing-mode", "start", "--port", "0", "--timeout", "60",
                       "--json", check=True)
     info = json.loads(started.stdout)
@@ -91,11 +90,7 @@ def exchange_refused(port: int) -> bool:
 
 
 def test_rate_limit_and_quiet_probes(ctl):
-    etc = ctl.root / "etc/ctrl-exec"
-    etc.mkdir(parents=True)
-    (etc / "ctrl-exec.toml").write_text('pairing_rate_limit_volume = "3/60/300"\n')
-    ctl.run("ced", "setup-ca", check=True)
-    ctl.run("ced", "setup-ctrl-exec", check=True)
+    setup_dispatcher(ctl, 'pairing_rate_limit_volume = "3/60/300"\n')
     listener = start_listener(ctl)
     try:
         probe(listener.port)  # 0.12's pre-flight: tolerated, not logged

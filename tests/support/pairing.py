@@ -61,6 +61,17 @@ class Lines:
         return "".join(self.seen)
 
 
+def setup_dispatcher(ctl, config: str = "") -> None:
+    """A dispatcher host as an operator sets it up: optional ctrl-exec.toml,
+    then `ced setup-ca` and `ced setup-ctrl-exec`."""
+    if config:
+        etc = ctl.root / "etc/ctrl-exec"
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "ctrl-exec.toml").write_text(config)
+    ctl.run("ced", "setup-ca", check=True)
+    ctl.run("ced", "setup-ctrl-exec", check=True)
+
+
 @dataclass
 class Listener:
     proc: subprocess.Popen
