@@ -26,7 +26,7 @@ from .. import log
 from ..config.load import load_dispatcher
 from ..core.ratelimit import Rule
 from ..errors import CtrlExecError, StateError
-from ..store import FileLock, ensure_dir, is_locked, remove
+from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, remove
 from .ced_pairing import approval_lines, reverse_text
 from .common import Context, add_command
 
@@ -77,7 +77,7 @@ class Instance:
             raise StateError(f"pairing mode is already running (PID {self.running_pid() or '?'}); "
                              "stop it with 'ced pairing-mode stop'") from None
         self._lock = lock
-        self.pidfile.write_text(f"{os.getpid()}\n")
+        atomic_write_text(self.pidfile, f"{os.getpid()}\n", 0o644)
 
     def release(self) -> None:
         remove(self.pidfile)
@@ -399,7 +399,9 @@ def pairing_mode(ctx: Context) -> int:
     listening = _listener_settings(ctx, settings)
     if ctx.args.action == "start":
         return _start_background(ctx, settings, listening, window)
-    return serve(ctx, settings, listening, window, interactive=sys.stdin.isatty())
+    # --json is for programs: no prompts, one JSON object per line
+    return serve(ctx, settings, listening, window,
+                 interactive=sys.stdin.isatty() and not ctx.json)
 
 
 def register(subparsers) -> None:

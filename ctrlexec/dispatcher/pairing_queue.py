@@ -172,6 +172,8 @@ class PairingQueue:
 
     def pending(self) -> list[dict]:
         """Undecided requests, oldest first."""
+        if not self.directory.is_dir():
+            return []
         with self.lock():
             self.tidy()
             ids = self._pending_ids()

@@ -9,6 +9,7 @@ import select
 import subprocess
 import time
 
+from tests.support import openssl
 from tests.support.pairing import agent_env, setup_dispatcher, wait_for
 
 
@@ -55,10 +56,10 @@ class Terminal:
         os.close(self.master)
 
 
-def request(agent, port: int, name: str) -> tuple[str, str]:
+def request(agent, port: int, name: str, *extra: str) -> tuple[str, str]:
     """(pairing code, reqid) of a background request-pairing."""
     result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                       str(port), "--background", "--hostname", name, check=True)
+                       str(port), "--background", "--hostname", name, *extra, check=True)
     lines = result.stdout.splitlines()
     return re.fullmatch(r"Pairing code: (\d{6})", lines[0]).group(1), lines[-1]
 
@@ -83,7 +84,7 @@ def test_interactive_pairing_mode(ctl, tmp_path):
         assert agent_a.run("agent", "pairing-status").returncode == 0
 
         agent_b, agent_c = agent_env(ctl, tmp_path / "b"), agent_env(ctl, tmp_path / "c")
-        request(agent_b, port, "web-b")
+        request(agent_b, port, "web-b", "--key-type", "ec")
         terminal.expect(r"Pairing request from web-b")
         terminal.type("s")
         terminal.expect(r"Skipped; the request stays pending\.")
@@ -104,6 +105,8 @@ def test_interactive_pairing_mode(ctl, tmp_path):
         terminal.type("a1")
         terminal.expect(r"Approved 'web-b'")
         wait_for((agent_b.root / "etc/ctrl-exec-agent/agent.crt").exists, what="web-b's cert")
+        assert "ASN1 OID: prime256v1" in openssl.run(
+            "x509", "-in", str(agent_b.root / "etc/ctrl-exec-agent/agent.crt"), "-noout", "-text")
         terminal.type("quit")
         terminal.expect(r"Pairing mode stopped\.")
         assert terminal.proc.wait(10) == 0

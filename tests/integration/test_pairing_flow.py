@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import agent_env, setup_dispatcher, start_listener, wait_for
+from tests.support.pairing import Reaped, agent_env, setup_dispatcher, start_listener, wait_for
 
 DISPATCHER_ID = "test-dispatcher"
 
@@ -33,10 +33,12 @@ def dispatcher(ctl):
 def test_pair_an_agent(dispatcher, tmp_path):
     ced, listener = dispatcher
     agent = agent_env(ced, tmp_path / "agent-host")
-    result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1",
-                       "--port", str(listener.port), "--background", "--hostname", "web-01",
-                       "--lookup-by", "ip", "--ca-fingerprint", listener.fingerprint, check=True)
-    lines = result.stdout.splitlines()
+    background = Reaped(agent, "agent", "request-pairing", "--dispatcher", "127.0.0.1",
+                        "--port", str(listener.port), "--background", "--hostname", "web-01",
+                        "--lookup-by", "ip", "--ca-fingerprint", listener.fingerprint)
+    result = background.first()
+    assert result["rc"] == 0, result["stderr"]
+    lines = result["stdout"].splitlines()
     code = re.fullmatch(r"Pairing code: (\d{6})", lines[0]).group(1)
     reqid = lines[-1]
     assert re.fullmatch(r"[0-9a-f]{16}", reqid)
@@ -45,14 +47,16 @@ def test_pair_an_agent(dispatcher, tmp_path):
     assert [(r["reqid"], r["code"], r["hostname"], r["ip"]) for r in requests] == \
         [(reqid, code, "web-01", "127.0.0.1")]
     table = ced.run("ced", "list-requests", check=True).stdout
-    assert re.search(rf"^{reqid}\s+web-01\s+127\.0\.0\.1\s+.*\s{code}$", table, re.M)
+    # reverse DNS of the source, with its forward confirmation
+    assert re.search(rf"^{reqid}\s+web-01\s+127\.0\.0\.1\s+(\S+ \((ok|\?)\)|-)\s+{code}$",
+                     table, re.M)
 
     approved = ced.run("ced", "approve", reqid, "--agent-port", "17443", check=True)
     assert f"Approved 'web-01' ({reqid})" in approved.stdout
 
+    assert background.descendants() == [0]  # the detached child stored everything
     etc, state = agent.root / "etc/ctrl-exec-agent", agent.root / "var/lib/ctrl-exec-agent"
     trusted = state / "ctrl-exec-dispatchers"
-    wait_for(trusted.exists, what="the trusted-dispatcher map")
     assert {p.name: mode(p) for p in etc.iterdir()} == \
         {"agent.crt": 0o640, "agent.key": 0o640, "ca.crt": 0o644}
     assert mode(trusted) == 0o644
@@ -65,6 +69,9 @@ def test_pair_an_agent(dispatcher, tmp_path):
         openssl.run("pkey", "-in", str(etc / "agent.key"), "-pubout")
     assert openssl.run("x509", "-in", str(etc / "agent.crt"), "-noout", "-subject").strip() \
         == "subject=CN = web-01"
+    # RSA 2048 by default: what a 0.12 dispatcher accepts
+    assert "Private-Key: (2048 bit" in openssl.run("pkey", "-in", str(etc / "agent.key"),
+                                                   "-noout", "-text")
 
     # trusted map: 0.12's header, then the dispatcher's serial in canonical
     # form (openssl's text through bc) and its id

@@ -63,7 +63,8 @@ def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
     assert openssl.verify(tmp_path / "ca.crt", tmp_path / "agent.crt")
     assert openssl.run("x509", "-in", str(tmp_path / "agent.crt"), "-noout", "-pubkey") == \
         openssl.run("req", "-in", str(tmp_path / "agent.csr"), "-noout", "-pubkey")
-    [expected_serial] = openssl.canonical_serial_keys([openssl.serial_text(ctl.root / "etc/ctrl-exec/dispatcher.crt")])
+    dispatcher_crt = ctl.root / "etc/ctrl-exec/dispatcher.crt"
+    [expected_serial] = openssl.canonical_serial_keys([openssl.serial_text(dispatcher_crt)])
     assert result["dispatcher_serial"] == expected_serial
     record = json.loads((ctl.root / "var/lib/ctrl-exec/agents/vm.json").read_text())
     assert (record["port"], record["lookup_by"], record["ip"]) == (17443, "ip", "127.0.0.1")
@@ -74,8 +75,9 @@ def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
 class OldDispatcher:
     """Serves one pairing the way 0.12 does, with openssl doing the CA work."""
 
-    def __init__(self, directory, first_serial: str):
+    def __init__(self, directory, first_serial: str, nonce: str | None = None):
         self.dir = directory
+        self.nonce = nonce
         openssl.run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
                     "-subj", "/CN=ctrl-exec CA", "-days", "3650", "-out", "ca.crt", cwd=directory)
         (directory / "ca.serial").write_text(first_serial + "\n")
@@ -122,7 +124,8 @@ class OldDispatcher:
                 self._reply(tls, {"dispatcher_serial": self.serial_key,
                                   "ca": (self.dir / "ca.crt").read_text(),
                                   "dispatcher_id": "perl-ref-dispatcher",
-                                  "nonce": self.request["nonce"], "status": "approved",
+                                  "nonce": self.nonce or self.request["nonce"],
+                                  "status": "approved",
                                   "cert": (self.dir / "agent.crt").read_text()})
         except BaseException as exc:  # reported by the test
             self.error = exc
@@ -167,3 +170,16 @@ def test_our_agent_pairs_with_a_0_12_dispatcher(ctl, tmp_path, counter, key):
     assert (agent.root / "etc/ctrl-exec-agent/ca.crt").read_text() == (tmp_path / "ca.crt").read_text()
     assert openssl.verify(tmp_path / "ca.crt", agent.root / "etc/ctrl-exec-agent/agent.crt",
                           strict=False)
+
+
+def test_our_agent_refuses_an_approval_without_its_nonce(ctl, tmp_path):
+    old = OldDispatcher(tmp_path, "01", nonce="0" * 32)
+    agent = agent_env(ctl, tmp_path / "agent-host")
+    result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
+                       str(old.port), "--hostname", "vm")
+    old.thread.join(10)
+    assert result.returncode == 3
+    assert "Pairing failed: nonce mismatch in pairing result" in result.stderr
+    assert not (agent.root / "etc/ctrl-exec-agent/agent.crt").exists()
+    assert not (agent.root / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers").exists()
+    assert 'ACTION=pair-denied REASON="nonce mismatch in pairing result"' in agent.log_text()
