@@ -40,6 +40,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "ctrlexec"
+EXAMPLES = HERE / "examples"
 LOCK_FILE = HERE / "wheels.lock"
 
 CRYPTOGRAPHY = "50.0.2"
@@ -249,6 +250,15 @@ def add_package(archive: Archive) -> None:
     archive.add("__main__.py", (PACKAGE / "_pyz_main.py").read_bytes())
 
 
+def add_examples(archive: Archive) -> None:
+    """examples/ travels inside the archive: the demo installs its scripts and
+    allowlist from there, and operators can list them without the source tree."""
+    for path in sorted(EXAMPLES.rglob("*")):
+        if path.is_file():
+            mode = 0o755 if path.stat().st_mode & 0o111 else 0o644
+            archive.add(path.relative_to(HERE).as_posix(), path.read_bytes(), mode)
+
+
 def add_wheel(archive: Archive, wheel: Path, prefix: str = "") -> dict[str, str]:
     hashes = {}
     with zipfile.ZipFile(wheel) as source:
@@ -268,6 +278,7 @@ def build(targets: list[Target], cache: Path, output: Path, update_lock: bool, e
     verify_against_lock(plan, update_lock)
     archive = Archive(epoch)
     add_package(archive)
+    add_examples(archive)
     for wheel in plan["pure"]:
         add_wheel(archive, wheel)
     sets = []

@@ -115,7 +115,11 @@ class FileLock:
         self._fd: int | None = None
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> "FileLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, self.mode)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            os.fchmod(fd, self.mode)  # the umask must not narrow a shared lock's mode
+        except FileExistsError:
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         try:
             if timeout is not None:
                 self._acquire_with_timeout(fd, timeout)

@@ -22,7 +22,7 @@ STAMP = REPO / "dist" / ".ctrl-exec.pyz.inputs"
 
 def _inputs_digest() -> str:
     digest = hashlib.sha256()
-    files = sorted(p for p in (REPO / "ctrlexec").rglob("*")
+    files = sorted(p for tree in ("ctrlexec", "examples") for p in (REPO / tree).rglob("*")
                    if p.is_file() and "__pycache__" not in p.parts)
     files += [REPO / "build_zipapp.py", REPO / "wheels.lock"]
     for path in files:
@@ -104,3 +104,20 @@ def ctl(pyz, native_cache, tmp_path) -> Pyz:
     root = tmp_path / "root"
     root.mkdir()
     return Pyz(pyz, native_cache, root)
+
+
+@pytest.fixture(scope="session")
+def pyz_for(pyz, native_cache):
+    """A Pyz runner for a given root, for fixtures wider than one test."""
+    def make(root: Path) -> Pyz:
+        root.mkdir(parents=True, exist_ok=True)
+        return Pyz(pyz, native_cache, root)
+    return make
+
+
+@pytest.fixture(scope="session")
+def session_ca():
+    """The one test CA of the session (tests/support/testpki.py)."""
+    from tests.support.testpki import SessionCA
+
+    return SessionCA()

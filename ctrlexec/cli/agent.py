@@ -6,6 +6,7 @@ from .. import log
 from . import roles
 
 TOPICS: tuple[str, ...] = (
+    "ctrlexec.cli.agent_serve",
     "ctrlexec.cli.agent_pairing",
 )
 

@@ -6,6 +6,7 @@ from .. import log
 from . import roles
 
 TOPICS: tuple[str, ...] = (
+    "ctrlexec.cli.ced_run",
     "ctrlexec.cli.ced_pki",
     "ctrlexec.cli.ced_pairing_mode",
     "ctrlexec.cli.ced_pairing",

@@ -106,6 +106,19 @@ def _parse_content_length(value: str) -> int:
     return int(value)
 
 
+def parse_request_line(line: bytes) -> tuple[str, str, str]:
+    """(method, path, version) of a request line without its line end. As
+    0.12: split on whitespace, the version is informational; an empty line is
+    400 `empty request`."""
+    parts = line.decode("latin-1").split()
+    if not parts:
+        raise FramingError(400, "empty request", "empty request")
+    method = parts[0]
+    path = parts[1] if len(parts) > 1 else ""
+    version = parts[2] if len(parts) > 2 else ""
+    return method, path, version
+
+
 class RequestReader:
     """Incremental request parser: `feed()` bytes until it returns a Request.
 
@@ -180,13 +193,7 @@ class RequestReader:
         raise IncompleteMessage("connection closed mid-request")
 
     def _start_request(self, line: bytes) -> None:
-        parts = line.decode("latin-1").split()
-        if not parts:
-            raise FramingError(400, "empty request", "empty request")
-        method = parts[0]
-        path = parts[1] if len(parts) > 1 else ""
-        version = parts[2] if len(parts) > 2 else ""
-        self._request = Request(method, path, version)
+        self._request = Request(*parse_request_line(line))
         self._state = "headers"
 
     def _add_header(self, line: bytes) -> None:

@@ -73,6 +73,15 @@ def normalise_received(value: str | None) -> str:
     return _strip_leading_zeros(value)
 
 
+def openssl_hex(serial: int) -> str:
+    """The serial as 0.12 reads it from a peer certificate (OpenSSL's
+    byte-padded hex, lowercased: 0x2 -> "02"): the text of `PEER_SERIAL`
+    log fields and the hook's ENVEXEC_DISPATCHER_SERIAL."""
+    if serial < 0:
+        return "-" + openssl_hex(-serial)
+    return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex()
+
+
 def serial_display(serial: int) -> str:
     """How we write a serial for people: lowercase hex, no leading zeros."""
     return format(serial, "x")

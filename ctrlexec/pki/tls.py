@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import ssl
 
-from ..core.serial import cert_serial_key
+from ..core.serial import cert_serial_key, openssl_hex
 from ..core.x509 import facts_from_der
 
 TLS12_CIPHERS = ("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:"
@@ -86,23 +86,26 @@ def pairing_client_context(pinned_ca_pem: str | None = None) -> ssl.SSLContext:
     return context
 
 
-def peer_serial_key(sock: ssl.SSLSocket) -> str:
-    """Trust key of the peer certificate's serial ('' when there is none)."""
+def peer_serial(sock: ssl.SSLSocket) -> int | None:
+    """Serial number of the peer certificate (None when there is none or it
+    cannot be read)."""
     der = sock.getpeercert(binary_form=True)
     if not der:
-        return ""
+        return None
     try:
-        return cert_serial_key(facts_from_der(der).serial)
+        return facts_from_der(der).serial
     except ValueError:
-        return ""
+        return None
+
+
+def peer_serial_key(sock: ssl.SSLSocket) -> str:
+    """Trust key of the peer certificate's serial ('' when there is none)."""
+    serial = peer_serial(sock)
+    return "" if serial is None else cert_serial_key(serial)
 
 
 def peer_serial_hex(sock: ssl.SSLSocket) -> str:
-    """The peer serial as plain lowercase hex (for logs and hooks)."""
-    der = sock.getpeercert(binary_form=True)
-    if not der:
-        return ""
-    try:
-        return format(facts_from_der(der).serial, "x")
-    except ValueError:
-        return ""
+    """The peer serial as 0.12 writes it in logs and hooks (OpenSSL's
+    byte-padded lowercase hex)."""
+    serial = peer_serial(sock)
+    return "" if serial is None else openssl_hex(serial)

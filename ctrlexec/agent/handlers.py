@@ -1,0 +1,162 @@
+"""Agent requests to replies: routing, the serial gate's answers, the auth
+hook, the allowlist and script execution. No sockets here: the server hands
+in a parsed request, the peer's identity and a state snapshot, and writes
+back the Reply.
+
+Order per request, as 0.12 (protocol.md §3.1, §3.2): the peer's identity
+was settled by the server before any byte was read (revoked peers never get
+here); untrusted peers get only `refuse()`; a trusted peer's request is
+routed, then /run checks its body, the allowlist, the agent hook (action
+`run`), and runs the script. `/capabilities` calls the hook with action
+`discovery`; `/ping` has no hook. With no hook configured the agent allows
+and logs no `auth` line (0.12).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import hooks, log
+from ..core import agent_wire
+from ..core.http import Request
+from ..core.timefmt import iso_utc
+from ..errors import NotAllowlisted
+from . import capabilities
+from .runner import Runner, default_runner, job_for
+from .state import AgentState
+
+# Request-supplied text in log lines is cut to this many characters.
+LOG_TEXT_MAX = 128
+ASYNC_UNAVAILABLE = "async runs are not available on this agent"
+
+
+@dataclass(frozen=True)
+class Peer:
+    ip: str
+    key: str              # canonical trust key of the cert serial
+    serial_hex: str       # the serial as 0.12 logs it
+    dispatcher: str | None = None  # resolved id; None when untrusted
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: dict
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= LOG_TEXT_MAX else text[:LOG_TEXT_MAX] + "..."
+
+
+class Endpoints:
+    def __init__(self, runner: Runner | None = None, now: Callable[[], float] = time.time):
+        self.runner = runner or default_runner()
+        self.now = now
+
+    # --- untrusted peers ---------------------------------------------------
+
+    def refuse(self, method: str, path: str, peer: Peer, state: AgentState) -> Reply:
+        """The answer to a peer whose serial is not trusted, from its request
+        line alone (headers and body are never read)."""
+        found = agent_wire.route(method, path)
+        if not found.gated:
+            return Reply(404, dict(agent_wire.NOT_FOUND))
+        status, body = agent_wire.gate_refusal(found)
+        if found.name == agent_wire.CAPABILITIES:
+            reason = "serial-mismatch" if state.trusted else "no trusted dispatchers stored"
+            log.event("capabilities-deny", log.WARNING, PEER=peer.ip,
+                      PEER_SERIAL=peer.serial_hex, REASON=reason)
+        else:
+            log.event("serial-reject", log.WARNING, PEER=peer.ip, PEER_SERIAL=peer.serial_hex,
+                      REQID=found.arg or "(none)")
+        return Reply(status, body)
+
+    # --- trusted peers -----------------------------------------------------
+
+    def handle(self, request: Request, peer: Peer, state: AgentState) -> Reply:
+        found = agent_wire.route(request.method, request.path)
+        if found.name == agent_wire.RUN:
+            return self.run(request.body, peer, state)
+        if found.name == agent_wire.PING:
+            return self.ping(request.body, peer, state)
+        if found.name == agent_wire.CAPABILITIES:
+            return self.capabilities(peer, state)
+        if found.name == agent_wire.RESULT:
+            return self.result(found.arg, peer)
+        return Reply(404, dict(agent_wire.NOT_FOUND))
+
+    def _authorise(self, state: AgentState, peer: Peer, action: str, script: str = "",
+                   args: tuple[str, ...] = (), username: str = "",
+                   token: str = "") -> hooks.AuthDecision:
+        hook = state.config.auth_hook
+        if not hook:
+            return hooks.AuthDecision.allow()
+        request = hooks.AuthRequest(action=action, script=script, args=list(args),
+                                    username=username, token=token, source_ip=peer.ip,
+                                    dispatcher=peer.dispatcher or "",
+                                    dispatcher_serial=peer.serial_hex)
+        return hooks.authorise(request, hook, state.config.auth_hook_timeout, hooks.CALLER_AGENT)
+
+    def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        try:
+            request = agent_wire.parse_run(body)
+        except agent_wire.RunRejected as rejected:
+            return Reply(200, rejected.body)
+        fields = {"SCRIPT": _short(request.script), "PEER": peer.ip,
+                  "REQID": _short(request.reqid)}
+        try:
+            resolved = state.allowlist.resolve(request.script)
+        except NotAllowlisted:
+            log.event("deny", log.WARNING, **fields)
+            return Reply(200, agent_wire.run_refused(request, "script not permitted"))
+        fields["DISPATCHER"] = peer.dispatcher
+        decision = self._authorise(state, peer, "run", request.script, request.args,
+                                   request.username, request.token)
+        if not decision.allowed:
+            log.event("deny", log.WARNING, REASON=decision.reason, **fields)
+            return Reply(200, agent_wire.run_refused(request, f"not authorised: {decision.reason}"))
+        context = agent_wire.script_context(request, peer.ip, peer.dispatcher or "",
+                                            iso_utc(self.now()))
+        if request.run_async:
+            return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
+        job = job_for(resolved, request.args, context, state.config,
+                      {"SCRIPT": request.script, "REQID": fields["REQID"]})
+        result = self.runner.run(job)
+        extra: dict[str, object] = {}
+        if result.timed_out:
+            extra["TIMEOUT"] = f"{job.timeout:g}"
+        if result.truncated:
+            extra["TRUNCATED"] = ",".join(result.truncated)
+        log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
+        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout,
+                                                result.stderr))
+
+    def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        reqid = agent_wire.ping_reqid(body)
+        log.event("ping", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
+                  REQID=_short(reqid))
+        staged = os.path.isfile(state.config.cert_staging_path)
+        return Reply(200, agent_wire.ping_body(state.host, state.version, state.expiry,
+                                               staged, reqid))
+
+    def capabilities(self, peer: Peer, state: AgentState) -> Reply:
+        decision = self._authorise(state, peer, "discovery")
+        if not decision.allowed:
+            log.event("capabilities-deny", log.WARNING, PEER=peer.ip,
+                      DISPATCHER=peer.dispatcher, REASON=decision.reason)
+            return Reply(403, dict(agent_wire.CAPABILITIES_NOT_AUTHORISED))
+        scripts = capabilities.script_entries(state.allowlist, state.sidecars)
+        log.event("capabilities", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
+                  SCRIPTS=len(scripts))
+        return Reply(200, agent_wire.capabilities_body(state.host, state.version,
+                                                       state.config.tags, scripts))
+
+    def result(self, reqid: str, peer: Peer) -> Reply:
+        """No async store on this agent yet: every id is unknown (0.12's answer
+        for an id it never ran)."""
+        log.event("result-miss", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
+                  REQID=_short(reqid))
+        return Reply(404, agent_wire.result_unknown(reqid))

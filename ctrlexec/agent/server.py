@@ -1,0 +1,436 @@
+"""The agent's listener on 7443: accept, TLS, identity, one request, close.
+
+Theory of operation. The main thread owns the listening sockets and a
+selector that also watches a signal wake-up socket, so signals are handled
+between accepts, never inside a signal handler (SIGHUP reloads, SIGTERM and
+SIGINT stop). Per accepted connection, in this order:
+
+1. `allowed_ips`, checked on the address before any TLS work (0.12 checks
+   after the handshake); refused: closed, `ip-block`.
+2. Rate limit (volume rule); refused: closed, `rate-block` once per block.
+3. Concurrency cap: at `max_children` live connections the new one is
+   closed unanswered and `overload` is logged (0.12's behaviour).
+4. A thread of its own takes it from there, so no connection, handshake or
+   script ever holds up another:
+   - the TLS handshake (a client certificate signed by our CA is
+     required); a failure is `tls-failure` and counts for the probe rule;
+   - identity, before any request byte is read: the peer serial's
+     canonical key is looked up in the revocation list (revoked: 403
+     `certificate revoked`, nothing read) and the trusted-dispatcher map;
+   - an untrusted peer has its request line read (nothing more) to pick
+     0.12's refusal for that path; a trusted peer's request is read whole
+     with 0.12's limits (32 header lines, 1 MiB body) and handled;
+   - the reply is written, close_notify sent, and unread input drained for
+     a moment so the peer sees the reply rather than a reset.
+
+The whole handshake and request must arrive within `request_timeout`
+seconds; a client that sends nothing is dropped then (`request-timeout`).
+SIGPIPE is ignored: a peer that vanishes only fails its own connection.
+On SIGTERM the listener closes, running requests get SHUTDOWN_GRACE
+seconds to finish, then any script still running is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import selectors
+import signal
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from .. import log
+from ..core import agent_wire
+from ..core.http import MAX_LINE, FramingError, IncompleteMessage, RequestReader, \
+    parse_request_line, response_bytes
+from ..core.ipallow import AddressFilter
+from ..core.ratelimit import RateLimiter, Rule
+from ..core.serial import cert_serial_key, openssl_hex
+from ..pki.tls import peer_serial
+from ..store import atomic_write_text, ensure_dir
+from .handlers import Endpoints, Peer, Reply
+from .state import AgentRuntime
+
+# Pending connections the kernel queues for us (0.12 uses 10; a fan-out of
+# hundreds of dispatcher connections must not be refused by the kernel).
+LISTEN_BACKLOG = 512
+RECV_CHUNK = 65_536
+# After the reply: how long and how much unread input is drained so the
+# close does not turn into a reset that destroys the reply in flight.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+# On SIGTERM, how long running requests may take before scripts are killed.
+SHUTDOWN_GRACE = 10.0
+# Pause before accepting again when accept fails for lack of resources.
+ACCEPT_BACKOFF = 0.1
+
+
+def peer_address(address: tuple) -> str:
+    """The peer IP as text; IPv4-mapped IPv6 shown as IPv4 (as 0.12 logs it)."""
+    try:
+        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    except (ValueError, IndexError):
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
+def _failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def open_listeners(bind: str, port: int) -> list[socket.socket]:
+    """Listening sockets for `bind` (empty: every interface, IPv6 and IPv4)."""
+    if not bind:
+        try:
+            sock = socket.create_server(("::", port), family=socket.AF_INET6,
+                                        backlog=LISTEN_BACKLOG, reuse_port=False,
+                                        dualstack_ipv6=True)
+        except (OSError, ValueError):
+            sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
+        return [sock]
+    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, _, _, _, address = infos[0]
+    return [socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)]
+
+
+class AgentServer:
+    def __init__(self, runtime: AgentRuntime, context: ssl.SSLContext,
+                 endpoints: Endpoints | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.runtime = runtime
+        self.context = context
+        self.endpoints = endpoints or Endpoints()
+        self.clock = clock
+        config = runtime.config
+        self.request_timeout = float(config.request_timeout)
+        self.max_children = int(config.max_children)
+        self.addresses = AddressFilter.from_entries(list(config.allowed_ips))
+        self.limiter: RateLimiter | None = None
+        if not config.rate_limit_disable:
+            self.limiter = RateLimiter(Rule.parse(config.rate_limit_volume),
+                                       Rule.parse(config.rate_limit_probe))
+        self._limiter_lock = threading.Lock()
+        self._active = 0
+        self._active_changed = threading.Condition()
+        self._listeners: list[socket.socket] = []
+        self._stopping = False
+
+    # --- lifecycle ---------------------------------------------------------
+
+    def listen(self) -> list[tuple]:
+        """Bind the listening sockets; their addresses."""
+        config = self.runtime.config
+        self._listeners = open_listeners(config.bind, config.port)
+        for sock in self._listeners:
+            sock.setblocking(False)
+        return [sock.getsockname() for sock in self._listeners]
+
+    def serve(self, pidfile: Path | None = None) -> None:
+        """Accept until SIGTERM/SIGINT; then stop gracefully."""
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        with _signals_as_bytes((signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) as wake, \
+                selectors.DefaultSelector() as selector:
+            selector.register(wake, selectors.EVENT_READ, None)
+            for sock in self._listeners:
+                selector.register(sock, selectors.EVENT_READ, sock)
+            state = self.runtime.state()
+            log.event("start", log.INFO, PORT=self.runtime.config.port,
+                      SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
+                      VERSION=state.version)
+            if pidfile is not None:  # written last: its presence means "serving"
+                ensure_dir(pidfile.parent, 0o750)
+                atomic_write_text(pidfile, f"{os.getpid()}\n", 0o644)
+            try:
+                self._accept_loop(selector, wake)
+            finally:
+                for sock in self._listeners:
+                    sock.close()
+                self._drain_and_stop(pidfile)
+
+    def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
+        paused_until: float | None = None
+        while not self._stopping:
+            timeout = None if paused_until is None else max(0.0, paused_until - self.clock())
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    self._signals(wake)
+                elif paused_until is None and not self._stopping and not self._accept(key.data):
+                    # Out of file descriptors or memory: stop polling the
+                    # listeners for a moment instead of spinning on them.
+                    paused_until = self.clock() + ACCEPT_BACKOFF
+                    for sock in self._listeners:
+                        selector.unregister(sock)
+            if paused_until is not None and self.clock() >= paused_until:
+                paused_until = None
+                for sock in self._listeners:
+                    selector.register(sock, selectors.EVENT_READ, sock)
+
+    def _signals(self, wake: socket.socket) -> None:
+        try:
+            data = wake.recv(512)
+        except BlockingIOError:
+            return
+        for number in data:
+            if number == signal.SIGHUP:
+                self.runtime.reload()
+            elif number in (signal.SIGTERM, signal.SIGINT):
+                self._stopping = True
+
+    def _drain_and_stop(self, pidfile: Path | None) -> None:
+        log.event("stop", log.INFO, ACTIVE=self._active)
+        deadline = self.clock() + SHUTDOWN_GRACE
+        with self._active_changed:
+            while self._active and self.clock() < deadline:
+                self._active_changed.wait(max(0.0, deadline - self.clock()))
+        killed = self.endpoints.runner.kill_all()
+        if killed:
+            log.event("stop-kill", log.WARNING, SCRIPTS=killed)
+        if pidfile is not None:
+            _remove_own_pidfile(pidfile)
+
+    # --- accept ------------------------------------------------------------
+
+    def _accept(self, listener: socket.socket) -> bool:
+        """Accept what is pending; False when accept failed for lack of resources."""
+        while True:
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except ConnectionAbortedError:
+                continue
+            except OSError as exc:
+                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
+                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+            self._admit(conn, peer_address(address))
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        if not self.addresses.allows(ip):
+            log.event("ip-block", log.WARNING, PEER=ip)
+            _abort(conn)
+            return
+        if self.limiter is not None:
+            with self._limiter_lock:
+                verdict = self.limiter.admit(ip, self.clock())
+            if verdict.evicted:
+                log.event("rate-evict", log.INFO, PEER=ip)
+            if not verdict.allowed:
+                if verdict.blocked_now:
+                    log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
+                _abort(conn)
+                return
+        with self._active_changed:
+            if self._active >= self.max_children:
+                over = True
+            else:
+                over = False
+                self._active += 1
+        if over:
+            log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
+            _abort(conn)
+            return
+        try:
+            threading.Thread(target=self._connection, args=(conn, ip), daemon=True,
+                             name=f"conn-{ip}").start()
+        except RuntimeError:  # no thread could be started: same as overload
+            self._release()
+            log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
+            _abort(conn)
+
+    def _release(self) -> None:
+        with self._active_changed:
+            self._active -= 1
+            self._active_changed.notify_all()
+
+    # --- one connection ----------------------------------------------------
+
+    def _connection(self, conn: socket.socket, ip: str) -> None:
+        try:
+            self._serve_connection(conn, ip)
+        except Exception as exc:  # noqa: BLE001 - one connection must never stop the agent
+            log.event("connection-error", log.ERR, PEER=ip,
+                      ERROR=f"{type(exc).__name__}: {exc}"[:200])
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+            self._release()
+
+    def _serve_connection(self, conn: socket.socket, ip: str) -> None:
+        deadline = self.clock() + self.request_timeout
+        conn.settimeout(self.request_timeout)
+        try:
+            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            self._tls_failure(ip, exc)
+            return
+        try:
+            tls.do_handshake()
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            tls.close()
+            self._tls_failure(ip, exc)
+            return
+        try:
+            reply = self._exchange(tls, ip, deadline)
+            if reply is not None:
+                self._send(tls, ip, reply)
+        finally:
+            _finish(tls)
+
+    def _tls_failure(self, ip: str, exc: BaseException) -> None:
+        log.event("tls-failure", log.WARNING, PEER=ip, REASON=_failure_reason(exc))
+        if self.limiter is None:
+            return
+        with self._limiter_lock:
+            verdict = self.limiter.record_failure(ip, self.clock())
+        if verdict.blocked_now:
+            log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
+
+    def _exchange(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> Reply | None:
+        serial = peer_serial(tls)
+        key = "" if serial is None else cert_serial_key(serial)
+        serial_hex = "" if serial is None else openssl_hex(serial)
+        state = self.runtime.state()
+        if state.revoked.revoked(key):
+            log.event("revoked-cert", log.WARNING, PEER=ip, SERIAL=serial_hex)
+            return Reply(403, dict(agent_wire.REVOKED))
+        dispatcher = state.trusted.get(key) if key else None
+        peer = Peer(ip, key, serial_hex, dispatcher)
+        try:
+            if dispatcher is None:
+                method, path, _ = self._read_request_line(tls, deadline)
+                return self.endpoints.refuse(method, path, peer, state)
+            request = self._read_request(tls, deadline)
+        except FramingError as exc:
+            return Reply(exc.status, agent_wire.error_body(exc.reason))
+        except (socket.timeout, TimeoutError):
+            log.event("request-timeout", log.WARNING, PEER=ip)
+            return None
+        except (IncompleteMessage, ssl.SSLError, OSError):
+            return None  # the peer went away mid-request: nobody to answer
+        return self.endpoints.handle(request, peer, state)
+
+    def _recv(self, tls: ssl.SSLSocket, deadline: float) -> bytes:
+        remaining = deadline - self.clock()
+        if remaining <= 0:
+            raise TimeoutError("request deadline passed")
+        tls.settimeout(remaining)
+        return tls.recv(RECV_CHUNK)
+
+    def _read_request_line(self, tls: ssl.SSLSocket, deadline: float) -> tuple[str, str, str]:
+        buffer = bytearray()
+        while b"\n" not in buffer:
+            if len(buffer) > MAX_LINE:
+                raise FramingError(400, "bad request", "request line too long")
+            chunk = self._recv(tls, deadline)
+            if not chunk:
+                break
+            buffer += chunk
+        line = bytes(buffer).split(b"\n", 1)[0]
+        if len(line) > MAX_LINE:
+            raise FramingError(400, "bad request", "request line too long")
+        return parse_request_line(line.rstrip(b"\r"))
+
+    def _read_request(self, tls: ssl.SSLSocket, deadline: float):
+        reader = RequestReader()
+        while True:
+            chunk = self._recv(tls, deadline)
+            if not chunk:
+                return reader.finish()
+            request = reader.feed(chunk)
+            if request is not None:
+                return request
+
+    def _send(self, tls: ssl.SSLSocket, ip: str, reply: Reply) -> None:
+        try:
+            tls.settimeout(self.request_timeout)  # inactivity bound while the peer reads
+            tls.sendall(response_bytes(reply.status, reply.body))
+        except (ssl.SSLError, OSError) as exc:
+            log.event("reply-fail", log.WARNING, PEER=ip, STATUS=reply.status,
+                      REASON=_failure_reason(exc))
+
+
+@contextlib.contextmanager
+def _signals_as_bytes(signals: tuple[int, ...]):
+    """Deliver `signals` as bytes (their numbers) on a socket the accept loop
+    selects on, so they are handled between accepts, never in a handler."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    previous = {sig: signal.signal(sig, _note_signal) for sig in signals}
+    try:
+        yield wake_r
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        wake_r.close()
+        wake_w.close()
+
+
+def _note_signal(signum, frame) -> None:
+    """Installed so the signal is delivered; the wake-up socket carries it."""
+
+
+def _abort(conn: socket.socket) -> None:
+    """Close a connection we will not serve, without waiting for anything."""
+    try:
+        conn.close()
+    except OSError:
+        pass
+
+
+def _finish(tls: ssl.SSLSocket) -> None:
+    """Send close_notify without waiting for the peer's, half-close, and
+    drain what the peer still sends (bounded), then close."""
+    try:
+        tls.setblocking(False)
+        tls.unwrap()
+    except (ssl.SSLError, OSError, ValueError):
+        pass
+    try:
+        raw = socket.socket(fileno=tls.detach())
+    except OSError:
+        tls.close()
+        return
+    try:
+        raw.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        drained = 0
+        while drained < LINGER_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            raw.settimeout(remaining)
+            data = raw.recv(RECV_CHUNK)
+            if not data:
+                break
+            drained += len(data)
+    except OSError:
+        pass
+    finally:
+        raw.close()
+
+
+def _remove_own_pidfile(pidfile: Path) -> None:
+    try:
+        if pidfile.read_text().strip() == str(os.getpid()):
+            pidfile.unlink()
+    except OSError:
+        pass

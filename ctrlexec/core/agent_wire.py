@@ -1,0 +1,239 @@
+"""The agent's side of the wire (port 7443), with no I/O.
+
+Routing, request validation and every response body the agent writes, in
+0.12's exact shapes (protocol.md §3). Services feed this module parsed HTTP
+requests and get dicts back; the socket code never builds a body itself.
+
+Shapes worth knowing (all observed on a 0.12.3 deployment):
+
+- run errors are HTTP 200 with `exit: -1` and `error`; each error carries
+  exactly the keys 0.12 puts in it (`invalid JSON` has no script and no
+  reqid, `args must be an array` has a reqid and no script);
+- a run result has exactly `script`, `exit`, `stdout`, `stderr`, `reqid`;
+- the gate refusals are `403 {"error":"serial mismatch","status":"forbidden"}`,
+  and `403 {"error":"forbidden"}` on `/capabilities`.
+
+Stricter than 0.12 (a 0.12 dispatcher never sends these): a body that is
+JSON but not an object is `invalid JSON` (0.12's handler dies and sends
+nothing); `script`, `reqid`, `username` and `token` must be strings and
+`args` strings without NUL (0.12 would stringify or truncate them).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from . import names
+from .digest import schema_version_fallback
+
+# Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
+RUN = "run"
+PING = "ping"
+CAPABILITIES = "capabilities"
+RESULT = "result"
+ROTATE_SERIAL = "rotate-serial"
+RENEW = "renew"
+RENEW_COMPLETE = "renew-complete"
+UNKNOWN = "unknown"
+
+_EXACT_ROUTES = {
+    ("POST", "/run"): (RUN, True),
+    ("POST", "/ping"): (PING, True),
+    ("GET", "/capabilities"): (CAPABILITIES, True),
+    ("POST", "/rotate-serial"): (ROTATE_SERIAL, True),
+    ("POST", "/renew"): (RENEW, False),
+    ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
+}
+_RESULT_PREFIX = "/result/"
+
+# Bodies of the fixed answers.
+REVOKED = {"error": "certificate revoked"}
+SERIAL_MISMATCH = {"error": "serial mismatch", "status": "forbidden"}
+CAPABILITIES_FORBIDDEN = {"error": "forbidden"}
+CAPABILITIES_NOT_AUTHORISED = {"error": "not authorised"}
+NOT_FOUND = {"error": "not found"}
+
+# Largest schema sidecar read (0.12: 64 KiB).
+MAX_SIDECAR_BYTES = 65_536
+SIDECAR_SUFFIX = ".schema.json"
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    gated: bool
+    arg: str = ""  # the id of /result/<id>
+
+
+def route(method: str, path: str) -> Route:
+    """Exact string match on method and path, as 0.12 (no query strings)."""
+    found = _EXACT_ROUTES.get((method, path))
+    if found:
+        return Route(*found)
+    if method == "GET" and path.startswith(_RESULT_PREFIX):
+        ident = path[len(_RESULT_PREFIX):]
+        if names.REQID.fullmatch(ident):
+            return Route(RESULT, True, ident)
+    return Route(UNKNOWN, False)
+
+
+def gate_refusal(found: Route) -> tuple[int, dict]:
+    """What an untrusted peer gets for a gated route."""
+    if found.name == CAPABILITIES:
+        return 403, dict(CAPABILITIES_FORBIDDEN)
+    return 403, dict(SERIAL_MISMATCH)
+
+
+def error_body(reason: str) -> dict:
+    """Body of a framing error (400 `empty request`, 413, 431)."""
+    return {"error": reason}
+
+
+# --- /run -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    script: str
+    args: tuple[str, ...]
+    reqid: str
+    username: str
+    token: str
+    run_async: bool
+
+
+class RunRejected(Exception):
+    """A /run body refused before the allowlist; `body` is the 200 answer."""
+
+    def __init__(self, body: dict):
+        super().__init__(body.get("error", ""))
+        self.body = body
+
+
+def _json_object(body: bytes) -> dict | None:
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _string_field(data: dict, key: str) -> str | None:
+    """The field's value ('' when absent or null), or None when it is not a string."""
+    value = data.get(key)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else None
+
+
+def parse_run(body: bytes) -> RunRequest:
+    """Validate a /run body in 0.12's order; raise RunRejected with the answer."""
+    data = _json_object(body)
+    if data is None:
+        raise RunRejected({"exit": -1, "error": "invalid JSON"})
+    reqid = _string_field(data, "reqid")
+    if reqid is None:
+        raise RunRejected({"exit": -1, "error": "reqid must be a string"})
+    args = data.get("args")
+    if args is None:
+        args = []
+    if not isinstance(args, list):
+        raise RunRejected({"exit": -1, "error": "args must be an array", "reqid": reqid})
+    for arg in args:
+        if not isinstance(arg, str) or "\x00" in arg:
+            raise RunRejected({"exit": -1, "error": "args must be strings without NUL",
+                               "reqid": reqid})
+    fields = {}
+    for key in ("script", "username", "token"):
+        value = _string_field(data, key)
+        if value is None:
+            raise RunRejected({"exit": -1, "error": f"{key} must be a string", "reqid": reqid})
+        fields[key] = value
+    return RunRequest(fields["script"], tuple(args), reqid, fields["username"],
+                      fields["token"], bool(data.get("async")))
+
+
+def run_refused(request: RunRequest, error: str) -> dict:
+    """`script not permitted`, `not authorised: <reason>` and other refusals
+    of a valid request."""
+    return {"script": request.script, "exit": -1, "error": error, "reqid": request.reqid}
+
+
+def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict:
+    return {"script": request.script, "exit": exit_code, "stdout": stdout, "stderr": stderr,
+            "reqid": request.reqid}
+
+
+def script_context(request: RunRequest, peer_ip: str, dispatcher: str, timestamp: str) -> bytes:
+    """The JSON object a script reads on stdin: compact, UTF-8, no newline."""
+    return json.dumps({
+        "script": request.script, "args": list(request.args), "reqid": request.reqid,
+        "peer_ip": peer_ip, "username": request.username, "token": request.token,
+        "dispatcher": dispatcher, "timestamp": timestamp,
+    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- /ping, /result ----------------------------------------------------------
+
+
+def ping_reqid(body: bytes) -> str:
+    """The reqid a ping echoes; an unparsable body counts as `{}` (0.12)."""
+    data = _json_object(body) or {}
+    value = data.get("reqid")
+    return value if isinstance(value, str) else ""
+
+
+def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict:
+    return {"status": "ok", "host": host, "version": version, "expiry": expiry,
+            "staged": bool(staged), "reqid": reqid}
+
+
+def result_unknown(reqid: str) -> dict:
+    return {"status": "unknown", "reqid": reqid}
+
+
+# --- /capabilities ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    schema: dict
+    version: str
+    version_rejected: bool  # an explicit `version` was unusable, so it was derived
+
+
+def parse_sidecar(raw: bytes) -> Sidecar:
+    """A schema sidecar's body and its schema_version; ValueError with the
+    0.12 skip reason when it must be treated as absent."""
+    if len(raw) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"oversize: {len(raw)} > {MAX_SIDECAR_BYTES} bytes")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"invalid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ValueError("not a JSON object")
+    explicit = body.get("version")
+    if (isinstance(explicit, str) and names.SCHEMA_VERSION.fullmatch(explicit)
+            and not explicit.startswith("sha256:")):
+        return Sidecar(body, explicit, False)
+    rejected = explicit is not None and not isinstance(explicit, (dict, list))
+    return Sidecar(body, schema_version_fallback(body), rejected)
+
+
+def script_entry(name: str, path: str, executable: bool, profile: str,
+                 sidecar: Sidecar | None) -> dict:
+    entry: dict[str, Any] = {"name": name, "path": path, "executable": bool(executable),
+                             "profile": profile}
+    if sidecar is not None:
+        entry["schema"] = sidecar.schema
+        entry["schema_version"] = sidecar.version
+    return entry
+
+
+def capabilities_body(host: str, version: str, tags: dict[str, str],
+                      scripts: list[dict]) -> dict:
+    return {"status": "ok", "host": host, "version": version, "tags": dict(tags),
+            "scripts": sorted(scripts, key=lambda entry: entry["name"])}

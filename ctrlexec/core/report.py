@@ -1,0 +1,95 @@
+"""Text output of `ced run`, `ced ping` and `ced list-locks`, with no I/O.
+
+The layouts are 0.12's, so people and scripts that read them keep working:
+
+    ==> web-01  [OK  exit:0  35ms  req:78496fa76dc53023]
+    <the script's stdout>
+        STDERR: <the script's stderr>
+
+and for ping a fixed-width table (HOST 30, STATUS 8, RTT 8, CERT EXPIRY 28).
+A script's stdout and stderr are printed as the script wrote them (that is
+what the operator asked for); every other value came from an agent and is
+printed with control characters made visible, so a hostile agent cannot
+drive the operator's terminal.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .results import exit_code_of
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(value: object) -> str:
+    """A value from the network, safe to print on a terminal."""
+    text = "" if value is None else str(value)
+    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+
+
+def _host_label(result: dict) -> str:
+    label = visible(result.get("host", "?"))
+    if result.get("reported_hostname") is not None:
+        label += f" ({visible(result['reported_hostname'])})"
+    return label
+
+
+def _has_text(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def run_text(results: list[dict]) -> str:
+    lines: list[str] = []
+    for result in results:
+        code = exit_code_of(result)
+        lines.append(f"==> {_host_label(result)}  [{'OK' if code == 0 else 'FAIL'}  exit:{code}  "
+                     f"{visible(result.get('rtt', ''))}  req:{visible(result.get('reqid', ''))}]")
+        if result.get("error"):
+            lines.append(f"    ERROR: {visible(result['error'])}")
+        stdout = result.get("stdout")
+        if _has_text(stdout):
+            lines.append(stdout[:-1] if stdout.endswith("\n") else stdout)
+        stderr = result.get("stderr")
+        if _has_text(stderr):
+            lines.append("    STDERR: " + (stderr[:-1] if stderr.endswith("\n") else stderr))
+    return "".join(line + "\n" for line in lines)
+
+
+PING_HEADER = ("HOST", "STATUS", "RTT", "CERT EXPIRY", "VERSION")
+
+
+def _ping_row(cells: tuple[str, ...]) -> str:
+    host, status, rtt, expiry, version = cells
+    return f"{host:<30}  {status:<8}  {rtt:<8}  {expiry:<28}  {version}"
+
+
+def ping_text(results: list[dict]) -> str:
+    """0.12's ping table. Unlike 0.12, a failed host's error is shown under
+    its row (0.12 shows only `error` and leaves the operator guessing)."""
+    lines = [_ping_row(PING_HEADER), "-" * 85]
+    for result in results:
+        lines.append(_ping_row((
+            _host_label(result),
+            visible(result.get("status", "error")),
+            visible(result.get("rtt", "?")),
+            visible(result.get("expiry", "?")),
+            visible(result.get("version", "?")),
+        )))
+        if result.get("status") != "ok" and result.get("error"):
+            lines.append(f"    ERROR: {visible(result['error'])}")
+    return "\n".join(lines) + "\n"
+
+
+def locks_text(locks: list[dict]) -> str:
+    if not locks:
+        return "No locks currently held.\n"
+    lines = [f"{'HOST':<30}  SCRIPT", "-" * 50]
+    lines += [f"{visible(lock['host']):<30}  {visible(lock['script'])}" for lock in locks]
+    return "\n".join(lines) + "\n"
+
+
+def progress_text(done: int, total: int, failed: int) -> str:
+    """The live line shown on a terminal while a large fan-out runs."""
+    width = len(str(total))
+    return f"[{done:>{width}}/{total}] hosts done, {failed} failed"

@@ -1,0 +1,192 @@
+"""Per-host result objects of a dispatch (protocol.md §7.7), with no I/O.
+
+The dispatcher turns each agent exchange into one JSON object, the same
+shape 0.12's Engine produces, so API clients and `ced --json` readers see
+what they saw with 0.12:
+
+- success: the agent's own body, plus `host` (the registry name the agent
+  was addressed by), `rtt` ("NNms") and, for ping, `reported_hostname` when
+  the agent calls itself something else;
+- failure: a small object with an `error` string. The strings are 0.12's,
+  so scripts that match on them keep working.
+
+An exchange ends in either an HTTP reply or a transport failure of one of
+the kinds below; `run_result` and `ping_result` decide the object.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Transport failure kinds (what went wrong before an HTTP reply arrived).
+RESOLVE = "resolve"            # the name did not resolve
+REFUSED = "refused"            # TCP connection refused
+UNREACHABLE = "unreachable"    # no route / network down
+TIMEOUT = "timeout"            # no answer while connecting or handshaking
+READ_TIMEOUT = "read-timeout"  # connected, then silence longer than read_timeout
+TLS = "tls"                    # handshake failed, or the peer's TLS layer refused us
+CLOSED = "closed"              # the agent closed the connection without a reply
+PROTOCOL = "protocol"          # the reply was not HTTP we can frame
+OTHER = "other"                # any other socket error (detail says which)
+
+KINDS = (RESOLVE, REFUSED, UNREACHABLE, TIMEOUT, READ_TIMEOUT, TLS, CLOSED, PROTOCOL, OTHER)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A transport failure talking to `address:port`."""
+
+    kind: str
+    address: str
+    port: int
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An HTTP reply from an agent."""
+
+    status: int
+    phrase: str
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        """What 0.12 (LWP) shows for an unexpected status: `404 Not Found`."""
+        return f"{self.status} {self.phrase}".strip()
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+def rtt_text(seconds: float) -> str:
+    """Round-trip time as 0.12 writes it (`sprintf '%.0fms'`)."""
+    return f"{seconds * 1000:.0f}ms"
+
+
+def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
+    """0.12's wording for a transport failure. Only a run reports a read
+    timeout as such; other operations call every timeout a timeout."""
+    host, port = failure.address, failure.port
+    kind = failure.kind
+    if kind == READ_TIMEOUT and op == "run":
+        return f"read timeout after {read_timeout}s"
+    if kind == RESOLVE:
+        return f"host '{host}' did not resolve - check the name or use an IP address"
+    if kind == REFUSED:
+        return (f"host '{host}' did not respond on port {port} - connection refused "
+                "(agent not running, or wrong port?)")
+    if kind == UNREACHABLE:
+        return f"host '{host}' is unreachable - no route to host or network down"
+    if kind in (TIMEOUT, READ_TIMEOUT):
+        return f"host '{host}' did not respond - connection timed out"
+    if kind == TLS:
+        return f"TLS handshake with '{host}' failed - certificate or trust mismatch"
+    if kind == CLOSED:
+        return f"host '{host}' closed the connection without a response"
+    if kind == PROTOCOL:
+        return f"host '{host}' sent an invalid response ({failure.detail or 'not HTTP'})"
+    return f"host '{host}' on port {port}: {failure.detail or 'connection failed'}"
+
+
+def _object(body: bytes) -> dict | None:
+    """The reply body as a JSON object, or None (0.12 treats anything that
+    does not decode as `invalid JSON`)."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _forbidden(reply: Reply) -> str:
+    body = _object(reply.body) or {}
+    error = body.get("error")
+    return "forbidden: " + (str(error) if error is not None else reply.status_line)
+
+
+def _http_error(reply: Reply) -> str:
+    """Error text for a non-2xx reply to /run or /ping."""
+    if reply.status == 403:
+        return _forbidden(reply)
+    if reply.status == 413:
+        return "request too large"
+    return reply.status_line
+
+
+def _error(reply: Reply | None, failure: Failure | None, read_timeout: int, op: str) -> str:
+    if reply is not None:
+        return _http_error(reply)
+    if failure is not None:
+        return failure_text(failure, read_timeout, op)
+    return "no response"
+
+
+def _canonical(result: dict, name: str) -> dict:
+    """Key the result by the registry name; keep the agent's own name only
+    when it differs."""
+    result["host"] = name
+    reported = result.get("reported_hostname")
+    if reported is not None and (reported == "" or reported == name):
+        del result["reported_hostname"]
+    return result
+
+
+def _reported(result: dict, body: dict) -> None:
+    own = body.get("host")
+    if isinstance(own, str) and own:
+        result["reported_hostname"] = own
+
+
+def run_result(name: str, script: str, reqid: str, rtt: str, reply: Reply | None,
+               failure: Failure | None, read_timeout: int) -> dict:
+    """One host's result of a synchronous run."""
+    if reply is None or not reply.ok:
+        return {"host": name, "script": script, "exit": -1,
+                "error": _error(reply, failure, read_timeout, "run"),
+                "rtt": rtt, "reqid": reqid}
+    body = _object(reply.body)
+    if body is None:
+        return {"host": name, "script": script, "exit": -1, "error": "invalid JSON response",
+                "rtt": rtt, "reqid": reqid}
+    result = dict(body)
+    _reported(result, body)
+    result["rtt"] = rtt
+    if result.get("reqid") is None:
+        result["reqid"] = reqid
+    return _canonical(result, name)
+
+
+def ping_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
+                read_timeout: int) -> dict:
+    """One host's result of a ping."""
+    if reply is None or not reply.ok:
+        return {"host": name, "status": "error",
+                "error": _error(reply, failure, read_timeout, "ping"), "rtt": rtt}
+    body = _object(reply.body)
+    if body is None:
+        return {"host": name, "status": "error", "error": "invalid JSON", "rtt": rtt}
+    result = dict(body)
+    _reported(result, body)
+    result["rtt"] = rtt
+    return _canonical(result, name)
+
+
+def exit_code_of(result: dict) -> int:
+    """A run result's exit as an int; anything missing or odd counts as -1."""
+    value: Any = result.get("exit")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return -1
+    return value
+
+
+def run_failed(result: dict) -> bool:
+    """0.12: a host failed unless it exited 0."""
+    return exit_code_of(result) != 0
+
+
+def ping_failed(result: dict) -> bool:
+    return result.get("status") != "ok"

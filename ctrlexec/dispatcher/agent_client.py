@@ -1,0 +1,111 @@
+"""One mTLS request from the dispatcher to an agent (standard library only).
+
+The wire rules (protocol.md §2.2, §14.2): a new TLS connection per request,
+the dispatcher certificate presented, the agent verified against the CA
+with no hostname check, `Content-Length` on every body, at most a few
+header lines, and the reply read by Content-Length or to EOF.
+
+Every blocking step (connect, handshake, send, each read) is bounded by
+`timeout`: 0.12's `read_timeout` is an inactivity timeout, not a bound on
+the whole run, and a long script that keeps its agent silent is given that
+long. The reply size is bounded by core.http.MAX_RESPONSE_BODY.
+
+The result is a `Reply` or a `Failure` of one of the kinds in core.results;
+nothing here raises for a network problem.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import ssl
+
+from ..core import results
+from ..core.http import (MAX_RESPONSE_BODY, FramingError, IncompleteMessage, ResponseReader,
+                         request_bytes)
+
+_UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
+_RECV = 65536
+
+
+def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path: str,
+             body: bytes | None, timeout: float, max_body: int = MAX_RESPONSE_BODY
+             ) -> results.Reply | results.Failure:
+    """Send one request and read one reply of at most `max_body` bytes."""
+
+    def failed(kind: str, detail: str = "") -> results.Failure:
+        return results.Failure(kind, address, port, detail)
+
+    try:
+        raw = socket.create_connection((address, port), timeout=timeout)
+    except socket.gaierror as exc:
+        return failed(results.RESOLVE, exc.strerror or "")
+    except ConnectionRefusedError:
+        return failed(results.REFUSED)
+    except (TimeoutError, socket.timeout):
+        return failed(results.TIMEOUT)
+    except OSError as exc:
+        if exc.errno in _UNREACHABLE:
+            return failed(results.UNREACHABLE)
+        return failed(results.OTHER, exc.strerror or str(exc))
+    try:
+        try:
+            sock = context.wrap_socket(raw, server_hostname=None)
+        except (TimeoutError, socket.timeout):
+            return failed(results.TIMEOUT)
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            return failed(results.TLS, str(exc))
+        raw = sock
+        return _request(sock, method, path, body, address, port, max_body, failed)
+    finally:
+        raw.close()
+
+
+def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, address: str,
+             port: int, max_body: int, failed) -> results.Reply | results.Failure:
+    host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    reader = ResponseReader(max_body)
+    received = 0
+    try:
+        sock.sendall(request_bytes(method, path, body, host=host))
+        while True:
+            data = sock.recv(_RECV)
+            if not data:
+                response = reader.finish()
+                break
+            received += len(data)
+            response = reader.feed(data)
+            if response is not None:
+                break
+    except (TimeoutError, socket.timeout):
+        return failed(results.READ_TIMEOUT)
+    except ssl.SSLEOFError as exc:
+        if received:  # EOF without close_notify: the end of a reply read to EOF
+            return _finish(reader, failed)
+        return failed(results.TLS, str(exc))
+    except (ssl.SSLError, ConnectionError) as exc:
+        if received:
+            return failed(results.PROTOCOL, f"connection broken mid-response ({exc})")
+        # Under TLS 1.3 an agent refuses our certificate only after our side
+        # of the handshake is done: its alert reaches the first read, or is
+        # lost when its close resets the connection under the request we
+        # just sent. Either way nothing was answered, and that is the cause.
+        return failed(results.TLS, str(exc))
+    except IncompleteMessage:
+        return failed(results.CLOSED if received == 0 else results.PROTOCOL,
+                      "truncated response")
+    except FramingError as exc:
+        return failed(results.PROTOCOL, exc.reason)
+    except OSError as exc:
+        return failed(results.OTHER, exc.strerror or str(exc))
+    return results.Reply(response.status, response.phrase, response.body)
+
+
+def _finish(reader: ResponseReader, failed) -> results.Reply | results.Failure:
+    try:
+        response = reader.finish()
+    except IncompleteMessage:
+        return failed(results.PROTOCOL, "truncated response")
+    except FramingError as exc:
+        return failed(results.PROTOCOL, exc.reason)
+    return results.Reply(response.status, response.phrase, response.body)

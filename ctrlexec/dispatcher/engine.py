@@ -1,0 +1,249 @@
+"""Ping and run fan-out: how every dispatcher front end talks to agents.
+
+`ced ping`/`ced run` call it now, the HTTP API (`dispatcher serve`) will call
+it the same way with `caller="api"` and its client's address. One call is:
+
+1. validate the request (hosts, script name, args) -> BadRequest;
+2. the auth hook for the action (`ping` or `run`) -> PolicyDenied;
+3. resolve every host through the registry -> UnknownAgents;
+4. run only: take every `host:script` lock -> Locked (held until the end);
+5. one reqid for the whole operation, one mTLS request per agent, at most
+   `max_parallel` at once, each bounded by `read_timeout`;
+6. one result object per host, in the order the hosts were given
+   (core.results: 0.12's shapes and error strings).
+
+Nothing here prints; transport problems with one agent become that agent's
+result, never an exception.
+"""
+
+from __future__ import annotations
+
+import secrets
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .. import hooks, log
+from ..config.paths import Layout
+from ..core import results
+from ..core.http import encode_json
+from ..core.ids import TokenBytes, new_reqid
+from ..core.names import is_script_name
+from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, PolicyDenied
+from ..pki.tls import dispatcher_client_context
+from . import agent_client
+from .fanout import fan_out
+from .locks import HostScriptLocks
+from .registry import DEFAULT_AGENT_PORT, Registry, Target
+
+# 0.12's Engine refuses more hosts than this in one operation.
+MAX_HOSTS = 500
+# What 0.12's CLI reports to the auth hook as the caller's address.
+CLI_SOURCE_IP = "127.0.0.1"
+# Bounds on what one run may carry (the agent caps its request body at 1 MiB).
+MAX_ARGS = 4096
+
+Progress = Callable[[dict], None]
+
+
+class BadRequest(CtrlExecError):
+    """The request itself is malformed (the API answers 400)."""
+
+    exit_code = EXIT_USAGE
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    cert: str
+    key: str
+    ca: str
+    read_timeout: int = 60
+    max_parallel: int = 64
+    auth_hook: str | None = None
+    auth_hook_timeout: int = 10
+    api_auth_default: str = "deny"
+    default_port: int = DEFAULT_AGENT_PORT
+
+    @classmethod
+    def from_config(cls, settings) -> "EngineSettings":
+        """From a loaded ctrl-exec.toml (config.load.load_dispatcher)."""
+        return cls(cert=settings.cert, key=settings.key, ca=settings.ca,
+                   read_timeout=settings.read_timeout, max_parallel=settings.max_parallel,
+                   auth_hook=settings.auth_hook, auth_hook_timeout=settings.auth_hook_timeout,
+                   api_auth_default=settings.api_auth_default, default_port=settings.port)
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings, registry: Registry, locks: HostScriptLocks,
+                 token_bytes: TokenBytes = secrets.token_bytes,
+                 clock: Callable[[], float] = time.monotonic):
+        self.settings = settings
+        self.registry = registry
+        self.locks = locks
+        self._token_bytes = token_bytes
+        self._clock = clock
+        self._context: ssl.SSLContext | None = None
+        self._context_lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, settings, layout: Layout) -> "Engine":
+        return cls(EngineSettings.from_config(settings), Registry(settings.registry_dir),
+                   HostScriptLocks(layout.locks_dir))
+
+    def new_reqid(self) -> str:
+        return new_reqid(self._token_bytes)
+
+    # -- the steps, public so that front ends can add their own gates --------
+
+    def authorise(self, action: str, hosts: Sequence[str], *, caller: str, username: str = "",
+                  token: str = "", source_ip: str = "", script: str = "",
+                  args: Sequence[str] = (), reqid: str = "", submitter: dict | None = None) -> None:
+        """Ask the auth hook; raise PolicyDenied(reason, code) on a no."""
+        request = hooks.AuthRequest(action=action, script=script, hosts=list(hosts),
+                                    args=list(args), username=username, token=token,
+                                    source_ip=source_ip, reqid=reqid, submitter=submitter)
+        decision = hooks.authorise(request, self.settings.auth_hook,
+                                   self.settings.auth_hook_timeout, caller,
+                                   self.settings.api_auth_default)
+        if not decision.allowed:
+            raise PolicyDenied(decision.reason, decision.code)
+
+    def resolve(self, hosts: Sequence[str], port: int | None = None) -> list[Target]:
+        """Registry targets for the hosts (UnknownAgents names every unknown one)."""
+        targets = self.registry.resolve(list(hosts), default_port=port or self.settings.default_port)
+        seen: set[str] = set()
+        for target in targets:
+            if target.name in seen:
+                raise BadRequest(f"agent '{target.name}' is given more than once")
+            seen.add(target.name)
+        return targets
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client context, built once (loading the key is the slow part)."""
+        with self._context_lock:
+            if self._context is None:
+                self._context = _client_context(self.settings)
+            return self._context
+
+    # -- operations ----------------------------------------------------------
+
+    def ping(self, hosts: Sequence[str], *, caller: str, username: str = "", token: str = "",
+             source_ip: str = CLI_SOURCE_IP, port: int | None = None, reqid: str | None = None,
+             progress: Progress | None = None) -> list[dict]:
+        """POST /ping to every host; one result per host (§7.7)."""
+        _check_hosts(hosts)
+        self.authorise("ping", hosts, caller=caller, username=username, token=token,
+                       source_ip=source_ip)
+        targets = self.resolve(hosts, port)
+        reqid = reqid or self.new_reqid()
+        context = self.tls_context()
+        body = encode_json({"reqid": reqid})
+        return fan_out(targets, lambda target: self._ping_one(context, target, body, reqid),
+                       self.settings.max_parallel, progress)
+
+    def run(self, hosts: Sequence[str], script: str, args: Sequence[str], *, caller: str,
+            username: str = "", token: str = "", source_ip: str = CLI_SOURCE_IP,
+            port: int | None = None, reqid: str | None = None,
+            progress: Progress | None = None) -> list[dict]:
+        """POST /run of `script` with `args` to every host, holding the
+        host:script locks throughout; one result per host (§7.7)."""
+        _check_hosts(hosts)
+        _check_run(script, args)
+        self.authorise("run", hosts, caller=caller, username=username, token=token,
+                       source_ip=source_ip, script=script, args=args)
+        targets = self.resolve(hosts, port)
+        with self.locks.acquire([target.name for target in targets], script):
+            reqid = reqid or self.new_reqid()
+            context = self.tls_context()
+            log.event("dispatch", log.INFO, SCRIPT=script, REQID=reqid, MODE="sync",
+                      HOSTS=",".join(target.name for target in targets))
+            body = encode_json({"script": script, "args": list(args), "reqid": reqid,
+                                "username": username, "token": token})
+            return fan_out(targets,
+                           lambda target: self._run_one(context, target, body, script, reqid),
+                           self.settings.max_parallel, progress)
+
+    # -- one host --------------------------------------------------------------
+
+    def _exchange(self, context: ssl.SSLContext, target: Target, path: str, body: bytes
+                  ) -> tuple[results.Reply | None, results.Failure | None, str]:
+        started = self._clock()
+        try:
+            outcome = agent_client.exchange(context, target.address, target.port, "POST", path,
+                                            body, self.settings.read_timeout)
+        except Exception as exc:  # noqa: BLE001 - one host's bug must not sink the others
+            outcome = results.Failure(results.OTHER, target.address, target.port,
+                                      f"internal error: {type(exc).__name__}: {exc}")
+        rtt = results.rtt_text(self._clock() - started)
+        if isinstance(outcome, results.Failure):
+            return None, outcome, rtt
+        return outcome, None, rtt
+
+    def _run_one(self, context: ssl.SSLContext, target: Target, body: bytes, script: str,
+                 reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, "/run", body)
+        result = results.run_result(target.name, script, reqid, rtt, reply, failure,
+                                    self.settings.read_timeout)
+        if reply is not None and reply.ok:
+            log.event("run", log.INFO, SCRIPT=script, TARGET=target.label,
+                      EXIT=results.exit_code_of(result), RTT=rtt, REQID=reqid)
+        else:
+            log.event("run", log.ERR, SCRIPT=script, TARGET=target.label,
+                      ERROR=result["error"], RTT=rtt, REQID=reqid)
+        return result
+
+    def _ping_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, "/ping", body)
+        result = results.ping_result(target.name, rtt, reply, failure, self.settings.read_timeout)
+        if results.ping_failed(result):
+            log.event("ping", log.ERR, TARGET=target.label, ERROR=result.get("error", ""),
+                      RTT=rtt, REQID=reqid)
+        else:
+            log.event("ping", log.INFO, TARGET=target.label, RESULT="ok", RTT=rtt, REQID=reqid)
+        return result
+
+
+def _check_hosts(hosts: Sequence[str]) -> None:
+    if not hosts:
+        raise BadRequest("at least one host is needed")
+    if len(hosts) > MAX_HOSTS:
+        raise BadRequest(f"too many hosts: {len(hosts)} (at most {MAX_HOSTS} per operation)")
+    for host in hosts:
+        if not isinstance(host, str) or not host:
+            raise BadRequest("hosts must be non-empty strings")
+
+
+def _check_run(script: str, args: Sequence[str]) -> None:
+    if not is_script_name(script):
+        raise BadRequest(f"invalid script name {script!r}: letters, digits, '_' and '-' only")
+    if len(args) > MAX_ARGS:
+        raise BadRequest(f"too many arguments: {len(args)} (at most {MAX_ARGS})")
+    for number, arg in enumerate(args, start=1):
+        if not isinstance(arg, str):
+            raise BadRequest(f"argument {number} is not a string")
+        if "\x00" in arg:
+            raise BadRequest(f"argument {number} contains a NUL character")
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(f"argument {number} is not valid UTF-8 text") from None
+
+
+def _client_context(settings: EngineSettings) -> ssl.SSLContext:
+    for what, path in (("certificate", settings.cert), ("key", settings.key),
+                       ("CA certificate", settings.ca)):
+        try:
+            with open(path, "rb"):
+                pass
+        except FileNotFoundError:
+            raise ConfigError(f"the dispatcher {what} {path} does not exist (set up the "
+                              "dispatcher first: ced setup-ca, ced setup-ctrl-exec)") from None
+        except PermissionError:
+            raise ConfigError(f"cannot read the dispatcher {what} {path}: permission denied "
+                              "(run as the dispatcher's service user or root)") from None
+    try:
+        return dispatcher_client_context(settings.cert, settings.key, settings.ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"the dispatcher certificate, key or CA cannot be used: {exc}") from None

@@ -1,0 +1,120 @@
+"""host:script locks and the bounded fan-out."""
+
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ctrlexec.dispatcher import locks as locks_mod
+from ctrlexec.dispatcher.fanout import fan_out
+from ctrlexec.dispatcher.locks import HostScriptLocks, lock_name
+from ctrlexec.errors import Locked
+
+
+@pytest.mark.parametrize("host, script, name", [
+    ("web-01", "backup", "web-01--backup.lock"),
+    ("web.example.org", "a_b", "web.example.org--a_b.lock"),
+    ("we b/../x", "s:1", "we_b_.._x--s_1.lock"),
+])
+def test_lock_file_names_are_0_12s(host, script, name):
+    assert lock_name(host, script) == name
+
+
+def test_locks_are_held_until_released(tmp_path):
+    locks = HostScriptLocks(tmp_path / "locks")
+    held = locks.acquire(["web-01", "db-02"], "backup")
+    assert locks.held() == [{"host": "db-02", "script": "backup"},
+                            {"host": "web-01", "script": "backup"}]
+    assert oct((tmp_path / "locks" / "web-01--backup.lock").stat().st_mode & 0o777) == "0o660"
+    with pytest.raises(Locked) as conflict:
+        locks.acquire(["web-01", "other", "db-02"], "backup")
+    assert conflict.value.conflicts == ["web-01:backup", "db-02:backup"]
+    # all-or-nothing: the free host was not left locked by the failed attempt
+    assert {lock["host"] for lock in locks.held()} == {"web-01", "db-02"}
+    different_script = locks.acquire(["web-01"], "restore")
+    different_script.release()
+    held.release()
+    assert locks.held() == []
+    locks.acquire(["web-01"], "backup").release()
+
+
+def test_another_process_sees_the_lock(tmp_path):
+    locks = HostScriptLocks(tmp_path)
+    with locks.acquire(["vm"], "sleep"):
+        probe = subprocess.run(
+            [sys.executable, "-c",
+             "import sys; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
+             "from ctrlexec.errors import Locked\n"
+             "try:\n L(sys.argv[1]).acquire(['vm'], 'sleep')\n"
+             "except Locked as e: print(e.conflicts)", str(tmp_path)],
+            capture_output=True, text=True, check=True)
+        assert probe.stdout.strip() == "['vm:sleep']"
+    assert locks.held() == []
+
+
+def test_a_crashed_holder_leaves_no_lock(tmp_path):
+    child = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, os; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
+         "h = L(sys.argv[1]).acquire(['vm'], 's'); print('held', flush=True); os._exit(9)",
+         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    child.wait()
+    assert HostScriptLocks(tmp_path).held() == []
+    HostScriptLocks(tmp_path).acquire(["vm"], "s").release()
+
+
+def test_held_on_a_missing_directory_is_empty(tmp_path):
+    assert HostScriptLocks(tmp_path / "absent").held() == []
+
+
+def test_listing_ignores_foreign_files(tmp_path):
+    (tmp_path / "README").write_text("x")
+    (tmp_path / "vm--s.lock").write_text("")
+    assert HostScriptLocks(tmp_path).held() == []
+    assert locks_mod.MAX_LISTED >= 1000
+
+
+def test_fan_out_keeps_input_order_and_bounds_parallelism():
+    active = 0
+    peak = 0
+    gate = threading.Lock()
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def work(item: int) -> int:
+        nonlocal active, peak
+        with gate:
+            active += 1
+            peak = max(peak, active)
+        started.release()
+        release.wait(10)
+        with gate:
+            active -= 1
+        return item * 10
+
+    done: list[int] = []
+    outcome: list = []
+    runner = threading.Thread(target=lambda: outcome.append(
+        fan_out(list(range(20)), work, 4, done.append)))
+    runner.start()
+    for _ in range(4):
+        assert started.acquire(timeout=10)
+    assert not started.acquire(timeout=0.05)  # a fifth is not started while four run
+    release.set()
+    runner.join(10)
+    assert outcome == [[item * 10 for item in range(20)]]
+    assert peak == 4 and sorted(done) == outcome[0]
+
+
+def test_fan_out_edge_cases():
+    assert fan_out([], lambda item: item, 8) == []
+    assert fan_out([3], lambda item: item + 1, 8) == [4]
+    assert fan_out([1, 2, 3], lambda item: item, 0) == [1, 2, 3]
+
+
+def test_fan_out_runs_in_this_process_only():
+    # threads, not forks: the pid seen by every call is ours
+    assert set(fan_out(list(range(5)), lambda item: os.getpid(), 5)) == {os.getpid()}
