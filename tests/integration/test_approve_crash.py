@@ -83,6 +83,8 @@ def test_kill_approve_at_any_moment(ctl, tmp_path):
         outcomes.append((round(delay / duration, 3), outcome))
         if outcome == "none":
             early, retry = delay, (reqid, index)
+            if early > 0.9 * late:  # slower than when measured: widen the bracket
+                late *= 1.5
         else:
             late = delay
     # (half_done counts kills that left a commit for the next reader to finish)

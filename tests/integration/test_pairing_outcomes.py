@@ -24,15 +24,18 @@ def pending(ced) -> dict:
     return {r["hostname"]: r for r in json.loads(ced.run("ced", "list-requests", "--json").stdout)}
 
 
-def test_deny_and_both_timeouts(ctl, tmp_path):
+def has(ced, *names: str) -> dict | None:
+    requests = pending(ced)
+    return requests if set(names) <= set(requests) else None
+
+
+def test_deny_and_the_agents_own_timeout(ctl, tmp_path):
     setup_dispatcher(ctl)
-    window = 5
-    started = time.monotonic()
-    listener = start_listener(ctl, timeout=window)
+    listener = start_listener(ctl)
     key = openssl.ec_key(tmp_path / "raw.pem")
     agent = agent_env(ctl, tmp_path / "agent-host")
     agent_args = ("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                  str(listener.port))
+                  str(listener.port), "--background")
     try:
         # a raw 0.12-style client, denied by the operator
         denied_raw = RawPairing(listener.port)
@@ -40,22 +43,14 @@ def test_deny_and_both_timeouts(ctl, tmp_path):
         ack = denied_raw.response()
         assert ack["status"] == "pending"
         # our agent in the background, denied: the detached child exits 3
-        denied_agent = Reaped(agent, *agent_args, "--background", "--hostname", "agent-deny")
+        denied_agent = Reaped(agent, *agent_args, "--hostname", "agent-deny")
         first = denied_agent.first()
-        assert first["rc"] == 0 and first["stdout"].splitlines()[-1] in \
-            {r["reqid"] for r in pending(ctl).values()}
+        assert first["rc"] == 0, first["stderr"]
         # our agent in the background with a 1 s wait: exits 2 by itself
-        slow_agent = Reaped(agent, *agent_args, "--background", "--timeout", "1",
-                            "--hostname", "agent-slow")
-        # and two that wait for the pairing window to close
-        waiting_raw = RawPairing(listener.port)
-        waiting_raw.send(pair_body("raw-wait", openssl.csr(key, "raw-wait")))
-        assert waiting_raw.response()["status"] == "pending"
-        waiting_agent = agent.popen(*agent_args, "--hostname", "agent-wait")
+        slow_agent = Reaped(agent, *agent_args, "--timeout", "1", "--hostname", "agent-slow")
 
-        requests = wait_for(lambda: (lambda p: p if {"raw-deny", "agent-deny", "raw-wait",
-                                                     "agent-wait"} <= set(p) else None)(pending(ctl)),
-                            what="four pending requests")
+        requests = wait_for(lambda: has(ctl, "raw-deny", "agent-deny"), what="two requests")
+        assert first["stdout"].splitlines()[-1] == requests["agent-deny"]["reqid"]
         ctl.run("ced", "deny", ack["reqid"], check=True)
         ctl.run("ced", "deny", requests["agent-deny"]["reqid"], check=True)
 
@@ -65,26 +60,45 @@ def test_deny_and_both_timeouts(ctl, tmp_path):
         assert slow_agent.first()["rc"] == 0
         assert slow_agent.descendants() == [2]
         # the agent that gave up withdrew its request
-        wait_for(lambda: "agent-slow" not in pending(ctl), what="agent-slow to leave the queue")
-
-        assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
-        assert time.monotonic() - started >= window - 1
-        out, err = waiting_agent.communicate(timeout=20)
-        assert waiting_agent.returncode == 2, err
-        assert "Pairing failed: approval timeout" in err
-        listener.proc.wait(10)
-        assert "Pairing mode timed out after 5s. Stopped." in listener.lines.rest()
+        wait_for(lambda: pending(ctl) == {}, what="agent-slow to leave the queue")
     finally:
         listener.stop()
 
-    assert pending(ctl) == {}
     dispatcher_log, agent_log = ctl.log_text(), agent.log_text()
     assert "ACTION=pair-deny AGENT=raw-deny" in dispatcher_log
-    assert "ACTION=pair-expire AGENT=agent-slow" in dispatcher_log
-    assert "ACTION=pairing-mode-timeout" in dispatcher_log
+    assert "ACTION=pair-expire AGENT=agent-slow REASON=disconnected" in dispatcher_log
     assert 'ACTION=pair-denied REASON="rejected by operator"' in agent_log
-    assert agent_log.count("ACTION=pair-timeout") == 2
+    assert agent_log.count("ACTION=pair-timeout") == 1
     assert not (agent.root / "etc/ctrl-exec-agent/agent.crt").exists()
+
+
+def test_the_dispatchers_approval_timeout(ctl, tmp_path):
+    """Nobody decides before pairing mode times out: the waiting agents are
+    told `approval timeout`; ours exits 2."""
+    setup_dispatcher(ctl)
+    window = 3
+    started = time.monotonic()
+    listener = start_listener(ctl, timeout=window)
+    agent = agent_env(ctl, tmp_path / "agent-host")
+    try:
+        waiting_raw = RawPairing(listener.port)
+        waiting_raw.send(pair_body("raw-wait", openssl.csr(openssl.ec_key(tmp_path / "k.pem"),
+                                                           "raw-wait")))
+        assert waiting_raw.response()["status"] == "pending"
+        waiting_agent = agent.popen("agent", "request-pairing", "--dispatcher", "127.0.0.1",
+                                    "--port", str(listener.port), "--hostname", "agent-wait")
+        assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
+        assert time.monotonic() - started >= window - 0.5
+        out, err = waiting_agent.communicate(timeout=20)
+        assert waiting_agent.returncode == 2, err
+        assert "Pairing failed: approval timeout" in err
+        assert f"Pairing mode timed out after {window}s. Stopped." in listener.lines.rest()
+        assert listener.proc.wait(10) == 0
+    finally:
+        listener.stop()
+    assert pending(ctl) == {}
+    assert "ACTION=pairing-mode-timeout" in ctl.log_text()
+    assert "ACTION=pair-timeout" in agent.log_text()
 
 
 @pytest.fixture
