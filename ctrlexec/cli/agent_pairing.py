@@ -75,7 +75,9 @@ def request_pairing(ctx: Context) -> int:
     if problems:
         raise CtrlExecError("cannot write to " + ", ".join(problems)
                             + ": run as the agent's owner or root (sudo)")
-    port = args.port or config.pairing_port
+    port = config.pairing_port if args.port is None else args.port
+    if not 1 <= port <= 65535:
+        raise CtrlExecError("--port must be a port number (1-65535)")
     pairing_client.probe(args.dispatcher, port)
 
     key = keys.generate(args.key_type)

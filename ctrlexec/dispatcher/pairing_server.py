@@ -195,7 +195,14 @@ class PairingListener:
                                   name=f"pair-{ip}")
         with self._threads_lock:
             self._threads.add(thread)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # the system refuses another thread: as overload
+            with self._threads_lock:
+                self._threads.discard(thread)
+            self._slots.release()
+            log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
+            _close(conn)
 
     def _handle(self, conn: socket.socket, ip: str) -> None:
         try:

@@ -99,10 +99,13 @@ def test_pair_an_agent(dispatcher, tmp_path):
     # the queue is empty once the agent has its answer
     wait_for(lambda: not list((ced.root / "var/lib/ctrl-exec/pairing").glob("[0-9a-f]*")),
              what="the queue to empty")
+    # the status commands need no native library: a fresh cache stays empty
+    agent.cache = tmp_path / "fresh-native-cache"
     status = agent.run("agent", "pairing-status")
     assert status.returncode == 0 and status.stdout.strip() == \
         f"Paired. Certificate expires: {record['expiry']}"
     assert agent.run("agent", "paired").returncode == 0
+    assert not agent.cache.exists() or not any(agent.cache.iterdir())
 
     log = ced.log_text()
     assert re.search(rf"ACTION=pair-request AGENT=web-01 IP=127\.0\.0\.1 REPORTED_IP=127\.0\.0\.1 "
