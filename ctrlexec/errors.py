@@ -76,6 +76,9 @@ class PairingRejected(CtrlExecError):
     """The pairing exchange ended without a certificate. `reason` is the
     0.12 reason text (`rejected by operator`, `approval timeout`, ...)."""
 
+    # request-pairing's exit code for "denied or failed" (0.12's --background child).
+    exit_code = 3
+
     def __init__(self, reason: str, timed_out: bool = False):
         self.reason = reason
         self.timed_out = timed_out

@@ -5,7 +5,10 @@ from __future__ import annotations
 from .. import log
 from . import roles
 
-TOPICS: tuple[str, ...] = ("ctrlexec.cli.agent_serve",)
+TOPICS: tuple[str, ...] = (
+    "ctrlexec.cli.agent_serve",
+    "ctrlexec.cli.agent_pairing",
+)
 
 # The 8 modes of ctrl-exec 0.12's ctrl-exec-agent.
 COMPAT_MODES = (

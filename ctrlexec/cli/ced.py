@@ -8,6 +8,10 @@ from . import roles
 TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_run",
     "ctrlexec.cli.ced_status",
+    "ctrlexec.cli.ced_pki",
+    "ctrlexec.cli.ced_pairing_mode",
+    "ctrlexec.cli.ced_pairing",
+    "ctrlexec.cli.ced_registry",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.

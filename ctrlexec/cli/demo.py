@@ -190,17 +190,22 @@ class Demo:
         self.say(f"    request {request['reqid']} from {request.get('hostname', '?')} "
                  f"({request.get('ip', '?')}) shows code {request['code']}: it matches")
         self.must("ced", "approve", request["reqid"], "--agent-port", str(self.agent_port))
-        try:
-            status = requester.wait(timeout=STEP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            raise DemoFailed("the agent did not receive its certificate after approval") from None
-        if status != 0:
-            raise DemoFailed(f"agent request-pairing exited {status}")
+        self._wait_until_paired()
         self.agent_name = request["hostname"]
         self.say(f"    the agent stored its certificate; the dispatcher registered "
                  f"'{self.agent_name}'")
         self.run("ced", "pairing-mode", "stop", quiet=True)
         self._stop(listener)
+
+    def _wait_until_paired(self) -> None:
+        """`request-pairing --background` hands the wait to a detached child;
+        `agent paired` says when that child has stored the certificate."""
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.run("agent", "paired", quiet=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise DemoFailed("the agent did not store its certificate after approval")
 
     def _read_pairing_code(self, requester: subprocess.Popen) -> str:
         assert requester.stdout is not None

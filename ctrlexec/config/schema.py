@@ -147,6 +147,7 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
     Key("pairing_timeout", "int", 600, "seconds pairing mode stays open", between(1, 600)),
     Key("pairing_rate_limit_volume", "str", "10/60/300", "pairing connections per address: limit/window/block", rate_rule),
     Key("pairing_rate_limit_disable", "bool", False, "turn the pairing rate limit off"),
+    Key("pairing_request_timeout", "int", 10, "seconds a pairing client has to complete the handshake and send its request", between(1, 600), ours=True),
     Key("service_user", "str", "ctrl-exec", "owner of the dispatcher key when running as root", username),
     Key("ca_dir", "path", lambda l: str(l.dispatcher_etc), "directory of ca.key, ca.crt, ca.serial"),
     Key("rotation_file", "path", lambda l: str(l.rotation_file), "dispatcher cert rotation state"),

@@ -104,6 +104,10 @@ class Registry:
             self.put(record)
             return record
 
+    def discard(self, name: str) -> None:
+        """Remove one record (caller holds the lock)."""
+        remove(self._path(name))
+
     def delete(self, name: str) -> dict | None:
         with self.lock():
             record = self.get(name)

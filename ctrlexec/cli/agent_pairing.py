@@ -1,0 +1,237 @@
+"""`agent request-pairing`, `agent pairing-status`, `agent paired`."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+
+from .. import log
+from ..config.load import load_agent
+from ..core import pairing as wire
+from ..core.digest import pairing_code
+from ..core.ids import new_nonce
+from ..core.names import is_agent_name
+from ..errors import CtrlExecError, OperationTimeout, PairingRejected, ProtocolError
+from .common import Context, add_command
+
+EXIT_STORED = 0
+EXIT_TIMEOUT = 2
+EXIT_FAILED = 3
+
+
+def local_hostname() -> str:
+    """0.12's choice: the FQDN when it has a dot, else the short host name."""
+    fqdn = socket.getfqdn()
+    return fqdn if "." in fqdn else socket.gethostname()
+
+
+def _config(ctx: Context):
+    config = load_agent(ctx.layout, ctx.config_path)
+    ctx.configure_logging(config.log_target, config.log_format)
+    return config
+
+
+def _timeout(ctx: Context) -> float:
+    args = ctx.args
+    if args.timeout is None:
+        return wire.BACKGROUND_TIMEOUT if args.background else wire.CLIENT_WINDOW
+    if args.background and not 1 <= args.timeout <= wire.BACKGROUND_TIMEOUT_MAX:
+        raise CtrlExecError(f"--timeout must be between 1 and {wire.BACKGROUND_TIMEOUT_MAX} "
+                            "seconds with --background (the dispatcher waits at most 600)")
+    if not 1 <= args.timeout <= wire.CLIENT_WINDOW:
+        raise CtrlExecError(f"--timeout must be between 1 and {wire.CLIENT_WINDOW} seconds")
+    return float(args.timeout)
+
+
+def _pin(ctx: Context) -> str | None:
+    if ctx.args.ca_fingerprint is None:
+        return None
+    from ..pki.ca import normalise_fingerprint
+
+    try:
+        return normalise_fingerprint(ctx.args.ca_fingerprint)
+    except ValueError as exc:
+        raise CtrlExecError(f"--ca-fingerprint: {exc}") from None
+
+
+def request_pairing(ctx: Context) -> int:
+    from ..agent import pairing_client, pairing_store
+    from ..pki import csr, keys
+
+    args = ctx.args
+    timeout = _timeout(ctx)
+    pin = _pin(ctx)
+    config = _config(ctx)
+    hostname = args.hostname or local_hostname()
+    if not is_agent_name(hostname):
+        raise CtrlExecError(f"'{hostname}' cannot be an agent name (letters, digits, '.', '_', "
+                            "'-'); give one with --hostname")
+    if "." not in hostname and not args.hostname and not ctx.json:
+        ctx.err(f"note: this host has no domain name; pairing as '{hostname}'")
+    problems = pairing_store.writable_dirs([config.cert, config.key, config.ca,
+                                            config.trusted_dispatchers_path])
+    if problems:
+        raise CtrlExecError("cannot write to " + ", ".join(problems)
+                            + ": run as the agent's owner or root (sudo)")
+    port = config.pairing_port if args.port is None else args.port
+    if not 1 <= port <= 65535:
+        raise CtrlExecError("--port must be a port number (1-65535)")
+    pairing_client.probe(args.dispatcher, port)
+
+    key = keys.generate(args.key_type)
+    key_pem = keys.to_pem(key)
+    csr_pem = csr.build(key, hostname)
+    code = pairing_code(csr_pem)
+    nonce = new_nonce()
+    if not ctx.json:
+        ctx.out(f"Pairing code: {code}")
+        if not args.background:
+            ctx.out("  Check that the dispatcher shows the same code before it is approved.")
+        sys.stdout.flush()
+
+    connection = pairing_client.PairingConnection(args.dispatcher, port)
+    connection.open()
+    body = wire.request_body(hostname, csr_pem, nonce, args.lookup_by, config.port,
+                             connection.local_ip)
+    try:
+        reqid = connection.submit(body)
+    except BaseException:
+        connection.close()
+        raise
+    deadline = time.monotonic() + timeout
+    if args.background:
+        _detach(ctx, reqid, code, hostname)
+    elif ctx.json:
+        ctx.emit_json({"status": "pending", "reqid": reqid, "code": code, "hostname": hostname})
+    else:
+        ctx.out(f"Request {reqid} is waiting for the operator's decision "
+                f"(up to {int(timeout)}s)...")
+        sys.stdout.flush()
+    try:
+        approval = connection.result(nonce, deadline)
+        pairing_store.check(approval, key, connection.server_cert_der, pin)
+    except (OperationTimeout, PairingRejected, ProtocolError) as exc:
+        return _failed(ctx, reqid, exc)
+    finally:
+        connection.close()
+    stored = pairing_store.store(approval, key_pem, config.cert, config.key, config.ca,
+                                 config.trusted_dispatchers_path)
+    log.event("pair-complete", STATUS="approved", DISPATCHER=stored.dispatcher_id,
+              DISPATCHER_HOST=args.dispatcher)
+    if ctx.json:
+        ctx.emit_json({"status": "approved", "reqid": reqid, "code": code, "hostname": hostname,
+                       "dispatcher_id": stored.dispatcher_id,
+                       "dispatcher_serial": stored.dispatcher_serial,
+                       "cert_serial": format(stored.cert_serial, "x"), "expiry": stored.expiry,
+                       "trusted": stored.trusted})
+        return EXIT_STORED
+    ctx.out(f"Pairing complete: certificate for '{stored.subject}' stored "
+            f"(expires {stored.expiry}).")
+    if stored.trusted:
+        ctx.out(f"Trusting dispatcher '{stored.dispatcher_id}' "
+                f"(serial {stored.dispatcher_serial}).")
+    else:
+        ctx.err("WARNING: the dispatcher sent no certificate serial; this agent trusts no "
+                "dispatcher yet.")
+    ctx.out("Start the agent now, or restart it if it is running: it reads its certificate "
+            "and trusted dispatchers at start.")
+    return EXIT_STORED
+
+
+def _detach(ctx: Context, reqid: str, code: str, hostname: str) -> None:
+    """Print the request id, then wait in a child of our own session; the
+    caller gets its prompt back at once (0.12's --background)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        if ctx.json:
+            ctx.emit_json({"status": "pending", "reqid": reqid, "code": code,
+                           "hostname": hostname, "pid": pid})
+        else:
+            ctx.out(reqid)
+        sys.stdout.flush()
+        os._exit(0)
+    os.setsid()  # outlive the caller's process group
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _failed(ctx: Context, reqid: str, exc: Exception) -> int:
+    timed_out = isinstance(exc, OperationTimeout) or getattr(exc, "timed_out", False)
+    reason = exc.reason if isinstance(exc, PairingRejected) else str(exc)
+    if timed_out:
+        log.event("pair-timeout", log.WARNING, REQID=reqid)
+    else:
+        log.event("pair-denied", log.WARNING, REQID=reqid, REASON=reason)
+    if ctx.json:
+        ctx.emit_json({"status": "timeout" if timed_out else "denied", "reqid": reqid,
+                       "reason": reason})
+    else:
+        ctx.err(f"Pairing failed: {reason}")
+    return EXIT_TIMEOUT if timed_out else EXIT_FAILED
+
+
+def pairing_status(ctx: Context) -> int:
+    from ..agent import pairing_store
+
+    config = _config(ctx)
+    status = pairing_store.status(config.cert, config.key, config.ca)
+    if ctx.json:
+        ctx.emit_json({"paired": status.paired, "reason": status.reason, "expiry": status.expiry,
+                       "subject": status.subject, "serial": status.serial})
+    elif status.paired:
+        ctx.out(f"Paired. Certificate expires: {status.expiry}")
+    else:
+        ctx.out(f"Not paired. Reason: {status.reason}")
+    return 0 if status.paired else 1
+
+
+def paired(ctx: Context) -> int:
+    from ..agent import pairing_store
+
+    config = load_agent(ctx.layout, ctx.config_path)
+    return 0 if pairing_store.identity_files_present(config.cert, config.key, config.ca) else 1
+
+
+def register(subparsers) -> None:
+    parser = add_command(
+        subparsers, "request-pairing", request_pairing, "pair this agent with a dispatcher",
+        description="Generate a key and a CSR, send the CSR to the dispatcher's pairing port "
+                    "and wait for the operator. Both sides show the same 6-digit code; "
+                    "compare them before approving. On approval the certificate, the CA and "
+                    "the dispatcher's serial are stored.",
+        epilog="Exit codes: 0 stored, 2 timed out, 3 denied or failed (1: could not start).\n"
+               "--background prints 'Pairing code: NNNNNN', then the request id alone on "
+               "the last line,\nand waits detached; with --json one object "
+               "{status, reqid, code, hostname, pid}.")
+    parser.add_argument("--dispatcher", required=True, metavar="HOST",
+                        help="the dispatcher's name or address")
+    parser.add_argument("--port", type=int, metavar="PORT",
+                        help="its pairing port (default: pairing_port, 7444)")
+    parser.add_argument("--background", action="store_true",
+                        help="print the request id and wait detached (for orchestration)")
+    parser.add_argument("--timeout", type=int, metavar="SECONDS",
+                        help="how long to wait for the decision (default 30 with --background, "
+                             "at most 600; else 660)")
+    parser.add_argument("--lookup-by", choices=wire.LOOKUP_CHOICES,
+                        help="suggest how the dispatcher should address this agent")
+    parser.add_argument("--key-type", choices=("rsa", "ec"), default="rsa",
+                        help="rsa (2048, the default: 0.12 dispatchers refuse smaller keys, "
+                             "EC included) or ec (P-256)")
+    parser.add_argument("--ca-fingerprint", metavar="SHA256",
+                        help="store nothing unless the dispatcher's CA has this SHA-256 "
+                             "fingerprint (shown by 'ced pairing-mode' and 'ced setup-ca')")
+    parser.add_argument("--hostname", metavar="NAME",
+                        help="name to register under (default: this host's FQDN, else its "
+                             "short name)")
+    add_command(subparsers, "pairing-status", pairing_status, "is this agent paired?",
+                description="Says whether the certificate, key and CA are in place and when "
+                            "the certificate expires. Exit 0 paired, 1 not.")
+    add_command(subparsers, "paired", paired, "exit 0 when paired (for init scripts)",
+                description="Exit 0 when the certificate, key and CA files all exist, 1 "
+                            "otherwise. Prints nothing.")

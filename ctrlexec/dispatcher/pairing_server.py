@@ -1,0 +1,382 @@
+"""The pairing listener (port 7444), open only while `ced pairing-mode` runs.
+
+Theory of operation. The port is unauthenticated by design: anyone may ask
+to be paired, only the operator decides. So everything about a connection is
+bounded before the operator sees anything:
+
+1. accept; per-address volume limit (pairing_rate_limit_volume, 0.12's
+   10/60/300) and a cap on concurrent connections - refused ones are closed
+   with no answer;
+2. a connection that closes without sending a byte is 0.12's pre-flight
+   probe: closed quietly; one that stays silent is closed after
+   pairing_request_timeout;
+3. TLS with the dispatcher certificate, no client certificate;
+4. one request, read within pairing_request_timeout, Content-Length at most
+   64 KiB (else 0.12's `request too large`);
+5. validation (core/pairing.py) and, stricter than 0.12, the CSR checks the
+   CA will apply at approval (pki/csr.py, CN bound to the hostname), so a
+   request that could never be signed never reaches the queue;
+6. the queue cap, then the request is queued and acknowledged at once;
+7. the same connection waits for the operator (up to 600 s, and never past
+   the end of pairing mode), then gets the approval or denial; an agent that
+   disconnects while waiting withdraws its request.
+
+Every refusal is one `{"status":"error","reason":...}` response (or a closed
+connection) and one `pair-reject` log line, and changes no file. Each
+connection is served in its own thread; the accept loop never blocks on one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import select
+import socket
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Callable
+
+from .. import log
+from ..core import pairing as wire
+from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
+from ..core.ids import new_reqid
+from ..core.ratelimit import RateLimiter, Rule
+from ..core.timefmt import iso_utc
+from ..pki import csr as csr_rules
+from ..pki.tls import server_only_context
+from .pairing_queue import PairingQueue
+
+# How often a waiting connection looks for the operator's decision.
+POLL_INTERVAL = 0.25
+# Bound on the reverse DNS lookup shown to the operator (0.12: 2 s).
+REVERSE_DNS_TIMEOUT = 2.0
+# Connections served at once beyond the queue's waiting ones; more are closed.
+EXTRA_HANDLERS = 64
+BACKLOG = 128
+READ_CHUNK = 16384
+# How long, and how much, a refused client may go on sending (see _linger).
+LINGER_SECONDS = 1.0
+LINGER_BYTES = 256 * 1024
+
+_resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rdns")
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    cert: str
+    key: str
+    port: int = 7444
+    bind: str = ""
+    max_queue: int = 10
+    rate: Rule | None = Rule(10, 60, 300)
+    request_timeout: float = 10.0
+    approval_wait: float = wire.APPROVAL_WAIT
+
+
+class _Refuse(Exception):
+    """End the connection: send `reason` (if any) as an error body, log."""
+
+    def __init__(self, reason: str | None, log_reason: str, detail: str = ""):
+        super().__init__(log_reason)
+        self.reason = reason
+        self.log_reason = log_reason
+        self.detail = detail
+
+
+def _lookup(ip: str) -> tuple[str, bool]:
+    name = socket.gethostbyaddr(ip)[0]
+    addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
+    return name, ip in addresses
+
+
+def reverse_dns(ip: str) -> tuple[str, bool]:
+    """(name, forward-confirmed) for `ip`, or ('', False) when the lookup
+    fails or takes longer than REVERSE_DNS_TIMEOUT."""
+    try:
+        return _resolver.submit(_lookup, ip).result(timeout=REVERSE_DNS_TIMEOUT)
+    except (FutureTimeout, OSError, UnicodeError, ValueError):
+        return "", False
+
+
+def peer_ip(address: str) -> str:
+    """The peer address as people write it (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    return str(parsed)
+
+
+class PairingListener:
+    def __init__(self, settings: ListenerSettings, queue: PairingQueue,
+                 on_queued: Callable[[dict], None] | None = None,
+                 resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
+                 clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.queue = queue
+        self.on_queued = on_queued
+        self.resolve = resolve
+        self.clock = clock
+        self._context = server_only_context(settings.cert, settings.key)
+        self._limiter = RateLimiter(volume=settings.rate, probe=None) if settings.rate else None
+        self._slots = threading.BoundedSemaphore(settings.max_queue + EXTRA_HANDLERS)
+        self._closing = threading.Event()
+        self._threads: set[threading.Thread] = set()
+        self._threads_lock = threading.Lock()
+        self._sock: socket.socket | None = None
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def bind(self) -> int:
+        """Open the port; returns the port number (useful with port 0)."""
+        csr_rules.warm()
+        bind, port = self.settings.bind, self.settings.port
+        if bind in ("", "::"):
+            try:
+                self._sock = socket.create_server(("::", port), family=socket.AF_INET6,
+                                                  dualstack_ipv6=True, backlog=BACKLOG)
+            except (OSError, ValueError):
+                if bind == "::":
+                    raise
+                self._sock = socket.create_server(("0.0.0.0", port), backlog=BACKLOG)
+        else:
+            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+            self._sock = socket.create_server((bind, port), family=family, backlog=BACKLOG)
+        return self._sock.getsockname()[1]
+
+    def serve_forever(self) -> None:
+        assert self._sock is not None, "bind() first"
+        while not self._closing.is_set():
+            try:
+                ready, _, _ = select.select([self._sock], [], [], POLL_INTERVAL)
+                if not ready:
+                    continue
+                conn, address = self._sock.accept()
+            except (OSError, ValueError):
+                if self._closing.is_set():
+                    return
+                continue
+            self._admit(conn, peer_ip(address[0]))
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop accepting; waiting agents are told `approval timeout`."""
+        self._closing.set()
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    # --- one connection -----------------------------------------------------
+
+    def _admit(self, conn: socket.socket, ip: str) -> None:
+        if self._limiter is not None:
+            verdict = self._limiter.admit(ip, time.monotonic())
+            if not verdict.allowed:
+                if verdict.blocked_now:
+                    log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
+                _close(conn)
+                return
+        if not self._slots.acquire(blocking=False):
+            log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
+            _close(conn)
+            return
+        thread = threading.Thread(target=self._handle, args=(conn, ip), daemon=True,
+                                  name=f"pair-{ip}")
+        with self._threads_lock:
+            self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError:  # the system refuses another thread: as overload
+            with self._threads_lock:
+                self._threads.discard(thread)
+            self._slots.release()
+            log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
+            _close(conn)
+
+    def _handle(self, conn: socket.socket, ip: str) -> None:
+        try:
+            self._serve(conn, ip)
+        except Exception as exc:  # noqa: BLE001 - one connection must not stop the listener
+            log.event("pair-reject", log.ERR, IP=ip, REASON="internal-error",
+                      ERROR=f"{type(exc).__name__}: {exc}")
+        finally:
+            _close(conn)
+            self._slots.release()
+            with self._threads_lock:
+                self._threads.discard(threading.current_thread())
+
+    def _serve(self, conn: socket.socket, ip: str) -> None:
+        timeout = self.settings.request_timeout
+        deadline = time.monotonic() + timeout
+        conn.settimeout(timeout)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except socket.timeout:
+            log.event("pair-reject", IP=ip, REASON="timeout")
+            return
+        except OSError:
+            return
+        if not first:
+            return  # a bare TCP probe (0.12's request-pairing pre-flight)
+        try:
+            tls = self._context.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError) as exc:
+            log.event("pair-reject", IP=ip, REASON="tls-handshake", DETAIL=_short(exc))
+            return
+        try:
+            try:
+                reqid, hostname = self._queue_request(tls, ip, deadline)
+            except _Refuse as refusal:
+                if refusal.reason and self._send(tls, encode_json(wire.error_body(refusal.reason))):
+                    _linger(tls)
+                fields = {"DETAIL": refusal.detail} if refusal.detail else {}
+                log.event("pair-reject", IP=ip, REASON=refusal.log_reason, **fields)
+                return
+            if self._send(tls, encode_json(wire.pending_body(reqid))):
+                self._await_decision(tls, reqid, hostname)
+            else:
+                self._withdraw(tls, reqid, hostname, "disconnected")
+        finally:
+            _close(tls)
+
+    def _queue_request(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> tuple[str, str]:
+        request = _read_request(tls, deadline)
+        try:
+            pair = wire.parse_request(request.body)
+        except wire.PairRequestError as exc:
+            raise _Refuse(exc.reason, exc.log_reason, exc.detail) from None
+        try:
+            csr_rules.validate(pair.csr, expected_cn=pair.hostname)
+        except csr_rules.CsrRejected as exc:
+            raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
+        if self._closing.is_set():
+            raise _Refuse(None, "pairing-mode-stopped")
+        reqid = new_reqid()
+        name, confirmed = self.resolve(ip)
+        record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
+        if not self.queue.add(record, self.settings.max_queue):
+            raise _Refuse(wire.REASON_QUEUE_FULL, "queue-full")
+        fields = {"REPORTED_IP": pair.ip} if pair.ip else {}
+        log.event("pair-request", AGENT=pair.hostname, IP=ip, REQID=reqid, STATUS="pending",
+                  **fields)
+        if self.on_queued is not None:
+            self.on_queued(record)
+        return reqid, pair.hostname
+
+    def _await_decision(self, tls: ssl.SSLSocket, reqid: str, hostname: str) -> None:
+        deadline = time.monotonic() + self.settings.approval_wait
+        while True:
+            body = self.queue.decision(reqid)
+            if body is not None:
+                self._send(tls, body)
+                self.queue.delivered(reqid)
+                return
+            if self._closing.is_set():
+                return self._withdraw(tls, reqid, hostname, "pairing-mode-stopped")
+            if time.monotonic() >= deadline:
+                return self._withdraw(tls, reqid, hostname, "approval-timeout")
+            if _peer_gone(tls, POLL_INTERVAL):
+                return self._withdraw(tls, reqid, hostname, "disconnected")
+
+    def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
+        body = self.queue.withdraw(reqid)
+        if body is not None:  # decided at the last moment: deliver that
+            self._send(tls, body)
+            self.queue.delivered(reqid)
+            return
+        log.event("pair-expire", AGENT=hostname, REQID=reqid, REASON=why)
+        if why != "disconnected":
+            self._send(tls, encode_json(wire.denied_body(wire.REASON_TIMEOUT)))
+
+    def _send(self, tls: ssl.SSLSocket, body: bytes) -> bool:
+        try:
+            tls.settimeout(self.settings.request_timeout)
+            tls.sendall(response_bytes(200, body))
+            return True
+        except (OSError, ValueError):
+            return False
+
+
+def _read_request(tls: ssl.SSLSocket, deadline: float):
+    reader = RequestReader(max_body=wire.MAX_PAIR_BODY)
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Refuse(None, "timeout")
+        tls.settimeout(remaining)
+        try:
+            data = tls.recv(READ_CHUNK)
+        except socket.timeout:
+            raise _Refuse(None, "timeout") from None
+        except (ssl.SSLError, OSError):
+            raise _Refuse(None, "truncated") from None
+        try:
+            if not data:
+                reader.finish()
+                raise _Refuse(wire.REASON_INVALID, "truncated")
+            request = reader.feed(data)
+        except FramingError as exc:
+            if exc.status == 413:
+                raise _Refuse(wire.REASON_TOO_LARGE, "body-too-large") from None
+            raise _Refuse(wire.REASON_INVALID, "invalid-request", exc.detail) from None
+        except IncompleteMessage:
+            raise _Refuse(wire.REASON_INVALID, "truncated") from None
+        if request is not None:
+            return request
+
+
+def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
+    """Wait up to `wait` seconds; True if the agent closed its side."""
+    try:
+        ready, _, _ = select.select([tls], [], [], wait)
+    except (OSError, ValueError):
+        return True
+    if not ready:
+        return False
+    tls.setblocking(False)
+    try:
+        return not tls.recv(READ_CHUNK)
+    except ssl.SSLWantReadError:
+        return False
+    except (ssl.SSLError, OSError):
+        return True
+
+
+def _linger(sock: socket.socket) -> None:
+    """After an error answer, let the client finish sending (a body we did
+    not read) before closing, so it gets the answer instead of a reset.
+    Bounded in time and bytes."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(LINGER_SECONDS)
+        drained = 0
+        while drained < LINGER_BYTES:
+            data = sock.recv(READ_CHUNK)
+            if not data:
+                return
+            drained += len(data)
+    except (OSError, ValueError):
+        pass
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:160]
