@@ -40,7 +40,8 @@ def peer_address(address: tuple) -> str:
 
 
 def open_listeners(bind: str, port: int) -> list[socket.socket]:
-    """Listening sockets for `bind` (empty: every interface, IPv6 and IPv4)."""
+    """Non-blocking listening sockets for `bind` (empty: every interface,
+    IPv6 and IPv4), for an accept loop driven by a selector."""
     if not bind:
         try:
             sock = socket.create_server(("::", port), family=socket.AF_INET6,
@@ -48,10 +49,12 @@ def open_listeners(bind: str, port: int) -> list[socket.socket]:
                                         dualstack_ipv6=True)
         except (OSError, ValueError):
             sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
-        return [sock]
-    infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    family, _, _, _, address = infos[0]
-    return [socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)]
+    else:
+        infos = socket.getaddrinfo(bind, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.create_server(address[:2], family=family, backlog=LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return [sock]
 
 
 @contextlib.contextmanager

@@ -103,8 +103,6 @@ class AgentServer:
         """Bind the listening sockets; their addresses."""
         config = self.runtime.config
         self._listeners = open_listeners(config.bind, config.port)
-        for sock in self._listeners:
-            sock.setblocking(False)
         return [sock.getsockname() for sock in self._listeners]
 
     def serve(self, pidfile: Path | None = None) -> None:

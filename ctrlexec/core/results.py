@@ -152,20 +152,33 @@ def run_result(name: str, script: str, reqid: str, rtt: str, reply: Reply | None
     if body is None:
         return {"host": name, "script": script, "exit": -1, "error": "invalid JSON response",
                 "rtt": rtt, "reqid": reqid}
-    result = dict(body)
+    result = _echoed(body, rtt, reqid)
     _reported(result, body)
+    return _canonical(result, name)
+
+
+def _echoed(body: dict, rtt: str, reqid: str) -> dict:
+    """An agent's answer to a request with a reqid, plus our `rtt` (and the
+    reqid we sent when the agent echoed none)."""
+    result = dict(body)
     result["rtt"] = rtt
     if result.get("reqid") is None:
         result["reqid"] = reqid
-    return _canonical(result, name)
+    return result
 
 
 def ping_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
                 read_timeout: int) -> dict:
     """One host's result of a ping."""
+    return _described(name, rtt, reply, lambda: _error(reply, failure, read_timeout, "ping"))
+
+
+def _described(name: str, rtt: str, reply: Reply | None, error) -> dict:
+    """An agent describing itself (ping, capabilities): its body plus `rtt`
+    and `reported_hostname`, or `{host, status:"error", error, rtt}` with
+    `error()` when it did not answer 2xx."""
     if reply is None or not reply.ok:
-        return {"host": name, "status": "error",
-                "error": _error(reply, failure, read_timeout, "ping"), "rtt": rtt}
+        return {"host": name, "status": "error", "error": error(), "rtt": rtt}
     body = _object(reply.body)
     if body is None:
         return {"host": name, "status": "error", "error": "invalid JSON", "rtt": rtt}
@@ -212,28 +225,18 @@ def async_submit_result(name: str, script: str, reqid: str, rtt: str, reply: Rep
     if body.get("status") != "accepted":
         error = body.get("error")
         return refused("error", str(error) if error is not None else "not accepted")
-    result = dict(body)
-    result["rtt"] = rtt
-    if result.get("reqid") is None:
-        result["reqid"] = reqid
-    return _canonical(result, name)
+    return _canonical(_echoed(body, rtt, reqid), name)
 
 
 def capabilities_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
                         read_timeout: int) -> dict:
     """One host's /capabilities answer. 0.12 reports any refusal by its
     status line (`403 Forbidden`), not the agent's body."""
-    if reply is None or not reply.ok:
-        error = reply.status_line if reply is not None else \
-            _error(None, failure, read_timeout, "capabilities")
-        return {"host": name, "status": "error", "error": error, "rtt": rtt}
-    body = _object(reply.body)
-    if body is None:
-        return {"host": name, "status": "error", "error": "invalid JSON", "rtt": rtt}
-    result = dict(body)
-    _reported(result, body)
-    result["rtt"] = rtt
-    return _canonical(result, name)
+    def error() -> str:
+        if reply is not None:
+            return reply.status_line
+        return _error(None, failure, read_timeout, "capabilities")
+    return _described(name, rtt, reply, error)
 
 
 def fetch_result(name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None,
@@ -250,9 +253,6 @@ def fetch_result(name: str, reqid: str, rtt: str, reply: Reply | None, failure: 
     if body is None:
         return {"host": name, "status": "error", "error": "invalid JSON", "reqid": reqid,
                 "rtt": rtt}
-    result = dict(body)
-    result["rtt"] = rtt
-    if result.get("reqid") is None:
-        result["reqid"] = reqid
+    result = _echoed(body, rtt, reqid)
     result["host"] = name
     return result

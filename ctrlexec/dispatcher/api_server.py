@@ -81,8 +81,6 @@ class ApiServer:
 
     def listen(self) -> list[tuple]:
         self._listeners = open_listeners(self.bind, self.port)
-        for sock in self._listeners:
-            sock.setblocking(False)
         return [sock.getsockname() for sock in self._listeners]
 
     def serve(self, pidfile: Path | None = None) -> None:

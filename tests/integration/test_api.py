@@ -53,22 +53,18 @@ def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("api-fleet")
     dispatcher = pyz_for(base / "dispatcher")
     issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = {}
+
+    def prepare(site, runner):
+        site.tags = {"env": "test", "name": site.name}
+        site.write_config()
+
+    agents = agentproc.start_agents(session_ca, pyz_for, base, dispatcher.root, issued, NAMES,
+                                    dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK),
+                                    prepare)
     try:
-        for name in NAMES:
-            runner = pyz_for(base / name)
-            site = agentproc.install_site(session_ca, runner.root, issued, name=name,
-                                          scripts=dict(agentproc.APPENDIX_C_SCRIPTS,
-                                                       block=agentproc.BLOCK))
-            site.tags = {"env": "test", "name": name}
-            site.write_config()
-            agents[name] = (runner, agentproc.AgentProcess(runner, site).start())
-            testpki.register_agent(dispatcher.root, name, site.port, session_ca.issue(name),
-                                   issued)
         yield Fleet(dispatcher, issued, agents, base)
     finally:
-        for _, process in agents.values():
-            process.stop()
+        agentproc.stop_agents(agents)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +101,16 @@ def in_thread(call):
 
 def await_file(path, what: str = "file"):
     agentproc.wait_for(path.exists, 30, f"{what} {path}")
+
+
+def blocked_run(client, fleet, host: str):
+    """A synchronous /run of `block` on `host`, in progress: (its gate, the
+    pending answer). Touch gate/go to let it finish."""
+    gate = fleet.gate()
+    pending = in_thread(lambda: client.post("/run", {"hosts": [host], "script": "block",
+                                                     "args": [str(gate)]}))
+    await_file(gate / "started")
+    return gate, pending
 
 
 # -- index, health, documents ----------------------------------------------------------
@@ -288,10 +294,7 @@ def test_framing_limits(api):
 
 
 def test_lock_conflict_while_a_run_holds_the_lock(api, fleet):
-    gate = fleet.gate()
-    first = in_thread(lambda: api.post("/run", {"hosts": ["agent-01"], "script": "block",
-                                                "args": [str(gate)]}))
-    await_file(gate / "started")
+    gate, first = blocked_run(api, fleet, "agent-01")
     conflict = api.post("/run", {"hosts": ["agent-01", "agent-02"], "script": "block",
                                  "args": [str(gate)]})
     assert conflict.status == 409 and conflict.phrase == "Conflict"
@@ -551,10 +554,7 @@ def test_overload_answers_503(fleet):
                                  api_max_children=1).start()
     try:
         client = process.client()
-        gate = fleet.gate()
-        busy = in_thread(lambda: client.post("/run", {"hosts": ["agent-02"], "script": "block",
-                                                      "args": [str(gate)]}))
-        await_file(gate / "started")
+        gate, busy = blocked_run(client, fleet, "agent-02")
         overloaded = client.get("/health")
         assert overloaded.status == 503 and overloaded.phrase == "Service Unavailable"
         assert overloaded.json == {"ok": False, "error": "service unavailable",
@@ -599,10 +599,7 @@ def test_tls_api(fleet, session_ca):
 def test_sigterm_lets_requests_in_progress_finish(fleet):
     process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()
     client = process.client()
-    gate = fleet.gate()
-    running = in_thread(lambda: client.post("/run", {"hosts": ["agent-01"], "script": "block",
-                                                     "args": [str(gate)]}))
-    await_file(gate / "started")
+    gate, running = blocked_run(client, fleet, "agent-01")
     process.proc.send_signal(15)
 
     def refused() -> bool:
@@ -628,10 +625,7 @@ def test_sigterm_lets_requests_in_progress_finish(fleet):
 def test_kill_9_mid_request_leaves_no_partial_record(fleet):
     process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()
     client = process.client()
-    gate = fleet.gate()
-    blocked = in_thread(lambda: client.post("/run", {"hosts": ["agent-02"], "script": "block",
-                                                     "args": [str(gate)]}))
-    await_file(gate / "started")
+    gate, blocked = blocked_run(client, fleet, "agent-02")
     stop = threading.Event()
 
     def hammer():

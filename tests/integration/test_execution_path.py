@@ -46,26 +46,22 @@ def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("fleet")
     dispatcher = pyz_for(base / "dispatcher")
     issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = {}
+
+    def prepare(site, runner):
+        outside = agentproc.write_script(runner.root / "elsewhere" / "outside.sh",
+                                         "#!/bin/sh\necho outside\n")
+        site.allowlist["outside"] = str(outside)
+        escape = site.scripts_dir / "escape.sh"
+        escape.symlink_to(outside)
+        site.allowlist["escape"] = str(escape)
+        site.write_allowlist()
+
+    agents = agentproc.start_agents(session_ca, pyz_for, base, dispatcher.root, issued, NAMES,
+                                    dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK), prepare)
     try:
-        for name in NAMES:
-            runner = pyz_for(base / name)
-            scripts = dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK)
-            site = agentproc.install_site(session_ca, runner.root, issued, name=name,
-                                          scripts=scripts)
-            outside = agentproc.write_script(runner.root / "elsewhere" / "outside.sh",
-                                             "#!/bin/sh\necho outside\n")
-            site.allowlist["outside"] = str(outside)
-            escape = site.scripts_dir / "escape.sh"
-            escape.symlink_to(outside)
-            site.allowlist["escape"] = str(escape)
-            site.write_allowlist()
-            agents[name] = (runner, agentproc.AgentProcess(runner, site).start())
-            testpki.register_agent(dispatcher.root, name, site.port, session_ca.issue(name), issued)
         yield Fleet(dispatcher, issued, agents)
     finally:
-        for _, process in agents.values():
-            process.stop()
+        agentproc.stop_agents(agents)
 
 
 @pytest.fixture(autouse=True)

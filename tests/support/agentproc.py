@@ -153,36 +153,73 @@ class AgentProcess:
         raise AssertionError("agent serve could not find a free port")
 
     def _await_ready(self, seconds: float) -> bool:
+        # The agent writes its pidfile once it listens (a TCP probe would
+        # count as a failed handshake).
         assert self.proc is not None
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            # The agent writes its pidfile once it listens (a TCP probe would
-            # count as a failed handshake).
-            if self.pidfile.exists():
-                return True
-            time.sleep(0.01)
-        raise AssertionError(f"agent not ready within {seconds} s")
+        return await_pidfile(self.proc, self.pidfile, seconds, "agent")
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream:
-                    stream.close()
+        return stop_process(self.proc, timeout)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 30.0) -> int:
+    """SIGTERM a server (if still running), wait, close its pipes; its exit status."""
+    if proc is None:
+        return 0
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    finally:
+        for stream in (proc.stdout, proc.stderr):
+            if stream:
+                stream.close()
+
+
+def await_pidfile(proc: subprocess.Popen, pidfile: Path, seconds: float, what: str) -> bool:
+    """True once a server wrote its pidfile (it does so once listening);
+    False when it exited first."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if pidfile.exists():
+            return True
+        time.sleep(0.01)
+    raise AssertionError(f"{what} not ready within {seconds} s")
+
+
+def start_agents(ca: testpki.SessionCA, pyz_for, base: Path, dispatcher_root: Path,
+                 dispatcher: testpki.Issued, names: tuple[str, ...], scripts: dict[str, str],
+                 prepare=None) -> dict:
+    """Agents `names` under `base/<name>`, trusting `dispatcher`, started and
+    registered with it; `prepare(site, runner)` may change a site before it
+    starts. name -> (pyz runner, AgentProcess); stop them with stop_agents."""
+    agents: dict = {}
+    try:
+        for name in names:
+            runner = pyz_for(base / name)
+            site = install_site(ca, runner.root, dispatcher, name=name, scripts=scripts)
+            if prepare is not None:
+                prepare(site, runner)
+            agents[name] = (runner, AgentProcess(runner, site).start())
+            testpki.register_agent(dispatcher_root, name, site.port, ca.issue(name), dispatcher)
+    except BaseException:
+        stop_agents(agents)
+        raise
+    return agents
+
+
+def stop_agents(agents: dict) -> None:
+    for _, process in agents.values():
+        process.stop()
 
 
 def wait_for(predicate, seconds: float = 15.0, what: str = "condition"):

@@ -10,11 +10,9 @@ nothing sleeps for a fixed time.
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import ssl
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -63,16 +61,8 @@ class ApiProcess:
         raise AssertionError("dispatcher serve could not find a free port")
 
     def _await_ready(self, seconds: float) -> bool:
-        """True once the pidfile exists; False when the server exited."""
         assert self.proc is not None
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            if self.pidfile.exists():
-                return True
-            time.sleep(0.01)
-        raise AssertionError(f"dispatcher serve not ready within {seconds} s")
+        return agentproc.await_pidfile(self.proc, self.pidfile, seconds, "dispatcher serve")
 
     @property
     def pid(self) -> int:
@@ -80,25 +70,13 @@ class ApiProcess:
         return self.proc.pid
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream:
-                    stream.close()
+        return agentproc.stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no chance to finish anything."""
         assert self.proc is not None
         self.proc.kill()
-        self.proc.wait(30)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream:
-                stream.close()
+        agentproc.stop_process(self.proc)
 
     def client(self, tls_ca: Path | None = None) -> "ApiClient":
         return ApiClient(self.port, tls_ca)

@@ -99,13 +99,20 @@ def test_job_limit(tmp_path):
     finish(runs, held)
 
 
-def test_stop_records_interrupted_with_output(tmp_path):
+def running_then_stopping(tmp_path, result: ScriptResult | None = None):
+    """A store with job r1 running, and the agent just told to stop."""
     held = Held()
-    held.result = ScriptResult(EXIT_SIGNALLED, "partial\n", "")
+    if result is not None:
+        held.result = result
     runs = AsyncRuns(tmp_path, held)
     submit(runs)
     assert held.started.acquire(timeout=30)
     runs.interrupt()
+    return runs, held
+
+
+def test_stop_records_interrupted_with_output(tmp_path):
+    runs, held = running_then_stopping(tmp_path, ScriptResult(EXIT_SIGNALLED, "partial\n", ""))
     assert submit(runs, script="t", reqid="r9")[1]["error"] == "could not start async job"
     finish(runs, held)
     record = runs.result("r1", "d1", {})[1]
@@ -114,22 +121,14 @@ def test_stop_records_interrupted_with_output(tmp_path):
 
 
 def test_a_job_that_ended_by_itself_while_stopping_keeps_its_result(tmp_path):
-    held = Held()
-    runs = AsyncRuns(tmp_path, held)
-    submit(runs)
-    assert held.started.acquire(timeout=30)
-    runs.interrupt()
+    runs, held = running_then_stopping(tmp_path)
     finish(runs, held)
     record = runs.result("r1", "d1", {})[1]
     assert record["exit"] == 0 and "interrupted" not in record
 
 
 def test_a_job_that_will_not_end_is_recorded_interrupted(tmp_path):
-    held = Held()
-    runs = AsyncRuns(tmp_path, held)
-    submit(runs)
-    assert held.started.acquire(timeout=30)
-    runs.interrupt()
+    runs, held = running_then_stopping(tmp_path)
     runs.wait(timeout=0.05)
     record = runs.result("r1", "d1", {})[1]
     assert record["status"] == "done" and record["interrupted"] is True
