@@ -56,7 +56,7 @@ def _api_tls(settings):
         return None
     if not (cert and key):
         missing = "api_key" if cert else "api_cert"
-        raise ConfigError(f"{missing} must be set too: TLS needs both api_cert and api_key",
+        raise ConfigError("must be set too: TLS needs both api_cert and api_key",
                           str(settings.source or ""), missing)
     _readable("API certificate", cert)
     _readable("API key", key)

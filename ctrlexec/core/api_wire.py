@@ -286,16 +286,17 @@ def bearer_token(authorization: str) -> str:
 
 def live_spec(spec: dict, hosts: list[str], capabilities: list[dict], epoch: int) -> dict:
     """The static document with the live host and script enums (0.12's rules):
-    request `hosts` items enumerate the registry (null when empty), the run
-    request's `script` the scripts OK agents offer, `x-ctrl-exec-scripts`
-    groups each script's hosts by schema version, and `info.version` gets
-    `+<epoch>`. `spec` is not modified."""
+    request `hosts` items enumerate the registry, the run request's `script`
+    the scripts OK agents offer, `x-ctrl-exec-scripts` groups each script's
+    hosts by schema version, and `info.version` gets `+<epoch>`. With no
+    agents there is no host enum (0.12 writes `null`, which no OpenAPI
+    validator accepts). `spec` is not modified."""
     document = json.loads(json.dumps(spec))
     schemas = document.get("components", {}).get("schemas", {})
     for name in HOSTS_SCHEMAS:
         hosts_schema = schemas.get(name, {}).get("properties", {}).get("hosts")
-        if isinstance(hosts_schema, dict):
-            hosts_schema.setdefault("items", {})["enum"] = list(hosts) if hosts else None
+        if isinstance(hosts_schema, dict) and hosts:
+            hosts_schema.setdefault("items", {})["enum"] = list(hosts)
     variants: dict[str, dict[str, dict]] = {}
     for result in capabilities:
         if result.get("status") != "ok" or not isinstance(result.get("scripts"), list):

@@ -676,7 +676,7 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
 
 
 @pytest.mark.parametrize("config,message", [
-    ({"api_cert": "/nonexistent/api.crt"}, "api_key must be set too"),
+    ({"api_cert": "/nonexistent/api.crt"}, "key 'api_key': must be set too"),
     ({"api_cert": "/nonexistent/api.crt", "api_key": "/nonexistent/api.key"},
      "cannot read the API certificate /nonexistent/api.crt"),
     ({"api_port": 0}, "api_port"),
@@ -693,3 +693,38 @@ def test_configuration_errors_exit_78(fleet, config, message):
     assert completed.returncode == 78, completed.stderr
     assert message in completed.stderr and "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_exec_api_program_name_serves(fleet, tmp_path):
+    """0.12's `ctrl-exec-api` has no modes; under that name the archive serves."""
+    (tmp_path / "ctrl-exec-api").symlink_to(fleet.dispatcher.path)
+    bad = tmp_path / "api.toml"
+    bad.write_text('api_key = "/nonexistent/api.key"\n')
+    completed = subprocess.run([str(tmp_path / "ctrl-exec-api"), "--config", str(bad)],
+                               env=fleet.dispatcher.env(), capture_output=True, text=True,
+                               timeout=60)
+    assert completed.returncode == 78
+    assert completed.stderr == (f"ctrl-exec-api: {bad}, key 'api_cert': must be set too: "
+                                "TLS needs both api_cert and api_key\n")
+    version = subprocess.run([str(tmp_path / "ctrl-exec-api"), "--version"],
+                             env=fleet.dispatcher.env(), capture_output=True, text=True)
+    assert version.returncode == 0 and version.stdout.startswith("ctrl-exec-api ")
+
+
+def test_empty_registry(ctl, session_ca):
+    """No agents yet: discovery answers before any hook, the live document
+    has no host or script enums (and stays valid)."""
+    testpki.install_dispatcher(session_ca, ctl.root)
+    hook = hookscripts.write_hook(ctl.root / "hook", {"ping": 1}, ctl.root / "calls")
+    process = apiproc.ApiProcess(ctl, auth_hook=str(hook)).start()
+    try:
+        client = process.client()
+        assert client.get("/discovery").json == {"ok": True, "hosts": {}}
+        assert [env["ENVEXEC_ACTION"] for env, _ in hookscripts.calls(ctl.root / "calls")] == ["api"]
+        live = client.get("/openapi-live.json").json
+        validate_openapi(live)
+        assert "enum" not in live["components"]["schemas"]["RunRequest"]["properties"]["hosts"]["items"]
+        assert "enum" not in live["components"]["schemas"]["RunRequest"]["properties"]["script"]
+        assert "x-ctrl-exec-scripts" not in live
+    finally:
+        process.stop()
