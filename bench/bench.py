@@ -76,8 +76,11 @@ def rss_kib(pid: int) -> int:
 
 
 class Bench:
-    def __init__(self, pyz: Path, base: Path):
+    def __init__(self, pyz: Path, base: Path, isolated: bool = False):
         self.pyz = pyz
+        # `python3 -I -S`: no site-packages, no PYTHON* variables (how the
+        # shipped service units start ctrl-exec).
+        self.python = [sys.executable, "-I", "-S"] if isolated else [sys.executable]
         self.base = base
         self.ca = testpki.SessionCA()
         self.dispatcher_root = base / "dispatcher"
@@ -92,7 +95,7 @@ class Bench:
         self.client.load_cert_chain(str(layout.dispatcher_cert), str(layout.dispatcher_key))
 
     def ctl(self, root: Path, role: str, *args: str) -> list[str]:
-        return [sys.executable, str(self.pyz), role, "--root", str(root), *args]
+        return [*self.python, str(self.pyz), role, "--root", str(root), *args]
 
     def start_agent(self, name: str) -> tuple[int, subprocess.Popen]:
         root = self.base / name
@@ -203,14 +206,16 @@ def main() -> int:
     parser.add_argument("--wall-runs", type=int, default=20, help="ced invocations per command")
     parser.add_argument("--agents", type=int, default=100, help="agents for the fan-out")
     parser.add_argument("--memory-requests", type=int, default=5000)
+    parser.add_argument("--isolated", action="store_true",
+                        help="start every ctrl-exec process as `python3 -I -S`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.pyz.exists():
         parser.error(f"{args.pyz} is missing: run python3 build_zipapp.py first")
     wanted = set(args.only or ("agent", "ced", "fanout", "memory"))
     base = Path(tempfile.mkdtemp(prefix="ctrl-exec-bench-"))
-    bench = Bench(args.pyz.resolve(), base)
-    report: dict = {"machine": machine()}
+    bench = Bench(args.pyz.resolve(), base, args.isolated)
+    report: dict = {"machine": machine(), "isolated": args.isolated}
     try:
         port, process = bench.start_agent("bench-01")
         if "memory" in wanted:
