@@ -134,7 +134,6 @@ class Api:
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
         try:
-            self.store.purge()
             record = self.store.load(reqid)
         except (StateError, OSError):
             return api_wire.server_error("cannot read result")

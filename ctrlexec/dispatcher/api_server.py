@@ -188,6 +188,7 @@ class ApiServer:
     # --- one connection ----------------------------------------------------
 
     def _connection(self, conn: socket.socket, ip: str, overloaded: bool) -> None:
+        deadline = self.clock() + self.request_timeout  # handshake and request together
         sock: socket.socket | None = None
         try:
             sock = self._handshake(conn, ip)
@@ -197,7 +198,7 @@ class ApiServer:
                 log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
                 self._send(sock, ip, api_wire.overloaded())
             else:
-                reply = self._exchange(sock, ip)
+                reply = self._exchange(sock, ip, deadline)
                 if reply is not None:
                     self._send(sock, ip, reply)
         except Exception as exc:  # noqa: BLE001 - one connection must never stop the API
@@ -223,8 +224,7 @@ class ApiServer:
                       REASON=getattr(exc, "reason", None) or type(exc).__name__)
             return None
 
-    def _exchange(self, conn: socket.socket, ip: str) -> api_wire.Reply | None:
-        deadline = self.clock() + self.request_timeout
+    def _exchange(self, conn: socket.socket, ip: str, deadline: float) -> api_wire.Reply | None:
         reader = RequestReader()
         try:
             while True:

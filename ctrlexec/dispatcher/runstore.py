@@ -13,8 +13,9 @@ Aggregation asks the agents of an async run's pending hosts for
 racing each other never undo each other's progress. A record is rewritten
 only when something changed.
 
-Records older than TTL seconds (by mtime) are removed by `purge`, run on
-every `/status` as 0.12 does, and by `dispatcher serve` on a timer.
+A record older than TTL seconds (by mtime) is never served (0.12 purges the
+whole store on every `/status` for that); `purge` removes them all and runs
+at `dispatcher serve` start and on a timer.
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ class RunStore:
             raise StateError(f"cannot record run {reqid}: {exc}") from None
 
     def load(self, reqid: str) -> dict | None:
-        """The record, or None when there is none (or the reqid cannot be
-        one); StateError when it cannot be read."""
+        """The record, or None when there is none, it is past the TTL, or the
+        reqid cannot be one; StateError when it cannot be read."""
         if not names.is_store_reqid(reqid):
             return None
+        path = self.path(reqid)
         try:
-            record = read_json(self.path(reqid), MAX_RECORD_BYTES)
+            if self.clock() - path.stat().st_mtime > TTL:
+                path.unlink(missing_ok=True)  # expired: as good as purged
+                return None
+            record = read_json(path, MAX_RECORD_BYTES)
         except FileNotFoundError:
             return None
         except OSError as exc:

@@ -143,6 +143,9 @@ def test_purge(tmp_path):
     for name, age in ((".old.json.x.tmp", 3_601), (".new.json.y.tmp", 10), ("notes.txt", 10**6)):
         (tmp_path / name).write_text("x")
         os.utime(tmp_path / name, (clock.now - age, clock.now - age))
+    assert store.load("old") is None and (tmp_path / "old.json").exists() is False
+    store.record_sync("old", "s", [], [])
+    os.utime(tmp_path / "old.json", (clock.now - 86_401, clock.now - 86_401))
     assert store.purge() == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [".new.json.y.tmp", "new.json", "notes.txt"]
 
