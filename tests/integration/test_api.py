@@ -276,6 +276,14 @@ def test_unknown_status(api):
                              "detail": "no result for reqid 0123456789abcdef"}
 
 
+def test_unreadable_record_is_500(api, fleet):
+    reqid = api.post("/run", {"hosts": ["agent-01"], "script": "echo-args"}).json["reqid"]
+    (fleet.layout.runs_dir / f"{reqid}.json").write_text('{"reqid": "trunc')
+    response = api.get(f"/status/{reqid}")
+    assert response.status == 500 and response.phrase == "Internal Server Error"
+    assert response.json == {"ok": False, "error": "server error", "detail": "cannot read result"}
+
+
 def test_framing_limits(api):
     empty = api.raw(b"\r\n\r\n", "", "")  # no request line: no operation
     assert (empty.status, empty.json) == (400, {"ok": False, "error": "bad request",
