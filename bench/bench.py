@@ -11,6 +11,8 @@ What it measures (each request on a new TLS connection, as ced does):
           start included (the way an operator or a cron job runs them).
   fanout  `ced ping` of N agents (default 100), each its own `agent serve`.
   memory  the agent's RSS when idle, and after M more requests (default 5000).
+  api     `dispatcher serve` (plain HTTP, no hook): GET /health and a
+          synchronous POST /run of the trivial script through it, p50/p90/p99.
 
 Everything runs on loopback under a throwaway root, with the same built
 archive users run (dist/ctrl-exec.pyz; build it first).
@@ -180,6 +182,43 @@ class Bench:
                 "rss_after_mib": round(after / 1024, 1),
                 "growth_mib": round((after - idle) / 1024, 1)}
 
+    def start_api(self) -> int:
+        layout = testpki.layout_for(self.dispatcher_root)
+        port = free_port()
+        layout.dispatcher_config.write_text(
+            f'api_port = {port}\napi_auth_default = "allow"\napi_max_children = 256\n')
+        pidfile = self.base / "api.pid"
+        process = subprocess.Popen(self.ctl(self.dispatcher_root, "dispatcher", "serve",
+                                            "--pidfile", str(pidfile)),
+                                   env=self.env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        wait_for_pidfile(pidfile, process)
+        layout.dispatcher_config.unlink()
+        return port
+
+    def api_request(self, port: int, method: str, path: str, body: dict | None) -> float:
+        payload = None if body is None else json.dumps(body).encode()
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(http.request_bytes(method, path, payload))
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        elapsed = (time.perf_counter() - started) * 1000
+        if not b"".join(chunks).startswith(b"HTTP/1.0 200"):
+            raise SystemExit(f"{path} failed: {b''.join(chunks)[:200]!r}")
+        return elapsed
+
+    def api_latency(self, agent: str, count: int) -> dict:
+        port = self.start_api()
+        run = {"hosts": [agent], "script": "trivial"}
+        for _ in range(10):
+            self.api_request(port, "POST", "/run", run)
+        health = [self.api_request(port, "GET", "/health", None) for _ in range(count)]
+        runs = [self.api_request(port, "POST", "/run", run) for _ in range(count)]
+        return {"health_ms": percentiles(health), "run_ms": percentiles(runs)}
+
     def close(self) -> None:
         for process in self.processes:
             process.terminate()
@@ -201,7 +240,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pyz", type=Path, default=REPO / "dist/ctrl-exec.pyz")
-    parser.add_argument("--only", choices=("agent", "ced", "fanout", "memory"), action="append")
+    parser.add_argument("--only", choices=("agent", "ced", "fanout", "memory", "api"),
+                        action="append")
     parser.add_argument("--requests", type=int, default=500, help="latency samples per endpoint")
     parser.add_argument("--wall-runs", type=int, default=20, help="ced invocations per command")
     parser.add_argument("--agents", type=int, default=100, help="agents for the fan-out")
@@ -212,7 +252,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.pyz.exists():
         parser.error(f"{args.pyz} is missing: run python3 build_zipapp.py first")
-    wanted = set(args.only or ("agent", "ced", "fanout", "memory"))
+    wanted = set(args.only or ("agent", "ced", "fanout", "memory", "api"))
     base = Path(tempfile.mkdtemp(prefix="ctrl-exec-bench-"))
     bench = Bench(args.pyz.resolve(), base, args.isolated)
     report: dict = {"machine": machine(), "isolated": args.isolated}
@@ -226,6 +266,8 @@ def main() -> int:
             report["ced"] = bench.ced_wall("bench-01", args.wall_runs)
         if "memory" in wanted:
             report["memory"] = bench.memory(port, process, args.memory_requests)
+        if "api" in wanted:
+            report["api"] = bench.api_latency("bench-01", args.requests)
         if "fanout" in wanted:
             report["fanout"] = bench.fanout(args.agents, max(3, args.wall_runs // 4))
     finally:
