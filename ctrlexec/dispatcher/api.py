@@ -75,9 +75,9 @@ class Api:
             return api_wire.locked(exc.conflicts)
         except BadRequest as exc:
             return api_wire.bad_request(str(exc)).reply
-        except CtrlExecError as exc:
+        except CtrlExecError as exc:  # the operator reads why in the log, not the client
             log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
-            return api_wire.server_error(str(exc))
+            return api_wire.server_error("internal error")
 
     def _endpoint(self, found: api_wire.Route, request: ApiRequest) -> Reply:
         name = found.name
