@@ -86,12 +86,24 @@ class RunStore:
 
     def update(self, reqid: str, change: Callable[[dict], bool]) -> dict | None:
         """Re-read the record under the store lock, apply `change` (True when
-        it changed something) and write it back if so."""
-        with self._lock():
+        it changed something) and write it back if so. A caller that may read
+        the store but not write it (a member of the service group running
+        `ced status`) still gets the changed record; it is just not saved."""
+        try:
+            lock: FileLock | None = self._lock().acquire()
+        except (OSError, StateError):
+            lock = None
+        try:
             record = self.load(reqid)
-            if record is not None and change(record):
-                self.save(record)
+            if record is not None and change(record) and lock is not None:
+                try:
+                    self.save(record)
+                except StateError:
+                    pass  # logged run-store-fail; the caller still sees the new state
             return record
+        finally:
+            if lock is not None:
+                lock.release()
 
     def record_sync(self, reqid: str, script: str, hosts: list[str], results: list[dict],
                     submitter: dict | None = None) -> dict:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +194,45 @@ def test_aggregate(tmp_path):
     aggregate(store, engine, "r1")
     assert engine.asked == []
     assert aggregate(store, engine, "missing") is None
+
+
+
+def as_unprivileged(work):
+    """`work()` run by a user who may read but not write: this user when not
+    root, else a child process that dropped to nobody (65534)."""
+    if os.geteuid() != 0:
+        return work()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop privileges, report, never return into pytest
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write_end, json.dumps(work()).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return json.loads(data)
+
+
+def test_aggregate_read_only():
+    """A reader who cannot write the store still sees the agents' answers."""
+    base = Path(tempfile.mkdtemp(prefix="runs-ro-"))
+    try:
+        base.chmod(0o755)
+        store = RunStore(base / "runs", Clock(50))
+        store.record_async("r1", "s", SUBMITTED[:1])
+        (base / "runs").chmod(0o555)
+        (base / "runs" / "r1.json").chmod(0o444)
+        engine = Engine({"a": {"status": "done", "exit": 0, "stdout": "", "stderr": ""}},
+                        known={"a"})
+        seen = as_unprivileged(lambda: aggregate(store, engine, "r1"))
+        assert seen["complete"] is True and seen["hosts"]["a"]["status"] == "done"
+        assert store.load("r1")["complete"] is False  # nothing was written
+    finally:
+        (base / "runs").chmod(0o755)
+        shutil.rmtree(base)
