@@ -101,6 +101,10 @@ class AsyncRuns:
                     if entry.is_dir() and names.is_dispatcher_id(entry.name)]
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            log.event("async-store-fail", log.ERR, FILE=str(self.directory),
+                      ERROR=exc.strerror or str(exc))
+            return []
 
     def purge(self) -> int:
         """Remove records older than the TTL (never one still running)."""

@@ -111,7 +111,7 @@ class ApiServer:
             timeout = max(0.0, self._next_purge - self.clock()) if self.purge else None
             for key, _ in selector.select(timeout):
                 if key.data is None:
-                    self._stopping = _stop_requested(wake)
+                    self._stopping = self._stopping or _stop_requested(wake)
                 elif not self._stopping:
                     self._accept(key.data)
 
