@@ -278,8 +278,12 @@ def test_unknown_status(api):
 
 def test_unreadable_record_is_500(api, fleet):
     reqid = api.post("/run", {"hosts": ["agent-01"], "script": "echo-args"}).json["reqid"]
-    (fleet.layout.runs_dir / f"{reqid}.json").write_text('{"reqid": "trunc')
-    response = api.get(f"/status/{reqid}")
+    record = fleet.layout.runs_dir / f"{reqid}.json"
+    record.write_text('{"reqid": "trunc')
+    try:
+        response = api.get(f"/status/{reqid}")
+    finally:
+        record.unlink()
     assert response.status == 500 and response.phrase == "Internal Server Error"
     assert response.json == {"ok": False, "error": "server error", "detail": "cannot read result"}
 
