@@ -12,13 +12,13 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import urllib.request
 import uuid
 
 import pytest
 
 from tests.conftest import REPO
+from tests.support.agentproc import wait_for
 
 pytestmark = pytest.mark.container
 
@@ -60,16 +60,6 @@ def exec_in(podman, container: str, *argv: str, check: bool = True) -> subproces
     if check:
         assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
     return result
-
-
-def wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_compose_pairs_and_runs(podman, project):
