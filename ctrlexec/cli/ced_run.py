@@ -186,16 +186,23 @@ def cmd_run(ctx: Context) -> int:
     engine = _engine(ctx)
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
-    progress = ProgressLine(len(hosts), run_failed)
+    return _fan_out(ctx, hosts, run_failed, report.run_text,
+                    lambda progress: engine.run(hosts, script, script_args, caller=CALLER_CLI,
+                                                progress=progress, **_identity(ctx)))
+
+
+def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:
+    """One operation over many hosts: a progress line while it runs, then the
+    results; exit 1 when any host failed."""
+    progress = ProgressLine(len(hosts), failed)
     try:
-        results = engine.run(hosts, script, script_args, caller=CALLER_CLI,
-                             progress=progress, **_identity(ctx))
+        results = call(progress)
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
     finally:
         progress.clear()
-    _results(ctx, results, report.run_text)
-    return EXIT_FAILURE if any(run_failed(result) for result in results) else 0
+    _results(ctx, results, text)
+    return EXIT_FAILURE if any(failed(result) for result in results) else 0
 
 
 def _run_async(ctx: Context, engine: Engine, hosts: list[str], script: str,
@@ -226,15 +233,9 @@ def cmd_ping(ctx: Context) -> int:
     if getattr(ctx.args, "script_args", None) is not None:
         raise BadRequest("ping takes no script arguments")
     engine = _engine(ctx)
-    progress = ProgressLine(len(hosts), ping_failed)
-    try:
-        results = engine.ping(hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx))
-    except (PolicyDenied, UnknownAgents) as exc:
-        return _stopped(ctx, exc)
-    finally:
-        progress.clear()
-    _results(ctx, results, report.ping_text)
-    return EXIT_FAILURE if any(ping_failed(result) for result in results) else 0
+    return _fan_out(ctx, hosts, ping_failed, report.ping_text,
+                    lambda progress: engine.ping(hosts, caller=CALLER_CLI, progress=progress,
+                                                 **_identity(ctx)))
 
 
 def cmd_list_locks(ctx: Context) -> int:
