@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import selectors
 import signal
 import socket
 import ssl
@@ -74,6 +75,28 @@ def signals_as_bytes(signals: tuple[int, ...]):
             signal.signal(sig, handler)
         wake_r.close()
         wake_w.close()
+
+
+@contextlib.contextmanager
+def accepting(listeners: list[socket.socket], signals: tuple[int, ...]):
+    """A selector over the listening sockets (key data: the socket) and the
+    signal wake-up socket (key data: None), for one server's accept loop.
+    SIGPIPE is ignored: a peer that goes away mid-reply is that connection's
+    problem, never the server's. The listeners are closed on the way out."""
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    with signals_as_bytes(signals) as wake, selectors.DefaultSelector() as selector:
+        selector.register(wake, selectors.EVENT_READ, None)
+        for sock in listeners:
+            selector.register(sock, selectors.EVENT_READ, sock)
+        try:
+            yield selector, wake
+        finally:
+            close_all(listeners)
+
+
+def close_all(listeners: list[socket.socket]) -> None:
+    for sock in listeners:
+        sock.close()
 
 
 def _note_signal(signum, frame) -> None:

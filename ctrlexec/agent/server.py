@@ -51,8 +51,7 @@ from ..core.ratelimit import RateLimiter, Rule
 from ..core.serial import cert_serial_key, openssl_hex
 from ..netio import abort as _abort
 from ..netio import finish as _finish
-from ..netio import open_listeners, peer_address
-from ..netio import signals_as_bytes as _signals_as_bytes
+from ..netio import accepting, close_all, open_listeners, peer_address
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, write_pidfile
 from .handlers import Endpoints, Peer, Reply
@@ -107,12 +106,8 @@ class AgentServer:
 
     def serve(self, pidfile: Path | None = None) -> None:
         """Accept until SIGTERM/SIGINT; then stop gracefully."""
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        with _signals_as_bytes((signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) as wake, \
-                selectors.DefaultSelector() as selector:
-            selector.register(wake, selectors.EVENT_READ, None)
-            for sock in self._listeners:
-                selector.register(sock, selectors.EVENT_READ, sock)
+        with accepting(self._listeners, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) \
+                as (selector, wake):
             state = self.runtime.state()
             log.event("start", log.INFO, PORT=self.runtime.config.port,
                       SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
@@ -122,8 +117,7 @@ class AgentServer:
             try:
                 self._accept_loop(selector, wake)
             finally:
-                for sock in self._listeners:
-                    sock.close()
+                close_all(self._listeners)  # refuse new connections while draining
                 self._drain_and_stop(pidfile)
 
     def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:

@@ -41,7 +41,7 @@ from typing import Callable
 from .. import log
 from ..core import api_wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, response_bytes
-from ..netio import abort, finish, open_listeners, peer_address, signals_as_bytes
+from ..netio import abort, accepting, close_all, finish, open_listeners, peer_address
 from ..store import remove_own_pidfile, write_pidfile
 from .api import Api, ApiRequest
 
@@ -85,12 +85,7 @@ class ApiServer:
 
     def serve(self, pidfile: Path | None = None) -> None:
         """Accept until SIGTERM/SIGINT, then let requests in progress finish."""
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        with signals_as_bytes((signal.SIGTERM, signal.SIGINT)) as wake, \
-                selectors.DefaultSelector() as selector:
-            selector.register(wake, selectors.EVENT_READ, None)
-            for sock in self._listeners:
-                selector.register(sock, selectors.EVENT_READ, sock)
+        with accepting(self._listeners, (signal.SIGTERM, signal.SIGINT)) as (selector, wake):
             log.event("api-start", log.INFO, PORT=self.port, BIND=self.bind,
                       TLS="yes" if self.tls else "no", MAX=self.max_children)
             if pidfile is not None:  # written last: its presence means "serving"
@@ -98,8 +93,7 @@ class ApiServer:
             try:
                 self._accept_loop(selector, wake)
             finally:
-                for sock in self._listeners:
-                    sock.close()
+                close_all(self._listeners)  # refuse new connections while draining
                 self._drain(wake)
                 log.event("api-stop", log.INFO, ACTIVE=self._active)
                 if pidfile is not None:
