@@ -55,7 +55,7 @@ exits 0 even then) or the auth hook denied; 2 for a malformed command.
 """ + IDENTITY_HELP
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -66,7 +66,7 @@ def _port(text: str) -> int:
 
 
 def _identity_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=_port, metavar="N",
+    parser.add_argument("--port", type=port_number, metavar="N",
                         help="port for agents registered on the default port (default: "
                              "the config's `port`, 7443)")
     parser.add_argument("--username", metavar="NAME", help="default: $USER")

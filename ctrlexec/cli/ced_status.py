@@ -16,6 +16,7 @@ import time
 
 from ..core import report, run_record
 from ..errors import EXIT_FAILURE
+from .ced_run import port_number
 from .common import Context, add_command
 
 # 0.12 polls every 2 seconds for at most 300 seconds.
@@ -51,16 +52,24 @@ def register(subparsers) -> None:
                                      "for their results first).",
                          epilog=STATUS_EPILOG)
     status.add_argument("reqid", metavar="REQID", help="the run's request id")
+    _port_option(status)
     wait = add_command(subparsers, "wait", cmd_wait, "wait for an async run to finish",
                        description="Poll an async run until every agent has finished, then "
                                    "show it as `status` does.",
                        epilog=WAIT_EPILOG)
     wait.add_argument("reqid", metavar="REQID", help="the run's request id")
+    _port_option(wait)
     wait.add_argument("--timeout", type=_seconds(0), default=DEFAULT_TIMEOUT, metavar="SECONDS",
                       help=f"stop waiting after this long (default {DEFAULT_TIMEOUT})")
     wait.add_argument("--interval", type=_seconds(0.05), default=DEFAULT_INTERVAL,
                       metavar="SECONDS",
                       help=f"time between polls (default {DEFAULT_INTERVAL:g})")
+
+
+def _port_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=port_number, metavar="N",
+                        help="port for pending agents registered on the default port "
+                             "(default: the config's `port`, 7443)")
 
 
 def _aggregator(ctx: Context):
@@ -72,7 +81,7 @@ def _aggregator(ctx: Context):
     ctx.configure_logging(settings.log_target, settings.log_format)
     engine = Engine.from_config(settings, ctx.layout)
     store = RunStore(ctx.layout.runs_dir)
-    return lambda reqid: aggregate(store, engine, reqid)
+    return lambda reqid: aggregate(store, engine, reqid, ctx.args.port)
 
 
 def _not_found(ctx: Context, reqid: str) -> int:

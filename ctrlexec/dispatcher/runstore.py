@@ -130,10 +130,10 @@ class RunStore:
 def _is_record_name(name: str) -> bool:
     return name.endswith(".json") and names.is_store_reqid(name[:-5])
 
-def aggregate(store: RunStore, engine, reqid: str) -> dict | None:
+def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> dict | None:
     """The record of `reqid` brought up to date: every pending host of an
-    async run is asked for `/result/<reqid>` and the answers merged. None
-    when there is no record."""
+    async run is asked for `/result/<reqid>` (on `port` when its record has
+    the default port) and the answers merged. None when there is no record."""
     record = store.load(reqid)
     if record is None:
         return None
@@ -144,7 +144,7 @@ def aggregate(store: RunStore, engine, reqid: str) -> dict | None:
     targets = []
     for name in pending:
         try:
-            targets.extend(engine.resolve([name]))
+            targets.extend(engine.resolve([name], port))
         except UnknownAgents:
             fetched[name] = {"status": "error", "error": "not a registered agent"}
     for answer in engine.fetch_results(targets, reqid):
