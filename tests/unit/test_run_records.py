@@ -161,11 +161,11 @@ class Engine:
         self.known = known
         self.asked: list[str] = []
 
-    def resolve(self, names):
+    def resolve(self, names, port=None):
         [name] = names
         if name not in self.known:
             raise UnknownAgents([name])
-        return [Target(name, name, "127.0.0.1", 7443)]
+        return [Target(name, name, "127.0.0.1", port or 7443)]
 
     def fetch_results(self, targets, reqid):
         self.asked += [target.name for target in targets]
