@@ -27,7 +27,11 @@ def env(tmp_path_factory, session_ca, pyz_for):
     dispatcher = testpki.install_dispatcher(session_ca, base / "dispatcher")
     site = install_site(session_ca, base / "agent", dispatcher,
                         settings={"request_timeout": REQUEST_TIMEOUT, "max_children": 600})
-    site.add_script("flood", "#!/bin/sh\nhead -c 3000000 /dev/zero | tr '\\0' f\n")
+    # Both streams at the output cap: a reply (about 8 MiB) larger than the
+    # agent's send buffer (tcp_wmem max 4 MiB) plus what an idle peer takes,
+    # so writing it must block until the peer's reset arrives.
+    site.add_script("flood", "#!/bin/sh\nhead -c 5000000 /dev/zero | tr '\\0' f\n"
+                             "head -c 5000000 /dev/zero | tr '\\0' e >&2\n")
     site.write_allowlist()
     ctl = pyz_for(base / "agent")
     agent = AgentProcess(ctl, site).start()
@@ -126,8 +130,8 @@ def test_200_simultaneous_connections(env):
 
 
 def test_client_vanishing_while_the_reply_is_written(env):
-    """A 3 MB reply to a peer that reset the connection: SIGPIPE/EPIPE must
-    only fail that reply."""
+    """A reply of several MB to a peer that reset the connection: SIGPIPE/EPIPE
+    must only fail that reply."""
     port = env["site"].port
     before = log_count(env, "ACTION=reply-fail")
     body = json.dumps({"script": "flood", "reqid": "gone"}).encode()
