@@ -94,7 +94,7 @@ def fleet(lab, session_ca, pyz_for, tmp_path_factory):
     try:
         for name, host in made.hosts.items():
             made.agents[name] = made.start_agent(name, host, AGENT_PORT)
-            dispatcher.register(session_ca, name, host.address, AGENT_PORT)
+            dispatcher.register(session_ca, name, host.address, made.agents[name].site.port)
         yield made
     finally:
         for process in made.agents.values():

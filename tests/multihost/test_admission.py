@@ -49,7 +49,7 @@ def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_age
     agent = extra_agents("guarded", alpha, 7501, trusting=(second,),
                          allowed_ips=[fleet.lab.root_address])
     for dispatcher in (fleet.dispatcher, second):
-        dispatcher.register(fleet.ca, "guarded", alpha.address, 7501)
+        dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port)
 
     assert _ping(fleet.dispatcher, "guarded")["status"] == "ok"
 
@@ -61,7 +61,7 @@ def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_age
     # byte (0.12 closes unanswered too, but only after the TLS handshake;
     # we close before any TLS work: docs/compatibility.md).
     probe = subprocess.run(fleet.hosts["bravo"].argv(sys.executable, "-c", RAW_PROBE,
-                                                     alpha.address, "7501"),
+                                                     alpha.address, str(agent.site.port)),
                            capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(probe.stdout) == {"received": 0, "closed": True}
 
@@ -80,7 +80,7 @@ def test_rate_limit_blocks_one_address_and_serves_another(fleet, second, extra_a
     agent = extra_agents("limited", charlie, 7502, trusting=(second,),
                          rate_limit_disable=False, rate_limit_volume="3/60/300")
     for dispatcher in (fleet.dispatcher, second):
-        dispatcher.register(fleet.ca, "limited", charlie.address, 7502)
+        dispatcher.register(fleet.ca, "limited", charlie.address, agent.site.port)
 
     assert [_ping(second, "limited")["status"] for _ in range(3)] == ["ok"] * 3
     blocked = _ping(second, "limited")
