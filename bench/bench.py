@@ -120,13 +120,21 @@ class Bench:
         return port, process
 
     def request(self, port: int, path: str, body: dict) -> float:
-        payload = json.dumps(body).encode()
+        """One mTLS request to an agent, as the dispatcher sends it."""
+        return self._timed(port, "POST", path, body, self.client)
+
+    @staticmethod
+    def _timed(port: int, method: str, path: str, body: dict | None,
+               tls: ssl.SSLContext | None) -> float:
+        """Milliseconds for one request on a new connection, reply read to EOF."""
+        payload = None if body is None else json.dumps(body).encode()
         started = time.perf_counter()
         with socket.create_connection(("127.0.0.1", port)) as raw:
-            with self.client.wrap_socket(raw) as tls:
-                tls.sendall(http.request_bytes("POST", path, payload, host=f"127.0.0.1:{port}"))
+            conn = tls.wrap_socket(raw) if tls else raw
+            with conn:
+                conn.sendall(http.request_bytes(method, path, payload, host=f"127.0.0.1:{port}"))
                 chunks = []
-                while chunk := tls.recv(65536):
+                while chunk := conn.recv(65536):
                     chunks.append(chunk)
         elapsed = (time.perf_counter() - started) * 1000
         if not b"".join(chunks).startswith(b"HTTP/1.0 200"):
@@ -198,17 +206,8 @@ class Bench:
         return port
 
     def api_request(self, port: int, method: str, path: str, body: dict | None) -> float:
-        payload = None if body is None else json.dumps(body).encode()
-        started = time.perf_counter()
-        with socket.create_connection(("127.0.0.1", port)) as conn:
-            conn.sendall(http.request_bytes(method, path, payload))
-            chunks = []
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-        elapsed = (time.perf_counter() - started) * 1000
-        if not b"".join(chunks).startswith(b"HTTP/1.0 200"):
-            raise SystemExit(f"{path} failed: {b''.join(chunks)[:200]!r}")
-        return elapsed
+        """One plain-HTTP request to the dispatcher API."""
+        return self._timed(port, method, path, body, None)
 
     def api_latency(self, agent: str, count: int) -> dict:
         port = self.start_api()

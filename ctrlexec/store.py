@@ -91,6 +91,18 @@ def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> objec
         raise StateError(f"{target}: not valid JSON ({exc})") from exc
 
 
+def read_json_object(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> dict | None:
+    """A state file holding one JSON object: None when it does not exist,
+    StateError when it is not an object (or not JSON, or too large)."""
+    try:
+        value = read_json(path, max_bytes)
+    except FileNotFoundError:
+        return None
+    if not isinstance(value, dict):
+        raise StateError(f"{path} is not a JSON object")
+    return value
+
+
 def write_pidfile(path: Path) -> None:
     """`<pid>\n`, written atomically (a daemon writes it once it serves)."""
     ensure_dir(path.parent, 0o750)

@@ -32,7 +32,7 @@ from typing import Callable
 from ..core.http import encode_json
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..errors import StateError
-from ..store import FileLock, atomic_write, ensure_dir, read_json, remove
+from ..store import FileLock, atomic_write, ensure_dir, read_json_object, remove
 from .registry import Registry
 
 # Request ids we create are 16 hex; accept 0.12's older forms, nothing that
@@ -75,13 +75,7 @@ class PairingQueue:
                 if name.endswith(suffix) and is_reqid(name[:-len(suffix)])]
 
     def _read(self, path: Path) -> dict | None:
-        try:
-            value = read_json(path, MAX_QUEUE_FILE)
-        except FileNotFoundError:
-            return None
-        if not isinstance(value, dict):
-            raise StateError(f"{path} is not a JSON object")
-        return value
+        return read_json_object(path, MAX_QUEUE_FILE)
 
     # --- housekeeping (caller holds the lock) -------------------------------
 

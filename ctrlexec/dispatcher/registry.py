@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..core.names import is_agent_name
-from ..errors import CtrlExecError, StateError
-from ..store import FileLock, ensure_dir, read_json, remove, write_json
+from ..errors import CtrlExecError
+from ..store import FileLock, ensure_dir, read_json_object, remove, write_json
 
 DEFAULT_AGENT_PORT = 7443
 SERIAL_STATUSES = ("unknown", "pending", "current", "stale")
@@ -76,13 +76,7 @@ class Registry:
                       if entry.endswith(".json") and is_agent_name(entry[:-5]))
 
     def get(self, name: str) -> dict | None:
-        try:
-            record = read_json(self._path(name))
-        except FileNotFoundError:
-            return None
-        if not isinstance(record, dict):
-            raise StateError(f"registry record {name} is not a JSON object")
-        return record
+        return read_json_object(self._path(name))
 
     def records(self) -> Iterator[dict]:
         for name in self.names():

@@ -29,7 +29,7 @@ from typing import Callable
 from .. import log
 from ..core import names, run_record
 from ..errors import CtrlExecError, StateError
-from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json
+from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json_object
 from .registry import UnknownAgents
 
 TTL = 86_400
@@ -75,14 +75,11 @@ class RunStore:
             if self.clock() - path.stat().st_mtime > TTL:
                 path.unlink(missing_ok=True)  # expired: as good as purged
                 return None
-            record = read_json(path, MAX_RECORD_BYTES)
-        except FileNotFoundError:
+            return read_json_object(path, MAX_RECORD_BYTES)
+        except FileNotFoundError:   # from stat: never recorded or purged
             return None
         except OSError as exc:
             raise StateError(f"cannot read run {reqid}: {exc.strerror or exc}") from None
-        if not isinstance(record, dict):
-            raise StateError(f"run record {reqid} is not a JSON object")
-        return record
 
     def update(self, reqid: str, change: Callable[[dict], bool]) -> dict | None:
         """Re-read the record under the store lock, apply `change` (True when
