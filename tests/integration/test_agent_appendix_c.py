@@ -16,11 +16,18 @@ import pytest
 
 import ctrlexec
 from tests.support import testpki
-from tests.support.agentproc import (AgentProcess, DispatcherClient, install_site,
-                                     parse_response)
+from tests.support.agentproc import (
+    AgentProcess,
+    DispatcherClient,
+    install_site,
+    parse_response,
+    wait_for,
+)
 
-LWP_HEAD = ("{method} {path} HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"
-            "Host: 127.0.0.1:17543\r\nUser-Agent: libwww-perl/6.68\r\n")
+LWP_HEAD = (
+    "{method} {path} HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"
+    "Host: 127.0.0.1:17543\r\nUser-Agent: libwww-perl/6.68\r\n"
+)
 
 
 def lwp(method: str, path: str, body: bytes | None) -> bytes:
@@ -31,7 +38,9 @@ def lwp(method: str, path: str, body: bytes | None) -> bytes:
 
 
 def curl(method: str, path: str, body: bytes | None) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: vm:17443\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+    head = (
+        f"{method} {path} HTTP/1.1\r\nHost: vm:17443\r\nUser-Agent: curl/7.88.1\r\nAccept: */*\r\n"
+    )
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + (body or b"")
@@ -41,16 +50,22 @@ def curl(method: str, path: str, body: bytes | None) -> bytes:
 def deployment(tmp_path_factory, session_ca, pyz_for):
     base = tmp_path_factory.mktemp("appendix-c")
     dispatcher = testpki.install_dispatcher(session_ca, base / "dispatcher")
-    site = install_site(session_ca, base / "agent", dispatcher, name="vm",
-                        dispatcher_id="perl-ref-dispatcher")
+    site = install_site(
+        session_ca, base / "agent", dispatcher, name="vm", dispatcher_id="perl-ref-dispatcher"
+    )
     site.tags = {"env": "reference", "impl": "perl"}
     site.write_config()
     ctl = pyz_for(base / "agent")
     agent = AgentProcess(ctl, site).start()
     agent_issued_expiry = testpki.layout_for(base / "agent").agent_cert
-    yield {"site": site, "agent": agent, "ctl": ctl, "base": base,
-           "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
-           "agent_cert": agent_issued_expiry}
+    yield {
+        "site": site,
+        "agent": agent,
+        "ctl": ctl,
+        "base": base,
+        "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
+        "agent_cert": agent_issued_expiry,
+    }
     assert agent.stop() == 0
     assert "ACTION=connection-error" not in ctl.log_text()
 
@@ -58,14 +73,17 @@ def deployment(tmp_path_factory, session_ca, pyz_for):
 def exchange(deployment, raw: bytes):
     data = deployment["client"].exchange(deployment["site"].port, raw)
     response = parse_response(data)
-    assert response.headers == [("Content-Type", "application/json"),
-                                ("Content-Length", str(len(response.body)))]
+    assert response.headers == [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(response.body))),
+    ]
     return response
 
 
 def expected_expiry(deployment) -> str:
-    from ctrlexec.core.x509 import facts_from_pem
     import time
+
+    from ctrlexec.core.x509 import facts_from_pem
 
     not_after = facts_from_pem(deployment["agent_cert"].read_text()).not_after
     return time.strftime("%b %e %H:%M:%S %Y GMT", time.gmtime(not_after))
@@ -92,10 +110,17 @@ def test_c1_run_success(deployment):
     assert len(body) == 103  # as in the transcript's Content-Length
     response = exchange(deployment, lwp("POST", "/run", body))
     assert response.status == 200
-    assert response.json() == {"script": "echo-args", "stderr": "", "stdout": "hello\ntwo words\n",
-                               "exit": 0, "reqid": "bcdda31da6596e86"}
-    line = ("ACTION=run DISPATCHER=perl-ref-dispatcher EXIT=0 PEER=127.0.0.1 "
-            "REQID=bcdda31da6596e86 SCRIPT=echo-args")
+    assert response.json() == {
+        "script": "echo-args",
+        "stderr": "",
+        "stdout": "hello\ntwo words\n",
+        "exit": 0,
+        "reqid": "bcdda31da6596e86",
+    }
+    line = (
+        "ACTION=run DISPATCHER=perl-ref-dispatcher EXIT=0 PEER=127.0.0.1 "
+        "REQID=bcdda31da6596e86 SCRIPT=echo-args"
+    )
     assert line in deployment["ctl"].log_text()
 
 
@@ -103,8 +128,13 @@ def test_c1_run_non_zero_exit(deployment):
     body = b'{"username":"","reqid":"e9b29cfb44331714","token":"","args":["5"],"script":"fail"}'
     response = exchange(deployment, lwp("POST", "/run", body))
     assert response.status == 200
-    assert response.json() == {"exit": 5, "reqid": "e9b29cfb44331714", "stdout": "about to fail\n",
-                               "stderr": "something went wrong\n", "script": "fail"}
+    assert response.json() == {
+        "exit": 5,
+        "reqid": "e9b29cfb44331714",
+        "stdout": "about to fail\n",
+        "stderr": "something went wrong\n",
+        "script": "fail",
+    }
 
 
 def test_c1_capabilities(deployment):
@@ -116,19 +146,37 @@ def test_c1_capabilities(deployment):
     assert body["status"] == "ok" and body["version"] == ctrlexec.__version__
     assert body["tags"] == {"impl": "perl", "env": "reference"}
     assert body["scripts"] == [
-        {"profile": "default", "name": name, "executable": True, "path": str(scripts / f"{name}.sh")}
-        for name in ("echo-args", "fail", "show-context", "sleep")]
+        {
+            "profile": "default",
+            "name": name,
+            "executable": True,
+            "path": str(scripts / f"{name}.sh"),
+        }
+        for name in ("echo-args", "fail", "show-context", "sleep")
+    ]
 
 
-@pytest.mark.parametrize("body, status, expected", [
-    (b'{"script":"echo-args","args":["a b","c"],"reqid":"r1","username":"u","token":"t"}', 200,
-     {"stdout": "a b\nc\n", "exit": 0, "stderr": "", "reqid": "r1", "script": "echo-args"}),
-    (b'{"script":"echo-args","args":"x","reqid":"r2"}', 200,
-     {"reqid": "r2", "exit": -1, "error": "args must be an array"}),
-    (b"nope", 200, {"error": "invalid JSON", "exit": -1}),
-    (b'{"script":"nope","reqid":"r3"}', 200,
-     {"exit": -1, "script": "nope", "reqid": "r3", "error": "script not permitted"}),
-])
+@pytest.mark.parametrize(
+    "body, status, expected",
+    [
+        (
+            b'{"script":"echo-args","args":["a b","c"],"reqid":"r1","username":"u","token":"t"}',
+            200,
+            {"stdout": "a b\nc\n", "exit": 0, "stderr": "", "reqid": "r1", "script": "echo-args"},
+        ),
+        (
+            b'{"script":"echo-args","args":"x","reqid":"r2"}',
+            200,
+            {"reqid": "r2", "exit": -1, "error": "args must be an array"},
+        ),
+        (b"nope", 200, {"error": "invalid JSON", "exit": -1}),
+        (
+            b'{"script":"nope","reqid":"r3"}',
+            200,
+            {"exit": -1, "script": "nope", "reqid": "r3", "error": "script not permitted"},
+        ),
+    ],
+)
 def test_c3_direct_run_requests(deployment, body, status, expected):
     response = exchange(deployment, curl("POST", "/run", body))
     assert response.status == status
@@ -143,8 +191,11 @@ def test_c3_ping(deployment):
 
 def test_c3_unknown_path_and_unknown_result(deployment):
     response = exchange(deployment, curl("GET", "/nope", None))
-    assert (response.status, response.phrase, response.json()) == (404, "Not Found",
-                                                                    {"error": "not found"})
+    assert (response.status, response.phrase, response.json()) == (
+        404,
+        "Not Found",
+        {"error": "not found"},
+    )
     response = exchange(deployment, curl("GET", "/result/zzz", None))
     assert (response.status, response.json()) == (404, {"status": "unknown", "reqid": "zzz"})
 
@@ -157,8 +208,16 @@ def test_c3_script_context_on_stdin(deployment):
     import json
 
     context = json.loads(result["stdout"])
-    assert set(context) == {"peer_ip", "dispatcher", "token", "reqid", "args", "username",
-                            "script", "timestamp"}
+    assert set(context) == {
+        "peer_ip",
+        "dispatcher",
+        "token",
+        "reqid",
+        "args",
+        "username",
+        "script",
+        "timestamp",
+    }
     assert context["dispatcher"] == "perl-ref-dispatcher" and context["peer_ip"] == "127.0.0.1"
     assert context["args"] == ["a", "b"] and context["reqid"] == "170b8beafb00a945"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", context["timestamp"])
@@ -182,7 +241,11 @@ def test_c3_no_client_cert_is_refused_at_the_handshake(deployment):
         # TLS 1.3: the refusal can arrive on the first read instead of the handshake
         if not data:
             raise ssl.SSLError("closed without a reply")
-    assert "ACTION=tls-failure PEER=127.0.0.1" in deployment["ctl"].log_text()
+    # The client sees the refusal before the agent has written its log line.
+    wait_for(
+        lambda: "ACTION=tls-failure PEER=127.0.0.1" in deployment["ctl"].log_text(),
+        what="the agent's tls-failure log line",
+    )
 
 
 def test_empty_request_line_is_400(deployment):
@@ -197,11 +260,16 @@ def test_limits_431_and_413(deployment):
     big = b"POST /run HTTP/1.1\r\nContent-Length: 1048577\r\n\r\n"
     response = exchange(deployment, big)
     assert (response.status, response.phrase, response.json()) == (
-        413, "Content Too Large", {"error": "request too large"})
+        413,
+        "Content Too Large",
+        {"error": "request too large"},
+    )
     exactly = b"POST /ping HTTP/1.1\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(32))
     response = exchange(deployment, exactly + b"Content-Length: 2\r\n\r\n{}")
     assert response.status == 431  # 32 others plus Content-Length is the 33rd line
-    response = exchange(deployment, exactly[:-len(b"X-H31: v\r\n")] + b"Content-Length: 2\r\n\r\n{}")
+    response = exchange(
+        deployment, exactly[: -len(b"X-H31: v\r\n")] + b"Content-Length: 2\r\n\r\n{}"
+    )
     assert response.status == 200
 
 
