@@ -54,15 +54,23 @@ DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
 @dataclass(frozen=True)
 class Target:
     name: str
-    libc: str      # glibc | musl
-    arch: str      # x86_64 | aarch64
-    platforms: tuple[str, ...]   # pip --platform tags, best first
+    libc: str  # glibc | musl
+    arch: str  # x86_64 | aarch64
+    platforms: tuple[str, ...]  # pip --platform tags, best first
 
 
 TARGETS = {
-    t.name: t for t in (
-        Target("manylinux_x86_64", "glibc", "x86_64", ("manylinux_2_17_x86_64", "manylinux2014_x86_64")),
-        Target("manylinux_aarch64", "glibc", "aarch64", ("manylinux_2_17_aarch64", "manylinux2014_aarch64")),
+    t.name: t
+    for t in (
+        Target(
+            "manylinux_x86_64", "glibc", "x86_64", ("manylinux_2_17_x86_64", "manylinux2014_x86_64")
+        ),
+        Target(
+            "manylinux_aarch64",
+            "glibc",
+            "aarch64",
+            ("manylinux_2_17_aarch64", "manylinux2014_aarch64"),
+        ),
         Target("musllinux_x86_64", "musl", "x86_64", ("musllinux_1_2_x86_64",)),
         Target("musllinux_aarch64", "musl", "aarch64", ("musllinux_1_2_aarch64",)),
     )
@@ -87,6 +95,7 @@ def _glibc() -> str:
 
 # ---------------------------------------------------------------- wheels
 
+
 def load_lock() -> dict[str, str]:
     if not LOCK_FILE.exists():
         return {}
@@ -100,8 +109,10 @@ def load_lock() -> dict[str, str]:
 
 
 def save_lock(entries: dict[str, str]) -> None:
-    lines = ["# Wheels carried by ctrl-exec.pyz: file name and SHA-256.",
-             "# Rewritten by `python3 build_zipapp.py --update-lock`."]
+    lines = [
+        "# Wheels carried by ctrl-exec.pyz: file name and SHA-256.",
+        "# Rewritten by `python3 build_zipapp.py --update-lock`.",
+    ]
     lines += [f"{name} {entries[name]}" for name in sorted(entries)]
     LOCK_FILE.write_text("\n".join(lines) + "\n")
 
@@ -118,12 +129,26 @@ def _find(cache: Path, pattern: str) -> Path | None:
 
 
 def _pip_download(cache: Path, requirement: str, extra: list[str]) -> None:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--quiet", "--dest", str(cache), *extra, requirement]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(cache),
+        *extra,
+        requirement,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"build_zipapp: pip could not download {requirement} "
-                         f"({' '.join(extra)}):\n{result.stderr.strip()}")
+        raise SystemExit(
+            f"build_zipapp: pip could not download {requirement} "
+            f"({' '.join(extra)}):\n{result.stderr.strip()}"
+        )
 
 
 def fetch(cache: Path, requirement: str, pattern: str, extra: list[str]) -> Path:
@@ -133,7 +158,9 @@ def fetch(cache: Path, requirement: str, pattern: str, extra: list[str]) -> Path
         _pip_download(cache, requirement, extra)
         found = _find(cache, pattern)
         if found is None:
-            raise SystemExit(f"build_zipapp: pip gave no wheel matching {pattern} for {requirement}")
+            raise SystemExit(
+                f"build_zipapp: pip gave no wheel matching {pattern} for {requirement}"
+            )
     return found
 
 
@@ -148,22 +175,33 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
     """Download what the targets need; return {set name: [wheel, ...]}."""
     plan: dict[str, list[Path]] = {"pure": []}
     for name, version in PURE.items():
-        plan["pure"].append(fetch(cache, f"{name}=={version}",
-                                  rf"{name}-{re.escape(version)}-py3-none-any\.whl", []))
+        plan["pure"].append(
+            fetch(
+                cache, f"{name}=={version}", rf"{name}-{re.escape(version)}-py3-none-any\.whl", []
+            )
+        )
     for target in targets:
         plat = platform_args(target)
         arch = re.escape(target.arch)
         family = "manylinux" if target.libc == "glibc" else "musllinux"
-        plan[f"cryptography-{target.name}"] = [fetch(
-            cache, f"cryptography=={CRYPTOGRAPHY}",
-            rf"cryptography-{re.escape(CRYPTOGRAPHY)}-cp311-abi3-.*{family}[^-]*_{arch}\.whl",
-            plat + ["--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"])]
+        plan[f"cryptography-{target.name}"] = [
+            fetch(
+                cache,
+                f"cryptography=={CRYPTOGRAPHY}",
+                rf"cryptography-{re.escape(CRYPTOGRAPHY)}-cp311-abi3-.*{family}[^-]*_{arch}\.whl",
+                plat + ["--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"],
+            )
+        ]
         for python in PYTHONS:
             tag = "cp" + python.replace(".", "")
-            plan[f"cffi-{tag}-{target.name}"] = [fetch(
-                cache, f"cffi=={CFFI}",
-                rf"cffi-{re.escape(CFFI)}-{tag}-{tag}-.*{family}[^-]*_{arch}\.whl",
-                plat + ["--python-version", python, "--implementation", "cp", "--abi", tag])]
+            plan[f"cffi-{tag}-{target.name}"] = [
+                fetch(
+                    cache,
+                    f"cffi=={CFFI}",
+                    rf"cffi-{re.escape(CFFI)}-{tag}-{tag}-.*{family}[^-]*_{arch}\.whl",
+                    plat + ["--python-version", python, "--implementation", "cp", "--abi", tag],
+                )
+            ]
     return plan
 
 
@@ -176,20 +214,26 @@ def verify_against_lock(plan: dict[str, list[Path]], update: bool) -> None:
             recorded = lock.get(wheel.name)
             if recorded is None:
                 if not update:
-                    raise SystemExit(f"build_zipapp: {wheel.name} is not in wheels.lock "
-                                     "(run with --update-lock to record it)")
+                    raise SystemExit(
+                        f"build_zipapp: {wheel.name} is not in wheels.lock "
+                        "(run with --update-lock to record it)"
+                    )
                 lock[wheel.name] = digest
                 changed = True
             elif recorded != digest:
-                raise SystemExit(f"build_zipapp: {wheel.name} does not match its hash in "
-                                 f"wheels.lock (expected {recorded}, got {digest})")
+                raise SystemExit(
+                    f"build_zipapp: {wheel.name} does not match its hash in "
+                    f"wheels.lock (expected {recorded}, got {digest})"
+                )
     if changed:
         save_lock(lock)
 
 
 def min_libc(wheel: Path) -> str:
     """The oldest libc a wheel's platform tags promise to run on."""
-    versions = [(int(a), int(b)) for a, b in re.findall(r"(?:many|musl)linux_(\d+)_(\d+)_", wheel.name)]
+    versions = [
+        (int(a), int(b)) for a, b in re.findall(r"(?:many|musl)linux_(\d+)_(\d+)_", wheel.name)
+    ]
     if "manylinux2014" in wheel.name:
         versions.append((2, 17))
     if not versions:
@@ -199,6 +243,7 @@ def min_libc(wheel: Path) -> str:
 
 
 # ---------------------------------------------------------------- archive
+
 
 class Archive:
     """A deterministic zip: sorted entries, fixed dates and modes."""
@@ -243,9 +288,13 @@ def add_package(archive: Archive) -> None:
             if path.suffix == ".py":
                 compiled = Path(scratch) / (relative + "c")
                 compiled.parent.mkdir(parents=True, exist_ok=True)
-                py_compile.compile(str(path), cfile=str(compiled), dfile=relative,
-                                   doraise=True,
-                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+                py_compile.compile(
+                    str(path),
+                    cfile=str(compiled),
+                    dfile=relative,
+                    doraise=True,
+                    invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+                )
                 archive.add(relative + "c", compiled.read_bytes())
     archive.add("__main__.py", (PACKAGE / "_pyz_main.py").read_bytes())
 
@@ -292,31 +341,48 @@ def build(targets: list[Target], cache: Path, output: Path, update_lock: bool, e
         for wheel in wheels:
             files.update(add_wheel(archive, wheel, f"_natives/{set_name}/"))
         python = None if kind == "cryptography" else rest.split("-", 1)[0]
-        sets.append({
-            "name": set_name, "kind": kind, "libc": target.libc, "arch": target.arch,
-            "min_libc": max(min_libc(w) for w in wheels),
-            "python": f"{python[2]}.{python[3:]}" if python else None,
-            "files": files,
-            "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
-        })
+        sets.append(
+            {
+                "name": set_name,
+                "kind": kind,
+                "libc": target.libc,
+                "arch": target.arch,
+                "min_libc": max(min_libc(w) for w in wheels),
+                "python": f"{python[2]}.{python[3:]}" if python else None,
+                "files": files,
+                "digest": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+            }
+        )
     manifest = {"format": 1, "sets": sets}
-    archive.add("_natives/manifest.json",
-                json.dumps(manifest, sort_keys=True, indent=1).encode() + b"\n")
+    archive.add(
+        "_natives/manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode() + b"\n"
+    )
     archive.write(output)
     return manifest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--target", action="append", metavar="NAME",
-                        help="build only for this platform (repeatable); 'host' means this machine")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        metavar="NAME",
+        help="build only for this platform (repeatable); 'host' means this machine",
+    )
     parser.add_argument("--output", type=Path, default=HERE / "dist" / "ctrl-exec.pyz")
-    parser.add_argument("--cache", type=Path,
-                        default=Path(os.environ.get("CTRL_EXEC_WHEEL_CACHE", HERE / ".wheel-cache")),
-                        help="wheel download cache (default .wheel-cache, or CTRL_EXEC_WHEEL_CACHE)")
-    parser.add_argument("--update-lock", action="store_true",
-                        help="record hashes of wheels that wheels.lock does not list yet")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=Path(os.environ.get("CTRL_EXEC_WHEEL_CACHE", HERE / ".wheel-cache")),
+        help="wheel download cache (default .wheel-cache, or CTRL_EXEC_WHEEL_CACHE)",
+    )
+    parser.add_argument(
+        "--update-lock",
+        action="store_true",
+        help="record hashes of wheels that wheels.lock does not list yet",
+    )
     parser.add_argument("--list-targets", action="store_true")
     args = parser.parse_args(argv)
     if args.list_targets:
@@ -329,15 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown target {', '.join(unknown)} (see --list-targets)")
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
-    manifest = build([TARGETS[n] for n in dict.fromkeys(names)], args.cache, args.output,
-                     args.update_lock, epoch)
+    manifest = build(
+        [TARGETS[n] for n in dict.fromkeys(names)], args.cache, args.output, args.update_lock, epoch
+    )
     size = args.output.stat().st_size
     print(f"{args.output} {size / 1_048_576:.1f} MiB, sha256 {_sha256(args.output)}")
     print(f"cryptography {CRYPTOGRAPHY}, cffi {CFFI}; native targets:")
     for name in dict.fromkeys(names):
         target = TARGETS[name]
-        pythons = sorted(s["python"] for s in manifest["sets"]
-                         if s["kind"] == "cffi" and s["name"].endswith(name))
+        pythons = sorted(
+            s["python"]
+            for s in manifest["sets"]
+            if s["kind"] == "cffi" and s["name"].endswith(name)
+        )
         minimum = max(s["min_libc"] for s in manifest["sets"] if s["name"].endswith(name))
         print(f"  {name:<20} {target.libc} >= {minimum}, CPython {', '.join(pythons)}")
     return 0

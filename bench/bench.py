@@ -66,8 +66,14 @@ def percentiles(samples: list[float]) -> dict:
 
     def pick(fraction: float) -> float:
         return round(ordered[min(len(ordered) - 1, int(fraction * len(ordered)))], 2)
-    return {"n": len(ordered), "p50": pick(0.50), "p90": pick(0.90), "p99": pick(0.99),
-            "mean": round(statistics.fmean(ordered), 2)}
+
+    return {
+        "n": len(ordered),
+        "p50": pick(0.50),
+        "p90": pick(0.90),
+        "p99": pick(0.99),
+        "mean": round(statistics.fmean(ordered), 2),
+    }
 
 
 def rss_kib(pid: int) -> int:
@@ -110,10 +116,15 @@ class Bench:
         port = free_port()
         layout.agent_config.write_text(
             f'bind = "127.0.0.1"\nport = {port}\nscript_dirs = ["{scripts}"]\n'
-            'rate_limit_disable = true\n')
+            "rate_limit_disable = true\n"
+        )
         layout.allowlist.write_text(f'trivial = "{scripts}/trivial"\n')
-        process = subprocess.Popen(self.ctl(root, "agent", "serve"), env=self.env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            self.ctl(root, "agent", "serve"),
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.processes.append(process)
         wait_for_pidfile(layout.agent_pidfile, process)
         testpki.register_agent(self.dispatcher_root, name, port, agent, self.dispatcher)
@@ -124,8 +135,9 @@ class Bench:
         return self._timed(port, "POST", path, body, self.client)
 
     @staticmethod
-    def _timed(port: int, method: str, path: str, body: dict | None,
-               tls: ssl.SSLContext | None) -> float:
+    def _timed(
+        port: int, method: str, path: str, body: dict | None, tls: ssl.SSLContext | None
+    ) -> float:
         """Milliseconds for one request on a new connection, reply read to EOF."""
         payload = None if body is None else json.dumps(body).encode()
         started = time.perf_counter()
@@ -142,25 +154,32 @@ class Bench:
         return elapsed
 
     def agent_latency(self, port: int, count: int) -> dict:
-        for _ in range(20):   # warm-up: page cache, first-use imports
+        for _ in range(20):  # warm-up: page cache, first-use imports
             self.request(port, "/run", {"script": "trivial", "args": [], "reqid": "warm"})
-        run = [self.request(port, "/run", {"script": "trivial", "args": [], "reqid": f"r{i}"})
-               for i in range(count)]
+        run = [
+            self.request(port, "/run", {"script": "trivial", "args": [], "reqid": f"r{i}"})
+            for i in range(count)
+        ]
         ping = [self.request(port, "/ping", {"reqid": f"p{i}"}) for i in range(count)]
         return {"run_ms": percentiles(run), "ping_ms": percentiles(ping)}
 
     def ced_wall(self, agent: str, count: int) -> dict:
         results = {}
-        for label, args in (("ced_run_ms", ("ced", "run", agent, "trivial")),
-                            ("ced_ping_ms", ("ced", "ping", agent))):
+        for label, args in (
+            ("ced_run_ms", ("ced", "run", agent, "trivial")),
+            ("ced_ping_ms", ("ced", "ping", agent)),
+        ):
             samples = []
             for _ in range(count):
                 started = time.perf_counter()
-                done = subprocess.run(self.ctl(self.dispatcher_root, *args), env=self.env,
-                                      capture_output=True)
+                done = subprocess.run(
+                    self.ctl(self.dispatcher_root, *args), env=self.env, capture_output=True
+                )
                 samples.append((time.perf_counter() - started) * 1000)
                 if done.returncode != 0:
-                    raise SystemExit(f"{' '.join(args)} exited {done.returncode}: {done.stderr[-300:]!r}")
+                    raise SystemExit(
+                        f"{' '.join(args)} exited {done.returncode}: {done.stderr[-300:]!r}"
+                    )
             results[label] = percentiles(samples)
         return results
 
@@ -171,35 +190,50 @@ class Bench:
         samples = []
         for _ in range(rounds):
             started = time.perf_counter()
-            done = subprocess.run(self.ctl(self.dispatcher_root, "ced", "ping", *names, "--json"),
-                                  env=self.env, capture_output=True, text=True)
+            done = subprocess.run(
+                self.ctl(self.dispatcher_root, "ced", "ping", *names, "--json"),
+                env=self.env,
+                capture_output=True,
+                text=True,
+            )
             samples.append((time.perf_counter() - started) * 1000)
             ok = json.loads(done.stdout).get("ok") if done.stdout.strip() else None
             if done.returncode != 0:
-                raise SystemExit(f"fan-out ping exited {done.returncode} (ok={ok}): {done.stderr[-300:]}")
+                raise SystemExit(
+                    f"fan-out ping exited {done.returncode} (ok={ok}): {done.stderr[-300:]}"
+                )
         return {"agents": agents, "ced_ping_all_ms": percentiles(samples)}
 
     def memory(self, port: int, process: subprocess.Popen, count: int) -> dict:
         idle = rss_kib(process.pid)
         for i in range(count):
-            path, body = (("/run", {"script": "trivial", "args": [], "reqid": f"m{i}"})
-                          if i % 2 else ("/ping", {"reqid": f"m{i}"}))
+            path, body = (
+                ("/run", {"script": "trivial", "args": [], "reqid": f"m{i}"})
+                if i % 2
+                else ("/ping", {"reqid": f"m{i}"})
+            )
             self.request(port, path, body)
         after = rss_kib(process.pid)
-        return {"idle_rss_mib": round(idle / 1024, 1), "requests": count,
-                "rss_after_mib": round(after / 1024, 1),
-                "growth_mib": round((after - idle) / 1024, 1)}
+        return {
+            "idle_rss_mib": round(idle / 1024, 1),
+            "requests": count,
+            "rss_after_mib": round(after / 1024, 1),
+            "growth_mib": round((after - idle) / 1024, 1),
+        }
 
     def start_api(self) -> int:
         layout = testpki.layout_for(self.dispatcher_root)
         port = free_port()
         layout.dispatcher_config.write_text(
-            f'api_port = {port}\napi_auth_default = "allow"\napi_max_children = 256\n')
+            f'api_port = {port}\napi_auth_default = "allow"\napi_max_children = 256\n'
+        )
         pidfile = self.base / "api.pid"
-        process = subprocess.Popen(self.ctl(self.dispatcher_root, "dispatcher", "serve",
-                                            "--pidfile", str(pidfile)),
-                                   env=self.env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            self.ctl(self.dispatcher_root, "dispatcher", "serve", "--pidfile", str(pidfile)),
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.processes.append(process)
         wait_for_pidfile(pidfile, process)
         layout.dispatcher_config.unlink()
@@ -229,24 +263,35 @@ class Bench:
 
 
 def machine() -> dict:
-    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
-            "cpu": next((line.split(":", 1)[1].strip() for line in
-                         Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("model name")), "?")}
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "cpu": next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "?",
+        ),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--pyz", type=Path, default=REPO / "dist/ctrl-exec.pyz")
-    parser.add_argument("--only", choices=("agent", "ced", "fanout", "memory", "api"),
-                        action="append")
+    parser.add_argument(
+        "--only", choices=("agent", "ced", "fanout", "memory", "api"), action="append"
+    )
     parser.add_argument("--requests", type=int, default=500, help="latency samples per endpoint")
     parser.add_argument("--wall-runs", type=int, default=20, help="ced invocations per command")
     parser.add_argument("--agents", type=int, default=100, help="agents for the fan-out")
     parser.add_argument("--memory-requests", type=int, default=5000)
-    parser.add_argument("--isolated", action="store_true",
-                        help="start every ctrl-exec process as `python3 -I -S`")
+    parser.add_argument(
+        "--isolated", action="store_true", help="start every ctrl-exec process as `python3 -I -S`"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.pyz.exists():

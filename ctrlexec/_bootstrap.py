@@ -88,26 +88,40 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def choose_sets(manifest: dict, python: str, arch: str, libc: str,
-                libc_version: tuple[int, ...]) -> list[dict]:
+def choose_sets(
+    manifest: dict, python: str, arch: str, libc: str, libc_version: tuple[int, ...]
+) -> list[dict]:
     """The cryptography set and the cffi set for this machine, or raise."""
-    fitting = [s for s in manifest["sets"]
-               if s["arch"] == arch and s["libc"] == libc
-               and libc_version >= _version(s["min_libc"])]
+    fitting = [
+        s
+        for s in manifest["sets"]
+        if s["arch"] == arch and s["libc"] == libc and libc_version >= _version(s["min_libc"])
+    ]
     crypto = [s for s in fitting if s["kind"] == "cryptography"]
     cffi = [s for s in fitting if s["kind"] == "cffi" and s["python"] == python]
     if crypto and cffi:
         return [crypto[0], cffi[0]]
-    carried = sorted({f"{s['libc']} {s['arch']} (CPython "
-                      + ", ".join(sorted(c["python"] for c in manifest["sets"]
-                                         if c["kind"] == "cffi" and c["arch"] == s["arch"]
-                                         and c["libc"] == s["libc"])) + ")"
-                      for s in manifest["sets"] if s["kind"] == "cryptography"})
+    carried = sorted(
+        {
+            f"{s['libc']} {s['arch']} (CPython "
+            + ", ".join(
+                sorted(
+                    c["python"]
+                    for c in manifest["sets"]
+                    if c["kind"] == "cffi" and c["arch"] == s["arch"] and c["libc"] == s["libc"]
+                )
+            )
+            + ")"
+            for s in manifest["sets"]
+            if s["kind"] == "cryptography"
+        }
+    )
     here = f"CPython {python} on {arch} with {libc} {'.'.join(map(str, libc_version))}"
     raise NativeBundleError(
         f"this ctrl-exec.pyz has no native libraries for {here}; it carries: "
         f"{'; '.join(carried) or 'none'} (build one with build_zipapp.py, or use a "
-        f"matching Python)")
+        f"matching Python)"
+    )
 
 
 def cache_root() -> Path:
@@ -127,11 +141,13 @@ def _check_private(directory: Path) -> None:
     if info.st_uid != os.geteuid():
         raise NativeBundleError(
             f"native cache {directory} belongs to uid {info.st_uid}, not to us "
-            f"(uid {os.geteuid()}); refusing to import code from it")
+            f"(uid {os.geteuid()}); refusing to import code from it"
+        )
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise NativeBundleError(
             f"native cache {directory} is writable by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):o}); refusing to import code from it")
+            f"(mode {stat.S_IMODE(info.st_mode):o}); refusing to import code from it"
+        )
 
 
 def _ensure_cache(root: Path) -> Path:
@@ -163,8 +179,9 @@ def _extract(archive: zipfile.ZipFile, set_info: dict, root: Path, target: Path)
         for name, digest in set_info["files"].items():
             data = archive.read(prefix + name)
             if hashlib.sha256(data).hexdigest() != digest:
-                raise NativeBundleError(f"ctrl-exec.pyz is damaged: {prefix + name} "
-                                        "does not match its manifest")
+                raise NativeBundleError(
+                    f"ctrl-exec.pyz is damaged: {prefix + name} does not match its manifest"
+                )
             destination = temp / name
             destination.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(destination, "wb") as handle:
@@ -214,8 +231,9 @@ def materialise(archive_path: str, sets: list[dict], root: Path) -> list[Path]:
                         _remove_tree(aside)
                     _extract(archive, set_info, root, target)
                     if not _intact(target, set_info["files"]):
-                        raise NativeBundleError(f"native cache {target} fails verification "
-                                                "right after extraction")
+                        raise NativeBundleError(
+                            f"native cache {target} fails verification right after extraction"
+                        )
             finally:
                 os.close(fd)
             directories.append(target)

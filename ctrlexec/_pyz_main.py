@@ -6,7 +6,7 @@ if sys.version_info < (3, 11):
     sys.stderr.write("ctrl-exec needs Python 3.11 or newer; this is %d.%d\n" % sys.version_info[:2])
     sys.exit(1)
 
-from ctrlexec import _bootstrap  # noqa: E402
+from ctrlexec import _bootstrap
 
 _bootstrap.install()
 

@@ -26,8 +26,9 @@ class ConfigError(CtrlExecError):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, message: str, path: str | None = None, key: str | None = None,
-                 line: int | None = None):
+    def __init__(
+        self, message: str, path: str | None = None, key: str | None = None, line: int | None = None
+    ):
         self.message = message
         self.path = path
         self.key = key

@@ -19,8 +19,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from . import log
 from .core.timefmt import iso_utc
@@ -47,13 +47,24 @@ class AuthRequest:
     submitter: dict | None = None
 
     def stdin_json(self, timestamp: str) -> bytes:
-        return json.dumps({
-            "action": self.action, "script": self.script, "hosts": list(self.hosts),
-            "args": list(self.args), "username": self.username, "token": self.token,
-            "source_ip": self.source_ip, "dispatcher": self.dispatcher,
-            "dispatcher_serial": self.dispatcher_serial, "reqid": self.reqid,
-            "submitter": self.submitter, "timestamp": timestamp,
-        }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(
+            {
+                "action": self.action,
+                "script": self.script,
+                "hosts": list(self.hosts),
+                "args": list(self.args),
+                "username": self.username,
+                "token": self.token,
+                "source_ip": self.source_ip,
+                "dispatcher": self.dispatcher,
+                "dispatcher_serial": self.dispatcher_serial,
+                "reqid": self.reqid,
+                "submitter": self.submitter,
+                "timestamp": timestamp,
+            },
+            separators=(",", ":"),
+            ensure_ascii=False,
+        ).encode("utf-8")
 
     def environment(self, timestamp: str) -> dict[str, str]:
         submitter = self.submitter or {}
@@ -62,8 +73,9 @@ class AuthRequest:
             "ENVEXEC_SCRIPT": self.script,
             "ENVEXEC_HOSTS": ",".join(self.hosts),
             "ENVEXEC_ARGS": " ".join(self.args),
-            "ENVEXEC_ARGS_JSON": json.dumps(list(self.args), separators=(",", ":"),
-                                            ensure_ascii=False),
+            "ENVEXEC_ARGS_JSON": json.dumps(
+                list(self.args), separators=(",", ":"), ensure_ascii=False
+            ),
             "ENVEXEC_USERNAME": self.username,
             "ENVEXEC_TOKEN": self.token,
             "ENVEXEC_SOURCE_IP": self.source_ip,
@@ -83,11 +95,11 @@ class AuthDecision:
     code: int = 0
 
     @classmethod
-    def allow(cls) -> "AuthDecision":
+    def allow(cls) -> AuthDecision:
         return cls(True)
 
     @classmethod
-    def deny(cls, reason: str, code: int = 1) -> "AuthDecision":
+    def deny(cls, reason: str, code: int = 1) -> AuthDecision:
         return cls(False, reason, code)
 
 
@@ -99,8 +111,9 @@ def _sanitised(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
-def run_hook(path: str, request: AuthRequest, timeout: float,
-             now: Callable[[], float] = time.time) -> tuple[AuthDecision, str]:
+def run_hook(
+    path: str, request: AuthRequest, timeout: float, now: Callable[[], float] = time.time
+) -> tuple[AuthDecision, str]:
     """Execute the hook; return the decision and a detail for the log."""
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         return AuthDecision.deny(not_executable_reason(path)), "hook-not-executable"
@@ -108,9 +121,16 @@ def run_hook(path: str, request: AuthRequest, timeout: float,
     env = dict(os.environ)
     env.update(request.environment(stamp))
     try:
-        proc = subprocess.Popen([path], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env, close_fds=True,
-                                start_new_session=True, cwd="/")
+        proc = subprocess.Popen(
+            [path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
     except OSError as exc:
         return AuthDecision.deny(not_executable_reason(path)), f"exec failed: {exc.strerror}"
     try:
@@ -135,12 +155,16 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def authorise(request: AuthRequest, hook: str | None, timeout: float, caller: str,
-              api_default: str = "deny") -> AuthDecision:
+def authorise(
+    request: AuthRequest, hook: str | None, timeout: float, caller: str, api_default: str = "deny"
+) -> AuthDecision:
     """Decide one request and log the `auth` line. With no hook: the CLI
     passes, the API follows `api_auth_default`, the agent passes."""
-    fields = {"AUTHACTION": request.action, "USER": request.username or "(none)",
-              "IP": request.source_ip}
+    fields = {
+        "AUTHACTION": request.action,
+        "USER": request.username or "(none)",
+        "IP": request.source_ip,
+    }
     if request.dispatcher:
         fields["DISPATCHER"] = request.dispatcher
     if not hook:
@@ -154,8 +178,14 @@ def authorise(request: AuthRequest, hook: str | None, timeout: float, caller: st
     if decision.allowed:
         log.event("auth", log.INFO, RESULT="pass", **fields)
     elif detail == "hook-not-executable":
-        log.event("auth", log.ERR, RESULT="error", REASON="hook-not-executable",
-                  HOOK=_sanitised(hook), **fields)
+        log.event(
+            "auth",
+            log.ERR,
+            RESULT="error",
+            REASON="hook-not-executable",
+            HOOK=_sanitised(hook),
+            **fields,
+        )
     else:
         extra = {"DETAIL": detail} if detail else {}
         log.event("auth", log.WARNING, RESULT="deny", REASON=decision.reason, **fields, **extra)

@@ -124,8 +124,12 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     if level not in _PRIORITY:
         raise ValueError(f"unknown log level {level!r}")
     if _state.fmt == "json":
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "ident": _state.ident, "level": level, "ACTION": action}
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "ident": _state.ident,
+            "level": level,
+            "ACTION": action,
+        }
         record.update({k: v for k, v in fields.items()})
         line = json.dumps(record, sort_keys=False, ensure_ascii=False, default=str)
     else:

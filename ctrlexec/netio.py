@@ -45,9 +45,13 @@ def open_listeners(bind: str, port: int) -> list[socket.socket]:
     IPv6 and IPv4), for an accept loop driven by a selector."""
     if not bind:
         try:
-            sock = socket.create_server(("::", port), family=socket.AF_INET6,
-                                        backlog=LISTEN_BACKLOG, reuse_port=False,
-                                        dualstack_ipv6=True)
+            sock = socket.create_server(
+                ("::", port),
+                family=socket.AF_INET6,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=False,
+                dualstack_ipv6=True,
+            )
         except (OSError, ValueError):
             sock = socket.create_server(("0.0.0.0", port), backlog=LISTEN_BACKLOG)
     else:

@@ -47,8 +47,9 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes, mode: int = 0o640,
-                 owner: tuple[int, int] | None = None) -> None:
+def atomic_write(
+    path: str | os.PathLike, data: bytes, mode: int = 0o640, owner: tuple[int, int] | None = None
+) -> None:
     target = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -74,8 +75,11 @@ def atomic_write_text(path: str | os.PathLike, text: str, mode: int = 0o640) -> 
 
 
 def write_json(path: str | os.PathLike, value: object, mode: int = 0o640) -> None:
-    atomic_write(path, (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
-                        + "\n").encode("utf-8"), mode)
+    atomic_write(
+        path,
+        (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"),
+        mode,
+    )
 
 
 def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> object:
@@ -132,8 +136,9 @@ def remove(path: str | os.PathLike) -> bool:
 TEMP_GRACE = 3_600
 
 
-def purge_expired(directory: str | os.PathLike, ttl: float, now: float,
-                  is_record, max_scanned: int = 1_000_000) -> list[str]:
+def purge_expired(
+    directory: str | os.PathLike, ttl: float, now: float, is_record, max_scanned: int = 1_000_000
+) -> list[str]:
     """Remove the files of `directory` for which `is_record(name)` holds and
     whose mtime is more than `ttl` seconds before `now`, and temp files left
     by atomic_write older than TEMP_GRACE. The names of the records removed."""
@@ -150,7 +155,9 @@ def purge_expired(directory: str | os.PathLike, ttl: float, now: float,
             if not record and not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 continue
             try:
-                if now - entry.stat(follow_symlinks=False).st_mtime > (ttl if record else TEMP_GRACE):
+                if now - entry.stat(follow_symlinks=False).st_mtime > (
+                    ttl if record else TEMP_GRACE
+                ):
                     os.unlink(entry.path)
                     if record:
                         removed.append(entry.name)
@@ -173,7 +180,7 @@ class FileLock:
         self.mode = mode
         self._fd: int | None = None
 
-    def acquire(self, blocking: bool = True, timeout: float | None = None) -> "FileLock":
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> FileLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
             os.fchmod(fd, self.mode)  # the umask must not narrow a shared lock's mode
@@ -218,7 +225,7 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def __enter__(self) -> "FileLock":
+    def __enter__(self) -> FileLock:
         if self._fd is None:
             self.acquire()
         return self

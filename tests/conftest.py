@@ -22,8 +22,12 @@ STAMP = REPO / "dist" / ".ctrl-exec.pyz.inputs"
 
 def _inputs_digest() -> str:
     digest = hashlib.sha256()
-    files = sorted(p for tree in ("ctrlexec", "examples") for p in (REPO / tree).rglob("*")
-                   if p.is_file() and "__pycache__" not in p.parts)
+    files = sorted(
+        p
+        for tree in ("ctrlexec", "examples")
+        for p in (REPO / tree).rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
     files += [REPO / "build_zipapp.py", REPO / "wheels.lock"]
     for path in files:
         digest.update(path.relative_to(REPO).as_posix().encode() + b"\0")
@@ -39,8 +43,9 @@ def build_pyz() -> Path:
     wanted = _inputs_digest()
     if DIST_PYZ.exists() and STAMP.exists() and STAMP.read_text() == wanted:
         return DIST_PYZ
-    subprocess.run([sys.executable, str(REPO / "build_zipapp.py")], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, str(REPO / "build_zipapp.py")], check=True, stdout=subprocess.DEVNULL
+    )
     STAMP.write_text(wanted)
     return DIST_PYZ
 
@@ -76,14 +81,29 @@ class Pyz:
     def argv(self, *args: str) -> list[str]:
         return [sys.executable, str(self.path), *args]
 
-    def run(self, *args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 60, check: bool = False, cwd: Path | None = None
-            ) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.argv(*args), env=self.env(env), input=input,
-                                capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    def run(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        input: str | None = None,
+        timeout: float = 60,
+        check: bool = False,
+        cwd: Path | None = None,
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            self.argv(*args),
+            env=self.env(env),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=cwd,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{args} exited {result.returncode}\nstdout:\n{result.stdout}"
-                                 f"\nstderr:\n{result.stderr}")
+            raise AssertionError(
+                f"{args} exited {result.returncode}\nstdout:\n{result.stdout}"
+                f"\nstderr:\n{result.stderr}"
+            )
         return result
 
     def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
@@ -109,9 +129,11 @@ def ctl(pyz, native_cache, tmp_path) -> Pyz:
 @pytest.fixture(scope="session")
 def pyz_for(pyz, native_cache):
     """A Pyz runner for a given root, for fixtures wider than one test."""
+
     def make(root: Path) -> Pyz:
         root.mkdir(parents=True, exist_ok=True)
         return Pyz(pyz, native_cache, root)
+
     return make
 
 

@@ -33,8 +33,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import log
 from ..core import agent_wire, names
@@ -63,8 +63,13 @@ def _is_record_name(name: str) -> bool:
 
 
 class AsyncRuns:
-    def __init__(self, directory: str | Path, execute: Execute,
-                 clock: Callable[[], float] = time.time, max_running: int = MAX_RUNNING):
+    def __init__(
+        self,
+        directory: str | Path,
+        execute: Execute,
+        clock: Callable[[], float] = time.time,
+        max_running: int = MAX_RUNNING,
+    ):
         self.directory = Path(directory)
         self.execute = execute
         self.clock = clock
@@ -82,8 +87,11 @@ class AsyncRuns:
     def _write(self, record: dict) -> None:
         path = self._path(record["owner"], record["reqid"])
         ensure_dir(path.parent, 0o750)
-        atomic_write(path, json.dumps(record, separators=(",", ":"),
-                                      ensure_ascii=False).encode("utf-8"), RECORD_MODE)
+        atomic_write(
+            path,
+            json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode("utf-8"),
+            RECORD_MODE,
+        )
 
     def _read(self, path: Path) -> dict | None:
         try:
@@ -97,13 +105,20 @@ class AsyncRuns:
 
     def _partitions(self) -> list[Path]:
         try:
-            return [entry for entry in self.directory.iterdir()
-                    if entry.is_dir() and names.is_dispatcher_id(entry.name)]
+            return [
+                entry
+                for entry in self.directory.iterdir()
+                if entry.is_dir() and names.is_dispatcher_id(entry.name)
+            ]
         except FileNotFoundError:
             return []
         except OSError as exc:
-            log.event("async-store-fail", log.ERR, FILE=str(self.directory),
-                      ERROR=exc.strerror or str(exc))
+            log.event(
+                "async-store-fail",
+                log.ERR,
+                FILE=str(self.directory),
+                ERROR=exc.strerror or str(exc),
+            )
             return []
 
     def purge(self) -> int:
@@ -113,9 +128,14 @@ class AsyncRuns:
         removed = 0
         now = self.clock()
         for partition in self._partitions():
-            removed += len(purge_expired(
-                partition, TTL, now,
-                lambda name: _is_record_name(name) and name[:-5] not in live))
+            removed += len(
+                purge_expired(
+                    partition,
+                    TTL,
+                    now,
+                    lambda name: _is_record_name(name) and name[:-5] not in live,
+                )
+            )
         return removed
 
     def recover(self) -> int:
@@ -138,19 +158,29 @@ class AsyncRuns:
 
     # --- /run async ------------------------------------------------------------
 
-    def submit(self, request: RunRequest, dispatcher: str, job: ScriptJob,
-               log_fields: dict) -> tuple[int, dict]:
+    def submit(
+        self, request: RunRequest, dispatcher: str, job: ScriptJob, log_fields: dict
+    ) -> tuple[int, dict]:
         """Start `job` detached; (HTTP status, body) of 0.12's answers."""
         if not names.is_store_reqid(request.reqid):
             return 200, agent_wire.run_refused(request, agent_wire.ASYNC_BAD_REQID)
         if not names.is_dispatcher_id(dispatcher):
-            log.event("async-store-fail", log.ERR, REASON="dispatcher id cannot name a "
-                      "store directory", **log_fields)
+            log.event(
+                "async-store-fail",
+                log.ERR,
+                REASON="dispatcher id cannot name a store directory",
+                **log_fields,
+            )
             return 200, agent_wire.run_refused(request, agent_wire.ASYNC_NOT_STARTED)
         self.purge()
         key = (dispatcher, request.script)
-        record = {"reqid": request.reqid, "status": "running", "script": request.script,
-                  "owner": dispatcher, "started": iso_utc(self.clock())}
+        record = {
+            "reqid": request.reqid,
+            "status": "running",
+            "script": request.script,
+            "owner": dispatcher,
+            "started": iso_utc(self.clock()),
+        }
         with self._lock:
             if key in self._running:
                 log.event("run-async-busy", log.WARNING, **log_fields)
@@ -164,8 +194,12 @@ class AsyncRuns:
             except (OSError, StateError) as exc:
                 log.event("async-store-fail", log.ERR, ERROR=str(exc)[:200], **log_fields)
                 return 200, agent_wire.run_refused(request, agent_wire.ASYNC_NOT_STARTED)
-            thread = threading.Thread(target=self._job, args=(key, record, job, log_fields),
-                                      name=f"async-{request.reqid}", daemon=True)
+            thread = threading.Thread(
+                target=self._job,
+                args=(key, record, job, log_fields),
+                name=f"async-{request.reqid}",
+                daemon=True,
+            )
             self._running[key] = request.reqid
             self._threads[key] = thread
         try:
@@ -206,11 +240,22 @@ class AsyncRuns:
         agent stopped it (or never saw it end)."""
         done = dict(record, status="done", finished=iso_utc(self.clock()))
         if result is None or (self._stopping and result.exit == EXIT_SIGNALLED):
-            done.update({"exit": -1, "stdout": result.stdout if result else "",
-                         "stderr": result.stderr if result else "",
-                         "error": INTERRUPTED, "interrupted": True})
-            log.event("async-interrupted", log.WARNING, REQID=record["reqid"],
-                      SCRIPT=record["script"], DISPATCHER=record["owner"])
+            done.update(
+                {
+                    "exit": -1,
+                    "stdout": result.stdout if result else "",
+                    "stderr": result.stderr if result else "",
+                    "error": INTERRUPTED,
+                    "interrupted": True,
+                }
+            )
+            log.event(
+                "async-interrupted",
+                log.WARNING,
+                REQID=record["reqid"],
+                SCRIPT=record["script"],
+                DISPATCHER=record["owner"],
+            )
         else:
             done.update({"exit": result.exit, "stdout": result.stdout, "stderr": result.stderr})
         try:
@@ -239,8 +284,10 @@ class AsyncRuns:
         signal: someone asks for a run that is not theirs)."""
         if not names.is_store_reqid(reqid):
             return False
-        return any(partition.name != dispatcher and (partition / f"{reqid}.json").exists()
-                   for partition in self._partitions())
+        return any(
+            partition.name != dispatcher and (partition / f"{reqid}.json").exists()
+            for partition in self._partitions()
+        )
 
     # --- agent stop ------------------------------------------------------------------
 
@@ -258,8 +305,11 @@ class AsyncRuns:
         for _, thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            stuck = [(key, self._running[key]) for key, thread in threads
-                     if thread.is_alive() and key in self._running]
+            stuck = [
+                (key, self._running[key])
+                for key, thread in threads
+                if thread.is_alive() and key in self._running
+            ]
         for (dispatcher, script), reqid in stuck:
             record = self._read(self._path(dispatcher, reqid))
             if record is not None and record.get("status") == "running":

@@ -40,8 +40,12 @@ def load_sidecars(allowlist: Allowlist) -> dict[str, agent_wire.Sidecar]:
         if sidecar is None:
             continue
         if sidecar.version_rejected:
-            log.event("schema-version-derive", log.WARNING, SCRIPT=name,
-                      REASON="explicit version invalid or reserved - deriving hash")
+            log.event(
+                "schema-version-derive",
+                log.WARNING,
+                SCRIPT=name,
+                REASON="explicit version invalid or reserved - deriving hash",
+            )
         found[name] = sidecar
     return found
 
@@ -52,6 +56,9 @@ def executable(path: str) -> bool:
 
 
 def script_entries(allowlist: Allowlist, sidecars: dict[str, agent_wire.Sidecar]) -> list[dict]:
-    return [agent_wire.script_entry(name, entry.path, executable(entry.path), entry.profile,
-                                    sidecars.get(name))
-            for name, entry in sorted(allowlist.entries.items())]
+    return [
+        agent_wire.script_entry(
+            name, entry.path, executable(entry.path), entry.profile, sidecars.get(name)
+        )
+        for name, entry in sorted(allowlist.entries.items())
+    ]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import hooks, log
 from ..core import agent_wire
@@ -37,8 +37,8 @@ ASYNC_UNAVAILABLE = "async runs are not available on this agent"
 @dataclass(frozen=True)
 class Peer:
     ip: str
-    key: str              # canonical trust key of the cert serial
-    serial_hex: str       # the serial as 0.12 logs it
+    key: str  # canonical trust key of the cert serial
+    serial_hex: str  # the serial as 0.12 logs it
     dispatcher: str | None = None  # resolved id; None when untrusted
 
 
@@ -53,8 +53,12 @@ def _short(text: str) -> str:
 
 
 class Endpoints:
-    def __init__(self, runner: Runner | None = None, now: Callable[[], float] = time.time,
-                 async_runs: AsyncRuns | None = None):
+    def __init__(
+        self,
+        runner: Runner | None = None,
+        now: Callable[[], float] = time.time,
+        async_runs: AsyncRuns | None = None,
+    ):
         self.runner = runner or default_runner()
         self.now = now
         self.async_runs = async_runs  # None: async runs are refused
@@ -80,11 +84,21 @@ class Endpoints:
         status, body = agent_wire.gate_refusal(found)
         if found.name == agent_wire.CAPABILITIES:
             reason = "serial-mismatch" if state.trusted else "no trusted dispatchers stored"
-            log.event("capabilities-deny", log.WARNING, PEER=peer.ip,
-                      PEER_SERIAL=peer.serial_hex, REASON=reason)
+            log.event(
+                "capabilities-deny",
+                log.WARNING,
+                PEER=peer.ip,
+                PEER_SERIAL=peer.serial_hex,
+                REASON=reason,
+            )
         else:
-            log.event("serial-reject", log.WARNING, PEER=peer.ip, PEER_SERIAL=peer.serial_hex,
-                      REQID=found.arg or "(none)")
+            log.event(
+                "serial-reject",
+                log.WARNING,
+                PEER=peer.ip,
+                PEER_SERIAL=peer.serial_hex,
+                REQID=found.arg or "(none)",
+            )
         return Reply(status, body)
 
     # --- trusted peers -----------------------------------------------------
@@ -101,16 +115,29 @@ class Endpoints:
             return self.result(found.arg, peer)
         return Reply(404, dict(agent_wire.NOT_FOUND))
 
-    def _authorise(self, state: AgentState, peer: Peer, action: str, script: str = "",
-                   args: tuple[str, ...] = (), username: str = "",
-                   token: str = "") -> hooks.AuthDecision:
+    def _authorise(
+        self,
+        state: AgentState,
+        peer: Peer,
+        action: str,
+        script: str = "",
+        args: tuple[str, ...] = (),
+        username: str = "",
+        token: str = "",
+    ) -> hooks.AuthDecision:
         hook = state.config.auth_hook
         if not hook:
             return hooks.AuthDecision.allow()
-        request = hooks.AuthRequest(action=action, script=script, args=list(args),
-                                    username=username, token=token, source_ip=peer.ip,
-                                    dispatcher=peer.dispatcher or "",
-                                    dispatcher_serial=peer.serial_hex)
+        request = hooks.AuthRequest(
+            action=action,
+            script=script,
+            args=list(args),
+            username=username,
+            token=token,
+            source_ip=peer.ip,
+            dispatcher=peer.dispatcher or "",
+            dispatcher_serial=peer.serial_hex,
+        )
         return hooks.authorise(request, hook, state.config.auth_hook_timeout, hooks.CALLER_AGENT)
 
     def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
@@ -118,23 +145,29 @@ class Endpoints:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:
             return Reply(200, rejected.body)
-        fields = {"SCRIPT": _short(request.script), "PEER": peer.ip,
-                  "REQID": _short(request.reqid)}
+        fields = {"SCRIPT": _short(request.script), "PEER": peer.ip, "REQID": _short(request.reqid)}
         try:
             resolved = state.allowlist.resolve(request.script)
         except NotAllowlisted:
             log.event("deny", log.WARNING, **fields)
             return Reply(200, agent_wire.run_refused(request, "script not permitted"))
         fields["DISPATCHER"] = peer.dispatcher
-        decision = self._authorise(state, peer, "run", request.script, request.args,
-                                   request.username, request.token)
+        decision = self._authorise(
+            state, peer, "run", request.script, request.args, request.username, request.token
+        )
         if not decision.allowed:
             log.event("deny", log.WARNING, REASON=decision.reason, **fields)
             return Reply(200, agent_wire.run_refused(request, f"not authorised: {decision.reason}"))
-        context = agent_wire.script_context(request, peer.ip, peer.dispatcher or "",
-                                            iso_utc(self.now()))
-        job = job_for(resolved, request.args, context, state.config,
-                      {"SCRIPT": request.script, "REQID": fields["REQID"]})
+        context = agent_wire.script_context(
+            request, peer.ip, peer.dispatcher or "", iso_utc(self.now())
+        )
+        job = job_for(
+            resolved,
+            request.args,
+            context,
+            state.config,
+            {"SCRIPT": request.script, "REQID": fields["REQID"]},
+        )
         if request.run_async:
             if self.async_runs is None:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
@@ -146,28 +179,34 @@ class Endpoints:
         if result.truncated:
             extra["TRUNCATED"] = ",".join(result.truncated)
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout,
-                                                result.stderr))
+        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, result.stderr))
 
     def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
         reqid = agent_wire.ping_reqid(body)
-        log.event("ping", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
-                  REQID=_short(reqid))
+        log.event("ping", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, REQID=_short(reqid))
         staged = os.path.isfile(state.config.cert_staging_path)
-        return Reply(200, agent_wire.ping_body(state.host, state.version, state.expiry,
-                                               staged, reqid))
+        return Reply(
+            200, agent_wire.ping_body(state.host, state.version, state.expiry, staged, reqid)
+        )
 
     def capabilities(self, peer: Peer, state: AgentState) -> Reply:
         decision = self._authorise(state, peer, "discovery")
         if not decision.allowed:
-            log.event("capabilities-deny", log.WARNING, PEER=peer.ip,
-                      DISPATCHER=peer.dispatcher, REASON=decision.reason)
+            log.event(
+                "capabilities-deny",
+                log.WARNING,
+                PEER=peer.ip,
+                DISPATCHER=peer.dispatcher,
+                REASON=decision.reason,
+            )
             return Reply(403, dict(agent_wire.CAPABILITIES_NOT_AUTHORISED))
         scripts = capabilities.script_entries(state.allowlist, state.sidecars)
-        log.event("capabilities", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher,
-                  SCRIPTS=len(scripts))
-        return Reply(200, agent_wire.capabilities_body(state.host, state.version,
-                                                       state.config.tags, scripts))
+        log.event(
+            "capabilities", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, SCRIPTS=len(scripts)
+        )
+        return Reply(
+            200, agent_wire.capabilities_body(state.host, state.version, state.config.tags, scripts)
+        )
 
     def result(self, reqid: str, peer: Peer) -> Reply:
         """The caller's async run record; with no async store every id is

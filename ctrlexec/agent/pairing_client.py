@@ -18,8 +18,13 @@ import ssl
 import time
 
 from ..core import pairing as wire
-from ..core.http import (MAX_PAIRING_RESPONSE, FramingError, IncompleteMessage, ResponseReader,
-                         request_bytes)
+from ..core.http import (
+    MAX_PAIRING_RESPONSE,
+    FramingError,
+    IncompleteMessage,
+    ResponseReader,
+    request_bytes,
+)
 from ..errors import CtrlExecError, OperationTimeout, ProtocolError
 from ..pki.tls import pairing_client_context
 
@@ -44,18 +49,22 @@ def _connect(host: str, port: int, timeout: float) -> socket.socket:
     except socket.gaierror:
         raise DispatcherUnreachable(
             f"could not resolve the dispatcher host '{host}': check the name, "
-            "or give its IP address") from None
+            "or give its IP address"
+        ) from None
     except ConnectionRefusedError:
         raise DispatcherUnreachable(
             f"connection refused by {_where(host, port)}: is pairing mode active on the "
-            "dispatcher ('ced pairing-mode'), and is this its pairing port?") from None
-    except socket.timeout:
+            "dispatcher ('ced pairing-mode'), and is this its pairing port?"
+        ) from None
+    except TimeoutError:
         raise DispatcherUnreachable(
             f"no answer from {_where(host, port)} within {timeout:g}s: check the address "
-            "and any firewall between this host and the dispatcher") from None
+            "and any firewall between this host and the dispatcher"
+        ) from None
     except OSError as exc:
         raise DispatcherUnreachable(
-            f"cannot connect to {_where(host, port)}: {exc.strerror or exc}") from None
+            f"cannot connect to {_where(host, port)}: {exc.strerror or exc}"
+        ) from None
 
 
 def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> None:
@@ -82,7 +91,8 @@ class PairingConnection:
             raw.close()
             raise DispatcherUnreachable(
                 f"{_where(self.host, self.port)} did not complete a TLS handshake ({exc}): "
-                "is this the dispatcher's pairing port, with pairing mode active?") from None
+                "is this the dispatcher's pairing port, with pairing mode active?"
+            ) from None
         self.server_cert_der = self._tls.getpeercert(binary_form=True) or b""
         self.local_ip = self._tls.getsockname()[0]
 
@@ -127,14 +137,16 @@ class PairingConnection:
             self._tls.settimeout(remaining)
             try:
                 data = self._tls.recv(READ_CHUNK)
-            except socket.timeout:
+            except TimeoutError:
                 raise OperationTimeout(f"no {what} from the dispatcher in time") from None
             except (ssl.SSLError, OSError) as exc:
-                raise ProtocolError(f"connection lost while waiting for the {what} "
-                                    f"({exc})") from None
+                raise ProtocolError(
+                    f"connection lost while waiting for the {what} ({exc})"
+                ) from None
             if not data:
                 try:
                     return reader.finish().body
                 except (IncompleteMessage, FramingError):
-                    raise ProtocolError(f"the dispatcher closed the connection before "
-                                        f"sending the {what}") from None
+                    raise ProtocolError(
+                        f"the dispatcher closed the connection before sending the {what}"
+                    ) from None

@@ -74,15 +74,18 @@ def check(approval: Approval, key, server_cert_der: bytes, pin: str | None) -> N
         except ValueError:
             raise PairingRejected("the returned CA certificate cannot be parsed") from None
         if got != pin:
-            raise PairingRejected(f"the dispatcher's CA fingerprint {got} does not match "
-                                  f"the pinned {pin}")
+            raise PairingRejected(
+                f"the dispatcher's CA fingerprint {got} does not match the pinned {pin}"
+            )
         if not server_cert_der or not ca.issued_by(server_cert_der, approval.ca):
-            raise PairingRejected("the pairing listener's certificate is not signed by the "
-                                  "pinned CA")
+            raise PairingRejected(
+                "the pairing listener's certificate is not signed by the pinned CA"
+            )
 
 
-def store(approval: Approval, key_pem: bytes, cert_path: str, key_path: str, ca_path: str,
-          map_path: str) -> Stored:
+def store(
+    approval: Approval, key_pem: bytes, cert_path: str, key_path: str, ca_path: str, map_path: str
+) -> Stored:
     owner = _owner()
     for path in (cert_path, key_path, ca_path):
         ensure_dir(Path(path).parent, 0o750)
@@ -96,9 +99,14 @@ def store(approval: Approval, key_pem: bytes, cert_path: str, key_path: str, ca_
         trust.add_dispatcher(map_path, serial, ident)
         trusted = True
     facts = facts_from_pem(approval.cert)
-    return Stored(dispatcher_id=ident, dispatcher_serial=serial, cert_serial=facts.serial,
-                  expiry=openssl_notafter(facts.not_after), subject=facts.subject_cn,
-                  trusted=trusted)
+    return Stored(
+        dispatcher_id=ident,
+        dispatcher_serial=serial,
+        cert_serial=facts.serial,
+        expiry=openssl_notafter(facts.not_after),
+        subject=facts.subject_cn,
+        trusted=trusted,
+    )
 
 
 def writable_dirs(paths: list[str]) -> list[str]:
@@ -128,8 +136,11 @@ class Status:
 def status(cert_path: str, key_path: str, ca_path: str, now: float | None = None) -> Status:
     """Paired means: certificate, key and CA present, and the certificate
     readable and not expired. Standard library only."""
-    for label, path in (("certificate", cert_path), ("private key", key_path),
-                        ("CA certificate", ca_path)):
+    for label, path in (
+        ("certificate", cert_path),
+        ("private key", key_path),
+        ("CA certificate", ca_path),
+    ):
         if not Path(path).exists():
             return Status(False, f"{label} not found: {path}")
     try:
@@ -139,8 +150,13 @@ def status(cert_path: str, key_path: str, ca_path: str, now: float | None = None
     expiry = openssl_notafter(facts.not_after)
     current = time.time() if now is None else now
     if facts.not_after <= current:
-        return Status(False, f"certificate expired on {expiry}", expiry, facts.subject_cn,
-                      format(facts.serial, "x"))
+        return Status(
+            False,
+            f"certificate expired on {expiry}",
+            expiry,
+            facts.subject_cn,
+            format(facts.serial, "x"),
+        )
     return Status(True, "", expiry, facts.subject_cn, format(facts.serial, "x"))
 
 

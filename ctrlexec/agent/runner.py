@@ -42,8 +42,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from .. import log
 
@@ -78,8 +79,8 @@ def script_environment(parent: Mapping[str, str] | None = None) -> dict[str, str
 
 @dataclass(frozen=True)
 class ScriptJob:
-    executable: str                 # the file to execve
-    argv: tuple[str, ...]           # argv[0] first
+    executable: str  # the file to execve
+    argv: tuple[str, ...]  # argv[0] first
     stdin: bytes = b""
     timeout: float = 3600.0
     stdin_timeout: float = 10.0
@@ -99,16 +100,25 @@ class ScriptResult:
     stdin_unwritten: int = 0
 
 
-def job_for(resolved: "Resolved", args: tuple[str, ...], stdin: bytes, config: "AgentConfig",
-            log_fields: Mapping[str, object] | None = None) -> ScriptJob:
+def job_for(
+    resolved: Resolved,
+    args: tuple[str, ...],
+    stdin: bytes,
+    config: AgentConfig,
+    log_fields: Mapping[str, object] | None = None,
+) -> ScriptJob:
     """The job for an allowlisted script under this agent's limits: its
     canonical file, argv[0] as the allowlist writes it, the per-script
     timeout (else `script_timeout`), `stdin_timeout`, `max_output_bytes`."""
     return ScriptJob(
-        executable=resolved.executable, argv=(resolved.argv0, *args), stdin=stdin,
+        executable=resolved.executable,
+        argv=(resolved.argv0, *args),
+        stdin=stdin,
         timeout=resolved.entry.timeout or config.script_timeout,
-        stdin_timeout=config.stdin_timeout, max_output=config.max_output_bytes,
-        log_fields=dict(log_fields or {}))
+        stdin_timeout=config.stdin_timeout,
+        max_output=config.max_output_bytes,
+        log_fields=dict(log_fields or {}),
+    )
 
 
 def start_failure(exc: OSError, executable: str) -> tuple[int, str]:
@@ -164,10 +174,17 @@ class Runner:
     def run(self, job: ScriptJob) -> ScriptResult:
         env = script_environment() if job.env is None else dict(job.env)
         try:
-            proc = subprocess.Popen(list(job.argv), executable=job.executable,
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, env=env, cwd=job.cwd,
-                                    close_fds=True, start_new_session=True)
+            proc = subprocess.Popen(
+                list(job.argv),
+                executable=job.executable,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=job.cwd,
+                close_fds=True,
+                start_new_session=True,
+            )
         except OSError as exc:
             code, text = start_failure(exc, job.executable)
             return ScriptResult(code, "", text)
@@ -251,8 +268,9 @@ class _Exchange:
     def _write_stdin(self) -> None:
         assert self.proc.stdin is not None
         try:
-            self.written += os.write(self.proc.stdin.fileno(),
-                                     self.stdin_view[self.written:self.written + CHUNK])
+            self.written += os.write(
+                self.proc.stdin.fileno(), self.stdin_view[self.written : self.written + CHUNK]
+            )
         except BlockingIOError:
             return
         except OSError:  # the script closed its stdin or exited: stop writing
@@ -310,22 +328,31 @@ class _Exchange:
     def _result(self) -> ScriptResult:
         notes = []
         if self.timed_out:
-            notes.append(f"script timed out after {self.job.timeout:g} s; "
-                         "its process group was killed")
+            notes.append(
+                f"script timed out after {self.job.timeout:g} s; its process group was killed"
+            )
         truncated = []
         for capture in (self.out, self.err):
             if capture.dropped:
                 truncated.append(capture.name)
-                notes.append(f"{capture.name} truncated: {capture.dropped} bytes beyond the "
-                             f"{capture.cap}-byte limit were discarded")
+                notes.append(
+                    f"{capture.name} truncated: {capture.dropped} bytes beyond the "
+                    f"{capture.cap}-byte limit were discarded"
+                )
         stderr = self.err.text()
         if notes:
             if stderr and not stderr.endswith("\n"):
                 stderr += "\n"
             stderr += "".join(f"{NOTE_PREFIX}{note}\n" for note in notes)
         # A script that exited by itself before the kill keeps its status.
-        return ScriptResult(exit_code(self.proc.returncode), self.out.text(), stderr, self.timed_out, tuple(truncated),
-                            self.unwritten)
+        return ScriptResult(
+            exit_code(self.proc.returncode),
+            self.out.text(),
+            stderr,
+            self.timed_out,
+            tuple(truncated),
+            self.unwritten,
+        )
 
 
 _default_runner = Runner()

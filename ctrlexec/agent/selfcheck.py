@@ -20,8 +20,7 @@ from pathlib import Path
 from ..config.load import AgentConfig, load_agent, load_allowlist
 from ..config.paths import Layout
 from ..core import ids
-from ..core.http import FramingError, IncompleteMessage, ResponseReader, encode_json, \
-    request_bytes
+from ..core.http import FramingError, IncompleteMessage, ResponseReader, encode_json, request_bytes
 from ..core.timefmt import openssl_notafter
 from ..core.x509 import facts_from_pem
 from ..errors import ConfigError, NotAllowlisted
@@ -41,8 +40,7 @@ class Check:
     warning: bool = False  # reported, but does not fail the check run
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "ok": self.ok, "warning": self.warning,
-                "detail": self.detail}
+        return {"name": self.name, "ok": self.ok, "warning": self.warning, "detail": self.detail}
 
 
 # --- rules shared with `serve` ---------------------------------------------
@@ -68,9 +66,12 @@ def serving_context(config: AgentConfig) -> ssl.SSLContext:
         key, path = absent
         raise ConfigError(f"not paired yet: {path} is missing ({PAIRING_HINT})", source, key)
     if config.executor_socket:
-        raise ConfigError("the privileged executor is not available in this build; "
-                          "remove executor_socket to run scripts directly", source,
-                          "executor_socket")
+        raise ConfigError(
+            "the privileged executor is not available in this build; "
+            "remove executor_socket to run scripts directly",
+            source,
+            "executor_socket",
+        )
     hook = config.auth_hook
     if hook and not capabilities.executable(hook):
         raise ConfigError(f"{hook} is not an executable file", source, "auth_hook")
@@ -78,16 +79,22 @@ def serving_context(config: AgentConfig) -> ssl.SSLContext:
         return tls.agent_server_context(config.cert, config.key, config.ca)
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
-        raise ConfigError(f"cannot use the agent certificate, key and CA "
-                          f"({config.cert}, {config.key}, {config.ca}): {reason}", source) from None
+        raise ConfigError(
+            f"cannot use the agent certificate, key and CA "
+            f"({config.cert}, {config.key}, {config.ca}): {reason}",
+            source,
+        ) from None
 
 
 def unenforced_profiles(config: AgentConfig) -> list[str]:
     """Profiles whose settings only the executor applies, while none is configured."""
     if config.executor_socket:
         return []
-    return sorted(name for name, profile in config.profiles.items()
-                  if profile.run_as or profile.caps or profile.writable)
+    return sorted(
+        name
+        for name, profile in config.profiles.items()
+        if profile.run_as or profile.caps or profile.writable
+    )
 
 
 # --- self-check -------------------------------------------------------------
@@ -131,8 +138,13 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
         with open(config.cert, encoding="ascii", errors="replace") as handle:
             facts = facts_from_pem(handle.read(1_048_576))
     except (OSError, ValueError) as exc:
-        return [Check("paired", False, f"cannot read {config.cert}: "
-                      f"{getattr(exc, 'strerror', None) or exc}")]
+        return [
+            Check(
+                "paired",
+                False,
+                f"cannot read {config.cert}: {getattr(exc, 'strerror', None) or exc}",
+            )
+        ]
     expiry = openssl_notafter(facts.not_after)
     days = int((facts.not_after - now) // 86400)
     checks = [Check("paired", True, f"yes (cert expires {expiry})")]
@@ -141,8 +153,13 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
     else:
         checks.append(Check("certificate", True, f"CN={facts.subject_cn}, {days} days left"))
     problem = _verifies_against_ca(config)
-    checks.append(Check("certificate chain", problem is None,
-                        "key matches, signed by the CA" if problem is None else problem))
+    checks.append(
+        Check(
+            "certificate chain",
+            problem is None,
+            "key matches, signed by the CA" if problem is None else problem,
+        )
+    )
     return checks
 
 
@@ -161,8 +178,9 @@ def script_checks(allowlist: Allowlist) -> list[Check]:
     return checks
 
 
-def checks(layout: Layout, config_path: Path | None, allowlist_path: Path | None,
-           now: float | None = None) -> list[Check]:
+def checks(
+    layout: Layout, config_path: Path | None, allowlist_path: Path | None, now: float | None = None
+) -> list[Check]:
     now = time.time() if now is None else now
     try:
         config = load_agent(layout, config_path)
@@ -181,29 +199,55 @@ def checks(layout: Layout, config_path: Path | None, allowlist_path: Path | None
     results += identity_checks(config, now)
     try:
         trusted = trust.load_map(config.trusted_dispatchers_path)
-        detail = (f"{len(trusted)} ({', '.join(sorted(set(trusted.values())))})" if trusted
-                  else f"none in {config.trusted_dispatchers_path}: no dispatcher can use this agent")
+        detail = (
+            f"{len(trusted)} ({', '.join(sorted(set(trusted.values())))})"
+            if trusted
+            else f"none in {config.trusted_dispatchers_path}: no dispatcher can use this agent"
+        )
         results.append(Check("trusted dispatchers", bool(trusted), detail))
     except (OSError, ValueError) as exc:
         results.append(Check("trusted dispatchers", False, str(exc)))
     try:
         revoked = trust.load_revocations(config.revoked_serials)
-        results.append(Check("revocation list", True,
-                             f"{len(revoked.serials)} serial(s)" if revoked.present
-                             else f"absent ({config.revoked_serials}): nothing revoked"))
+        results.append(
+            Check(
+                "revocation list",
+                True,
+                f"{len(revoked.serials)} serial(s)"
+                if revoked.present
+                else f"absent ({config.revoked_serials}): nothing revoked",
+            )
+        )
     except (OSError, ValueError) as exc:
         results.append(Check("revocation list", False, str(exc)))
     if config.auth_hook:
         ok = capabilities.executable(config.auth_hook)
-        results.append(Check("auth hook", ok, config.auth_hook if ok
-                             else f"{config.auth_hook} is not an executable file"))
+        results.append(
+            Check(
+                "auth hook",
+                ok,
+                config.auth_hook if ok else f"{config.auth_hook} is not an executable file",
+            )
+        )
     if config.executor_socket:
-        results.append(Check("executor", False, "executor_socket is set, but the privileged "
-                             "executor is not available in this build"))
+        results.append(
+            Check(
+                "executor",
+                False,
+                "executor_socket is set, but the privileged "
+                "executor is not available in this build",
+            )
+        )
     for name in unenforced_profiles(config):
-        results.append(Check(f"profile {name}", True, "sets run_as/caps/writable, which only "
-                             "the executor applies; scripts run as the agent's user",
-                             warning=True))
+        results.append(
+            Check(
+                f"profile {name}",
+                True,
+                "sets run_as/caps/writable, which only "
+                "the executor applies; scripts run as the agent's user",
+                warning=True,
+            )
+        )
     return results
 
 
@@ -213,7 +257,7 @@ def checks(layout: Layout, config_path: Path | None, allowlist_path: Path | None
 @dataclass(frozen=True)
 class PingOutcome:
     ok: bool
-    stage: str      # config | connect | handshake | reply
+    stage: str  # config | connect | handshake | reply
     detail: str
     status: int | None = None
     body: dict | None = None
@@ -233,14 +277,18 @@ def self_ping(config: AgentConfig, timeout: float = SELF_PING_TIMEOUT) -> PingOu
     try:
         context = tls.dispatcher_client_context(config.cert, config.key, config.ca)
     except (OSError, ssl.SSLError) as exc:
-        return PingOutcome(False, "config", f"cannot use the agent certificate: "
-                           f"{getattr(exc, 'strerror', None) or exc}")
+        return PingOutcome(
+            False,
+            "config",
+            f"cannot use the agent certificate: {getattr(exc, 'strerror', None) or exc}",
+        )
     host = loopback_address(config)
     try:
         raw = socket.create_connection((host, config.port), timeout=timeout)
     except OSError as exc:
-        return PingOutcome(False, "connect", f"{host}:{config.port}: "
-                           f"{exc.strerror or exc} (is the agent running?)")
+        return PingOutcome(
+            False, "connect", f"{host}:{config.port}: {exc.strerror or exc} (is the agent running?)"
+        )
     try:
         try:
             conn = context.wrap_socket(raw, server_hostname=None)
@@ -265,10 +313,19 @@ def self_ping(config: AgentConfig, timeout: float = SELF_PING_TIMEOUT) -> PingOu
     except ValueError:
         parsed = None
     if response.status == 403 and parsed == {"error": "serial mismatch", "status": "forbidden"}:
-        return PingOutcome(True, "reply", "403 serial mismatch (expected - agent is running "
-                           "and enforcing policy)", 403, parsed)
+        return PingOutcome(
+            True,
+            "reply",
+            "403 serial mismatch (expected - agent is running and enforcing policy)",
+            403,
+            parsed,
+        )
     if response.status == 200 and isinstance(parsed, dict) and parsed.get("status") == "ok":
         return PingOutcome(True, "reply", "200 ok", 200, parsed)
-    return PingOutcome(False, "reply", f"unexpected reply {response.status}: "
-                       f"{response.body[:200]!r}", response.status,
-                       parsed if isinstance(parsed, dict) else None)
+    return PingOutcome(
+        False,
+        "reply",
+        f"unexpected reply {response.status}: {response.body[:200]!r}",
+        response.status,
+        parsed if isinstance(parsed, dict) else None,
+    )

@@ -39,19 +39,25 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import log
 from ..core import agent_wire
-from ..core.http import MAX_LINE, FramingError, IncompleteMessage, RequestReader, \
-    parse_request_line, response_bytes
+from ..core.http import (
+    MAX_LINE,
+    FramingError,
+    IncompleteMessage,
+    RequestReader,
+    parse_request_line,
+    response_bytes,
+)
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.serial import cert_serial_key, openssl_hex
 from ..netio import abort as _abort
-from ..netio import finish as _finish
 from ..netio import accepting, close_all, open_listeners, peer_address
+from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, write_pidfile
 from .handlers import Endpoints, Peer, Reply
@@ -75,9 +81,13 @@ def _failure_reason(exc: BaseException) -> str:
 
 
 class AgentServer:
-    def __init__(self, runtime: AgentRuntime, context: ssl.SSLContext,
-                 endpoints: Endpoints | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        runtime: AgentRuntime,
+        context: ssl.SSLContext,
+        endpoints: Endpoints | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.runtime = runtime
         self.context = context
         self.endpoints = endpoints or Endpoints()
@@ -88,8 +98,9 @@ class AgentServer:
         self.addresses = AddressFilter.from_entries(list(config.allowed_ips))
         self.limiter: RateLimiter | None = None
         if not config.rate_limit_disable:
-            self.limiter = RateLimiter(Rule.parse(config.rate_limit_volume),
-                                       Rule.parse(config.rate_limit_probe))
+            self.limiter = RateLimiter(
+                Rule.parse(config.rate_limit_volume), Rule.parse(config.rate_limit_probe)
+            )
         self._limiter_lock = threading.Lock()
         self._active = 0
         self._active_changed = threading.Condition()
@@ -106,12 +117,19 @@ class AgentServer:
 
     def serve(self, pidfile: Path | None = None) -> None:
         """Accept until SIGTERM/SIGINT; then stop gracefully."""
-        with accepting(self._listeners, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) \
-                as (selector, wake):
+        with accepting(self._listeners, (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)) as (
+            selector,
+            wake,
+        ):
             state = self.runtime.state()
-            log.event("start", log.INFO, PORT=self.runtime.config.port,
-                      SCRIPTS=len(state.allowlist), DISPATCHERS=len(state.trusted),
-                      VERSION=state.version)
+            log.event(
+                "start",
+                log.INFO,
+                PORT=self.runtime.config.port,
+                SCRIPTS=len(state.allowlist),
+                DISPATCHERS=len(state.trusted),
+                VERSION=state.version,
+            )
             if pidfile is not None:  # written last: its presence means "serving"
                 write_pidfile(pidfile)
             try:
@@ -203,8 +221,9 @@ class AgentServer:
             _abort(conn)
             return
         try:
-            threading.Thread(target=self._connection, args=(conn, ip), daemon=True,
-                             name=f"conn-{ip}").start()
+            threading.Thread(
+                target=self._connection, args=(conn, ip), daemon=True, name=f"conn-{ip}"
+            ).start()
         except RuntimeError:  # no thread could be started: same as overload
             self._release()
             log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
@@ -220,9 +239,10 @@ class AgentServer:
     def _connection(self, conn: socket.socket, ip: str) -> None:
         try:
             self._serve_connection(conn, ip)
-        except Exception as exc:  # noqa: BLE001 - one connection must never stop the agent
-            log.event("connection-error", log.ERR, PEER=ip,
-                      ERROR=f"{type(exc).__name__}: {exc}"[:200])
+        except Exception as exc:
+            log.event(
+                "connection-error", log.ERR, PEER=ip, ERROR=f"{type(exc).__name__}: {exc}"[:200]
+            )
         finally:
             try:
                 conn.close()
@@ -277,7 +297,7 @@ class AgentServer:
             request = self._read_request(tls, deadline)
         except FramingError as exc:
             return Reply(exc.status, agent_wire.error_body(exc.reason))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             log.event("request-timeout", log.WARNING, PEER=ip)
             return None
         except (IncompleteMessage, ssl.SSLError, OSError):
@@ -320,6 +340,6 @@ class AgentServer:
             tls.settimeout(self.request_timeout)  # inactivity bound while the peer reads
             tls.sendall(response_bytes(reply.status, reply.body))
         except (ssl.SSLError, OSError) as exc:
-            log.event("reply-fail", log.WARNING, PEER=ip, STATUS=reply.status,
-                      REASON=_failure_reason(exc))
-
+            log.event(
+                "reply-fail", log.WARNING, PEER=ip, STATUS=reply.status, REASON=_failure_reason(exc)
+            )

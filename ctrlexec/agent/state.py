@@ -19,9 +19,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .. import __version__, log
 from ..config.load import AgentConfig, load_allowlist
@@ -90,8 +91,13 @@ class WatchedFile(Generic[T]):
         try:
             self._value = self._parse(self.path)
         except (OSError, ValueError) as exc:
-            log.event("trust-reload-fail", log.ERR, FILE=self.path, WHAT=self._what,
-                      ERROR=getattr(exc, "strerror", None) or str(exc))
+            log.event(
+                "trust-reload-fail",
+                log.ERR,
+                FILE=self.path,
+                WHAT=self._what,
+                ERROR=getattr(exc, "strerror", None) or str(exc),
+            )
         self._signature = signature
 
 
@@ -117,21 +123,30 @@ def _load_revocations(path: str) -> trust.RevocationList:
 class AgentRuntime:
     """Holds the current AgentState and knows how to rebuild it."""
 
-    def __init__(self, config: AgentConfig, layout: Layout, allowlist_path: Path | None = None,
-                 host: str | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        layout: Layout,
+        allowlist_path: Path | None = None,
+        host: str | None = None,
+    ):
         self.config = config
         self.layout = layout
         self.allowlist_path = allowlist_path
         self.host = host or fqdn()
         self._reload_lock = threading.Lock()
         try:
-            self._map = WatchedFile(config.trusted_dispatchers_path, trust.load_map,
-                                    "trusted dispatchers")
-            self._revocations = WatchedFile(config.revoked_serials, _load_revocations,
-                                            "revoked serials")
+            self._map = WatchedFile(
+                config.trusted_dispatchers_path, trust.load_map, "trusted dispatchers"
+            )
+            self._revocations = WatchedFile(
+                config.revoked_serials, _load_revocations, "revoked serials"
+            )
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read trust file: {getattr(exc, 'strerror', None) or exc}",
-                              getattr(exc, "filename", None)) from None
+            raise ConfigError(
+                f"cannot read trust file: {getattr(exc, 'strerror', None) or exc}",
+                getattr(exc, "filename", None),
+            ) from None
         self._static = self._load_static()
 
     def _load_static(self) -> tuple[Allowlist, dict[str, agent_wire.Sidecar], str]:
@@ -142,8 +157,15 @@ class AgentRuntime:
 
     def state(self) -> AgentState:
         allowlist, sidecars, expiry = self._static
-        return AgentState(self.config, allowlist, sidecars, self._map.current(),
-                          self._revocations.current(), expiry, self.host)
+        return AgentState(
+            self.config,
+            allowlist,
+            sidecars,
+            self._map.current(),
+            self._revocations.current(),
+            expiry,
+            self.host,
+        )
 
     def reload(self) -> bool:
         """SIGHUP: re-read the allowlist, sidecars, trust files and cert expiry."""
@@ -157,6 +179,11 @@ class AgentRuntime:
             self._revocations.reload()
             self._static = static
         state = self.state()
-        log.event("reload", log.INFO, SCRIPTS=len(state.allowlist),
-                  DISPATCHERS=len(state.trusted), REVOKED=len(state.revoked.serials))
+        log.event(
+            "reload",
+            log.INFO,
+            SCRIPTS=len(state.allowlist),
+            DISPATCHERS=len(state.trusted),
+            REVOKED=len(state.revoked.serials),
+        )
         return True

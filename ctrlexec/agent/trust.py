@@ -22,8 +22,10 @@ from ..core.names import is_dispatcher_id
 from ..core.serial import normalise_received, serial_to_hex
 from ..store import FileLock, atomic_write_text, ensure_dir
 
-HEADER = ("# ctrl-exec trusted dispatchers: <serial> <id>, one per line.\n"
-          "# Managed by pairing - do not edit by hand.\n")
+HEADER = (
+    "# ctrl-exec trusted dispatchers: <serial> <id>, one per line.\n"
+    "# Managed by pairing - do not edit by hand.\n"
+)
 # Trust files are small; a larger one is a mistake or an attack.
 MAX_TRUST_FILE = 4 * 1_048_576
 

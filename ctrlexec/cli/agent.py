@@ -12,8 +12,14 @@ TOPICS: tuple[str, ...] = (
 
 # The 8 modes of ctrl-exec 0.12's ctrl-exec-agent.
 COMPAT_MODES = (
-    "serve", "request-pairing", "pairing-status", "self-check", "self-ping",
-    "promote-cert", "cert-staged", "paired",
+    "serve",
+    "request-pairing",
+    "pairing-status",
+    "self-check",
+    "self-ping",
+    "promote-cert",
+    "cert-staged",
+    "paired",
 )
 
 DESCRIPTION = """The ctrl-exec agent: serves allowlisted scripts to paired dispatchers over

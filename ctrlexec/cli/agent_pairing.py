@@ -38,8 +38,10 @@ def _timeout(ctx: Context) -> float:
     if args.timeout is None:
         return wire.BACKGROUND_TIMEOUT if args.background else wire.CLIENT_WINDOW
     if args.background and not 1 <= args.timeout <= wire.BACKGROUND_TIMEOUT_MAX:
-        raise CtrlExecError(f"--timeout must be between 1 and {wire.BACKGROUND_TIMEOUT_MAX} "
-                            "seconds with --background (the dispatcher waits at most 600)")
+        raise CtrlExecError(
+            f"--timeout must be between 1 and {wire.BACKGROUND_TIMEOUT_MAX} "
+            "seconds with --background (the dispatcher waits at most 600)"
+        )
     if not 1 <= args.timeout <= wire.CLIENT_WINDOW:
         raise CtrlExecError(f"--timeout must be between 1 and {wire.CLIENT_WINDOW} seconds")
     return float(args.timeout)
@@ -66,15 +68,19 @@ def request_pairing(ctx: Context) -> int:
     config = _config(ctx)
     hostname = args.hostname or local_hostname()
     if not is_agent_name(hostname):
-        raise CtrlExecError(f"'{hostname}' cannot be an agent name (letters, digits, '.', '_', "
-                            "'-'); give one with --hostname")
+        raise CtrlExecError(
+            f"'{hostname}' cannot be an agent name (letters, digits, '.', '_', "
+            "'-'); give one with --hostname"
+        )
     if "." not in hostname and not args.hostname and not ctx.json:
         ctx.err(f"note: this host has no domain name; pairing as '{hostname}'")
-    problems = pairing_store.writable_dirs([config.cert, config.key, config.ca,
-                                            config.trusted_dispatchers_path])
+    problems = pairing_store.writable_dirs(
+        [config.cert, config.key, config.ca, config.trusted_dispatchers_path]
+    )
     if problems:
-        raise CtrlExecError("cannot write to " + ", ".join(problems)
-                            + ": run as the agent's owner or root (sudo)")
+        raise CtrlExecError(
+            "cannot write to " + ", ".join(problems) + ": run as the agent's owner or root (sudo)"
+        )
     port = config.pairing_port if args.port is None else args.port
     if not 1 <= port <= 65535:
         raise CtrlExecError("--port must be a port number (1-65535)")
@@ -93,8 +99,9 @@ def request_pairing(ctx: Context) -> int:
 
     connection = pairing_client.PairingConnection(args.dispatcher, port)
     connection.open()
-    body = wire.request_body(hostname, csr_pem, nonce, args.lookup_by, config.port,
-                             connection.local_ip)
+    body = wire.request_body(
+        hostname, csr_pem, nonce, args.lookup_by, config.port, connection.local_ip
+    )
     try:
         reqid = connection.submit(body)
     except BaseException:
@@ -106,8 +113,9 @@ def request_pairing(ctx: Context) -> int:
     elif ctx.json:
         ctx.emit_json({"status": "pending", "reqid": reqid, "code": code, "hostname": hostname})
     else:
-        ctx.out(f"Request {reqid} is waiting for the operator's decision "
-                f"(up to {int(timeout)}s)...")
+        ctx.out(
+            f"Request {reqid} is waiting for the operator's decision (up to {int(timeout)}s)..."
+        )
         sys.stdout.flush()
     try:
         approval = connection.result(nonce, deadline)
@@ -116,27 +124,46 @@ def request_pairing(ctx: Context) -> int:
         return _failed(ctx, reqid, exc)
     finally:
         connection.close()
-    stored = pairing_store.store(approval, key_pem, config.cert, config.key, config.ca,
-                                 config.trusted_dispatchers_path)
-    log.event("pair-complete", STATUS="approved", DISPATCHER=stored.dispatcher_id,
-              DISPATCHER_HOST=args.dispatcher)
+    stored = pairing_store.store(
+        approval, key_pem, config.cert, config.key, config.ca, config.trusted_dispatchers_path
+    )
+    log.event(
+        "pair-complete",
+        STATUS="approved",
+        DISPATCHER=stored.dispatcher_id,
+        DISPATCHER_HOST=args.dispatcher,
+    )
     if ctx.json:
-        ctx.emit_json({"status": "approved", "reqid": reqid, "code": code, "hostname": hostname,
-                       "dispatcher_id": stored.dispatcher_id,
-                       "dispatcher_serial": stored.dispatcher_serial,
-                       "cert_serial": format(stored.cert_serial, "x"), "expiry": stored.expiry,
-                       "trusted": stored.trusted})
+        ctx.emit_json(
+            {
+                "status": "approved",
+                "reqid": reqid,
+                "code": code,
+                "hostname": hostname,
+                "dispatcher_id": stored.dispatcher_id,
+                "dispatcher_serial": stored.dispatcher_serial,
+                "cert_serial": format(stored.cert_serial, "x"),
+                "expiry": stored.expiry,
+                "trusted": stored.trusted,
+            }
+        )
         return EXIT_STORED
-    ctx.out(f"Pairing complete: certificate for '{stored.subject}' stored "
-            f"(expires {stored.expiry}).")
+    ctx.out(
+        f"Pairing complete: certificate for '{stored.subject}' stored (expires {stored.expiry})."
+    )
     if stored.trusted:
-        ctx.out(f"Trusting dispatcher '{stored.dispatcher_id}' "
-                f"(serial {stored.dispatcher_serial}).")
+        ctx.out(
+            f"Trusting dispatcher '{stored.dispatcher_id}' (serial {stored.dispatcher_serial})."
+        )
     else:
-        ctx.err("WARNING: the dispatcher sent no certificate serial; this agent trusts no "
-                "dispatcher yet.")
-    ctx.out("Start the agent now, or restart it if it is running: it reads its certificate "
-            "and trusted dispatchers at start.")
+        ctx.err(
+            "WARNING: the dispatcher sent no certificate serial; this agent trusts no "
+            "dispatcher yet."
+        )
+    ctx.out(
+        "Start the agent now, or restart it if it is running: it reads its certificate "
+        "and trusted dispatchers at start."
+    )
     return EXIT_STORED
 
 
@@ -148,8 +175,15 @@ def _detach(ctx: Context, reqid: str, code: str, hostname: str) -> None:
     pid = os.fork()
     if pid:
         if ctx.json:
-            ctx.emit_json({"status": "pending", "reqid": reqid, "code": code,
-                           "hostname": hostname, "pid": pid})
+            ctx.emit_json(
+                {
+                    "status": "pending",
+                    "reqid": reqid,
+                    "code": code,
+                    "hostname": hostname,
+                    "pid": pid,
+                }
+            )
         else:
             ctx.out(reqid)
         sys.stdout.flush()
@@ -169,8 +203,9 @@ def _failed(ctx: Context, reqid: str, exc: Exception) -> int:
     else:
         log.event("pair-denied", log.WARNING, REQID=reqid, REASON=reason)
     if ctx.json:
-        ctx.emit_json({"status": "timeout" if timed_out else "denied", "reqid": reqid,
-                       "reason": reason})
+        ctx.emit_json(
+            {"status": "timeout" if timed_out else "denied", "reqid": reqid, "reason": reason}
+        )
     else:
         ctx.err(f"Pairing failed: {reason}")
     return EXIT_TIMEOUT if timed_out else EXIT_FAILED
@@ -182,8 +217,15 @@ def pairing_status(ctx: Context) -> int:
     config = _config(ctx)
     status = pairing_store.status(config.cert, config.key, config.ca)
     if ctx.json:
-        ctx.emit_json({"paired": status.paired, "reason": status.reason, "expiry": status.expiry,
-                       "subject": status.subject, "serial": status.serial})
+        ctx.emit_json(
+            {
+                "paired": status.paired,
+                "reason": status.reason,
+                "expiry": status.expiry,
+                "subject": status.subject,
+                "serial": status.serial,
+            }
+        )
     elif status.paired:
         ctx.out(f"Paired. Certificate expires: {status.expiry}")
     else:
@@ -200,38 +242,73 @@ def paired(ctx: Context) -> int:
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "request-pairing", request_pairing, "pair this agent with a dispatcher",
+        subparsers,
+        "request-pairing",
+        request_pairing,
+        "pair this agent with a dispatcher",
         description="Generate a key and a CSR, send the CSR to the dispatcher's pairing port "
-                    "and wait for the operator. Both sides show the same 6-digit code; "
-                    "compare them before approving. On approval the certificate, the CA and "
-                    "the dispatcher's serial are stored.",
+        "and wait for the operator. Both sides show the same 6-digit code; "
+        "compare them before approving. On approval the certificate, the CA and "
+        "the dispatcher's serial are stored.",
         epilog="Exit codes: 0 stored, 2 timed out, 3 denied or failed (1: could not start).\n"
-               "--background prints 'Pairing code: NNNNNN', then the request id alone on "
-               "the last line,\nand waits detached; with --json one object "
-               "{status, reqid, code, hostname, pid}.")
-    parser.add_argument("--dispatcher", required=True, metavar="HOST",
-                        help="the dispatcher's name or address")
-    parser.add_argument("--port", type=int, metavar="PORT",
-                        help="its pairing port (default: pairing_port, 7444)")
-    parser.add_argument("--background", action="store_true",
-                        help="print the request id and wait detached (for orchestration)")
-    parser.add_argument("--timeout", type=int, metavar="SECONDS",
-                        help="how long to wait for the decision (default 30 with --background, "
-                             "at most 600; else 660)")
-    parser.add_argument("--lookup-by", choices=wire.LOOKUP_CHOICES,
-                        help="suggest how the dispatcher should address this agent")
-    parser.add_argument("--key-type", choices=("rsa", "ec"), default="rsa",
-                        help="rsa (2048, the default: 0.12 dispatchers refuse smaller keys, "
-                             "EC included) or ec (P-256)")
-    parser.add_argument("--ca-fingerprint", metavar="SHA256",
-                        help="store nothing unless the dispatcher's CA has this SHA-256 "
-                             "fingerprint (shown by 'ced pairing-mode' and 'ced setup-ca')")
-    parser.add_argument("--hostname", metavar="NAME",
-                        help="name to register under (default: this host's FQDN, else its "
-                             "short name)")
-    add_command(subparsers, "pairing-status", pairing_status, "is this agent paired?",
-                description="Says whether the certificate, key and CA are in place and when "
-                            "the certificate expires. Exit 0 paired, 1 not.")
-    add_command(subparsers, "paired", paired, "exit 0 when paired (for init scripts)",
-                description="Exit 0 when the certificate, key and CA files all exist, 1 "
-                            "otherwise. Prints nothing.")
+        "--background prints 'Pairing code: NNNNNN', then the request id alone on "
+        "the last line,\nand waits detached; with --json one object "
+        "{status, reqid, code, hostname, pid}.",
+    )
+    parser.add_argument(
+        "--dispatcher", required=True, metavar="HOST", help="the dispatcher's name or address"
+    )
+    parser.add_argument(
+        "--port", type=int, metavar="PORT", help="its pairing port (default: pairing_port, 7444)"
+    )
+    parser.add_argument(
+        "--background",
+        action="store_true",
+        help="print the request id and wait detached (for orchestration)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="how long to wait for the decision (default 30 with --background, "
+        "at most 600; else 660)",
+    )
+    parser.add_argument(
+        "--lookup-by",
+        choices=wire.LOOKUP_CHOICES,
+        help="suggest how the dispatcher should address this agent",
+    )
+    parser.add_argument(
+        "--key-type",
+        choices=("rsa", "ec"),
+        default="rsa",
+        help="rsa (2048, the default: 0.12 dispatchers refuse smaller keys, "
+        "EC included) or ec (P-256)",
+    )
+    parser.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="store nothing unless the dispatcher's CA has this SHA-256 "
+        "fingerprint (shown by 'ced pairing-mode' and 'ced setup-ca')",
+    )
+    parser.add_argument(
+        "--hostname",
+        metavar="NAME",
+        help="name to register under (default: this host's FQDN, else its short name)",
+    )
+    add_command(
+        subparsers,
+        "pairing-status",
+        pairing_status,
+        "is this agent paired?",
+        description="Says whether the certificate, key and CA are in place and when "
+        "the certificate expires. Exit 0 paired, 1 not.",
+    )
+    add_command(
+        subparsers,
+        "paired",
+        paired,
+        "exit 0 when paired (for init scripts)",
+        description="Exit 0 when the certificate, key and CA files all exist, 1 "
+        "otherwise. Prints nothing.",
+    )

@@ -32,21 +32,47 @@ policy. Exits 1 when the agent cannot be reached or answers otherwise."""
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "serve", serve, "run the agent (mTLS server on port 7443)",
-                         SERVE_DESCRIPTION, SERVE_EPILOG)
-    parser.add_argument("--allowlist", metavar="PATH",
-                        help="allowlist to read instead of the default scripts.toml")
-    parser.add_argument("--pidfile", metavar="PATH",
-                        help="where to write the pid once listening (default: agent.pid in "
-                             "the agent state directory)")
-    parser = add_command(subparsers, "self-check", self_check,
-                         "check offline that this agent can serve", CHECK_DESCRIPTION)
-    parser.add_argument("--allowlist", metavar="PATH",
-                        help="allowlist to read instead of the default scripts.toml")
-    parser = add_command(subparsers, "self-ping", self_ping,
-                         "ping the running agent on this host over mTLS", PING_DESCRIPTION)
-    parser.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="give up after this many seconds (default 5)")
+    parser = add_command(
+        subparsers,
+        "serve",
+        serve,
+        "run the agent (mTLS server on port 7443)",
+        SERVE_DESCRIPTION,
+        SERVE_EPILOG,
+    )
+    parser.add_argument(
+        "--allowlist", metavar="PATH", help="allowlist to read instead of the default scripts.toml"
+    )
+    parser.add_argument(
+        "--pidfile",
+        metavar="PATH",
+        help="where to write the pid once listening (default: agent.pid in "
+        "the agent state directory)",
+    )
+    parser = add_command(
+        subparsers,
+        "self-check",
+        self_check,
+        "check offline that this agent can serve",
+        CHECK_DESCRIPTION,
+    )
+    parser.add_argument(
+        "--allowlist", metavar="PATH", help="allowlist to read instead of the default scripts.toml"
+    )
+    parser = add_command(
+        subparsers,
+        "self-ping",
+        self_ping,
+        "ping the running agent on this host over mTLS",
+        PING_DESCRIPTION,
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up after this many seconds (default 5)",
+    )
 
 
 def _allowlist_path(ctx: Context) -> Path | None:
@@ -68,8 +94,12 @@ def serve(ctx: Context) -> int:
     context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format)
     for name in selfcheck.unenforced_profiles(config):
-        log.event("config-warn", log.WARNING, PROFILE=name,
-                  MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied")
+        log.event(
+            "config-warn",
+            log.WARNING,
+            PROFILE=name,
+            MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied",
+        )
     runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
     runner = default_runner()
     async_runs = AsyncRuns(config.async_runs_dir, runner.run)
@@ -80,7 +110,9 @@ def serve(ctx: Context) -> int:
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    pidfile = Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
+    pidfile = (
+        Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
+    )
     server.serve(pidfile)
     return EXIT_OK
 
@@ -120,9 +152,17 @@ def self_ping(ctx: Context) -> int:
     else:
         outcome = selfcheck.self_ping(config, ctx.args.timeout)
     if ctx.json:
-        ctx.emit_json({"ok": outcome.ok, "stage": outcome.stage, "detail": outcome.detail,
-                       "host": host, "port": config.port, "status": outcome.status,
-                       "reply": outcome.body})
+        ctx.emit_json(
+            {
+                "ok": outcome.ok,
+                "stage": outcome.stage,
+                "detail": outcome.detail,
+                "host": host,
+                "port": config.port,
+                "status": outcome.status,
+                "reply": outcome.body,
+            }
+        )
         return EXIT_OK if outcome.ok else EXIT_FAILURE
     ctx.out("Checking config...")
     ctx.out(f"  Config OK (port {config.port})")

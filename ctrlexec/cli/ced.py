@@ -16,9 +16,23 @@ TOPICS: tuple[str, ...] = (
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
 COMPAT_MODES = (
-    "run", "status", "wait", "ping", "pairing-mode", "list-requests", "approve", "deny",
-    "setup-ca", "setup-ctrl-exec", "list-agents", "edit-agent", "list-locks",
-    "rotate-cert", "serial-status", "unpair", "maintain",
+    "run",
+    "status",
+    "wait",
+    "ping",
+    "pairing-mode",
+    "list-requests",
+    "approve",
+    "deny",
+    "setup-ca",
+    "setup-ctrl-exec",
+    "list-agents",
+    "edit-agent",
+    "list-locks",
+    "rotate-cert",
+    "serial-status",
+    "unpair",
+    "maintain",
 )
 
 DESCRIPTION = """Operator CLI of ctrl-exec: set up the CA, pair agents, run allowlisted
@@ -34,16 +48,29 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Everything after the first `--` belongs to the script, verbatim."""
     if "--" in argv:
         index = argv.index("--")
-        return argv[:index], argv[index + 1:]
+        return argv[:index], argv[index + 1 :]
     return argv, None
 
 
 # 0.12's options that take a value, so that a value is never mistaken for
 # the mode (`ced --username run ping web-01`).
-VALUE_OPTIONS = frozenset((
-    "--root", "--config", "--log-target", "--log-format", "--port", "--username", "--token",
-    "--lookup-by", "--agent-port", "--ip", "--rename", "--tags", "--timeout",
-))
+VALUE_OPTIONS = frozenset(
+    (
+        "--root",
+        "--config",
+        "--log-target",
+        "--log-format",
+        "--port",
+        "--username",
+        "--token",
+        "--lookup-by",
+        "--agent-port",
+        "--ip",
+        "--rename",
+        "--tags",
+        "--timeout",
+    )
+)
 
 
 def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
@@ -54,9 +81,9 @@ def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
     while index < len(head):
         token = head[index]
         if token in modes:
-            return [token] + head[:index] + head[index + 1:]
+            return [token] + head[:index] + head[index + 1 :]
         if not token.startswith("-"):
-            break   # an operand before any mode: leave it to the parser's error
+            break  # an operand before any mode: leave it to the parser's error
         if token in VALUE_OPTIONS:
             index += 1
         index += 1
@@ -66,8 +93,9 @@ def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
 def main(argv: list[str], prog: str = "ced") -> int:
     head, script_args = split_script_args(argv)
     head = mode_first(head, set(COMPAT_MODES))
-    parser = roles.build_parser(prog, "ctrl-exec-dispatcher", DESCRIPTION, TOPICS,
-                                COMPAT_MODES, EPILOG)
+    parser = roles.build_parser(
+        prog, "ctrl-exec-dispatcher", DESCRIPTION, TOPICS, COMPAT_MODES, EPILOG
+    )
     if not head:
         parser.print_help()
         return 0

@@ -18,8 +18,17 @@ if TYPE_CHECKING:
 
 # Fields of a queued request shown by `list-requests --json` (the CSR and
 # the nonce stay in the queue file).
-LISTED_FIELDS = ("hostname", "ip", "source_ip", "code", "received", "reverse_dns",
-                 "reverse_confirmed", "lookup_by", "port")
+LISTED_FIELDS = (
+    "hostname",
+    "ip",
+    "source_ip",
+    "code",
+    "received",
+    "reverse_dns",
+    "reverse_confirmed",
+    "lookup_by",
+    "port",
+)
 
 
 def settings_and_queue(ctx: Context):
@@ -45,9 +54,16 @@ def reverse_text(request: dict) -> str:
 
 def request_table(requests: list[dict]) -> list[str]:
     rows = [("ID", "HOSTNAME", "SOURCE IP", "REVERSE DNS", "CODE")]
-    rows += [(str(r.get("id", "?")), str(r.get("hostname", "?")),
-              str(r.get("source_ip") or r.get("ip") or "?"), reverse_text(r),
-              str(r.get("code", "??????"))) for r in requests]
+    rows += [
+        (
+            str(r.get("id", "?")),
+            str(r.get("hostname", "?")),
+            str(r.get("source_ip") or r.get("ip") or "?"),
+            reverse_text(r),
+            str(r.get("code", "??????")),
+        )
+        for r in requests
+    ]
     lines = table(rows, [16, 24, 16, 28])
     return lines[:1] + ["-" * 94] + lines[1:]
 
@@ -65,8 +81,10 @@ def list_requests(ctx: Context) -> int:
         ctx.out(line)
     ctx.out("")
     ctx.out("Compare CODE with the code the agent printed before approving.")
-    ctx.out("REVERSE DNS is this host's name for the source address; (ok) means the name "
-            "resolves back to it.")
+    ctx.out(
+        "REVERSE DNS is this host's name for the source address; (ok) means the name "
+        "resolves back to it."
+    )
     return 0
 
 
@@ -75,9 +93,11 @@ def approval_lines(result: Approved) -> list[str]:
     record, request = result.record, result.request
     name = record["hostname"]
     address = record["ip"] if record["lookup_by"] == "ip" else name
-    lines = [f"Approved '{name}' ({record['reqid']}); the agent receives its certificate now.",
-             f"  Registered: {name}  lookup_by={record['lookup_by']}  "
-             f"address={address}:{record['port']}  expires {record['expiry']}"]
+    lines = [
+        f"Approved '{name}' ({record['reqid']}); the agent receives its certificate now.",
+        f"  Registered: {name}  lookup_by={record['lookup_by']}  "
+        f"address={address}:{record['port']}  expires {record['expiry']}",
+    ]
     fixes = []
     source = request.get("source_ip") or ""
     if source and (record["lookup_by"] != "ip" or record["ip"] != source):
@@ -86,12 +106,16 @@ def approval_lines(result: Approved) -> list[str]:
     if request.get("reverse_confirmed") and reverse and reverse.lower() != name.lower():
         fixes.append(f"    ced edit-agent {name} --rename {reverse}")
     if fixes:
-        lines.append("  If the dispatcher cannot reach it that way, change the record "
-                     "(no new pairing needed):")
+        lines.append(
+            "  If the dispatcher cannot reach it that way, change the record "
+            "(no new pairing needed):"
+        )
         lines += fixes
     if not record["dispatcher_serial"]:
-        lines.append("  WARNING: this dispatcher's certificate serial could not be read; "
-                     "the agent will trust no dispatcher.")
+        lines.append(
+            "  WARNING: this dispatcher's certificate serial could not be read; "
+            "the agent will trust no dispatcher."
+        )
     return lines
 
 
@@ -110,8 +134,9 @@ def approve(ctx: Context) -> int:
 
     port = _port(args.agent_port) if args.agent_port is not None else None
     settings, queue = settings_and_queue(ctx)
-    result = pairing_decide.approve(queue, settings, args.reqid, lookup_by=args.lookup_by,
-                                    ip=args.ip, agent_port=port)
+    result = pairing_decide.approve(
+        queue, settings, args.reqid, lookup_by=args.lookup_by, ip=args.ip, agent_port=port
+    )
     if ctx.json:
         ctx.emit_json(dict(result.record, ok=1, cert_serial=format(result.cert_serial, "x")))
         return 0
@@ -134,26 +159,46 @@ def deny(ctx: Context) -> int:
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "list-requests", list_requests, "show pending pairing requests",
+        subparsers,
+        "list-requests",
+        list_requests,
+        "show pending pairing requests",
         description="Pending pairing requests, oldest first, with the 6-digit code to compare "
-                    "with the agent's, the source address and its reverse DNS. Requests "
-                    "older than 10 minutes are dropped first.",
+        "with the agent's, the source address and its reverse DNS. Requests "
+        "older than 10 minutes are dropped first.",
         epilog="--json prints an array of objects: reqid, hostname, ip, source_ip, code, "
-               "received, reverse_dns, reverse_confirmed, lookup_by, port.")
+        "received, reverse_dns, reverse_confirmed, lookup_by, port.",
+    )
     parser = add_command(
-        subparsers, "approve", approve, "approve a pairing request",
+        subparsers,
+        "approve",
+        approve,
+        "approve a pairing request",
         description="Sign the agent's CSR, register the agent and hand the certificate to "
-                    "its waiting connection. The registry record takes the options first, "
-                    "then what the agent reported, then the defaults.")
+        "its waiting connection. The registry record takes the options first, "
+        "then what the agent reported, then the defaults.",
+    )
     parser.add_argument("reqid", help="request id from list-requests")
-    parser.add_argument("--lookup-by", choices=wire.LOOKUP_CHOICES,
-                        help="address the agent by its registered ip or by its hostname "
-                             "(default: the agent's hint, else hostname)")
-    parser.add_argument("--ip", help="address to register (default: what the agent reported, "
-                                     "else the connection's source)")
-    parser.add_argument("--agent-port", metavar="PORT",
-                        help="the agent's port (default: what it reported, else 7443)")
-    parser = add_command(subparsers, "deny", deny, "deny a pairing request",
-                         description="Refuse a pairing request; the agent is told "
-                                     "'rejected by operator'.")
+    parser.add_argument(
+        "--lookup-by",
+        choices=wire.LOOKUP_CHOICES,
+        help="address the agent by its registered ip or by its hostname "
+        "(default: the agent's hint, else hostname)",
+    )
+    parser.add_argument(
+        "--ip",
+        help="address to register (default: what the agent reported, else the connection's source)",
+    )
+    parser.add_argument(
+        "--agent-port",
+        metavar="PORT",
+        help="the agent's port (default: what it reported, else 7443)",
+    )
+    parser = add_command(
+        subparsers,
+        "deny",
+        deny,
+        "deny a pairing request",
+        description="Refuse a pairing request; the agent is told 'rejected by operator'.",
+    )
     parser.add_argument("reqid", help="request id from list-requests")

@@ -74,8 +74,10 @@ class Instance:
         try:
             lock.acquire(blocking=False)
         except BlockingIOError:
-            raise StateError(f"pairing mode is already running (PID {self.running_pid() or '?'}); "
-                             "stop it with 'ced pairing-mode stop'") from None
+            raise StateError(
+                f"pairing mode is already running (PID {self.running_pid() or '?'}); "
+                "stop it with 'ced pairing-mode stop'"
+            ) from None
         self._lock = lock
         atomic_write_text(self.pidfile, f"{os.getpid()}\n", 0o644)
 
@@ -158,8 +160,10 @@ class Console:
 
     def queue_lines(self, pending: list[dict]) -> None:
         for number, r in enumerate(pending, start=1):
-            self.out.text(f"  [{number}] {r.get('hostname', '?'):<30} {r.get('ip', '?'):<16} "
-                          f"code: {r.get('code', '??????')}  {r.get('received', '?')}")
+            self.out.text(
+                f"  [{number}] {r.get('hostname', '?'):<30} {r.get('ip', '?'):<16} "
+                f"code: {r.get('code', '??????')}  {r.get('received', '?')}"
+            )
 
     def command(self, line: str) -> str | None:
         if not line:
@@ -178,8 +182,9 @@ class Console:
             elif not pending:
                 self.out.text("No pending requests.")
             else:
-                self.out.text(f"Several requests are pending: use {line.lower()}1, "
-                              f"{line.lower()}2, ...")
+                self.out.text(
+                    f"Several requests are pending: use {line.lower()}1, {line.lower()}2, ..."
+                )
                 self.queue_lines(pending)
         elif line[:1] in ("a", "d") and line[1:].isdigit():
             number = int(line[1:])
@@ -197,7 +202,9 @@ class Console:
         reqid = str(request.get("id"))
         try:
             if verb == "a":
-                for line in approval_lines(pairing_decide.approve(self.queue, self.settings, reqid)):
+                for line in approval_lines(
+                    pairing_decide.approve(self.queue, self.settings, reqid)
+                ):
                     self.out.text(line)
             else:
                 pairing_decide.deny(self.queue, reqid)
@@ -208,10 +215,12 @@ class Console:
 
 
 def request_block(r: dict) -> list[str]:
-    return [f"Pairing request from {r.get('hostname', '?')} ({r.get('ip', '?')}) - ID: {r.get('id')}",
-            f"  Code:        {r.get('code', '??????')}   (must match the code the agent printed)",
-            f"  Received:    {r.get('received', '?')}",
-            f"  Source:      {r.get('source_ip', '?')}   reverse DNS: {reverse_text(r)}"]
+    return [
+        f"Pairing request from {r.get('hostname', '?')} ({r.get('ip', '?')}) - ID: {r.get('id')}",
+        f"  Code:        {r.get('code', '??????')}   (must match the code the agent printed)",
+        f"  Received:    {r.get('received', '?')}",
+        f"  Source:      {r.get('source_ip', '?')}   reverse DNS: {reverse_text(r)}",
+    ]
 
 
 def _window(ctx: Context, settings) -> int:
@@ -226,15 +235,27 @@ def _listener_settings(ctx: Context, settings):
 
     for label, path in (("certificate", settings.cert), ("key", settings.key)):
         if not Path(path).exists():
-            raise StateError(f"cannot start pairing mode: the dispatcher {label} {path} is "
-                             "missing; run 'ced setup-ctrl-exec' first")
+            raise StateError(
+                f"cannot start pairing mode: the dispatcher {label} {path} is "
+                "missing; run 'ced setup-ctrl-exec' first"
+            )
     port = ctx.args.port
     if not 0 <= port <= 65535:
         raise CtrlExecError("--port must be between 0 and 65535")
-    rate = None if settings.pairing_rate_limit_disable else Rule.parse(settings.pairing_rate_limit_volume)
-    return ListenerSettings(cert=settings.cert, key=settings.key, port=port, bind=ctx.args.bind,
-                            max_queue=settings.pairing_max_queue, rate=rate,
-                            request_timeout=settings.pairing_request_timeout)
+    rate = (
+        None
+        if settings.pairing_rate_limit_disable
+        else Rule.parse(settings.pairing_rate_limit_volume)
+    )
+    return ListenerSettings(
+        cert=settings.cert,
+        key=settings.key,
+        port=port,
+        bind=ctx.args.bind,
+        max_queue=settings.pairing_max_queue,
+        rate=rate,
+        request_timeout=settings.pairing_request_timeout,
+    )
 
 
 def _fingerprint(settings) -> str:
@@ -247,8 +268,7 @@ def _fingerprint(settings) -> str:
         raise StateError(f"{paths.cert} is not a PEM certificate") from None
 
 
-def serve(ctx: Context, settings, listening, window: int, interactive: bool,
-          ready=None) -> int:
+def serve(ctx: Context, settings, listening, window: int, interactive: bool, ready=None) -> int:
     from ..dispatcher.pairing_decide import open_queue
     from ..dispatcher.pairing_server import PairingListener
 
@@ -263,8 +283,9 @@ def serve(ctx: Context, settings, listening, window: int, interactive: bool,
         try:
             port = listener.bind()
         except OSError as exc:
-            raise StateError(f"cannot listen on port {listening.port}: "
-                             f"{exc.strerror or exc}") from None
+            raise StateError(
+                f"cannot listen on port {listening.port}: {exc.strerror or exc}"
+            ) from None
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: stop.set())
@@ -273,10 +294,17 @@ def serve(ctx: Context, settings, listening, window: int, interactive: bool,
         out.text(f"Pairing mode active on port {port} (auto-stops in {window}s). {ending}")
         out.text(f"CA fingerprint (SHA-256): {fingerprint}")
         if not console:
-            out.text("Use 'ced list-requests' to see pending requests, "
-                     "then 'ced approve <reqid>' or 'ced deny <reqid>'.")
-        out.event(status="listening", port=port, pid=os.getpid(), timeout=window,
-                  ca_fingerprint=fingerprint)
+            out.text(
+                "Use 'ced list-requests' to see pending requests, "
+                "then 'ced approve <reqid>' or 'ced deny <reqid>'."
+            )
+        out.event(
+            status="listening",
+            port=port,
+            pid=os.getpid(),
+            timeout=window,
+            ca_fingerprint=fingerprint,
+        )
         if ready is not None:
             ready(port)
         thread = threading.Thread(target=listener.serve_forever, daemon=True, name="pair-accept")
@@ -308,10 +336,18 @@ def _wait(stop: threading.Event, deadline: float) -> str:
 
 def _announcer(out: Output):
     def announce(record: dict) -> None:
-        out.text(f"Pairing request queued: {record['hostname']} ({record['ip']}) - "
-                 f"ID: {record['id']}  code {record['code']}")
-        out.event(status="queued", reqid=record["id"], hostname=record["hostname"],
-                  ip=record["ip"], code=record["code"])
+        out.text(
+            f"Pairing request queued: {record['hostname']} ({record['ip']}) - "
+            f"ID: {record['id']}  code {record['code']}"
+        )
+        out.event(
+            status="queued",
+            reqid=record["id"],
+            hostname=record["hostname"],
+            ip=record["ip"],
+            code=record["code"],
+        )
+
     return announce
 
 
@@ -319,8 +355,9 @@ def _start_background(ctx: Context, settings, listening, window: int) -> int:
     instance = Instance(ctx.layout.pairing_pidfile)
     running = instance.running_pid()
     if running:
-        raise StateError(f"pairing mode is already running (PID {running}); "
-                         "stop it with 'ced pairing-mode stop'")
+        raise StateError(
+            f"pairing mode is already running (PID {running}); stop it with 'ced pairing-mode stop'"
+        )
     _fingerprint(settings)  # report a missing CA here, not in the detached child
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -332,20 +369,29 @@ def _start_background(ctx: Context, settings, listening, window: int) -> int:
             os.dup2(null, fd)
         code = 1
         try:
-            code = serve(ctx, settings, listening, window, interactive=False,
-                         ready=lambda port: os.write(write_end, f"ok {port}\n".encode()))
+            code = serve(
+                ctx,
+                settings,
+                listening,
+                window,
+                interactive=False,
+                ready=lambda port: os.write(write_end, f"ok {port}\n".encode()),
+            )
         except CtrlExecError as exc:
             os.write(write_end, f"error {exc}\n".encode())
             code = exc.exit_code
-        except BaseException as exc:  # noqa: BLE001 - report, then leave
+        except BaseException as exc:
             os.write(write_end, f"error {type(exc).__name__}: {exc}\n".encode())
         os._exit(code)
     os.close(write_end)
     answer = _read_line(read_end, START_WAIT)
     os.close(read_end)
     if not answer.startswith("ok "):
-        raise StateError(answer[6:] if answer.startswith("error ") else
-                         "pairing mode did not start (see the log)")
+        raise StateError(
+            answer[6:]
+            if answer.startswith("error ")
+            else "pairing mode did not start (see the log)"
+        )
     port = int(answer.split()[1])
     if ctx.json:
         ctx.emit_json({"ok": 1, "pid": pid, "port": port, "timeout": window})
@@ -400,25 +446,43 @@ def pairing_mode(ctx: Context) -> int:
     if ctx.args.action == "start":
         return _start_background(ctx, settings, listening, window)
     # --json is for programs: no prompts, one JSON object per line
-    return serve(ctx, settings, listening, window,
-                 interactive=sys.stdin.isatty() and not ctx.json)
+    return serve(ctx, settings, listening, window, interactive=sys.stdin.isatty() and not ctx.json)
 
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "pairing-mode", pairing_mode, "open the pairing port and approve agents",
+        subparsers,
+        "pairing-mode",
+        pairing_mode,
+        "open the pairing port and approve agents",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         epilog="Examples:\n"
-               "  ced pairing-mode                 # interactive, on a terminal\n"
-               "  ced pairing-mode start --timeout 120\n"
-               "  ced list-requests; ced approve <reqid>\n"
-               "  ced pairing-mode stop")
-    parser.add_argument("action", nargs="?", choices=("start", "stop"),
-                        help="start: run detached in the background; stop: end it")
-    parser.add_argument("--timeout", type=int, metavar="SECONDS",
-                        help="close the port after this long, 1-600 "
-                             "(default: pairing_timeout, 600)")
-    parser.add_argument("--port", type=int, default=7444,
-                        help="pairing port (default: %(default)s; 0 picks a free one)")
-    parser.add_argument("--bind", default="", metavar="ADDRESS",
-                        help="listen on this address only (default: every interface)")
+        "  ced pairing-mode                 # interactive, on a terminal\n"
+        "  ced pairing-mode start --timeout 120\n"
+        "  ced list-requests; ced approve <reqid>\n"
+        "  ced pairing-mode stop",
+    )
+    parser.add_argument(
+        "action",
+        nargs="?",
+        choices=("start", "stop"),
+        help="start: run detached in the background; stop: end it",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="close the port after this long, 1-600 (default: pairing_timeout, 600)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=7444,
+        help="pairing port (default: %(default)s; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--bind",
+        default="",
+        metavar="ADDRESS",
+        help="listen on this address only (default: every interface)",
+    )

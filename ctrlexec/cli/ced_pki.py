@@ -27,14 +27,24 @@ def setup_ca(ctx: Context) -> int:
     settings = _settings(ctx)
     key_type = ctx.args.key_type or settings.key_type
     paths = ca.CAPaths(Path(settings.ca_dir))
-    backups = ca.create_ca(paths, key_type=key_type, common_name=ctx.args.cn,
-                           force=ctx.args.force)
+    backups = ca.create_ca(paths, key_type=key_type, common_name=ctx.args.cn, force=ctx.args.force)
     fingerprint = ca.fingerprint(paths.cert.read_text())
-    log.event("setup-ca", CERT=str(paths.cert), FINGERPRINT=fingerprint,
-              REPLACED="yes" if backups else "no")
+    log.event(
+        "setup-ca",
+        CERT=str(paths.cert),
+        FINGERPRINT=fingerprint,
+        REPLACED="yes" if backups else "no",
+    )
     if ctx.json:
-        ctx.emit_json({"ok": 1, "key": str(paths.key), "cert": str(paths.cert),
-                       "fingerprint": fingerprint, "backups": [str(b) for b in backups]})
+        ctx.emit_json(
+            {
+                "ok": 1,
+                "key": str(paths.key),
+                "cert": str(paths.cert),
+                "fingerprint": fingerprint,
+                "backups": [str(b) for b in backups],
+            }
+        )
         return 0
     for backup in backups:
         ctx.out(f"Previous CA file kept as {backup}")
@@ -42,16 +52,20 @@ def setup_ca(ctx: Context) -> int:
     ctx.out(f"  Key:  {paths.key}")
     ctx.out(f"  Cert: {paths.cert}")
     ctx.out(f"  SHA-256 fingerprint: {fingerprint}")
-    ctx.out("Keep ca.key on this host only. Agents may pin the fingerprint with "
-            "'request-pairing --ca-fingerprint'.")
+    ctx.out(
+        "Keep ca.key on this host only. Agents may pin the fingerprint with "
+        "'request-pairing --ca-fingerprint'."
+    )
     if backups:
         ctx.out("Every agent must now be paired again: they trust the old CA.")
     return 0
 
 
 def _confirm(ctx: Context, count: int) -> bool:
-    ctx.out(f"WARNING: a dispatcher certificate exists and {count} agent"
-            f"{'s are' if count != 1 else ' is'} registered.")
+    ctx.out(
+        f"WARNING: a dispatcher certificate exists and {count} agent"
+        f"{'s are' if count != 1 else ' is'} registered."
+    )
     ctx.out("  A new certificate has a new serial, which those agents do not trust:")
     ctx.out("  they refuse every request from it until they are paired again.")
     sys.stdout.write("Proceed? [y/N]: ")
@@ -93,8 +107,15 @@ def setup_dispatcher(ctx: Context) -> int:
     serial = format(issued.serial, "x")
     log.event("setup-ctrl-exec", CERT=str(cert_path), SERIAL=serial, EXPIRY=issued.expiry)
     if ctx.json:
-        ctx.emit_json({"ok": 1, "key": str(key_path), "cert": str(cert_path),
-                       "serial": serial, "expiry": issued.expiry})
+        ctx.emit_json(
+            {
+                "ok": 1,
+                "key": str(key_path),
+                "cert": str(cert_path),
+                "serial": serial,
+                "expiry": issued.expiry,
+            }
+        )
         return 0
     ctx.out("Dispatcher certificate created:")
     ctx.out(f"  Key:    {key_path}")
@@ -107,25 +128,41 @@ def setup_dispatcher(ctx: Context) -> int:
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "setup-ca", setup_ca, "create the private CA (once)",
+        subparsers,
+        "setup-ca",
+        setup_ca,
+        "create the private CA (once)",
         description="Create the private CA that signs the dispatcher's and every agent's "
-                    "certificate: ca.key (mode 0600) and ca.crt in ca_dir. Refuses to "
-                    "replace an existing CA unless --force is given.",
-        epilog="Replacing the CA breaks every pairing: agents trust the old one.")
-    parser.add_argument("--force", action="store_true",
-                        help="replace an existing CA, keeping the old files as *.bak-<time>")
-    parser.add_argument("--key-type", choices=("ec", "rsa"),
-                        help="ec (P-256) or rsa (4096); default: key_type in the config (ec)")
+        "certificate: ca.key (mode 0600) and ca.crt in ca_dir. Refuses to "
+        "replace an existing CA unless --force is given.",
+        epilog="Replacing the CA breaks every pairing: agents trust the old one.",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing CA, keeping the old files as *.bak-<time>",
+    )
+    parser.add_argument(
+        "--key-type",
+        choices=("ec", "rsa"),
+        help="ec (P-256) or rsa (4096); default: key_type in the config (ec)",
+    )
     parser.add_argument("--cn", default="ctrl-exec CA", help="subject CN (default: %(default)s)")
 
     parser = add_command(
-        subparsers, "setup-ctrl-exec", setup_dispatcher,
+        subparsers,
+        "setup-ctrl-exec",
+        setup_dispatcher,
         "create the dispatcher's key and certificate",
         description="Create the dispatcher's key and a certificate (CN ctrl-exec-dispatcher, "
-                    "825 days) signed by the CA, at the config's `key` and `cert` paths. "
-                    "Asks before replacing a certificate that registered agents trust.")
-    parser.add_argument("--yes", action="store_true",
-                        help="replace an existing certificate without asking")
-    parser.add_argument("--key-type", choices=("ec", "rsa"),
-                        help="ec (P-256) or rsa (2048); default: key_type in the config (ec)")
-
+        "825 days) signed by the CA, at the config's `key` and `cert` paths. "
+        "Asks before replacing a certificate that registered agents trust.",
+    )
+    parser.add_argument(
+        "--yes", action="store_true", help="replace an existing certificate without asking"
+    )
+    parser.add_argument(
+        "--key-type",
+        choices=("ec", "rsa"),
+        help="ec (P-256) or rsa (2048); default: key_type in the config (ec)",
+    )

@@ -54,15 +54,26 @@ def list_agents(ctx: Context) -> int:
         ctx.emit_json(records)
         return 0
     if not records:
-        ctx.out("No agents match the tag filter." if ctx.args.tags is not None
-                else "No registered agents.")
+        ctx.out(
+            "No agents match the tag filter."
+            if ctx.args.tags is not None
+            else "No registered agents."
+        )
         return 0
     now = time.time()
     rows = [("HOSTNAME", "IP", "PORT", "LOOKUP", "PAIRED", "CERT EXPIRY", "DAYS LEFT")]
-    rows += [(str(r.get("hostname", "?")), str(r.get("ip") or "?"),
-              str(r.get("port") or DEFAULT_AGENT_PORT), str(r.get("lookup_by") or "hostname"),
-              str(r.get("paired") or "?"), str(r.get("expiry") or "?"),
-              days_left(r.get("expiry"), now)) for r in records]
+    rows += [
+        (
+            str(r.get("hostname", "?")),
+            str(r.get("ip") or "?"),
+            str(r.get("port") or DEFAULT_AGENT_PORT),
+            str(r.get("lookup_by") or "hostname"),
+            str(r.get("paired") or "?"),
+            str(r.get("expiry") or "?"),
+            days_left(r.get("expiry"), now),
+        )
+        for r in records
+    ]
     lines = table(rows, [30, 16, 5, 8, 22, 24])
     for line in lines[:1] + ["-" * 112] + lines[1:]:
         ctx.out(line)
@@ -71,13 +82,20 @@ def list_agents(ctx: Context) -> int:
 
 def edit_agent(ctx: Context) -> int:
     args = ctx.args
-    if args.rename is None and args.ip is None and args.agent_port is None \
-            and args.lookup_by is None:
-        raise CtrlExecError("nothing to change: give at least one of --rename, --ip, "
-                            "--agent-port, --lookup-by")
+    if (
+        args.rename is None
+        and args.ip is None
+        and args.agent_port is None
+        and args.lookup_by is None
+    ):
+        raise CtrlExecError(
+            "nothing to change: give at least one of --rename, --ip, --agent-port, --lookup-by"
+        )
     if args.rename is not None and not is_agent_name(args.rename):
-        raise CtrlExecError(f"--rename: {args.rename!r} is not a valid agent name "
-                            "(letters, digits, '.', '_', '-'; starting with a letter or digit)")
+        raise CtrlExecError(
+            f"--rename: {args.rename!r} is not a valid agent name "
+            "(letters, digits, '.', '_', '-'; starting with a letter or digit)"
+        )
     if args.ip is not None and wire.valid_ip(args.ip) is None:
         raise CtrlExecError("--ip must be an IPv4 or IPv6 address")
     port = None
@@ -138,31 +156,51 @@ def unpair(ctx: Context) -> int:
         return 0
     ctx.out(f"Unregistered '{ctx.args.name}'.")
     ctx.out(f"WARNING: Agent certificate remains valid until: {expiry}")
-    ctx.out("Its key still proves membership of this CA until then: decommission the agent "
-            "(delete its agent.key and agent.crt) or add the certificate's serial to the "
-            "revocation lists.")
+    ctx.out(
+        "Its key still proves membership of this CA until then: decommission the agent "
+        "(delete its agent.key and agent.crt) or add the certificate's serial to the "
+        "revocation lists."
+    )
     return 0
 
 
 def register(subparsers) -> None:
     parser = add_command(
-        subparsers, "list-agents", list_agents, "list paired agents",
+        subparsers,
+        "list-agents",
+        list_agents,
+        "list paired agents",
         description="The registry: every paired agent, how the dispatcher reaches it and "
-                    "when its certificate expires.",
-        epilog="--json prints the registry records as an array.")
-    parser.add_argument("--tags", metavar="K=V[,K=V]",
-                        help="only agents whose cached tags have all these exact values")
+        "when its certificate expires.",
+        epilog="--json prints the registry records as an array.",
+    )
+    parser.add_argument(
+        "--tags",
+        metavar="K=V[,K=V]",
+        help="only agents whose cached tags have all these exact values",
+    )
     parser = add_command(
-        subparsers, "edit-agent", edit_agent, "change an agent's registry record",
+        subparsers,
+        "edit-agent",
+        edit_agent,
+        "change an agent's registry record",
         description="Change how the dispatcher names or reaches an agent, without pairing it "
-                    "again (its certificate is not tied to the name).")
+        "again (its certificate is not tied to the name).",
+    )
     parser.add_argument("name", help="registered agent name")
     parser.add_argument("--rename", metavar="NEW", help="new registry name")
     parser.add_argument("--ip", help="address to connect to when lookup_by is ip")
     parser.add_argument("--agent-port", metavar="PORT", help="the agent's port")
-    parser.add_argument("--lookup-by", choices=wire.LOOKUP_CHOICES,
-                        help="connect by the registered ip or by the name")
-    parser = add_command(subparsers, "unpair", unpair, "remove an agent from the registry",
-                         description="Forget a paired agent. Its certificate stays valid "
-                                     "until it expires.")
+    parser.add_argument(
+        "--lookup-by",
+        choices=wire.LOOKUP_CHOICES,
+        help="connect by the registered ip or by the name",
+    )
+    parser = add_command(
+        subparsers,
+        "unpair",
+        unpair,
+        "remove an agent from the registry",
+        description="Forget a paired agent. Its certificate stays valid until it expires.",
+    )
     parser.add_argument("name", help="registered agent name")

@@ -35,7 +35,8 @@ IDENTITY_HELP = """Identity forwarded to the auth hooks, the agent and the scrip
               line is visible to every user in `ps`. Tokens are never logged.
 """
 
-RUN_EPILOG = """Arguments after `--` go to the script as an argument list, never through
+RUN_EPILOG = (
+    """Arguments after `--` go to the script as an argument list, never through
 a shell; spaces, quotes and newlines arrive as written:
   ced run web-01 db-02 backup -- --full "two words"
 
@@ -47,12 +48,17 @@ Exit status: 0 when every host exited 0; 1 when any host failed, the auth
 hook denied, or a lock was held; 2 for a malformed command. With --async:
 0 when any host accepted the job, else 1.
 
-""" + IDENTITY_HELP
+"""
+    + IDENTITY_HELP
+)
 
-PING_EPILOG = """Exit status: 0 when every host answered; 1 when any host failed (0.12
+PING_EPILOG = (
+    """Exit status: 0 when every host answered; 1 when any host failed (0.12
 exits 0 even then) or the auth hook denied; 2 for a malformed command.
 
-""" + IDENTITY_HELP
+"""
+    + IDENTITY_HELP
+)
 
 
 def port_number(text: str) -> int:
@@ -66,37 +72,62 @@ def port_number(text: str) -> int:
 
 
 def _identity_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=port_number, metavar="N",
-                        help="port for agents registered on the default port (default: "
-                             "the config's `port`, 7443)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        metavar="N",
+        help="port for agents registered on the default port (default: the config's `port`, 7443)",
+    )
     parser.add_argument("--username", metavar="NAME", help="default: $USER")
     parser.add_argument("--token", metavar="TOKEN", help="default: $ENVEXEC_TOKEN")
 
 
 def register(subparsers) -> None:
-    run = add_command(subparsers, "run", cmd_run, "run an allowlisted script on agents",
-                      description="Run an allowlisted script on one or more agents at once.",
-                      epilog=RUN_EPILOG)
+    run = add_command(
+        subparsers,
+        "run",
+        cmd_run,
+        "run an allowlisted script on agents",
+        description="Run an allowlisted script on one or more agents at once.",
+        epilog=RUN_EPILOG,
+    )
     run.usage = "%(prog)s [options] HOST... SCRIPT [-- ARGS...]"
-    run.add_argument("operands", nargs="+", metavar="HOST... SCRIPT",
-                     help="one or more agents (NAME or NAME:PORT), then the script name")
-    run.add_argument("--async", dest="run_async", action="store_true",
-                     help="return once the agents accepted the job; follow it with "
-                          "`ced status REQID` or `ced wait REQID`")
+    run.add_argument(
+        "operands",
+        nargs="+",
+        metavar="HOST... SCRIPT",
+        help="one or more agents (NAME or NAME:PORT), then the script name",
+    )
+    run.add_argument(
+        "--async",
+        dest="run_async",
+        action="store_true",
+        help="return once the agents accepted the job; follow it with "
+        "`ced status REQID` or `ced wait REQID`",
+    )
     _identity_options(run)
 
-    ping = add_command(subparsers, "ping", cmd_ping, "check that agents answer",
-                       description="Check mTLS connectivity to agents: status, round trip, "
-                                   "certificate expiry and version of each.",
-                       epilog=PING_EPILOG)
+    ping = add_command(
+        subparsers,
+        "ping",
+        cmd_ping,
+        "check that agents answer",
+        description="Check mTLS connectivity to agents: status, round trip, "
+        "certificate expiry and version of each.",
+        epilog=PING_EPILOG,
+    )
     ping.usage = "%(prog)s [options] HOST..."
     ping.add_argument("hosts", nargs="+", metavar="HOST", help="agent (NAME or NAME:PORT)")
     _identity_options(ping)
 
-    add_command(subparsers, "list-locks", cmd_list_locks,
-                "show host:script locks held by running dispatches",
-                description="Show the host:script locks held right now (a run holds its "
-                            "locks until every host has answered).")
+    add_command(
+        subparsers,
+        "list-locks",
+        cmd_list_locks,
+        "show host:script locks held by running dispatches",
+        description="Show the host:script locks held right now (a run holds its "
+        "locks until every host has answered).",
+    )
 
 
 class ProgressLine:
@@ -118,8 +149,9 @@ class ProgressLine:
         now = time.monotonic()
         if self.enabled and (now - self._drawn >= PROGRESS_INTERVAL or self.done == self.total):
             self._drawn = now
-            self.stream.write("\r" + report.progress_text(self.done, self.total, self.failed)
-                              + "\x1b[K")
+            self.stream.write(
+                "\r" + report.progress_text(self.done, self.total, self.failed) + "\x1b[K"
+            )
             self.stream.flush()
 
     def clear(self) -> None:
@@ -167,8 +199,10 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
         assert isinstance(exc, UnknownAgents)
         detail = "not a registered agent: " + ", ".join(exc.names)
         body = {"ok": 0, "error": "unknown agent", "detail": detail}
-        text = (f"{ctx.prog}: {exc}\nOnly registered agents can be addressed - run "
-                f"'{ctx.prog} list-agents' to see them.")
+        text = (
+            f"{ctx.prog}: {exc}\nOnly registered agents can be addressed - run "
+            f"'{ctx.prog} list-agents' to see them."
+        )
     if ctx.json:
         ctx.emit_json(body)
     else:
@@ -179,16 +213,23 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
 def cmd_run(ctx: Context) -> int:
     operands = ctx.args.operands
     if len(operands) < 2:
-        raise BadRequest("need at least one host and a script name: "
-                         "ced run HOST... SCRIPT [-- ARGS...]")
+        raise BadRequest(
+            "need at least one host and a script name: ced run HOST... SCRIPT [-- ARGS...]"
+        )
     hosts, script = operands[:-1], operands[-1]
     script_args = getattr(ctx.args, "script_args", None) or []
     engine = _engine(ctx)
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
-    return _fan_out(ctx, hosts, run_failed, report.run_text,
-                    lambda progress: engine.run(hosts, script, script_args, caller=CALLER_CLI,
-                                                progress=progress, **_identity(ctx)))
+    return _fan_out(
+        ctx,
+        hosts,
+        run_failed,
+        report.run_text,
+        lambda progress: engine.run(
+            hosts, script, script_args, caller=CALLER_CLI, progress=progress, **_identity(ctx)
+        ),
+    )
 
 
 def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:
@@ -205,15 +246,23 @@ def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:
     return EXIT_FAILURE if any(failed(result) for result in results) else 0
 
 
-def _run_async(ctx: Context, engine: Engine, hosts: list[str], script: str,
-               script_args: list[str]) -> int:
+def _run_async(
+    ctx: Context, engine: Engine, hosts: list[str], script: str, script_args: list[str]
+) -> int:
     """Submit, record the run for `ced status`/`ced wait`, report acceptance."""
     from ..dispatcher.runstore import RunStore
 
     reqid = engine.new_reqid()
     try:
-        results = engine.run(hosts, script, script_args, caller=CALLER_CLI, reqid=reqid,
-                             run_async=True, **_identity(ctx))
+        results = engine.run(
+            hosts,
+            script,
+            script_args,
+            caller=CALLER_CLI,
+            reqid=reqid,
+            run_async=True,
+            **_identity(ctx),
+        )
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
     try:
@@ -221,8 +270,9 @@ def _run_async(ctx: Context, engine: Engine, hosts: list[str], script: str,
     except StateError as exc:  # the jobs run anyway: say so, and that status cannot follow
         ctx.err(f"{ctx.prog}: warning: {exc}; `status {reqid}` will not find this run")
     if ctx.json:
-        write_text(json.dumps({"ok": 1, "reqid": reqid, "results": results},
-                              ensure_ascii=False) + "\n")
+        write_text(
+            json.dumps({"ok": 1, "reqid": reqid, "results": results}, ensure_ascii=False) + "\n"
+        )
     else:
         write_text(report.async_submit_text(reqid, results, f"{ctx.prog} status"))
     return 0 if any(result.get("status") == "accepted" for result in results) else EXIT_FAILURE
@@ -233,9 +283,13 @@ def cmd_ping(ctx: Context) -> int:
     if getattr(ctx.args, "script_args", None) is not None:
         raise BadRequest("ping takes no script arguments")
     engine = _engine(ctx)
-    return _fan_out(ctx, hosts, ping_failed, report.ping_text,
-                    lambda progress: engine.ping(hosts, caller=CALLER_CLI, progress=progress,
-                                                 **_identity(ctx)))
+    return _fan_out(
+        ctx,
+        hosts,
+        ping_failed,
+        report.ping_text,
+        lambda progress: engine.ping(hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx)),
+    )
 
 
 def cmd_list_locks(ctx: Context) -> int:

@@ -41,35 +41,58 @@ def _seconds(minimum: float):
         if not minimum <= value <= 86_400:
             raise argparse.ArgumentTypeError(f"must be between {minimum:g} and 86400")
         return value
+
     return parse
 
 
 def register(subparsers) -> None:
-    status = add_command(subparsers, "status", cmd_status,
-                         "show the progress and results of a run",
-                         description="Show a recorded run: a synchronous API run's results, "
-                                     "or an async run's progress (pending agents are asked "
-                                     "for their results first).",
-                         epilog=STATUS_EPILOG)
+    status = add_command(
+        subparsers,
+        "status",
+        cmd_status,
+        "show the progress and results of a run",
+        description="Show a recorded run: a synchronous API run's results, "
+        "or an async run's progress (pending agents are asked "
+        "for their results first).",
+        epilog=STATUS_EPILOG,
+    )
     status.add_argument("reqid", metavar="REQID", help="the run's request id")
     _port_option(status)
-    wait = add_command(subparsers, "wait", cmd_wait, "wait for an async run to finish",
-                       description="Poll an async run until every agent has finished, then "
-                                   "show it as `status` does.",
-                       epilog=WAIT_EPILOG)
+    wait = add_command(
+        subparsers,
+        "wait",
+        cmd_wait,
+        "wait for an async run to finish",
+        description="Poll an async run until every agent has finished, then "
+        "show it as `status` does.",
+        epilog=WAIT_EPILOG,
+    )
     wait.add_argument("reqid", metavar="REQID", help="the run's request id")
     _port_option(wait)
-    wait.add_argument("--timeout", type=_seconds(0), default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                      help=f"stop waiting after this long (default {DEFAULT_TIMEOUT})")
-    wait.add_argument("--interval", type=_seconds(0.05), default=DEFAULT_INTERVAL,
-                      metavar="SECONDS",
-                      help=f"time between polls (default {DEFAULT_INTERVAL:g})")
+    wait.add_argument(
+        "--timeout",
+        type=_seconds(0),
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop waiting after this long (default {DEFAULT_TIMEOUT})",
+    )
+    wait.add_argument(
+        "--interval",
+        type=_seconds(0.05),
+        default=DEFAULT_INTERVAL,
+        metavar="SECONDS",
+        help=f"time between polls (default {DEFAULT_INTERVAL:g})",
+    )
 
 
 def _port_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=port_number, metavar="N",
-                        help="port for pending agents registered on the default port "
-                             "(default: the config's `port`, 7443)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        metavar="N",
+        help="port for pending agents registered on the default port "
+        "(default: the config's `port`, 7443)",
+    )
 
 
 def _aggregator(ctx: Context):

@@ -7,9 +7,10 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .. import __version__, log
 from .._bootstrap import NativeBundleError
@@ -23,8 +24,7 @@ class Parser(argparse.ArgumentParser):
     """argparse with usage errors on one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
-                              f"Try '{self.prog} --help'.\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
 
 
 def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -33,17 +33,36 @@ def add_global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     given before the subcommand is not overwritten."""
     default = argparse.SUPPRESS if suppress else None
     group = parser.add_argument_group("global options")
-    group.add_argument("--root", metavar="DIR", default=default,
-                       help="re-base every default path under DIR (also CTRL_EXEC_ROOT)")
-    group.add_argument("--config", metavar="PATH", default=default,
-                       help="configuration file to read instead of the default")
-    group.add_argument("--json", action="store_true",
-                       default=argparse.SUPPRESS if suppress else False,
-                       help="print machine-readable JSON")
-    group.add_argument("--log-target", metavar="TARGET", default=default,
-                       help="auto, syslog, stderr or a file path (also CTRL_EXEC_LOG_TARGET)")
-    group.add_argument("--log-format", choices=log.FORMATS, default=default,
-                       help="kv (ACTION=... lines) or json (also CTRL_EXEC_LOG_FORMAT)")
+    group.add_argument(
+        "--root",
+        metavar="DIR",
+        default=default,
+        help="re-base every default path under DIR (also CTRL_EXEC_ROOT)",
+    )
+    group.add_argument(
+        "--config",
+        metavar="PATH",
+        default=default,
+        help="configuration file to read instead of the default",
+    )
+    group.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="print machine-readable JSON",
+    )
+    group.add_argument(
+        "--log-target",
+        metavar="TARGET",
+        default=default,
+        help="auto, syslog, stderr or a file path (also CTRL_EXEC_LOG_TARGET)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=log.FORMATS,
+        default=default,
+        help="kv (ACTION=... lines) or json (also CTRL_EXEC_LOG_FORMAT)",
+    )
 
 
 @dataclass
@@ -84,19 +103,33 @@ class Context:
     def configure_logging(self, target: str | None = None, fmt: str | None = None) -> None:
         """Log destination: the command line wins, then the environment,
         then the config file's log_target/log_format."""
-        log.configure(self.ident,
-                      getattr(self.args, "log_target", None) or os.environ.get("CTRL_EXEC_LOG_TARGET") or target,
-                      getattr(self.args, "log_format", None) or os.environ.get("CTRL_EXEC_LOG_FORMAT") or fmt)
+        log.configure(
+            self.ident,
+            getattr(self.args, "log_target", None)
+            or os.environ.get("CTRL_EXEC_LOG_TARGET")
+            or target,
+            getattr(self.args, "log_format", None) or os.environ.get("CTRL_EXEC_LOG_FORMAT") or fmt,
+        )
 
 
 Handler = Callable[[Context], int]
 
 
-def add_command(subparsers, name: str, handler: Handler, help_text: str,
-                description: str | None = None, epilog: str | None = None) -> argparse.ArgumentParser:
+def add_command(
+    subparsers,
+    name: str,
+    handler: Handler,
+    help_text: str,
+    description: str | None = None,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        name, help=help_text, description=description or help_text, epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        name,
+        help=help_text,
+        description=description or help_text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_global_options(parser, suppress=True)
     parser.set_defaults(handler=handler)
     return parser
@@ -120,11 +153,13 @@ def run_handler(ctx: Context) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
-    except Exception as exc:  # noqa: BLE001 - the last line of defence
+    except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        ctx.err(f"{ctx.prog}: internal error: {type(exc).__name__}: {exc} "
-                f"(set {DEBUG_ENV}=1 for a traceback)")
+        ctx.err(
+            f"{ctx.prog}: internal error: {type(exc).__name__}: {exc} "
+            f"(set {DEBUG_ENV}=1 for a traceback)"
+        )
         return EXIT_FAILURE
 
 

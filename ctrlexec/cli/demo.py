@@ -115,8 +115,14 @@ class Demo:
     def run(self, role: str, *args: str, quiet: bool = False) -> subprocess.CompletedProcess:
         if not quiet:
             self.show(role, list(args))
-        result = subprocess.run(self.command + [role, *args], env=self.env, capture_output=True,
-                                text=True, timeout=STEP_TIMEOUT, stdin=subprocess.DEVNULL)
+        result = subprocess.run(
+            self.command + [role, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=STEP_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         if result.returncode != 0 and not quiet:
             self.indent(result.stdout + result.stderr)
         return result
@@ -125,16 +131,23 @@ class Demo:
         result = self.run(role, *args, quiet=quiet)
         if result.returncode != 0:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise DemoFailed(f"`{role} {' '.join(args)}` exited {result.returncode}"
-                             + (f": {detail[-1]}" if detail else ""))
+            raise DemoFailed(
+                f"`{role} {' '.join(args)}` exited {result.returncode}"
+                + (f": {detail[-1]}" if detail else "")
+            )
         return result
 
     def start(self, role: str, *args: str, log_name: str) -> subprocess.Popen:
         self.show(role, list(args))
         log_file = open(self.root / log_name, "w")
-        process = subprocess.Popen(self.command + [role, *args], env=self.env,
-                                   stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            self.command + [role, *args],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log_file.close()
         self.background.append(process)
         return process
@@ -156,44 +169,80 @@ class Demo:
             path = scripts_dir / name
             path.write_bytes(_example_bytes(f"scripts/{name}"))
             path.chmod(0o755)
-        allowlist = _example_bytes("scripts.toml").decode().replace(
-            '"/opt/ctrl-exec-scripts/', f'"{scripts_dir}/')
+        allowlist = (
+            _example_bytes("scripts.toml")
+            .decode()
+            .replace('"/opt/ctrl-exec-scripts/', f'"{scripts_dir}/')
+        )
         self.layout.agent_etc.mkdir(parents=True, exist_ok=True)
         self.layout.allowlist.write_text(allowlist)
         self.agent_port = _free_port()
         self.layout.agent_config.write_text(
             "# Written by ctrl-exec demo.\n"
             f'bind = "127.0.0.1"\nport = {self.agent_port}\n'
-            f'script_dirs = [{json.dumps(str(scripts_dir))}]\n\n[tags]\nrole = "demo"\n')
+            f'script_dirs = [{json.dumps(str(scripts_dir))}]\n\n[tags]\nrole = "demo"\n'
+        )
 
     def pair(self) -> None:
         pairing_port = _free_port()
         self.say(f"\n2. Open pairing mode on 127.0.0.1:{pairing_port}")
-        listener = self.start("ced", "pairing-mode", "--port", str(pairing_port),
-                              "--timeout", "120", log_name="pairing-mode.log")
+        listener = self.start(
+            "ced",
+            "pairing-mode",
+            "--port",
+            str(pairing_port),
+            "--timeout",
+            "120",
+            log_name="pairing-mode.log",
+        )
         _wait_for_port(pairing_port, listener, "ced pairing-mode")
 
         self.say("\n3. The agent generates its key and asks to pair")
-        self.show("agent", ["request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                            str(pairing_port), "--background"])
+        self.show(
+            "agent",
+            [
+                "request-pairing",
+                "--dispatcher",
+                "127.0.0.1",
+                "--port",
+                str(pairing_port),
+                "--background",
+            ],
+        )
         requester = subprocess.Popen(
-            self.command + ["agent", "request-pairing", "--dispatcher", "127.0.0.1",
-                            "--port", str(pairing_port), "--background"],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            self.command
+            + [
+                "agent",
+                "request-pairing",
+                "--dispatcher",
+                "127.0.0.1",
+                "--port",
+                str(pairing_port),
+                "--background",
+            ],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         self.background.append(requester)
         code = self._read_pairing_code(requester)
         self.say(f"    the agent shows pairing code {code}")
 
         self.say("\n4. The operator checks the code on the dispatcher side and approves")
         request = self._find_request(code)
-        self.say(f"    request {request['reqid']} from {request.get('hostname', '?')} "
-                 f"({request.get('ip', '?')}) shows code {request['code']}: it matches")
+        self.say(
+            f"    request {request['reqid']} from {request.get('hostname', '?')} "
+            f"({request.get('ip', '?')}) shows code {request['code']}: it matches"
+        )
         self.must("ced", "approve", request["reqid"], "--agent-port", str(self.agent_port))
         self._wait_until_paired()
         self.agent_name = request["hostname"]
-        self.say(f"    the agent stored its certificate; the dispatcher registered "
-                 f"'{self.agent_name}'")
+        self.say(
+            f"    the agent stored its certificate; the dispatcher registered '{self.agent_name}'"
+        )
         self.run("ced", "pairing-mode", "stop", quiet=True)
         self._stop(listener)
 
@@ -288,13 +337,21 @@ Stop and clean up:
 
 
 def main(argv: list[str], prog: str = "ctrl-exec demo") -> int:
-    parser = Parser(prog=prog, description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=version_line("ctrl-exec"))
-    parser.add_argument("--keep", action="store_true",
-                        help="leave the agent running and the files in place, and print how to use them")
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="parent of the demo directory (default: the system temp dir)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the agent running and the files in place, and print how to use them",
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="parent of the demo directory (default: the system temp dir)",
+    )
     args = parser.parse_args(argv)
     root = Path(tempfile.mkdtemp(prefix="ctrl-exec-demo-", dir=args.dir)).resolve()
     demo = Demo(root, sys.stdout, args.keep)
@@ -314,6 +371,8 @@ def main(argv: list[str], prog: str = "ctrl-exec demo") -> int:
     finally:
         demo.finish(succeeded)
     if succeeded:
-        demo.say("\nThe demo worked: the script ran on the agent over mutual TLS, "
-                 "with its arguments intact.")
+        demo.say(
+            "\nThe demo worked: the script ran on the agent over mutual TLS, "
+            "with its arguments intact."
+        )
     return 0 if succeeded else 1

@@ -29,11 +29,15 @@ EPILOG = """files (defaults; --root DIR re-bases them):
 
 
 def register(subparsers) -> None:
-    parser = add_command(subparsers, "serve", serve, "serve the HTTP API (port 7445)",
-                         DESCRIPTION, EPILOG)
-    parser.add_argument("--pidfile", metavar="PATH",
-                        help="where to write the pid once listening (default: api.pid in "
-                             "the dispatcher state directory)")
+    parser = add_command(
+        subparsers, "serve", serve, "serve the HTTP API (port 7445)", DESCRIPTION, EPILOG
+    )
+    parser.add_argument(
+        "--pidfile",
+        metavar="PATH",
+        help="where to write the pid once listening (default: api.pid in "
+        "the dispatcher state directory)",
+    )
 
 
 def _readable(what: str, path: str) -> None:
@@ -56,8 +60,11 @@ def _api_tls(settings):
         return None
     if not (cert and key):
         missing = "api_key" if cert else "api_cert"
-        raise ConfigError("must be set too: TLS needs both api_cert and api_key",
-                          str(settings.source or ""), missing)
+        raise ConfigError(
+            "must be set too: TLS needs both api_cert and api_key",
+            str(settings.source or ""),
+            missing,
+        )
     _readable("API certificate", cert)
     _readable("API key", key)
     try:
@@ -86,10 +93,23 @@ def serve(ctx: Context) -> int:
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)
-    api = Api(engine, store, _openapi_document(), __version__,
-              deny_generic=settings.auth_deny_generic, health_open=settings.health_open)
-    server = ApiServer(api, settings.api_bind, settings.api_port, settings.api_max_children,
-                       settings.api_request_timeout, tls, purge=store.purge)
+    api = Api(
+        engine,
+        store,
+        _openapi_document(),
+        __version__,
+        deny_generic=settings.auth_deny_generic,
+        health_open=settings.health_open,
+    )
+    server = ApiServer(
+        api,
+        settings.api_bind,
+        settings.api_port,
+        settings.api_max_children,
+        settings.api_request_timeout,
+        tls,
+        purge=store.purge,
+    )
     where = f"{settings.api_bind}:{settings.api_port}"
     try:
         server.listen()
@@ -97,6 +117,8 @@ def serve(ctx: Context) -> int:
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     ctx.out(f"ctrl-exec API listening on {where} ({'TLS' if tls else 'plain HTTP'})")
     sys.stdout.flush()
-    pidfile = Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
+    pidfile = (
+        Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
+    )
     server.serve(pidfile)
     return EXIT_OK

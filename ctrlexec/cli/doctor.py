@@ -34,10 +34,13 @@ def checks() -> dict:
         report.update(ok=False, error=str(exc))
         return report
     ec.generate_private_key(ec.SECP256R1())
-    report.update(ok=True, cryptography=cryptography.__version__,
-                  cryptography_from=str(cryptography.__path__[0]),
-                  openssl=backend.openssl_version_text(),
-                  native_ms=round((time.monotonic() - started) * 1000, 1))
+    report.update(
+        ok=True,
+        cryptography=cryptography.__version__,
+        cryptography_from=str(cryptography.__path__[0]),
+        openssl=backend.openssl_version_text(),
+        native_ms=round((time.monotonic() - started) * 1000, 1),
+    )
     return report
 
 
@@ -52,5 +55,7 @@ def main(argv: list[str], prog: str = "ctrl-exec doctor") -> int:
     else:
         for key, value in report.items():
             print(f"{key:<18} {value}")
-        print("ctrl-exec can run here." if report["ok"] else "ctrl-exec cannot use cryptography here.")
+        print(
+            "ctrl-exec can run here." if report["ok"] else "ctrl-exec cannot use cryptography here."
+        )
     return 0 if report["ok"] else 1

@@ -30,8 +30,14 @@ ROLES = {
     "dispatcher": ("ctrlexec.cli.dispatcher", "long-running dispatcher services (HTTP API)"),
     "agent": ("ctrlexec.cli.agent", "agent daemon and its pairing and checks"),
     "executor": ("ctrlexec.cli.executor", "privileged executor for the agent"),
-    "demo": ("ctrlexec.cli.demo", "a throwaway CA, dispatcher and agent on loopback, paired, running a script"),
-    "doctor": ("ctrlexec.cli.doctor", "check that this host can run ctrl-exec (Python, native libraries)"),
+    "demo": (
+        "ctrlexec.cli.demo",
+        "a throwaway CA, dispatcher and agent on loopback, paired, running a script",
+    ),
+    "doctor": (
+        "ctrlexec.cli.doctor",
+        "check that this host can run ctrl-exec (Python, native libraries)",
+    ),
 }
 
 USAGE = """usage: ctrl-exec.pyz ROLE [options] ...
@@ -86,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"ctrl-exec {__version__}\n")
         return 0
     if rest[0] not in ROLES:
-        sys.stderr.write(f"ctrl-exec: unknown role '{rest[0]}' "
-                         f"(choose from {', '.join(ROLES)}); try --help\n")
+        sys.stderr.write(
+            f"ctrl-exec: unknown role '{rest[0]}' (choose from {', '.join(ROLES)}); try --help\n"
+        )
         return EXIT_USAGE
     return run_role(rest[0], rest[1:], f"ctrl-exec {rest[0]}")

@@ -20,13 +20,24 @@ from .common import Context, Parser, add_command, add_global_options, run_handle
 def _not_available(name: str):
     def handler(ctx: Context) -> int:
         raise CtrlExecError(f"'{name}' is not available in this build of ctrl-exec")
+
     return handler
 
 
-def build_parser(prog: str, version_name: str, description: str, topics: tuple[str, ...],
-                 compat_modes: tuple[str, ...], epilog: str = "") -> Parser:
-    parser = Parser(prog=prog, description=description, epilog=epilog,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(
+    prog: str,
+    version_name: str,
+    description: str,
+    topics: tuple[str, ...],
+    compat_modes: tuple[str, ...],
+    epilog: str = "",
+) -> Parser:
+    parser = Parser(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=version_line(version_name))
     add_global_options(parser, suppress=False)
     subparsers = parser.add_subparsers(title="modes", metavar="MODE", parser_class=Parser)

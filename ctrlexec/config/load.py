@@ -52,7 +52,7 @@ class Settings:
     def as_dict(self) -> dict[str, Any]:
         return dict(self._values)
 
-    def replace(self, **changes: Any) -> "Settings":
+    def replace(self, **changes: Any) -> Settings:
         values = dict(self._values)
         values.update(changes)
         return Settings(values, self.source)
@@ -118,13 +118,15 @@ class _Document:
             if not assignment:
                 continue
             full = current + _split_dotted(assignment.group(1))
-            if full[:len(wanted)] == wanted:
+            if full[: len(wanted)] == wanted:
                 return number
             if full == table and fallback is None:
                 fallback = number  # an inline table: `name = { ... }`
         return fallback
 
-    def error(self, message: str, table: tuple[str, ...] = (), key: str | None = None) -> ConfigError:
+    def error(
+        self, message: str, table: tuple[str, ...] = (), key: str | None = None
+    ) -> ConfigError:
         dotted = ".".join(table + ((key,) if key else ()))
         return ConfigError(message, str(self.path), dotted or None, self.line_of(table, key))
 
@@ -158,7 +160,7 @@ def read_document(path: Path) -> _Document:
         match = re.search(r"\(at line (\d+), column \d+\)", message)
         if match:
             line = int(match.group(1))
-            message = message[:match.start()].strip()
+            message = message[: match.start()].strip()
         raise ConfigError(f"TOML syntax error: {message}", str(path), None, line) from None
     return _Document(path, text, data)
 
@@ -194,8 +196,14 @@ def _check_value(doc: _Document, key: schema.Key, value: Any, table: tuple[str, 
 
 
 # Checked in order: bool before int, because a bool is an int in Python.
-_VALUE_WORDS = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
-               (list, "an array"), (dict, "a table"))
+_VALUE_WORDS = (
+    (bool, "a boolean"),
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (dict, "a table"),
+)
 
 
 def _describe(value: Any) -> str:
@@ -205,9 +213,14 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def _flat_settings(doc: _Document | None, data: dict[str, Any], keys: tuple[schema.Key, ...],
-                   layout: Layout, table: tuple[str, ...] = (),
-                   allowed_tables: tuple[str, ...] = ()) -> dict[str, Any]:
+def _flat_settings(
+    doc: _Document | None,
+    data: dict[str, Any],
+    keys: tuple[schema.Key, ...],
+    layout: Layout,
+    table: tuple[str, ...] = (),
+    allowed_tables: tuple[str, ...] = (),
+) -> dict[str, Any]:
     known = schema.keys_by_name(keys)
     values: dict[str, Any] = {}
     for name, value in data.items():
@@ -256,7 +269,9 @@ def load_dispatcher(layout: Layout, path: Path | None = None) -> Settings:
 def load_agent(layout: Layout, path: Path | None = None) -> AgentConfig:
     doc = _load_or_defaults(path, layout.agent_config)
     data = doc.data if doc else {}
-    values = _flat_settings(doc, data, schema.AGENT_KEYS, layout, allowed_tables=("tags", "profile"))
+    values = _flat_settings(
+        doc, data, schema.AGENT_KEYS, layout, allowed_tables=("tags", "profile")
+    )
     tags = _tags(doc, data.get("tags", {}))
     profiles = _profiles(doc, data.get("profile", {}), layout)
     return AgentConfig(Settings(values, doc.path if doc else None), tags, profiles)
@@ -291,18 +306,26 @@ def _profiles(doc: _Document | None, raw: Any, layout: Layout) -> dict[str, Prof
     profiles = {}
     for name, body in raw.items():
         if not schema.PROFILE_NAME.fullmatch(name):
-            raise doc.error("profile names are letters, digits, '.', '_' and '-'", ("profile",), name)
+            raise doc.error(
+                "profile names are letters, digits, '.', '_' and '-'", ("profile",), name
+            )
         if not isinstance(body, dict):
             raise doc.error(f"must be a table, not {_describe(body)}", ("profile",), name)
         values = _flat_settings(doc, body, schema.PROFILE_KEYS, layout, table=("profile", name))
-        profiles[name] = Profile(name, values["run_as"], tuple(values["caps"]),
-                                 tuple(values["writable"]), values["no_new_privileges"])
+        profiles[name] = Profile(
+            name,
+            values["run_as"],
+            tuple(values["caps"]),
+            tuple(values["writable"]),
+            values["no_new_privileges"],
+        )
     profiles.setdefault("default", DEFAULT_PROFILE)
     return profiles
 
 
-def load_allowlist(layout: Layout, path: Path | None = None,
-                   profiles: dict[str, Profile] | None = None) -> dict[str, ScriptEntry]:
+def load_allowlist(
+    layout: Layout, path: Path | None = None, profiles: dict[str, Profile] | None = None
+) -> dict[str, ScriptEntry]:
     """The allowlist. With `profiles` given, every referenced profile must be
     defined there ('default' always is)."""
     doc = _load_or_defaults(path, layout.allowlist)
@@ -324,7 +347,10 @@ def load_allowlist(layout: Layout, path: Path | None = None,
         entry = ScriptEntry(name, values["path"], values["profile"], values["timeout"])
         if profiles is not None and entry.profile not in profiles:
             where = ((name,), "profile") if "profile" in value else ((), name)
-            raise doc.error(f"uses profile '{entry.profile}', which agent.toml does not define "
-                            f"(add a [profile.{entry.profile}] table)", *where)
+            raise doc.error(
+                f"uses profile '{entry.profile}', which agent.toml does not define "
+                f"(add a [profile.{entry.profile}] table)",
+                *where,
+            )
         entries[name] = entry
     return entries

@@ -1,6 +1,6 @@
 """Render docs/configuration.md from the schema (one source of truth).
 
-    python3 -m ctrlexec.config.reference > docs/configuration.md
+python3 -m ctrlexec.config.reference > docs/configuration.md
 """
 
 from __future__ import annotations
@@ -39,8 +39,14 @@ def _default(key: schema.Key) -> str:
 
 def _table(keys: tuple[schema.Key, ...]) -> list[str]:
     lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
-    kinds = {"int": "integer", "str": "string", "bool": "boolean", "path": "path",
-             "strings": "array of strings", "paths": "array of paths"}
+    kinds = {
+        "int": "integer",
+        "str": "string",
+        "bool": "boolean",
+        "path": "path",
+        "strings": "array of strings",
+        "paths": "array of paths",
+    }
     for key in keys:
         doc = key.doc + (" *(ours)*" if key.ours else "")
         lines.append(f"| `{key.name}` | {kinds[key.kind]} | {_default(key)} | {doc} |")
@@ -51,19 +57,32 @@ def render() -> str:
     parts = [INTRO]
     parts += ["## ctrl-exec.toml (dispatcher, API)", "", "`/etc/ctrl-exec/ctrl-exec.toml`.", ""]
     parts += _table(schema.DISPATCHER_KEYS)
-    parts += ["", "## agent.toml", "", "`/etc/ctrl-exec-agent/agent.toml`: flat keys, then "
-              "an optional `[tags]` table of strings (returned by `/capabilities`) and "
-              "`[profile.<name>]` tables. Every profile that `scripts.toml` uses, including "
-              "`default`, must be defined.", ""]
+    parts += [
+        "",
+        "## agent.toml",
+        "",
+        "`/etc/ctrl-exec-agent/agent.toml`: flat keys, then "
+        "an optional `[tags]` table of strings (returned by `/capabilities`) and "
+        "`[profile.<name>]` tables. Every profile that `scripts.toml` uses, including "
+        "`default`, must be defined.",
+        "",
+    ]
     parts += _table(schema.AGENT_KEYS)
     parts += ["", "### [profile.<name>]", ""]
     parts += _table(schema.PROFILE_KEYS)
-    parts += ["", "## scripts.toml (allowlist)", "",
-              "`/etc/ctrl-exec-agent/scripts.toml`: one key per script name "
-              "(letters, digits, `_`, `-`). The value is the absolute path, or a table:", "",
-              "```toml", 'disk-report = "/opt/ctrl-exec-scripts/disk-report.sh"',
-              'backup = { path = "/opt/ctrl-exec-scripts/backup.sh", profile = "ops", timeout = 7200 }',
-              "```", ""]
+    parts += [
+        "",
+        "## scripts.toml (allowlist)",
+        "",
+        "`/etc/ctrl-exec-agent/scripts.toml`: one key per script name "
+        "(letters, digits, `_`, `-`). The value is the absolute path, or a table:",
+        "",
+        "```toml",
+        'disk-report = "/opt/ctrl-exec-scripts/disk-report.sh"',
+        'backup = { path = "/opt/ctrl-exec-scripts/backup.sh", profile = "ops", timeout = 7200 }',
+        "```",
+        "",
+    ]
     parts += _table(schema.SCRIPT_KEYS)
     return "\n".join(parts) + "\n"
 

@@ -15,9 +15,10 @@ functions of a Layout. Keys marked `ours` do not exist in 0.12.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any, Callable
+from typing import Any
 
 from ..core import names
 from ..core.ipallow import parse_entry
@@ -46,6 +47,7 @@ def between(low: int, high: int) -> Check:
         if not low <= value <= high:
             return f"must be between {low} and {high}, not {value}"
         return None
+
     return check
 
 
@@ -54,6 +56,7 @@ def one_of(*choices: str) -> Check:
         if value not in choices:
             return f"must be one of {', '.join(repr(c) for c in choices)}, not {value!r}"
         return None
+
     return check
 
 
@@ -121,41 +124,147 @@ PORT = between(1, 65535)
 LOG_TARGET_DOC = "where log lines go: auto (syslog if /dev/log exists, else stderr), syslog, stderr, or a file path"
 
 DISPATCHER_KEYS: tuple[Key, ...] = (
-    Key("cert", "path", lambda l: str(l.dispatcher_cert), "dispatcher certificate (client cert towards agents)"),
+    Key(
+        "cert",
+        "path",
+        lambda l: str(l.dispatcher_cert),
+        "dispatcher certificate (client cert towards agents)",
+    ),
     Key("key", "path", lambda l: str(l.dispatcher_key), "dispatcher private key"),
     Key("ca", "path", lambda l: str(l.ca_cert), "CA certificate that signed every agent"),
     Key("auth_hook", "path", None, "executable that authorises run/ping/api/status", optional=True),
     Key("auth_hook_timeout", "int", 10, "seconds before a hook is killed (deny)", between(1, 3600)),
-    Key("api_auth_default", "str", "deny", "API decision when no auth_hook is set", one_of("allow", "deny")),
+    Key(
+        "api_auth_default",
+        "str",
+        "deny",
+        "API decision when no auth_hook is set",
+        one_of("allow", "deny"),
+    ),
     Key("auth_deny_generic", "bool", False, "API 403 bodies say only 'forbidden'"),
     Key("api_port", "int", 7445, "API listen port", PORT),
     Key("api_bind", "str", "127.0.0.1", "API listen address"),
-    Key("api_cert", "path", None, "API TLS certificate (TLS when api_cert and api_key are set)", optional=True),
+    Key(
+        "api_cert",
+        "path",
+        None,
+        "API TLS certificate (TLS when api_cert and api_key are set)",
+        optional=True,
+    ),
     Key("api_key", "path", None, "API TLS private key", optional=True),
     Key("api_max_children", "int", 64, "concurrent API requests before 503", between(1, 4096)),
-    Key("health_open", "bool", False, "GET /health answers without the api auth gate (0.12 gates it)", ours=True),
-    Key("api_request_timeout", "int", 30, "seconds an API client has to complete the TLS handshake and send its request", between(1, 3600), ours=True),
-    Key("read_timeout", "int", 60, "seconds of silence from an agent before giving up", between(1, 86400)),
-    Key("timeout", "int", None, "deprecated alias of read_timeout", between(1, 86400), optional=True),
+    Key(
+        "health_open",
+        "bool",
+        False,
+        "GET /health answers without the api auth gate (0.12 gates it)",
+        ours=True,
+    ),
+    Key(
+        "api_request_timeout",
+        "int",
+        30,
+        "seconds an API client has to complete the TLS handshake and send its request",
+        between(1, 3600),
+        ours=True,
+    ),
+    Key(
+        "read_timeout",
+        "int",
+        60,
+        "seconds of silence from an agent before giving up",
+        between(1, 86400),
+    ),
+    Key(
+        "timeout", "int", None, "deprecated alias of read_timeout", between(1, 86400), optional=True
+    ),
     Key("max_parallel", "int", 64, "agents contacted at once by one operation", between(1, 500)),
-    Key("cert_days", "int", None, "lifetime of renewed agent certs (default 365) and rotated dispatcher certs (default 825)", between(1, 36500), optional=True),
-    Key("cert_renewal_days", "int", 90, "rotate the dispatcher cert when fewer days remain", between(1, 36500)),
-    Key("cert_overlap_days", "int", 30, "days the previous dispatcher serial stays trusted after rotation", between(0, 3650)),
-    Key("cert_check_interval", "int", 14400, "seconds between dispatcher cert checks", between(60, 604800)),
-    Key("dispatcher_id", "str", None, "stable identity agents record for this dispatcher (default: host name)", dispatcher_id, optional=True),
-    Key("pairing_max_queue", "int", 10, "pending pairing requests before 'pairing queue full'", between(1, 1000)),
+    Key(
+        "cert_days",
+        "int",
+        None,
+        "lifetime of renewed agent certs (default 365) and rotated dispatcher certs (default 825)",
+        between(1, 36500),
+        optional=True,
+    ),
+    Key(
+        "cert_renewal_days",
+        "int",
+        90,
+        "rotate the dispatcher cert when fewer days remain",
+        between(1, 36500),
+    ),
+    Key(
+        "cert_overlap_days",
+        "int",
+        30,
+        "days the previous dispatcher serial stays trusted after rotation",
+        between(0, 3650),
+    ),
+    Key(
+        "cert_check_interval",
+        "int",
+        14400,
+        "seconds between dispatcher cert checks",
+        between(60, 604800),
+    ),
+    Key(
+        "dispatcher_id",
+        "str",
+        None,
+        "stable identity agents record for this dispatcher (default: host name)",
+        dispatcher_id,
+        optional=True,
+    ),
+    Key(
+        "pairing_max_queue",
+        "int",
+        10,
+        "pending pairing requests before 'pairing queue full'",
+        between(1, 1000),
+    ),
     Key("pairing_timeout", "int", 600, "seconds pairing mode stays open", between(1, 600)),
-    Key("pairing_rate_limit_volume", "str", "10/60/300", "pairing connections per address: limit/window/block", rate_rule),
+    Key(
+        "pairing_rate_limit_volume",
+        "str",
+        "10/60/300",
+        "pairing connections per address: limit/window/block",
+        rate_rule,
+    ),
     Key("pairing_rate_limit_disable", "bool", False, "turn the pairing rate limit off"),
-    Key("pairing_request_timeout", "int", 10, "seconds a pairing client has to complete the handshake and send its request", between(1, 600), ours=True),
-    Key("service_user", "str", "ctrl-exec", "owner of the dispatcher key when running as root", username),
-    Key("ca_dir", "path", lambda l: str(l.dispatcher_etc), "directory of ca.key, ca.crt, ca.serial"),
+    Key(
+        "pairing_request_timeout",
+        "int",
+        10,
+        "seconds a pairing client has to complete the handshake and send its request",
+        between(1, 600),
+        ours=True,
+    ),
+    Key(
+        "service_user",
+        "str",
+        "ctrl-exec",
+        "owner of the dispatcher key when running as root",
+        username,
+    ),
+    Key(
+        "ca_dir", "path", lambda l: str(l.dispatcher_etc), "directory of ca.key, ca.crt, ca.serial"
+    ),
     Key("rotation_file", "path", lambda l: str(l.rotation_file), "dispatcher cert rotation state"),
     Key("registry_dir", "path", lambda l: str(l.registry_dir), "one JSON record per paired agent"),
     Key("port", "int", 7443, "agent port for hosts with none recorded", PORT),
-    Key("key_type", "str", "ec", "algorithm of new dispatcher and CA keys: ec (P-256) or rsa", one_of("ec", "rsa"), ours=True),
+    Key(
+        "key_type",
+        "str",
+        "ec",
+        "algorithm of new dispatcher and CA keys: ec (P-256) or rsa",
+        one_of("ec", "rsa"),
+        ours=True,
+    ),
     Key("log_target", "str", "auto", LOG_TARGET_DOC, ours=True),
-    Key("log_format", "str", "kv", "kv (ACTION=... lines) or json", one_of("kv", "json"), ours=True),
+    Key(
+        "log_format", "str", "kv", "kv (ACTION=... lines) or json", one_of("kv", "json"), ours=True
+    ),
 )
 
 AGENT_KEYS: tuple[Key, ...] = (
@@ -164,39 +273,134 @@ AGENT_KEYS: tuple[Key, ...] = (
     Key("cert", "path", lambda l: str(l.agent_cert), "agent certificate"),
     Key("key", "path", lambda l: str(l.agent_key), "agent private key"),
     Key("ca", "path", lambda l: str(l.agent_ca), "CA certificate of the dispatchers"),
-    Key("trusted_dispatchers_path", "path", lambda l: str(l.trusted_dispatchers), "trusted-dispatcher map (serial -> dispatcher id)"),
-    Key("revoked_serials", "path", lambda l: str(l.revoked_serials), "revoked certificate serials, one per line"),
-    Key("script_dirs", "paths", [], "scripts must resolve under one of these directories (empty: anywhere)", absolute_paths),
-    Key("auth_hook", "path", None, "executable that authorises run/discovery/rotate", optional=True),
+    Key(
+        "trusted_dispatchers_path",
+        "path",
+        lambda l: str(l.trusted_dispatchers),
+        "trusted-dispatcher map (serial -> dispatcher id)",
+    ),
+    Key(
+        "revoked_serials",
+        "path",
+        lambda l: str(l.revoked_serials),
+        "revoked certificate serials, one per line",
+    ),
+    Key(
+        "script_dirs",
+        "paths",
+        [],
+        "scripts must resolve under one of these directories (empty: anywhere)",
+        absolute_paths,
+    ),
+    Key(
+        "auth_hook", "path", None, "executable that authorises run/discovery/rotate", optional=True
+    ),
     Key("auth_hook_timeout", "int", 10, "seconds before a hook is killed (deny)", between(1, 3600)),
-    Key("allowed_ips", "strings", [], "peer addresses or networks allowed to connect (empty: all)", address_entries),
-    Key("rate_limit_volume", "str", "10/60/300", "connections per address: limit/window/block", rate_rule),
-    Key("rate_limit_probe", "str", "3/600/3600", "failed handshakes per address: limit/window/block", rate_rule),
+    Key(
+        "allowed_ips",
+        "strings",
+        [],
+        "peer addresses or networks allowed to connect (empty: all)",
+        address_entries,
+    ),
+    Key(
+        "rate_limit_volume",
+        "str",
+        "10/60/300",
+        "connections per address: limit/window/block",
+        rate_rule,
+    ),
+    Key(
+        "rate_limit_probe",
+        "str",
+        "3/600/3600",
+        "failed handshakes per address: limit/window/block",
+        rate_rule,
+    ),
     Key("rate_limit_disable", "bool", False, "turn rate limiting off"),
-    Key("max_children", "int", 256, "concurrent connections; more are closed unanswered", between(1, 10000)),
-    Key("stdin_timeout", "int", 10, "seconds to write the JSON context to a script's stdin", between(1, 3600)),
-    Key("executor_socket", "path", None, "privileged executor socket (profiles are applied there)", optional=True),
+    Key(
+        "max_children",
+        "int",
+        256,
+        "concurrent connections; more are closed unanswered",
+        between(1, 10000),
+    ),
+    Key(
+        "stdin_timeout",
+        "int",
+        10,
+        "seconds to write the JSON context to a script's stdin",
+        between(1, 3600),
+    ),
+    Key(
+        "executor_socket",
+        "path",
+        None,
+        "privileged executor socket (profiles are applied there)",
+        optional=True,
+    ),
     Key("async_runs_dir", "path", lambda l: str(l.async_runs_dir), "store of async run results"),
-    Key("cert_staging_path", "path", lambda l: str(l.cert_staging), "where a renewed cert waits for promote-cert"),
+    Key(
+        "cert_staging_path",
+        "path",
+        lambda l: str(l.cert_staging),
+        "where a renewed cert waits for promote-cert",
+    ),
     Key("pairing_port", "int", 7444, "default dispatcher pairing port for request-pairing", PORT),
-    Key("script_timeout", "int", 3600, "seconds a script may run before its process group is killed (per-script 'timeout' overrides)", between(1, 604800), ours=True),
-    Key("max_output_bytes", "int", 4 * 1_048_576, "bytes kept of each of stdout and stderr; the rest is discarded and noted", between(1024, 32 * 1_048_576), ours=True),
-    Key("request_timeout", "int", 30, "seconds a client has to complete the handshake and send its request", between(1, 3600), ours=True),
+    Key(
+        "script_timeout",
+        "int",
+        3600,
+        "seconds a script may run before its process group is killed (per-script 'timeout' overrides)",
+        between(1, 604800),
+        ours=True,
+    ),
+    Key(
+        "max_output_bytes",
+        "int",
+        4 * 1_048_576,
+        "bytes kept of each of stdout and stderr; the rest is discarded and noted",
+        between(1024, 32 * 1_048_576),
+        ours=True,
+    ),
+    Key(
+        "request_timeout",
+        "int",
+        30,
+        "seconds a client has to complete the handshake and send its request",
+        between(1, 3600),
+        ours=True,
+    ),
     Key("log_target", "str", "auto", LOG_TARGET_DOC, ours=True),
-    Key("log_format", "str", "kv", "kv (ACTION=... lines) or json", one_of("kv", "json"), ours=True),
+    Key(
+        "log_format", "str", "kv", "kv (ACTION=... lines) or json", one_of("kv", "json"), ours=True
+    ),
 )
 
 PROFILE_KEYS: tuple[Key, ...] = (
     Key("run_as", "str", None, "user the script runs as (executor only)", username, optional=True),
     Key("caps", "strings", [], "capabilities the script keeps (executor only)", capabilities),
-    Key("writable", "paths", [], "when set, everything else is read-only (executor only)", bounded_paths),
+    Key(
+        "writable",
+        "paths",
+        [],
+        "when set, everything else is read-only (executor only)",
+        bounded_paths,
+    ),
     Key("no_new_privileges", "bool", True, "set PR_SET_NO_NEW_PRIVS before exec"),
 )
 
 SCRIPT_KEYS: tuple[Key, ...] = (
     Key("path", "path", None, "absolute path of the executable", absolute_path),
     Key("profile", "str", "default", "execution profile ([profile.<name>] in agent.toml)"),
-    Key("timeout", "int", None, "seconds before the script's process group is killed", between(1, 604800), optional=True),
+    Key(
+        "timeout",
+        "int",
+        None,
+        "seconds before the script's process group is killed",
+        between(1, 604800),
+        optional=True,
+    ),
 )
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -73,7 +73,7 @@ def route(method: str, path: str) -> Route:
     if found:
         return Route(*found)
     if method == "GET" and path.startswith(_RESULT_PREFIX):
-        ident = path[len(_RESULT_PREFIX):]
+        ident = path[len(_RESULT_PREFIX) :]
         if names.REQID.fullmatch(ident):
             return Route(RESULT, True, ident)
     return Route(UNKNOWN, False)
@@ -143,16 +143,23 @@ def parse_run(body: bytes) -> RunRequest:
         raise RunRejected({"exit": -1, "error": "args must be an array", "reqid": reqid})
     for arg in args:
         if not isinstance(arg, str) or "\x00" in arg:
-            raise RunRejected({"exit": -1, "error": "args must be strings without NUL",
-                               "reqid": reqid})
+            raise RunRejected(
+                {"exit": -1, "error": "args must be strings without NUL", "reqid": reqid}
+            )
     fields = {}
     for key in ("script", "username", "token"):
         value = _string_field(data, key)
         if value is None:
             raise RunRejected({"exit": -1, "error": f"{key} must be a string", "reqid": reqid})
         fields[key] = value
-    return RunRequest(fields["script"], tuple(args), reqid, fields["username"],
-                      fields["token"], bool(data.get("async")))
+    return RunRequest(
+        fields["script"],
+        tuple(args),
+        reqid,
+        fields["username"],
+        fields["token"],
+        bool(data.get("async")),
+    )
 
 
 def run_refused(request: RunRequest, error: str) -> dict:
@@ -162,8 +169,13 @@ def run_refused(request: RunRequest, error: str) -> dict:
 
 
 def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict:
-    return {"script": request.script, "exit": exit_code, "stdout": stdout, "stderr": stderr,
-            "reqid": request.reqid}
+    return {
+        "script": request.script,
+        "exit": exit_code,
+        "stdout": stdout,
+        "stderr": stderr,
+        "reqid": request.reqid,
+    }
 
 
 # 0.12's refusals of an async run (HTTP 200, exit -1).
@@ -178,17 +190,30 @@ def async_accepted(request: RunRequest) -> dict:
 
 def async_busy(request: RunRequest) -> dict:
     """409: the same script is already running for this dispatcher."""
-    return {"script": request.script, "status": "busy", "reqid": request.reqid,
-            "error": "script already running"}
+    return {
+        "script": request.script,
+        "status": "busy",
+        "reqid": request.reqid,
+        "error": "script already running",
+    }
 
 
 def script_context(request: RunRequest, peer_ip: str, dispatcher: str, timestamp: str) -> bytes:
     """The JSON object a script reads on stdin: compact, UTF-8, no newline."""
-    return json.dumps({
-        "script": request.script, "args": list(request.args), "reqid": request.reqid,
-        "peer_ip": peer_ip, "username": request.username, "token": request.token,
-        "dispatcher": dispatcher, "timestamp": timestamp,
-    }, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json.dumps(
+        {
+            "script": request.script,
+            "args": list(request.args),
+            "reqid": request.reqid,
+            "peer_ip": peer_ip,
+            "username": request.username,
+            "token": request.token,
+            "dispatcher": dispatcher,
+            "timestamp": timestamp,
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode("utf-8")
 
 
 # --- /ping, /result ----------------------------------------------------------
@@ -202,8 +227,14 @@ def ping_reqid(body: bytes) -> str:
 
 
 def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict:
-    return {"status": "ok", "host": host, "version": version, "expiry": expiry,
-            "staged": bool(staged), "reqid": reqid}
+    return {
+        "status": "ok",
+        "host": host,
+        "version": version,
+        "expiry": expiry,
+        "staged": bool(staged),
+        "reqid": reqid,
+    }
 
 
 def result_unknown(reqid: str) -> dict:
@@ -232,24 +263,36 @@ def parse_sidecar(raw: bytes) -> Sidecar:
     if not isinstance(body, dict):
         raise ValueError("not a JSON object")
     explicit = body.get("version")
-    if (isinstance(explicit, str) and names.SCHEMA_VERSION.fullmatch(explicit)
-            and not explicit.startswith("sha256:")):
+    if (
+        isinstance(explicit, str)
+        and names.SCHEMA_VERSION.fullmatch(explicit)
+        and not explicit.startswith("sha256:")
+    ):
         return Sidecar(body, explicit, False)
     rejected = explicit is not None and not isinstance(explicit, (dict, list))
     return Sidecar(body, schema_version_fallback(body), rejected)
 
 
-def script_entry(name: str, path: str, executable: bool, profile: str,
-                 sidecar: Sidecar | None) -> dict:
-    entry: dict[str, Any] = {"name": name, "path": path, "executable": bool(executable),
-                             "profile": profile}
+def script_entry(
+    name: str, path: str, executable: bool, profile: str, sidecar: Sidecar | None
+) -> dict:
+    entry: dict[str, Any] = {
+        "name": name,
+        "path": path,
+        "executable": bool(executable),
+        "profile": profile,
+    }
     if sidecar is not None:
         entry["schema"] = sidecar.schema
         entry["schema_version"] = sidecar.version
     return entry
 
 
-def capabilities_body(host: str, version: str, tags: dict[str, str],
-                      scripts: list[dict]) -> dict:
-    return {"status": "ok", "host": host, "version": version, "tags": dict(tags),
-            "scripts": sorted(scripts, key=lambda entry: entry["name"])}
+def capabilities_body(host: str, version: str, tags: dict[str, str], scripts: list[dict]) -> dict:
+    return {
+        "status": "ok",
+        "host": host,
+        "version": version,
+        "tags": dict(tags),
+        "scripts": sorted(scripts, key=lambda entry: entry["name"]),
+    }

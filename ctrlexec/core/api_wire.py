@@ -53,8 +53,13 @@ _STATUS_PREFIX = "/status/"
 
 # What GET / lists, in 0.12's order.
 ENDPOINTS = (
-    ("GET", "/health"), ("POST", "/ping"), ("POST", "/run"), ("GET", "/discovery"),
-    ("POST", "/discovery"), ("GET", "/status/{reqid}"), ("GET", "/openapi.json"),
+    ("GET", "/health"),
+    ("POST", "/ping"),
+    ("POST", "/run"),
+    ("GET", "/discovery"),
+    ("POST", "/discovery"),
+    ("GET", "/status/{reqid}"),
+    ("GET", "/openapi.json"),
     ("GET", "/openapi-live.json"),
 )
 
@@ -75,7 +80,7 @@ def route(method: str, path: str) -> Route:
     if found:
         return Route(found)
     if method == "GET" and path.startswith(_STATUS_PREFIX):
-        reqid = path[len(_STATUS_PREFIX):]
+        reqid = path[len(_STATUS_PREFIX) :]
         if names.STATUS_REQID.fullmatch(reqid) and len(reqid) <= names.REQID_MAX:
             return Route(STATUS, reqid)
     return Route(NO_ROUTE)
@@ -114,8 +119,9 @@ def no_route(method: str, path: str) -> Reply:
 
 
 def unknown_agents(references: list[str]) -> Reply:
-    return Reply(404, error_body("unknown agent",
-                                 "not a registered agent: " + ", ".join(references)))
+    return Reply(
+        404, error_body("unknown agent", "not a registered agent: " + ", ".join(references))
+    )
 
 
 def locked(conflicts: list[str]) -> Reply:
@@ -152,9 +158,13 @@ def framing_error(exc: FramingError) -> Reply:
 
 
 def index_body(version: str) -> dict:
-    return {"name": "ctrl-exec-api", "version": version, "spec": "/openapi.json",
-            "live_spec": "/openapi-live.json",
-            "endpoints": [{"method": method, "path": path} for method, path in ENDPOINTS]}
+    return {
+        "name": "ctrl-exec-api",
+        "version": version,
+        "spec": "/openapi.json",
+        "live_spec": "/openapi-live.json",
+        "endpoints": [{"method": method, "path": path} for method, path in ENDPOINTS],
+    }
 
 
 def health_body(version: str) -> dict:
@@ -241,8 +251,9 @@ def parse_run(body: bytes) -> RunRequest:
         raise bad_request("args must be an array")
     if not all(isinstance(arg, str) for arg in args):
         raise bad_request("args must be strings")
-    return RunRequest(hosts, script, args, _text(data, "username"), _text(data, "token"),
-                      bool(data.get("async")))
+    return RunRequest(
+        hosts, script, args, _text(data, "username"), _text(data, "token"), bool(data.get("async"))
+    )
 
 
 def parse_discovery(body: bytes) -> DiscoveryRequest:
@@ -319,13 +330,16 @@ def live_spec(spec: dict, hosts: list[str], capabilities: list[dict], epoch: int
         if isinstance(run, dict):
             run["enum"] = sorted(variants)
         document["x-ctrl-exec-scripts"] = {
-            name: [{**slot, "hosts": sorted(slot["hosts"])}
-                   for _, slot in sorted(variants[name].items())]
-            for name in sorted(variants)}
+            name: [
+                {**slot, "hosts": sorted(slot["hosts"])}
+                for _, slot in sorted(variants[name].items())
+            ]
+            for name in sorted(variants)
+        }
     info = document.setdefault("info", {})
     base = str(info.get("version", ""))
     plus = base.rfind("+")
-    if plus >= 0 and base[plus + 1:].isdigit():
+    if plus >= 0 and base[plus + 1 :].isdigit():
         base = base[:plus]
     info["version"] = f"{base}+{epoch}"
     return document

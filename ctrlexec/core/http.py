@@ -85,8 +85,9 @@ def response_bytes(status: int, body: object) -> bytes:
     return head.encode("ascii") + payload
 
 
-def request_bytes(method: str, path: str, body: bytes | None, host: str = "",
-                  version: str = "HTTP/1.0") -> bytes:
+def request_bytes(
+    method: str, path: str, body: bytes | None, host: str = "", version: str = "HTTP/1.0"
+) -> bytes:
     """A client request as we send it: few headers, always Content-Length on
     POST (0.12 reads no body without it)."""
     lines = [f"{method} {path} {version}"]
@@ -149,7 +150,7 @@ class RequestReader:
         if end > MAX_LINE:
             self._raise_line_too_long()
         line = bytes(self._buffer[:end])
-        del self._buffer[:end + 1]
+        del self._buffer[: end + 1]
         return line.rstrip(b"\r")
 
     def _raise_line_too_long(self) -> None:
@@ -177,8 +178,8 @@ class RequestReader:
                 if len(self._buffer) < self._body_length:
                     return None
                 assert self._request is not None
-                self._request.body = bytes(self._buffer[:self._body_length])
-                del self._buffer[:self._body_length]
+                self._request.body = bytes(self._buffer[: self._body_length])
+                del self._buffer[: self._body_length]
                 self._state = "done"
                 return self._request
             else:
@@ -199,8 +200,9 @@ class RequestReader:
     def _add_header(self, line: bytes) -> None:
         self._header_count += 1
         if self._header_count > self._max_headers:
-            raise FramingError(431, "too many headers",
-                               f"more than {self._max_headers} header lines")
+            raise FramingError(
+                431, "too many headers", f"more than {self._max_headers} header lines"
+            )
         text = line.decode("latin-1")
         name, sep, value = text.partition(":")
         if not sep or not name:
@@ -213,8 +215,7 @@ class RequestReader:
         raw = self._request.headers.get("content-length", "")
         length = _parse_content_length(raw) if raw else 0
         if length > self._max_body:
-            raise FramingError(413, "request too large",
-                               f"body exceeds {self._max_body} bytes")
+            raise FramingError(413, "request too large", f"body exceeds {self._max_body} bytes")
         self._body_length = length
         self._state = "body"
 
@@ -254,7 +255,7 @@ class ResponseReader:
                 raise FramingError(502, "response line too long")
             return None
         line = bytes(self._buffer[:end])
-        del self._buffer[:end + 1]
+        del self._buffer[: end + 1]
         return line.rstrip(b"\r")
 
     def feed(self, data: bytes) -> Response | None:
@@ -289,8 +290,8 @@ class ResponseReader:
                     return None
                 if len(self._buffer) < self._length:
                     return None
-                body = bytes(self._buffer[:self._length])
-                del self._buffer[:self._length]
+                body = bytes(self._buffer[: self._length])
+                del self._buffer[: self._length]
                 return self._response(body)
 
     def finish(self) -> Response:

@@ -43,7 +43,7 @@ class AddressFilter:
         self._networks = list(networks)
 
     @classmethod
-    def from_entries(cls, entries: list[str]) -> "AddressFilter":
+    def from_entries(cls, entries: list[str]) -> AddressFilter:
         return cls([parse_entry(entry) for entry in entries])
 
     @property

@@ -42,11 +42,7 @@ def is_dispatcher_id(value: object) -> bool:
 
 def is_store_reqid(value: object) -> bool:
     """A reqid that may name a file in a run store (agent async, dispatcher runs)."""
-    return (
-        isinstance(value, str)
-        and len(value) <= REQID_MAX
-        and REQID.fullmatch(value) is not None
-    )
+    return isinstance(value, str) and len(value) <= REQID_MAX and REQID.fullmatch(value) is not None
 
 
 def derive_dispatcher_id(configured: str | None, hostname: str) -> str:

@@ -128,22 +128,41 @@ def parse_request(body: bytes) -> PairRequest:
     elif not isinstance(nonce, str) or not _NONCE.fullmatch(nonce):
         raise PairRequestError(REASON_INVALID, "invalid-request", "nonce is malformed")
     if len(csr.encode("utf-8")) > MAX_CSR or not csr.startswith(CSR_BEGIN):
-        raise PairRequestError(REASON_INVALID, "invalid-csr", "csr is not a PEM CSR of at most "
-                               f"{MAX_CSR} bytes")
-    return PairRequest(hostname=hostname, csr=csr, nonce=nonce,
-                       lookup_by=valid_lookup_by(data.get("lookup_by")),
-                       port=valid_port(data.get("port")), ip=valid_ip(data.get("ip")))
+        raise PairRequestError(
+            REASON_INVALID, "invalid-csr", f"csr is not a PEM CSR of at most {MAX_CSR} bytes"
+        )
+    return PairRequest(
+        hostname=hostname,
+        csr=csr,
+        nonce=nonce,
+        lookup_by=valid_lookup_by(data.get("lookup_by")),
+        port=valid_port(data.get("port")),
+        ip=valid_ip(data.get("ip")),
+    )
 
 
-def queue_record(request: PairRequest, reqid: str, source_ip: str, received: str,
-                 reverse_dns: str, reverse_confirmed: bool) -> dict:
+def queue_record(
+    request: PairRequest,
+    reqid: str,
+    source_ip: str,
+    received: str,
+    reverse_dns: str,
+    reverse_confirmed: bool,
+) -> dict:
     """The `<reqid>.json` queue file (0.12's fields). `ip` is the address the
     agent reported when valid, else the connection's source."""
     return {
-        "id": reqid, "hostname": request.hostname, "ip": request.ip or source_ip,
-        "source_ip": source_ip, "csr": request.csr, "nonce": request.nonce,
-        "lookup_by": request.lookup_by, "port": request.port, "received": received,
-        "code": request.code, "reverse_dns": reverse_dns,
+        "id": reqid,
+        "hostname": request.hostname,
+        "ip": request.ip or source_ip,
+        "source_ip": source_ip,
+        "csr": request.csr,
+        "nonce": request.nonce,
+        "lookup_by": request.lookup_by,
+        "port": request.port,
+        "received": received,
+        "code": request.code,
+        "reverse_dns": reverse_dns,
         "reverse_confirmed": 1 if reverse_confirmed else 0,
     }
 
@@ -163,6 +182,7 @@ def effective_ip(override: str | None, queued: object) -> str:
 
 # --- messages ---------------------------------------------------------------
 
+
 def error_body(reason: str) -> dict:
     return {"status": "error", "reason": reason}
 
@@ -175,14 +195,27 @@ def denied_body(reason: str) -> dict:
     return {"status": "denied", "reason": reason}
 
 
-def approved_body(cert_pem: str, ca_pem: str, nonce: str, dispatcher_serial: str,
-                  dispatcher_id: str) -> dict:
-    return {"status": "approved", "cert": cert_pem, "ca": ca_pem, "nonce": nonce,
-            "dispatcher_serial": dispatcher_serial, "dispatcher_id": dispatcher_id}
+def approved_body(
+    cert_pem: str, ca_pem: str, nonce: str, dispatcher_serial: str, dispatcher_id: str
+) -> dict:
+    return {
+        "status": "approved",
+        "cert": cert_pem,
+        "ca": ca_pem,
+        "nonce": nonce,
+        "dispatcher_serial": dispatcher_serial,
+        "dispatcher_id": dispatcher_id,
+    }
 
 
-def request_body(hostname: str, csr: str, nonce: str, lookup_by: str | None = None,
-                 port: int | None = None, ip: str | None = None) -> bytes:
+def request_body(
+    hostname: str,
+    csr: str,
+    nonce: str,
+    lookup_by: str | None = None,
+    port: int | None = None,
+    ip: str | None = None,
+) -> bytes:
     """What an agent sends. `port` travels as a string, as 0.12 agents send it."""
     body: dict = {"hostname": hostname, "csr": csr, "nonce": nonce}
     if lookup_by:
@@ -195,6 +228,7 @@ def request_body(hostname: str, csr: str, nonce: str, lookup_by: str | None = No
 
 
 # --- the agent's reading of the responses ----------------------------------
+
 
 @dataclass(frozen=True)
 class Approval:
@@ -220,8 +254,13 @@ def parse_ack(body: bytes) -> str:
     status = data.get("status")
     if status == "pending":
         reqid = data.get("reqid")
-        if isinstance(reqid, str) and reqid and len(reqid) <= 128 and reqid.isascii() \
-                and reqid.isalnum():
+        if (
+            isinstance(reqid, str)
+            and reqid
+            and len(reqid) <= 128
+            and reqid.isascii()
+            and reqid.isalnum()
+        ):
             return reqid
         raise ProtocolError("the dispatcher's acknowledgement has no valid reqid")
     raise PairingRejected(_reason(data, "unexpected answer"))
@@ -240,9 +279,12 @@ def parse_result(body: bytes, nonce: str) -> Approval:
     if not isinstance(cert, str) or not cert or not isinstance(ca, str) or not ca:
         raise PairingRejected("approval without a certificate and CA")
     serial, ident = data.get("dispatcher_serial", ""), data.get("dispatcher_id", "")
-    return Approval(cert=cert, ca=ca,
-                    dispatcher_serial=serial if isinstance(serial, str) else "",
-                    dispatcher_id=ident if isinstance(ident, str) else "")
+    return Approval(
+        cert=cert,
+        ca=ca,
+        dispatcher_serial=serial if isinstance(serial, str) else "",
+        dispatcher_id=ident if isinstance(ident, str) else "",
+    )
 
 
 def _reason(data: dict, default: str) -> str:

@@ -28,7 +28,7 @@ class Rule:
     block: int
 
     @classmethod
-    def parse(cls, text: str) -> "Rule":
+    def parse(cls, text: str) -> Rule:
         match = RULE.fullmatch(text or "")
         if not match:
             raise ValueError("expected limit/window/block, e.g. 10/60/300")
@@ -49,13 +49,17 @@ class _Entry:
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
-    blocked_now: str | None = None   # "volume" | "probe" when this call set a block
+    blocked_now: str | None = None  # "volume" | "probe" when this call set a block
     evicted: bool = False
 
 
 class RateLimiter:
-    def __init__(self, volume: Rule | None = Rule(10, 60, 300),
-                 probe: Rule | None = Rule(3, 600, 3600), max_tracked: int = 1000):
+    def __init__(
+        self,
+        volume: Rule | None = Rule(10, 60, 300),
+        probe: Rule | None = Rule(3, 600, 3600),
+        max_tracked: int = 1000,
+    ):
         self.volume = volume
         self.probe = probe
         self.max_tracked = max_tracked

@@ -44,8 +44,10 @@ def run_text(results: list[dict]) -> str:
     lines: list[str] = []
     for result in results:
         code = exit_code_of(result)
-        lines.append(f"==> {_host_label(result)}  [{'OK' if code == 0 else 'FAIL'}  exit:{code}  "
-                     f"{visible(result.get('rtt', ''))}  req:{visible(result.get('reqid', ''))}]")
+        lines.append(
+            f"==> {_host_label(result)}  [{'OK' if code == 0 else 'FAIL'}  exit:{code}  "
+            f"{visible(result.get('rtt', ''))}  req:{visible(result.get('reqid', ''))}]"
+        )
         if result.get("error"):
             lines.append(f"    ERROR: {visible(result['error'])}")
         _output(lines, result)
@@ -65,13 +67,17 @@ def ping_text(results: list[dict]) -> str:
     its row (0.12 shows only `error` and leaves the operator guessing)."""
     lines = [_ping_row(PING_HEADER), "-" * 85]
     for result in results:
-        lines.append(_ping_row((
-            _host_label(result),
-            visible(result.get("status", "error")),
-            visible(result.get("rtt", "?")),
-            visible(result.get("expiry", "?")),
-            visible(result.get("version", "?")),
-        )))
+        lines.append(
+            _ping_row(
+                (
+                    _host_label(result),
+                    visible(result.get("status", "error")),
+                    visible(result.get("rtt", "?")),
+                    visible(result.get("expiry", "?")),
+                    visible(result.get("version", "?")),
+                )
+            )
+        )
         if result.get("status") != "ok" and result.get("error"):
             lines.append(f"    ERROR: {visible(result['error'])}")
     return "\n".join(lines) + "\n"
@@ -99,11 +105,15 @@ def async_submit_text(reqid: str, results: list[dict], status_command: str) -> s
         if status == "accepted":
             lines.append(f"==> {_host_label(result)}  [accepted  {visible(result.get('rtt', ''))}]")
         elif status == "busy":
-            lines.append(f"==> {_host_label(result)}  "
-                         f"[BUSY: {visible(result.get('error') or 'already running')}]")
+            lines.append(
+                f"==> {_host_label(result)}  "
+                f"[BUSY: {visible(result.get('error') or 'already running')}]"
+            )
         else:
-            lines.append(f"==> {_host_label(result)}  "
-                         f"[ERROR: {visible(result.get('error') or 'submit failed')}]")
+            lines.append(
+                f"==> {_host_label(result)}  "
+                f"[ERROR: {visible(result.get('error') or 'submit failed')}]"
+            )
     lines.append(f"Check progress with: {status_command} {visible(reqid)}")
     return "".join(line + "\n" for line in lines)
 
@@ -112,8 +122,10 @@ def status_text(record: dict) -> str:
     """`ced status`/`ced wait`: a header, then a sync run as `run` shows it,
     or one block per host of an async run (sorted by name)."""
     state = "COMPLETE" if record.get("complete") else "PENDING"
-    head = (f"Request {visible(record.get('reqid', '?'))}  "
-            f"(script: {visible(record.get('script', '?'))})  [{state}]\n")
+    head = (
+        f"Request {visible(record.get('reqid', '?'))}  "
+        f"(script: {visible(record.get('script', '?'))})  [{state}]\n"
+    )
     hosts = record.get("hosts")
     if record.get("mode") != "async" or not isinstance(hosts, dict):
         results = record.get("results")

@@ -21,15 +21,15 @@ from dataclasses import dataclass
 from typing import Any
 
 # Transport failure kinds (what went wrong before an HTTP reply arrived).
-RESOLVE = "resolve"            # the name did not resolve
-REFUSED = "refused"            # TCP connection refused
-UNREACHABLE = "unreachable"    # no route / network down
-TIMEOUT = "timeout"            # no answer while connecting or handshaking
+RESOLVE = "resolve"  # the name did not resolve
+REFUSED = "refused"  # TCP connection refused
+UNREACHABLE = "unreachable"  # no route / network down
+TIMEOUT = "timeout"  # no answer while connecting or handshaking
 READ_TIMEOUT = "read-timeout"  # connected, then silence longer than read_timeout
-TLS = "tls"                    # handshake failed, or the peer's TLS layer refused us
-CLOSED = "closed"              # the agent closed the connection without a reply
-PROTOCOL = "protocol"          # the reply was not HTTP we can frame
-OTHER = "other"                # any other socket error (detail says which)
+TLS = "tls"  # handshake failed, or the peer's TLS layer refused us
+CLOSED = "closed"  # the agent closed the connection without a reply
+PROTOCOL = "protocol"  # the reply was not HTTP we can frame
+OTHER = "other"  # any other socket error (detail says which)
 
 KINDS = (RESOLVE, REFUSED, UNREACHABLE, TIMEOUT, READ_TIMEOUT, TLS, CLOSED, PROTOCOL, OTHER)
 
@@ -77,8 +77,10 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
     if kind == RESOLVE:
         return f"host '{host}' did not resolve - check the name or use an IP address"
     if kind == REFUSED:
-        return (f"host '{host}' did not respond on port {port} - connection refused "
-                "(agent not running, or wrong port?)")
+        return (
+            f"host '{host}' did not respond on port {port} - connection refused "
+            "(agent not running, or wrong port?)"
+        )
     if kind == UNREACHABLE:
         return f"host '{host}' is unreachable - no route to host or network down"
     if kind in (TIMEOUT, READ_TIMEOUT):
@@ -141,17 +143,35 @@ def _reported(result: dict, body: dict) -> None:
         result["reported_hostname"] = own
 
 
-def run_result(name: str, script: str, reqid: str, rtt: str, reply: Reply | None,
-               failure: Failure | None, read_timeout: int) -> dict:
+def run_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> dict:
     """One host's result of a synchronous run."""
     if reply is None or not reply.ok:
-        return {"host": name, "script": script, "exit": -1,
-                "error": _error(reply, failure, read_timeout, "run"),
-                "rtt": rtt, "reqid": reqid}
+        return {
+            "host": name,
+            "script": script,
+            "exit": -1,
+            "error": _error(reply, failure, read_timeout, "run"),
+            "rtt": rtt,
+            "reqid": reqid,
+        }
     body = _object(reply.body)
     if body is None:
-        return {"host": name, "script": script, "exit": -1, "error": "invalid JSON response",
-                "rtt": rtt, "reqid": reqid}
+        return {
+            "host": name,
+            "script": script,
+            "exit": -1,
+            "error": "invalid JSON response",
+            "rtt": rtt,
+            "reqid": reqid,
+        }
     result = _echoed(body, rtt, reqid)
     _reported(result, body)
     return _canonical(result, name)
@@ -167,8 +187,9 @@ def _echoed(body: dict, rtt: str, reqid: str) -> dict:
     return result
 
 
-def ping_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
-                read_timeout: int) -> dict:
+def ping_result(
+    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+) -> dict:
     """One host's result of a ping."""
     return _described(name, rtt, reply, lambda: _error(reply, failure, read_timeout, "ping"))
 
@@ -205,14 +226,28 @@ def ping_failed(result: dict) -> bool:
     return result.get("status") != "ok"
 
 
-def async_submit_result(name: str, script: str, reqid: str, rtt: str, reply: Reply | None,
-                        failure: Failure | None, read_timeout: int) -> dict:
+def async_submit_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> dict:
     """One host's answer to an async submission: the agent's 202 body, or
     `busy` (409), or `error` with the reason (any other answer, including a
     200 refusal such as `script not permitted`)."""
+
     def refused(status: str, error: str) -> dict:
-        return {"host": name, "script": script, "status": status, "error": error,
-                "rtt": rtt, "reqid": reqid}
+        return {
+            "host": name,
+            "script": script,
+            "status": status,
+            "error": error,
+            "rtt": rtt,
+            "reqid": reqid,
+        }
 
     if reply is not None and reply.status == 409:
         error = (_object(reply.body) or {}).get("error")
@@ -228,31 +263,44 @@ def async_submit_result(name: str, script: str, reqid: str, rtt: str, reply: Rep
     return _canonical(_echoed(body, rtt, reqid), name)
 
 
-def capabilities_result(name: str, rtt: str, reply: Reply | None, failure: Failure | None,
-                        read_timeout: int) -> dict:
+def capabilities_result(
+    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+) -> dict:
     """One host's /capabilities answer. 0.12 reports any refusal by its
     status line (`403 Forbidden`), not the agent's body."""
+
     def error() -> str:
         if reply is not None:
             return reply.status_line
         return _error(None, failure, read_timeout, "capabilities")
+
     return _described(name, rtt, reply, error)
 
 
-def fetch_result(name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None,
-                 read_timeout: int) -> dict:
+def fetch_result(
+    name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+) -> dict:
     """One host's /result/<reqid> answer: the agent's record, `unknown` for a
     404, else `error`."""
     if reply is not None and reply.status == 404:
         return {"host": name, "status": "unknown", "reqid": reqid, "rtt": rtt}
     if reply is None or not reply.ok:
-        return {"host": name, "status": "error",
-                "error": _error(reply, failure, read_timeout, "result"), "reqid": reqid,
-                "rtt": rtt}
+        return {
+            "host": name,
+            "status": "error",
+            "error": _error(reply, failure, read_timeout, "result"),
+            "reqid": reqid,
+            "rtt": rtt,
+        }
     body = _object(reply.body)
     if body is None:
-        return {"host": name, "status": "error", "error": "invalid JSON", "reqid": reqid,
-                "rtt": rtt}
+        return {
+            "host": name,
+            "status": "error",
+            "error": "invalid JSON",
+            "reqid": reqid,
+            "rtt": rtt,
+        }
     result = _echoed(body, rtt, reqid)
     result["host"] = name
     return result

@@ -30,18 +30,31 @@ PENDING = ("accepted", "running")
 TERMINAL = ("done", "expired", "busy", "error")
 
 
-def sync_record(reqid: str, script: str, hosts: list[str], results: list[dict],
-                completed: int, submitter: dict | None = None) -> dict:
-    record: dict[str, Any] = {"reqid": reqid, "script": script, "mode": MODE_SYNC,
-                              "hosts": list(hosts), "results": list(results),
-                              "completed": int(completed), "complete": True}
+def sync_record(
+    reqid: str,
+    script: str,
+    hosts: list[str],
+    results: list[dict],
+    completed: int,
+    submitter: dict | None = None,
+) -> dict:
+    record: dict[str, Any] = {
+        "reqid": reqid,
+        "script": script,
+        "mode": MODE_SYNC,
+        "hosts": list(hosts),
+        "results": list(results),
+        "completed": int(completed),
+        "complete": True,
+    }
     if submitter is not None:
         record["submitter"] = dict(submitter)
     return record
 
 
-def async_record(reqid: str, script: str, submitted: list[dict], created: int,
-                 submitter: dict | None = None) -> dict:
+def async_record(
+    reqid: str, script: str, submitted: list[dict], created: int, submitter: dict | None = None
+) -> dict:
     """The record of an async submission, from the per-host submit results."""
     hosts: dict[str, dict] = {}
     for result in submitted:
@@ -53,8 +66,13 @@ def async_record(reqid: str, script: str, submitted: list[dict], created: int,
         if result.get("error") is not None:
             entry["error"] = result["error"]
         hosts[name] = entry
-    record: dict[str, Any] = {"reqid": reqid, "script": script, "mode": MODE_ASYNC,
-                              "hosts": hosts, "created": int(created)}
+    record: dict[str, Any] = {
+        "reqid": reqid,
+        "script": script,
+        "mode": MODE_ASYNC,
+        "hosts": hosts,
+        "created": int(created),
+    }
     if submitter is not None:
         record["submitter"] = dict(submitter)
     return summarise(record)
@@ -67,8 +85,11 @@ def is_async(record: dict) -> bool:
 def pending_hosts(record: dict) -> list[str]:
     if not is_async(record):
         return []
-    return sorted(name for name, entry in record["hosts"].items()
-                  if isinstance(entry, dict) and entry.get("status") in PENDING)
+    return sorted(
+        name
+        for name, entry in record["hosts"].items()
+        if isinstance(entry, dict) and entry.get("status") in PENDING
+    )
 
 
 def summarise(record: dict) -> dict:
@@ -90,9 +111,12 @@ def merge_fetched(record: dict, fetched: dict[str, dict]) -> bool:
             continue
         status = answer.get("status")
         if status == "done":
-            done: dict[str, Any] = {"status": "done", "exit": answer.get("exit"),
-                                    "stdout": answer.get("stdout"),
-                                    "stderr": answer.get("stderr")}
+            done: dict[str, Any] = {
+                "status": "done",
+                "exit": answer.get("exit"),
+                "stdout": answer.get("stdout"),
+                "stderr": answer.get("stderr"),
+            }
             for key in ("error", "interrupted"):
                 if answer.get(key) is not None:
                     done[key] = answer[key]
@@ -126,10 +150,15 @@ def host_failed(entry: dict) -> bool:
 def any_failed(record: dict) -> bool:
     """Whether a complete record has a failed host (sync: a non-zero exit)."""
     if is_async(record):
-        return any(host_failed(entry) for entry in record["hosts"].values()
-                   if isinstance(entry, dict))
+        return any(
+            host_failed(entry) for entry in record["hosts"].values() if isinstance(entry, dict)
+        )
     results = record.get("results")
     if not isinstance(results, list):
         return True
-    return any(not isinstance(result, dict) or result.get("exit") != 0
-               or isinstance(result.get("exit"), bool) for result in results)
+    return any(
+        not isinstance(result, dict)
+        or result.get("exit") != 0
+        or isinstance(result.get("exit"), bool)
+        for result in results
+    )

@@ -6,8 +6,7 @@ import calendar
 import re
 import time
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _NOTAFTER = re.compile(r"(\w+)\s+(\d+)\s+(\d+):(\d+):(\d+)\s+(\d{4})\s+GMT")
 
 
@@ -24,8 +23,10 @@ def openssl_notafter(epoch: float) -> str:
     """The `openssl x509 -enddate` text: `Jan  5 12:00:00 2027 GMT` (day
     space-padded). A 0.12 dispatcher parses ping `expiry` in this form."""
     t = time.gmtime(epoch)
-    return (f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
-            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {t.tm_year} GMT")
+    return (
+        f"{_MONTHS[t.tm_mon - 1]} {t.tm_mday:2d} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} {t.tm_year} GMT"
+    )
 
 
 def parse_openssl_notafter(text: str) -> float | None:
@@ -36,5 +37,8 @@ def parse_openssl_notafter(text: str) -> float | None:
     month, day, hh, mm, ss, year = match.groups()
     if month not in _MONTHS:
         return None
-    return float(calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day),
-                                  int(hh), int(mm), int(ss), 0, 0, 0)))
+    return float(
+        calendar.timegm(
+            (int(year), _MONTHS.index(month) + 1, int(day), int(hh), int(mm), int(ss), 0, 0, 0)
+        )
+    )

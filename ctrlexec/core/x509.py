@@ -46,7 +46,7 @@ def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
         count = length & 0x7F
         if count == 0 or count > 4 or pos + count > len(data):
             raise ValueError("unsupported DER length")
-        length = int.from_bytes(data[pos:pos + count], "big")
+        length = int.from_bytes(data[pos : pos + count], "big")
         pos += count
     end = pos + length
     if end > len(data):
@@ -73,7 +73,7 @@ def _parse_time(tag: int, raw: bytes) -> float:
         rest = text[4:14]
     else:
         raise ValueError("unsupported certificate time format")
-    month, day, hh, mm, ss = (int(rest[i:i + 2]) for i in range(0, 10, 2))
+    month, day, hh, mm, ss = (int(rest[i : i + 2]) for i in range(0, 10, 2))
     return float(calendar.timegm((year, month, day, hh, mm, ss, 0, 0, 0)))
 
 
@@ -116,8 +116,8 @@ def facts_from_der(der: bytes) -> CertFacts:
     times = list(_children(der, v_start, v_end))
     if len(times) != 2:
         raise ValueError("certificate validity is malformed")
-    not_before = _parse_time(times[0][0], der[times[0][1]:times[0][2]])
-    not_after = _parse_time(times[1][0], der[times[1][1]:times[1][2]])
+    not_before = _parse_time(times[0][0], der[times[0][1] : times[0][2]])
+    not_after = _parse_time(times[1][0], der[times[1][1] : times[1][2]])
     subject_tag, sub_start, sub_end = fields[5]
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
@@ -131,7 +131,7 @@ def first_pem_cert_der(pem_text: str) -> bytes:
     stop = pem_text.find(end, start)
     if start < 0 or stop < 0:
         raise ValueError("no PEM certificate found")
-    body = pem_text[start + len(begin):stop]
+    body = pem_text[start + len(begin) : stop]
     try:
         return base64.b64decode("".join(body.split()), validate=True)
     except binascii.Error as exc:

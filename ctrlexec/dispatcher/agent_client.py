@@ -21,16 +21,28 @@ import socket
 import ssl
 
 from ..core import results
-from ..core.http import (MAX_RESPONSE_BODY, FramingError, IncompleteMessage, ResponseReader,
-                         request_bytes)
+from ..core.http import (
+    MAX_RESPONSE_BODY,
+    FramingError,
+    IncompleteMessage,
+    ResponseReader,
+    request_bytes,
+)
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536
 
 
-def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path: str,
-             body: bytes | None, timeout: float, max_body: int = MAX_RESPONSE_BODY
-             ) -> results.Reply | results.Failure:
+def exchange(
+    context: ssl.SSLContext,
+    address: str,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None,
+    timeout: float,
+    max_body: int = MAX_RESPONSE_BODY,
+) -> results.Reply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
@@ -42,7 +54,7 @@ def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path
         return failed(results.RESOLVE, exc.strerror or "")
     except ConnectionRefusedError:
         return failed(results.REFUSED)
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return failed(results.TIMEOUT)
     except OSError as exc:
         if exc.errno in _UNREACHABLE:
@@ -51,7 +63,7 @@ def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path
     try:
         try:
             sock = context.wrap_socket(raw, server_hostname=None)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return failed(results.TIMEOUT)
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             return failed(results.TLS, str(exc))
@@ -61,8 +73,16 @@ def exchange(context: ssl.SSLContext, address: str, port: int, method: str, path
         raw.close()
 
 
-def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, address: str,
-             port: int, max_body: int, failed) -> results.Reply | results.Failure:
+def _request(
+    sock: ssl.SSLSocket,
+    method: str,
+    path: str,
+    body: bytes | None,
+    address: str,
+    port: int,
+    max_body: int,
+    failed,
+) -> results.Reply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     reader = ResponseReader(max_body)
     received = 0
@@ -77,7 +97,7 @@ def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, ad
             response = reader.feed(data)
             if response is not None:
                 break
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         return failed(results.READ_TIMEOUT)
     except ssl.SSLEOFError as exc:
         if received:  # EOF without close_notify: the end of a reply read to EOF
@@ -92,8 +112,7 @@ def _request(sock: ssl.SSLSocket, method: str, path: str, body: bytes | None, ad
         # just sent. Either way nothing was answered, and that is the cause.
         return failed(results.TLS, str(exc))
     except IncompleteMessage:
-        return failed(results.CLOSED if received == 0 else results.PROTOCOL,
-                      "truncated response")
+        return failed(results.CLOSED if received == 0 else results.PROTOCOL, "truncated response")
     except FramingError as exc:
         return failed(results.PROTOCOL, exc.reason)
     except OSError as exc:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import log
 from ..core import api_wire, run_record
@@ -42,13 +42,20 @@ class ApiRequest:
     path: str
     body: bytes
     authorization: str  # the Authorization header, or ""
-    peer: str           # the client's IP
+    peer: str  # the client's IP
 
 
 class Api:
-    def __init__(self, engine: Engine, store: RunStore, spec: bytes, version: str,
-                 deny_generic: bool = False, health_open: bool = False,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        engine: Engine,
+        store: RunStore,
+        spec: bytes,
+        version: str,
+        deny_generic: bool = False,
+        health_open: bool = False,
+        clock: Callable[[], float] = time.time,
+    ):
         self.engine = engine
         self.store = store
         self.spec = spec
@@ -61,9 +68,13 @@ class Api:
         found = api_wire.route(request.method, request.path)
         try:
             if not (found.name == api_wire.HEALTH and self.health_open):
-                self.engine.authorise("api", [], caller=CALLER_API,
-                                      token=api_wire.gate_token(request.body),
-                                      source_ip=request.peer)
+                self.engine.authorise(
+                    "api",
+                    [],
+                    caller=CALLER_API,
+                    token=api_wire.gate_token(request.body),
+                    source_ip=request.peer,
+                )
             return self._endpoint(found, request)
         except ApiError as exc:
             return exc.reply
@@ -101,16 +112,29 @@ class Api:
 
     def _ping(self, request: ApiRequest) -> Reply:
         ping = api_wire.parse_ping(request.body)
-        results = self.engine.ping(ping.hosts, caller=CALLER_API, username=ping.username,
-                                   token=ping.token, source_ip=request.peer)
+        results = self.engine.ping(
+            ping.hosts,
+            caller=CALLER_API,
+            username=ping.username,
+            token=ping.token,
+            source_ip=request.peer,
+        )
         return Reply(200, {"ok": True, "results": results})
 
     def _run(self, request: ApiRequest) -> Reply:
         run = api_wire.parse_run(request.body)
         reqid = self.engine.new_reqid()
-        results = self.engine.run(run.hosts, run.script, run.args, caller=CALLER_API,
-                                  username=run.username, token=run.token,
-                                  source_ip=request.peer, reqid=reqid, run_async=run.run_async)
+        results = self.engine.run(
+            run.hosts,
+            run.script,
+            run.args,
+            caller=CALLER_API,
+            username=run.username,
+            token=run.token,
+            source_ip=request.peer,
+            reqid=reqid,
+            run_async=run.run_async,
+        )
         submitter = {"username": run.username, "source_ip": request.peer}
         try:
             if run.run_async:
@@ -128,8 +152,13 @@ class Api:
         hosts = wanted.hosts or self.engine.registry.names()
         if not hosts:
             return Reply(200, {"ok": True, "hosts": {}})
-        results = self.engine.discover(hosts, caller=CALLER_API, username=wanted.username,
-                                       token=wanted.token, source_ip=request.peer)
+        results = self.engine.discover(
+            hosts,
+            caller=CALLER_API,
+            username=wanted.username,
+            token=wanted.token,
+            source_ip=request.peer,
+        )
         return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
@@ -141,10 +170,15 @@ class Api:
             return api_wire.status_unknown(reqid)
         submitter = record.get("submitter")
         try:
-            self.engine.authorise("status", [], caller=CALLER_API,
-                                  token=api_wire.bearer_token(request.authorization),
-                                  source_ip=request.peer, reqid=reqid,
-                                  submitter=submitter if isinstance(submitter, dict) else None)
+            self.engine.authorise(
+                "status",
+                [],
+                caller=CALLER_API,
+                token=api_wire.bearer_token(request.authorization),
+                source_ip=request.peer,
+                reqid=reqid,
+                submitter=submitter if isinstance(submitter, dict) else None,
+            )
         except PolicyDenied:
             return api_wire.status_unknown(reqid)
         try:
@@ -158,6 +192,5 @@ class Api:
     def _openapi_live(self) -> Reply:
         names = self.engine.registry.names()
         capabilities = self.engine.capabilities(self.engine.resolve(names)) if names else []
-        document = api_wire.live_spec(json.loads(self.spec), names, capabilities,
-                                      int(self.clock()))
+        document = api_wire.live_spec(json.loads(self.spec), names, capabilities, int(self.clock()))
         return Reply(200, document)

@@ -35,8 +35,8 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import log
 from ..core import api_wire
@@ -57,10 +57,17 @@ STOP_POLL = 0.2
 
 
 class ApiServer:
-    def __init__(self, api: Api, bind: str, port: int, max_children: int,
-                 request_timeout: float, tls: ssl.SSLContext | None = None,
-                 purge: Callable[[], object] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        api: Api,
+        bind: str,
+        port: int,
+        max_children: int,
+        request_timeout: float,
+        tls: ssl.SSLContext | None = None,
+        purge: Callable[[], object] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.api = api
         self.bind = bind
         self.port = port
@@ -86,8 +93,14 @@ class ApiServer:
     def serve(self, pidfile: Path | None = None) -> None:
         """Accept until SIGTERM/SIGINT, then let requests in progress finish."""
         with accepting(self._listeners, (signal.SIGTERM, signal.SIGINT)) as (selector, wake):
-            log.event("api-start", log.INFO, PORT=self.port, BIND=self.bind,
-                      TLS="yes" if self.tls else "no", MAX=self.max_children)
+            log.event(
+                "api-start",
+                log.INFO,
+                PORT=self.port,
+                BIND=self.bind,
+                TLS="yes" if self.tls else "no",
+                MAX=self.max_children,
+            )
             if pidfile is not None:  # written last: its presence means "serving"
                 write_pidfile(pidfile)
             try:
@@ -129,7 +142,7 @@ class ApiServer:
         try:
             assert self.purge is not None
             self.purge()
-        except Exception as exc:  # noqa: BLE001 - housekeeping must not stop the API
+        except Exception as exc:
             log.event("maintain", log.ERR, PHASE="purge", ERROR=str(exc)[:200])
         finally:
             self._purging.release()
@@ -164,8 +177,9 @@ class ApiServer:
             abort(conn)
             return
         try:
-            threading.Thread(target=self._connection, args=(conn, ip, overloaded), daemon=True,
-                             name=f"api-{ip}").start()
+            threading.Thread(
+                target=self._connection, args=(conn, ip, overloaded), daemon=True, name=f"api-{ip}"
+            ).start()
         except RuntimeError:  # no thread could be started
             self._release(overloaded)
             log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
@@ -195,9 +209,10 @@ class ApiServer:
                 reply = self._exchange(sock, ip, deadline)
                 if reply is not None:
                     self._send(sock, ip, reply)
-        except Exception as exc:  # noqa: BLE001 - one connection must never stop the API
-            log.event("connection-error", log.ERR, PEER=ip,
-                      ERROR=f"{type(exc).__name__}: {exc}"[:200])
+        except Exception as exc:
+            log.event(
+                "connection-error", log.ERR, PEER=ip, ERROR=f"{type(exc).__name__}: {exc}"[:200]
+            )
         finally:
             if sock is not None:
                 finish(sock)
@@ -214,8 +229,12 @@ class ApiServer:
         try:
             return self.tls.wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            log.event("tls-failure", log.WARNING, PEER=ip,
-                      REASON=getattr(exc, "reason", None) or type(exc).__name__)
+            log.event(
+                "tls-failure",
+                log.WARNING,
+                PEER=ip,
+                REASON=getattr(exc, "reason", None) or type(exc).__name__,
+            )
             return None
 
     def _exchange(self, conn: socket.socket, ip: str, deadline: float) -> api_wire.Reply | None:
@@ -232,19 +251,32 @@ class ApiServer:
                     break
         except FramingError as exc:
             return api_wire.framing_error(exc)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             log.event("request-timeout", log.WARNING, PEER=ip)
             return None
         except (IncompleteMessage, ssl.SSLError, OSError):
             return None  # the client went away mid-request: nobody to answer
-        log.event("api-request", log.INFO, METHOD=request.method.upper(),
-                  PATH=request.path[:512], PEER=ip, LEN=len(request.body))
+        log.event(
+            "api-request",
+            log.INFO,
+            METHOD=request.method.upper(),
+            PATH=request.path[:512],
+            PEER=ip,
+            LEN=len(request.body),
+        )
         try:
-            return self.api.handle(ApiRequest(request.method, request.path, request.body,
-                                              request.header("authorization"), ip))
-        except Exception as exc:  # noqa: BLE001 - a bug answers 500, never kills the thread silently
-            log.event("api-error", log.ERR, PATH=request.path[:200],
-                      ERROR=f"{type(exc).__name__}: {exc}"[:300])
+            return self.api.handle(
+                ApiRequest(
+                    request.method, request.path, request.body, request.header("authorization"), ip
+                )
+            )
+        except Exception as exc:
+            log.event(
+                "api-error",
+                log.ERR,
+                PATH=request.path[:200],
+                ERROR=f"{type(exc).__name__}: {exc}"[:300],
+            )
             return api_wire.server_error("internal error")
 
     def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
@@ -252,8 +284,13 @@ class ApiServer:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
             conn.sendall(response_bytes(reply.status, reply.body))
         except (ssl.SSLError, OSError) as exc:
-            log.event("reply-fail", log.WARNING, PEER=ip, STATUS=reply.status,
-                      REASON=getattr(exc, "strerror", None) or type(exc).__name__)
+            log.event(
+                "reply-fail",
+                log.WARNING,
+                PEER=ip,
+                STATUS=reply.status,
+                REASON=getattr(exc, "strerror", None) or type(exc).__name__,
+            )
 
 
 def _stop_requested(wake: socket.socket) -> bool:
@@ -263,4 +300,3 @@ def _stop_requested(wake: socket.socket) -> bool:
     except BlockingIOError:
         return False
     return any(number in (signal.SIGTERM, signal.SIGINT) for number in data)
-

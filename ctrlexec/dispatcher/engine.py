@@ -26,8 +26,8 @@ import secrets
 import ssl
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from .. import hooks, log
 from ..config.paths import Layout
@@ -75,18 +75,30 @@ class EngineSettings:
     default_port: int = DEFAULT_AGENT_PORT
 
     @classmethod
-    def from_config(cls, settings) -> "EngineSettings":
+    def from_config(cls, settings) -> EngineSettings:
         """From a loaded ctrl-exec.toml (config.load.load_dispatcher)."""
-        return cls(cert=settings.cert, key=settings.key, ca=settings.ca,
-                   read_timeout=settings.read_timeout, max_parallel=settings.max_parallel,
-                   auth_hook=settings.auth_hook, auth_hook_timeout=settings.auth_hook_timeout,
-                   api_auth_default=settings.api_auth_default, default_port=settings.port)
+        return cls(
+            cert=settings.cert,
+            key=settings.key,
+            ca=settings.ca,
+            read_timeout=settings.read_timeout,
+            max_parallel=settings.max_parallel,
+            auth_hook=settings.auth_hook,
+            auth_hook_timeout=settings.auth_hook_timeout,
+            api_auth_default=settings.api_auth_default,
+            default_port=settings.port,
+        )
 
 
 class Engine:
-    def __init__(self, settings: EngineSettings, registry: Registry, locks: HostScriptLocks,
-                 token_bytes: TokenBytes = secrets.token_bytes,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        settings: EngineSettings,
+        registry: Registry,
+        locks: HostScriptLocks,
+        token_bytes: TokenBytes = secrets.token_bytes,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.settings = settings
         self.registry = registry
         self.locks = locks
@@ -96,31 +108,59 @@ class Engine:
         self._context_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, settings, layout: Layout) -> "Engine":
-        return cls(EngineSettings.from_config(settings), Registry(settings.registry_dir),
-                   HostScriptLocks(layout.locks_dir))
+    def from_config(cls, settings, layout: Layout) -> Engine:
+        return cls(
+            EngineSettings.from_config(settings),
+            Registry(settings.registry_dir),
+            HostScriptLocks(layout.locks_dir),
+        )
 
     def new_reqid(self) -> str:
         return new_reqid(self._token_bytes)
 
     # -- the steps, public so that front ends can add their own gates --------
 
-    def authorise(self, action: str, hosts: Sequence[str], *, caller: str, username: str = "",
-                  token: str = "", source_ip: str = "", script: str = "",
-                  args: Sequence[str] = (), reqid: str = "", submitter: dict | None = None) -> None:
+    def authorise(
+        self,
+        action: str,
+        hosts: Sequence[str],
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = "",
+        script: str = "",
+        args: Sequence[str] = (),
+        reqid: str = "",
+        submitter: dict | None = None,
+    ) -> None:
         """Ask the auth hook; raise PolicyDenied(reason, code) on a no."""
-        request = hooks.AuthRequest(action=action, script=script, hosts=list(hosts),
-                                    args=list(args), username=username, token=token,
-                                    source_ip=source_ip, reqid=reqid, submitter=submitter)
-        decision = hooks.authorise(request, self.settings.auth_hook,
-                                   self.settings.auth_hook_timeout, caller,
-                                   self.settings.api_auth_default)
+        request = hooks.AuthRequest(
+            action=action,
+            script=script,
+            hosts=list(hosts),
+            args=list(args),
+            username=username,
+            token=token,
+            source_ip=source_ip,
+            reqid=reqid,
+            submitter=submitter,
+        )
+        decision = hooks.authorise(
+            request,
+            self.settings.auth_hook,
+            self.settings.auth_hook_timeout,
+            caller,
+            self.settings.api_auth_default,
+        )
         if not decision.allowed:
             raise PolicyDenied(decision.reason, decision.code)
 
     def resolve(self, hosts: Sequence[str], port: int | None = None) -> list[Target]:
         """Registry targets for the hosts (UnknownAgents names every unknown one)."""
-        targets = self.registry.resolve(list(hosts), default_port=port or self.settings.default_port)
+        targets = self.registry.resolve(
+            list(hosts), default_port=port or self.settings.default_port
+        )
         seen: set[str] = set()
         for target in targets:
             if target.name in seen:
@@ -137,63 +177,121 @@ class Engine:
 
     # -- operations ----------------------------------------------------------
 
-    def ping(self, hosts: Sequence[str], *, caller: str, username: str = "", token: str = "",
-             source_ip: str = CLI_SOURCE_IP, port: int | None = None, reqid: str | None = None,
-             progress: Progress | None = None) -> list[dict]:
+    def ping(
+        self,
+        hosts: Sequence[str],
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = CLI_SOURCE_IP,
+        port: int | None = None,
+        reqid: str | None = None,
+        progress: Progress | None = None,
+    ) -> list[dict]:
         """POST /ping to every host; one result per host (§7.7)."""
         _check_hosts(hosts)
-        self.authorise("ping", hosts, caller=caller, username=username, token=token,
-                       source_ip=source_ip)
+        self.authorise(
+            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
+        )
         targets = self.resolve(hosts, port)
         reqid = reqid or self.new_reqid()
         context = self.tls_context()
         body = encode_json({"reqid": reqid})
-        return fan_out(targets, lambda target: self._ping_one(context, target, body, reqid),
-                       self.settings.max_parallel, progress)
+        return fan_out(
+            targets,
+            lambda target: self._ping_one(context, target, body, reqid),
+            self.settings.max_parallel,
+            progress,
+        )
 
-    def run(self, hosts: Sequence[str], script: str, args: Sequence[str], *, caller: str,
-            username: str = "", token: str = "", source_ip: str = CLI_SOURCE_IP,
-            port: int | None = None, reqid: str | None = None,
-            progress: Progress | None = None, run_async: bool = False) -> list[dict]:
+    def run(
+        self,
+        hosts: Sequence[str],
+        script: str,
+        args: Sequence[str],
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = CLI_SOURCE_IP,
+        port: int | None = None,
+        reqid: str | None = None,
+        progress: Progress | None = None,
+        run_async: bool = False,
+    ) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
         fetched later (`fetch_results`)."""
         _check_hosts(hosts)
         _check_run(script, args)
-        self.authorise("run", hosts, caller=caller, username=username, token=token,
-                       source_ip=source_ip, script=script, args=args)
+        self.authorise(
+            "run",
+            hosts,
+            caller=caller,
+            username=username,
+            token=token,
+            source_ip=source_ip,
+            script=script,
+            args=args,
+        )
         targets = self.resolve(hosts, port)
         with self.locks.acquire([target.name for target in targets], script):
             reqid = reqid or self.new_reqid()
             context = self.tls_context()
-            log.event("dispatch", log.INFO, SCRIPT=script, REQID=reqid,
-                      MODE="async" if run_async else "sync",
-                      HOSTS=",".join(target.name for target in targets))
-            request = {"script": script, "args": list(args), "reqid": reqid,
-                       "username": username, "token": token}
+            log.event(
+                "dispatch",
+                log.INFO,
+                SCRIPT=script,
+                REQID=reqid,
+                MODE="async" if run_async else "sync",
+                HOSTS=",".join(target.name for target in targets),
+            )
+            request = {
+                "script": script,
+                "args": list(args),
+                "reqid": reqid,
+                "username": username,
+                "token": token,
+            }
             if run_async:
                 request["async"] = True
             body = encode_json(request)
             one = self._submit_one if run_async else self._run_one
-            return fan_out(targets, lambda target: one(context, target, body, script, reqid),
-                           self.settings.max_parallel, progress)
+            return fan_out(
+                targets,
+                lambda target: one(context, target, body, script, reqid),
+                self.settings.max_parallel,
+                progress,
+            )
 
     def capabilities(self, targets: Sequence[Target]) -> list[dict]:
         """GET /capabilities from every target; one result per target. No
         auth hook here: `discover` is the gated front door."""
         context = self.tls_context()
-        return fan_out(list(targets), lambda target: self._capabilities_one(context, target),
-                       self.settings.max_parallel)
+        return fan_out(
+            list(targets),
+            lambda target: self._capabilities_one(context, target),
+            self.settings.max_parallel,
+        )
 
-    def discover(self, hosts: Sequence[str], *, caller: str, username: str = "",
-                 token: str = "", source_ip: str = CLI_SOURCE_IP,
-                 port: int | None = None) -> list[dict]:
+    def discover(
+        self,
+        hosts: Sequence[str],
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = CLI_SOURCE_IP,
+        port: int | None = None,
+    ) -> list[dict]:
         """Discovery as 0.12 gates it (the `ping` action), then the agents'
         capabilities; each OK agent's tags are cached in the registry."""
         _check_hosts(hosts)
-        self.authorise("ping", hosts, caller=caller, username=username, token=token,
-                       source_ip=source_ip)
+        self.authorise(
+            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
+        )
         results = self.capabilities(self.resolve(hosts, port))
         for result in results:
             if result.get("status") == "ok" and isinstance(result.get("tags"), dict):
@@ -203,45 +301,72 @@ class Engine:
     def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[dict]:
         """GET /result/<reqid> from every target (an async run's progress)."""
         context = self.tls_context()
-        return fan_out(list(targets), lambda target: self._fetch_one(context, target, reqid),
-                       self.settings.max_parallel)
+        return fan_out(
+            list(targets),
+            lambda target: self._fetch_one(context, target, reqid),
+            self.settings.max_parallel,
+        )
 
     # -- one host --------------------------------------------------------------
 
-    def _exchange(self, context: ssl.SSLContext, target: Target, path: str, body: bytes | None
-                  ) -> tuple[results.Reply | None, results.Failure | None, str]:
+    def _exchange(
+        self, context: ssl.SSLContext, target: Target, path: str, body: bytes | None
+    ) -> tuple[results.Reply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
         try:
-            outcome = agent_client.exchange(context, target.address, target.port, method, path,
-                                            body, self.settings.read_timeout)
-        except Exception as exc:  # noqa: BLE001 - one host's bug must not sink the others
-            outcome = results.Failure(results.OTHER, target.address, target.port,
-                                      f"internal error: {type(exc).__name__}: {exc}")
+            outcome = agent_client.exchange(
+                context, target.address, target.port, method, path, body, self.settings.read_timeout
+            )
+        except Exception as exc:
+            outcome = results.Failure(
+                results.OTHER,
+                target.address,
+                target.port,
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
         rtt = results.rtt_text(self._clock() - started)
         if isinstance(outcome, results.Failure):
             return None, outcome, rtt
         return outcome, None, rtt
 
-    def _run_one(self, context: ssl.SSLContext, target: Target, body: bytes, script: str,
-                 reqid: str) -> dict:
+    def _run_one(
+        self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
+    ) -> dict:
         reply, failure, rtt = self._exchange(context, target, "/run", body)
-        result = results.run_result(target.name, script, reqid, rtt, reply, failure,
-                                    self.settings.read_timeout)
+        result = results.run_result(
+            target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
+        )
         if reply is not None and reply.ok:
-            log.event("run", log.INFO, SCRIPT=script, TARGET=target.label,
-                      EXIT=results.exit_code_of(result), RTT=rtt, REQID=reqid)
+            log.event(
+                "run",
+                log.INFO,
+                SCRIPT=script,
+                TARGET=target.label,
+                EXIT=results.exit_code_of(result),
+                RTT=rtt,
+                REQID=reqid,
+            )
         else:
-            log.event("run", log.ERR, SCRIPT=script, TARGET=target.label,
-                      ERROR=result["error"], RTT=rtt, REQID=reqid)
+            log.event(
+                "run",
+                log.ERR,
+                SCRIPT=script,
+                TARGET=target.label,
+                ERROR=result["error"],
+                RTT=rtt,
+                REQID=reqid,
+            )
         return result
 
-    def _submit_one(self, context: ssl.SSLContext, target: Target, body: bytes, script: str,
-                    reqid: str) -> dict:
+    def _submit_one(
+        self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
+    ) -> dict:
         reply, failure, rtt = self._exchange(context, target, "/run", body)
-        result = results.async_submit_result(target.name, script, reqid, rtt, reply, failure,
-                                             self.settings.read_timeout)
+        result = results.async_submit_result(
+            target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
+        )
         status = result.get("status")
         fields = {"SCRIPT": script, "TARGET": target.label, "RTT": rtt, "REQID": reqid}
         if status == "accepted":
@@ -254,26 +379,46 @@ class Engine:
 
     def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> dict:
         reply, failure, rtt = self._exchange(context, target, "/capabilities", None)
-        result = results.capabilities_result(target.name, rtt, reply, failure,
-                                             self.settings.read_timeout)
+        result = results.capabilities_result(
+            target.name, rtt, reply, failure, self.settings.read_timeout
+        )
         if result.get("status") == "ok" and isinstance(result.get("scripts"), list):
-            log.event("capabilities", log.INFO, TARGET=target.label,
-                      SCRIPTS=len(result["scripts"]), RTT=rtt)
+            log.event(
+                "capabilities",
+                log.INFO,
+                TARGET=target.label,
+                SCRIPTS=len(result["scripts"]),
+                RTT=rtt,
+            )
         else:
-            log.event("capabilities", log.ERR, TARGET=target.label,
-                      ERROR=result.get("error", ""), RTT=rtt)
+            log.event(
+                "capabilities", log.ERR, TARGET=target.label, ERROR=result.get("error", ""), RTT=rtt
+            )
         return result
 
     def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> dict:
         reply, failure, rtt = self._exchange(context, target, f"/result/{reqid}", None)
-        result = results.fetch_result(target.name, reqid, rtt, reply, failure,
-                                      self.settings.read_timeout)
+        result = results.fetch_result(
+            target.name, reqid, rtt, reply, failure, self.settings.read_timeout
+        )
         if result.get("status") == "error":
-            log.event("result", log.ERR, TARGET=target.label, ERROR=result.get("error", ""),
-                      RTT=rtt, REQID=reqid)
+            log.event(
+                "result",
+                log.ERR,
+                TARGET=target.label,
+                ERROR=result.get("error", ""),
+                RTT=rtt,
+                REQID=reqid,
+            )
         else:
-            log.event("result", log.INFO, TARGET=target.label, STATUS=result.get("status"),
-                      RTT=rtt, REQID=reqid)
+            log.event(
+                "result",
+                log.INFO,
+                TARGET=target.label,
+                STATUS=result.get("status"),
+                RTT=rtt,
+                REQID=reqid,
+            )
         return result
 
     def _cache_tags(self, name: str, tags: dict) -> None:
@@ -281,8 +426,9 @@ class Engine:
         a registry that cannot be written must not fail the discovery. Tags
         beyond what an agent can configure are not cached."""
         clean = {str(key): str(value) for key, value in tags.items()}
-        if len(clean) > MAX_CACHED_TAGS or any(len(key) + len(value) > MAX_TAG_TEXT
-                                               for key, value in clean.items()):
+        if len(clean) > MAX_CACHED_TAGS or any(
+            len(key) + len(value) > MAX_TAG_TEXT for key, value in clean.items()
+        ):
             log.event("registry-fail", log.WARNING, HOST=name, ERROR="tags too large to cache")
             return
 
@@ -298,8 +444,14 @@ class Engine:
         reply, failure, rtt = self._exchange(context, target, "/ping", body)
         result = results.ping_result(target.name, rtt, reply, failure, self.settings.read_timeout)
         if results.ping_failed(result):
-            log.event("ping", log.ERR, TARGET=target.label, ERROR=result.get("error", ""),
-                      RTT=rtt, REQID=reqid)
+            log.event(
+                "ping",
+                log.ERR,
+                TARGET=target.label,
+                ERROR=result.get("error", ""),
+                RTT=rtt,
+                REQID=reqid,
+            )
         else:
             log.event("ping", log.INFO, TARGET=target.label, RESULT="ok", RTT=rtt, REQID=reqid)
         return result
@@ -332,17 +484,24 @@ def _check_run(script: str, args: Sequence[str]) -> None:
 
 
 def _client_context(settings: EngineSettings) -> ssl.SSLContext:
-    for what, path in (("certificate", settings.cert), ("key", settings.key),
-                       ("CA certificate", settings.ca)):
+    for what, path in (
+        ("certificate", settings.cert),
+        ("key", settings.key),
+        ("CA certificate", settings.ca),
+    ):
         try:
             with open(path, "rb"):
                 pass
         except FileNotFoundError:
-            raise ConfigError(f"the dispatcher {what} {path} does not exist (set up the "
-                              "dispatcher first: ced setup-ca, ced setup-ctrl-exec)") from None
+            raise ConfigError(
+                f"the dispatcher {what} {path} does not exist (set up the "
+                "dispatcher first: ced setup-ca, ced setup-ctrl-exec)"
+            ) from None
         except PermissionError:
-            raise ConfigError(f"cannot read the dispatcher {what} {path}: permission denied "
-                              "(run as the dispatcher's service user or root)") from None
+            raise ConfigError(
+                f"cannot read the dispatcher {what} {path}: permission denied "
+                "(run as the dispatcher's service user or root)"
+            ) from None
     try:
         return dispatcher_client_context(settings.cert, settings.key, settings.ca)
     except (ssl.SSLError, OSError) as exc:

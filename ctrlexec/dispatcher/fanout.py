@@ -13,14 +13,19 @@ answer in.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
-def fan_out(items: Sequence[T], work: Callable[[T], R], parallel: int,
-            on_done: Callable[[R], None] | None = None) -> list[R]:
+def fan_out(
+    items: Sequence[T],
+    work: Callable[[T], R],
+    parallel: int,
+    on_done: Callable[[R], None] | None = None,
+) -> list[R]:
     """`[work(item) for item in items]` with at most `parallel` calls at
     once. `work` must not raise (it turns every failure into a result);
     `on_done` is called with each result as it arrives, one call at a time."""
@@ -43,8 +48,10 @@ def fan_out(items: Sequence[T], work: Callable[[T], R], parallel: int,
                 with lock:
                     on_done(result)
 
-    workers = [threading.Thread(target=loop, name=f"fan-out-{n}", daemon=True)
-               for n in range(min(max(1, parallel), count))]
+    workers = [
+        threading.Thread(target=loop, name=f"fan-out-{n}", daemon=True)
+        for n in range(min(max(1, parallel), count))
+    ]
     if len(workers) == 1:
         loop()  # one host: no thread to start
         return out

@@ -23,8 +23,10 @@ def dispatcher_serial(cert_path: str) -> str:
         with open(cert_path, encoding="ascii", errors="replace") as handle:
             text = handle.read(1_048_576)
     except FileNotFoundError:
-        raise StateError(f"the dispatcher certificate {cert_path} does not exist: "
-                         "run 'ced setup-ctrl-exec' first") from None
+        raise StateError(
+            f"the dispatcher certificate {cert_path} does not exist: "
+            "run 'ced setup-ctrl-exec' first"
+        ) from None
     try:
         return cert_serial_key(facts_from_pem(text).serial)
     except ValueError as exc:

@@ -49,7 +49,7 @@ class HeldLocks:
         self._held = []
         log.event("lock-release", log.INFO, HOSTS=",".join(self.hosts), SCRIPT=self.script)
 
-    def __enter__(self) -> "HeldLocks":
+    def __enter__(self) -> HeldLocks:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -33,9 +33,15 @@ def open_queue(pairing_dir: str | Path, registry_dir: str | Path) -> PairingQueu
     return PairingQueue(pairing_dir, Registry(registry_dir))
 
 
-def approve(queue: PairingQueue, settings, reqid: str, lookup_by: str | None = None,
-            ip: str | None = None, agent_port: int | None = None,
-            now: float | None = None) -> Approved:
+def approve(
+    queue: PairingQueue,
+    settings,
+    reqid: str,
+    lookup_by: str | None = None,
+    ip: str | None = None,
+    agent_port: int | None = None,
+    now: float | None = None,
+) -> Approved:
     """Sign and register. Raises StateError (no such request, no CA, no
     dispatcher cert) or CsrRejected; nothing is registered then."""
     ca_paths = ca.CAPaths(Path(settings.ca_dir))
@@ -46,17 +52,25 @@ def approve(queue: PairingQueue, settings, reqid: str, lookup_by: str | None = N
         request = queue.get_pending(reqid)
         issued = ca.sign_csr(ca_paths, request["csr"], expected_cn=request["hostname"], now=now)
         stamp = iso_utc(time.time() if now is None else now)
-        body = wire.approved_body(issued.cert_pem, ca.read_ca_pem(ca_paths),
-                                  str(request.get("nonce") or ""), serial_key, ident)
+        body = wire.approved_body(
+            issued.cert_pem,
+            ca.read_ca_pem(ca_paths),
+            str(request.get("nonce") or ""),
+            serial_key,
+            ident,
+        )
         record = new_record(
             hostname=request["hostname"],
             ip=wire.effective_ip(ip, request.get("ip")),
-            paired=stamp, expiry=issued.expiry, reqid=reqid,
+            paired=stamp,
+            expiry=issued.expiry,
+            reqid=reqid,
             lookup_by=wire.effective_lookup_by(lookup_by, request.get("lookup_by")),
             port=wire.effective_port(agent_port, request.get("port")),
             dispatcher_serial=serial_key,
             serial_status="current" if serial_key else "unknown",
-            serial_confirmed=stamp if serial_key else "")
+            serial_confirmed=stamp if serial_key else "",
+        )
         queue.commit_approval(reqid, body, record)
     log.event("pair-approve", AGENT=request["hostname"], REQID=reqid)
     return Approved(request, record, issued.serial)

@@ -26,8 +26,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..core.http import encode_json
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
@@ -49,8 +49,12 @@ def is_reqid(value: object) -> bool:
 
 
 class PairingQueue:
-    def __init__(self, directory: str | os.PathLike, registry: Registry,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        registry: Registry,
+        clock: Callable[[], float] = time.time,
+    ):
         self.directory = Path(directory)
         self.registry = registry
         self.clock = clock
@@ -71,8 +75,11 @@ class PairingQueue:
             names = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        return [name[:-len(suffix)] for name in names
-                if name.endswith(suffix) and is_reqid(name[:-len(suffix)])]
+        return [
+            name[: -len(suffix)]
+            for name in names
+            if name.endswith(suffix) and is_reqid(name[: -len(suffix)])
+        ]
 
     def _read(self, path: Path) -> dict | None:
         return read_json_object(path, MAX_QUEUE_FILE)
@@ -184,8 +191,7 @@ class PairingQueue:
             raise StateError(f"no pending pairing request '{reqid}'")
         record = self._read(self.path(reqid, ".json"))
         if record is None:
-            raise StateError(f"no pending pairing request '{reqid}' "
-                             "(see 'ced list-requests')")
+            raise StateError(f"no pending pairing request '{reqid}' (see 'ced list-requests')")
         if self._decided(reqid):
             raise StateError(f"pairing request '{reqid}' has already been decided")
         return record
@@ -218,4 +224,3 @@ def _age(path: Path, now: float) -> float:
         return now - path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-

@@ -34,10 +34,10 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import log
 from ..core import pairing as wire
@@ -113,10 +113,14 @@ def peer_ip(address: str) -> str:
 
 
 class PairingListener:
-    def __init__(self, settings: ListenerSettings, queue: PairingQueue,
-                 on_queued: Callable[[dict], None] | None = None,
-                 resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        queue: PairingQueue,
+        on_queued: Callable[[dict], None] | None = None,
+        resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
+        clock: Callable[[], float] = time.time,
+    ):
         self.settings = settings
         self.queue = queue
         self.on_queued = on_queued
@@ -138,8 +142,9 @@ class PairingListener:
         bind, port = self.settings.bind, self.settings.port
         if bind in ("", "::"):
             try:
-                self._sock = socket.create_server(("::", port), family=socket.AF_INET6,
-                                                  dualstack_ipv6=True, backlog=BACKLOG)
+                self._sock = socket.create_server(
+                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
+                )
             except (OSError, ValueError):
                 if bind == "::":
                     raise
@@ -191,8 +196,9 @@ class PairingListener:
             log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
             _close(conn)
             return
-        thread = threading.Thread(target=self._handle, args=(conn, ip), daemon=True,
-                                  name=f"pair-{ip}")
+        thread = threading.Thread(
+            target=self._handle, args=(conn, ip), daemon=True, name=f"pair-{ip}"
+        )
         with self._threads_lock:
             self._threads.add(thread)
         try:
@@ -207,9 +213,14 @@ class PairingListener:
     def _handle(self, conn: socket.socket, ip: str) -> None:
         try:
             self._serve(conn, ip)
-        except Exception as exc:  # noqa: BLE001 - one connection must not stop the listener
-            log.event("pair-reject", log.ERR, IP=ip, REASON="internal-error",
-                      ERROR=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:
+            log.event(
+                "pair-reject",
+                log.ERR,
+                IP=ip,
+                REASON="internal-error",
+                ERROR=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             _close(conn)
             self._slots.release()
@@ -222,7 +233,7 @@ class PairingListener:
         conn.settimeout(timeout)
         try:
             first = conn.recv(1, socket.MSG_PEEK)
-        except socket.timeout:
+        except TimeoutError:
             log.event("pair-reject", IP=ip, REASON="timeout")
             return
         except OSError:
@@ -268,8 +279,9 @@ class PairingListener:
         if not self.queue.add(record, self.settings.max_queue):
             raise _Refuse(wire.REASON_QUEUE_FULL, "queue-full")
         fields = {"REPORTED_IP": pair.ip} if pair.ip else {}
-        log.event("pair-request", AGENT=pair.hostname, IP=ip, REQID=reqid, STATUS="pending",
-                  **fields)
+        log.event(
+            "pair-request", AGENT=pair.hostname, IP=ip, REQID=reqid, STATUS="pending", **fields
+        )
         if self.on_queued is not None:
             self.on_queued(record)
         return reqid, pair.hostname
@@ -317,7 +329,7 @@ def _read_request(tls: ssl.SSLSocket, deadline: float):
         tls.settimeout(remaining)
         try:
             data = tls.recv(READ_CHUNK)
-        except socket.timeout:
+        except TimeoutError:
             raise _Refuse(None, "timeout") from None
         except (ssl.SSLError, OSError):
             raise _Refuse(None, "truncated") from None

@@ -11,9 +11,9 @@ tags, dispatcher_serial, serial_status, serial_broadcast, serial_confirmed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..core.names import is_agent_name
 from ..errors import CtrlExecError
@@ -33,9 +33,9 @@ class UnknownAgents(CtrlExecError):
 class Target:
     """Where one operator-given host reference is dispatched."""
 
-    name: str        # registry name (results are keyed by it)
-    reference: str   # as the operator wrote it (`name` or `name:port`)
-    address: str     # IP or host name to connect to
+    name: str  # registry name (results are keyed by it)
+    reference: str  # as the operator wrote it (`name` or `name:port`)
+    address: str  # IP or host name to connect to
     port: int
 
     @property
@@ -43,14 +43,31 @@ class Target:
         return f"{self.address}:{self.port}"
 
 
-def new_record(hostname: str, ip: str, paired: str, expiry: str, reqid: str, lookup_by: str,
-               port: int, dispatcher_serial: str, serial_status: str,
-               serial_confirmed: str = "") -> dict:
+def new_record(
+    hostname: str,
+    ip: str,
+    paired: str,
+    expiry: str,
+    reqid: str,
+    lookup_by: str,
+    port: int,
+    dispatcher_serial: str,
+    serial_status: str,
+    serial_confirmed: str = "",
+) -> dict:
     return {
-        "hostname": hostname, "ip": ip, "paired": paired, "expiry": expiry, "reqid": reqid,
-        "lookup_by": lookup_by, "port": int(port), "tags": {},
-        "dispatcher_serial": dispatcher_serial, "serial_status": serial_status,
-        "serial_broadcast": "", "serial_confirmed": serial_confirmed,
+        "hostname": hostname,
+        "ip": ip,
+        "paired": paired,
+        "expiry": expiry,
+        "reqid": reqid,
+        "lookup_by": lookup_by,
+        "port": int(port),
+        "tags": {},
+        "dispatcher_serial": dispatcher_serial,
+        "serial_status": serial_status,
+        "serial_broadcast": "",
+        "serial_confirmed": serial_confirmed,
     }
 
 
@@ -72,8 +89,9 @@ class Registry:
             entries = os.listdir(self.directory)
         except FileNotFoundError:
             return []
-        return sorted(entry[:-5] for entry in entries
-                      if entry.endswith(".json") and is_agent_name(entry[:-5]))
+        return sorted(
+            entry[:-5] for entry in entries if entry.endswith(".json") and is_agent_name(entry[:-5])
+        )
 
     def get(self, name: str) -> dict | None:
         return read_json_object(self._path(name))
@@ -108,7 +126,9 @@ class Registry:
             remove(self._path(name))
             return record
 
-    def resolve(self, references: list[str], default_port: int = DEFAULT_AGENT_PORT) -> list[Target]:
+    def resolve(
+        self, references: list[str], default_port: int = DEFAULT_AGENT_PORT
+    ) -> list[Target]:
         """Every reference must be a registered name, optionally `name:port`.
         The address is the stored ip when lookup_by is `ip`, else the name."""
         targets, unknown = [], []

@@ -23,8 +23,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .. import log
 from ..core import names, run_record
@@ -61,8 +61,12 @@ class RunStore:
             ensure_dir(self.directory, 0o750)
             atomic_write(self.path(reqid), data, RECORD_MODE)
         except (OSError, StateError) as exc:
-            log.event("run-store-fail", log.WARNING, REQID=reqid,
-                      ERROR=getattr(exc, "strerror", None) or str(exc))
+            log.event(
+                "run-store-fail",
+                log.WARNING,
+                REQID=reqid,
+                ERROR=getattr(exc, "strerror", None) or str(exc),
+            )
             raise StateError(f"cannot record run {reqid}: {exc}") from None
 
     def load(self, reqid: str) -> dict | None:
@@ -76,7 +80,7 @@ class RunStore:
                 path.unlink(missing_ok=True)  # expired: as good as purged
                 return None
             return read_json_object(path, MAX_RECORD_BYTES)
-        except FileNotFoundError:   # from stat: never recorded or purged
+        except FileNotFoundError:  # from stat: never recorded or purged
             return None
         except OSError as exc:
             raise StateError(f"cannot read run {reqid}: {exc.strerror or exc}") from None
@@ -102,15 +106,21 @@ class RunStore:
             if lock is not None:
                 lock.release()
 
-    def record_sync(self, reqid: str, script: str, hosts: list[str], results: list[dict],
-                    submitter: dict | None = None) -> dict:
-        record = run_record.sync_record(reqid, script, hosts, results, int(self.clock()),
-                                        submitter)
+    def record_sync(
+        self,
+        reqid: str,
+        script: str,
+        hosts: list[str],
+        results: list[dict],
+        submitter: dict | None = None,
+    ) -> dict:
+        record = run_record.sync_record(reqid, script, hosts, results, int(self.clock()), submitter)
         self.save(record)
         return record
 
-    def record_async(self, reqid: str, script: str, submitted: list[dict],
-                     submitter: dict | None = None) -> dict:
+    def record_async(
+        self, reqid: str, script: str, submitted: list[dict], submitter: dict | None = None
+    ) -> dict:
         record = run_record.async_record(reqid, script, submitted, int(self.clock()), submitter)
         self.save(record)
         return record
@@ -126,6 +136,7 @@ class RunStore:
 
 def _is_record_name(name: str) -> bool:
     return name.endswith(".json") and names.is_store_reqid(name[:-5])
+
 
 def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> dict | None:
     """The record of `reqid` brought up to date: every pending host of an

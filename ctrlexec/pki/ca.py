@@ -89,7 +89,7 @@ class Issued:
 
 
 def _now(now: float | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.timezone.utc)
+    return dt.datetime.fromtimestamp(time.time() if now is None else now, dt.UTC)
 
 
 def _backup(path: Path, stamp: str) -> Path | None:
@@ -100,8 +100,14 @@ def _backup(path: Path, stamp: str) -> Path | None:
     return target
 
 
-def create_ca(paths: CAPaths, key_type: str = "ec", common_name: str = CA_COMMON_NAME,
-              days: int = CA_DAYS, force: bool = False, now: float | None = None) -> list[Path]:
+def create_ca(
+    paths: CAPaths,
+    key_type: str = "ec",
+    common_name: str = CA_COMMON_NAME,
+    days: int = CA_DAYS,
+    force: bool = False,
+    now: float | None = None,
+) -> list[Path]:
     """Create the CA key and certificate. An existing CA is refused unless
     `force`, which first renames the old files to `*.bak-<UTC time>`.
     Returns the backups made."""
@@ -110,25 +116,35 @@ def create_ca(paths: CAPaths, key_type: str = "ec", common_name: str = CA_COMMON
     from cryptography.x509.oid import NameOID
 
     if paths.exists() and not force:
-        raise CAExists(f"a CA already exists in {paths.directory} (ca.key or ca.crt); "
-                       "refusing to overwrite it (--force replaces it, keeping a backup; "
-                       "every agent must then be paired again)")
+        raise CAExists(
+            f"a CA already exists in {paths.directory} (ca.key or ca.crt); "
+            "refusing to overwrite it (--force replaces it, keeping a backup; "
+            "every agent must then be paired again)"
+        )
     ensure_dir(paths.directory, 0o750)
     started = _now(now)
-    backups = [b for b in (_backup(p, started.strftime("%Y%m%dT%H%M%SZ"))
-                           for p in (paths.key, paths.cert)) if b]
+    backups = [
+        b
+        for b in (_backup(p, started.strftime("%Y%m%dT%H%M%SZ")) for p in (paths.key, paths.cert))
+        if b
+    ]
     key = keys.generate(key_type, for_ca=True)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     public = key.public_key()
     serial = _allocate_serial(paths)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public)
-            .serial_number(serial)
-            .not_valid_before(started - BACKDATE)
-            .not_valid_after(started + dt.timedelta(days=days))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_key_usage(ca=True, rsa=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-            .sign(key, keys.signing_hash(key)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(started - BACKDATE)
+        .not_valid_after(started + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True, rsa=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .sign(key, keys.signing_hash(key))
+    )
     atomic_write(paths.key, keys.to_pem(key), 0o600)
     atomic_write(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     if not paths.serial.exists():
@@ -139,10 +155,17 @@ def create_ca(paths: CAPaths, key_type: str = "ec", common_name: str = CA_COMMON
 def _key_usage(ca: bool, rsa: bool):
     from cryptography import x509
 
-    return x509.KeyUsage(digital_signature=not ca, content_commitment=False,
-                         key_encipherment=rsa and not ca, data_encipherment=False,
-                         key_agreement=False, key_cert_sign=ca, crl_sign=ca,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=not ca,
+        content_commitment=False,
+        key_encipherment=rsa and not ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def load_ca(paths: CAPaths):
@@ -160,8 +183,9 @@ def load_ca(paths: CAPaths):
     except ValueError as exc:
         raise StateError(str(exc)) from None
     except PermissionError:
-        raise StateError(f"cannot read {paths.key}: permission denied (CA operations "
-                         "need the CA key; try sudo)") from None
+        raise StateError(
+            f"cannot read {paths.key}: permission denied (CA operations need the CA key; try sudo)"
+        ) from None
     if keys.public_der(key) != keys.public_der(cert.public_key()):
         raise StateError(f"{paths.key} does not belong to {paths.cert}")
     return cert, key
@@ -213,26 +237,42 @@ def _sign(paths: CAPaths, public, common_name: str, days: int, now: float | None
     with FileLock(paths.serial, 0o600).acquire(timeout=LOCK_TIMEOUT):
         serial = _allocate_serial(paths)
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-                .issuer_name(ca_cert.subject).public_key(public).serial_number(serial)
-                .not_valid_before(started - BACKDATE).not_valid_after(not_after)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(_key_usage(ca=False, rsa=isinstance(public, rsa.RSAPublicKey)),
-                               critical=True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                                      ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               critical=False)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier
-                               .from_issuer_subject_key_identifier(ca_ski), critical=False)
-                .sign(ca_key, keys.signing_hash(ca_key)))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .issuer_name(ca_cert.subject)
+            .public_key(public)
+            .serial_number(serial)
+            .not_valid_before(started - BACKDATE)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                _key_usage(ca=False, rsa=isinstance(public, rsa.RSAPublicKey)), critical=True
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+                critical=False,
+            )
+            .sign(ca_key, keys.signing_hash(ca_key))
+        )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
     return Issued(pem, serial, not_after.timestamp())
 
 
-def sign_csr(paths: CAPaths, csr_pem: str, days: int = LEAF_DAYS,
-             expected_cn: str | None = None, now: float | None = None) -> Issued:
+def sign_csr(
+    paths: CAPaths,
+    csr_pem: str,
+    days: int = LEAF_DAYS,
+    expected_cn: str | None = None,
+    now: float | None = None,
+) -> Issued:
     """Validate (csr.validate) and sign. Raises CsrRejected or StateError."""
     facts = csr_rules.validate(csr_pem, expected_cn)
     if not facts.common_name:
@@ -241,8 +281,9 @@ def sign_csr(paths: CAPaths, csr_pem: str, days: int = LEAF_DAYS,
     return _sign(paths, public, facts.common_name, days, now)
 
 
-def issue_key_and_cert(paths: CAPaths, common_name: str, key_type: str,
-                       days: int = LEAF_DAYS, now: float | None = None) -> tuple[bytes, Issued]:
+def issue_key_and_cert(
+    paths: CAPaths, common_name: str, key_type: str, days: int = LEAF_DAYS, now: float | None = None
+) -> tuple[bytes, Issued]:
     """A new key and a certificate for it (the dispatcher's identity)."""
     key = keys.generate(key_type)
     return keys.to_pem(key), _sign(paths, key.public_key(), common_name, days, now)
@@ -255,7 +296,7 @@ def fingerprint(cert_pem: str | bytes) -> str:
 
     text = cert_pem.decode("ascii") if isinstance(cert_pem, bytes) else cert_pem
     digest = hashlib.sha256(first_pem_cert_der(text)).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def normalise_fingerprint(text: str) -> str:
@@ -267,7 +308,7 @@ def normalise_fingerprint(text: str) -> str:
     raw = raw.replace(":", "").replace(" ", "").upper()
     if not re.fullmatch(r"[0-9A-F]{64}", raw):
         raise ValueError("a CA fingerprint is 64 hex digits (SHA-256), colons optional")
-    return ":".join(raw[i:i + 2] for i in range(0, 64, 2))
+    return ":".join(raw[i : i + 2] for i in range(0, 64, 2))
 
 
 def issued_by(cert: str | bytes, ca_pem: str) -> bool:

@@ -48,9 +48,11 @@ def build(key, common_name: str) -> str:
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
-    request = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-               .sign(key, hashes.SHA256()))
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .sign(key, hashes.SHA256())
+    )
     return request.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
@@ -62,8 +64,11 @@ def load(csr_pem: str):
         raise CsrRejected("the CSR is not text")
     if len(csr_pem.encode("utf-8")) > MAX_CSR:
         raise CsrRejected(f"the CSR is larger than {MAX_CSR} bytes")
-    if not csr_pem.startswith(CSR_BEGIN) or not csr_pem.rstrip().endswith(CSR_END) \
-            or csr_pem.count(CSR_BEGIN) != 1:
+    if (
+        not csr_pem.startswith(CSR_BEGIN)
+        or not csr_pem.rstrip().endswith(CSR_END)
+        or csr_pem.count(CSR_BEGIN) != 1
+    ):
         raise CsrRejected("the CSR is not a single PEM certificate request")
     try:
         return x509.load_pem_x509_csr(csr_pem.encode("ascii"))
@@ -94,8 +99,9 @@ def check_key(public) -> None:
         return
     if isinstance(public, ec.EllipticCurvePublicKey):
         if public.curve.name not in EC_CURVES:
-            raise CsrRejected(f"unsupported EC curve {public.curve.name} "
-                              f"(use {' or '.join(EC_CURVES)})")
+            raise CsrRejected(
+                f"unsupported EC curve {public.curve.name} (use {' or '.join(EC_CURVES)})"
+            )
         return
     raise CsrRejected(f"unsupported key type {describe_key(public)} (use RSA or EC)")
 
@@ -117,8 +123,7 @@ def validate(csr_pem: str, expected_cn: str | None = None) -> CsrFacts:
         digest = None
     if digest is None or digest.name not in HASHES:
         name = digest.name if digest is not None else "unknown"
-        raise CsrRejected(f"weak or unsupported signature hash {name} "
-                          f"(use {', '.join(HASHES)})")
+        raise CsrRejected(f"weak or unsupported signature hash {name} (use {', '.join(HASHES)})")
     if not request.is_signature_valid:
         raise CsrRejected("the CSR's signature does not verify")
     names = request.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -30,8 +30,9 @@ def to_pem(key) -> bytes:
     """Unencrypted PKCS#8 PEM: the file mode protects it, as in 0.12."""
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_pem(data: bytes, source: str = "key"):
@@ -48,8 +49,9 @@ def public_der(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     public = key.public_key() if hasattr(key, "public_key") else key
-    return public.public_bytes(serialization.Encoding.DER,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def signing_hash(key):

@@ -31,8 +31,10 @@ import ssl
 from ..core.serial import cert_serial_key, openssl_hex
 from ..core.x509 import facts_from_der
 
-TLS12_CIPHERS = ("ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                 "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256")
+TLS12_CIPHERS = (
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES128-GCM-SHA256"
+)
 
 
 def _hardened(purpose_server: bool) -> ssl.SSLContext:

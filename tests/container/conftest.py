@@ -46,4 +46,5 @@ def base_image(podman):
         if not image_exists(podman, image):
             _skip_or_fail(f"{image} is missing (run ../shared/tools/container-env.sh {suite})")
         return image
+
     return need

@@ -40,12 +40,16 @@ def project(podman, base_image, pyz, tmp_path_factory):
     text = (REPO / "compose.yaml").read_text()
     assert '"127.0.0.1:7445:7445"' in text
     compose_file = REPO / f".compose-{name}.yaml"
-    compose_file.write_text(text.replace('"127.0.0.1:7445:7445"', f'"127.0.0.1:{api_port}:7445"')
-                            .replace("localhost/ctrl-exec:latest", f"localhost/ctrl-exec:{name}"))
+    compose_file.write_text(
+        text.replace('"127.0.0.1:7445:7445"', f'"127.0.0.1:{api_port}:7445"').replace(
+            "localhost/ctrl-exec:latest", f"localhost/ctrl-exec:{name}"
+        )
+    )
     base = [compose, "-p", name, "-f", str(compose_file)]
     try:
-        up = subprocess.run(base + ["up", "-d", "--build"], cwd=REPO, capture_output=True,
-                            text=True, timeout=900)
+        up = subprocess.run(
+            base + ["up", "-d", "--build"], cwd=REPO, capture_output=True, text=True, timeout=900
+        )
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         yield name, api_port
     finally:
@@ -55,8 +59,9 @@ def project(podman, base_image, pyz, tmp_path_factory):
 
 
 def exec_in(podman, container: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([podman, "exec", container, *argv], capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [podman, "exec", container, *argv], capture_output=True, text=True, timeout=120
+    )
     if check:
         assert result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}"
     return result
@@ -68,8 +73,18 @@ def test_compose_pairs_and_runs(podman, project):
     exec_in(podman, dispatcher, "ced", "setup-ca")
     exec_in(podman, dispatcher, "ced", "setup-ctrl-exec")
     exec_in(podman, dispatcher, "ced", "pairing-mode", "start", "--timeout", "120")
-    asked = json.loads(exec_in(podman, agent, "ctrl-exec-agent", "request-pairing",
-                               "--dispatcher", "dispatcher", "--background", "--json").stdout)
+    asked = json.loads(
+        exec_in(
+            podman,
+            agent,
+            "ctrl-exec-agent",
+            "request-pairing",
+            "--dispatcher",
+            "dispatcher",
+            "--background",
+            "--json",
+        ).stdout
+    )
     listed = json.loads(exec_in(podman, dispatcher, "ced", "list-requests", "--json").stdout)
     (request,) = [r for r in listed if r["reqid"] == asked["reqid"]]
     assert request["code"] == asked["code"] and request["hostname"] == "agent-01"
@@ -77,9 +92,11 @@ def test_compose_pairs_and_runs(podman, project):
 
     # The agent container starts serving by itself once it holds its certificate.
     def ran():
-        result = exec_in(podman, dispatcher, "ced", "run", "agent-01", "hello", "--",
-                         "two words", check=False)
+        result = exec_in(
+            podman, dispatcher, "ced", "run", "agent-01", "hello", "--", "two words", check=False
+        )
         return result if result.returncode == 0 else None
+
     result = wait_for(ran, 60, "the agent to serve")
     assert "arg 1: [two words]" in result.stdout
 
@@ -92,4 +109,5 @@ def test_compose_pairs_and_runs(podman, project):
         except OSError:
             return None
         return 200
+
     assert wait_for(health, 60, "the API") == 403

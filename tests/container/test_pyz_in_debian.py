@@ -23,16 +23,31 @@ def trixie_image(podman, base_image, pyz):
     base_image("trixie")
     tag = f"localhost/ctrl-exec-test:{uuid.uuid4().hex[:12]}"
     built = subprocess.run(
-        [podman, "build", "--pull=never", "-q", "-f", str(REPO / "container/Containerfile"),
-         "--build-arg", "SUITE=trixie", "-t", tag, str(REPO)],
-        capture_output=True, text=True, timeout=900)
+        [
+            podman,
+            "build",
+            "--pull=never",
+            "-q",
+            "-f",
+            str(REPO / "container/Containerfile"),
+            "--build-arg",
+            "SUITE=trixie",
+            "-t",
+            tag,
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert built.returncode == 0, built.stderr[-3000:]
     yield tag
     subprocess.run([podman, "rmi", "-f", tag], capture_output=True)
 
 
-def run_in(podman: str, image: str, *argv: str, entrypoint: str | None = None
-           ) -> subprocess.CompletedProcess:
+def run_in(
+    podman: str, image: str, *argv: str, entrypoint: str | None = None
+) -> subprocess.CompletedProcess:
     command = [podman, "run", "--rm", "--network=none"]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
@@ -59,8 +74,12 @@ def test_program_names_pick_roles_in_the_image(podman, trixie_image):
 
 
 def test_cache_is_private_to_root(podman, trixie_image):
-    result = run_in(podman, trixie_image, "-c",
-                    "ctrl-exec doctor >/dev/null && stat -c '%a %U' /var/cache/ctrl-exec",
-                    entrypoint="/bin/sh")
+    result = run_in(
+        podman,
+        trixie_image,
+        "-c",
+        "ctrl-exec doctor >/dev/null && stat -c '%a %U' /var/cache/ctrl-exec",
+        entrypoint="/bin/sh",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["700", "root"]

@@ -15,8 +15,8 @@ import pytest
 
 from ctrlexec.core import agent_wire
 from tests.support import testpki
-from tests.support.fuzz import random_body
 from tests.support.agentproc import AgentProcess, DispatcherClient, install_site, wait_for
+from tests.support.fuzz import random_body
 
 REQUEST_TIMEOUT = 2
 
@@ -25,18 +25,29 @@ REQUEST_TIMEOUT = 2
 def env(tmp_path_factory, session_ca, pyz_for):
     base = tmp_path_factory.mktemp("hostile")
     dispatcher = testpki.install_dispatcher(session_ca, base / "dispatcher")
-    site = install_site(session_ca, base / "agent", dispatcher,
-                        settings={"request_timeout": REQUEST_TIMEOUT, "max_children": 600})
+    site = install_site(
+        session_ca,
+        base / "agent",
+        dispatcher,
+        settings={"request_timeout": REQUEST_TIMEOUT, "max_children": 600},
+    )
     # Both streams at the output cap: a reply (about 8 MiB) larger than the
     # agent's send buffer (tcp_wmem max 4 MiB) plus what an idle peer takes,
     # so writing it must block until the peer's reset arrives.
-    site.add_script("flood", "#!/bin/sh\nhead -c 5000000 /dev/zero | tr '\\0' f\n"
-                             "head -c 5000000 /dev/zero | tr '\\0' e >&2\n")
+    site.add_script(
+        "flood",
+        "#!/bin/sh\nhead -c 5000000 /dev/zero | tr '\\0' f\n"
+        "head -c 5000000 /dev/zero | tr '\\0' e >&2\n",
+    )
     site.write_allowlist()
     ctl = pyz_for(base / "agent")
     agent = AgentProcess(ctl, site).start()
-    yield {"site": site, "agent": agent, "ctl": ctl,
-           "client": DispatcherClient.for_dispatcher(base / "dispatcher")}
+    yield {
+        "site": site,
+        "agent": agent,
+        "ctl": ctl,
+        "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
+    }
     assert agent.alive(), "the agent died"
     assert "ACTION=connection-error" not in ctl.log_text()
     assert agent.stop() == 0
@@ -78,14 +89,18 @@ def test_abort_right_after_the_handshake_and_mid_request(env):
     conn = env["client"].connect(port)
     reset_close(conn)
     conn = env["client"].connect(port)
-    conn.sendall(b"POST /run HTTP/1.1\r\nContent-Length: 500\r\n\r\n{\"scr")
+    conn.sendall(b'POST /run HTTP/1.1\r\nContent-Length: 500\r\n\r\n{"scr')
     reset_close(conn)
     assert serving(env)
 
 
 def test_plaintext_and_garbage_instead_of_tls(env):
     port = env["site"].port
-    for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 8, b"\x16\x03\x01\xff\xff"):
+    for payload in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        bytes(range(256)) * 8,
+        b"\x16\x03\x01\xff\xff",
+    ):
         with socket.create_connection(("127.0.0.1", port)) as raw:
             raw.sendall(payload)
             raw.settimeout(10)
@@ -120,8 +135,16 @@ def test_200_simultaneous_connections(env):
     try:
         assert serving(env)
         with ThreadPoolExecutor(50) as pool:
-            results = list(pool.map(lambda i: env["client"].request(
-                port, "POST", "/ping", {"reqid": f"c{i}"}).json()["reqid"], range(200)))
+            results = list(
+                pool.map(
+                    lambda i: (
+                        env["client"]
+                        .request(port, "POST", "/ping", {"reqid": f"c{i}"})
+                        .json()["reqid"]
+                    ),
+                    range(200),
+                )
+            )
         assert results == [f"c{i}" for i in range(200)]
     finally:
         for sock in idle:
@@ -164,12 +187,15 @@ def test_random_bytes_after_the_handshake(env):
     assert serving(env)
 
 
-@pytest.mark.parametrize("raw, status", [
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 400),
-    (b"POST /ping HTTP/1.1\r\nX: " + b"v" * 9000 + b"\r\n\r\n", 431),
-    (b"POST /ping HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
-    (b"POST /ping HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413),
-])
+@pytest.mark.parametrize(
+    "raw, status",
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 400),
+        (b"POST /ping HTTP/1.1\r\nX: " + b"v" * 9000 + b"\r\n\r\n", 431),
+        (b"POST /ping HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST /ping HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 413),
+    ],
+)
 def test_oversized_and_malformed_framing(env, raw, status):
     with env["client"].connect(env["site"].port) as conn:
         conn.sendall(raw)
@@ -208,8 +234,10 @@ def test_parse_run_accepts_or_rejects_every_input_cleanly():
             json.dumps(rejected.body)
             continue
         assert all(isinstance(a, str) and "\x00" not in a for a in request.args)
-        assert all(isinstance(v, str) for v in (request.script, request.reqid, request.username,
-                                                request.token))
+        assert all(
+            isinstance(v, str)
+            for v in (request.script, request.reqid, request.username, request.token)
+        )
 
 
 def test_route_never_raises():
@@ -219,6 +247,13 @@ def test_route_never_raises():
         method = rng.choice(["GET", "POST", "get", "", "PUT"])
         path = "".join(rng.choice(alphabet) for _ in range(rng.randrange(20)))
         found = agent_wire.route(method, path)
-        assert found.name in {agent_wire.RUN, agent_wire.PING, agent_wire.CAPABILITIES,
-                              agent_wire.RESULT, agent_wire.ROTATE_SERIAL, agent_wire.RENEW,
-                              agent_wire.RENEW_COMPLETE, agent_wire.UNKNOWN}
+        assert found.name in {
+            agent_wire.RUN,
+            agent_wire.PING,
+            agent_wire.CAPABILITIES,
+            agent_wire.RESULT,
+            agent_wire.ROTATE_SERIAL,
+            agent_wire.RENEW,
+            agent_wire.RENEW_COMPLETE,
+            agent_wire.UNKNOWN,
+        }

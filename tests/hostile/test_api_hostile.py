@@ -25,10 +25,18 @@ def env(tmp_path_factory, session_ca, pyz_for):
     base = tmp_path_factory.mktemp("api-hostile")
     dispatcher = pyz_for(base / "dispatcher")
     issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(session_ca, pyz_for, base, dispatcher.root, issued,
-                                    ("agent-01",), {"echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"]})
-    process = apiproc.ApiProcess(dispatcher, api_auth_default="allow",
-                                 api_request_timeout=REQUEST_TIMEOUT).start()
+    agents = agentproc.start_agents(
+        session_ca,
+        pyz_for,
+        base,
+        dispatcher.root,
+        issued,
+        ("agent-01",),
+        {"echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"]},
+    )
+    process = apiproc.ApiProcess(
+        dispatcher, api_auth_default="allow", api_request_timeout=REQUEST_TIMEOUT
+    ).start()
     try:
         yield {"process": process, "client": process.client(), "ctl": dispatcher}
         assert process.proc.poll() is None, "the API died"
@@ -58,14 +66,17 @@ def test_random_bodies_get_documented_answers(env):
     assert serving(env)
 
 
-@pytest.mark.parametrize("raw", [
-    b"GARBAGE\r\n\r\n",
-    b"GET " + b"/" * 20_000 + b" HTTP/1.0\r\n\r\n",
-    b"GET /health HTTP/1.0\r\nX: " + b"v" * 20_000 + b"\r\n\r\n",
-    b"POST /run HTTP/1.0\r\nContent-Length: -1\r\n\r\n",
-    b"POST /run HTTP/1.0\r\nContent-Length: 99999999999999999999\r\n\r\n",
-    b"\x00\xff\r\n\r\n",
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET " + b"/" * 20_000 + b" HTTP/1.0\r\n\r\n",
+        b"GET /health HTTP/1.0\r\nX: " + b"v" * 20_000 + b"\r\n\r\n",
+        b"POST /run HTTP/1.0\r\nContent-Length: -1\r\n\r\n",
+        b"POST /run HTTP/1.0\r\nContent-Length: 99999999999999999999\r\n\r\n",
+        b"\x00\xff\r\n\r\n",
+    ],
+)
 def test_malformed_requests(env, raw):
     response = env["client"].raw(raw, "", "")  # no operation: the ErrorResponse schema
     assert response.status in (400, 404, 413, 431)
@@ -74,11 +85,11 @@ def test_malformed_requests(env, raw):
 
 
 def test_truncated_request_and_early_close(env):
-    for raw in (b"POST /run HTTP/1.0\r\nContent-Length: 100\r\n\r\n{\"hosts\"", b"GET /hea"):
+    for raw in (b'POST /run HTTP/1.0\r\nContent-Length: 100\r\n\r\n{"hosts"', b"GET /hea"):
         with socket.create_connection(("127.0.0.1", env["process"].port)) as sock:
             sock.sendall(raw)
             sock.shutdown(socket.SHUT_WR)
-            assert sock.recv(100) == b""   # nobody to answer: closed without a word
+            assert sock.recv(100) == b""  # nobody to answer: closed without a word
     assert serving(env)
 
 
@@ -92,13 +103,16 @@ def test_tls_hello_on_plain_http_is_dropped(env):
 def test_silent_client_is_dropped_and_blocks_nobody(env):
     before = env["ctl"].log_text().count("ACTION=request-timeout")
     with socket.create_connection(("127.0.0.1", env["process"].port)) as silent:
-        assert serving(env)   # answered while the silent one waits
+        assert serving(env)  # answered while the silent one waits
         silent.settimeout(REQUEST_TIMEOUT + 30)
         started = time.monotonic()
         assert silent.recv(100) == b""
         assert time.monotonic() - started < REQUEST_TIMEOUT + 30
-    agentproc.wait_for(lambda: env["ctl"].log_text().count("ACTION=request-timeout") > before,
-                       30, "the request-timeout line")
+    agentproc.wait_for(
+        lambda: env["ctl"].log_text().count("ACTION=request-timeout") > before,
+        30,
+        "the request-timeout line",
+    )
 
 
 def test_many_connections_at_once(env):

@@ -22,20 +22,30 @@ def context(session_ca, tmp_path_factory):
     root = tmp_path_factory.mktemp("dispatcher")
     testpki.install_dispatcher(session_ca, root)
     layout = testpki.layout_for(root)
-    return dispatcher_client_context(str(layout.dispatcher_cert), str(layout.dispatcher_key),
-                                     str(layout.ca_cert))
+    return dispatcher_client_context(
+        str(layout.dispatcher_cert), str(layout.dispatcher_key), str(layout.ca_cert)
+    )
 
 
 HOSTILE = {
-    "endless content-length": (b"HTTP/1.0 200 OK\r\nContent-Length: 99999999999999\r\n\r\n{}",
-                               "response too large"),
-    "header flood": (b"HTTP/1.0 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n{}",
-                     "too many response headers"),
+    "endless content-length": (
+        b"HTTP/1.0 200 OK\r\nContent-Length: 99999999999999\r\n\r\n{}",
+        "response too large",
+    ),
+    "header flood": (
+        b"HTTP/1.0 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n{}",
+        "too many response headers",
+    ),
     "endless status line": (b"HTTP/1.0 200 " + b"O" * 20000, "response line too long"),
     "not http": (b"220 smtp.example ESMTP\r\n\r\n", "malformed status line"),
-    "truncated body": (b"HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n{\"exit\":0", "truncated response"),
-    "bad content-length": (b"HTTP/1.0 200 OK\r\nContent-Length: -5\r\n\r\n{}",
-                           "invalid Content-Length in response"),
+    "truncated body": (
+        b'HTTP/1.0 200 OK\r\nContent-Length: 100\r\n\r\n{"exit":0',
+        "truncated response",
+    ),
+    "bad content-length": (
+        b"HTTP/1.0 200 OK\r\nContent-Length: -5\r\n\r\n{}",
+        "invalid Content-Length in response",
+    ),
 }
 
 
@@ -55,13 +65,26 @@ def test_endless_body_without_length_is_bounded(context, session_ca, tmp_path):
     test need not send 64 MiB)."""
     flood = b"HTTP/1.0 200 OK\r\n\r\n" + b"x" * 300_000
     with Peer012(session_ca, tmp_path / "p", behaviour=lambda request: flood) as peer:
-        outcome = agent_client.exchange(context, "127.0.0.1", peer.port, "POST", "/ping", b"{}", 5,
-                                        max_body=100_000)
+        outcome = agent_client.exchange(
+            context, "127.0.0.1", peer.port, "POST", "/ping", b"{}", 5, max_body=100_000
+        )
     assert isinstance(outcome, results.Failure) and outcome.detail == "response too large"
 
 
-RESULT_KEYS = ["exit", "stdout", "stderr", "host", "status", "reqid", "error", "rtt", "expiry",
-               "version", "reported_hostname", "script"]
+RESULT_KEYS = [
+    "exit",
+    "stdout",
+    "stderr",
+    "host",
+    "status",
+    "reqid",
+    "error",
+    "rtt",
+    "expiry",
+    "version",
+    "reported_hostname",
+    "script",
+]
 
 
 def test_random_bodies_always_give_a_result_that_renders():

@@ -18,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import (CLOSED, RawPairing, exchange, frame, pair_body,
-                                   setup_dispatcher, start_listener, wait_for)
+from tests.support.pairing import (
+    CLOSED,
+    RawPairing,
+    exchange,
+    frame,
+    pair_body,
+    setup_dispatcher,
+    start_listener,
+    wait_for,
+)
 
 TOO_LARGE = "request too large"
 INVALID = "invalid request"
@@ -34,8 +42,10 @@ def snapshot(root: Path) -> dict:
     for base in ("etc/ctrl-exec", "var/lib/ctrl-exec"):
         for path in sorted((root / base).rglob("*")):
             if path.is_file():
-                files[str(path.relative_to(root))] = (stat.S_IMODE(path.stat().st_mode),
-                                                      path.read_bytes())
+                files[str(path.relative_to(root))] = (
+                    stat.S_IMODE(path.stat().st_mode),
+                    path.read_bytes(),
+                )
     return files
 
 
@@ -53,8 +63,9 @@ def csrs(tmp_path_factory):
         "weak key": openssl.csr(openssl.rsa_key(d / "weak.pem", 1024), "intruder"),
         "sha1": openssl.csr(rsa, "intruder", "sha1"),
         "md5": openssl.csr(rsa, "intruder", "md5"),
-        "bad signature": "-----BEGIN CERTIFICATE REQUEST-----\n" + "\n".join(
-            broken[i:i + 64] for i in range(0, len(broken), 64)) + "\n-----END CERTIFICATE REQUEST-----\n",
+        "bad signature": "-----BEGIN CERTIFICATE REQUEST-----\n"
+        + "\n".join(broken[i : i + 64] for i in range(0, len(broken), 64))
+        + "\n-----END CERTIFICATE REQUEST-----\n",
         "other cn": openssl.csr(rsa, "someone-else"),
         "p521": openssl.csr(openssl.ec_key(d / "p521.pem", "secp521r1"), "intruder"),
         "ed25519": openssl.run("req", "-new", "-key", str(ed), "-subj", "/CN=intruder"),
@@ -70,19 +81,53 @@ def cases(csrs: dict, rng: random.Random) -> list[tuple[str, bytes, set, dict]]:
     def add(label, data, allowed, **options):
         out.append((label, data, allowed, options))
 
-    for label in ("weak key", "sha1", "md5", "bad signature", "other cn", "p521", "ed25519",
-                  "huge"):
+    for label in (
+        "weak key",
+        "sha1",
+        "md5",
+        "bad signature",
+        "other cn",
+        "p521",
+        "ed25519",
+        "huge",
+    ):
         for _ in range(10):
             add(f"csr {label}", frame(pair_body("intruder", csrs[label])), {INVALID})
-    for text in (b"not json", b"{", b"[]", b"null", b'"csr"', b"123", b"", b"\xff\xfe\x00",
-                 b"[" * 5000 + b"]" * 5000, b'{"hostname":"x"}', b'{"csr":"y"}',
-                 b'{"hostname":"","csr":"y"}', b'{"hostname":"x","csr":7}',
-                 b'{"hostname":["x"],"csr":"y"}', b'{"hostname":"x","csr":"y","nonce":5}',
-                 b'{"hostname":"x","csr":"not a pem"}'):
+    for text in (
+        b"not json",
+        b"{",
+        b"[]",
+        b"null",
+        b'"csr"',
+        b"123",
+        b"",
+        b"\xff\xfe\x00",
+        b"[" * 5000 + b"]" * 5000,
+        b'{"hostname":"x"}',
+        b'{"csr":"y"}',
+        b'{"hostname":"","csr":"y"}',
+        b'{"hostname":"x","csr":7}',
+        b'{"hostname":["x"],"csr":"y"}',
+        b'{"hostname":"x","csr":"y","nonce":5}',
+        b'{"hostname":"x","csr":"not a pem"}',
+    ):
         for _ in range(8):
             add(f"json {text[:20]!r}", frame(text), {INVALID})
-    for name in ("../../etc/passwd", "a/b", "..", ".", "-lead", "web 01", "web\x00x", "wéb",
-                 "x" * 300, "a\\b", "a:b", "$(id)", "web\n01"):
+    for name in (
+        "../../etc/passwd",
+        "a/b",
+        "..",
+        ".",
+        "-lead",
+        "web 01",
+        "web\x00x",
+        "wéb",
+        "x" * 300,
+        "a\\b",
+        "a:b",
+        "$(id)",
+        "web\n01",
+    ):
         for _ in range(6):
             add(f"hostname {name[:12]!r}", frame(pair_body(name, csrs["good"])), {HOSTNAME})
     for _ in range(20):
@@ -104,7 +149,7 @@ def cases(csrs: dict, rng: random.Random) -> list[tuple[str, bytes, set, dict]]:
         data = bytearray(good)
         mode = rng.randrange(3)
         if mode == 0:
-            data = data[:rng.randrange(1, len(data))]
+            data = data[: rng.randrange(1, len(data))]
         elif mode == 1:
             for _ in range(rng.randrange(1, 8)):
                 data[rng.randrange(len(data))] = rng.getrandbits(8)
@@ -135,16 +180,20 @@ def test_hostile_pairing_requests(ctl, csrs):
         silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-        silent_tls = [context.wrap_socket(socket.create_connection(("127.0.0.1", port)))
-                      for _ in range(3)]
+        silent_tls = [
+            context.wrap_socket(socket.create_connection(("127.0.0.1", port))) for _ in range(3)
+        ]
         started = time.monotonic()
 
         plan = cases(csrs, random.Random(1234))
         assert len(plan) >= 1000
         with ThreadPoolExecutor(max_workers=12) as pool:
             results = list(pool.map(lambda case: exchange(port, case[1], **case[3]), plan))
-        wrong = [(label, got, allowed) for (label, _, allowed, _), got in zip(plan, results)
-                 if got not in allowed]
+        wrong = [
+            (label, got, allowed)
+            for (label, _, allowed, _), got in zip(plan, results)
+            if got not in allowed
+        ]
         assert not wrong, wrong[:10]
 
         for sock in silent + silent_tls:
@@ -165,8 +214,11 @@ def test_hostile_pairing_requests(ctl, csrs):
             sock.close()
 
         assert listener.proc.poll() is None
-        assert wait_for(lambda: exchange(port, frame(b"[]")) == INVALID, timeout=30,
-                        what="the listener to answer after the crowd")
+        assert wait_for(
+            lambda: exchange(port, frame(b"[]")) == INVALID,
+            timeout=30,
+            what="the listener to answer after the crowd",
+        )
         assert snapshot(ctl.root) == before
         rejects = ctl.log_text().count("ACTION=pair-reject")
         assert rejects >= len(plan) - 40  # every request that arrived, minus hung-up ones

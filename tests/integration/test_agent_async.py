@@ -18,8 +18,10 @@ from ctrlexec.agent import trust
 from tests.support import agentproc, testpki
 
 # Prints, then waits for DIR/go.
-PARTIAL = ('#!/bin/sh\necho partial\n: > "$1/started"\n'
-           'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho finished\n')
+PARTIAL = (
+    '#!/bin/sh\necho partial\n: > "$1/started"\n'
+    'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho finished\n'
+)
 
 
 class Site:
@@ -55,8 +57,9 @@ class Site:
         self.process.proc.send_signal(how)
         self.process.proc.wait(60)
         self.process.start()
-        testpki.register_agent(self.dispatcher_ctl.root, "agent-async", self.port,
-                               self.agent_issued, self.issued)
+        testpki.register_agent(
+            self.dispatcher_ctl.root, "agent-async", self.port, self.agent_issued, self.issued
+        )
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +71,32 @@ def site(session_ca, pyz_for, tmp_path_factory):
     other = testpki.install_dispatcher(session_ca, other_root)
     runner = pyz_for(base / "agent")
     agent_site = agentproc.install_site(
-        session_ca, runner.root, issued, name="agent-async", dispatcher_id="disp-a",
-        scripts={"block": agentproc.BLOCK, "partial": PARTIAL,
-                 "echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"]})
+        session_ca,
+        runner.root,
+        issued,
+        name="agent-async",
+        dispatcher_id="disp-a",
+        scripts={
+            "block": agentproc.BLOCK,
+            "partial": PARTIAL,
+            "echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"],
+        },
+    )
     trust.add_dispatcher(agent_site.layout.trusted_dispatchers, other.serial_key, "disp-b")
     agent_issued = session_ca.issue("agent-async")
     process = agentproc.AgentProcess(runner, agent_site).start()
     testpki.register_agent(dispatcher.root, "agent-async", agent_site.port, agent_issued, issued)
     try:
-        yield Site(base, runner, process, dispatcher, issued, agent_issued,
-                   agentproc.DispatcherClient.for_dispatcher(dispatcher.root),
-                   agentproc.DispatcherClient.for_dispatcher(other_root))
+        yield Site(
+            base,
+            runner,
+            process,
+            dispatcher,
+            issued,
+            agent_issued,
+            agentproc.DispatcherClient.for_dispatcher(dispatcher.root),
+            agentproc.DispatcherClient.for_dispatcher(other_root),
+        )
     finally:
         process.stop()
 
@@ -87,6 +105,7 @@ def done(site, client, reqid: str) -> dict:
     def finished():
         record = site.result(client, reqid).json()
         return record if record["status"] == "done" else None
+
     return agentproc.wait_for(finished, 30, f"{reqid} to finish")
 
 
@@ -99,8 +118,13 @@ def test_accepted_running_done_owner_only(site):
     running = site.result(site.a, "run-1")
     assert running.status == 200
     record = running.json()
-    assert record == {"reqid": "run-1", "status": "running", "script": "block",
-                      "owner": "disp-a", "started": record["started"]}
+    assert record == {
+        "reqid": "run-1",
+        "status": "running",
+        "script": "block",
+        "owner": "disp-a",
+        "started": record["started"],
+    }
     stored = site.process.site.layout.async_runs_dir / "disp-a" / "run-1.json"
     assert stat.S_IMODE(stored.stat().st_mode) == 0o640
     # another dispatcher cannot see it, and cannot tell it exists
@@ -111,16 +135,28 @@ def test_accepted_running_done_owner_only(site):
     # the same script for the same dispatcher is busy, whatever the reqid
     busy = site.run(site.a, "block", [str(gate)], "run-2")
     assert busy.status == 409 and busy.phrase == "Conflict"
-    assert busy.json() == {"script": "block", "status": "busy", "reqid": "run-2",
-                           "error": "script already running"}
+    assert busy.json() == {
+        "script": "block",
+        "status": "busy",
+        "reqid": "run-2",
+        "error": "script already running",
+    }
     # but another dispatcher's run of it is its own business
     theirs = site.run(site.b, "block", [str(gate)], "run-1")
     assert theirs.status == 202
     (gate / "go").touch()
     finished = done(site, site.a, "run-1")
-    assert finished == {"reqid": "run-1", "status": "done", "script": "block", "owner": "disp-a",
-                        "started": record["started"], "finished": finished["finished"],
-                        "exit": 0, "stdout": "released\n", "stderr": ""}
+    assert finished == {
+        "reqid": "run-1",
+        "status": "done",
+        "script": "block",
+        "owner": "disp-a",
+        "started": record["started"],
+        "finished": finished["finished"],
+        "exit": 0,
+        "stdout": "released\n",
+        "stderr": "",
+    }
     assert done(site, site.b, "run-1")["owner"] == "disp-b"
     log = site.agent_ctl.log_text()
     assert "ACTION=run-async DISPATCHER=disp-a PEER=127.0.0.1 REQID=run-1 SCRIPT=block" in log
@@ -129,12 +165,15 @@ def test_accepted_running_done_owner_only(site):
     assert "ACTION=result-miss DISPATCHER=disp-b PEER=127.0.0.1 REQID=never-ran" in log
 
 
-@pytest.mark.parametrize("script,reqid,error", [
-    ("echo-args", "", "async run requires a valid reqid"),
-    ("echo-args", "a/b", "async run requires a valid reqid"),
-    ("echo-args", "x" * 129, "async run requires a valid reqid"),
-    ("rm-rf", "run-x", "script not permitted"),
-])
+@pytest.mark.parametrize(
+    "script,reqid,error",
+    [
+        ("echo-args", "", "async run requires a valid reqid"),
+        ("echo-args", "a/b", "async run requires a valid reqid"),
+        ("echo-args", "x" * 129, "async run requires a valid reqid"),
+        ("rm-rf", "run-x", "script not permitted"),
+    ],
+)
 def test_refusals_are_200_exit_minus_1(site, script, reqid, error):
     response = site.run(site.a, script, [], reqid)
     assert response.status == 200
@@ -145,21 +184,31 @@ def test_a_reqid_is_not_reused(site):
     assert site.run(site.a, "echo-args", ["one"], "once").status == 202
     assert done(site, site.a, "once")["stdout"] == "one\n"
     again = site.run(site.a, "echo-args", ["two"], "once")
-    assert again.json() == {"script": "echo-args", "exit": -1, "reqid": "once",
-                            "error": "could not start async job"}
+    assert again.json() == {
+        "script": "echo-args",
+        "exit": -1,
+        "reqid": "once",
+        "error": "could not start async job",
+    }
     assert done(site, site.a, "once")["stdout"] == "one\n"
 
 
 def test_sync_runs_are_unchanged(site):
     assert site.a.run(site.port, "echo-args", ["sync"]) == {
-        "script": "echo-args", "exit": 0, "stdout": "sync\n", "stderr": "", "reqid": "r1"}
+        "script": "echo-args",
+        "exit": 0,
+        "stdout": "sync\n",
+        "stderr": "",
+        "reqid": "r1",
+    }
 
 
 @pytest.mark.parametrize("how,stdout", [(signal.SIGKILL, ""), (signal.SIGTERM, "partial\n")])
 def test_agent_stop_mid_run_leaves_interrupted(site, how, stdout):
     gate = site.gate()
-    submitted = site.dispatcher_ctl.run("ced", "--json", "run", "--async", "agent-async",
-                                        "partial", "--", str(gate))
+    submitted = site.dispatcher_ctl.run(
+        "ced", "--json", "run", "--async", "agent-async", "partial", "--", str(gate)
+    )
     assert submitted.returncode == 0, submitted.stderr
     reqid = json.loads(submitted.stdout)["reqid"]
     agentproc.wait_for((gate / "started").exists, 30, "the script to start")
@@ -175,8 +224,9 @@ def test_agent_stop_mid_run_leaves_interrupted(site, how, stdout):
     # the dispatcher shows what happened, and wait counts it as a failure
     waited = site.dispatcher_ctl.run("ced", "wait", reqid)
     assert waited.returncode == 1, waited.stdout + waited.stderr
-    assert ("==> agent-async  [done  exit:-1]\n"
-            "    ERROR: interrupted: the agent stopped while the script was running\n") \
-        in waited.stdout
+    assert (
+        "==> agent-async  [done  exit:-1]\n"
+        "    ERROR: interrupted: the agent stopped while the script was running\n"
+    ) in waited.stdout
     # and the script can run again at once
     assert site.run(site.a, "echo-args", ["after"], f"after-{how}").status == 202

@@ -14,8 +14,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.support import testpki
-from tests.support.agentproc import (AgentProcess, DispatcherClient, install_site, wait_for,
-                                     write_script)
+from tests.support.agentproc import (
+    AgentProcess,
+    DispatcherClient,
+    install_site,
+    wait_for,
+    write_script,
+)
 
 
 @pytest.fixture
@@ -33,26 +38,37 @@ def deployment(tmp_path, session_ca, pyz_for):
         agents.append(agent)
         return agent
 
-    yield {"site": site, "ctl": ctl, "start": start, "tmp": tmp_path,
-           "client": DispatcherClient.for_dispatcher(tmp_path / "dispatcher")}
+    yield {
+        "site": site,
+        "ctl": ctl,
+        "start": start,
+        "tmp": tmp_path,
+        "client": DispatcherClient.for_dispatcher(tmp_path / "dispatcher"),
+    }
     for agent in agents:
         agent.stop()
 
 
 def ping(deployment, reqid="p") -> int:
-    return deployment["client"].request(deployment["site"].port, "POST", "/ping",
-                                        {"reqid": reqid}).status
+    return (
+        deployment["client"]
+        .request(deployment["site"].port, "POST", "/ping", {"reqid": reqid})
+        .status
+    )
 
 
 # --- refusing to start --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("line, key, message", [
-    ('colour = "blue"', "colour", "unknown key"),
-    ('max_children = "many"', "max_children", "must be an integer, not a string"),
-    ("stdin_timeout = 0", "stdin_timeout", "must be between 1 and 3600, not 0"),
-    ('script_dirs = ["relative/dir"]', "script_dirs", "must hold absolute paths"),
-])
+@pytest.mark.parametrize(
+    "line, key, message",
+    [
+        ('colour = "blue"', "colour", "unknown key"),
+        ('max_children = "many"', "max_children", "must be an integer, not a string"),
+        ("stdin_timeout = 0", "stdin_timeout", "must be between 1 and 3600, not 0"),
+        ('script_dirs = ["relative/dir"]', "script_dirs", "must hold absolute paths"),
+    ],
+)
 def test_config_error_exits_78_with_one_line(deployment, line, key, message):
     site = deployment["site"]
     config = site.layout.agent_config
@@ -109,8 +125,9 @@ def test_allowlist_and_pidfile_options_and_profile_warning(deployment):
     config = site.layout.agent_config
     config.write_text(config.read_text() + '\n[profile.ops]\nrun_as = "nobody"\n')
     pidfile = deployment["tmp"] / "run" / "agent.pid"
-    agent = AgentProcess(deployment["ctl"], site, ("--allowlist", str(other), "--pidfile", str(pidfile)),
-                         pidfile).start()
+    agent = AgentProcess(
+        deployment["ctl"], site, ("--allowlist", str(other), "--pidfile", str(pidfile)), pidfile
+    ).start()
     try:
         assert pidfile.read_text().strip() == str(agent.pid)
         client = deployment["client"]
@@ -154,7 +171,9 @@ def test_request_path_never_imports_cryptography(deployment, pyz_for, tmp_path):
 def test_sigterm_lets_the_running_request_finish(deployment):
     site = deployment["site"]
     gate = site.scripts_dir / "go"
-    site.add_script("wait-gate", f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.02; done\necho ok\n")
+    site.add_script(
+        "wait-gate", f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.02; done\necho ok\n"
+    )
     site.write_allowlist()
     agent = deployment["start"]()
     with ThreadPoolExecutor(1) as pool:
@@ -177,8 +196,10 @@ def _has_child(pid: int) -> bool:
         children = []
     if children:
         return True
-    return any(open(f"/proc/{pid}/task/{t}/children").read().split()
-               for t in os.listdir(f"/proc/{pid}/task"))
+    return any(
+        open(f"/proc/{pid}/task/{t}/children").read().split()
+        for t in os.listdir(f"/proc/{pid}/task")
+    )
 
 
 # --- connection limits ------------------------------------------------------------
@@ -193,8 +214,10 @@ def test_over_max_children_is_closed_unanswered(deployment):
         with pytest.raises((ssl.SSLError, OSError)):
             reply = deployment["client"].request(port, "POST", "/ping", {})
             raise AssertionError(f"answered over the limit: {reply}")
-        wait_for(lambda: "ACTION=overload MAX=2 PEER=127.0.0.1" in deployment["ctl"].log_text(),
-                 what="overload logged")
+        wait_for(
+            lambda: "ACTION=overload MAX=2 PEER=127.0.0.1" in deployment["ctl"].log_text(),
+            what="overload logged",
+        )
     finally:
         for sock in idle:
             sock.close()

@@ -9,15 +9,18 @@ import os
 import re
 import signal
 import sys
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.support import testpki
-from tests.support.agentproc import (AgentProcess, DispatcherClient, install_site, wait_for,
-                                     write_script)
+from tests.support.agentproc import (
+    AgentProcess,
+    DispatcherClient,
+    install_site,
+    wait_for,
+    write_script,
+)
 
 TOKEN = "t0k-Secret-4f9a"
 ARGV_JSON = f"#!{sys.executable}\nimport json, sys\nsys.stdout.write(json.dumps(sys.argv[1:]))\n"
@@ -25,10 +28,12 @@ ARGV_JSON = f"#!{sys.executable}\nimport json, sys\nsys.stdout.write(json.dumps(
 
 def hook_text(kind: str, record: str) -> str:
     """Auth hooks as real executables. `record` receives what the hook saw."""
-    recorder = (f"#!{sys.executable}\nimport json, os, sys\n"
-                f"data = {{'env': {{k: v for k, v in os.environ.items() if k.startswith('ENVEXEC_')}},"
-                f" 'stdin': sys.stdin.read(), 'pid': os.getpid()}}\n"
-                f"open({record!r}, 'w').write(json.dumps(data))\n")
+    recorder = (
+        f"#!{sys.executable}\nimport json, os, sys\n"
+        f"data = {{'env': {{k: v for k, v in os.environ.items() if k.startswith('ENVEXEC_')}},"
+        f" 'stdin': sys.stdin.read(), 'pid': os.getpid()}}\n"
+        f"open({record!r}, 'w').write(json.dumps(data))\n"
+    )
     if kind == "allow":
         return recorder + "sys.exit(0)\n"
     if kind.startswith("exit-"):
@@ -46,34 +51,51 @@ def env(tmp_path_factory, session_ca, pyz_for):
     dispatcher = testpki.install_dispatcher(session_ca, base / "dispatcher")
     hooks = base / "agent" / "hooks"
     hooks.mkdir(parents=True)
-    site = install_site(session_ca, base / "agent", dispatcher,
-                        settings={"auth_hook": str(hooks / "auth-hook"), "auth_hook_timeout": 1,
-                                  "max_output_bytes": 4096})
+    site = install_site(
+        session_ca,
+        base / "agent",
+        dispatcher,
+        settings={
+            "auth_hook": str(hooks / "auth-hook"),
+            "auth_hook_timeout": 1,
+            "max_output_bytes": 4096,
+        },
+    )
     write_script(hooks / "auth-hook", hook_text("allow", str(hooks / "record.json")))
     gate = site.scripts_dir / "release"
     site.add_script("argv-json", ARGV_JSON)
-    site.add_script("wait-gate", f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.02; done\n"
-                                 "echo released\n")
+    site.add_script(
+        "wait-gate", f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.02; done\necho released\n"
+    )
     site.add_script("kill-self", "#!/bin/sh\necho before\nkill -9 $$\n")
     site.add_script("chatty", "#!/bin/sh\nhead -c 10000 /dev/zero | tr '\\0' x\n")
     site.add_script("slow", "#!/bin/sh\necho start\nsleep 60\n", timeout=1)
     site.allowlist["missing"] = str(site.scripts_dir / "missing.sh")
     write_script(site.scripts_dir / "noexec.sh", "#!/bin/sh\necho no\n", 0o644)
     site.allowlist["noexec"] = str(site.scripts_dir / "noexec.sh")
-    outside = write_script(base / "elsewhere" / "evil.sh",
-                           f"#!/bin/sh\ntouch {base / 'elsewhere' / 'ran'}\n")
+    outside = write_script(
+        base / "elsewhere" / "evil.sh", f"#!/bin/sh\ntouch {base / 'elsewhere' / 'ran'}\n"
+    )
     site.allowlist["outside"] = str(outside)
     (site.scripts_dir / "escape.sh").symlink_to(outside)
     site.allowlist["escape"] = str(site.scripts_dir / "escape.sh")
     (site.scripts_dir / "echo-args.sh.schema.json").write_text(
-        json.dumps({"version": "1.0", "read_only": True, "description": "echo"}))
+        json.dumps({"version": "1.0", "read_only": True, "description": "echo"})
+    )
     (site.scripts_dir / "fail.sh.schema.json").write_text("[not an object]")
     site.write_allowlist()
     ctl = pyz_for(base / "agent")
     agent = AgentProcess(ctl, site).start()
-    state = {"site": site, "agent": agent, "ctl": ctl, "base": base, "hooks": hooks,
-             "gate": gate, "dispatcher": dispatcher,
-             "client": DispatcherClient.for_dispatcher(base / "dispatcher")}
+    state = {
+        "site": site,
+        "agent": agent,
+        "ctl": ctl,
+        "base": base,
+        "hooks": hooks,
+        "gate": gate,
+        "dispatcher": dispatcher,
+        "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
+    }
     yield state
     assert agent.stop() == 0
     log = ctl.log_text()
@@ -110,8 +132,17 @@ def log_lines(env, action: str) -> list[str]:
 
 
 def test_args_with_spaces_newlines_unicode_and_empty_strings(env):
-    args = ["two words", "", "line1\nline2", "caf\u00e9 \u4e2d\u6587 \U0001F600", "  ", "$HOME",
-            "'quoted\"", "--opt=a b", "*"]
+    args = [
+        "two words",
+        "",
+        "line1\nline2",
+        "caf\u00e9 \u4e2d\u6587 \U0001f600",
+        "  ",
+        "$HOME",
+        "'quoted\"",
+        "--opt=a b",
+        "*",
+    ]
     result = run(env, "argv-json", args, reqid="args-1")
     assert result["exit"] == 0, result
     assert json.loads(result["stdout"]) == args
@@ -120,8 +151,13 @@ def test_args_with_spaces_newlines_unicode_and_empty_strings(env):
 
 def test_script_failure_is_reported_not_an_error(env):
     result = run(env, "fail", ["7"], reqid="f7")
-    assert result == {"script": "fail", "exit": 7, "stdout": "about to fail\n",
-                      "stderr": "something went wrong\n", "reqid": "f7"}
+    assert result == {
+        "script": "fail",
+        "exit": 7,
+        "stdout": "about to fail\n",
+        "stderr": "something went wrong\n",
+        "reqid": "f7",
+    }
 
 
 @pytest.mark.parametrize("script", ["nosuch", "outside", "escape", "../fail", "fail;id", ""])
@@ -132,8 +168,10 @@ def test_not_permitted(env, script):
 
 def test_deny_is_logged_without_dispatcher_or_reason(env):
     run(env, "outside", reqid="deny-log-1")
-    assert any(line.endswith("ACTION=deny PEER=127.0.0.1 REQID=deny-log-1 SCRIPT=outside")
-               for line in env["ctl"].log_text().splitlines())
+    assert any(
+        line.endswith("ACTION=deny PEER=127.0.0.1 REQID=deny-log-1 SCRIPT=outside")
+        for line in env["ctl"].log_text().splitlines()
+    )
 
 
 def test_scripts_outside_script_dirs_never_run(env):
@@ -143,7 +181,9 @@ def test_scripts_outside_script_dirs_never_run(env):
     assert run(env, "missing")["exit"] == 127  # inside script_dirs but absent: exec fails
 
 
-@pytest.mark.parametrize("script, exit_code", [("missing", 127), ("noexec", 127), ("kill-self", 126)])
+@pytest.mark.parametrize(
+    "script, exit_code", [("missing", 127), ("noexec", 127), ("kill-self", 126)]
+)
 def test_exit_codes(env, script, exit_code):
     result = run(env, script)
     assert result["exit"] == exit_code
@@ -176,8 +216,11 @@ def test_token_reaches_the_script_and_never_the_log(env, hook):
 def test_capabilities_carry_valid_sidecars_only(env):
     response = env["client"].request(env["site"].port, "GET", "/capabilities")
     scripts = {entry["name"]: entry for entry in response.json()["scripts"]}
-    assert scripts["echo-args"]["schema"] == {"version": "1.0", "read_only": True,
-                                              "description": "echo"}
+    assert scripts["echo-args"]["schema"] == {
+        "version": "1.0",
+        "read_only": True,
+        "description": "echo",
+    }
     assert scripts["echo-args"]["schema_version"] == "1.0"
     assert "schema" not in scripts["fail"]
     assert scripts["noexec"]["executable"] is False and scripts["missing"]["executable"] is False
@@ -195,17 +238,36 @@ def test_hook_gets_0_12_environment_and_stdin(env, hook):
     serial = format(env["dispatcher"].serial, "x")
     serial = "0" * (len(serial) % 2) + serial
     assert {k: v for k, v in seen["env"].items() if k != "ENVEXEC_TIMESTAMP"} == {
-        "ENVEXEC_ACTION": "run", "ENVEXEC_SCRIPT": "echo-args", "ENVEXEC_HOSTS": "",
-        "ENVEXEC_ARGS": "a b c", "ENVEXEC_ARGS_JSON": '["a b","c"]', "ENVEXEC_USERNAME": "alice",
-        "ENVEXEC_TOKEN": TOKEN, "ENVEXEC_SOURCE_IP": "127.0.0.1",
-        "ENVEXEC_DISPATCHER": "test-dispatcher", "ENVEXEC_DISPATCHER_SERIAL": serial,
-        "ENVEXEC_REQID": "", "ENVEXEC_SUBMITTER": "", "ENVEXEC_SUBMITTER_IP": ""}
+        "ENVEXEC_ACTION": "run",
+        "ENVEXEC_SCRIPT": "echo-args",
+        "ENVEXEC_HOSTS": "",
+        "ENVEXEC_ARGS": "a b c",
+        "ENVEXEC_ARGS_JSON": '["a b","c"]',
+        "ENVEXEC_USERNAME": "alice",
+        "ENVEXEC_TOKEN": TOKEN,
+        "ENVEXEC_SOURCE_IP": "127.0.0.1",
+        "ENVEXEC_DISPATCHER": "test-dispatcher",
+        "ENVEXEC_DISPATCHER_SERIAL": serial,
+        "ENVEXEC_REQID": "",
+        "ENVEXEC_SUBMITTER": "",
+        "ENVEXEC_SUBMITTER_IP": "",
+    }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", seen["env"]["ENVEXEC_TIMESTAMP"])
     stdin = json.loads(seen["stdin"])
-    assert stdin == {"action": "run", "script": "echo-args", "hosts": [], "args": ["a b", "c"],
-                     "username": "alice", "token": TOKEN, "source_ip": "127.0.0.1",
-                     "dispatcher": "test-dispatcher", "dispatcher_serial": serial, "reqid": "",
-                     "submitter": None, "timestamp": seen["env"]["ENVEXEC_TIMESTAMP"]}
+    assert stdin == {
+        "action": "run",
+        "script": "echo-args",
+        "hosts": [],
+        "args": ["a b", "c"],
+        "username": "alice",
+        "token": TOKEN,
+        "source_ip": "127.0.0.1",
+        "dispatcher": "test-dispatcher",
+        "dispatcher_serial": serial,
+        "reqid": "",
+        "submitter": None,
+        "timestamp": seen["env"]["ENVEXEC_TIMESTAMP"],
+    }
 
 
 def test_hook_is_not_called_for_scripts_outside_the_allowlist(env, hook):
@@ -214,22 +276,37 @@ def test_hook_is_not_called_for_scripts_outside_the_allowlist(env, hook):
     assert not record.exists()
 
 
-@pytest.mark.parametrize("kind, reason", [
-    ("exit-1", "denied"), ("exit-2", "bad credentials"), ("exit-3", "insufficient privilege"),
-    ("exit-9", "hook exited 9"), ("crash", "denied"), ("timeout", "denied"),
-])
+@pytest.mark.parametrize(
+    "kind, reason",
+    [
+        ("exit-1", "denied"),
+        ("exit-2", "bad credentials"),
+        ("exit-3", "insufficient privilege"),
+        ("exit-9", "hook exited 9"),
+        ("crash", "denied"),
+        ("timeout", "denied"),
+    ],
+)
 def test_hook_denials(env, hook, kind, reason):
     record = hook(kind)
     reqid = f"deny-{kind}"
     result = run(env, "echo-args", ["x"], reqid=reqid)
-    assert result == {"script": "echo-args", "exit": -1, "error": f"not authorised: {reason}",
-                      "reqid": reqid}
-    assert any(f"REASON=\"{reason}\"" in line or f"REASON={reason}" in line
-               for line in log_lines(env, "deny") if f"REQID={reqid}" in line)
+    assert result == {
+        "script": "echo-args",
+        "exit": -1,
+        "error": f"not authorised: {reason}",
+        "reqid": reqid,
+    }
+    assert any(
+        f'REASON="{reason}"' in line or f"REASON={reason}" in line
+        for line in log_lines(env, "deny")
+        if f"REQID={reqid}" in line
+    )
     if kind == "timeout":
         assert log_lines(env, "auth-hook-timeout")
-        pid = json.loads(wait_for(lambda: record.exists() and record.read_text(),
-                                  what="hook record"))["pid"]
+        pid = json.loads(
+            wait_for(lambda: record.exists() and record.read_text(), what="hook record")
+        )["pid"]
         wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), what="hook killed")
 
 
@@ -278,11 +355,19 @@ def test_untrusted_dispatcher_gets_the_0_12_refusals(env, session_ca):
     stranger = testpki.install_dispatcher(session_ca, stranger_root)
     client = DispatcherClient.for_dispatcher(stranger_root)
     port = env["site"].port
-    for method, path in (("POST", "/run"), ("POST", "/ping"), ("GET", "/result/abc"),
-                         ("POST", "/rotate-serial")):
-        response = client.request(port, method, path, {"script": "echo-args"} if method == "POST" else None)
+    for method, path in (
+        ("POST", "/run"),
+        ("POST", "/ping"),
+        ("GET", "/result/abc"),
+        ("POST", "/rotate-serial"),
+    ):
+        response = client.request(
+            port, method, path, {"script": "echo-args"} if method == "POST" else None
+        )
         assert (response.status, response.json()) == (
-            403, {"error": "serial mismatch", "status": "forbidden"}), path
+            403,
+            {"error": "serial mismatch", "status": "forbidden"},
+        ), path
     response = client.request(port, "GET", "/capabilities")
     assert (response.status, response.json()) == (403, {"error": "forbidden"})
     assert client.request(port, "GET", "/nope").status == 404
@@ -291,8 +376,10 @@ def test_untrusted_dispatcher_gets_the_0_12_refusals(env, session_ca):
     rejects = log_lines(env, "serial-reject")
     assert any(f"PEER_SERIAL={hexed} REQID=(none)" in line for line in rejects)
     assert any(f"PEER_SERIAL={hexed} REQID=abc" in line for line in rejects)
-    assert any(f"PEER_SERIAL={hexed}" in line and "REASON=serial-mismatch" in line
-               for line in log_lines(env, "capabilities-deny"))
+    assert any(
+        f"PEER_SERIAL={hexed}" in line and "REASON=serial-mismatch" in line
+        for line in log_lines(env, "capabilities-deny")
+    )
 
 
 def test_revoked_dispatcher_is_refused_at_once(env):
@@ -319,8 +406,10 @@ def test_empty_trust_map_fails_closed(env):
     try:
         response = env["client"].request(env["site"].port, "GET", "/capabilities")
         assert (response.status, response.json()) == (403, {"error": "forbidden"})
-        assert any("REASON=\"no trusted dispatchers stored\"" in line
-                   for line in log_lines(env, "capabilities-deny"))
+        assert any(
+            'REASON="no trusted dispatchers stored"' in line
+            for line in log_lines(env, "capabilities-deny")
+        )
     finally:
         tmp = trusted.with_suffix(".new")
         tmp.write_text(saved)

@@ -30,9 +30,9 @@ REQID = re.compile(r"[0-9a-f]{16}")
 
 class Fleet:
     def __init__(self, dispatcher, issued, agents, base):
-        self.dispatcher = dispatcher   # Pyz runner of the dispatcher root
+        self.dispatcher = dispatcher  # Pyz runner of the dispatcher root
         self.issued = issued
-        self.agents = agents           # name -> (runner, AgentProcess)
+        self.agents = agents  # name -> (runner, AgentProcess)
         self.base = base
         self.layout = testpki.layout_for(dispatcher.root)
         self._gates = 0
@@ -58,9 +58,16 @@ def fleet(session_ca, pyz_for, tmp_path_factory):
         site.tags = {"env": "test", "name": site.name}
         site.write_config()
 
-    agents = agentproc.start_agents(session_ca, pyz_for, base, dispatcher.root, issued, NAMES,
-                                    dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK),
-                                    prepare)
+    agents = agentproc.start_agents(
+        session_ca,
+        pyz_for,
+        base,
+        dispatcher.root,
+        issued,
+        NAMES,
+        dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK),
+        prepare,
+    )
     try:
         yield Fleet(dispatcher, issued, agents, base)
     finally:
@@ -82,7 +89,7 @@ def in_thread(call):
     def target():
         try:
             box["value"] = call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             box["error"] = exc
 
     thread = threading.Thread(target=target, daemon=True)
@@ -96,6 +103,7 @@ def in_thread(call):
             if "error" in box:
                 raise box["error"]
             return box["value"]
+
     return Pending
 
 
@@ -107,22 +115,30 @@ def blocked_run(client, fleet, host: str):
     """A synchronous /run of `block` on `host`, in progress: (its gate, the
     pending answer). Touch gate/go to let it finish."""
     gate = fleet.gate()
-    pending = in_thread(lambda: client.post("/run", {"hosts": [host], "script": "block",
-                                                     "args": [str(gate)]}))
+    pending = in_thread(
+        lambda: client.post("/run", {"hosts": [host], "script": "block", "args": [str(gate)]})
+    )
     await_file(gate / "started")
     return gate, pending
 
 
 # -- index, health, documents ----------------------------------------------------------
 
+
 def test_index_and_health(api):
     index = api.get("/")
     assert index.status == 200
     assert index.json["name"] == "ctrl-exec-api" and index.json["spec"] == "/openapi.json"
     assert [(e["method"], e["path"]) for e in index.json["endpoints"]] == [
-        ("GET", "/health"), ("POST", "/ping"), ("POST", "/run"), ("GET", "/discovery"),
-        ("POST", "/discovery"), ("GET", "/status/{reqid}"), ("GET", "/openapi.json"),
-        ("GET", "/openapi-live.json")]
+        ("GET", "/health"),
+        ("POST", "/ping"),
+        ("POST", "/run"),
+        ("GET", "/discovery"),
+        ("POST", "/discovery"),
+        ("GET", "/status/{reqid}"),
+        ("GET", "/openapi.json"),
+        ("GET", "/openapi-live.json"),
+    ]
     health = api.get("/health")
     assert health.status == 200 and health.json == {"ok": True, "version": index.json["version"]}
     assert health.phrase == "OK"
@@ -146,13 +162,19 @@ def test_openapi_live_lists_agents_and_scripts(api):
     for name in ("PingRequest", "RunRequest", "DiscoveryRequest"):
         assert schemas[name]["properties"]["hosts"]["items"]["enum"] == list(NAMES)
     assert schemas["RunRequest"]["properties"]["script"]["enum"] == [
-        "block", "echo-args", "fail", "show-context", "sleep"]
+        "block",
+        "echo-args",
+        "fail",
+        "show-context",
+        "sleep",
+    ]
     assert document["x-ctrl-exec-scripts"]["echo-args"] == [{"hosts": list(NAMES)}]
     base, _, stamp = document["info"]["version"].partition("+")
     assert base == openapi_check.document()["info"]["version"] and int(stamp) >= before
 
 
 # -- ping, run, discovery ---------------------------------------------------------------
+
 
 def test_ping(api):
     response = api.post("/ping", {"hosts": list(NAMES)})
@@ -164,16 +186,29 @@ def test_ping(api):
 
 
 def test_sync_run_is_recorded_for_status(api, fleet):
-    response = api.post("/run", {"hosts": list(NAMES), "script": "echo-args",
-                                 "args": ["hello", "two words"], "username": "alice",
-                                 "token": "t0k"})
+    response = api.post(
+        "/run",
+        {
+            "hosts": list(NAMES),
+            "script": "echo-args",
+            "args": ["hello", "two words"],
+            "username": "alice",
+            "token": "t0k",
+        },
+    )
     assert response.status == 200
     reqid = response.json["reqid"]
     assert REQID.fullmatch(reqid)
     for name, result in zip(NAMES, response.json["results"]):
-        assert result == {"host": name, "script": "echo-args", "exit": 0,
-                          "stdout": "hello\ntwo words\n", "stderr": "", "reqid": reqid,
-                          "rtt": result["rtt"]}
+        assert result == {
+            "host": name,
+            "script": "echo-args",
+            "exit": 0,
+            "stdout": "hello\ntwo words\n",
+            "stderr": "",
+            "reqid": reqid,
+            "rtt": result["rtt"],
+        }
     path = fleet.layout.runs_dir / f"{reqid}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     record = fleet.record(reqid)
@@ -181,9 +216,16 @@ def test_sync_run_is_recorded_for_status(api, fleet):
     assert "t0k" not in path.read_text()
     status = api.get(f"/status/{reqid}")
     assert status.status == 200
-    assert status.json == {"ok": True, "reqid": reqid, "script": "echo-args", "mode": "sync",
-                           "hosts": list(NAMES), "results": response.json["results"],
-                           "completed": record["completed"], "complete": True}
+    assert status.json == {
+        "ok": True,
+        "reqid": reqid,
+        "script": "echo-args",
+        "mode": "sync",
+        "hosts": list(NAMES),
+        "results": response.json["results"],
+        "completed": record["completed"],
+        "complete": True,
+    }
 
 
 def test_script_failure_and_refusal_are_200(api):
@@ -207,10 +249,17 @@ def test_discovery_get_and_post_refresh_tags(api, fleet):
     one = api.post("/discovery", {"hosts": ["agent-02"]})
     assert one.status == 200 and list(one.json["hosts"]) == ["agent-02"]
     capabilities = one.json["hosts"]["agent-02"]
-    assert capabilities["status"] == "ok" and capabilities["tags"] == {"env": "test",
-                                                                       "name": "agent-02"}
+    assert capabilities["status"] == "ok" and capabilities["tags"] == {
+        "env": "test",
+        "name": "agent-02",
+    }
     assert [s["name"] for s in capabilities["scripts"]] == [
-        "block", "echo-args", "fail", "show-context", "sleep"]
+        "block",
+        "echo-args",
+        "fail",
+        "show-context",
+        "sleep",
+    ]
     assert json.loads(registry.read_text())["tags"] == {"env": "test", "name": "agent-02"}
     unparsable = api.post("/discovery", b"not json")
     assert unparsable.status == 200 and sorted(unparsable.json["hosts"]) == list(NAMES)
@@ -224,13 +273,19 @@ BAD = [
     ("/run", b"[1,2]", "invalid JSON body"),
     ("/run", {"script": "echo-args"}, "hosts must be a non-empty array"),
     ("/run", {"hosts": [], "script": "echo-args"}, "hosts must be a non-empty array"),
-    ("/run", {"hosts": ["agent-01"], "script": "../etc/passwd"},
-     "script name required (alphanumeric and hyphens only)"),
+    (
+        "/run",
+        {"hosts": ["agent-01"], "script": "../etc/passwd"},
+        "script name required (alphanumeric and hyphens only)",
+    ),
     ("/run", {"hosts": ["agent-01"]}, "script name required (alphanumeric and hyphens only)"),
     ("/run", {"hosts": ["agent-01"], "script": "echo-args", "args": "x"}, "args must be an array"),
     ("/run", {"hosts": ["agent-01"], "script": "echo-args", "args": [1]}, "args must be strings"),
-    ("/run", {"hosts": ["agent-01"] * 501, "script": "echo-args"},
-     "too many hosts: 501 (at most 500 per operation)"),
+    (
+        "/run",
+        {"hosts": ["agent-01"] * 501, "script": "echo-args"},
+        "too many hosts: 501 (at most 500 per operation)",
+    ),
     ("/ping", None, "request body required"),
     ("/ping", {"hosts": "agent-01"}, "hosts must be a non-empty array"),
     ("/ping", {"hosts": [7]}, "hosts must be non-empty strings"),
@@ -249,31 +304,46 @@ def test_bad_requests(api, path, body, detail):
 
 
 def test_unknown_agent(api):
-    for path, body in (("/run", {"hosts": ["agent-01", "nosuch", "other:7443"],
-                                 "script": "echo-args"}),
-                       ("/ping", {"hosts": ["nosuch"]}),
-                       ("/discovery", {"hosts": ["nosuch"]})):
+    for path, body in (
+        ("/run", {"hosts": ["agent-01", "nosuch", "other:7443"], "script": "echo-args"}),
+        ("/ping", {"hosts": ["nosuch"]}),
+        ("/discovery", {"hosts": ["nosuch"]}),
+    ):
         response = api.post(path, body)
         assert response.status == 404
         assert response.json["error"] == "unknown agent"
     assert response.json["detail"] == "not a registered agent: nosuch"
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/nope"), ("GET", "/ping"), ("POST", "/health"),
-                                         ("GET", "/health?x=1"), ("GET", "/status/ABC"),
-                                         ("DELETE", "/run")])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/nope"),
+        ("GET", "/ping"),
+        ("POST", "/health"),
+        ("GET", "/health?x=1"),
+        ("GET", "/status/ABC"),
+        ("DELETE", "/run"),
+    ],
+)
 def test_no_route(api, method, path):
     response = api.request(method, path)
     assert response.status == 404
-    assert response.json == {"ok": False, "error": "not found",
-                             "detail": f"no route for {method} {path}"}
+    assert response.json == {
+        "ok": False,
+        "error": "not found",
+        "detail": f"no route for {method} {path}",
+    }
 
 
 def test_unknown_status(api):
     response = api.get("/status/0123456789abcdef")
     assert response.status == 404
-    assert response.json == {"ok": False, "error": "not found",
-                             "detail": "no result for reqid 0123456789abcdef"}
+    assert response.json == {
+        "ok": False,
+        "error": "not found",
+        "detail": "no result for reqid 0123456789abcdef",
+    }
 
 
 def test_unreadable_record_is_500(api, fleet):
@@ -290,28 +360,40 @@ def test_unreadable_record_is_500(api, fleet):
 
 def test_framing_limits(api):
     empty = api.raw(b"\r\n\r\n", "", "")  # no request line: no operation
-    assert (empty.status, empty.json) == (400, {"ok": False, "error": "bad request",
-                                                "detail": "empty request"})
+    assert (empty.status, empty.json) == (
+        400,
+        {"ok": False, "error": "bad request", "detail": "empty request"},
+    )
     headers = "".join(f"X-H{n}: v\r\n" for n in range(33))
     many = api.raw(f"GET /health HTTP/1.0\r\n{headers}\r\n".encode(), "GET", "/health")
     assert many.status == 431 and many.phrase == "Request Header Fields Too Large"
-    assert many.json == {"ok": False, "error": "request header fields too large",
-                         "detail": "more than 32 header lines"}
+    assert many.json == {
+        "ok": False,
+        "error": "request header fields too large",
+        "detail": "more than 32 header lines",
+    }
     large = api.raw(b"POST /run HTTP/1.0\r\nContent-Length: 1048577\r\n\r\n", "POST", "/run")
     assert large.status == 413 and large.json == {
-        "ok": False, "error": "payload too large", "detail": "body exceeds 1048576 bytes"}
-    exactly = api.raw(b"GET /health HTTP/1.0\r\n" + b"X-H: v\r\n" * 32 + b"\r\n", "GET",
-                      "/health")
+        "ok": False,
+        "error": "payload too large",
+        "detail": "body exceeds 1048576 bytes",
+    }
+    exactly = api.raw(b"GET /health HTTP/1.0\r\n" + b"X-H: v\r\n" * 32 + b"\r\n", "GET", "/health")
     assert exactly.status == 200
 
 
 def test_lock_conflict_while_a_run_holds_the_lock(api, fleet):
     gate, first = blocked_run(api, fleet, "agent-01")
-    conflict = api.post("/run", {"hosts": ["agent-01", "agent-02"], "script": "block",
-                                 "args": [str(gate)]})
+    conflict = api.post(
+        "/run", {"hosts": ["agent-01", "agent-02"], "script": "block", "args": [str(gate)]}
+    )
     assert conflict.status == 409 and conflict.phrase == "Conflict"
-    assert conflict.json == {"ok": False, "error": "locked", "code": 4,
-                             "conflicts": ["agent-01:block"]}
+    assert conflict.json == {
+        "ok": False,
+        "error": "locked",
+        "code": 4,
+        "conflicts": ["agent-01:block"],
+    }
     (gate / "go").touch()
     done = first.result()
     assert done.status == 200 and done.json["results"][0]["stdout"] == "released\n"
@@ -319,16 +401,30 @@ def test_lock_conflict_while_a_run_holds_the_lock(api, fleet):
 
 # -- async runs, /status, ced status / wait -------------------------------------------------------
 
+
 def test_async_run_pending_then_complete(api, fleet):
     gate = fleet.gate()
-    submitted = api.post("/run", {"hosts": list(NAMES), "script": "block", "args": [str(gate)],
-                                  "async": True, "username": "bob"})
+    submitted = api.post(
+        "/run",
+        {
+            "hosts": list(NAMES),
+            "script": "block",
+            "args": [str(gate)],
+            "async": True,
+            "username": "bob",
+        },
+    )
     assert submitted.status == 202 and submitted.phrase == "Accepted"
     reqid = submitted.json["reqid"]
     assert submitted.json["ok"] is True and submitted.json["async"] is True
     for name, result in zip(NAMES, submitted.json["results"]):
-        assert result == {"host": name, "script": "block", "status": "accepted",
-                          "reqid": reqid, "rtt": result["rtt"]}
+        assert result == {
+            "host": name,
+            "script": "block",
+            "status": "accepted",
+            "reqid": reqid,
+            "rtt": result["rtt"],
+        }
     await_file(gate / "started")
     pending = api.get(f"/status/{reqid}")
     assert pending.status == 200
@@ -337,8 +433,10 @@ def test_async_run_pending_then_complete(api, fleet):
     assert pending.json["hosts"] == {name: {"status": "running"} for name in NAMES}
     shown = fleet.dispatcher.run("ced", "status", reqid)
     assert shown.returncode == 0
-    assert shown.stdout == (f"Request {reqid}  (script: block)  [PENDING]\n"
-                            "==> agent-01  [running]\n==> agent-02  [running]\n")
+    assert shown.stdout == (
+        f"Request {reqid}  (script: block)  [PENDING]\n"
+        "==> agent-01  [running]\n==> agent-02  [running]\n"
+    )
     (gate / "go").touch()
 
     def finished():
@@ -347,21 +445,24 @@ def test_async_run_pending_then_complete(api, fleet):
 
     done = agentproc.wait_for(finished, 30, "async run to complete")
     assert done.json["pending"] == []
-    assert done.json["hosts"] == {name: {"status": "done", "exit": 0, "stdout": "released\n",
-                                         "stderr": ""} for name in NAMES}
+    assert done.json["hosts"] == {
+        name: {"status": "done", "exit": 0, "stdout": "released\n", "stderr": ""} for name in NAMES
+    }
     assert fleet.record(reqid)["submitter"] == {"username": "bob", "source_ip": "127.0.0.1"}
     waited = fleet.dispatcher.run("ced", "wait", reqid)
     assert waited.returncode == 0, waited.stderr
-    assert waited.stdout.startswith(f"Request {reqid}  (script: block)  [COMPLETE]\n"
-                                    "==> agent-01  [done  exit:0]\nreleased\n")
+    assert waited.stdout.startswith(
+        f"Request {reqid}  (script: block)  [COMPLETE]\n==> agent-01  [done  exit:0]\nreleased\n"
+    )
     as_json = json.loads(fleet.dispatcher.run("ced", "--json", "status", reqid).stdout)
     assert as_json["ok"] == 1 and as_json["complete"] is True
 
 
 def test_async_busy_and_wait_exit_codes(api, fleet):
     gate = fleet.gate()
-    first = fleet.dispatcher.run("ced", "--json", "run", "--async", "agent-01", "block", "--",
-                                 str(gate))
+    first = fleet.dispatcher.run(
+        "ced", "--json", "run", "--async", "agent-01", "block", "--", str(gate)
+    )
     assert first.returncode == 0, first.stderr
     submitted = json.loads(first.stdout)
     assert submitted["ok"] == 1 and submitted["results"][0]["status"] == "accepted"
@@ -372,8 +473,9 @@ def test_async_busy_and_wait_exit_codes(api, fleet):
     assert pending.returncode == 2, pending.stderr
     assert f"Request {reqid}  (script: block)  [PENDING]" in pending.stdout
     # the agent refuses a second copy of the script: busy, a failure for wait
-    busy = api.post("/run", {"hosts": ["agent-01"], "script": "block", "args": [str(gate)],
-                             "async": True})
+    busy = api.post(
+        "/run", {"hosts": ["agent-01"], "script": "block", "args": [str(gate)], "async": True}
+    )
     assert busy.status == 202
     [result] = busy.json["results"]
     assert result["status"] == "busy" and result["error"] == "script already running"
@@ -385,14 +487,18 @@ def test_async_busy_and_wait_exit_codes(api, fleet):
     assert done.returncode == 0, done.stdout + done.stderr
     failing = fleet.dispatcher.run("ced", "run", "--async", "agent-02", "fail", "--", "3")
     assert failing.returncode == 0
-    assert re.fullmatch(r"Submitted async run  req:([0-9a-f]{16})\n==> agent-02  \[accepted  \d+ms\]\n"
-                        r"Check progress with: (ctrl-exec )?ced status \1\n", failing.stdout), \
-        failing.stdout
+    assert re.fullmatch(
+        r"Submitted async run  req:([0-9a-f]{16})\n==> agent-02  \[accepted  \d+ms\]\n"
+        r"Check progress with: (ctrl-exec )?ced status \1\n",
+        failing.stdout,
+    ), failing.stdout
     failed_reqid = failing.stdout.split("req:", 1)[1][:16]
     failed = fleet.dispatcher.run("ced", "wait", failed_reqid, "--interval", "0.1")
     assert failed.returncode == 1
-    assert "==> agent-02  [done  exit:3]\nabout to fail\n    STDERR: something went wrong\n" \
+    assert (
+        "==> agent-02  [done  exit:3]\nabout to fail\n    STDERR: something went wrong\n"
         in failed.stdout
+    )
 
 
 def test_status_and_wait_of_unknown_reqid(fleet):
@@ -401,15 +507,24 @@ def test_status_and_wait_of_unknown_reqid(fleet):
         assert text.returncode == 1 and text.stderr == "No such request: feedfacefeedface\n"
         as_json = fleet.dispatcher.run("ced", "--json", mode, "feedfacefeedface")
         assert as_json.returncode == 1
-        assert json.loads(as_json.stdout) == {"ok": 0, "error": "not found",
-                                              "reqid": "feedfacefeedface"}
+        assert json.loads(as_json.stdout) == {
+            "ok": 0,
+            "error": "not found",
+            "reqid": "feedfacefeedface",
+        }
 
 
 # -- curl: a client that knows nothing of this code -------------------------------------------------
 
+
 def curl(*args: str) -> tuple[int, dict]:
-    completed = subprocess.run(["curl", "-sS", "--max-time", "60", "-w", "\n%{http_code}",
-                                *args], capture_output=True, text=True, timeout=90, check=True)
+    completed = subprocess.run(
+        ["curl", "-sS", "--max-time", "60", "-w", "\n%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
     body, _, code = completed.stdout.rpartition("\n")
     return int(code), json.loads(body)
 
@@ -418,8 +533,11 @@ def curl(*args: str) -> tuple[int, dict]:
 def test_curl_sync_and_async_run(api, fleet):
     url = f"http://127.0.0.1:{api.port}"
     post = ["-X", "POST", "-H", "Content-Type: application/json", "--data"]
-    code, body = curl(*post, json.dumps({"hosts": ["agent-02"], "script": "echo-args",
-                                         "args": ["from curl", "ü"]}), f"{url}/run")
+    code, body = curl(
+        *post,
+        json.dumps({"hosts": ["agent-02"], "script": "echo-args", "args": ["from curl", "ü"]}),
+        f"{url}/run",
+    )
     assert code == 200 and body["results"][0]["stdout"] == "from curl\nü\n"
     openapi_check.check_response("POST", "/run", code, body)
     code, status = curl(f"{url}/status/{body['reqid']}")
@@ -427,8 +545,11 @@ def test_curl_sync_and_async_run(api, fleet):
     openapi_check.check_response("GET", "/status/x", code, status)
 
     gate = fleet.gate()
-    code, body = curl(*post, json.dumps({"hosts": ["agent-02"], "script": "block",
-                                         "args": [str(gate)], "async": True}), f"{url}/run")
+    code, body = curl(
+        *post,
+        json.dumps({"hosts": ["agent-02"], "script": "block", "args": [str(gate)], "async": True}),
+        f"{url}/run",
+    )
     assert code == 202 and body["results"][0]["status"] == "accepted"
     openapi_check.check_response("POST", "/run", code, body)
     await_file(gate / "started")
@@ -447,6 +568,7 @@ def test_curl_sync_and_async_run(api, fleet):
 
 
 # -- auth gates ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hooked(fleet):
@@ -467,8 +589,16 @@ def hooked(fleet):
 def test_hook_sees_api_then_run(hooked):
     client, behave, calls = hooked
     behave(0)
-    response = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args",
-                                    "args": ["a b", "c"], "username": "alice", "token": "s3cret"})
+    response = client.post(
+        "/run",
+        {
+            "hosts": ["agent-01"],
+            "script": "echo-args",
+            "args": ["a b", "c"],
+            "username": "alice",
+            "token": "s3cret",
+        },
+    )
     assert response.status == 200
     (api_env, api_stdin), (run_env, run_stdin) = calls()
     assert api_env["ENVEXEC_ACTION"] == "api" and api_env["ENVEXEC_TOKEN"] == "s3cret"
@@ -499,13 +629,22 @@ def test_hook_sees_api_then_run(hooked):
     assert actions == [("api", ""), ("ping", "agent-02"), ("api", ""), ("ping", "agent-02")]
 
 
-@pytest.mark.parametrize("behaviour,path,body,error,code", [
-    ({"api": 1}, "/health", None, "denied", 1),
-    ({"api": 2}, "/nope", None, "bad credentials", 2),
-    ({"run": 3}, "/run", {"hosts": ["agent-01"], "script": "echo-args"}, "insufficient privilege", 3),
-    ({"ping": 7}, "/ping", {"hosts": ["agent-01"]}, "hook exited 7", 7),
-    ({"ping": "crash"}, "/discovery", None, "denied", 1),
-])
+@pytest.mark.parametrize(
+    "behaviour,path,body,error,code",
+    [
+        ({"api": 1}, "/health", None, "denied", 1),
+        ({"api": 2}, "/nope", None, "bad credentials", 2),
+        (
+            {"run": 3},
+            "/run",
+            {"hosts": ["agent-01"], "script": "echo-args"},
+            "insufficient privilege",
+            3,
+        ),
+        ({"ping": 7}, "/ping", {"hosts": ["agent-01"]}, "hook exited 7", 7),
+        ({"ping": "crash"}, "/discovery", None, "denied", 1),
+    ],
+)
 def test_hook_refusals(hooked, behaviour, path, body, error, code):
     client, behave, calls = hooked
     behave(behaviour)
@@ -522,16 +661,20 @@ def test_status_refused_looks_unknown(hooked, fleet):
     refused = client.get(f"/status/{reqid}")
     unknown = client.get("/status/00000000deadbeef")
     assert refused.status == unknown.status == 404
-    assert refused.json == {"ok": False, "error": "not found",
-                            "detail": f"no result for reqid {reqid}"}
+    assert refused.json == {
+        "ok": False,
+        "error": "not found",
+        "detail": f"no result for reqid {reqid}",
+    }
     assert unknown.json["detail"] == "no result for reqid 00000000deadbeef"
     assert [env["ENVEXEC_ACTION"] for env, _ in calls()] == ["api", "status", "api"]
 
 
 def test_generic_denials(fleet):
     hook = hookscripts.write_hook(fleet.base / "deny-run", {"run": 3})
-    process = apiproc.ApiProcess(fleet.dispatcher, auth_hook=str(hook),
-                                 auth_deny_generic=True).start()
+    process = apiproc.ApiProcess(
+        fleet.dispatcher, auth_hook=str(hook), auth_deny_generic=True
+    ).start()
     try:
         client = process.client()
         response = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args"})
@@ -561,16 +704,21 @@ def test_no_hook_denies_by_default(fleet, health_open):
 
 # -- server behaviour: 503, TLS, SIGTERM, kill -9, config errors ------------------------------------------
 
+
 def test_overload_answers_503(fleet):
-    process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow",
-                                 api_max_children=1).start()
+    process = apiproc.ApiProcess(
+        fleet.dispatcher, api_auth_default="allow", api_max_children=1
+    ).start()
     try:
         client = process.client()
         gate, busy = blocked_run(client, fleet, "agent-02")
         overloaded = client.get("/health")
         assert overloaded.status == 503 and overloaded.phrase == "Service Unavailable"
-        assert overloaded.json == {"ok": False, "error": "service unavailable",
-                                   "detail": "too many concurrent requests"}
+        assert overloaded.json == {
+            "ok": False,
+            "error": "service unavailable",
+            "detail": "too many concurrent requests",
+        }
         (gate / "go").touch()
         assert busy.result().status == 200
         assert agentproc.wait_for(lambda: client.get("/health").status == 200, 30, "a free slot")
@@ -586,23 +734,32 @@ def test_tls_api(fleet, session_ca):
     key.write_bytes(issued.key_pem)
     key.chmod(0o600)
     ca = fleet.layout.ca_cert
-    process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow",
-                                 api_cert=str(cert), api_key=str(key)).start()
+    process = apiproc.ApiProcess(
+        fleet.dispatcher, api_auth_default="allow", api_cert=str(cert), api_key=str(key)
+    ).start()
     try:
         client = process.client(tls_ca=ca)
         assert client.get("/health").status == 200
-        assert process.proc.stdout.readline() == \
-            f"ctrl-exec API listening on 127.0.0.1:{process.port} (TLS)\n"
+        assert (
+            process.proc.stdout.readline()
+            == f"ctrl-exec API listening on 127.0.0.1:{process.port} (TLS)\n"
+        )
         # a plain-HTTP client fails its own request, and the server carries on
         plain = apiproc.ApiClient(process.port)
         with pytest.raises((OSError, AssertionError, ValueError)):
             plain.get("/health")
         if shutil.which("curl"):
-            code, body = curl("--cacert", str(ca), "--resolve", f"localhost:{process.port}:127.0.0.1",
-                              f"https://localhost:{process.port}/health")
+            code, body = curl(
+                "--cacert",
+                str(ca),
+                "--resolve",
+                f"localhost:{process.port}:127.0.0.1",
+                f"https://localhost:{process.port}/health",
+            )
             assert code == 200 and body["ok"] is True
-        response = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args",
-                                        "args": ["over tls"]})
+        response = client.post(
+            "/run", {"hosts": ["agent-01"], "script": "echo-args", "args": ["over tls"]}
+        )
         assert response.status == 200 and response.json["results"][0]["stdout"] == "over tls\n"
     finally:
         process.stop()
@@ -644,8 +801,12 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
         n = 0
         while not stop.is_set():
             n += 1
-            body = {"hosts": ["agent-01"], "script": "echo-args", "args": ["x" * 4096] * 16,
-                    "async": n % 2 == 0}
+            body = {
+                "hosts": ["agent-01"],
+                "script": "echo-args",
+                "args": ["x" * 4096] * 16,
+                "async": n % 2 == 0,
+            }
             try:
                 client.post("/run", body, timeout=10)
             except (OSError, AssertionError, ValueError):
@@ -656,8 +817,9 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
         worker.start()
     runs = fleet.layout.runs_dir
     before = len(list(runs.glob("*.json")))
-    agentproc.wait_for(lambda: len(list(runs.glob("*.json"))) >= before + 6, 60,
-                       "records being written")
+    agentproc.wait_for(
+        lambda: len(list(runs.glob("*.json"))) >= before + 6, 60, "records being written"
+    )
     process.kill()
     stop.set()
     for worker in workers:
@@ -671,8 +833,9 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
             assert record["reqid"] == path.name[:-5] and record["mode"] in ("sync", "async")
             assert stat.S_IMODE(path.stat().st_mode) == 0o640
         else:
-            assert path.name == ".lock" or (path.name.startswith(".") and
-                                            path.name.endswith(".tmp")), path.name
+            assert path.name == ".lock" or (
+                path.name.startswith(".") and path.name.endswith(".tmp")
+            ), path.name
     # a leftover temp file of the killed writer is removed once it is old
     leftovers = [p for p in runs.iterdir() if p.name.endswith(".tmp")]
     stale = runs / ".feedfacefeedface.json.x.tmp"
@@ -681,21 +844,29 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
         os.utime(path, (time.time() - 7200, time.time() - 7200))
     again = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()  # purges
     try:
-        agentproc.wait_for(lambda: not [p for p in runs.iterdir() if p.name.endswith(".tmp")],
-                           30, "the purge at start")
+        agentproc.wait_for(
+            lambda: not [p for p in runs.iterdir() if p.name.endswith(".tmp")],
+            30,
+            "the purge at start",
+        )
     finally:
         again.stop()
 
 
-@pytest.mark.parametrize("config,message", [
-    ({"api_cert": "/nonexistent/api.crt"}, "key 'api_key': must be set too"),
-    ({"api_cert": "/nonexistent/api.crt", "api_key": "/nonexistent/api.key"},
-     "cannot read the API certificate /nonexistent/api.crt"),
-    ({"api_port": 0}, "api_port"),
-    ({"api_max_children": "many"}, "api_max_children"),
-    ({"health_open": 1}, "health_open"),
-    ({"cert": "/nonexistent/dispatcher.crt"}, "does not exist"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"api_cert": "/nonexistent/api.crt"}, "key 'api_key': must be set too"),
+        (
+            {"api_cert": "/nonexistent/api.crt", "api_key": "/nonexistent/api.key"},
+            "cannot read the API certificate /nonexistent/api.crt",
+        ),
+        ({"api_port": 0}, "api_port"),
+        ({"api_max_children": "many"}, "api_max_children"),
+        ({"health_open": 1}, "health_open"),
+        ({"cert": "/nonexistent/dispatcher.crt"}, "does not exist"),
+    ],
+)
 def test_configuration_errors_exit_78(fleet, config, message):
     apiproc.write_config(fleet.dispatcher.root, **config)
     try:
@@ -712,14 +883,24 @@ def test_ctrl_exec_api_program_name_serves(fleet, tmp_path):
     (tmp_path / "ctrl-exec-api").symlink_to(fleet.dispatcher.path)
     bad = tmp_path / "api.toml"
     bad.write_text('api_key = "/nonexistent/api.key"\n')
-    completed = subprocess.run([str(tmp_path / "ctrl-exec-api"), "--config", str(bad)],
-                               env=fleet.dispatcher.env(), capture_output=True, text=True,
-                               timeout=60)
+    completed = subprocess.run(
+        [str(tmp_path / "ctrl-exec-api"), "--config", str(bad)],
+        env=fleet.dispatcher.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert completed.returncode == 78
-    assert completed.stderr == (f"ctrl-exec-api: {bad}, key 'api_cert': must be set too: "
-                                "TLS needs both api_cert and api_key\n")
-    version = subprocess.run([str(tmp_path / "ctrl-exec-api"), "--version"],
-                             env=fleet.dispatcher.env(), capture_output=True, text=True)
+    assert completed.stderr == (
+        f"ctrl-exec-api: {bad}, key 'api_cert': must be set too: "
+        "TLS needs both api_cert and api_key\n"
+    )
+    version = subprocess.run(
+        [str(tmp_path / "ctrl-exec-api"), "--version"],
+        env=fleet.dispatcher.env(),
+        capture_output=True,
+        text=True,
+    )
     assert version.returncode == 0 and version.stdout.startswith("ctrl-exec-api ")
 
 
@@ -732,10 +913,15 @@ def test_empty_registry(ctl, session_ca):
     try:
         client = process.client()
         assert client.get("/discovery").json == {"ok": True, "hosts": {}}
-        assert [env["ENVEXEC_ACTION"] for env, _ in hookscripts.calls(ctl.root / "calls")] == ["api"]
+        assert [env["ENVEXEC_ACTION"] for env, _ in hookscripts.calls(ctl.root / "calls")] == [
+            "api"
+        ]
         live = client.get("/openapi-live.json").json
         validate_openapi(live)
-        assert "enum" not in live["components"]["schemas"]["RunRequest"]["properties"]["hosts"]["items"]
+        assert (
+            "enum"
+            not in live["components"]["schemas"]["RunRequest"]["properties"]["hosts"]["items"]
+        )
         assert "enum" not in live["components"]["schemas"]["RunRequest"]["properties"]["script"]
         assert "x-ctrl-exec-scripts" not in live
     finally:

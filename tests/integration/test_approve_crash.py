@@ -24,9 +24,14 @@ def queue_request(root: Path, key: Path, index: int) -> str:
     name = f"node-{index:02d}"
     reqid = f"{index:016x}"
     csr = openssl.csr(key, name)
-    record = wire.queue_record(wire.parse_request(wire.request_body(name, csr, "ab" * 16, "ip",
-                                                                    17443, "127.0.0.1")),
-                               reqid, "127.0.0.1", "2026-01-01T00:00:00Z", "", False)
+    record = wire.queue_record(
+        wire.parse_request(wire.request_body(name, csr, "ab" * 16, "ip", 17443, "127.0.0.1")),
+        reqid,
+        "127.0.0.1",
+        "2026-01-01T00:00:00Z",
+        "",
+        False,
+    )
     pairing = root / "var/lib/ctrl-exec/pairing"
     pairing.mkdir(parents=True, exist_ok=True)
     (pairing / f"{reqid}.json").write_text(json.dumps(record))
@@ -36,10 +41,13 @@ def queue_request(root: Path, key: Path, index: int) -> str:
 def state_of(ctl, reqid: str, name: str) -> str:
     """'none' or 'complete', after the next reader looked at the queue;
     anything else fails the test."""
-    pending = {r["reqid"] for r in json.loads(ctl.run("ced", "list-requests", "--json",
-                                                      check=True).stdout)}
-    agents = {r["hostname"]: r for r in json.loads(ctl.run("ced", "list-agents", "--json",
-                                                           check=True).stdout)}
+    pending = {
+        r["reqid"] for r in json.loads(ctl.run("ced", "list-requests", "--json", check=True).stdout)
+    }
+    agents = {
+        r["hostname"]: r
+        for r in json.loads(ctl.run("ced", "list-agents", "--json", check=True).stdout)
+    }
     pairing = ctl.root / "var/lib/ctrl-exec/pairing"
     approved = pairing / f"{reqid}.approved"
     assert not (pairing / f"{reqid}.commit").exists()

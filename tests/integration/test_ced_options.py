@@ -5,9 +5,11 @@ import json
 
 def test_options_before_the_mode_and_port_on_status(ctl):
     unknown = "0123456789abcdef"
-    for argv in (["--json", "--port", "17443", "status", unknown],
-                 ["status", unknown, "--port", "17443", "--json"],
-                 ["--timeout", "0", "--json", "wait", unknown, "--port", "17443"]):
+    for argv in (
+        ["--json", "--port", "17443", "status", unknown],
+        ["status", unknown, "--port", "17443", "--json"],
+        ["--timeout", "0", "--json", "wait", unknown, "--port", "17443"],
+    ):
         result = ctl.run("ced", *argv)
         assert result.returncode == 1, (argv, result.stdout, result.stderr)
         assert json.loads(result.stdout) == {"ok": 0, "error": "not found", "reqid": unknown}

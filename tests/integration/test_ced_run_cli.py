@@ -42,6 +42,7 @@ def register(disp, session_ca, name: str, port: int) -> None:
 
 # -- output and exit codes -------------------------------------------------------
 
+
 def test_ping_text_and_json(disp, session_ca, peer):
     register(disp, session_ca, "vm", peer.port)
     text = disp.run("ced", "ping", "vm")
@@ -73,8 +74,10 @@ def test_run_text_json_and_exit_codes(disp, session_ca, peer):
     assert text.returncode == 0, text.stderr
     reqid = peer.received[-1].json["reqid"]
     assert re.fullmatch(r"[0-9a-f]{16}", reqid)
-    assert re.fullmatch(rf"==> vm  \[OK  exit:0  \d+ms  req:{reqid}\]\ntwo words\n\nline\nbreak\nünï ✓\n",
-                        text.stdout)
+    assert re.fullmatch(
+        rf"==> vm  \[OK  exit:0  \d+ms  req:{reqid}\]\ntwo words\n\nline\nbreak\nünï ✓\n",
+        text.stdout,
+    )
     assert peer.received[-1].json["args"] == args
     as_json = disp.run("ced", "run", "--json", "vm", "echo-args", "--", "a")
     [result] = json.loads(as_json.stdout)["results"]
@@ -87,8 +90,11 @@ def test_run_exits_1_when_a_host_fails(disp, session_ca, failing_peer):
     register(disp, session_ca, "vm", failing_peer.port)
     result = disp.run("ced", "run", "vm", "fail", "--", "5")
     assert result.returncode == 1
-    assert re.match(r"==> vm  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{16}\]\nabout to fail\n"
-                    r"    STDERR: something went wrong\n$", result.stdout)
+    assert re.match(
+        r"==> vm  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{16}\]\nabout to fail\n"
+        r"    STDERR: something went wrong\n$",
+        result.stdout,
+    )
 
 
 @pytest.fixture
@@ -97,9 +103,18 @@ def failing_peer(session_ca, tmp_path):
         from tests.support.peer012 import http_response
 
         body = request.json
-        return http_response(200, json.dumps({
-            "exit": int(body["args"][0]), "reqid": body["reqid"], "stdout": "about to fail\n",
-            "stderr": "something went wrong\n", "script": "fail"}).encode())
+        return http_response(
+            200,
+            json.dumps(
+                {
+                    "exit": int(body["args"][0]),
+                    "reqid": body["reqid"],
+                    "stdout": "about to fail\n",
+                    "stderr": "something went wrong\n",
+                    "script": "fail",
+                }
+            ).encode(),
+        )
 
     with Peer012(session_ca, tmp_path / "fail", behaviour=fail) as running:
         yield running
@@ -126,12 +141,16 @@ def test_unknown_agent(disp, session_ca, peer):
     assert "Only registered agents can be addressed" in result.stderr
     assert peer.received == []
     as_json = disp.run("ced", "--json", "ping", "nosuch")
-    assert json.loads(as_json.stdout) == {"ok": 0, "error": "unknown agent",
-                                          "detail": "not a registered agent: nosuch"}
+    assert json.loads(as_json.stdout) == {
+        "ok": 0,
+        "error": "unknown agent",
+        "detail": "not a registered agent: nosuch",
+    }
 
 
-@pytest.mark.parametrize("argv", [["run", "vm"], ["run", "vm", "bad/name"], ["ping"],
-                                  ["ping", "vm", "--port", "0"]])
+@pytest.mark.parametrize(
+    "argv", [["run", "vm"], ["run", "vm", "bad/name"], ["ping"], ["ping", "vm", "--port", "0"]]
+)
 def test_malformed_commands_exit_2(disp, argv):
     result = disp.run("ced", *argv)
     assert result.returncode == 2
@@ -139,8 +158,9 @@ def test_malformed_commands_exit_2(disp, argv):
 
 
 def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer):
-    testpki.register_agent(ctl.root, "vm", peer.port, session_ca.issue("vm"),
-                           session_ca.issue("ctrl-exec-dispatcher"))
+    testpki.register_agent(
+        ctl.root, "vm", peer.port, session_ca.issue("vm"), session_ca.issue("ctrl-exec-dispatcher")
+    )
     result = ctl.run("ced", "ping", "vm")
     assert result.returncode == 78
     assert "does not exist" in result.stderr and "ced setup-ctrl-exec" in result.stderr
@@ -149,14 +169,20 @@ def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer)
 
 # -- progress line, and the stdlib-only path -------------------------------------------
 
+
 def test_progress_line_on_a_terminal_for_large_fan_outs(disp, session_ca, peer):
     names = [f"node-{n:02d}" for n in range(12)]
     for name in names:
         register(disp, session_ca, name, peer.port)
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen(disp.argv("ced", "ping", *names), env=disp.env(),
-                                stdout=subprocess.PIPE, stderr=slave, text=True)
+        proc = subprocess.Popen(
+            disp.argv("ced", "ping", *names),
+            env=disp.env(),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+        )
         os.close(slave)
         stdout, _ = proc.communicate(timeout=60)
         seen = b""
@@ -192,11 +218,18 @@ def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path
     unsafe.chmod(0o777)
     env = {"CTRL_EXEC_CACHE_DIR": str(unsafe)}
     for argv in (["ping", "vm"], ["run", "vm", "echo-args", "--", "x"], ["list-locks"]):
-        result = subprocess.run([*disp.argv("ced", *argv)[:1], "-X", "importtime",
-                                 *disp.argv("ced", *argv)[1:]],
-                                env=disp.env(env), capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [*disp.argv("ced", *argv)[:1], "-X", "importtime", *disp.argv("ced", *argv)[1:]],
+            env=disp.env(env),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
-        imported = {line.split("|")[-1].strip().split(".")[0]
-                    for line in result.stderr.splitlines() if line.startswith("import time:")}
+        imported = {
+            line.split("|")[-1].strip().split(".")[0]
+            for line in result.stderr.splitlines()
+            if line.startswith("import time:")
+        }
         assert not imported & {"cryptography", "cffi", "_cffi_backend"}, argv
     assert list(unsafe.iterdir()) == []

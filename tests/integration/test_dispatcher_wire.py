@@ -37,11 +37,18 @@ class Dispatcher:
         testpki.register_agent(self.root, name, port, agent, self.issued, ip=address)
 
     def engine(self, **overrides) -> Engine:
-        values = dict(cert=str(self.layout.dispatcher_cert), key=str(self.layout.dispatcher_key),
-                      ca=str(self.layout.ca_cert), read_timeout=5)
+        values = dict(
+            cert=str(self.layout.dispatcher_cert),
+            key=str(self.layout.dispatcher_key),
+            ca=str(self.layout.ca_cert),
+            read_timeout=5,
+        )
         values.update(overrides)
-        return Engine(EngineSettings(**values), Registry(self.layout.registry_dir),
-                      HostScriptLocks(self.layout.locks_dir))
+        return Engine(
+            EngineSettings(**values),
+            Registry(self.layout.registry_dir),
+            HostScriptLocks(self.layout.locks_dir),
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -60,8 +67,9 @@ def peer(session_ca, tmp_path):
 
 
 def run(engine: Engine, hosts, script="echo-args", args=(), **kwargs):
-    return engine.run(hosts, script, list(args), caller="cli", username="alice", token=TOKEN,
-                      **kwargs)
+    return engine.run(
+        hosts, script, list(args), caller="cli", username="alice", token=TOKEN, **kwargs
+    )
 
 
 def test_ping_request_and_result_match_0_12(dispatcher, peer):
@@ -69,7 +77,9 @@ def test_ping_request_and_result_match_0_12(dispatcher, peer):
     [result] = dispatcher.engine().ping(["vm"], caller="cli")
     [request] = peer.received
     assert (request.method, request.path) == ("POST", "/ping")
-    assert len(request.headers) <= 32 and request.headers["content-length"] == str(len(request.raw_body))
+    assert len(request.headers) <= 32 and request.headers["content-length"] == str(
+        len(request.raw_body)
+    )
     assert set(request.json) == {"reqid"} and re.fullmatch(r"[0-9a-f]{16}", request.json["reqid"])
     # C.4: the agent's fields plus host and rtt
     assert set(result) == {"host", "rtt", "reqid", "staged", "expiry", "status", "version"}
@@ -79,10 +89,21 @@ def test_ping_request_and_result_match_0_12(dispatcher, peer):
     assert f"TARGET=127.0.0.1:{peer.port}" in dispatcher.log_text()
 
 
-@pytest.mark.parametrize("args", [
-    ["hello", "two words"],
-    ["line one\nline two", "", "tab\there", "ünïcødé ✓", "'quoted' \"double\"", "--flag", "$HOME;ls"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["hello", "two words"],
+        [
+            "line one\nline two",
+            "",
+            "tab\there",
+            "ünïcødé ✓",
+            "'quoted' \"double\"",
+            "--flag",
+            "$HOME;ls",
+        ],
+    ],
+)
 def test_run_sends_the_0_12_body_and_forwards_the_token(dispatcher, peer, args):
     dispatcher.register("vm", peer.port)
     [result] = run(dispatcher.engine(), ["vm"], args=args)
@@ -92,14 +113,24 @@ def test_run_sends_the_0_12_body_and_forwards_the_token(dispatcher, peer, args):
     body = request.json
     assert set(body) == {"script", "args", "reqid", "username", "token"}
     assert body["args"] == args and body["token"] == TOKEN and body["username"] == "alice"
-    assert result == {"script": "echo-args", "stderr": "", "stdout": "".join(a + "\n" for a in args),
-                      "exit": 0, "reqid": body["reqid"], "host": "vm", "rtt": result["rtt"]}
+    assert result == {
+        "script": "echo-args",
+        "stderr": "",
+        "stdout": "".join(a + "\n" for a in args),
+        "exit": 0,
+        "reqid": body["reqid"],
+        "host": "vm",
+        "rtt": result["rtt"],
+    }
     assert TOKEN not in dispatcher.log_text()
     assert f"ACTION=dispatch HOSTS=vm MODE=sync REQID={body['reqid']}" in dispatcher.log_text()
 
 
 def test_one_reqid_for_every_host_and_results_in_the_order_given(dispatcher, session_ca, tmp_path):
-    with Peer012(session_ca, tmp_path / "a") as first, Peer012(session_ca, tmp_path / "b") as second:
+    with (
+        Peer012(session_ca, tmp_path / "a") as first,
+        Peer012(session_ca, tmp_path / "b") as second,
+    ):
         dispatcher.register("db-02", first.port)
         dispatcher.register("web-01", second.port)
         results = run(dispatcher.engine(max_parallel=2), ["web-01", "db-02"], args=["x"])
@@ -122,7 +153,9 @@ def test_agent_registered_on_the_default_port_uses_the_port_option(dispatcher, p
 
 def test_reply_read_to_eof_without_content_length(dispatcher, session_ca, tmp_path):
     def no_length(request):
-        return b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"exit":0,"stdout":"eof\\n"}'
+        return (
+            b'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{"exit":0,"stdout":"eof\\n"}'
+        )
 
     with Peer012(session_ca, tmp_path / "p", behaviour=no_length) as peer:
         dispatcher.register("vm", peer.port)
@@ -134,8 +167,12 @@ def test_large_output_arrives_whole(dispatcher, session_ca, tmp_path):
     big = "x" * (3 * 1024 * 1024)
 
     def large(request):
-        return http_response(200, json.dumps({"exit": 0, "stdout": big, "stderr": "",
-                                              "script": "s", "reqid": "r"}).encode())
+        return http_response(
+            200,
+            json.dumps(
+                {"exit": 0, "stdout": big, "stderr": "", "script": "s", "reqid": "r"}
+            ).encode(),
+        )
 
     with Peer012(session_ca, tmp_path / "p", behaviour=large) as peer:
         dispatcher.register("vm", peer.port)
@@ -143,15 +180,20 @@ def test_large_output_arrives_whole(dispatcher, session_ca, tmp_path):
     assert result["stdout"] == big
 
 
-@pytest.mark.parametrize("status, body, error", [
-    (403, b'{"error":"serial mismatch","status":"forbidden"}', "forbidden: serial mismatch"),
-    (403, b'{"error":"certificate revoked"}', "forbidden: certificate revoked"),
-    (413, b'{"error":"request too large"}', "request too large"),
-    (404, b'{"error":"not found"}', "404 Not Found"),
-    (200, b"not json at all", "invalid JSON response"),
-])
+@pytest.mark.parametrize(
+    "status, body, error",
+    [
+        (403, b'{"error":"serial mismatch","status":"forbidden"}', "forbidden: serial mismatch"),
+        (403, b'{"error":"certificate revoked"}', "forbidden: certificate revoked"),
+        (413, b'{"error":"request too large"}', "request too large"),
+        (404, b'{"error":"not found"}', "404 Not Found"),
+        (200, b"not json at all", "invalid JSON response"),
+    ],
+)
 def test_agent_refusals_become_0_12_errors(dispatcher, session_ca, tmp_path, status, body, error):
-    with Peer012(session_ca, tmp_path / "p", behaviour=lambda r: http_response(status, body)) as peer:
+    with Peer012(
+        session_ca, tmp_path / "p", behaviour=lambda r: http_response(status, body)
+    ) as peer:
         dispatcher.register("vm", peer.port)
         [result] = run(dispatcher.engine(), ["vm"], script="fail")
     assert result["exit"] == -1 and result["error"] == error
@@ -164,8 +206,12 @@ def test_close_without_reply(dispatcher, session_ca, tmp_path):
     with Peer012(session_ca, tmp_path / "p", behaviour=lambda r: None) as peer:
         dispatcher.register("vm", peer.port)
         [result] = dispatcher.engine().ping(["vm"], caller="cli")
-    assert result == {"host": "vm", "status": "error", "rtt": result["rtt"],
-                      "error": "host '127.0.0.1' closed the connection without a response"}
+    assert result == {
+        "host": "vm",
+        "status": "error",
+        "rtt": result["rtt"],
+        "error": "host '127.0.0.1' closed the connection without a response",
+    }
 
 
 def test_garbage_reply_is_a_protocol_error(dispatcher, session_ca, tmp_path):
@@ -190,15 +236,18 @@ def test_connection_refused(dispatcher):
         port = probe.getsockname()[1]
     dispatcher.register("vm", port)
     [result] = dispatcher.engine().ping(["vm"], caller="cli")
-    assert result["error"] == (f"host '127.0.0.1' did not respond on port {port} - connection "
-                               "refused (agent not running, or wrong port?)")
+    assert result["error"] == (
+        f"host '127.0.0.1' did not respond on port {port} - connection "
+        "refused (agent not running, or wrong port?)"
+    )
 
 
 def test_unresolvable_name(dispatcher):
     dispatcher.register("vm", 7443, address="no-such-host.invalid")
     [result] = dispatcher.engine().ping(["vm"], caller="cli")
-    assert result["error"] == ("host 'no-such-host.invalid' did not resolve - check the name or "
-                               "use an IP address")
+    assert result["error"] == (
+        "host 'no-such-host.invalid' did not resolve - check the name or use an IP address"
+    )
 
 
 def test_agent_from_another_ca_fails_the_handshake(dispatcher, tmp_path):
@@ -206,7 +255,9 @@ def test_agent_from_another_ca_fails_the_handshake(dispatcher, tmp_path):
     with Peer012(stranger, tmp_path / "p") as peer:
         dispatcher.register("vm", peer.port)
         [result] = run(dispatcher.engine(), ["vm"])
-    assert result["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
+    assert (
+        result["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
+    )
     assert peer.received == []
 
 
@@ -217,7 +268,9 @@ def test_agent_that_refuses_our_certificate(dispatcher, session_ca, tmp_path):
     with Peer012(session_ca, tmp_path / "p", client_ca=stranger) as peer:
         dispatcher.register("vm", peer.port)
         [result] = dispatcher.engine().ping(["vm"], caller="cli")
-    assert result["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
+    assert (
+        result["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
+    )
     assert peer.received == []
 
 
@@ -229,14 +282,17 @@ def test_unknown_agents_are_named_and_nothing_is_contacted(dispatcher, peer):
     assert peer.received == []
 
 
-@pytest.mark.parametrize("hosts, script, args, message", [
-    ([], "s", [], "at least one host"),
-    (["vm"] * 501, "s", [], "too many hosts"),
-    (["vm", "vm"], "s", [], "given more than once"),
-    (["vm"], "../etc", [], "invalid script name"),
-    (["vm"], "s", ["a\x00b"], "NUL"),
-    (["vm"], "s", ["\udcff"], "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "hosts, script, args, message",
+    [
+        ([], "s", [], "at least one host"),
+        (["vm"] * 501, "s", [], "too many hosts"),
+        (["vm", "vm"], "s", [], "given more than once"),
+        (["vm"], "../etc", [], "invalid script name"),
+        (["vm"], "s", ["a\x00b"], "NUL"),
+        (["vm"], "s", ["\udcff"], "not valid UTF-8"),
+    ],
+)
 def test_malformed_requests(dispatcher, peer, hosts, script, args, message):
     dispatcher.register("vm", peer.port)
     with pytest.raises(BadRequest, match=message):
@@ -250,7 +306,10 @@ def test_denied_by_the_api_default_before_any_connection(dispatcher, peer):
         dispatcher.engine().run(["vm"], "echo-args", [], caller="api", source_ip="10.1.2.3")
     assert (denied.value.reason, denied.value.code) == ("no auth hook configured", 1)
     assert peer.received == []
-    assert "ACTION=auth AUTHACTION=run IP=10.1.2.3 REASON=no-hook-deny RESULT=deny" in dispatcher.log_text()
+    assert (
+        "ACTION=auth AUTHACTION=run IP=10.1.2.3 REASON=no-hook-deny RESULT=deny"
+        in dispatcher.log_text()
+    )
 
 
 def test_locks_are_held_for_the_whole_run(dispatcher, peer):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 
@@ -48,16 +47,25 @@ def fleet(session_ca, pyz_for, tmp_path_factory):
     issued = testpki.install_dispatcher(session_ca, dispatcher.root)
 
     def prepare(site, runner):
-        outside = agentproc.write_script(runner.root / "elsewhere" / "outside.sh",
-                                         "#!/bin/sh\necho outside\n")
+        outside = agentproc.write_script(
+            runner.root / "elsewhere" / "outside.sh", "#!/bin/sh\necho outside\n"
+        )
         site.allowlist["outside"] = str(outside)
         escape = site.scripts_dir / "escape.sh"
         escape.symlink_to(outside)
         site.allowlist["escape"] = str(escape)
         site.write_allowlist()
 
-    agents = agentproc.start_agents(session_ca, pyz_for, base, dispatcher.root, issued, NAMES,
-                                    dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK), prepare)
+    agents = agentproc.start_agents(
+        session_ca,
+        pyz_for,
+        base,
+        dispatcher.root,
+        issued,
+        NAMES,
+        dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK),
+        prepare,
+    )
     try:
         yield Fleet(dispatcher, issued, agents)
     finally:
@@ -78,6 +86,7 @@ def results_of(completed) -> list[dict]:
 
 # -- ping and run ----------------------------------------------------------------------
 
+
 def test_ping_two_agents(fleet):
     completed = fleet.ced("--json", "ping", *NAMES)
     assert completed.returncode == 0, completed.stderr
@@ -91,12 +100,22 @@ def test_ping_two_agents(fleet):
     # the agents call themselves by this machine's name, shown after the registry's
     text = fleet.ced("ping", *NAMES)
     rows = text.stdout.splitlines()[2:]
-    assert len(rows) == 2 and all(re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row)
-                                  for name, row in zip(NAMES, rows)), text.stdout
+    assert len(rows) == 2 and all(
+        re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row) for name, row in zip(NAMES, rows)
+    ), text.stdout
 
 
-ARGS = ["plain", "two words", "", "line one\nline two", "ünïcødé ✓ 日本", "'single' \"double\"",
-        "$HOME;echo no-shell", "--looks-like-an-option", " leading and trailing "]
+ARGS = [
+    "plain",
+    "two words",
+    "",
+    "line one\nline two",
+    "ünïcødé ✓ 日本",
+    "'single' \"double\"",
+    "$HOME;echo no-shell",
+    "--looks-like-an-option",
+    " leading and trailing ",
+]
 
 
 def test_run_on_two_agents_with_awkward_arguments(fleet):
@@ -105,12 +124,22 @@ def test_run_on_two_agents_with_awkward_arguments(fleet):
     results = results_of(completed)
     expected = "".join(arg + "\n" for arg in ARGS)
     for name, result in zip(NAMES, results):
-        assert result == {"script": "echo-args", "exit": 0, "stdout": expected, "stderr": "",
-                          "reqid": results[0]["reqid"], "host": name, "rtt": result["rtt"]}
+        assert result == {
+            "script": "echo-args",
+            "exit": 0,
+            "stdout": expected,
+            "stderr": "",
+            "reqid": results[0]["reqid"],
+            "host": name,
+            "rtt": result["rtt"],
+        }
     reqid = results[0]["reqid"]
     assert re.fullmatch(r"[0-9a-f]{16}", reqid)
     # one REQID in the dispatcher's lines and in each agent's run line
-    assert f"ACTION=dispatch HOSTS={','.join(NAMES)} MODE=sync REQID={reqid}" in fleet.dispatcher.log_text()
+    assert (
+        f"ACTION=dispatch HOSTS={','.join(NAMES)} MODE=sync REQID={reqid}"
+        in fleet.dispatcher.log_text()
+    )
     for name in NAMES:
         assert re.search(rf"ACTION=run .*REQID={reqid}", fleet.agent_log(name))
 
@@ -118,8 +147,10 @@ def test_run_on_two_agents_with_awkward_arguments(fleet):
 def test_run_text_output(fleet):
     completed = fleet.ced("run", "agent-01", "echo-args", "--", "hello", "two words")
     assert completed.returncode == 0, completed.stderr
-    assert re.fullmatch(r"==> agent-01  \[OK  exit:0  \d+ms  req:[0-9a-f]{16}\]\nhello\ntwo words\n",
-                        completed.stdout)
+    assert re.fullmatch(
+        r"==> agent-01  \[OK  exit:0  \d+ms  req:[0-9a-f]{16}\]\nhello\ntwo words\n",
+        completed.stdout,
+    )
 
 
 def test_script_failure(fleet):
@@ -127,8 +158,11 @@ def test_script_failure(fleet):
     assert completed.returncode == 1
     blocks = completed.stdout.split("==> ")[1:]
     for name, block in zip(NAMES, blocks):
-        assert re.fullmatch(rf"{name}  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{{16}}\]\n"
-                            r"about to fail\n    STDERR: something went wrong\n", block)
+        assert re.fullmatch(
+            rf"{name}  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{{16}}\]\n"
+            r"about to fail\n    STDERR: something went wrong\n",
+            block,
+        )
 
 
 @pytest.mark.parametrize("script", ["nosuch", "outside", "escape"])
@@ -142,8 +176,18 @@ def test_refused_scripts(fleet, script):
 
 
 def test_token_reaches_the_script_and_no_log(fleet):
-    completed = fleet.ced("--json", "run", "agent-02", "show-context", "--username", "alice",
-                          "--", "a b", "", env={"ENVEXEC_TOKEN": TOKEN})
+    completed = fleet.ced(
+        "--json",
+        "run",
+        "agent-02",
+        "show-context",
+        "--username",
+        "alice",
+        "--",
+        "a b",
+        "",
+        env={"ENVEXEC_TOKEN": TOKEN},
+    )
     assert completed.returncode == 0, completed.stderr
     [result] = results_of(completed)
     context = json.loads(result["stdout"])
@@ -173,13 +217,21 @@ def test_untrusted_dispatcher_is_refused(fleet, session_ca, ctl):
 
 # -- the dispatcher auth hook ------------------------------------------------------------
 
+
 def test_hook_allows_and_sees_the_0_12_contract(fleet, tmp_path):
     record = tmp_path / "calls"
     fleet.configure(auth_hook=str(hookscripts.write_hook(tmp_path / "hook", 0, record)))
     port = fleet.agents["agent-01"][1].site.port
     args = ["x y", "", "a\nb"]
-    completed = fleet.ced("run", f"agent-01:{port}", "agent-02", "show-context", "--", *args,
-                          env={"ENVEXEC_TOKEN": TOKEN, "USER": "carol"})
+    completed = fleet.ced(
+        "run",
+        f"agent-01:{port}",
+        "agent-02",
+        "show-context",
+        "--",
+        *args,
+        env={"ENVEXEC_TOKEN": TOKEN, "USER": "carol"},
+    )
     assert completed.returncode == 0, completed.stderr
     ping = fleet.ced("ping", "agent-02", "--token", TOKEN, "--username", "dave")
     assert ping.returncode == 0
@@ -190,8 +242,20 @@ def test_hook_allows_and_sees_the_0_12_contract(fleet, tmp_path):
     assert env["ENVEXEC_TOKEN"] == TOKEN and env["ENVEXEC_USERNAME"] == "carol"
     assert env["ENVEXEC_SOURCE_IP"] == "127.0.0.1" and env["ENVEXEC_DISPATCHER"] == ""
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", env["ENVEXEC_TIMESTAMP"])
-    assert set(stdin) == {"action", "script", "hosts", "args", "username", "token", "source_ip",
-                          "dispatcher", "dispatcher_serial", "reqid", "submitter", "timestamp"}
+    assert set(stdin) == {
+        "action",
+        "script",
+        "hosts",
+        "args",
+        "username",
+        "token",
+        "source_ip",
+        "dispatcher",
+        "dispatcher_serial",
+        "reqid",
+        "submitter",
+        "timestamp",
+    }
     assert stdin["hosts"] == [f"agent-01:{port}", "agent-02"] and stdin["args"] == args
     assert ping_env["ENVEXEC_ACTION"] == "ping" and ping_env["ENVEXEC_SCRIPT"] == ""
     assert ping_env["ENVEXEC_TOKEN"] == TOKEN and ping_env["ENVEXEC_USERNAME"] == "dave"
@@ -199,19 +263,25 @@ def test_hook_allows_and_sees_the_0_12_contract(fleet, tmp_path):
     # the token went on to both agents and their scripts
     contexts = [json.loads(block.split("\n", 1)[1]) for block in completed.stdout.split("==> ")[1:]]
     assert [context["token"] for context in contexts] == [TOKEN, TOKEN]
-    assert "ACTION=auth AUTHACTION=run IP=127.0.0.1 RESULT=pass USER=carol" in fleet.dispatcher.log_text()
+    assert (
+        "ACTION=auth AUTHACTION=run IP=127.0.0.1 RESULT=pass USER=carol"
+        in fleet.dispatcher.log_text()
+    )
     assert TOKEN not in fleet.all_logs()
 
 
-@pytest.mark.parametrize("behaviour, reason, code", [
-    (1, "denied", 1),
-    (2, "bad credentials", 2),
-    (3, "insufficient privilege", 3),
-    (9, "hook exited 9", 9),
-    ("hang", "denied", 1),
-    ("crash", "denied", 1),
-    ("missing", "auth hook not found or not executable: {hook}", 1),
-])
+@pytest.mark.parametrize(
+    "behaviour, reason, code",
+    [
+        (1, "denied", 1),
+        (2, "bad credentials", 2),
+        (3, "insufficient privilege", 3),
+        (9, "hook exited 9", 9),
+        ("hang", "denied", 1),
+        ("crash", "denied", 1),
+        ("missing", "auth hook not found or not executable: {hook}", 1),
+    ],
+)
 def test_hook_denies(fleet, tmp_path, behaviour, reason, code):
     hook = tmp_path / "hook"
     if behaviour != "missing":
@@ -231,25 +301,38 @@ def test_hook_denies(fleet, tmp_path, behaviour, reason, code):
 
 # -- locks --------------------------------------------------------------------------------
 
+
 def test_lock_conflict_while_a_run_is_in_progress(fleet, tmp_path):
     gate = tmp_path / "gate"
     gate.mkdir()
     gate.chmod(0o777)  # the script runs as the agent's user
     first = fleet.dispatcher.popen("ced", "run", "agent-01", "block", "--", str(gate))
     try:
-        agentproc.wait_for(lambda: (gate / "started").exists() or first.poll() is not None,
-                           30, "the first run to start")
+        agentproc.wait_for(
+            lambda: (gate / "started").exists() or first.poll() is not None,
+            30,
+            "the first run to start",
+        )
         assert first.poll() is None, first.communicate()
         second = fleet.ced("run", "agent-01", "block", "--", str(gate))
-        assert (second.returncode, second.stderr) == (1, "Locked: already running: agent-01:block\n")
+        assert (second.returncode, second.stderr) == (
+            1,
+            "Locked: already running: agent-01:block\n",
+        )
         as_json = fleet.ced("--json", "run", "agent-02", "agent-01", "block", "--", str(gate))
-        assert json.loads(as_json.stdout) == {"ok": 0, "error": "locked", "code": 4,
-                                              "conflicts": ["agent-01:block"]}
+        assert json.loads(as_json.stdout) == {
+            "ok": 0,
+            "error": "locked",
+            "code": 4,
+            "conflicts": ["agent-01:block"],
+        }
         text = fleet.ced("list-locks").stdout.splitlines()
         assert text[0].split() == ["HOST", "SCRIPT"] and text[2].split() == ["agent-01", "block"]
         listed = fleet.ced("--json", "list-locks")
-        assert json.loads(listed.stdout) == {"ok": 1, "locks": [{"host": "agent-01",
-                                                                 "script": "block"}]}
+        assert json.loads(listed.stdout) == {
+            "ok": 1,
+            "locks": [{"host": "agent-01", "script": "block"}],
+        }
         # another script on the same agent, and the same script elsewhere, are free
         other = fleet.ced("run", "agent-01", "echo-args", "--", "free")
         assert other.returncode == 0 and "free" in other.stdout

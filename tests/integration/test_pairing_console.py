@@ -18,8 +18,15 @@ class Terminal:
 
     def __init__(self, argv: list[str], env: dict[str, str]):
         self.master, slave = os.openpty()
-        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                     start_new_session=True, close_fds=True)
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
         os.close(slave)
         self.text = ""
         self.mark = 0
@@ -35,7 +42,7 @@ class Terminal:
                 return match
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"{pattern!r} not seen; output:\n{self.text[self.mark:]}")
+                raise AssertionError(f"{pattern!r} not seen; output:\n{self.text[self.mark :]}")
             ready, _, _ = select.select([self.master], [], [], remaining)
             if ready:
                 try:
@@ -58,19 +65,35 @@ class Terminal:
 
 def request(agent, port: int, name: str, *extra: str) -> tuple[str, str]:
     """(pairing code, reqid) of a background request-pairing."""
-    result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                       str(port), "--background", "--hostname", name, *extra, check=True)
+    result = agent.run(
+        "agent",
+        "request-pairing",
+        "--dispatcher",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--background",
+        "--hostname",
+        name,
+        *extra,
+        check=True,
+    )
     lines = result.stdout.splitlines()
     return re.fullmatch(r"Pairing code: (\d{6})", lines[0]).group(1), lines[-1]
 
 
 def test_interactive_pairing_mode(ctl, tmp_path):
     setup_dispatcher(ctl)
-    terminal = Terminal(ctl.argv("ced", "pairing-mode", "--port", "0", "--timeout", "120"),
-                        ctl.env())
+    terminal = Terminal(
+        ctl.argv("ced", "pairing-mode", "--port", "0", "--timeout", "120"), ctl.env()
+    )
     try:
-        port = int(terminal.expect(r"Pairing mode active on port (\d+) \(auto-stops in 120s\)\. "
-                                   r"Ctrl-C or 'quit' to stop\.").group(1))
+        port = int(
+            terminal.expect(
+                r"Pairing mode active on port (\d+) \(auto-stops in 120s\)\. "
+                r"Ctrl-C or 'quit' to stop\."
+            ).group(1)
+        )
         terminal.expect(r"Waiting for pairing requests")
         agent_a = agent_env(ctl, tmp_path / "a")
         code, reqid = request(agent_a, port, "web-a")
@@ -79,8 +102,10 @@ def test_interactive_pairing_mode(ctl, tmp_path):
         terminal.expect(re.escape("Accept, Deny, or Skip? [a/d/s]: "))
         terminal.type("a")
         terminal.expect(rf"Approved 'web-a' \({reqid}\)")
-        wait_for((agent_a.root / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers").exists,
-                 what="web-a's certificate")
+        wait_for(
+            (agent_a.root / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers").exists,
+            what="web-a's certificate",
+        )
         assert agent_a.run("agent", "pairing-status").returncode == 0
 
         agent_b, agent_c = agent_env(ctl, tmp_path / "b"), agent_env(ctl, tmp_path / "c")
@@ -93,7 +118,7 @@ def test_interactive_pairing_mode(ctl, tmp_path):
         terminal.type("list")
         header = terminal.expect(r"2 pending pairing requests:")
         prompt = terminal.expect(re.escape("Command (a1/d1/a2/d2/list/quit): "))
-        rows = re.findall(r"\[(\d)\] (web-[bc]) ", terminal.text[header.end():prompt.start()])
+        rows = re.findall(r"\[(\d)\] (web-[bc]) ", terminal.text[header.end() : prompt.start()])
         number = {name: n for n, name in rows}
         assert set(number) == {"web-b", "web-c"}
         terminal.type("a")
@@ -106,7 +131,8 @@ def test_interactive_pairing_mode(ctl, tmp_path):
         terminal.expect(r"Approved 'web-b'")
         wait_for((agent_b.root / "etc/ctrl-exec-agent/agent.crt").exists, what="web-b's cert")
         assert "ASN1 OID: prime256v1" in openssl.run(
-            "x509", "-in", str(agent_b.root / "etc/ctrl-exec-agent/agent.crt"), "-noout", "-text")
+            "x509", "-in", str(agent_b.root / "etc/ctrl-exec-agent/agent.crt"), "-noout", "-text"
+        )
         terminal.type("quit")
         terminal.expect(r"Pairing mode stopped\.")
         assert terminal.proc.wait(10) == 0

@@ -23,8 +23,14 @@ from ctrlexec.agent import trust
 from ctrlexec.core.serial import cert_serial_key
 from ctrlexec.core.x509 import facts_from_pem
 from tests.support import openssl
-from tests.support.pairing import (RawPairing, agent_env, pair_body, probe, setup_dispatcher,
-                                   start_listener)
+from tests.support.pairing import (
+    RawPairing,
+    agent_env,
+    pair_body,
+    probe,
+    setup_dispatcher,
+    start_listener,
+)
 
 
 def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
@@ -56,13 +62,17 @@ def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
         assert lines[1] == b"Content-Type: application/json"
         assert re.fullmatch(rb"Content-Length: \d+", lines[2]) and len(lines) == 3
     assert set(result) == {"status", "cert", "ca", "nonce", "dispatcher_serial", "dispatcher_id"}
-    assert (result["status"], result["nonce"], result["dispatcher_id"]) == \
-        ("approved", nonce, "py-dispatcher")
+    assert (result["status"], result["nonce"], result["dispatcher_id"]) == (
+        "approved",
+        nonce,
+        "py-dispatcher",
+    )
     (tmp_path / "agent.crt").write_text(result["cert"])
     (tmp_path / "ca.crt").write_text(result["ca"])
     assert openssl.verify(tmp_path / "ca.crt", tmp_path / "agent.crt")
-    assert openssl.run("x509", "-in", str(tmp_path / "agent.crt"), "-noout", "-pubkey") == \
-        openssl.run("req", "-in", str(tmp_path / "agent.csr"), "-noout", "-pubkey")
+    assert openssl.run(
+        "x509", "-in", str(tmp_path / "agent.crt"), "-noout", "-pubkey"
+    ) == openssl.run("req", "-in", str(tmp_path / "agent.csr"), "-noout", "-pubkey")
     dispatcher_crt = ctl.root / "etc/ctrl-exec/dispatcher.crt"
     [expected_serial] = openssl.canonical_serial_keys([openssl.serial_text(dispatcher_crt)])
     assert result["dispatcher_serial"] == expected_serial
@@ -72,20 +82,49 @@ def test_a_0_12_agent_pairs_with_our_dispatcher(ctl, tmp_path):
 
 # --- our agent against a 0.12-style dispatcher ------------------------------
 
+
 class OldDispatcher:
     """Serves one pairing the way 0.12 does, with openssl doing the CA work."""
 
     def __init__(self, directory, first_serial: str, nonce: str | None = None):
         self.dir = directory
         self.nonce = nonce
-        openssl.run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
-                    "-subj", "/CN=ctrl-exec CA", "-days", "3650", "-out", "ca.crt", cwd=directory)
+        openssl.run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-subj",
+            "/CN=ctrl-exec CA",
+            "-days",
+            "3650",
+            "-out",
+            "ca.crt",
+            cwd=directory,
+        )
         (directory / "ca.serial").write_text(first_serial + "\n")
-        openssl.run("req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", "d.key", "-subj",
-                    "/CN=ctrl-exec-dispatcher", "-out", "d.csr", cwd=directory)
+        openssl.run(
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "d.key",
+            "-subj",
+            "/CN=ctrl-exec-dispatcher",
+            "-out",
+            "d.csr",
+            cwd=directory,
+        )
         self._sign("d.csr", "d.crt")
         # K1 = serial_to_hex(openssl x509 -serial), applied once (here by bc)
-        [self.serial_key] = openssl.canonical_serial_keys([openssl.serial_text(directory / "d.crt")])
+        [self.serial_key] = openssl.canonical_serial_keys(
+            [openssl.serial_text(directory / "d.crt")]
+        )
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -97,12 +136,27 @@ class OldDispatcher:
         self.thread.start()
 
     def _sign(self, csr: str, out: str) -> None:
-        openssl.run("x509", "-req", "-in", csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAserial",
-                    "ca.serial", "-days", "825", "-out", out, cwd=self.dir)
+        openssl.run(
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAserial",
+            "ca.serial",
+            "-days",
+            "825",
+            "-out",
+            out,
+            cwd=self.dir,
+        )
 
     def _serve(self) -> None:
         try:
-            probe_conn, _ = self.server.accept()   # the pre-flight probe
+            probe_conn, _ = self.server.accept()  # the pre-flight probe
             assert probe_conn.recv(1) == b""
             probe_conn.close()
             raw, _ = self.server.accept()
@@ -118,23 +172,33 @@ class OldDispatcher:
                 self.request = json.loads(body)
                 self._reply(tls, {"reqid": "41d6061dbd366e74", "status": "pending"})
                 (self.dir / "agent.csr").write_text(self.request["csr"])
-                self.csr_text = openssl.run("req", "-in", "agent.csr", "-verify", "-noout", "-text",
-                                            cwd=self.dir)
+                self.csr_text = openssl.run(
+                    "req", "-in", "agent.csr", "-verify", "-noout", "-text", cwd=self.dir
+                )
                 self._sign("agent.csr", "agent.crt")
-                self._reply(tls, {"dispatcher_serial": self.serial_key,
-                                  "ca": (self.dir / "ca.crt").read_text(),
-                                  "dispatcher_id": "perl-ref-dispatcher",
-                                  "nonce": self.nonce or self.request["nonce"],
-                                  "status": "approved",
-                                  "cert": (self.dir / "agent.crt").read_text()})
+                self._reply(
+                    tls,
+                    {
+                        "dispatcher_serial": self.serial_key,
+                        "ca": (self.dir / "ca.crt").read_text(),
+                        "dispatcher_id": "perl-ref-dispatcher",
+                        "nonce": self.nonce or self.request["nonce"],
+                        "status": "approved",
+                        "cert": (self.dir / "agent.crt").read_text(),
+                    },
+                )
         except BaseException as exc:  # reported by the test
             self.error = exc
 
     @staticmethod
     def _reply(tls, body: dict) -> None:
         payload = json.dumps(body).encode()
-        tls.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
-                    + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        tls.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+            + str(len(payload)).encode()
+            + b"\r\n\r\n"
+            + payload
+        )
 
 
 @pytest.mark.parametrize("counter, key", [("01", "2"), ("1F", "14")])
@@ -143,8 +207,18 @@ def test_our_agent_pairs_with_a_0_12_dispatcher(ctl, tmp_path, counter, key):
     re-apply the decimal step and store `e`, then refuse the dispatcher)."""
     old = OldDispatcher(tmp_path, counter)
     agent = agent_env(ctl, tmp_path / "agent-host")
-    result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                       str(old.port), "--hostname", "vm", "--lookup-by", "ip")
+    result = agent.run(
+        "agent",
+        "request-pairing",
+        "--dispatcher",
+        "127.0.0.1",
+        "--port",
+        str(old.port),
+        "--hostname",
+        "vm",
+        "--lookup-by",
+        "ip",
+    )
     old.thread.join(10)
     assert old.error is None, old.error
     assert result.returncode == 0, result.stderr
@@ -154,12 +228,18 @@ def test_our_agent_pairs_with_a_0_12_dispatcher(ctl, tmp_path, counter, key):
     # would have failed otherwise), >= 2048 bits, not MD5/SHA-1
     bits = int(re.search(r"Public-Key: \((\d+) bit\)", old.csr_text).group(1))
     assert bits >= 2048
-    assert not re.search(r"(?i)(md2|md4|md5|sha1|sha-1)(?![0-9])",
-                         re.search(r"Signature Algorithm: (\S+)", old.csr_text).group(1))
+    assert not re.search(
+        r"(?i)(md2|md4|md5|sha1|sha-1)(?![0-9])",
+        re.search(r"Signature Algorithm: (\S+)", old.csr_text).group(1),
+    )
     assert "Subject: CN = vm" in old.csr_text
     request = old.request
-    assert (request["hostname"], request["lookup_by"], request["port"], request["ip"]) == \
-        ("vm", "ip", "7443", "127.0.0.1")
+    assert (request["hostname"], request["lookup_by"], request["port"], request["ip"]) == (
+        "vm",
+        "ip",
+        "7443",
+        "127.0.0.1",
+    )
     assert re.fullmatch(r"[0-9a-f]{32}", request["nonce"])
 
     state = agent.root / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers"
@@ -167,16 +247,27 @@ def test_our_agent_pairs_with_a_0_12_dispatcher(ctl, tmp_path, counter, key):
     dispatcher_serial = facts_from_pem((tmp_path / "d.crt").read_text()).serial
     # the agent will recognise the dispatcher's certificate by that key
     assert trust.load_map(state) == {cert_serial_key(dispatcher_serial): "perl-ref-dispatcher"}
-    assert (agent.root / "etc/ctrl-exec-agent/ca.crt").read_text() == (tmp_path / "ca.crt").read_text()
-    assert openssl.verify(tmp_path / "ca.crt", agent.root / "etc/ctrl-exec-agent/agent.crt",
-                          strict=False)
+    assert (agent.root / "etc/ctrl-exec-agent/ca.crt").read_text() == (
+        tmp_path / "ca.crt"
+    ).read_text()
+    assert openssl.verify(
+        tmp_path / "ca.crt", agent.root / "etc/ctrl-exec-agent/agent.crt", strict=False
+    )
 
 
 def test_our_agent_refuses_an_approval_without_its_nonce(ctl, tmp_path):
     old = OldDispatcher(tmp_path, "01", nonce="0" * 32)
     agent = agent_env(ctl, tmp_path / "agent-host")
-    result = agent.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                       str(old.port), "--hostname", "vm")
+    result = agent.run(
+        "agent",
+        "request-pairing",
+        "--dispatcher",
+        "127.0.0.1",
+        "--port",
+        str(old.port),
+        "--hostname",
+        "vm",
+    )
     old.thread.join(10)
     assert result.returncode == 3
     assert "Pairing failed: nonce mismatch in pairing result" in result.stderr

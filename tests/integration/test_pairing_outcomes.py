@@ -13,8 +13,15 @@ import time
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import (RawPairing, Reaped, agent_env, pair_body, setup_dispatcher,
-                                   start_listener, wait_for)
+from tests.support.pairing import (
+    RawPairing,
+    Reaped,
+    agent_env,
+    pair_body,
+    setup_dispatcher,
+    start_listener,
+    wait_for,
+)
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
 TIMED_OUT = {"status": "denied", "reason": "approval timeout"}
@@ -34,8 +41,15 @@ def test_deny_and_the_agents_own_timeout(ctl, tmp_path):
     listener = start_listener(ctl)
     key = openssl.ec_key(tmp_path / "raw.pem")
     agent = agent_env(ctl, tmp_path / "agent-host")
-    agent_args = ("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--port",
-                  str(listener.port), "--background")
+    agent_args = (
+        "agent",
+        "request-pairing",
+        "--dispatcher",
+        "127.0.0.1",
+        "--port",
+        str(listener.port),
+        "--background",
+    )
     try:
         # a raw 0.12-style client, denied by the operator
         denied_raw = RawPairing(listener.port)
@@ -82,11 +96,20 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
     agent = agent_env(ctl, tmp_path / "agent-host")
     try:
         waiting_raw = RawPairing(listener.port)
-        waiting_raw.send(pair_body("raw-wait", openssl.csr(openssl.ec_key(tmp_path / "k.pem"),
-                                                           "raw-wait")))
+        waiting_raw.send(
+            pair_body("raw-wait", openssl.csr(openssl.ec_key(tmp_path / "k.pem"), "raw-wait"))
+        )
         assert waiting_raw.response()["status"] == "pending"
-        waiting_agent = agent.popen("agent", "request-pairing", "--dispatcher", "127.0.0.1",
-                                    "--port", str(listener.port), "--hostname", "agent-wait")
+        waiting_agent = agent.popen(
+            "agent",
+            "request-pairing",
+            "--dispatcher",
+            "127.0.0.1",
+            "--port",
+            str(listener.port),
+            "--hostname",
+            "agent-wait",
+        )
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
         out, err = waiting_agent.communicate(timeout=20)
@@ -138,12 +161,13 @@ def test_friendly_preflight_errors(ctl, closed_port):
 
 
 def test_bad_options(ctl):
-    result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--background",
-                     "--timeout", "601")
+    result = ctl.run(
+        "agent", "request-pairing", "--dispatcher", "127.0.0.1", "--background", "--timeout", "601"
+    )
     assert result.returncode == 1 and "between 1 and 600" in result.stderr
-    result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1",
-                     "--ca-fingerprint", "abc")
+    result = ctl.run(
+        "agent", "request-pairing", "--dispatcher", "127.0.0.1", "--ca-fingerprint", "abc"
+    )
     assert result.returncode == 1 and "64 hex digits" in result.stderr
-    result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1",
-                     "--hostname", "../x")
+    result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--hostname", "../x")
     assert result.returncode == 1 and "cannot be an agent name" in result.stderr

@@ -9,8 +9,7 @@ import re
 import stat
 
 from tests.support import openssl, testpki
-from tests.support.pairing import (CLOSED, exchange, frame, probe, setup_dispatcher,
-                                   start_listener)
+from tests.support.pairing import CLOSED, exchange, frame, probe, setup_dispatcher, start_listener
 
 INVALID = "invalid request"
 
@@ -35,8 +34,9 @@ def test_setup_ctrl_exec_asks_when_agents_are_registered(ctl):
     key = ctl.root / "etc/ctrl-exec/dispatcher.key"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert openssl.verify(ctl.root / "etc/ctrl-exec/ca.crt", cert)
-    assert "subject=CN = ctrl-exec-dispatcher" in openssl.run("x509", "-in", str(cert), "-noout",
-                                                               "-subject")
+    assert "subject=CN = ctrl-exec-dispatcher" in openssl.run(
+        "x509", "-in", str(cert), "-noout", "-subject"
+    )
     # no registered agents: replaced without a question
     serial = openssl.serial_text(cert)
     ctl.run("ced", "setup-ctrl-exec", check=True, input="")
@@ -63,8 +63,9 @@ def test_pairing_mode_start_stop(ctl):
     missing = ctl.run("ced", "pairing-mode", "start", "--port", "0")
     assert missing.returncode == 1 and "setup-ctrl-exec" in missing.stderr
     setup_dispatcher(ctl)
-    started = ctl.run("ced", "pairing-mode", "start", "--port", "0", "--timeout", "60",
-                      "--json", check=True)
+    started = ctl.run(
+        "ced", "pairing-mode", "start", "--port", "0", "--timeout", "60", "--json", check=True
+    )
     info = json.loads(started.stdout)
     assert exchange(info["port"], frame(b"[]")) == INVALID
     again = ctl.run("ced", "pairing-mode", "start", "--port", "0")
@@ -74,8 +75,10 @@ def test_pairing_mode_start_stop(ctl):
     stopped = ctl.run("ced", "pairing-mode", "stop", check=True)
     assert f"was PID {info['pid']}" in stopped.stdout
     assert exchange_refused(info["port"])
-    assert ctl.run("ced", "pairing-mode", "stop", check=True).stdout.strip() == \
-        "No pairing mode is running."
+    assert (
+        ctl.run("ced", "pairing-mode", "stop", check=True).stdout.strip()
+        == "No pairing mode is running."
+    )
     log = ctl.log_text()
     assert f"ACTION=pairing-mode-start PID={info['pid']} PORT={info['port']} TIMEOUT=60" in log
     assert f"ACTION=pairing-mode-stop PID={info['pid']}" in log
@@ -118,42 +121,80 @@ def test_registry_commands(ctl):
 
     listed = json.loads(ctl.run("ced", "list-agents", "--json", check=True).stdout)
     assert [r["hostname"] for r in listed] == ["db-01", "web-01"]
-    tagged = json.loads(ctl.run("ced", "list-agents", "--json", "--tags", "env=prod,role=db",
-                                check=True).stdout)
+    tagged = json.loads(
+        ctl.run("ced", "list-agents", "--json", "--tags", "env=prod,role=db", check=True).stdout
+    )
     assert [r["hostname"] for r in tagged] == ["db-01"]
-    assert json.loads(ctl.run("ced", "list-agents", "--json", "--tags", "env=dev",
-                              check=True).stdout) == []
+    assert (
+        json.loads(ctl.run("ced", "list-agents", "--json", "--tags", "env=dev", check=True).stdout)
+        == []
+    )
     bad = ctl.run("ced", "list-agents", "--tags", "env")
     assert bad.returncode == 1 and "invalid --tags filter" in bad.stderr
     table = ctl.run("ced", "list-agents", check=True).stdout.splitlines()
-    assert table[0].split() == ["HOSTNAME", "IP", "PORT", "LOOKUP", "PAIRED", "CERT", "EXPIRY",
-                                "DAYS", "LEFT"]
+    assert table[0].split() == [
+        "HOSTNAME",
+        "IP",
+        "PORT",
+        "LOOKUP",
+        "PAIRED",
+        "CERT",
+        "EXPIRY",
+        "DAYS",
+        "LEFT",
+    ]
     assert table[1] == "-" * 112
-    assert re.match(r"db-01\s+127\.0\.0\.1\s+17443\s+ip\s+\S+\s+\w{3} [ \d]\d [\d:]{8} \d{4} GMT"
-                    r"\s+82[45]$", table[2])
+    assert re.match(
+        r"db-01\s+127\.0\.0\.1\s+17443\s+ip\s+\S+\s+\w{3} [ \d]\d [\d:]{8} \d{4} GMT"
+        r"\s+82[45]$",
+        table[2],
+    )
 
-    edited = json.loads(ctl.run("ced", "edit-agent", "web-01", "--rename", "web-02", "--ip",
-                                "10.0.0.2", "--agent-port", "9443", "--lookup-by", "hostname",
-                                "--json", check=True).stdout)
-    assert (edited["hostname"], edited["ip"], edited["port"], edited["lookup_by"]) == \
-        ("web-02", "10.0.0.2", 9443, "hostname")
+    edited = json.loads(
+        ctl.run(
+            "ced",
+            "edit-agent",
+            "web-01",
+            "--rename",
+            "web-02",
+            "--ip",
+            "10.0.0.2",
+            "--agent-port",
+            "9443",
+            "--lookup-by",
+            "hostname",
+            "--json",
+            check=True,
+        ).stdout
+    )
+    assert (edited["hostname"], edited["ip"], edited["port"], edited["lookup_by"]) == (
+        "web-02",
+        "10.0.0.2",
+        9443,
+        "hostname",
+    )
     assert sorted(p.name for p in registry.glob("*.json")) == ["db-01.json", "web-02.json"]
-    for args, message in ((("web-02",), "nothing to change"),
-                          (("web-02", "--agent-port", "70000"), "--agent-port"),
-                          (("web-02", "--ip", "not-an-ip"), "--ip"),
-                          (("web-02", "--rename", "../x"), "not a valid agent name"),
-                          (("web-02", "--rename", "db-01"), "already registered"),
-                          (("nosuch", "--ip", "10.0.0.1"), "unknown agent")):
+    for args, message in (
+        (("web-02",), "nothing to change"),
+        (("web-02", "--agent-port", "70000"), "--agent-port"),
+        (("web-02", "--ip", "not-an-ip"), "--ip"),
+        (("web-02", "--rename", "../x"), "not a valid agent name"),
+        (("web-02", "--rename", "db-01"), "already registered"),
+        (("nosuch", "--ip", "10.0.0.1"), "unknown agent"),
+    ):
         result = ctl.run("ced", "edit-agent", *args)
         assert result.returncode == 1 and message in result.stderr, (args, result.stderr)
 
     unpaired = ctl.run("ced", "unpair", "db-01", check=True)
     assert unpaired.stdout.splitlines()[:2] == [
         "Unregistered 'db-01'.",
-        f"WARNING: Agent certificate remains valid until: {record['expiry']}"]
+        f"WARNING: Agent certificate remains valid until: {record['expiry']}",
+    ]
     assert "revocation" in unpaired.stdout
     assert ctl.run("ced", "unpair", "db-01").returncode == 1
     log = ctl.log_text()
-    assert "ACTION=edit-agent AGENT=web-02 IP=10.0.0.2 LOOKUP_BY=hostname PORT=9443 " \
-           "RENAMED_FROM=web-01" in log
+    assert (
+        "ACTION=edit-agent AGENT=web-02 IP=10.0.0.2 LOOKUP_BY=hostname PORT=9443 "
+        "RENAMED_FROM=web-01" in log
+    )
     assert f'ACTION=unpair AGENT=db-01 EXPIRY="{record["expiry"]}"' in log

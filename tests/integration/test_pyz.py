@@ -26,44 +26,97 @@ def _clean_env(cache: Path | None) -> dict[str, str]:
 
 
 def test_version_from_an_empty_dir_without_site_packages(pyz, tmp_path):
-    result = subprocess.run([sys.executable, "-I", str(pyz), "--version"], cwd=tmp_path,
-                            env=_clean_env(None), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-I", str(pyz), "--version"],
+        cwd=tmp_path,
+        env=_clean_env(None),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ctrl-exec ")
 
 
-@pytest.mark.parametrize("role, modes", [
-    ("agent", ["serve", "request-pairing", "pairing-status", "self-check", "self-ping",
-               "promote-cert", "cert-staged", "paired"]),
-    ("ced", ["run", "status", "wait", "ping", "pairing-mode", "list-requests", "approve", "deny",
-             "setup-ca", "setup-ctrl-exec", "list-agents", "edit-agent", "list-locks",
-             "rotate-cert", "serial-status", "unpair", "maintain"]),
-])
+@pytest.mark.parametrize(
+    "role, modes",
+    [
+        (
+            "agent",
+            [
+                "serve",
+                "request-pairing",
+                "pairing-status",
+                "self-check",
+                "self-ping",
+                "promote-cert",
+                "cert-staged",
+                "paired",
+            ],
+        ),
+        (
+            "ced",
+            [
+                "run",
+                "status",
+                "wait",
+                "ping",
+                "pairing-mode",
+                "list-requests",
+                "approve",
+                "deny",
+                "setup-ca",
+                "setup-ctrl-exec",
+                "list-agents",
+                "edit-agent",
+                "list-locks",
+                "rotate-cert",
+                "serial-status",
+                "unpair",
+                "maintain",
+            ],
+        ),
+    ],
+)
 def test_role_help_lists_the_0_12_modes(pyz, tmp_path, role, modes):
-    result = subprocess.run([sys.executable, "-I", str(pyz), role, "--help"], cwd=tmp_path,
-                            env=_clean_env(None), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-I", str(pyz), role, "--help"],
+        cwd=tmp_path,
+        env=_clean_env(None),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
-    listed = {line.split()[0] for line in result.stdout.splitlines()
-              if line.startswith("    ") and line.split()}
+    listed = {
+        line.split()[0]
+        for line in result.stdout.splitlines()
+        if line.startswith("    ") and line.split()
+    }
     assert set(modes) <= listed
 
 
-@pytest.mark.parametrize("link, version_line", [
-    ("ced", "ctrl-exec-dispatcher "), ("ctrl-exec-dispatcher", "ctrl-exec-dispatcher "),
-    ("ctrl-exec-agent", "ctrl-exec-agent "), ("cea", "ctrl-exec-agent "),
-    ("ctrl-exec-executor", "ctrl-exec-executor "),
-])
+@pytest.mark.parametrize(
+    "link, version_line",
+    [
+        ("ced", "ctrl-exec-dispatcher "),
+        ("ctrl-exec-dispatcher", "ctrl-exec-dispatcher "),
+        ("ctrl-exec-agent", "ctrl-exec-agent "),
+        ("cea", "ctrl-exec-agent "),
+        ("ctrl-exec-executor", "ctrl-exec-executor "),
+    ],
+)
 def test_symlink_name_picks_the_role(pyz, tmp_path, link, version_line):
     (tmp_path / link).symlink_to(pyz)
-    result = subprocess.run([str(tmp_path / link), "--version"], env=_clean_env(None),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [str(tmp_path / link), "--version"], env=_clean_env(None), capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(version_line)
 
 
 def test_unknown_role_is_a_clear_usage_error(pyz):
-    result = subprocess.run([sys.executable, str(pyz), "nope"], env=_clean_env(None),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(pyz), "nope"], env=_clean_env(None), capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "unknown role 'nope'" in result.stderr and "Traceback" not in result.stderr
 
@@ -80,8 +133,14 @@ def bare_venv(tmp_path_factory) -> Path:
 
 
 def _doctor(python: Path, pyz: Path, cache: Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(python), "-I", "-S", str(pyz), "doctor", "--json"], cwd=cwd,
-                          env=_clean_env(cache), capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(python), "-I", "-S", str(pyz), "doctor", "--json"],
+        cwd=cwd,
+        env=_clean_env(cache),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cryptography_comes_from_the_bundle(pyz, bare_venv, tmp_path):
@@ -145,8 +204,12 @@ def test_cache_of_another_user_is_refused(pyz, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir(mode=0o700)
     os.chown(cache, 65534, 65534)
-    result = subprocess.run([sys.executable, "-I", str(pyz), "doctor"], env=_clean_env(cache),
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-I", str(pyz), "doctor"],
+        env=_clean_env(cache),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "belongs to uid 65534" in result.stdout
 
@@ -157,8 +220,12 @@ def test_root_cache_defaults_to_var_cache(pyz, tmp_path):
     default = Path("/var/cache/ctrl-exec")
     existed = default.exists()
     try:
-        result = subprocess.run([sys.executable, "-I", str(pyz), "doctor", "--json"],
-                                env=_clean_env(None), capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-I", str(pyz), "doctor", "--json"],
+            env=_clean_env(None),
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["cache"] == str(default)
         assert _mode(default) == 0o700 and os.lstat(default).st_uid == 0
@@ -169,12 +236,26 @@ def test_root_cache_defaults_to_var_cache(pyz, tmp_path):
 
 def test_no_fitting_native_set_is_one_clear_line(tmp_path, native_cache):
     foreign = tmp_path / "foreign.pyz"
-    subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "--target", "musllinux_aarch64",
-                    "--output", str(foreign)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "build_zipapp.py"),
+            "--target",
+            "musllinux_aarch64",
+            "--output",
+            str(foreign),
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     if os.uname().machine == "aarch64":
         pytest.skip("this machine is the foreign target")
-    result = subprocess.run([sys.executable, "-I", str(foreign), "doctor"],
-                            env=_clean_env(tmp_path / "cache"), capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-I", str(foreign), "doctor"],
+        env=_clean_env(tmp_path / "cache"),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert "has no native libraries for CPython" in result.stdout
@@ -185,7 +266,17 @@ def test_build_is_reproducible(tmp_path):
     outputs = []
     for name in ("one.pyz", "two.pyz"):
         out = tmp_path / name
-        subprocess.run([sys.executable, str(REPO / "build_zipapp.py"), "--target", "host",
-                        "--output", str(out)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "build_zipapp.py"),
+                "--target",
+                "host",
+                "--output",
+                str(out),
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         outputs.append(out.read_bytes())
     assert outputs[0] == outputs[1]

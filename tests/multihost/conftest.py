@@ -35,7 +35,7 @@ def lab():
 
 @dataclass
 class Dispatcher:
-    runner: Any          # Pyz for the dispatcher's root (root namespace)
+    runner: Any  # Pyz for the dispatcher's root (root namespace)
     issued: testpki.Issued
     dispatcher_id: str
 
@@ -57,18 +57,29 @@ class Fleet:
     hosts: dict[str, netns.Host]
     agents: dict[str, agentproc.AgentProcess] = field(default_factory=dict)
 
-    def start_agent(self, name: str, host: netns.Host, port: int,
-                    trusting: tuple[Dispatcher, ...] = (), **settings: Any
-                    ) -> agentproc.AgentProcess:
+    def start_agent(
+        self,
+        name: str,
+        host: netns.Host,
+        port: int,
+        trusting: tuple[Dispatcher, ...] = (),
+        **settings: Any,
+    ) -> agentproc.AgentProcess:
         """A real `agent serve` inside `host`'s namespace, listening on its
         address, trusting the fleet's dispatcher (and `trusting`)."""
         runner = netns.in_netns(self.pyz_for(self.base / f"{name}-{port}"), host)
-        site = agentproc.install_site(self.ca, runner.root, self.dispatcher.issued, name=name,
-                                      settings={"bind": host.address, **settings},
-                                      dispatcher_id=self.dispatcher.dispatcher_id)
+        site = agentproc.install_site(
+            self.ca,
+            runner.root,
+            self.dispatcher.issued,
+            name=name,
+            settings={"bind": host.address, **settings},
+            dispatcher_id=self.dispatcher.dispatcher_id,
+        )
         for other in trusting:
-            trust.add_dispatcher(site.layout.trusted_dispatchers, other.issued.serial_key,
-                                 other.dispatcher_id)
+            trust.add_dispatcher(
+                site.layout.trusted_dispatchers, other.issued.serial_key, other.dispatcher_id
+            )
         site.port = port
         site.write_config()
         process = agentproc.AgentProcess(runner, site)
@@ -88,8 +99,9 @@ class Fleet:
 def fleet(lab, session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("multihost")
     runner = pyz_for(base / "dispatcher")
-    dispatcher = Dispatcher(runner, testpki.install_dispatcher(session_ca, runner.root),
-                            "test-dispatcher")
+    dispatcher = Dispatcher(
+        runner, testpki.install_dispatcher(session_ca, runner.root), "test-dispatcher"
+    )
     made = Fleet(lab, session_ca, pyz_for, base, dispatcher, dict(zip(NAMES, lab.hosts)))
     try:
         for name, host in made.hosts.items():

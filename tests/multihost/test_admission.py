@@ -46,8 +46,9 @@ def _handshake_refused(address: str) -> str:
 
 def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_agents):
     alpha = fleet.hosts["alpha"]
-    agent = extra_agents("guarded", alpha, 7501, trusting=(second,),
-                         allowed_ips=[fleet.lab.root_address])
+    agent = extra_agents(
+        "guarded", alpha, 7501, trusting=(second,), allowed_ips=[fleet.lab.root_address]
+    )
     for dispatcher in (fleet.dispatcher, second):
         dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port)
 
@@ -60,25 +61,39 @@ def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_age
     # On the wire: the connection is accepted and closed without a single
     # byte (0.12 closes unanswered too, but only after the TLS handshake;
     # we close before any TLS work: docs/compatibility.md).
-    probe = subprocess.run(fleet.hosts["bravo"].argv(sys.executable, "-c", RAW_PROBE,
-                                                     alpha.address, str(agent.site.port)),
-                           capture_output=True, text=True, timeout=30, check=True)
+    probe = subprocess.run(
+        fleet.hosts["bravo"].argv(
+            sys.executable, "-c", RAW_PROBE, alpha.address, str(agent.site.port)
+        ),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert json.loads(probe.stdout) == {"received": 0, "closed": True}
 
     log = agent.ctl.log_text()
     blocked = [line for line in log.splitlines() if "ACTION=ip-block " in line]
     assert len(blocked) == 2, log
     assert all(line.endswith(f"PEER={fleet.hosts['bravo'].address}") for line in blocked), log
-    assert any("ACTION=ping " in line and f"PEER={fleet.lab.root_address}" in line
-               for line in log.splitlines()), log
+    assert any(
+        "ACTION=ping " in line and f"PEER={fleet.lab.root_address}" in line
+        for line in log.splitlines()
+    ), log
     assert "ACTION=tls-failure" not in log
 
 
 def test_rate_limit_blocks_one_address_and_serves_another(fleet, second, extra_agents):
     charlie = fleet.hosts["charlie"]
     bravo = fleet.hosts["bravo"]
-    agent = extra_agents("limited", charlie, 7502, trusting=(second,),
-                         rate_limit_disable=False, rate_limit_volume="3/60/300")
+    agent = extra_agents(
+        "limited",
+        charlie,
+        7502,
+        trusting=(second,),
+        rate_limit_disable=False,
+        rate_limit_volume="3/60/300",
+    )
     for dispatcher in (fleet.dispatcher, second):
         dispatcher.register(fleet.ca, "limited", charlie.address, agent.site.port)
 

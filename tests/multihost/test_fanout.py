@@ -25,8 +25,10 @@ def test_ping_reaches_every_agent_at_its_own_address(fleet):
     log = fleet.dispatcher.runner.log_text()
     for name in ORDER:
         target = f"TARGET={fleet.hosts[name].address}:7443"
-        assert any("ACTION=ping " in line and target in line and "RESULT=ok" in line
-                   for line in log.splitlines()), (name, log)
+        assert any(
+            "ACTION=ping " in line and target in line and "RESULT=ok" in line
+            for line in log.splitlines()
+        ), (name, log)
         # Each agent saw the dispatcher's bridge address, not loopback.
         agent_log = fleet.agents[name].ctl.log_text()
         assert f"PEER={fleet.lab.root_address}" in agent_log
@@ -34,8 +36,9 @@ def test_ping_reaches_every_agent_at_its_own_address(fleet):
 
 
 def test_run_fans_out_in_the_order_given(fleet):
-    result = fleet.dispatcher.runner.run("ced", "--json", "run", *ORDER, "show-context", "--",
-                                         "one arg")
+    result = fleet.dispatcher.runner.run(
+        "ced", "--json", "run", *ORDER, "show-context", "--", "one arg"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     answers = _json(result)
     assert [a["host"] for a in answers] == list(ORDER)
@@ -64,8 +67,7 @@ def bravo_down(fleet):
 
 
 def test_one_unreachable_agent_fails_alone(fleet, bravo_down):
-    expected = (f"host '{bravo_down.address}' is unreachable - "
-                "no route to host or network down")
+    expected = f"host '{bravo_down.address}' is unreachable - no route to host or network down"
     run = fleet.dispatcher.runner.run("ced", "--json", "run", *ORDER, "echo-args", "--", "x")
     assert run.returncode == 1, run.stdout + run.stderr
     answers = _json(run)
@@ -81,5 +83,8 @@ def test_one_unreachable_agent_fails_alone(fleet, bravo_down):
     assert ping.returncode == 1, ping.stdout + ping.stderr
     answers = _json(ping)
     assert [(a["host"], a["status"]) for a in answers] == [
-        ("charlie", "ok"), ("alpha", "ok"), ("bravo", "error")]
+        ("charlie", "ok"),
+        ("alpha", "ok"),
+        ("bravo", "error"),
+    ]
     assert answers[2]["error"] == expected

@@ -32,8 +32,7 @@ APPENDIX_C_SCRIPTS = {
 
 # Waits until the test lets it go: `block DIR` creates DIR/started, then
 # returns once DIR/go exists (polled by the script itself, not by the test).
-BLOCK = ('#!/bin/sh\n: > "$1/started"\n'
-         'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho released\n')
+BLOCK = '#!/bin/sh\n: > "$1/started"\nwhile [ ! -e "$1/go" ]; do sleep 0.02; done\necho released\n'
 
 
 def toml_value(value: Any) -> str:
@@ -46,7 +45,9 @@ def toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+        )
     raise TypeError(type(value))
 
 
@@ -91,13 +92,17 @@ class AgentSite:
         values.update(self.settings)
         lines = [f"{key} = {toml_value(value)}" for key, value in values.items()]
         if self.tags:
-            lines += ["", "[tags]"] + [f"{json.dumps(k)} = {toml_value(v)}" for k, v in self.tags.items()]
+            lines += ["", "[tags]"] + [
+                f"{json.dumps(k)} = {toml_value(v)}" for k, v in self.tags.items()
+            ]
         lines += ["", "[profile.default]", ""]
         self.layout.agent_config.parent.mkdir(parents=True, exist_ok=True)
         self.layout.agent_config.write_text("\n".join(lines))
 
     def write_allowlist(self) -> None:
-        lines = [f"{json.dumps(name)} = {toml_value(value)}" for name, value in self.allowlist.items()]
+        lines = [
+            f"{json.dumps(name)} = {toml_value(value)}" for name, value in self.allowlist.items()
+        ]
         self.layout.allowlist.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.layout.allowlist.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
@@ -109,10 +114,15 @@ class AgentSite:
         return path
 
 
-def install_site(ca: testpki.SessionCA, root: Path, dispatcher: testpki.Issued | None,
-                 name: str = "agent-01", scripts: dict[str, str] | None = None,
-                 settings: dict[str, Any] | None = None,
-                 dispatcher_id: str = "test-dispatcher") -> AgentSite:
+def install_site(
+    ca: testpki.SessionCA,
+    root: Path,
+    dispatcher: testpki.Issued | None,
+    name: str = "agent-01",
+    scripts: dict[str, str] | None = None,
+    settings: dict[str, Any] | None = None,
+    dispatcher_id: str = "test-dispatcher",
+) -> AgentSite:
     testpki.install_agent(ca, root, name, dispatcher, dispatcher_id)
     site = AgentSite(root, name, free_port(), dict(settings or {}))
     site.settings.setdefault("script_dirs", [str(site.scripts_dir)])
@@ -126,8 +136,9 @@ def install_site(ca: testpki.SessionCA, root: Path, dispatcher: testpki.Issued |
 class AgentProcess:
     """`agent serve` for a site, run through the pyz runner `ctl`."""
 
-    def __init__(self, ctl, site: AgentSite, extra_args: tuple[str, ...] = (),
-                 pidfile: Path | None = None):
+    def __init__(
+        self, ctl, site: AgentSite, extra_args: tuple[str, ...] = (), pidfile: Path | None = None
+    ):
         self.ctl = ctl
         self.site = site
         self.extra_args = extra_args
@@ -139,10 +150,12 @@ class AgentProcess:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, deadline_seconds: float = 30.0, attempts: int = 3) -> "AgentProcess":
+    def start(self, deadline_seconds: float = 30.0, attempts: int = 3) -> AgentProcess:
         for _ in range(attempts):
             self.pidfile.unlink(missing_ok=True)
-            self.proc = self.ctl.popen("agent", "serve", *self.extra_args, stdout=subprocess.DEVNULL)
+            self.proc = self.ctl.popen(
+                "agent", "serve", *self.extra_args, stdout=subprocess.DEVNULL
+            )
             if self._await_ready(deadline_seconds):
                 return self
             stderr = self.proc.stderr.read() if self.proc.stderr else ""
@@ -196,9 +209,16 @@ def await_pidfile(proc: subprocess.Popen, pidfile: Path, seconds: float, what: s
     raise AssertionError(f"{what} not ready within {seconds} s")
 
 
-def start_agents(ca: testpki.SessionCA, pyz_for, base: Path, dispatcher_root: Path,
-                 dispatcher: testpki.Issued, names: tuple[str, ...], scripts: dict[str, str],
-                 prepare=None) -> dict:
+def start_agents(
+    ca: testpki.SessionCA,
+    pyz_for,
+    base: Path,
+    dispatcher_root: Path,
+    dispatcher: testpki.Issued,
+    names: tuple[str, ...],
+    scripts: dict[str, str],
+    prepare=None,
+) -> dict:
     """Agents `names` under `base/<name>`, trusting `dispatcher`, started and
     registered with it; `prepare(site, runner)` may change a site before it
     starts. name -> (pyz runner, AgentProcess); stop them with stop_agents."""
@@ -268,7 +288,7 @@ class DispatcherClient:
             self.context.load_cert_chain(str(cert), str(key))
 
     @classmethod
-    def for_dispatcher(cls, root: Path) -> "DispatcherClient":
+    def for_dispatcher(cls, root: Path) -> DispatcherClient:
         layout = testpki.layout_for(root)
         return cls(layout.dispatcher_cert, layout.dispatcher_key, layout.ca_cert)
 
@@ -287,8 +307,9 @@ class DispatcherClient:
                 chunks.append(chunk)
         return b"".join(chunks)
 
-    def request(self, port: int, method: str, path: str, body: Any = None,
-                timeout: float = 30.0) -> RawResponse:
+    def request(
+        self, port: int, method: str, path: str, body: Any = None, timeout: float = 30.0
+    ) -> RawResponse:
         payload = b""
         if body is not None:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()

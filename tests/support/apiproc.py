@@ -23,7 +23,8 @@ def write_config(root: Path, **keys: Any) -> Path:
     layout = testpki.layout_for(root)
     layout.dispatcher_config.parent.mkdir(parents=True, exist_ok=True)
     layout.dispatcher_config.write_text(
-        "".join(f"{key} = {agentproc.toml_value(value)}\n" for key, value in keys.items()))
+        "".join(f"{key} = {agentproc.toml_value(value)}\n" for key, value in keys.items())
+    )
     return layout.dispatcher_config
 
 
@@ -43,13 +44,14 @@ class ApiProcess:
         ApiProcess._count += 1
         self.pidfile = Path(ctl.root) / f"api-{ApiProcess._count}.pid"
 
-    def start(self, attempts: int = 3, seconds: float = 30.0) -> "ApiProcess":
+    def start(self, attempts: int = 3, seconds: float = 30.0) -> ApiProcess:
         for _ in range(attempts):
             self.port = agentproc.free_port()
             config = write_config(self.ctl.root, api_port=self.port, **self.config)
             self.pidfile.unlink(missing_ok=True)
-            self.proc = self.ctl.popen("dispatcher", "serve", "--pidfile", str(self.pidfile),
-                                       stdout=subprocess.PIPE)
+            self.proc = self.ctl.popen(
+                "dispatcher", "serve", "--pidfile", str(self.pidfile), stdout=subprocess.PIPE
+            )
             try:
                 if self._await_ready(seconds):
                     return self
@@ -78,7 +80,7 @@ class ApiProcess:
         self.proc.kill()
         agentproc.stop_process(self.proc)
 
-    def client(self, tls_ca: Path | None = None) -> "ApiClient":
+    def client(self, tls_ca: Path | None = None) -> ApiClient:
         return ApiClient(self.port, tls_ca)
 
 
@@ -123,14 +125,21 @@ class ApiClient:
     def raw(self, raw_request: bytes, method: str, path: str, timeout: float = 60.0) -> ApiResponse:
         """Send bytes as given; the answer is checked against the document."""
         response = ApiResponse(agentproc.parse_response(self.exchange(raw_request, timeout)))
-        assert [name for name, _ in response.headers] == ["Content-Type", "Content-Length"], \
+        assert [name for name, _ in response.headers] == ["Content-Type", "Content-Length"], (
             response.headers
+        )
         assert int(dict(response.headers)["Content-Length"]) == len(response.body)
         openapi_check.check_response(method, path, response.status, response.json)
         return response
 
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None, timeout: float = 60.0) -> ApiResponse:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 60.0,
+    ) -> ApiResponse:
         payload = b""
         if body is not None:
             payload = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def random_json(rng: random.Random, keys: Sequence[str], depth: int = 0):
     kinds = ["str", "int", "float", "bool", "null"] + (["list", "dict"] if depth < 4 else [])
     kind = rng.choice(kinds)
     if kind == "str":
-        return "".join(rng.choice("ab \n\x00\u00e9\U0001F600-_") for _ in range(rng.randrange(6)))
+        return "".join(rng.choice("ab \n\x00\u00e9\U0001f600-_") for _ in range(rng.randrange(6)))
     if kind == "int":
-        return rng.randrange(-10**20, 10**20)
+        return rng.randrange(-(10**20), 10**20)
     if kind == "float":
         return rng.random()
     if kind == "bool":

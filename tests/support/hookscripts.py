@@ -47,8 +47,11 @@ sys.exit(behaviour)
 def write_hook(path: Path, behaviour: int | str | dict, record: Path | None = None) -> Path:
     if record is not None:
         record.mkdir(parents=True, exist_ok=True)
-    path.write_text(_TEMPLATE.format(python=sys.executable, record=str(record) if record else "",
-                                     behaviour=behaviour))
+    path.write_text(
+        _TEMPLATE.format(
+            python=sys.executable, record=str(record) if record else "", behaviour=behaviour
+        )
+    )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 

@@ -44,8 +44,9 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _subnets_in_use() -> list:
     shown = ip("-4", "-o", "addr", "show").stdout.split()
-    return [ipaddress.ip_interface(word).network for word in shown
-            if "/" in word and word[0].isdigit()]
+    return [
+        ipaddress.ip_interface(word).network for word in shown if "/" in word and word[0].isdigit()
+    ]
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
@@ -66,8 +67,8 @@ class Host:
 
     ns: str
     address: str
-    inner: str   # the interface inside the namespace
-    outer: str   # its peer, a port of the bridge
+    inner: str  # the interface inside the namespace
+    outer: str  # its peer, a port of the bridge
 
     def argv(self, *argv: str) -> list[str]:
         return ["ip", "netns", "exec", self.ns, *argv]
@@ -97,8 +98,12 @@ class NetLab:
         ip("addr", "add", f"{self.root_address}/24", "dev", self.bridge)
         ip("link", "set", self.bridge, "up")
         for i in range(count):
-            host = Host(f"cetest-{self.tag}-{i}", str(base + 2 + i), f"ce{self.tag}n{i}",
-                        f"ce{self.tag}h{i}")
+            host = Host(
+                f"cetest-{self.tag}-{i}",
+                str(base + 2 + i),
+                f"ce{self.tag}n{i}",
+                f"ce{self.tag}h{i}",
+            )
             ip("netns", "add", host.ns)
             self.hosts.append(host)
             ip("link", "add", host.outer, "type", "veth", "peer", "name", host.inner)
@@ -132,8 +137,9 @@ class NetLab:
     def leftovers(self) -> list[str]:
         """Anything of ours still present (for a check after close)."""
         names = ip("netns", "list").stdout + ip("-o", "link", "show").stdout
-        return sorted({word for word in names.replace(":", " ").replace("@", " ").split()
-                       if self.tag in word})
+        return sorted(
+            {word for word in names.replace(":", " ").replace("@", " ").split() if self.tag in word}
+        )
 
 
 def in_netns(runner, host: Host):

@@ -43,8 +43,9 @@ def response_schema(method: str, path: str, status: int) -> dict:
     describe it."""
     operation = _operation(method, path)
     if operation is None:
-        assert status in (403, 404, 400, 413, 431, 500, 503), \
+        assert status in (403, 404, 400, 413, 431, 500, 503), (
             f"{method} {path}: {status} from a path the document does not describe"
+        )
         return {"$ref": "#/components/schemas/ErrorResponse"}
     responses = operation["responses"]
     assert str(status) in responses, f"{method} {path}: {status} is not documented"
@@ -56,5 +57,6 @@ def check_response(method: str, path: str, status: int, body: object) -> None:
     schema = dict(response_schema(method, path, status))
     schema["components"] = document()["components"]
     errors = sorted(Draft202012Validator(schema).iter_errors(body), key=lambda e: e.path)
-    assert not errors, (f"{method} {path} {status}: body does not match the document: "
-                        + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5]))
+    assert not errors, f"{method} {path} {status}: body does not match the document: " + "; ".join(
+        f"{list(e.path)}: {e.message}" for e in errors[:5]
+    )

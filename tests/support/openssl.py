@@ -9,8 +9,9 @@ from pathlib import Path
 
 
 def run(*args: str, input: bytes | None = None, cwd: Path | None = None) -> str:
-    result = subprocess.run(["openssl", *args], input=input, capture_output=True, cwd=cwd,
-                            check=False)
+    result = subprocess.run(
+        ["openssl", *args], input=input, capture_output=True, cwd=cwd, check=False
+    )
     if result.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args)} failed: {result.stderr.decode()}")
     return result.stdout.decode()
@@ -22,8 +23,7 @@ def rsa_key(path: Path, bits: int = 2048) -> Path:
 
 
 def ec_key(path: Path, curve: str = "prime256v1") -> Path:
-    run("genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{curve}", "-out",
-        str(path))
+    run("genpkey", "-algorithm", "EC", "-pkeyopt", f"ec_paramgen_curve:{curve}", "-out", str(path))
     return path
 
 
@@ -37,22 +37,25 @@ def serial_text(cert: Path) -> str:
 
 
 def fingerprint(cert: Path) -> str:
-    return run("x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256").strip().split("=", 1)[1]
+    return (
+        run("x509", "-in", str(cert), "-noout", "-fingerprint", "-sha256").strip().split("=", 1)[1]
+    )
 
 
 def verify(ca: Path, cert: Path, strict: bool = True) -> bool:
     """`openssl verify`; strict (RFC 5280 checks) unless verifying certs
     minted as 0.12 mints them, with no extensions."""
     flags = ["-x509_strict"] if strict else []
-    result = subprocess.run(["openssl", "verify", *flags, "-CAfile", str(ca), str(cert)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["openssl", "verify", *flags, "-CAfile", str(ca), str(cert)], capture_output=True, text=True
+    )
     return result.returncode == 0 and result.stdout.strip().endswith(": OK")
 
 
 def canonical_serial_keys(texts: list[str]) -> list[str]:
     """0.12's serial_to_hex of each text, computed by the shell: `bc` for the
     digits-only (decimal) branch, sed for the rest. No Python involved."""
-    script = r'''
+    script = r"""
 while read -r raw; do
   v=${raw#0x}; v=${v#0X}; v=${v#serial=}
   if [[ $v == *:* ]]; then
@@ -67,21 +70,30 @@ while read -r raw; do
   fi
   echo "${k:-0}"
 done
-'''
-    result = subprocess.run(["bash", "-c", script], input="\n".join(texts) + "\n",
-                            capture_output=True, text=True, check=True)
+"""
+    result = subprocess.run(
+        ["bash", "-c", script],
+        input="\n".join(texts) + "\n",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.split()
 
 
 def pairing_codes(files: list[Path]) -> list[str]:
     """The pairing code of each file's exact bytes: sha256sum, the first four
     bytes as a big-endian number, modulo one million (bash arithmetic)."""
-    script = r'''
+    script = r"""
 for f in "$@"; do
   h=$(sha256sum < "$f" | cut -c1-8)
   printf '%06d\n' $(( 16#$h % 1000000 ))
 done
-'''
-    result = subprocess.run(["bash", "-c", script, "codes", *map(str, files)],
-                            capture_output=True, text=True, check=True)
+"""
+    result = subprocess.run(
+        ["bash", "-c", script, "codes", *map(str, files)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return result.stdout.split()

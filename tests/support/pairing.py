@@ -91,8 +91,16 @@ class Listener:
 
 def start_listener(ctl, *extra: str, timeout: int = 60) -> Listener:
     """`ced pairing-mode` without a terminal (as the demo runs it), on a free port."""
-    proc = ctl.popen("ced", "pairing-mode", "--port", "0", "--timeout", str(timeout), *extra,
-                     stdin=subprocess.DEVNULL)
+    proc = ctl.popen(
+        "ced",
+        "pairing-mode",
+        "--port",
+        "0",
+        "--timeout",
+        str(timeout),
+        *extra,
+        stdin=subprocess.DEVNULL,
+    )
     lines = Lines(proc.stdout)
     while True:
         line = lines.next(30)
@@ -111,6 +119,7 @@ def agent_env(ctl, root: Path):
 
 
 # --- a raw pairing client -------------------------------------------------
+
 
 def _read_response(tls: ssl.SSLSocket, buffer: bytes, timeout: float) -> tuple[bytes, bytes, bytes]:
     """(head, body, rest): one response read by Content-Length."""
@@ -144,8 +153,10 @@ class RawPairing:
         self.heads: list[bytes] = []
 
     def send(self, body: bytes) -> None:
-        self.tls.sendall(b"POST /pair HTTP/1.0\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.tls.sendall(
+            b"POST /pair HTTP/1.0\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
 
     def response(self, timeout: float = 20.0) -> dict:
         head, body, self.buffer = _read_response(self.tls, self.buffer, timeout)
@@ -156,8 +167,9 @@ class RawPairing:
         self.tls.close()
 
 
-def pair_body(hostname: str, csr: str, nonce: str = "9fb2e5da0af54bd6943d62b666c61e0d",
-              **extra) -> bytes:
+def pair_body(
+    hostname: str, csr: str, nonce: str = "9fb2e5da0af54bd6943d62b666c61e0d", **extra
+) -> bytes:
     """Field order and types as observed from a 0.12 agent (port as a string)."""
     fields = {"hostname": hostname}
     fields.update(extra)
@@ -170,8 +182,14 @@ CLOSED = None  # the listener hung up without an answer
 
 def frame(body: bytes, length: int | None = None, extra: bytes = b"") -> bytes:
     declared = len(body) if length is None else length
-    return (b"POST /pair HTTP/1.0\r\nContent-Type: application/json\r\n" + extra
-            + b"Content-Length: " + str(declared).encode() + b"\r\n\r\n" + body)
+    return (
+        b"POST /pair HTTP/1.0\r\nContent-Type: application/json\r\n"
+        + extra
+        + b"Content-Length: "
+        + str(declared).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 def exchange(port: int, data: bytes, close_early: bool = False, tls: bool = True):
@@ -225,13 +243,18 @@ def probe(port: int, host: str = "127.0.0.1") -> None:
 
 # --- request-pairing --background under a subreaper -----------------------
 
+
 class Reaped:
     """Runs a command under tests/support/subreaper.py: `first()` is the
     command's own result, `descendants()` the exit codes of what it left."""
 
     def __init__(self, ctl, *args: str):
-        self.proc = subprocess.Popen([sys.executable, str(SUBREAPER), *ctl.argv(*args)],
-                                     env=ctl.env(), stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SUBREAPER), *ctl.argv(*args)],
+            env=ctl.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.lines = Lines(self.proc.stdout)
 
     def first(self, timeout: float = 30) -> dict:

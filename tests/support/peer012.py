@@ -19,35 +19,53 @@ import json
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tests.support.testpki import Issued, SessionCA
 
 # Appendix C.1 / C.3 response heads, byte for byte.
-PHRASE = {200: "OK", 202: "Accepted", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-          413: "Content Too Large"}
+PHRASE = {
+    200: "OK",
+    202: "Accepted",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    413: "Content Too Large",
+}
 
 
 def http_response(status: int, body: bytes) -> bytes:
-    return (f"HTTP/1.0 {status} {PHRASE.get(status, 'Unknown')}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.0 {status} {PHRASE.get(status, 'Unknown')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 def ping_body(reqid: str, host: str = "vm") -> bytes:
     # Key order as observed in C.1.
-    return ('{"host":"%s","staged":false,"version":"0.12.3","reqid":"%s","status":"ok",'
-            '"expiry":"Feb 24 12:58:55 2029 GMT"}' % (host, reqid)).encode()
+    return (
+        '{"host":"%s","staged":false,"version":"0.12.3","reqid":"%s","status":"ok",'
+        '"expiry":"Feb 24 12:58:55 2029 GMT"}' % (host, reqid)
+    ).encode()
 
 
 def run_body(request: dict) -> bytes:
     """echo-args of C.1: each argument on its own line."""
     stdout = "".join(arg + "\n" for arg in request.get("args", []))
-    return json.dumps({"script": request.get("script", ""), "stderr": "", "stdout": stdout,
-                       "exit": 0, "reqid": request.get("reqid", "")},
-                      separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(
+        {
+            "script": request.get("script", ""),
+            "stderr": "",
+            "stdout": stdout,
+            "exit": 0,
+            "reqid": request.get("reqid", ""),
+        },
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
 
 
 @dataclass
@@ -91,11 +109,14 @@ class Peer012:
     arrived: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
 
-    def __enter__(self) -> "Peer012":
+    def __enter__(self) -> Peer012:
         issued: Issued = self.ca.issue(self.cn)
         self.directory.mkdir(parents=True, exist_ok=True)
-        cert, key, ca = (self.directory / "peer.crt", self.directory / "peer.key",
-                         self.directory / "ca.crt")
+        cert, key, ca = (
+            self.directory / "peer.crt",
+            self.directory / "peer.key",
+            self.directory / "ca.crt",
+        )
         cert.write_bytes(issued.cert_pem)
         key.write_bytes(issued.key_pem)
         ca.write_bytes((self.client_ca or self.ca).cert_pem)
@@ -167,7 +188,7 @@ def _read_request(tls: ssl.SSLSocket) -> Received | None:
     return Received(method, path, version, headers, body[:length])
 
 
-def hold_then(reply: Behaviour, peer: "Peer012") -> Behaviour:
+def hold_then(reply: Behaviour, peer: Peer012) -> Behaviour:
     """Answer with `reply` only once the test sets `peer.release`."""
 
     def behaviour(request: Received) -> bytes | None:

@@ -20,8 +20,10 @@ def main() -> int:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     result = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-    print(json.dumps({"rc": result.returncode, "stdout": result.stdout,
-                      "stderr": result.stderr}), flush=True)
+    print(
+        json.dumps({"rc": result.returncode, "stdout": result.stdout, "stderr": result.stderr}),
+        flush=True,
+    )
     codes = []
     while True:
         try:

@@ -29,8 +29,9 @@ from ctrlexec.dispatcher.registry import Registry, new_record
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -54,36 +55,56 @@ class Issued:
 class SessionCA:
     def __init__(self, cn: str = "ctrl-exec CA"):
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         self.cert = (
-            x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=3650))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()),
-                           critical=False)
-            .sign(self.key, hashes.SHA256()))
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
         self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
     def issue(self, cn: str, serial: int | None = None, days: int = 825) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         serial = serial if serial is not None else x509.random_serial_number()
         not_after = (now + dt.timedelta(days=days)).replace(microsecond=0)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-            .issuer_name(self.cert.subject).public_key(key.public_key()).serial_number(serial)
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(not_after)
-            .sign(self.key, hashes.SHA256()))
-        return Issued(cert.public_bytes(serialization.Encoding.PEM), _pem_key(key), serial,
-                      not_after)
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(not_after)
+            .sign(self.key, hashes.SHA256())
+        )
+        return Issued(
+            cert.public_bytes(serialization.Encoding.PEM), _pem_key(key), serial, not_after
+        )
 
 
 def layout_for(root: Path) -> Layout:
@@ -100,8 +121,13 @@ def install_dispatcher(ca: SessionCA, root: Path, serial: int | None = None) -> 
     return issued
 
 
-def install_agent(ca: SessionCA, root: Path, name: str, dispatcher: Issued | None = None,
-                  dispatcher_id: str = "test-dispatcher") -> Issued:
+def install_agent(
+    ca: SessionCA,
+    root: Path,
+    name: str,
+    dispatcher: Issued | None = None,
+    dispatcher_id: str = "test-dispatcher",
+) -> Issued:
     """Agent cert/key/CA under `root`, trusting `dispatcher` (as pairing leaves them)."""
     layout = layout_for(root)
     issued = ca.issue(name)
@@ -114,13 +140,26 @@ def install_agent(ca: SessionCA, root: Path, name: str, dispatcher: Issued | Non
     return issued
 
 
-def register_agent(dispatcher_root: Path, name: str, port: int, agent: Issued,
-                   dispatcher: Issued, ip: str = "127.0.0.1") -> dict:
+def register_agent(
+    dispatcher_root: Path,
+    name: str,
+    port: int,
+    agent: Issued,
+    dispatcher: Issued,
+    ip: str = "127.0.0.1",
+) -> dict:
     """The dispatcher's registry record for an agent (as approval writes it)."""
-    record = new_record(hostname=name, ip=ip, paired=iso_utc(time.time()),
-                        expiry=openssl_notafter(agent.not_after.timestamp()), reqid=secrets.token_hex(8),
-                        lookup_by="ip", port=port, dispatcher_serial=dispatcher.serial_key,
-                        serial_status="current")
+    record = new_record(
+        hostname=name,
+        ip=ip,
+        paired=iso_utc(time.time()),
+        expiry=openssl_notafter(agent.not_after.timestamp()),
+        reqid=secrets.token_hex(8),
+        lookup_by="ip",
+        port=port,
+        dispatcher_serial=dispatcher.serial_key,
+        serial_status="current",
+    )
     layout = layout_for(dispatcher_root)
     layout.registry_dir.mkdir(parents=True, exist_ok=True)
     Registry(layout.registry_dir).put(record)

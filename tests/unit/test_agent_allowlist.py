@@ -37,12 +37,15 @@ def test_inside_script_dirs_resolves_to_the_canonical_file(tree):
     assert resolved.argv0 == str(tree / "scripts/alias.sh")
 
 
-@pytest.mark.parametrize("name, path", [
-    ("evil", "outside/evil.sh"),
-    ("escape", "scripts/escape.sh"),
-    ("viadir", "scripts/sub/evil.sh"),
-    ("dots", "scripts/../outside/evil.sh"),
-])
+@pytest.mark.parametrize(
+    "name, path",
+    [
+        ("evil", "outside/evil.sh"),
+        ("escape", "scripts/escape.sh"),
+        ("viadir", "scripts/sub/evil.sh"),
+        ("dots", "scripts/../outside/evil.sh"),
+    ],
+)
 def test_escapes_from_script_dirs_are_refused(tree, name, path):
     allowlist = _allowlist(tree, **{name: path})
     with pytest.raises(NotAllowlisted) as info:
@@ -70,9 +73,16 @@ def test_symlink_swapped_after_load_is_caught_at_run_time(tree):
         allowlist.resolve("alias")
 
 
-@pytest.mark.parametrize("path, directory, expected", [
-    ("/opt/s/a", "/opt/s", True), ("/opt/s", "/opt/s", True), ("/opt/sx/a", "/opt/s", False),
-    ("/opt/s/a", "/opt/s/", True), ("/anything", "/", True), ("/opt", "/opt/s", False),
-])
+@pytest.mark.parametrize(
+    "path, directory, expected",
+    [
+        ("/opt/s/a", "/opt/s", True),
+        ("/opt/s", "/opt/s", True),
+        ("/opt/sx/a", "/opt/s", False),
+        ("/opt/s/a", "/opt/s/", True),
+        ("/anything", "/", True),
+        ("/opt", "/opt/s", False),
+    ],
+)
 def test_inside(path, directory, expected):
     assert inside(path, directory) is expected

@@ -27,8 +27,9 @@ def write(path, text, mode=0o755):
 
 
 def test_argv_is_passed_verbatim_with_argv0_from_the_allowlist(tmp_path):
-    script = write(tmp_path / "argv.py", f"#!{sys.executable}\nimport json, sys\n"
-                                         "print(json.dumps(sys.argv))\n")
+    script = write(
+        tmp_path / "argv.py", f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv))\n"
+    )
     args = ["a b", "", "line\nbreak", "\u00e9\u4e2d", "$(rm -rf /)", "*", "--flag=1"]
     result = run_script(ScriptJob(script, (script, *args)))
     assert result.exit == 0, result.stderr
@@ -72,16 +73,20 @@ def test_output_beyond_the_cap_is_discarded_and_noted():
     result = run_script(sh("head -c 5000 /dev/zero | tr '\\0' o; printf err >&2", max_output=1024))
     assert result.stdout == "o" * 1024
     assert result.truncated == ("stdout",)
-    assert result.stderr == ("err\nctrl-exec-agent: stdout truncated: 3976 bytes beyond the "
-                             "1024-byte limit were discarded\n")
+    assert result.stderr == (
+        "err\nctrl-exec-agent: stdout truncated: 3976 bytes beyond the "
+        "1024-byte limit were discarded\n"
+    )
 
 
 def test_invalid_utf8_output_is_replaced():
     assert run_script(sh("printf 'a\\377b'")).stdout == "a\ufffdb"
 
 
-@pytest.mark.parametrize("code, exit_code", [("exit 0", 0), ("exit 5", 5), ("exit 255", 255),
-                                             ("kill -9 $$", 126), ("kill -TERM $$", 126)])
+@pytest.mark.parametrize(
+    "code, exit_code",
+    [("exit 0", 0), ("exit 5", 5), ("exit 255", 255), ("kill -9 $$", 126), ("kill -TERM $$", 126)],
+)
 def test_exit_codes(code, exit_code):
     assert run_script(sh(code)).exit == exit_code
 
@@ -112,8 +117,9 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     assert time.monotonic() - started < 10
     assert result.timed_out and result.exit == 126
     assert result.stdout == "started\n"
-    assert result.stderr.endswith("ctrl-exec-agent: script timed out after 0.5 s; "
-                                  "its process group was killed\n")
+    assert result.stderr.endswith(
+        "ctrl-exec-agent: script timed out after 0.5 s; its process group was killed\n"
+    )
     pid = int(child_pid.read_text())
     deadline = time.monotonic() + 10
     while not _dead(pid):  # killed: gone, or a zombie waiting for init to reap it

@@ -10,33 +10,37 @@ from ctrlexec.core import api_wire as wire
 from ctrlexec.core.http import FramingError
 
 
-@pytest.mark.parametrize("method,path,name,arg", [
-    ("GET", "/", wire.INDEX, ""),
-    ("get", "/health", wire.HEALTH, ""),
-    ("POST", "/ping", wire.PING, ""),
-    ("POST", "/run", wire.RUN, ""),
-    ("GET", "/discovery", wire.DISCOVERY, ""),
-    ("POST", "/discovery", wire.DISCOVERY, ""),
-    ("GET", "/status/0a1b", wire.STATUS, "0a1b"),
-    ("GET", "/openapi.json", wire.OPENAPI, ""),
-    ("GET", "/openapi-live.json", wire.OPENAPI_LIVE, ""),
-    ("GET", "/status/0A1B", wire.NO_ROUTE, ""),
-    ("GET", "/status/", wire.NO_ROUTE, ""),
-    ("GET", "/status/" + "a" * 129, wire.NO_ROUTE, ""),
-    ("POST", "/status/ab", wire.NO_ROUTE, ""),
-    ("GET", "/health?x=1", wire.NO_ROUTE, ""),
-    ("GET", "/run", wire.NO_ROUTE, ""),
-    ("PUT", "/run", wire.NO_ROUTE, ""),
-    ("GET", "//health", wire.NO_ROUTE, ""),
-])
+@pytest.mark.parametrize(
+    "method,path,name,arg",
+    [
+        ("GET", "/", wire.INDEX, ""),
+        ("get", "/health", wire.HEALTH, ""),
+        ("POST", "/ping", wire.PING, ""),
+        ("POST", "/run", wire.RUN, ""),
+        ("GET", "/discovery", wire.DISCOVERY, ""),
+        ("POST", "/discovery", wire.DISCOVERY, ""),
+        ("GET", "/status/0a1b", wire.STATUS, "0a1b"),
+        ("GET", "/openapi.json", wire.OPENAPI, ""),
+        ("GET", "/openapi-live.json", wire.OPENAPI_LIVE, ""),
+        ("GET", "/status/0A1B", wire.NO_ROUTE, ""),
+        ("GET", "/status/", wire.NO_ROUTE, ""),
+        ("GET", "/status/" + "a" * 129, wire.NO_ROUTE, ""),
+        ("POST", "/status/ab", wire.NO_ROUTE, ""),
+        ("GET", "/health?x=1", wire.NO_ROUTE, ""),
+        ("GET", "/run", wire.NO_ROUTE, ""),
+        ("PUT", "/run", wire.NO_ROUTE, ""),
+        ("GET", "//health", wire.NO_ROUTE, ""),
+    ],
+)
 def test_routes(method, path, name, arg):
     assert wire.route(method, path) == wire.Route(name, arg)
 
 
 def test_no_route_body_upper_cases_the_method():
     reply = wire.no_route("delete", "/x y")
-    assert reply == wire.Reply(404, {"ok": False, "error": "not found",
-                                     "detail": "no route for DELETE /x y"})
+    assert reply == wire.Reply(
+        404, {"ok": False, "error": "not found", "detail": "no route for DELETE /x y"}
+    )
 
 
 def detail_of(call, body):
@@ -47,31 +51,35 @@ def detail_of(call, body):
     return reply.body["detail"]
 
 
-@pytest.mark.parametrize("body,detail", [
-    (b"", "request body required"),
-    (b"{", "invalid JSON body"),
-    (b'"text"', "invalid JSON body"),
-    (b"\xff", "invalid JSON body"),
-    (b"[" * 100_000, "invalid JSON body"),
-    (b"{}", "hosts must be a non-empty array"),
-    (b'{"hosts":{}}', "hosts must be a non-empty array"),
-    (b'{"hosts":["a"]}', "script name required (alphanumeric and hyphens only)"),
-    (b'{"hosts":["a"],"script":""}', "script name required (alphanumeric and hyphens only)"),
-    (b'{"hosts":["a"],"script":"a b"}', "script name required (alphanumeric and hyphens only)"),
-    (b'{"hosts":["a"],"script":5}', "script name required (alphanumeric and hyphens only)"),
-    (b'{"hosts":["a"],"script":"s","args":{}}', "args must be an array"),
-    (b'{"hosts":["a"],"script":"s","args":[null]}', "args must be strings"),
-    (b'{"hosts":[""],"script":"s"}', "hosts must be non-empty strings"),
-    (b'{"hosts":["a"],"script":"s","username":[]}', "username must be a string"),
-    (b'{"hosts":["a"],"script":"s","token":1}', "token must be a string"),
-])
+@pytest.mark.parametrize(
+    "body,detail",
+    [
+        (b"", "request body required"),
+        (b"{", "invalid JSON body"),
+        (b'"text"', "invalid JSON body"),
+        (b"\xff", "invalid JSON body"),
+        (b"[" * 100_000, "invalid JSON body"),
+        (b"{}", "hosts must be a non-empty array"),
+        (b'{"hosts":{}}', "hosts must be a non-empty array"),
+        (b'{"hosts":["a"]}', "script name required (alphanumeric and hyphens only)"),
+        (b'{"hosts":["a"],"script":""}', "script name required (alphanumeric and hyphens only)"),
+        (b'{"hosts":["a"],"script":"a b"}', "script name required (alphanumeric and hyphens only)"),
+        (b'{"hosts":["a"],"script":5}', "script name required (alphanumeric and hyphens only)"),
+        (b'{"hosts":["a"],"script":"s","args":{}}', "args must be an array"),
+        (b'{"hosts":["a"],"script":"s","args":[null]}', "args must be strings"),
+        (b'{"hosts":[""],"script":"s"}', "hosts must be non-empty strings"),
+        (b'{"hosts":["a"],"script":"s","username":[]}', "username must be a string"),
+        (b'{"hosts":["a"],"script":"s","token":1}', "token must be a string"),
+    ],
+)
 def test_run_validation_order_and_details(body, detail):
     assert detail_of(wire.parse_run, body) == detail
 
 
 def test_run_request():
-    run = wire.parse_run(b'{"hosts":["a","b:7443"],"script":"s-1","args":["x"],'
-                         b'"username":"u","token":"t","async":1}')
+    run = wire.parse_run(
+        b'{"hosts":["a","b:7443"],"script":"s-1","args":["x"],"username":"u","token":"t","async":1}'
+    )
     assert run == wire.RunRequest(["a", "b:7443"], "s-1", ["x"], "u", "t", True)
     assert wire.parse_run(b'{"hosts":["a"],"script":"s","args":null}').args == []
     assert wire.parse_run(b'{"hosts":["a"],"script":"s","async":false}').run_async is False
@@ -83,10 +91,18 @@ def test_ping_request():
     assert detail_of(wire.parse_ping, b"[]") == "invalid JSON body"
 
 
-@pytest.mark.parametrize("body,hosts", [
-    (b"", []), (b"junk", []), (b"[1]", []), (b"{}", []), (b'{"hosts":"a"}', []),
-    (b'{"hosts":[]}', []), (b'{"hosts":["a","b"]}', ["a", "b"]),
-])
+@pytest.mark.parametrize(
+    "body,hosts",
+    [
+        (b"", []),
+        (b"junk", []),
+        (b"[1]", []),
+        (b"{}", []),
+        (b'{"hosts":"a"}', []),
+        (b'{"hosts":[]}', []),
+        (b'{"hosts":["a","b"]}', ["a", "b"]),
+    ],
+)
 def test_discovery_body_is_optional(body, hosts):
     assert wire.parse_discovery(body).hosts == hosts
 
@@ -95,56 +111,108 @@ def test_discovery_rejects_non_string_hosts():
     assert detail_of(wire.parse_discovery, b'{"hosts":[1]}') == "hosts must be non-empty strings"
 
 
-@pytest.mark.parametrize("body,token", [
-    (b'{"token":"t"}', "t"), (b' {"token":"t"}', ""), (b'{"token":5}', ""), (b"{bad", ""),
-    (b"", ""), (b'["token"]', ""), (b'{"x":1}', ""),
-])
+@pytest.mark.parametrize(
+    "body,token",
+    [
+        (b'{"token":"t"}', "t"),
+        (b' {"token":"t"}', ""),
+        (b'{"token":5}', ""),
+        (b"{bad", ""),
+        (b"", ""),
+        (b'["token"]', ""),
+        (b'{"x":1}', ""),
+    ],
+)
 def test_gate_token(body, token):
     assert wire.gate_token(body) == token
 
 
-@pytest.mark.parametrize("header,token", [
-    ("Bearer abc", "abc"), ("bearer abc", "abc"), ("BEARER  abc  ", "abc"), ("Bearer a b", "a"),
-    ("Basic abc", ""), ("Bearer", ""), ("", ""), ("abc", ""),
-])
+@pytest.mark.parametrize(
+    "header,token",
+    [
+        ("Bearer abc", "abc"),
+        ("bearer abc", "abc"),
+        ("BEARER  abc  ", "abc"),
+        ("Bearer a b", "a"),
+        ("Basic abc", ""),
+        ("Bearer", ""),
+        ("", ""),
+        ("abc", ""),
+    ],
+)
 def test_bearer_token(header, token):
     assert wire.bearer_token(header) == token
 
 
 def test_error_bodies():
     assert wire.denied("bad credentials", 2, False) == wire.Reply(
-        403, {"ok": False, "error": "bad credentials", "code": 2})
+        403, {"ok": False, "error": "bad credentials", "code": 2}
+    )
     assert wire.denied("bad credentials", 2, True) == wire.Reply(
-        403, {"ok": False, "error": "forbidden"})
-    assert wire.locked(["a:s"]).body == {"ok": False, "error": "locked", "code": 4,
-                                         "conflicts": ["a:s"]}
+        403, {"ok": False, "error": "forbidden"}
+    )
+    assert wire.locked(["a:s"]).body == {
+        "ok": False,
+        "error": "locked",
+        "code": 4,
+        "conflicts": ["a:s"],
+    }
     assert wire.unknown_agents(["x", "y:1"]).body["detail"] == "not a registered agent: x, y:1"
-    assert wire.overloaded() == wire.Reply(503, {"ok": False, "error": "service unavailable",
-                                                 "detail": "too many concurrent requests"})
-    assert wire.status_unknown("ab").body == {"ok": False, "error": "not found",
-                                              "detail": "no result for reqid ab"}
+    assert wire.overloaded() == wire.Reply(
+        503, {"ok": False, "error": "service unavailable", "detail": "too many concurrent requests"}
+    )
+    assert wire.status_unknown("ab").body == {
+        "ok": False,
+        "error": "not found",
+        "detail": "no result for reqid ab",
+    }
 
 
-@pytest.mark.parametrize("error,status,body", [
-    (FramingError(400, "empty request", "empty request"), 400,
-     {"ok": False, "error": "bad request", "detail": "empty request"}),
-    (FramingError(431, "too many headers", "more than 32 header lines"), 431,
-     {"ok": False, "error": "request header fields too large", "detail": "more than 32 header lines"}),
-    (FramingError(413, "request too large", "body exceeds 1048576 bytes"), 413,
-     {"ok": False, "error": "payload too large", "detail": "body exceeds 1048576 bytes"}),
-])
+@pytest.mark.parametrize(
+    "error,status,body",
+    [
+        (
+            FramingError(400, "empty request", "empty request"),
+            400,
+            {"ok": False, "error": "bad request", "detail": "empty request"},
+        ),
+        (
+            FramingError(431, "too many headers", "more than 32 header lines"),
+            431,
+            {
+                "ok": False,
+                "error": "request header fields too large",
+                "detail": "more than 32 header lines",
+            },
+        ),
+        (
+            FramingError(413, "request too large", "body exceeds 1048576 bytes"),
+            413,
+            {"ok": False, "error": "payload too large", "detail": "body exceeds 1048576 bytes"},
+        ),
+    ],
+)
 def test_framing_errors(error, status, body):
     assert wire.framing_error(error) == wire.Reply(status, body)
 
 
 SPEC = {
-    "openapi": "3.1.0", "info": {"title": "t", "version": "1.2.3+99"},
-    "components": {"schemas": {
-        "PingRequest": {"properties": {"hosts": {"type": "array", "items": {"type": "string"}}}},
-        "RunRequest": {"properties": {"hosts": {"type": "array", "items": {"type": "string"}},
-                                      "script": {"type": "string"}}},
-        "DiscoveryRequest": {"properties": {"hosts": {"type": "array"}}},
-    }},
+    "openapi": "3.1.0",
+    "info": {"title": "t", "version": "1.2.3+99"},
+    "components": {
+        "schemas": {
+            "PingRequest": {
+                "properties": {"hosts": {"type": "array", "items": {"type": "string"}}}
+            },
+            "RunRequest": {
+                "properties": {
+                    "hosts": {"type": "array", "items": {"type": "string"}},
+                    "script": {"type": "string"},
+                }
+            },
+            "DiscoveryRequest": {"properties": {"hosts": {"type": "array"}}},
+        }
+    },
 }
 
 
@@ -161,14 +229,29 @@ def test_live_spec_with_no_agents():
 
 def test_live_spec_groups_scripts_by_schema_version():
     caps = [
-        {"host": "a", "status": "ok", "scripts": [
-            {"name": "backup", "schema": {"v": 1}, "schema_version": "1"},
-            {"name": "plain"}]},
-        {"host": "b", "status": "ok", "scripts": [
-            {"name": "backup", "schema": {"v": 2}, "schema_version": "2"},
-            {"name": "plain"}, "junk", {"name": ""}]},
-        {"host": "c", "status": "ok", "scripts": [{"name": "backup", "schema": {"v": 1},
-                                                   "schema_version": "1"}]},
+        {
+            "host": "a",
+            "status": "ok",
+            "scripts": [
+                {"name": "backup", "schema": {"v": 1}, "schema_version": "1"},
+                {"name": "plain"},
+            ],
+        },
+        {
+            "host": "b",
+            "status": "ok",
+            "scripts": [
+                {"name": "backup", "schema": {"v": 2}, "schema_version": "2"},
+                {"name": "plain"},
+                "junk",
+                {"name": ""},
+            ],
+        },
+        {
+            "host": "c",
+            "status": "ok",
+            "scripts": [{"name": "backup", "schema": {"v": 1}, "schema_version": "1"}],
+        },
         {"host": "d", "status": "error", "scripts": [{"name": "hidden"}]},
     ]
     document = wire.live_spec(SPEC, ["a", "b", "c", "d"], caps, 5)
@@ -176,8 +259,10 @@ def test_live_spec_groups_scripts_by_schema_version():
     assert schemas["RunRequest"]["properties"]["hosts"]["items"]["enum"] == ["a", "b", "c", "d"]
     assert schemas["RunRequest"]["properties"]["script"]["enum"] == ["backup", "plain"]
     assert document["x-ctrl-exec-scripts"] == {
-        "backup": [{"hosts": ["a", "c"], "schema_version": "1", "schema": {"v": 1}},
-                   {"hosts": ["b"], "schema_version": "2", "schema": {"v": 2}}],
+        "backup": [
+            {"hosts": ["a", "c"], "schema_version": "1", "schema": {"v": 1}},
+            {"hosts": ["b"], "schema_version": "2", "schema": {"v": 2}},
+        ],
         "plain": [{"hosts": ["a", "b"]}],
     }
     assert document["info"]["version"] == "1.2.3+5"

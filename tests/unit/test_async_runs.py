@@ -74,12 +74,15 @@ def test_submit_result_and_partition(tmp_path):
     assert json.loads(path.read_text()) == record
 
 
-@pytest.mark.parametrize("dispatcher,reqid,error", [
-    ("d1", "", "async run requires a valid reqid"),
-    ("d1", "a.b", "async run requires a valid reqid"),
-    ("", "r", "could not start async job"),
-    ("../x", "r", "could not start async job"),
-])
+@pytest.mark.parametrize(
+    "dispatcher,reqid,error",
+    [
+        ("d1", "", "async run requires a valid reqid"),
+        ("d1", "a.b", "async run requires a valid reqid"),
+        ("", "r", "could not start async job"),
+        ("../x", "r", "could not start async job"),
+    ],
+)
 def test_refusals(tmp_path, dispatcher, reqid, error):
     runs = AsyncRuns(tmp_path, Held())
     status, body = submit(runs, dispatcher=dispatcher, reqid=reqid)
@@ -93,7 +96,9 @@ def test_job_limit(tmp_path):
     assert submit(runs, script="a", reqid="1")[0] == 202
     assert submit(runs, script="b", reqid="2")[0] == 202
     assert submit(runs, script="c", reqid="3") == (
-        200, {"script": "c", "exit": -1, "reqid": "3", "error": "could not start async job"})
+        200,
+        {"script": "c", "exit": -1, "reqid": "3", "error": "could not start async job"},
+    )
     finish(runs, held)
     assert submit(runs, script="c", reqid="3")[0] == 202
     finish(runs, held)
@@ -117,7 +122,9 @@ def test_stop_records_interrupted_with_output(tmp_path):
     finish(runs, held)
     record = runs.result("r1", "d1", {})[1]
     assert record["status"] == "done" and record["interrupted"] is True
-    assert record["exit"] == -1 and record["stdout"] == "partial\n" and record["error"] == INTERRUPTED
+    assert (
+        record["exit"] == -1 and record["stdout"] == "partial\n" and record["error"] == INTERRUPTED
+    )
 
 
 def test_a_job_that_ended_by_itself_while_stopping_keeps_its_result(tmp_path):
@@ -139,8 +146,13 @@ def test_recover_after_a_crash(tmp_path):
     clock = Clock()
     runs = AsyncRuns(tmp_path, Held(), clock)
     (tmp_path / "d1").mkdir()
-    running = {"reqid": "r1", "status": "running", "script": "s", "owner": "d1",
-               "started": "2030-01-01T00:00:00Z"}
+    running = {
+        "reqid": "r1",
+        "status": "running",
+        "script": "s",
+        "owner": "d1",
+        "started": "2030-01-01T00:00:00Z",
+    }
     (tmp_path / "d1" / "r1.json").write_text(json.dumps(running))
     finished = dict(running, reqid="r2", status="done", exit=0, stdout="", stderr="")
     (tmp_path / "d1" / "r2.json").write_text(json.dumps(finished))

@@ -18,16 +18,24 @@ def _agent(layout, tmp_path, text):
     return load.load_agent(layout, path)
 
 
-@pytest.mark.parametrize("text, key, line, words", [
-    ("port = 7443\nportt = 1\n", "portt", 2, "unknown key (did you mean 'port'?)"),
-    ("\n\nport = \"7443\"\n", "port", 3, "must be an integer"),
-    ("max_children = 0\n", "max_children", 1, "between 1 and 10000"),
-    ("rate_limit_disable = 1\n", "rate_limit_disable", 1, "true or false"),
-    ("allowed_ips = [\"300.0.0.1\"]\n", "allowed_ips", 1, "malformed IPv4"),
-    ("[profile.default]\nrun_as = \"nobody\"\ncaps = [\"NOPE\"]\n", "profile.default.caps", 3, "capability"),
-    ("[tags]\nenv = 1\n", "tags.env", 2, "strings"),
-    ("cert = \"relative.crt\"\n", "cert", 1, "absolute path"),
-])
+@pytest.mark.parametrize(
+    "text, key, line, words",
+    [
+        ("port = 7443\nportt = 1\n", "portt", 2, "unknown key (did you mean 'port'?)"),
+        ('\n\nport = "7443"\n', "port", 3, "must be an integer"),
+        ("max_children = 0\n", "max_children", 1, "between 1 and 10000"),
+        ("rate_limit_disable = 1\n", "rate_limit_disable", 1, "true or false"),
+        ('allowed_ips = ["300.0.0.1"]\n', "allowed_ips", 1, "malformed IPv4"),
+        (
+            '[profile.default]\nrun_as = "nobody"\ncaps = ["NOPE"]\n',
+            "profile.default.caps",
+            3,
+            "capability",
+        ),
+        ("[tags]\nenv = 1\n", "tags.env", 2, "strings"),
+        ('cert = "relative.crt"\n', "cert", 1, "absolute path"),
+    ],
+)
 def test_errors_name_file_key_and_line(layout, tmp_path, text, key, line, words):
     with pytest.raises(ConfigError) as info:
         _agent(layout, tmp_path, text)
@@ -47,7 +55,9 @@ def test_syntax_error_has_line(layout, tmp_path):
 def test_defaults_follow_the_layout(layout, tmp_path):
     config = load.load_agent(layout)
     assert config.port == 7443 and config.cert == str(tmp_path / "etc/ctrl-exec-agent/agent.crt")
-    assert config.trusted_dispatchers_path == str(tmp_path / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers")
+    assert config.trusted_dispatchers_path == str(
+        tmp_path / "var/lib/ctrl-exec-agent/ctrl-exec-dispatchers"
+    )
     dispatcher = load.load_dispatcher(layout)
     assert dispatcher.api_port == 7445 and dispatcher.api_auth_default == "deny"
 
@@ -59,8 +69,10 @@ def test_explicit_missing_config_is_an_error(layout, tmp_path):
 
 def test_allowlist_forms_and_profiles(layout, tmp_path):
     path = tmp_path / "scripts.toml"
-    path.write_text('echo-args = "/opt/s/echo.sh"\n[backup]\npath = "/opt/s/backup.sh"\n'
-                    'profile = "ops"\ntimeout = 60\n')
+    path.write_text(
+        'echo-args = "/opt/s/echo.sh"\n[backup]\npath = "/opt/s/backup.sh"\n'
+        'profile = "ops"\ntimeout = 60\n'
+    )
     profiles = {"default": object(), "ops": object()}
     entries = load.load_allowlist(layout, path, profiles)
     assert entries["echo-args"].profile == "default"
@@ -78,7 +90,7 @@ def test_deprecated_timeout_alias(layout, tmp_path):
 
 def test_default_profile_needs_no_table(layout, tmp_path):
     agent = tmp_path / "agent.toml"
-    agent.write_text('port = 7443\n')
+    agent.write_text("port = 7443\n")
     profiles = load.load_agent(layout, agent).profiles
     assert profiles["default"].run_as is None
     allow = tmp_path / "scripts.toml"

@@ -13,11 +13,14 @@ from ctrlexec.dispatcher.locks import HostScriptLocks, lock_name
 from ctrlexec.errors import Locked
 
 
-@pytest.mark.parametrize("host, script, name", [
-    ("web-01", "backup", "web-01--backup.lock"),
-    ("web.example.org", "a_b", "web.example.org--a_b.lock"),
-    ("we b/../x", "s:1", "we_b_.._x--s_1.lock"),
-])
+@pytest.mark.parametrize(
+    "host, script, name",
+    [
+        ("web-01", "backup", "web-01--backup.lock"),
+        ("web.example.org", "a_b", "web.example.org--a_b.lock"),
+        ("we b/../x", "s:1", "we_b_.._x--s_1.lock"),
+    ],
+)
 def test_lock_file_names_are_0_12s(host, script, name):
     assert lock_name(host, script) == name
 
@@ -25,8 +28,10 @@ def test_lock_file_names_are_0_12s(host, script, name):
 def test_locks_are_held_until_released(tmp_path):
     locks = HostScriptLocks(tmp_path / "locks")
     held = locks.acquire(["web-01", "db-02"], "backup")
-    assert locks.held() == [{"host": "db-02", "script": "backup"},
-                            {"host": "web-01", "script": "backup"}]
+    assert locks.held() == [
+        {"host": "db-02", "script": "backup"},
+        {"host": "web-01", "script": "backup"},
+    ]
     assert oct((tmp_path / "locks" / "web-01--backup.lock").stat().st_mode & 0o777) == "0o660"
     with pytest.raises(Locked) as conflict:
         locks.acquire(["web-01", "other", "db-02"], "backup")
@@ -44,22 +49,35 @@ def test_another_process_sees_the_lock(tmp_path):
     locks = HostScriptLocks(tmp_path)
     with locks.acquire(["vm"], "sleep"):
         probe = subprocess.run(
-            [sys.executable, "-c",
-             "import sys; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
-             "from ctrlexec.errors import Locked\n"
-             "try:\n L(sys.argv[1]).acquire(['vm'], 'sleep')\n"
-             "except Locked as e: print(e.conflicts)", str(tmp_path)],
-            capture_output=True, text=True, check=True)
+            [
+                sys.executable,
+                "-c",
+                "import sys; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
+                "from ctrlexec.errors import Locked\n"
+                "try:\n L(sys.argv[1]).acquire(['vm'], 'sleep')\n"
+                "except Locked as e: print(e.conflicts)",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert probe.stdout.strip() == "['vm:sleep']"
     assert locks.held() == []
 
 
 def test_a_crashed_holder_leaves_no_lock(tmp_path):
     child = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, os; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
-         "h = L(sys.argv[1]).acquire(['vm'], 's'); print('held', flush=True); os._exit(9)",
-         str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, os; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
+            "h = L(sys.argv[1]).acquire(['vm'], 's'); print('held', flush=True); os._exit(9)",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert child.stdout.readline().strip() == "held"
     child.wait()
     assert HostScriptLocks(tmp_path).held() == []
@@ -97,8 +115,9 @@ def test_fan_out_keeps_input_order_and_bounds_parallelism():
 
     done: list[int] = []
     outcome: list = []
-    runner = threading.Thread(target=lambda: outcome.append(
-        fan_out(list(range(20)), work, 4, done.append)))
+    runner = threading.Thread(
+        target=lambda: outcome.append(fan_out(list(range(20)), work, 4, done.append))
+    )
     runner.start()
     for _ in range(4):
         assert started.acquire(timeout=10)

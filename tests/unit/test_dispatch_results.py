@@ -14,44 +14,75 @@ def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> Reply:
 
 # -- run results ---------------------------------------------------------------
 
+
 def test_run_success_is_the_agent_body_plus_host_and_rtt():
-    body = ('{"script":"echo-args","stderr":"","stdout":"hello\\ntwo words\\n","exit":0,'
-            '"reqid":"bcdda31da6596e86"}')
+    body = (
+        '{"script":"echo-args","stderr":"","stdout":"hello\\ntwo words\\n","exit":0,'
+        '"reqid":"bcdda31da6596e86"}'
+    )
     result = results.run_result("vm", "echo-args", "bcdda31da6596e86", "40ms", ok(body), None, 60)
-    assert result == {"script": "echo-args", "stderr": "", "stdout": "hello\ntwo words\n",
-                      "exit": 0, "reqid": "bcdda31da6596e86", "host": "vm", "rtt": "40ms"}
+    assert result == {
+        "script": "echo-args",
+        "stderr": "",
+        "stdout": "hello\ntwo words\n",
+        "exit": 0,
+        "reqid": "bcdda31da6596e86",
+        "host": "vm",
+        "rtt": "40ms",
+    }
 
 
 def test_run_error_from_agent_keeps_its_shape_and_gains_reqid():
     # 0.12's agent answers invalid JSON without a reqid; the dispatcher adds its own.
-    result = results.run_result("vm", "x", "r1", "3ms", ok('{"error":"invalid JSON","exit":-1}'),
-                                None, 60)
-    assert result == {"error": "invalid JSON", "exit": -1, "reqid": "r1", "host": "vm",
-                      "rtt": "3ms"}
+    result = results.run_result(
+        "vm", "x", "r1", "3ms", ok('{"error":"invalid JSON","exit":-1}'), None, 60
+    )
+    assert result == {
+        "error": "invalid JSON",
+        "exit": -1,
+        "reqid": "r1",
+        "host": "vm",
+        "rtt": "3ms",
+    }
     assert results.run_failed(result)
 
 
 def test_run_body_naming_another_host_reports_it():
-    result = results.run_result("vm", "s", "r", "1ms", ok('{"exit":0,"host":"vm.example"}'),
-                                None, 60)
+    result = results.run_result(
+        "vm", "s", "r", "1ms", ok('{"exit":0,"host":"vm.example"}'), None, 60
+    )
     assert result["host"] == "vm" and result["reported_hostname"] == "vm.example"
     same = results.run_result("vm", "s", "r", "1ms", ok('{"exit":0,"host":"vm"}'), None, 60)
     assert "reported_hostname" not in same
 
 
-@pytest.mark.parametrize("reply, error", [
-    (Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
-     "forbidden: serial mismatch"),
-    (Reply(403, "Forbidden", b'{"error":"certificate revoked"}'), "forbidden: certificate revoked"),
-    (Reply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
-    (Reply(413, "Content Too Large", b'{"error":"request too large"}'), "request too large"),
-    (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
-    (Reply(500, "Internal Server Error", b""), "500 Internal Server Error"),
-])
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        (
+            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            "forbidden: serial mismatch",
+        ),
+        (
+            Reply(403, "Forbidden", b'{"error":"certificate revoked"}'),
+            "forbidden: certificate revoked",
+        ),
+        (Reply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
+        (Reply(413, "Content Too Large", b'{"error":"request too large"}'), "request too large"),
+        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+        (Reply(500, "Internal Server Error", b""), "500 Internal Server Error"),
+    ],
+)
 def test_run_http_failures_use_0_12_strings(reply, error):
     result = results.run_result("vm", "fail", "r9", "5ms", reply, None, 60)
-    assert result == {"host": "vm", "script": "fail", "exit": -1, "error": error, "rtt": "5ms",
-                      "reqid": "r9"}
+    assert result == {
+        "host": "vm",
+        "script": "fail",
+        "exit": -1,
+        "error": error,
+        "rtt": "5ms",
+        "reqid": "r9",
+    }
 
 
 @pytest.mark.parametrize("body", [b"", b"nope", b"[1,2]", b'"text"', b"\xff\xfe"])
@@ -61,21 +92,49 @@ def test_run_body_that_is_not_a_json_object(body):
     assert result["host"] == "vm" and result["reqid"] == "r"
 
 
-@pytest.mark.parametrize("kind, run_text, ping_text", [
-    (results.RESOLVE, "host 'h.example' did not resolve - check the name or use an IP address", None),
-    (results.REFUSED, "host 'h.example' did not respond on port 7443 - connection refused "
-                      "(agent not running, or wrong port?)", None),
-    (results.UNREACHABLE, "host 'h.example' is unreachable - no route to host or network down", None),
-    (results.TIMEOUT, "host 'h.example' did not respond - connection timed out", None),
-    (results.READ_TIMEOUT, "read timeout after 60s",
-     "host 'h.example' did not respond - connection timed out"),
-    (results.TLS, "TLS handshake with 'h.example' failed - certificate or trust mismatch", None),
-])
+@pytest.mark.parametrize(
+    "kind, run_text, ping_text",
+    [
+        (
+            results.RESOLVE,
+            "host 'h.example' did not resolve - check the name or use an IP address",
+            None,
+        ),
+        (
+            results.REFUSED,
+            "host 'h.example' did not respond on port 7443 - connection refused "
+            "(agent not running, or wrong port?)",
+            None,
+        ),
+        (
+            results.UNREACHABLE,
+            "host 'h.example' is unreachable - no route to host or network down",
+            None,
+        ),
+        (results.TIMEOUT, "host 'h.example' did not respond - connection timed out", None),
+        (
+            results.READ_TIMEOUT,
+            "read timeout after 60s",
+            "host 'h.example' did not respond - connection timed out",
+        ),
+        (
+            results.TLS,
+            "TLS handshake with 'h.example' failed - certificate or trust mismatch",
+            None,
+        ),
+    ],
+)
 def test_transport_failures_use_0_12_strings(kind, run_text, ping_text):
     failure = Failure(kind, "h.example", 7443)
     run = results.run_result("web", "s", "r", "2ms", None, failure, 60)
-    assert run == {"host": "web", "script": "s", "exit": -1, "error": run_text, "rtt": "2ms",
-                   "reqid": "r"}
+    assert run == {
+        "host": "web",
+        "script": "s",
+        "exit": -1,
+        "error": run_text,
+        "rtt": "2ms",
+        "reqid": "r",
+    }
     ping = results.ping_result("web", "2ms", None, failure, 60)
     assert ping == {"host": "web", "status": "error", "error": ping_text or run_text, "rtt": "2ms"}
 
@@ -88,57 +147,99 @@ def test_every_failure_kind_names_the_host(kind):
 
 # -- ping results --------------------------------------------------------------
 
+
 def test_ping_success_adds_rtt_and_keeps_the_agent_fields():
-    body = ('{"host":"vm","staged":false,"version":"0.12.3","reqid":"5150dba102493a41",'
-            '"status":"ok","expiry":"Feb 24 12:58:55 2029 GMT"}')
+    body = (
+        '{"host":"vm","staged":false,"version":"0.12.3","reqid":"5150dba102493a41",'
+        '"status":"ok","expiry":"Feb 24 12:58:55 2029 GMT"}'
+    )
     result = results.ping_result("vm", "69ms", ok(body), None, 60)
-    assert result == {"host": "vm", "staged": False, "version": "0.12.3",
-                      "reqid": "5150dba102493a41", "status": "ok",
-                      "expiry": "Feb 24 12:58:55 2029 GMT", "rtt": "69ms"}
+    assert result == {
+        "host": "vm",
+        "staged": False,
+        "version": "0.12.3",
+        "reqid": "5150dba102493a41",
+        "status": "ok",
+        "expiry": "Feb 24 12:58:55 2029 GMT",
+        "rtt": "69ms",
+    }
     assert not results.ping_failed(result)
 
 
 def test_ping_agent_with_another_name():
-    result = results.ping_result("web-01", "1ms", ok('{"host":"web-01.lan","status":"ok"}'),
-                                 None, 60)
+    result = results.ping_result(
+        "web-01", "1ms", ok('{"host":"web-01.lan","status":"ok"}'), None, 60
+    )
     assert result["host"] == "web-01" and result["reported_hostname"] == "web-01.lan"
 
 
-@pytest.mark.parametrize("reply, error", [
-    (ok("{"), "invalid JSON"),
-    (Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
-     "forbidden: serial mismatch"),
-    (Reply(413, "Content Too Large", b""), "request too large"),
-    (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
-])
+@pytest.mark.parametrize(
+    "reply, error",
+    [
+        (ok("{"), "invalid JSON"),
+        (
+            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            "forbidden: serial mismatch",
+        ),
+        (Reply(413, "Content Too Large", b""), "request too large"),
+        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+    ],
+)
 def test_ping_failures_have_no_reqid(reply, error):
     assert results.ping_result("vm", "1ms", reply, None, 60) == {
-        "host": "vm", "status": "error", "error": error, "rtt": "1ms"}
+        "host": "vm",
+        "status": "error",
+        "error": error,
+        "rtt": "1ms",
+    }
 
 
-@pytest.mark.parametrize("seconds, text", [(0.0, "0ms"), (0.0394, "39ms"), (0.0396, "40ms"),
-                                           (1.2, "1200ms")])
+@pytest.mark.parametrize(
+    "seconds, text", [(0.0, "0ms"), (0.0394, "39ms"), (0.0396, "40ms"), (1.2, "1200ms")]
+)
 def test_rtt_text(seconds, text):
     assert results.rtt_text(seconds) == text
 
 
-@pytest.mark.parametrize("value, failed", [(0, False), (1, True), (-1, True), (None, True),
-                                           ("0", True), (True, True)])
+@pytest.mark.parametrize(
+    "value, failed", [(0, False), (1, True), (-1, True), (None, True), ("0", True), (True, True)]
+)
 def test_only_an_integer_zero_exit_succeeds(value, failed):
     assert results.run_failed({"exit": value}) is failed
 
 
 # -- text ----------------------------------------------------------------------
 
+
 def test_run_text_is_0_12s_layout():
-    text = report.run_text([
-        {"host": "vm", "exit": 0, "rtt": "35ms", "reqid": "78496fa76dc53023",
-         "stdout": "hello\ntwo words\n", "stderr": ""},
-        {"host": "db", "exit": 5, "rtt": "40ms", "reqid": "78496fa76dc53023",
-         "stdout": "about to fail", "stderr": "something went wrong\n"},
-        {"host": "gone", "script": "s", "exit": -1, "rtt": "1ms", "reqid": "78496fa76dc53023",
-         "error": "read timeout after 60s"},
-    ])
+    text = report.run_text(
+        [
+            {
+                "host": "vm",
+                "exit": 0,
+                "rtt": "35ms",
+                "reqid": "78496fa76dc53023",
+                "stdout": "hello\ntwo words\n",
+                "stderr": "",
+            },
+            {
+                "host": "db",
+                "exit": 5,
+                "rtt": "40ms",
+                "reqid": "78496fa76dc53023",
+                "stdout": "about to fail",
+                "stderr": "something went wrong\n",
+            },
+            {
+                "host": "gone",
+                "script": "s",
+                "exit": -1,
+                "rtt": "1ms",
+                "reqid": "78496fa76dc53023",
+                "error": "read timeout after 60s",
+            },
+        ]
+    )
     assert text == (
         "==> vm  [OK  exit:0  35ms  req:78496fa76dc53023]\n"
         "hello\ntwo words\n"
@@ -146,28 +247,48 @@ def test_run_text_is_0_12s_layout():
         "about to fail\n"
         "    STDERR: something went wrong\n"
         "==> gone  [FAIL  exit:-1  1ms  req:78496fa76dc53023]\n"
-        "    ERROR: read timeout after 60s\n")
+        "    ERROR: read timeout after 60s\n"
+    )
 
 
 def test_run_text_shows_a_reported_hostname_and_defuses_control_characters():
-    text = report.run_text([{"host": "vm", "reported_hostname": "evil\x1b[2J", "exit": 0,
-                             "rtt": "1ms", "reqid": "r", "error": "x\ny"}])
+    text = report.run_text(
+        [
+            {
+                "host": "vm",
+                "reported_hostname": "evil\x1b[2J",
+                "exit": 0,
+                "rtt": "1ms",
+                "reqid": "r",
+                "error": "x\ny",
+            }
+        ]
+    )
     assert "\x1b" not in text and "==> vm (evil\\x1b[2J)  [OK" in text
     assert "    ERROR: x\\x0ay\n" in text
 
 
 def test_ping_table_is_0_12s_layout_with_errors_underneath():
-    text = report.ping_text([
-        {"host": "vm", "status": "ok", "rtt": "69ms", "expiry": "Feb 24 12:58:55 2029 GMT",
-         "version": "0.12.3"},
-        {"host": "db", "status": "error", "rtt": "2ms", "error": "host 'db' did not resolve"},
-    ])
+    text = report.ping_text(
+        [
+            {
+                "host": "vm",
+                "status": "ok",
+                "rtt": "69ms",
+                "expiry": "Feb 24 12:58:55 2029 GMT",
+                "version": "0.12.3",
+            },
+            {"host": "db", "status": "error", "rtt": "2ms", "error": "host 'db' did not resolve"},
+        ]
+    )
     lines = text.splitlines()
-    assert lines[0] == ("HOST                            STATUS    RTT       CERT EXPIRY"
-                        "                   VERSION")
+    assert lines[0] == (
+        "HOST                            STATUS    RTT       CERT EXPIRY                   VERSION"
+    )
     assert lines[1] == "-" * 85
-    assert lines[2] == ("vm                              ok        69ms      "
-                        "Feb 24 12:58:55 2029 GMT      0.12.3")
+    assert lines[2] == (
+        "vm                              ok        69ms      Feb 24 12:58:55 2029 GMT      0.12.3"
+    )
     assert lines[3].startswith("db                              error     2ms       ?")
     assert lines[4] == "    ERROR: host 'db' did not resolve"
 
@@ -175,7 +296,10 @@ def test_ping_table_is_0_12s_layout_with_errors_underneath():
 def test_locks_text():
     assert report.locks_text([]) == "No locks currently held.\n"
     assert report.locks_text([{"host": "vm", "script": "backup"}]).splitlines() == [
-        "HOST                            SCRIPT", "-" * 50, "vm                              backup"]
+        "HOST                            SCRIPT",
+        "-" * 50,
+        "vm                              backup",
+    ]
 
 
 def test_progress_text():

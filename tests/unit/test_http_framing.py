@@ -2,12 +2,13 @@ import json
 
 import pytest
 
-from ctrlexec.core.http import (MAX_BODY, FramingError, RequestReader, ResponseReader,
-                                response_bytes)
+from ctrlexec.core.http import MAX_BODY, FramingError, RequestReader, ResponseReader, response_bytes
 
-LWP_RUN = (b"POST /run HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"
-           b"Host: 127.0.0.1:17543\r\nUser-Agent: libwww-perl/6.68\r\nContent-Length: 18\r\n"
-           b"Content-Type: application/json\r\n\r\n{\"script\":\"echo\"}\n")
+LWP_RUN = (
+    b"POST /run HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"
+    b"Host: 127.0.0.1:17543\r\nUser-Agent: libwww-perl/6.68\r\nContent-Length: 18\r\n"
+    b'Content-Type: application/json\r\n\r\n{"script":"echo"}\n'
+)
 
 
 def test_lwp_request_parses_in_one_piece():
@@ -21,7 +22,7 @@ def test_request_parses_byte_by_byte():
     reader = RequestReader()
     result = None
     for i in range(len(LWP_RUN)):
-        result = reader.feed(LWP_RUN[i:i + 1])
+        result = reader.feed(LWP_RUN[i : i + 1])
         if result:
             break
     assert result is not None and result.body.startswith(b'{"script"')
@@ -74,8 +75,9 @@ def test_response_is_http10_with_two_headers():
 
 
 def test_two_responses_on_one_connection():
-    stream = response_bytes(200, {"status": "pending", "reqid": "ab"}) + \
-        response_bytes(200, {"status": "denied", "reason": "approval timeout"})
+    stream = response_bytes(200, {"status": "pending", "reqid": "ab"}) + response_bytes(
+        200, {"status": "denied", "reason": "approval timeout"}
+    )
     first_reader = ResponseReader()
     first = first_reader.feed(stream)
     assert json.loads(first.body)["status"] == "pending"
@@ -85,5 +87,5 @@ def test_two_responses_on_one_connection():
 
 def test_response_without_length_ends_at_eof():
     reader = ResponseReader()
-    assert reader.feed(b"HTTP/1.0 200 OK\r\n\r\n{\"a\":1}") is None
+    assert reader.feed(b'HTTP/1.0 200 OK\r\n\r\n{"a":1}') is None
     assert json.loads(reader.finish().body) == {"a": 1}

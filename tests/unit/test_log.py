@@ -4,11 +4,23 @@ from ctrlexec import log
 
 
 def test_action_first_then_sorted_and_quoted():
-    line = log.format_line("run", {"SCRIPT": "echo-args", "EXIT": 0, "PEER": "127.0.0.1",
-                                   "DISPATCHER": "perl-ref-dispatcher", "REQID": "170b8beafb00a945"})
-    assert line == ("ACTION=run DISPATCHER=perl-ref-dispatcher EXIT=0 PEER=127.0.0.1 "
-                    "REQID=170b8beafb00a945 SCRIPT=echo-args")
-    assert log.format_line("x", {"MSG": 'two "words"', "E": None}) == 'ACTION=x E= MSG="two "words""'
+    line = log.format_line(
+        "run",
+        {
+            "SCRIPT": "echo-args",
+            "EXIT": 0,
+            "PEER": "127.0.0.1",
+            "DISPATCHER": "perl-ref-dispatcher",
+            "REQID": "170b8beafb00a945",
+        },
+    )
+    assert line == (
+        "ACTION=run DISPATCHER=perl-ref-dispatcher EXIT=0 PEER=127.0.0.1 "
+        "REQID=170b8beafb00a945 SCRIPT=echo-args"
+    )
+    assert (
+        log.format_line("x", {"MSG": 'two "words"', "E": None}) == 'ACTION=x E= MSG="two "words""'
+    )
 
 
 def test_newlines_cannot_forge_lines():

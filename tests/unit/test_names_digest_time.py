@@ -7,11 +7,18 @@ from ctrlexec.core.digest import pairing_code, schema_version_fallback
 from ctrlexec.core.timefmt import iso_utc, openssl_notafter, parse_openssl_notafter
 
 
-@pytest.mark.parametrize("configured, hostname, expected", [
-    ("perl-ref-dispatcher", "x", "perl-ref-dispatcher"), (None, "vm.example.org", "vm.example.org"),
-    ("", "host name!", "host-name-"), (None, "--.x", "x"), (None, "", "dispatcher"),
-    (None, "a" * 80, "a" * 64), ("_..", "h", "dispatcher"),
-])
+@pytest.mark.parametrize(
+    "configured, hostname, expected",
+    [
+        ("perl-ref-dispatcher", "x", "perl-ref-dispatcher"),
+        (None, "vm.example.org", "vm.example.org"),
+        ("", "host name!", "host-name-"),
+        (None, "--.x", "x"),
+        (None, "", "dispatcher"),
+        (None, "a" * 80, "a" * 64),
+        ("_..", "h", "dispatcher"),
+    ],
+)
 def test_dispatcher_id(configured, hostname, expected):
     assert names.derive_dispatcher_id(configured, hostname) == expected
 
@@ -24,8 +31,12 @@ def test_pairing_code_matches_the_formula():
 
 
 def test_schema_version_fallback_is_canonical():
-    assert schema_version_fallback({"b": 1, "a": [1, 2]}) == schema_version_fallback({"a": [1, 2], "b": 1})
-    assert schema_version_fallback({}).startswith("sha256:") and len(schema_version_fallback({})) == 19
+    assert schema_version_fallback({"b": 1, "a": [1, 2]}) == schema_version_fallback(
+        {"a": [1, 2], "b": 1}
+    )
+    assert (
+        schema_version_fallback({}).startswith("sha256:") and len(schema_version_fallback({})) == 19
+    )
 
 
 def test_notafter_text_round_trips():
@@ -37,7 +48,16 @@ def test_notafter_text_round_trips():
     assert iso_utc(0) == "1970-01-01T00:00:00Z"
 
 
-@pytest.mark.parametrize("name, ok", [("echo-args", True), ("a_b", True), ("x y", False),
-                                      ("../x", False), ("", False), ("caf\u00e9", False)])
+@pytest.mark.parametrize(
+    "name, ok",
+    [
+        ("echo-args", True),
+        ("a_b", True),
+        ("x y", False),
+        ("../x", False),
+        ("", False),
+        ("caf\u00e9", False),
+    ],
+)
 def test_script_names(name, ok):
     assert names.is_script_name(name) is ok

@@ -21,15 +21,19 @@ def test_valid_openapi_3_1():
 
 
 def test_paths_are_the_routes():
-    documented = {(method.upper(), path) for path, item in DOCUMENT["paths"].items()
-                  for method in item}
+    documented = {
+        (method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item
+    }
     assert documented == set(api_wire.ENDPOINTS) | {("GET", "/")}
 
 
 def test_every_operation_documents_the_server_answers():
     for path, item in DOCUMENT["paths"].items():
         for method, operation in item.items():
-            assert {"403", "413", "431", "500", "503"} <= set(operation["responses"]), (method, path)
+            assert {"403", "413", "431", "500", "503"} <= set(operation["responses"]), (
+                method,
+                path,
+            )
 
 
 def _refs(node):
@@ -53,9 +57,23 @@ def test_every_reference_resolves():
 
 def test_schema_names_of_0_12():
     names = set(DOCUMENT["components"]["schemas"])
-    assert {"HealthResponse", "PingRequest", "PingResult", "PingResponse", "RunRequest",
-            "RunResult", "RunResponse", "AsyncSubmitResult", "AsyncSubmitResponse",
-            "HostStatus", "StatusResponse", "DiscoveryRequest", "ScriptEntry",
-            "HostCapabilities", "DiscoveryResponse", "ErrorResponse"} <= names
+    assert {
+        "HealthResponse",
+        "PingRequest",
+        "PingResult",
+        "PingResponse",
+        "RunRequest",
+        "RunResult",
+        "RunResponse",
+        "AsyncSubmitResult",
+        "AsyncSubmitResponse",
+        "HostStatus",
+        "StatusResponse",
+        "DiscoveryRequest",
+        "ScriptEntry",
+        "HostCapabilities",
+        "DiscoveryResponse",
+        "ErrorResponse",
+    } <= names
     for name in api_wire.HOSTS_SCHEMAS:
         assert "hosts" in DOCUMENT["components"]["schemas"][name]["properties"]

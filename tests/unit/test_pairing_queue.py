@@ -34,11 +34,17 @@ def env(tmp_path):
 
 
 def queued(queue: PairingQueue, name: str, reqid: str, **fields) -> dict:
-    request = wire.PairRequest(hostname=name, csr=csr.build(keys.generate("ec"), name),
-                               nonce="ab" * 16, lookup_by=fields.get("lookup_by"),
-                               port=fields.get("port"), ip=fields.get("ip"))
-    record = wire.queue_record(request, reqid, "10.0.0.5", fields.get("received", "2026-01-01T00:00:00Z"),
-                               "", False)
+    request = wire.PairRequest(
+        hostname=name,
+        csr=csr.build(keys.generate("ec"), name),
+        nonce="ab" * 16,
+        lookup_by=fields.get("lookup_by"),
+        port=fields.get("port"),
+        ip=fields.get("ip"),
+    )
+    record = wire.queue_record(
+        request, reqid, "10.0.0.5", fields.get("received", "2026-01-01T00:00:00Z"), "", False
+    )
     assert queue.add(record, 10)
     return record
 
@@ -47,9 +53,14 @@ def test_cap_counts_undecided_requests(env):
     _, _, queue = env
     for index in range(3):
         queued(queue, f"a{index}", f"{index:016x}")
-    record = wire.queue_record(wire.parse_request(
-        wire.request_body("a9", "-----BEGIN CERTIFICATE REQUEST-----\n", "")), "ffff000000000000",
-        "10.0.0.5", "2026-01-01T00:00:00Z", "", False)
+    record = wire.queue_record(
+        wire.parse_request(wire.request_body("a9", "-----BEGIN CERTIFICATE REQUEST-----\n", "")),
+        "ffff000000000000",
+        "10.0.0.5",
+        "2026-01-01T00:00:00Z",
+        "",
+        False,
+    )
     assert not queue.add(record, 3)
     pairing_decide.deny(queue, f"{0:016x}")
     assert queue.add(record, 3)
@@ -86,10 +97,14 @@ def test_approve_writes_the_registry_and_the_approval(env):
 def test_operator_overrides(env):
     _, settings, queue = env
     queued(queue, "web-02", "2222222222222222", port="17443", lookup_by="ip")
-    result = pairing_decide.approve(queue, settings, "2222222222222222", lookup_by="hostname",
-                                    ip="192.0.2.7", agent_port=9443)
-    assert (result.record["lookup_by"], result.record["ip"], result.record["port"]) == \
-        ("hostname", "192.0.2.7", 9443)
+    result = pairing_decide.approve(
+        queue, settings, "2222222222222222", lookup_by="hostname", ip="192.0.2.7", agent_port=9443
+    )
+    assert (result.record["lookup_by"], result.record["ip"], result.record["port"]) == (
+        "hostname",
+        "192.0.2.7",
+        9443,
+    )
 
 
 @pytest.mark.parametrize("applied", [0, 1])
@@ -99,8 +114,11 @@ def test_an_interrupted_approval_is_finished_by_the_next_reader(env, applied):
     queued(queue, "web-03", "3333333333333333")
     record = {"hostname": "web-03", "ip": "10.0.0.5", "port": 7443}
     approved = wire.approved_body("CERT", "CA", "ab" * 16, "5", "d1")
-    atomic_write(queue.path("3333333333333333", ".commit"),
-                 json.dumps({"approved": approved, "record": record}).encode(), 0o640)
+    atomic_write(
+        queue.path("3333333333333333", ".commit"),
+        json.dumps({"approved": approved, "record": record}).encode(),
+        0o640,
+    )
     registry = Registry(settings.registry_dir)
     if applied:  # crashed between the registry write and the approval file
         with registry.lock():
@@ -124,7 +142,9 @@ def test_deny_and_withdraw(env):
     assert list(queue.directory.glob("5555*")) == []
 
 
-@pytest.mark.parametrize("reqid", ["../agents/x", "", "ABCDEF0123456789", "a" * 65, "nosuch0000000000"])
+@pytest.mark.parametrize(
+    "reqid", ["../agents/x", "", "ABCDEF0123456789", "a" * 65, "nosuch0000000000"]
+)
 def test_unknown_or_hostile_ids(env, reqid):
     _, settings, queue = env
     with pytest.raises(StateError, match="no pending pairing request"):
@@ -138,8 +158,14 @@ def test_a_weak_csr_is_never_signed(env):
     from cryptography.hazmat.primitives.asymmetric import rsa
 
     weak = csr.build(rsa.generate_private_key(65537, 1024), "old-box")
-    record = wire.queue_record(wire.parse_request(wire.request_body("old-box", weak, "")),
-                               "6666666666666666", "10.0.0.5", "2026-01-01T00:00:00Z", "", False)
+    record = wire.queue_record(
+        wire.parse_request(wire.request_body("old-box", weak, "")),
+        "6666666666666666",
+        "10.0.0.5",
+        "2026-01-01T00:00:00Z",
+        "",
+        False,
+    )
     assert queue.add(record, 10)
     issued_before = Path(settings.ca_dir, "ca.issued").read_text()
     with pytest.raises(csr.CsrRejected, match="weak key"):

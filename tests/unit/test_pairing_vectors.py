@@ -23,13 +23,56 @@ from tests.support import openssl
 # §1.5's table (0x02, 0x0A, 0x10), the non-idempotence example (0x20), the
 # all-digit and lettered neighbours, byte-boundary values and long serials.
 SERIALS = [
-    0x01, 0x02, 0x09, 0x0A, 0x0F, 0x10, 0x14, 0x19, 0x20, 0x25, 0x32, 0x40, 0x48, 0x57,
-    0x64, 0x73, 0x7F, 0x80, 0x99, 0x9A, 0xFF, 0x100, 0x102, 0x1000, 0x2020, 0x7FFF, 0x8000,
-    0x9999, 0xABCD, 0x10000, 0x123456, 0xDEADBEEF, 0x12345678, 0x7FFFFFFF, 0x80000000,
-    0x100000000, 0x0123456789, 0x1234567890123456, 0x7FFFFFFFFFFFFFFF, 0x8000000000000000,
-    0xFEDCBA9876543210, 0x1122334455667788, 0x99999999999999999999, 0x0A0A0A0A0A0A0A0A0A,
-    0x3C7D0E5F9A1B2C4D6E8F, 0x5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A, 0x11111111111111111111111111111111,
-    0x7123456789ABCDEF0123456789ABCDEF01234567, 0x0F, 0x3B9ACA00,
+    0x01,
+    0x02,
+    0x09,
+    0x0A,
+    0x0F,
+    0x10,
+    0x14,
+    0x19,
+    0x20,
+    0x25,
+    0x32,
+    0x40,
+    0x48,
+    0x57,
+    0x64,
+    0x73,
+    0x7F,
+    0x80,
+    0x99,
+    0x9A,
+    0xFF,
+    0x100,
+    0x102,
+    0x1000,
+    0x2020,
+    0x7FFF,
+    0x8000,
+    0x9999,
+    0xABCD,
+    0x10000,
+    0x123456,
+    0xDEADBEEF,
+    0x12345678,
+    0x7FFFFFFF,
+    0x80000000,
+    0x100000000,
+    0x0123456789,
+    0x1234567890123456,
+    0x7FFFFFFFFFFFFFFF,
+    0x8000000000000000,
+    0xFEDCBA9876543210,
+    0x1122334455667788,
+    0x99999999999999999999,
+    0x0A0A0A0A0A0A0A0A0A,
+    0x3C7D0E5F9A1B2C4D6E8F,
+    0x5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A5A,
+    0x11111111111111111111111111111111,
+    0x7123456789ABCDEF0123456789ABCDEF01234567,
+    0x0F,
+    0x3B9ACA00,
 ]
 
 
@@ -39,7 +82,7 @@ def serial_certs(tmp_path_factory):
     from one shell loop (each openssl start costs tens of milliseconds)."""
     directory = tmp_path_factory.mktemp("serials")
     openssl.ec_key(directory / "k.pem")
-    script = r'''
+    script = r"""
 i=0
 for s in "$@"; do
   openssl req -new -x509 -key k.pem -subj "/CN=v$i" -days 1 -set_serial "$s" -out "$i.crt"
@@ -47,9 +90,14 @@ for s in "$@"; do
   echo
   i=$((i+1))
 done
-'''
-    result = subprocess.run(["bash", "-c", script, "certs", *map(hex, SERIALS)], cwd=directory,
-                            capture_output=True, text=True, check=True)
+"""
+    result = subprocess.run(
+        ["bash", "-c", script, "certs", *map(hex, SERIALS)],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     rows = []
     for index, line in enumerate(result.stdout.splitlines()):
         serial_text = re.match(r"serial=([0-9A-F]+) ", line).group(1)

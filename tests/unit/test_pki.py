@@ -52,8 +52,9 @@ def test_refuses_to_replace_then_force_keeps_a_backup(tmp_path):
 def test_rsa_ca(tmp_path):
     paths = ca.CAPaths(tmp_path)
     ca.create_ca(paths, key_type="rsa")
-    assert "Public-Key: (4096 bit)" in openssl.run("x509", "-in", str(paths.cert), "-noout",
-                                                   "-text")
+    assert "Public-Key: (4096 bit)" in openssl.run(
+        "x509", "-in", str(paths.cert), "-noout", "-text"
+    )
 
 
 def test_signed_csr_verifies_strictly_and_serials_are_fresh(ca_paths, tmp_path):
@@ -102,20 +103,30 @@ def bad_csrs(tmp_path_factory):
     body = "".join(lines[1:-1])
     # flip a character near the end of the base64 (inside the signature)
     broken = body[:-10] + ("A" if body[-10] != "A" else "B") + body[-9:]
-    broken_pem = "\n".join([lines[0]] + [broken[i:i + 64] for i in range(0, len(broken), 64)]
-                           + [lines[-1]]) + "\n"
+    broken_pem = (
+        "\n".join(
+            [lines[0]] + [broken[i : i + 64] for i in range(0, len(broken), 64)] + [lines[-1]]
+        )
+        + "\n"
+    )
     return {
         "weak rsa": (openssl.csr(openssl.rsa_key(d / "rsa1024.pem", 1024), "web-01"), "weak key"),
-        "p521": (openssl.csr(openssl.ec_key(d / "p521.pem", "secp521r1"), "web-01"),
-                 "unsupported EC curve"),
-        "ed25519": (openssl.run("req", "-new", "-key", str(_ed25519(d)), "-subj", "/CN=web-01"),
-                    "unsupported key type"),
+        "p521": (
+            openssl.csr(openssl.ec_key(d / "p521.pem", "secp521r1"), "web-01"),
+            "unsupported EC curve",
+        ),
+        "ed25519": (
+            openssl.run("req", "-new", "-key", str(_ed25519(d)), "-subj", "/CN=web-01"),
+            "unsupported key type",
+        ),
         "sha1": (openssl.csr(rsa2048, "web-01", "sha1"), "signature hash sha1"),
         "md5": (openssl.csr(rsa2048, "web-01", "md5"), "signature hash md5"),
         "bad signature": (broken_pem, "signature does not verify"),
         "cn mismatch": (openssl.csr(rsa2048, "db-01"), "subject CN 'db-01' is not 'web-01'"),
-        "garbage": ("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
-                    "cannot be parsed"),
+        "garbage": (
+            "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            "cannot be parsed",
+        ),
         "two blocks": (good + good, "single PEM"),
         "not pem": ("hello", "single PEM"),
         "oversize": (good + " " * 10_240, "larger than 10240 bytes"),
@@ -130,9 +141,24 @@ def _ed25519(directory):
     return path
 
 
-@pytest.mark.parametrize("case", ["weak rsa", "p521", "ed25519", "sha1", "md5", "bad signature",
-                                  "cn mismatch", "garbage", "two blocks", "not pem", "oversize",
-                                  "good", "p384"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "weak rsa",
+        "p521",
+        "ed25519",
+        "sha1",
+        "md5",
+        "bad signature",
+        "cn mismatch",
+        "garbage",
+        "two blocks",
+        "not pem",
+        "oversize",
+        "good",
+        "p384",
+    ],
+)
 def test_csr_rules(bad_csrs, ca_paths, case):
     pem, problem = bad_csrs[case]
     before = ca_paths.issued.read_text()

@@ -28,24 +28,42 @@ SUBMITTED = [
 def test_async_record():
     record = run_record.async_record("r", "s", SUBMITTED, 100, {"username": "u", "source_ip": "ip"})
     assert record == {
-        "reqid": "r", "script": "s", "mode": "async", "created": 100,
-        "hosts": {"a": {"status": "accepted"},
-                  "b": {"status": "busy", "error": "script already running"},
-                  "c": {"status": "error", "error": "odd"}, "d": {"status": "accepted"}},
-        "pending": ["a", "d"], "complete": False,
-        "submitter": {"username": "u", "source_ip": "ip"}}
+        "reqid": "r",
+        "script": "s",
+        "mode": "async",
+        "created": 100,
+        "hosts": {
+            "a": {"status": "accepted"},
+            "b": {"status": "busy", "error": "script already running"},
+            "c": {"status": "error", "error": "odd"},
+            "d": {"status": "accepted"},
+        },
+        "pending": ["a", "d"],
+        "complete": False,
+        "submitter": {"username": "u", "source_ip": "ip"},
+    }
     assert "submitter" not in run_record.public(record)
 
 
 def test_merge_transitions():
     record = run_record.async_record("r", "s", SUBMITTED, 100)
     record["hosts"]["d"]["fetch_error"] = "earlier"
-    changed = run_record.merge_fetched(record, {
-        "a": {"host": "a", "status": "done", "exit": 3, "stdout": "o", "stderr": "e",
-              "owner": "x", "rtt": "1ms"},
-        "b": {"host": "b", "status": "done", "exit": 0},   # terminal: stays busy
-        "d": {"host": "d", "status": "running"},
-    })
+    changed = run_record.merge_fetched(
+        record,
+        {
+            "a": {
+                "host": "a",
+                "status": "done",
+                "exit": 3,
+                "stdout": "o",
+                "stderr": "e",
+                "owner": "x",
+                "rtt": "1ms",
+            },
+            "b": {"host": "b", "status": "done", "exit": 0},  # terminal: stays busy
+            "d": {"host": "d", "status": "running"},
+        },
+    )
     assert changed
     assert record["hosts"]["a"] == {"status": "done", "exit": 3, "stdout": "o", "stderr": "e"}
     assert record["hosts"]["b"]["status"] == "busy"
@@ -63,18 +81,36 @@ def test_merge_transitions():
 
 def test_interrupted_is_kept():
     record = run_record.async_record("r", "s", SUBMITTED[:1], 1)
-    run_record.merge_fetched(record, {"a": {"status": "done", "exit": -1, "stdout": "", "stderr": "",
-                                            "error": "interrupted: x", "interrupted": True}})
+    run_record.merge_fetched(
+        record,
+        {
+            "a": {
+                "status": "done",
+                "exit": -1,
+                "stdout": "",
+                "stderr": "",
+                "error": "interrupted: x",
+                "interrupted": True,
+            }
+        },
+    )
     assert record["hosts"]["a"]["interrupted"] is True
     assert run_record.any_failed(record)
 
 
-@pytest.mark.parametrize("entry,failed", [
-    ({"status": "done", "exit": 0}, False), ({"status": "done", "exit": 2}, True),
-    ({"status": "done", "exit": None}, True), ({"status": "done", "exit": False}, True),
-    ({"status": "busy"}, True), ({"status": "error"}, True), ({"status": "expired"}, True),
-    ({"status": "running"}, False),
-])
+@pytest.mark.parametrize(
+    "entry,failed",
+    [
+        ({"status": "done", "exit": 0}, False),
+        ({"status": "done", "exit": 2}, True),
+        ({"status": "done", "exit": None}, True),
+        ({"status": "done", "exit": False}, True),
+        ({"status": "busy"}, True),
+        ({"status": "error"}, True),
+        ({"status": "expired"}, True),
+        ({"status": "running"}, False),
+    ],
+)
 def test_host_failed(entry, failed):
     assert run_record.host_failed(entry) is failed
 
@@ -89,29 +125,42 @@ def test_sync_failures():
 
 def test_status_text():
     record = run_record.async_record("0123", "s", SUBMITTED, 1)
-    run_record.merge_fetched(record, {
-        "a": {"status": "done", "exit": 1, "stdout": "out\n", "stderr": "err\n"},
-        "d": {"status": "error", "error": "host 'd' did not respond"}})
+    run_record.merge_fetched(
+        record,
+        {
+            "a": {"status": "done", "exit": 1, "stdout": "out\n", "stderr": "err\n"},
+            "d": {"status": "error", "error": "host 'd' did not respond"},
+        },
+    )
     assert report.status_text(record) == (
         "Request 0123  (script: s)  [PENDING]\n"
         "==> a  [done  exit:1]\nout\n    STDERR: err\n"
         "==> b  [BUSY]\n    script already running\n"
         "==> c  [ERROR]\n    odd\n"
-        "==> d  [accepted]\n    (fetch pending: host 'd' did not respond)\n")
-    sync = run_record.sync_record("0123", "s", ["a"], [
-        {"host": "a", "exit": 0, "rtt": "3ms", "reqid": "0123", "stdout": "hi\n"}], 1)
-    assert report.status_text(sync) == ("Request 0123  (script: s)  [COMPLETE]\n"
-                                        "==> a  [OK  exit:0  3ms  req:0123]\nhi\n")
+        "==> d  [accepted]\n    (fetch pending: host 'd' did not respond)\n"
+    )
+    sync = run_record.sync_record(
+        "0123",
+        "s",
+        ["a"],
+        [{"host": "a", "exit": 0, "rtt": "3ms", "reqid": "0123", "stdout": "hi\n"}],
+        1,
+    )
+    assert report.status_text(sync) == (
+        "Request 0123  (script: s)  [COMPLETE]\n==> a  [OK  exit:0  3ms  req:0123]\nhi\n"
+    )
 
 
 def test_async_submit_text():
     assert report.async_submit_text("ab", SUBMITTED[:3], "ced status") == (
         "Submitted async run  req:ab\n==> a  [accepted  1ms]\n"
         "==> b  [BUSY: script already running]\n==> c  [ERROR: odd]\n"
-        "Check progress with: ced status ab\n")
+        "Check progress with: ced status ab\n"
+    )
 
 
 # -- the store ----------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self, now: float):
@@ -123,8 +172,9 @@ class Clock:
 
 def test_store_round_trip_and_mode(tmp_path):
     store = RunStore(tmp_path / "runs", Clock(1000))
-    record = store.record_sync("abc", "s", ["a"], [{"host": "a", "exit": 0}],
-                               {"username": "u", "source_ip": "1.2.3.4"})
+    record = store.record_sync(
+        "abc", "s", ["a"], [{"host": "a", "exit": 0}], {"username": "u", "source_ip": "1.2.3.4"}
+    )
     path = tmp_path / "runs" / "abc.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
     assert store.load("abc") == record and record["completed"] == 1000
@@ -150,7 +200,11 @@ def test_purge(tmp_path):
     store.record_sync("old", "s", [], [])
     os.utime(tmp_path / "old.json", (clock.now - 86_401, clock.now - 86_401))
     assert store.purge() == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".new.json.y.tmp", "new.json", "notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".new.json.y.tmp",
+        "new.json",
+        "notes.txt",
+    ]
 
 
 class Engine:
@@ -196,7 +250,6 @@ def test_aggregate(tmp_path):
     assert aggregate(store, engine, "missing") is None
 
 
-
 def as_unprivileged(work):
     """`work()` run by a user who may read but not write: this user when not
     root, else a child process that dropped to nobody (65534)."""
@@ -228,8 +281,9 @@ def test_aggregate_read_only():
         store.record_async("r1", "s", SUBMITTED[:1])
         (base / "runs").chmod(0o555)
         (base / "runs" / "r1.json").chmod(0o444)
-        engine = Engine({"a": {"status": "done", "exit": 0, "stdout": "", "stderr": ""}},
-                        known={"a"})
+        engine = Engine(
+            {"a": {"status": "done", "exit": 0, "stdout": "", "stderr": ""}}, known={"a"}
+        )
         seen = as_unprivileged(lambda: aggregate(store, engine, "r1"))
         assert seen["complete"] is True and seen["hosts"]["a"]["status"] == "done"
         assert store.load("r1")["complete"] is False  # nothing was written

@@ -3,12 +3,27 @@ import pytest
 from ctrlexec.core.serial import cert_serial_key, normalise_received, serial_to_hex
 
 
-@pytest.mark.parametrize("raw, key", [
-    ("", ""), (None, ""), ("02", "2"), ("0A", "a"), ("10", "a"), ("0x10", "a"),
-    ("serial=0A", "a"), ("SERIAL=DEADBEEF", "deadbeef"), ("DE:AD:BE:EF", "deadbeef"),
-    ("00:0a", "a"), ("3735928559", "deadbeef"), ("0000", "0"), ("00:00", "0"),
-    ("14", "e"), ("zz", ""), ("+5", ""),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ("", ""),
+        (None, ""),
+        ("02", "2"),
+        ("0A", "a"),
+        ("10", "a"),
+        ("0x10", "a"),
+        ("serial=0A", "a"),
+        ("SERIAL=DEADBEEF", "deadbeef"),
+        ("DE:AD:BE:EF", "deadbeef"),
+        ("00:0a", "a"),
+        ("3735928559", "deadbeef"),
+        ("0000", "0"),
+        ("00:00", "0"),
+        ("14", "e"),
+        ("zz", ""),
+        ("+5", ""),
+    ],
+)
 def test_serial_to_hex_table(raw, key):
     assert serial_to_hex(raw) == key
 
@@ -24,8 +39,16 @@ def test_cert_serial_key_applies_once(serial, key):
     assert cert_serial_key(serial) == key
 
 
-@pytest.mark.parametrize("received, stored", [
-    ("14", "14"), ("0x14", "14"), ("serial=0014", "14"), ("AB:CD", "abcd"), ("xyz", ""), ("", ""),
-])
+@pytest.mark.parametrize(
+    "received, stored",
+    [
+        ("14", "14"),
+        ("0x14", "14"),
+        ("serial=0014", "14"),
+        ("AB:CD", "abcd"),
+        ("xyz", ""),
+        ("", ""),
+    ],
+)
 def test_received_serials_keep_their_digits(received, stored):
     assert normalise_received(received) == stored
