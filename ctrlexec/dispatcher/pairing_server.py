@@ -86,6 +86,8 @@ class ListenerSettings:
     rate: Rule | None = Rule(10, 60, 300)
     request_timeout: float = 10.0
     approval_wait: float = wire.APPROVAL_WAIT
+    # How often a waiting connection looks for the operator's decision.
+    poll_interval: float = POLL_INTERVAL
 
 
 class _Refuse(Exception):
@@ -350,7 +352,7 @@ class PairingListener:
                 return self._withdraw(tls, reqid, hostname, "pairing-mode-stopped")
             if time.monotonic() >= deadline:
                 return self._withdraw(tls, reqid, hostname, "approval-timeout")
-            if _peer_gone(tls, POLL_INTERVAL):
+            if _peer_gone(tls, self.settings.poll_interval):
                 return self._withdraw(tls, reqid, hostname, "disconnected")
 
     def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
