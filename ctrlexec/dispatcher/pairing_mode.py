@@ -182,7 +182,7 @@ def serve(
         inputs = {}
         on_idle = None
         if operator is not None:
-            reader = _LineReader(operator)
+            reader = CommandLines(operator)
             inputs[operator.fd] = reader.readable
             on_idle = reader.idle
         why = listener.serve(clock() + plan.window, on_ready=ready, inputs=inputs, on_idle=on_idle)
@@ -228,7 +228,7 @@ def stop(pidfile: Path, wait: float = STOP_WAIT) -> Stopped:
     return Stopped(pid, not is_locked(instance.lockfile))
 
 
-class _LineReader:
+class CommandLines:
     """Lines from the operator's terminal, bounded; after end of input no
     more idle calls (nobody can answer a prompt)."""
 
