@@ -95,7 +95,7 @@ def _clean(value: object) -> str:
         text = "1" if value else "0"
     else:
         text = str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def format_line(action: str, fields: dict[str, object]) -> str:

@@ -81,7 +81,7 @@ def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
     while index < len(head):
         token = head[index]
         if token in modes:
-            return [token] + head[:index] + head[index + 1 :]
+            return [token, *head[:index], *head[index + 1 :]]
         if not token.startswith("-"):
             break  # an operand before any mode: leave it to the parser's error
         if token in VALUE_OPTIONS:

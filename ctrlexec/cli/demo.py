@@ -116,7 +116,7 @@ class Demo:
         if not quiet:
             self.show(role, list(args))
         result = subprocess.run(
-            self.command + [role, *args],
+            [*self.command, role, *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -139,16 +139,15 @@ class Demo:
 
     def start(self, role: str, *args: str, log_name: str) -> subprocess.Popen:
         self.show(role, list(args))
-        log_file = open(self.root / log_name, "w")
-        process = subprocess.Popen(
-            self.command + [role, *args],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log_file.close()
+        with open(self.root / log_name, "w") as log_file:
+            process = subprocess.Popen(
+                [*self.command, role, *args],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.background.append(process)
         return process
 
@@ -210,8 +209,8 @@ class Demo:
             ],
         )
         requester = subprocess.Popen(
-            self.command
-            + [
+            [
+                *self.command,
                 "agent",
                 "request-pairing",
                 "--dispatcher",

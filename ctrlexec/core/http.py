@@ -279,7 +279,7 @@ class ResponseReader:
                     try:
                         self._length = _parse_content_length(raw)
                     except FramingError:
-                        raise FramingError(502, "invalid Content-Length in response")
+                        raise FramingError(502, "invalid Content-Length in response") from None
                     if self._length > self._max_body:
                         raise FramingError(502, "response too large")
                 self._state = "body"

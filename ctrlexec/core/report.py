@@ -26,7 +26,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def visible(value: object) -> str:
     """A value from the network, safe to print on a terminal."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def _host_label(result: dict) -> str:

@@ -95,7 +95,7 @@ def _common_name(data: bytes, start: int, end: int) -> str:
 
 
 def facts_from_der(der: bytes) -> CertFacts:
-    tag, start, end = _read_tlv(der, 0)
+    tag, start, _end = _read_tlv(der, 0)
     if tag != _SEQUENCE:
         raise ValueError("not a certificate")
     tbs_tag, tbs_start, tbs_end = _read_tlv(der, start)

@@ -191,7 +191,7 @@ def test_hostile_pairing_requests(ctl, csrs):
             results = list(pool.map(lambda case: exchange(port, case[1], **case[3]), plan))
         wrong = [
             (label, got, allowed)
-            for (label, _, allowed, _), got in zip(plan, results)
+            for (label, _, allowed, _), got in zip(plan, results, strict=True)
             if got not in allowed
         ]
         assert not wrong, wrong[:10]

@@ -186,7 +186,7 @@ def test_a_wrong_pin_stores_nothing(dispatcher, tmp_path):
     [request] = wait_for(lambda: json.loads(ced.run("ced", "list-requests", "--json").stdout))
     assert request["code"] == code
     ced.run("ced", "approve", request["reqid"], check=True)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3
     assert "does not match the pinned" in err
     assert not (agent.root / "etc/ctrl-exec-agent/agent.crt").exists()

@@ -112,7 +112,7 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
         )
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
-        out, err = waiting_agent.communicate(timeout=20)
+        _out, err = waiting_agent.communicate(timeout=20)
         assert waiting_agent.returncode == 2, err
         assert "Pairing failed: approval timeout" in err
         assert f"Pairing mode timed out after {window}s. Stopped." in listener.lines.rest()
