@@ -23,6 +23,7 @@ import stat
 import sys
 import threading
 import time
+from typing import TextIO
 
 INFO = "INFO"
 WARNING = "WARNING"
@@ -46,7 +47,7 @@ class _State:
         self.ident = IDENT_DISPATCHER
         self.target = "auto"
         self.fmt = "kv"
-        self.file = None
+        self.file: TextIO | None = None
         self.syslog_open = False
         self.lock = threading.Lock()
 
@@ -124,7 +125,7 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     if level not in _PRIORITY:
         raise ValueError(f"unknown log level {level!r}")
     if _state.fmt == "json":
-        record = {
+        record: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ident": _state.ident,
             "level": level,

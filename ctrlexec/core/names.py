@@ -8,6 +8,7 @@ would also admit Unicode letters in decoded JSON; no allowlist written as a
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -24,7 +25,7 @@ AGENT_NAME_MAX = 253
 REQID_MAX = 128
 
 
-def is_script_name(name: object) -> bool:
+def is_script_name(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and SCRIPT_NAME.fullmatch(name) is not None
 
 
