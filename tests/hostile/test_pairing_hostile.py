@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     CLOSED,
     RawPairing,
@@ -26,7 +27,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 TOO_LARGE = "request too large"

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import Reaped, agent_env, setup_dispatcher, start_listener, wait_for
+from tests.support.agentproc import wait_for
+from tests.support.pairing import Reaped, agent_env, setup_dispatcher, start_listener
 
 DISPATCHER_ID = "test-dispatcher"
 

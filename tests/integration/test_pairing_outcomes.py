@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     RawPairing,
     Reaped,
@@ -20,7 +21,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
