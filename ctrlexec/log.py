@@ -35,7 +35,6 @@ IDENT_DISPATCHER = "ctrl-exec-dispatcher"
 IDENT_API = "ctrl-exec-api"
 IDENT_EXECUTOR = "ctrl-exec-executor"
 
-TARGETS = ("auto", "syslog", "stderr")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")
@@ -48,7 +47,6 @@ class _State:
         self.target = "auto"
         self.fmt = "kv"
         self.file: TextIO | None = None
-        self.syslog_open = False
         self.lock = threading.Lock()
 
 
@@ -79,7 +77,6 @@ def configure(ident: str, target: str | None = None, fmt: str | None = None) -> 
             import syslog
 
             syslog.openlog(ident, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
-            _state.syslog_open = True
 
 
 def _dev_log_present() -> bool:

@@ -55,8 +55,3 @@ def derive_dispatcher_id(configured: str | None, hostname: str) -> str:
     cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned)
     cleaned = cleaned[:64]
     return cleaned or "dispatcher"
-
-
-def lock_name_part(value: str) -> str:
-    """Sanitise one part of a lock file name as 0.12 does: [^\\w.-] -> '_'."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", value)

@@ -27,7 +27,6 @@ from typing import Any
 MODE_SYNC = "sync"
 MODE_ASYNC = "async"
 PENDING = ("accepted", "running")
-TERMINAL = ("done", "expired", "busy", "error")
 
 
 def sync_record(

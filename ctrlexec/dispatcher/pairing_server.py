@@ -29,6 +29,7 @@ connection is served in its own thread; the accept loop never blocks on one.
 from __future__ import annotations
 
 import ipaddress
+import secrets
 import select
 import socket
 import ssl
@@ -42,7 +43,7 @@ from dataclasses import dataclass
 from .. import log
 from ..core import pairing as wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
-from ..core.ids import new_reqid
+from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..pki import csr as csr_rules
@@ -120,12 +121,14 @@ class PairingListener:
         on_queued: Callable[[dict], None] | None = None,
         resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
         clock: Callable[[], float] = time.time,
+        token_bytes: TokenBytes = secrets.token_bytes,
     ):
         self.settings = settings
         self.queue = queue
         self.on_queued = on_queued
         self.resolve = resolve
         self.clock = clock
+        self.token_bytes = token_bytes
         self._context = server_only_context(settings.cert, settings.key)
         self._limiter = RateLimiter(volume=settings.rate, probe=None) if settings.rate else None
         self._slots = threading.BoundedSemaphore(settings.max_queue + EXTRA_HANDLERS)
@@ -273,7 +276,7 @@ class PairingListener:
             raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
         if self._closing.is_set():
             raise _Refuse(None, "pairing-mode-stopped")
-        reqid = new_reqid()
+        reqid = new_reqid(self.token_bytes)
         name, confirmed = self.resolve(ip)
         record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
         if not self.queue.add(record, self.settings.max_queue):
