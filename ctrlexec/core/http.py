@@ -182,11 +182,8 @@ class _Reader(Generic[Message]):
         self._buffer += data
         while self._state is not State.DONE:
             if self._state is State.START_LINE:
-                line = self._next_line()
-                if line is None:
+                if not self._read_start_line():
                     return None
-                self._start(line)
-                self._state = State.HEADERS
             elif self._state is State.HEADERS:
                 line = self._next_line()
                 if line is None:
@@ -203,6 +200,15 @@ class _Reader(Generic[Message]):
                 self._message = self._complete(body)
                 self._state = State.DONE
         return self._message
+
+    def _read_start_line(self) -> bool:
+        """Frame the start line if it has arrived; False while it has not."""
+        line = self._next_line()
+        if line is None:
+            return False
+        self._start(line)
+        self._state = State.HEADERS
+        return True
 
     def _next_line(self) -> bytes | None:
         end = self._buffer.find(b"\n")
@@ -273,12 +279,8 @@ class RequestReader(_Reader[Request]):
         version) once it has arrived, else None. For a peer whose request is
         refused by its path alone (0.12 reads nothing more from it)."""
         self._buffer += data
-        if self._state is State.START_LINE:
-            line = self._next_line()
-            if line is None:
-                return None
-            self._start(line)
-            self._state = State.HEADERS
+        if self._state is State.START_LINE and not self._read_start_line():
+            return None
         return self._request_line
 
     def finish_request_line(self) -> tuple[str, str, str]:

@@ -127,11 +127,14 @@ def _summary(message) -> tuple:
     return ("response", message.status, message.phrase, message.headers, message.body)
 
 
+def _chunks(data: bytes, step: int | None) -> list[bytes]:
+    return [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+
+
 def _events(make_reader, data: bytes, eof: bool, step: int | None) -> tuple:
     reader = make_reader()
-    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
     try:
-        for chunk in chunks:
+        for chunk in _chunks(data, step):
             message = reader.feed(chunk)
             if message is not None:
                 return _summary(message)
@@ -364,9 +367,8 @@ REQUEST_LINES = {
 @pytest.mark.parametrize("data, eof, expected", REQUEST_LINES.values(), ids=REQUEST_LINES.keys())
 def test_request_line_only(data, eof, expected, step):
     reader = RequestReader()
-    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
     try:
-        for chunk in chunks:
+        for chunk in _chunks(data, step):
             line = reader.feed_request_line(chunk)
             if line is not None:
                 assert ("line", *line) == expected
