@@ -315,7 +315,7 @@ class PairingListener:
         finally:
             abort(tls)
 
-    def _queue_request(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> tuple[str, str]:
+    def _queue_request(self, tls: socket.socket, ip: str, deadline: float) -> tuple[str, str]:
         request = _read_request(tls, deadline)
         try:
             pair = wire.parse_request(request.body)
@@ -340,7 +340,7 @@ class PairingListener:
             self.on_queued(record)
         return reqid, pair.hostname
 
-    def _await_decision(self, tls: ssl.SSLSocket, reqid: str, hostname: str) -> None:
+    def _await_decision(self, tls: socket.socket, reqid: str, hostname: str) -> None:
         deadline = time.monotonic() + self.settings.approval_wait
         while True:
             body = self.queue.decision(reqid)
@@ -355,7 +355,7 @@ class PairingListener:
             if _peer_gone(tls, self.settings.poll_interval):
                 return self._withdraw(tls, reqid, hostname, "disconnected")
 
-    def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
+    def _withdraw(self, tls: socket.socket, reqid: str, hostname: str, why: str) -> None:
         body = self.queue.withdraw(reqid)
         if body is not None:  # decided at the last moment: deliver that
             self._send(tls, body)
@@ -365,7 +365,7 @@ class PairingListener:
         if why != "disconnected":
             self._send(tls, encode_json(wire.denied_body(wire.REASON_TIMEOUT)))
 
-    def _send(self, tls: ssl.SSLSocket, body: bytes) -> bool:
+    def _send(self, tls: socket.socket, body: bytes) -> bool:
         try:
             tls.settimeout(self.settings.request_timeout)
             tls.sendall(response_bytes(200, body))
@@ -374,7 +374,7 @@ class PairingListener:
             return False
 
 
-def _read_request(tls: ssl.SSLSocket, deadline: float):
+def _read_request(tls: socket.socket, deadline: float):
     reader = RequestReader(max_body=wire.MAX_PAIR_BODY)
     while True:
         remaining = deadline - time.monotonic()
@@ -402,7 +402,7 @@ def _read_request(tls: ssl.SSLSocket, deadline: float):
             return request
 
 
-def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
+def _peer_gone(tls: socket.socket, wait: float) -> bool:
     """Wait up to `wait` seconds; True if the agent closed its side."""
     try:
         ready, _, _ = select.select([tls], [], [], wait)
