@@ -92,7 +92,7 @@ def serve(ctx: Context) -> int:
 
     config = load_agent(ctx.layout, ctx.config_path)
     context = selfcheck.serving_context(config)
-    ctx.configure_logging(config.log_target, config.log_format)
+    ctx.configure_logging(config.log_target, config.log_format, daemon=True)
     for name in selfcheck.unenforced_profiles(config):
         log.event(
             "config-warn",

@@ -89,7 +89,7 @@ def serve(ctx: Context) -> int:
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = _api_tls(settings)
-    ctx.configure_logging(settings.log_target, settings.log_format)
+    ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)

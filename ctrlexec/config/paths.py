@@ -15,6 +15,7 @@ The native-library cache of the pyz is not part of a layout (see
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,8 +159,29 @@ def user_layout() -> Layout:
         dispatcher_state=platformdirs.user_data_path("ctrl-exec"),
         agent_etc=platformdirs.user_config_path("ctrl-exec-agent"),
         agent_state=platformdirs.user_data_path("ctrl-exec-agent"),
-        runtime=platformdirs.user_runtime_path("ctrl-exec-agent"),
+        runtime=_user_runtime_dir(platformdirs.user_data_path("ctrl-exec-agent")),
     )
+
+
+def _user_runtime_dir(agent_state: Path) -> Path:
+    """$XDG_RUNTIME_DIR/ctrl-exec-agent when that is a private directory of
+    ours, else `run/` in the agent's state directory. Decided here rather
+    than by platformdirs, which warns on stderr when the variable is unset
+    (ssh sessions, su, cron) and may fall back to a shared /tmp path."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        try:
+            info = os.lstat(xdg)
+        except OSError:
+            info = None
+        if (
+            info is not None
+            and stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.geteuid()
+            and stat.S_IMODE(info.st_mode) & 0o077 == 0
+        ):
+            return Path(xdg) / "ctrl-exec-agent"
+    return agent_state / "run"
 
 
 def resolve_layout(root: str | os.PathLike | None = None) -> Layout:

@@ -121,7 +121,10 @@ def bounded_paths(values: list[str]) -> str | None:
 
 
 PORT = between(1, 65535)
-LOG_TARGET_DOC = "where log lines go: auto (syslog if /dev/log exists, else stderr), syslog, stderr, or a file path"
+LOG_TARGET_DOC = (
+    "where log lines go: auto (syslog if /dev/log exists, else stderr for daemons and a file"
+    " in the state directory for commands; docs/logging.md), syslog, stderr, discard, or a file path"
+)
 
 DISPATCHER_KEYS: tuple[Key, ...] = (
     Key(
