@@ -131,6 +131,8 @@ class _State:
         self.file = None
         self.syslog: SyslogSocket | None = None
         self.fallback = "stderr"  # where a line goes when syslog refuses it
+        self.configured = False
+        self.deferred: list[tuple[str, str, dict[str, object]]] = []
         self.lock = threading.Lock()
 
 
@@ -171,7 +173,11 @@ def configure(
             except OSError:
                 pass  # each line retries the connection, then uses the fallback
         _state.target = target
-        return target
+        _state.configured = True
+        pending, _state.deferred = _state.deferred, []
+    for action, level, fields in pending:
+        event(action, level, **fields)
+    return target
 
 
 def _close_locked() -> None:
@@ -273,6 +279,22 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     else:
         line = format_line(action, fields)
     _emit(level, line)
+
+
+# Events raised before the destination is known (reading the config that
+# chooses it) wait for configure(); a process that never configures drops them.
+MAX_DEFERRED = 256
+
+
+def defer(action: str, level: str = INFO, **fields: object) -> None:
+    """Log now if the destination is configured, else once it is."""
+    if _state.configured:
+        event(action, level, **fields)
+        return
+    _check_fields(fields)
+    with _state.lock:
+        if len(_state.deferred) < MAX_DEFERRED:
+            _state.deferred.append((action, level, fields))
 
 
 def _emit(level: str, line: str) -> None:

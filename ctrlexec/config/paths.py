@@ -24,6 +24,10 @@ ROOT_ENV = "CTRL_EXEC_ROOT"
 DISPATCHER_CONFIG_NAME = "ctrl-exec.toml"
 AGENT_CONFIG_NAME = "agent.toml"
 ALLOWLIST_NAME = "scripts.toml"
+# ctrl-exec 0.12's files, read when the TOML file does not exist.
+LEGACY_DISPATCHER_CONFIG_NAME = "ctrl-exec.conf"
+LEGACY_AGENT_CONFIG_NAME = "agent.conf"
+LEGACY_ALLOWLIST_NAME = "scripts.conf"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Layout:
     @property
     def dispatcher_config(self) -> Path:
         return self.dispatcher_etc / DISPATCHER_CONFIG_NAME
+
+    @property
+    def legacy_dispatcher_config(self) -> Path:
+        return self.dispatcher_etc / LEGACY_DISPATCHER_CONFIG_NAME
 
     @property
     def ca_key(self) -> Path:
@@ -102,6 +110,14 @@ class Layout:
     @property
     def allowlist(self) -> Path:
         return self.agent_etc / ALLOWLIST_NAME
+
+    @property
+    def legacy_agent_config(self) -> Path:
+        return self.agent_etc / LEGACY_AGENT_CONFIG_NAME
+
+    @property
+    def legacy_allowlist(self) -> Path:
+        return self.agent_etc / LEGACY_ALLOWLIST_NAME
 
     @property
     def agent_cert(self) -> Path:

@@ -18,7 +18,7 @@ def actions_in_code() -> set[str]:
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             first = node.args[0]
-            if name == "event" and isinstance(first, ast.Constant):
+            if name in ("event", "defer") and isinstance(first, ast.Constant):
                 found.add(first.value)
     return found
 
