@@ -34,6 +34,10 @@ ROLES = {
         "ctrlexec.cli.demo",
         "a throwaway CA, dispatcher and agent on loopback, paired, running a script",
     ),
+    "install": (
+        "ctrlexec.cli.install",
+        "install this archive as services: program names, users, directories, units",
+    ),
     "doctor": (
         "ctrlexec.cli.doctor",
         "check that this host can run ctrl-exec (Python, native libraries)",
