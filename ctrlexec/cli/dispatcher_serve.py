@@ -100,6 +100,8 @@ def serve(ctx: Context) -> int:
         __version__,
         deny_generic=settings.auth_deny_generic,
         health_open=settings.health_open,
+        metrics_open=settings.metrics_open,
+        pairing_dir=ctx.layout.pairing_dir,
     )
     server = ApiServer(
         api,

@@ -164,6 +164,13 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key(
+        "metrics_open",
+        "bool",
+        False,
+        "serve GET /metrics without the api auth gate (Prometheus scrapers)",
+        ours=True,
+    ),
+    Key(
         "api_request_timeout",
         "int",
         30,

@@ -43,10 +43,12 @@ chown root:ctrl-exec-agent /opt/ctrl-exec-scripts/hello && chmod 0750 /opt/ctrl-
 echo 'hello = "/opt/ctrl-exec-scripts/hello"' >> /etc/ctrl-exec-agent/scripts.toml
 step start
 systemctl enable --now ctrl-exec-agent.service ctrl-exec-api.service
-wait_port 7445
 for round in 1 2; do
   step "run $round"
   systemctl is-active ctrl-exec-agent.service ctrl-exec-api.service
+  # "active" is as soon as the process runs; serving comes a moment later
+  wait_port 7445
+  n=0; until ctrl-exec-agent self-ping >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 300 ] || exit 1; sleep 0.2; done
   ced run "$host" hello -- "round $round" | tee /tmp/ced-run.out
   grep -qx "hello round $round" /tmp/ced-run.out
   api /run "{\"hosts\": [\"$host\"], \"script\": \"hello\", \"args\": [\"api $round\"]}" | tee /tmp/api.out
@@ -54,8 +56,6 @@ for round in 1 2; do
   if [ $round = 1 ]; then
     step restart
     systemctl restart ctrl-exec-agent.service ctrl-exec-api.service
-    wait_port 7445
-    n=0; until ctrl-exec-agent self-ping >/dev/null 2>&1; do n=$((n+1)); [ $n -lt 150 ] || exit 1; sleep 0.2; done
   fi
 done
 step uninstall
