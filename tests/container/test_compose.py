@@ -111,3 +111,10 @@ def test_compose_pairs_and_runs(podman, project):
         return 200
 
     assert wait_for(health, 60, "the API") == 403
+
+    # compose.yaml's health checks pass for both services
+    for container in (dispatcher, agent):
+        checked = subprocess.run(
+            [podman, "healthcheck", "run", container], capture_output=True, text=True, timeout=120
+        )
+        assert checked.returncode == 0, (container, checked.stdout, checked.stderr)
