@@ -132,6 +132,7 @@ class _State:
         self.syslog: SyslogSocket | None = None
         self.fallback = "stderr"  # where a line goes when syslog refuses it
         self.configured = False
+        self.observers: list = []
         self.deferred: list[tuple[str, str, dict[str, object]]] = []
         self.lock = threading.Lock()
 
@@ -267,6 +268,8 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     _check_fields(fields)
     if level not in _PRIORITY:
         raise ValueError(f"unknown log level {level!r}")
+    for observer in _state.observers:
+        observer(action, level, fields)
     if _state.fmt == "json":
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -279,6 +282,12 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     else:
         line = format_line(action, fields)
     _emit(level, line)
+
+
+def observe(callback) -> None:
+    """Call `callback(action, level, fields)` for every event from now on
+    (metrics count events; the callback must be quick and never raise)."""
+    _state.observers.append(callback)
 
 
 # Events raised before the destination is known (reading the config that

@@ -110,6 +110,16 @@ def serve(ctx: Context) -> int:
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if config.metrics_port:
+        from ..agent import metrics
+
+        try:
+            metrics.start_listener(config.metrics_port, metrics.AgentMetrics())
+        except OSError as exc:
+            raise CtrlExecError(
+                f"cannot listen on 127.0.0.1:{config.metrics_port} (metrics_port): "
+                f"{exc.strerror or exc}"
+            ) from None
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )

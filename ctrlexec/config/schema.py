@@ -279,6 +279,14 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
 
 AGENT_KEYS: tuple[Key, ...] = (
     Key("port", "int", 7443, "mTLS listen port", PORT),
+    Key(
+        "metrics_port",
+        "int",
+        0,
+        "port of the loopback-only (127.0.0.1) Prometheus listener; 0 turns it off",
+        between(0, 65535),
+        ours=True,
+    ),
     Key("bind", "str", "", "listen address; empty means all interfaces (IPv4 and IPv6)", ours=True),
     Key("cert", "path", lambda l: str(l.agent_cert), "agent certificate"),
     Key("key", "path", lambda l: str(l.agent_key), "agent private key"),

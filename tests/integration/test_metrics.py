@@ -99,3 +99,32 @@ def test_metrics_pass_the_auth_gate_unless_open(fleet):
         assert value(samples, "ctrl_exec_runs_total", outcome="ok") == 0
     finally:
         opened.stop()
+
+
+def test_agent_metrics_listener_on_loopback(ctl, session_ca, tmp_path):
+    import urllib.request
+
+    issued = testpki.install_dispatcher(session_ca, tmp_path / "dispatcher")
+    port = agentproc.free_port()
+    site = agentproc.install_site(session_ca, ctl.root, issued, settings={"metrics_port": port})
+    agent = agentproc.AgentProcess(ctl, site).start()
+    try:
+        client = agentproc.DispatcherClient.for_dispatcher(tmp_path / "dispatcher")
+        assert client.run(site.port, "echo-args", ["x"], reqid="m1")["exit"] == 0
+        assert client.run(site.port, "fail", ["5"], reqid="m2")["exit"] == 5
+        refused = client.request(site.port, "POST", "/run", {"script": "nope", "reqid": "m3"})
+        assert refused.status == 403 or refused.json().get("exit") == -1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            text = answer.read().decode()
+    finally:
+        agent.stop()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert value(samples, "ctrl_exec_agent_runs_total", outcome="ok") == 1
+    assert value(samples, "ctrl_exec_agent_runs_total", outcome="failed") == 1
+    denials = sum(v for (name, _), v in samples.items() if name == "ctrl_exec_agent_denials_total")
+    assert denials == 1
+    assert value(samples, "ctrl_exec_agent_rate_blocks_total", reason="volume") == 0
