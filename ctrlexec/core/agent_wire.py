@@ -66,6 +66,11 @@ class Route:
     gated: bool
     arg: str = ""  # the id of /result/<id>
 
+    @property
+    def ungated_op(self) -> bool:
+        """/renew and /renew-complete: no serial gate, CA-signed cert only."""
+        return self.name in (RENEW, RENEW_COMPLETE)
+
 
 def route(method: str, path: str) -> Route:
     """Exact string match on method and path, as 0.12 (no query strings)."""

@@ -175,6 +175,18 @@ class Engine:
                 self._context = _client_context(self.settings)
             return self._context
 
+    def reset_context(self) -> None:
+        """Forget the client context (the dispatcher certificate was rotated)."""
+        with self._context_lock:
+            self._context = None
+
+    def post(
+        self, target: Target, path: str, payload: dict, context: ssl.SSLContext | None = None
+    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+        """One POST to one agent: (reply, failure, rtt); never raises for the
+        network. `context` presents another certificate (rotation)."""
+        return self._exchange(context or self.tls_context(), target, path, encode_json(payload))
+
     # -- operations ----------------------------------------------------------
 
     def ping(

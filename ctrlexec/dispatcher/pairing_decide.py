@@ -71,6 +71,10 @@ def approve(
             serial_status="current" if serial_key else "unknown",
             serial_confirmed=stamp if serial_key else "",
         )
+        # Who the agent is on later connections (checked by the dispatcher).
+        record["cert_serial"] = format(issued.serial, "x")
+        record["cert_fingerprint"] = ca.fingerprint(issued.cert_pem)
+        record["cert_cn"] = request["hostname"]
         queue.commit_approval(reqid, body, record)
     log.event("pair-approve", AGENT=request["hostname"], REQID=reqid)
     return Approved(request, record, issued.serial)
