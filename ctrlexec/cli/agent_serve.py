@@ -85,13 +85,12 @@ def serve(ctx: Context) -> int:
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
     from ..agent.handlers import Endpoints
+    from ..agent.identity import AgentIdentity
     from ..agent.runner import default_runner
     from ..agent.server import AgentServer
+    from ..agent.service import promote_at_start
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
-
-    from ..agent.identity import AgentIdentity
-    from ..agent.service import promote_at_start
 
     config = load_agent(ctx.layout, ctx.config_path)
     ctx.configure_logging(config.log_target, config.log_format)

@@ -111,7 +111,7 @@ def renew_due(
     now = time.time() if now is None else now
     due = [
         target
-        for target, result in zip(targets, ping_results)
+        for target, result in zip(targets, ping_results, strict=True)
         if lifecycle.ping_wants_renewal(result, now, settings.cert_days)
     ]
     if not due:
