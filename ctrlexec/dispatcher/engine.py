@@ -22,6 +22,7 @@ result, never an exception.
 
 from __future__ import annotations
 
+import os
 import secrets
 import ssl
 import threading
@@ -105,6 +106,7 @@ class Engine:
         self._token_bytes = token_bytes
         self._clock = clock
         self._context: ssl.SSLContext | None = None
+        self._signature: tuple = ()
         self._context_lock = threading.Lock()
 
     @classmethod
@@ -169,10 +171,14 @@ class Engine:
         return targets
 
     def tls_context(self) -> ssl.SSLContext:
-        """The client context, built once (loading the key is the slow part)."""
+        """The client context, built once (loading the key is the slow part)
+        and again when the certificate or key file changed (a rotation by
+        another process)."""
+        signature = _files_signature(self.settings)
         with self._context_lock:
-            if self._context is None:
+            if self._context is None or signature != self._signature:
                 self._context = _client_context(self.settings)
+                self._signature = signature
             return self._context
 
     def reset_context(self) -> None:
@@ -516,5 +522,21 @@ def _client_context(settings: EngineSettings) -> ssl.SSLContext:
             ) from None
     try:
         return dispatcher_client_context(settings.cert, settings.key, settings.ca)
+    except (ssl.SSLError, OSError):
+        pass  # a rotation may have replaced the key between our two reads: once more
+    try:
+        return dispatcher_client_context(settings.cert, settings.key, settings.ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"the dispatcher certificate, key or CA cannot be used: {exc}") from None
+
+
+def _files_signature(settings: EngineSettings) -> tuple:
+    signature = []
+    for path in (settings.cert, settings.key):
+        try:
+            info = os.stat(path)
+        except OSError:
+            signature.append(None)
+            continue
+        signature.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(signature)
