@@ -24,8 +24,8 @@ pending and are retried) or the rotation failed."""
 STATUS_DESCRIPTION = """Show the last rotation (current and previous serial, overlap end) and each
 agent's serial status: unknown, pending (not yet confirmed), current, stale."""
 
-MAINTAIN_DESCRIPTION = """One maintenance pass, as the timer or `dispatcher serve` runs it: ping every
-agent (renewing certificates past half-life), rotate the dispatcher
+MAINTAIN_DESCRIPTION = """One maintenance pass, as a timer or `dispatcher serve` runs it: ping
+every agent (renewing certificates past half-life), rotate the dispatcher
 certificate when at most cert_renewal_days remain, retry the serial
 broadcast, mark agents stale and retire the old serial after the overlap,
 purge expired run records. Each phase runs even when an earlier one fails.
