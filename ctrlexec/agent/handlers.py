@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from .. import hooks, log
 from ..core import agent_wire, lifecycle
 from ..core.http import Request
+from ..pki import revocation
 from ..core.timefmt import iso_utc
 from ..errors import CtrlExecError, NotAllowlisted
 from . import capabilities, renewal, trust
@@ -118,6 +119,8 @@ class Endpoints:
             return self.result(found.arg, peer)
         if found.name == agent_wire.ROTATE_SERIAL and peer.dispatcher:
             return self.rotate_serial(request.body, peer, state)
+        if found.name == agent_wire.REVOKE_SERIAL and peer.dispatcher:
+            return self.revoke_serial(request.body, peer, state)
         if found.name == agent_wire.RENEW:
             return self.renew(request.body, peer, state)
         if found.name == agent_wire.RENEW_COMPLETE:
@@ -302,3 +305,33 @@ class Endpoints:
             PEER=peer.ip,
         )
         return Reply(200, lifecycle.rotate_ok(request, caller))
+
+    def revoke_serial(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        """A trusted dispatcher adds a serial to this agent's revocation list
+        (`ced revoke --push`); refused from the next connection on."""
+        caller = peer.dispatcher or ""
+        try:
+            request = lifecycle.parse_revoke(body)
+        except lifecycle.RotateRejected as rejected:
+            return Reply(200, rejected.body)
+        decision = self._authorise(
+            state, peer, "revoke", args=(request.serial,), token=request.token
+        )
+        if not decision.allowed:
+            log.event("revoke-deny", log.WARNING, DISPATCHER=caller, REASON=decision.reason)
+            return Reply(403, {"error": f"not authorised: {decision.reason}"})
+        try:
+            added = revocation.add(
+                state.config.revoked_serials,
+                lifecycle.list_line(request.key),
+                f"pushed by {caller} from {peer.ip}",
+            )
+        except (ValueError, OSError, CtrlExecError) as exc:
+            message = getattr(exc, "strerror", None) or str(exc)
+            log.event("revoke-fail", log.ERR, DISPATCHER=caller, ERROR=message)
+            return Reply(200, lifecycle.status_error(f"could not record: {message}"))
+        log.event("revoke", log.WARNING, DISPATCHER=caller, SERIAL=request.key, PEER=peer.ip)
+        return Reply(
+            200,
+            {"status": "ok", "serial": request.serial, "revoked": True, "new": added},
+        )

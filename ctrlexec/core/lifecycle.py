@@ -12,10 +12,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
-from .serial import normalise_received
+from .serial import cert_serial_key, normalise_received
+from .x509 import facts_from_der
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
 
 DAY = 86_400
@@ -132,6 +134,26 @@ def parse_rotate(body: bytes) -> RotateRequest:
     return RotateRequest(serial, key, action, text_field(data, "token"))
 
 
+def list_line(key: str) -> str:
+    """How a canonical serial is written in a revocation list so that 0.12's
+    canonicaliser reads it back unchanged: an all-digit key would be read
+    as decimal, so it gets the colon form (`00:14` reads as `14`)."""
+    return "00:" + key if key.isdigit() else key
+
+
+def parse_revoke(body: bytes) -> RotateRequest:
+    """`/revoke-serial {"serial", "token"?}`: the serial of a certificate the
+    agent must refuse from now on."""
+    data = json_object(body)
+    serial = data.get("serial")
+    if not isinstance(serial, str) or not serial.strip():
+        raise RotateRejected("serial required")
+    key = normalise_received(serial)
+    if not key or len(key) > MAX_SERIAL_HEX:
+        raise RotateRejected("invalid serial: hexadecimal, at most 40 digits")
+    return RotateRequest(serial, key, "revoke", text_field(data, "token"))
+
+
 def rotate_ok(request: RotateRequest, dispatcher: str) -> dict:
     return {
         "status": "ok",
@@ -217,3 +239,69 @@ def days_left(not_after: float, now: float) -> int:
 def rotation_due(not_after: float, now: float, renewal_days: int) -> bool:
     """0.12: rotate when the days left are at most `cert_renewal_days`."""
     return days_left(not_after, now) <= renewal_days
+
+
+# --- who answered: the registered agent? ----------------------------------------
+
+
+def der_fingerprint(der: bytes) -> str:
+    """SHA-256 of a certificate's DER, as openssl prints it (AB:CD:...)."""
+    digest = hashlib.sha256(der).hexdigest().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+@dataclass(frozen=True)
+class ExpectedPeer:
+    """What the registry knows of an agent's certificate. Records written at
+    approval or renewal carry its serial and fingerprint; records without
+    them (0.12's) are checked by subject CN."""
+
+    name: str
+    serials: frozenset[int] = frozenset()
+    fingerprints: frozenset[str] = frozenset()
+    cn: str = ""
+
+    @classmethod
+    def from_record(cls, name: str, record: dict) -> ExpectedPeer:
+        serials = set()
+        for key in ("cert_serial", "cert_serial_next"):
+            value = record.get(key)
+            if isinstance(value, str) and value:
+                try:
+                    serials.add(int(value, 16))
+                except ValueError:
+                    pass
+        fingerprint = record.get("cert_fingerprint")
+        fingerprints = (
+            {fingerprint.upper()} if isinstance(fingerprint, str) and fingerprint else set()
+        )
+        cn = record.get("cert_cn")
+        return cls(
+            name,
+            frozenset(serials),
+            frozenset(fingerprints),
+            cn if isinstance(cn, str) and cn else name,
+        )
+
+
+def peer_problem(expected: ExpectedPeer | None, der: bytes, revoked: frozenset[str]) -> str | None:
+    """Why the certificate an agent presented is not acceptable, or None."""
+    try:
+        facts = facts_from_der(der)
+    except ValueError:
+        return "its certificate cannot be read"
+    if revoked and cert_serial_key(facts.serial) in revoked:
+        return f"its certificate serial {facts.serial:x} is revoked"
+    if expected is None:
+        return None
+    if expected.serials or expected.fingerprints:
+        if facts.serial in expected.serials or der_fingerprint(der) in expected.fingerprints:
+            return None
+        registered = ", ".join(f"{s:x}" for s in sorted(expected.serials)) or "(fingerprint only)"
+        return (
+            f"it presented certificate serial {facts.serial:x} (CN {facts.subject_cn!r}); "
+            f"'{expected.name}' is registered with serial {registered}"
+        )
+    if facts.subject_cn != expected.cn:
+        return f"it presented a certificate for CN {facts.subject_cn!r}, not {expected.cn!r}"
+    return None

@@ -35,8 +35,10 @@ from ..config.paths import Layout
 from ..core import results
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
+from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
 from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, PolicyDenied
+from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client
 from .fanout import fan_out
@@ -55,6 +57,8 @@ MAX_CACHED_TAGS = 256
 MAX_TAG_TEXT = 1024
 
 Progress = Callable[[dict], None]
+# The dispatcher's revocation list, in ca_dir.
+REVOKED_SERIALS = "revoked-serials"
 
 
 class BadRequest(CtrlExecError):
@@ -74,6 +78,7 @@ class EngineSettings:
     auth_hook_timeout: int = 10
     api_auth_default: str = "deny"
     default_port: int = DEFAULT_AGENT_PORT
+    revoked_serials: str = ""  # the dispatcher's revocation list (ca_dir/revoked-serials)
 
     @classmethod
     def from_config(cls, settings) -> EngineSettings:
@@ -88,6 +93,7 @@ class EngineSettings:
             auth_hook_timeout=settings.auth_hook_timeout,
             api_auth_default=settings.api_auth_default,
             default_port=settings.port,
+            revoked_serials=os.path.join(settings.ca_dir, REVOKED_SERIALS),
         )
 
 
@@ -108,6 +114,7 @@ class Engine:
         self._context: ssl.SSLContext | None = None
         self._signature: tuple = ()
         self._context_lock = threading.Lock()
+        self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
 
     @classmethod
     def from_config(cls, settings, layout: Layout) -> Engine:
@@ -333,9 +340,22 @@ class Engine:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
+        revoked = self.revoked.current()
+
+        def check_peer(der: bytes) -> str | None:
+            # The agent must be the registered one, with a certificate not revoked.
+            return peer_problem(target.expect, der, revoked)
+
         try:
             outcome = agent_client.exchange(
-                context, target.address, target.port, method, path, body, self.settings.read_timeout
+                context,
+                target.address,
+                target.port,
+                method,
+                path,
+                body,
+                self.settings.read_timeout,
+                check_peer=check_peer,
             )
         except Exception as exc:
             outcome = results.Failure(

@@ -71,6 +71,15 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
         ca_pem = ca.read_ca_pem(paths)
     except CtrlExecError as exc:
         return _fail(target, reqid, f"signing refused: {exc}")
+    new_serial = format(issued.serial, "x")
+    try:
+        # Accepted as this agent's identity from now on, even if the answer
+        # to /renew-complete is lost after the agent staged it.
+        engine.registry.update(
+            target.name, lambda rec: rec.__setitem__("cert_serial_next", new_serial)
+        )
+    except (CtrlExecError, OSError) as exc:
+        return _fail(target, reqid, f"registry not writable: {exc}")
     reply, failure, _ = engine.post(
         target, "/renew-complete", {"cert": issued.cert_pem, "ca": ca_pem, "reqid": reqid}
     )
@@ -83,8 +92,9 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
 
     def change(rec: dict) -> None:
         rec["expiry"] = issued.expiry
-        rec["cert_serial"] = format(issued.serial, "x")
+        rec["cert_serial"] = new_serial
         rec["cert_fingerprint"] = fingerprint
+        rec.pop("cert_serial_next", None)
         rec.setdefault("cert_cn", expected_cn)
 
     try:

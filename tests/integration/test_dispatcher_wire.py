@@ -18,7 +18,7 @@ from ctrlexec.dispatcher.locks import HostScriptLocks
 from ctrlexec.dispatcher.registry import Registry, UnknownAgents
 from ctrlexec.errors import Locked, PolicyDenied
 from tests.support import testpki
-from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response
+from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response, issued_at
 
 TOKEN = "s3cret-token-value"
 
@@ -33,7 +33,7 @@ class Dispatcher:
         log.configure(log.IDENT_DISPATCHER, str(self.log_path), "kv")
 
     def register(self, name: str, port: int, address: str = "127.0.0.1") -> None:
-        agent = self.ca.issue(name)
+        agent = issued_at(self.ca, port, name)
         testpki.register_agent(self.root, name, port, agent, self.issued, ip=address)
 
     def engine(self, **overrides) -> Engine:

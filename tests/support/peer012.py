@@ -84,6 +84,16 @@ class Received:
 
 Behaviour = Callable[["Received"], bytes | None]
 
+# The certificate each running peer presents, by port: tests register the
+# peer under any name with the identity it really has.
+ISSUED_BY_PORT: dict[int, Issued] = {}
+
+
+def issued_at(ca: SessionCA, port: int, name: str) -> Issued:
+    """The certificate of the peer on `port`, or a fresh one for `name`
+    when no peer runs there."""
+    return ISSUED_BY_PORT.get(port) or ca.issue(name)
+
 
 def default_behaviour(request: Received) -> bytes:
     if request.method == "POST" and request.path == "/ping":
@@ -112,6 +122,7 @@ class Peer012:
 
     def __enter__(self) -> Peer012:
         issued: Issued = self.ca.issue(self.cn)
+        self.issued = issued
         self.directory.mkdir(parents=True, exist_ok=True)
         cert, key, ca = (
             self.directory / "peer.crt",
@@ -127,6 +138,7 @@ class Peer012:
         self.context.verify_mode = ssl.CERT_REQUIRED
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        ISSUED_BY_PORT[self.port] = issued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
