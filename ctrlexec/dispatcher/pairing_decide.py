@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import log
 from ..core import pairing as wire
 from ..core.timefmt import iso_utc
+from ..errors import StateError
 from ..pki import ca
 from .identity import dispatcher_id, dispatcher_serial
 from .pairing_queue import PairingQueue
@@ -41,6 +42,7 @@ def approve(
     ip: str | None = None,
     agent_port: int | None = None,
     now: float | None = None,
+    replace: bool = False,
 ) -> Approved:
     """Sign and register. Raises StateError (no such request, no CA, no
     dispatcher cert) or CsrRejected; nothing is registered then."""
@@ -50,6 +52,16 @@ def approve(
     with queue.lock():
         queue.tidy()
         request = queue.get_pending(reqid)
+        existing = queue.registry.get(request["hostname"])
+        if existing is not None and not replace:
+            raise StateError(
+                f"agent '{request['hostname']}' is already registered (paired "
+                f"{existing.get('paired') or '?'}, address {existing.get('ip') or '?'}); "
+                "approving this request would replace that record and trust a new key "
+                f"for the name: check the request, then 'approve {reqid} --replace' "
+                "(revoke the old certificate with 'ced revoke --agent NAME' first if the "
+                "old host is not coming back)"
+            )
         issued = ca.sign_csr(ca_paths, request["csr"], expected_cn=request["hostname"], now=now)
         stamp = iso_utc(time.time() if now is None else now)
         body = wire.approved_body(
