@@ -71,6 +71,7 @@ VALUE_OPTIONS = frozenset(
         "--rename",
         "--tags",
         "--timeout",
+        "--agent",
     )
 )
 
