@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from .. import hooks, log
 from ..core import agent_wire, lifecycle
 from ..core.http import Request
-from ..pki import revocation
 from ..core.timefmt import iso_utc
 from ..errors import CtrlExecError, NotAllowlisted
+from ..pki import revocation
 from . import capabilities, renewal, trust
 from .async_runs import AsyncRuns
 from .runner import Runner, default_runner, job_for

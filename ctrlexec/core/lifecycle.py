@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 
 from .serial import cert_serial_key, normalise_received
-from .x509 import facts_from_der
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
+from .x509 import facts_from_der
 
 DAY = 86_400
 # Lifetime of a renewed agent certificate when `cert_days` is unset (0.12).
