@@ -209,3 +209,32 @@ def test_untrusted_client_reaches_renew_but_not_the_gated_routes(renewal, sessio
     assert client.request(site.port, "POST", "/rotate-serial", {"serial": "ab"}).status == 403
     reply = client.request(site.port, "POST", "/renew", {"reqid": "u"})
     assert reply.status == 200 and reply.json()["status"] == "ok"
+
+
+def test_maintain_renews(renewal):
+    ced, site = renewal["ced"], renewal["site"]
+    done = ced.run("ced", "maintain", "--json")
+    summary = json.loads(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert summary["renewed"] == ["agent-01"] and summary["pinged"] == 1
+    assert summary["errors"] == {} and summary["rotated"] is None
+    assert Path(site.layout.cert_staging).exists()
+    again = json.loads(ced.run("ced", "maintain", "--json").stdout)
+    assert again["renewed"] == [] and again["pinged"] == 1  # staged: not again
+
+
+def test_the_serve_loop_renews(renewal):
+    from tests.support.apiproc import ApiProcess
+
+    ced, site = renewal["ced"], renewal["site"]
+    server = ApiProcess(ced, cert_check_interval=3600).start()
+    try:
+        wait_for(
+            lambda: "ACTION=renew-complete" in ced.log_text(),
+            seconds=60,
+            what="the maintenance loop of dispatcher serve to renew the agent",
+        )
+        wait_for(lambda: "ACTION=maintain AGENTS=1 PINGED=1" in ced.log_text(), seconds=30)
+    finally:
+        server.stop()
+    assert Path(site.layout.cert_staging).exists()

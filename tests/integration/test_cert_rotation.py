@@ -49,7 +49,7 @@ def fleet(tmp_path, session_ca, pyz_for):
     testpki.register_agent(droot, "web-03", free_port(), offline, dispatcher)
     gate = SerialGate012({dispatcher.serial_key: "test-dispatcher"})
     with Peer012(session_ca, tmp_path / "perl", behaviour=gate, cn="perl-01") as perl:
-        testpki.register_agent(droot, "perl-01", perl.port, session_ca.issue("perl-01"), dispatcher)
+        testpki.register_agent(droot, "perl-01", perl.port, perl.issued, dispatcher)
         yield {
             "agents": agents,
             "ced": pyz_for(droot),
@@ -208,3 +208,21 @@ def test_registry_keeps_port_for_broadcast(fleet):
     assert all(port != 7443 for port in ports.values())
     result = fleet["ced"].run("ced", "rotate-cert", "--json")
     assert set(json.loads(result.stdout)["updated"]) == {"web-01", "web-02", "perl-01"}
+
+
+def test_maintain_rotates_when_cert_renewal_days_remain(fleet):
+    from tests.support.apiproc import write_config
+
+    ced = fleet["ced"]
+    # The dispatcher certificate has 825 days: a threshold above that is due now.
+    write_config(fleet["droot"], cert_renewal_days=900)
+    done = ced.run("ced", "maintain", "--json")
+    summary = json.loads(done.stdout)
+    assert summary["rotated"]["old_serial"] == fleet["old"].serial_key
+    assert sorted(summary["confirmed"]) == ["perl-01", "web-01", "web-02"]
+    assert list(summary["broadcast_failed"]) == ["web-03"] and done.returncode == 1
+    log = ced.log_text()
+    assert "ACTION=cert-renewal-start" in log and "ACTION=cert-check DAYS_LEFT=" in log
+    # a second pass does not rotate again during the overlap
+    again = json.loads(ced.run("ced", "maintain", "--json").stdout)
+    assert again["rotated"] is None
