@@ -17,10 +17,14 @@ from .. import log
 from ..core import pairing as wire
 from ..core.timefmt import iso_utc
 from ..errors import StateError
-from ..pki import ca
+from ..pki import ca, revocation
+from ..pki import csr as csr_rules
 from .identity import dispatcher_id, dispatcher_serial
 from .pairing_queue import PairingQueue
 from .registry import Registry, new_record
+
+# Keys of revoked certificates, in ca_dir: never certified again.
+REVOKED_KEYS = "revoked-keys"
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ def approve(
     with queue.lock():
         queue.tidy()
         request = queue.get_pending(reqid)
+        key_digest = csr_rules.validate(request["csr"]).key_sha256
+        if key_digest in revocation.read_keys(Path(settings.ca_dir) / REVOKED_KEYS):
+            raise StateError(
+                f"request {reqid} carries the key of a revoked certificate: never certified again"
+            )
         existing = queue.registry.get(request["hostname"])
         if existing is not None and not replace:
             raise StateError(
@@ -87,6 +96,7 @@ def approve(
         record["cert_serial"] = format(issued.serial, "x")
         record["cert_fingerprint"] = ca.fingerprint(issued.cert_pem)
         record["cert_cn"] = request["hostname"]
+        record["cert_key_sha256"] = key_digest
         queue.commit_approval(reqid, body, record)
     log.event("pair-approve", AGENT=request["hostname"], REQID=reqid)
     return Approved(request, record, issued.serial)

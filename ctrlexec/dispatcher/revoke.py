@@ -28,6 +28,7 @@ from ..core.serial import normalise_received, serial_to_hex
 from ..errors import CtrlExecError
 from ..pki import revocation
 from .engine import REVOKED_SERIALS, Engine
+from .pairing_decide import REVOKED_KEYS
 from .fanout import fan_out
 from .identity import dispatcher_serial
 
@@ -84,6 +85,11 @@ def revoke(
     for key in keys:
         new |= revocation.add(path, lifecycle.list_line(key), note)
         log.event("revoke", log.WARNING, SERIAL=key, AGENT=agent or "-")
+    record = engine.registry.get(agent) if agent else None
+    digest = (record or {}).get("cert_key_sha256")
+    if isinstance(digest, str) and digest:
+        # The host's key is never certified again (pairing, approval).
+        revocation.add_key(os.path.join(settings.ca_dir, REVOKED_KEYS), digest, note)
     result = Revoked(keys, new)
     if push:
         _push(engine, settings, keys, result, skip=agent)

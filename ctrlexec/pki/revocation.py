@@ -62,6 +62,37 @@ def add(path: str | os.PathLike, line: str, note: str = "", mode: int = 0o644) -
         return True
 
 
+def read_keys(path: str | os.PathLike) -> frozenset[str]:
+    """`revoked-keys`: SHA-256 (hex) of public keys that must never be
+    certified again, one per line, `#` comments."""
+    try:
+        text = Path(path).read_text("ascii", "replace")
+    except FileNotFoundError:
+        return frozenset()
+    return frozenset(
+        line.split("#", 1)[0].strip().lower()
+        for line in text.splitlines()
+        if line.split("#", 1)[0].strip()
+    )
+
+
+def add_key(path: str | os.PathLike, digest: str, note: str = "") -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(f".{target.name}.lock"), 0o600):
+        keys = read_keys(target)
+        if digest.lower() in keys:
+            return
+        try:
+            text = target.read_text("ascii", "replace")
+        except FileNotFoundError:
+            text = "# ctrl-exec: keys of revoked certificates (SHA-256 of the public key).\n"
+        if text and not text.endswith("\n"):
+            text += "\n"
+        comment = f"  # {note}" if note else ""
+        atomic_write_text(target, f"{text}{digest.lower()}{comment}\n", 0o644)
+
+
 class RevokedSerials:
     """A revocation list file, re-read when it changes."""
 

@@ -200,3 +200,24 @@ def test_approving_a_registered_hostname_needs_replace(ctl, tmp_path):
         assert registry.get("web-01")["ip"] != "10.0.0.9"
     finally:
         listener.stop()
+
+
+def test_the_key_of_a_revoked_agent_is_never_certified_again(ctl, tmp_path):
+    setup_dispatcher(ctl)
+    listener = start_listener(ctl)
+    key = openssl.ec_key(tmp_path / "raw.pem")
+    try:
+        raw = RawPairing(listener.port)
+        raw.send(pair_body("web-05", openssl.csr(key, "web-05")))
+        ctl.run("ced", "approve", raw.response()["reqid"], check=True)
+        assert raw.response()["status"] == "approved"
+        ctl.run("ced", "revoke", "--agent", "web-05", check=True)
+        # the same key again, under another name: refused on arrival
+        again = RawPairing(listener.port)
+        again.send(pair_body("web-06", openssl.csr(key, "web-06")))
+        refused = again.response()
+        assert refused.get("status") != "pending", refused
+        assert "invalid request" in json.dumps(refused)
+    finally:
+        listener.stop()
+    assert "REASON=revoked-key" in ctl.log_text()
