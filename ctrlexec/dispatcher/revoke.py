@@ -28,9 +28,9 @@ from ..core.serial import normalise_received, serial_to_hex
 from ..errors import CtrlExecError
 from ..pki import revocation
 from .engine import REVOKED_SERIALS, Engine
-from .pairing_decide import REVOKED_KEYS
 from .fanout import fan_out
 from .identity import dispatcher_serial
+from .pairing_decide import REVOKED_KEYS
 
 
 @dataclass
