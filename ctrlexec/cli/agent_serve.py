@@ -85,14 +85,17 @@ def serve(ctx: Context) -> int:
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
     from ..agent.handlers import Endpoints
+    from ..agent.identity import AgentIdentity
     from ..agent.runner import default_runner
     from ..agent.server import AgentServer
+    from ..agent.service import promote_at_start
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
 
     config = load_agent(ctx.layout, ctx.config_path)
-    context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format, daemon=True)
+    promote_at_start(config)  # a certificate renewed before a restart
+    context = selfcheck.serving_context(config)
     for name in selfcheck.unenforced_profiles(config):
         log.event(
             "config-warn",
@@ -100,11 +103,14 @@ def serve(ctx: Context) -> int:
             PROFILE=name,
             MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied",
         )
-    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
+    identity = AgentIdentity(config)
+    identity.context()
+    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx), identity=identity)
     runner = default_runner()
     async_runs = AsyncRuns(config.async_runs_dir, runner.run)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
-    server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
+    endpoints = Endpoints(runner, async_runs=async_runs, trust_changed=runtime.trust_changed)
+    server = AgentServer(runtime, context, endpoints)
     try:
         server.listen()
     except OSError as exc:
