@@ -29,6 +29,7 @@ connection is served in its own thread; the accept loop never blocks on one.
 from __future__ import annotations
 
 import errno
+import secrets
 import select
 import selectors
 import signal
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from .. import log
 from ..core import pairing as wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
-from ..core.ids import new_reqid
+from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..netio import abort, accepting, finish, open_listeners, peer_address
@@ -124,6 +125,7 @@ class PairingListener:
         resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
         clock: Callable[[], float] = time.time,
         wrap: Callable[[socket.socket], socket.socket] | None = None,
+        token_bytes: TokenBytes = secrets.token_bytes,
     ):
         """`wrap` turns an accepted connection into the TLS one (default: the
         dispatcher certificate, no client certificate); tests may pass a
@@ -133,6 +135,7 @@ class PairingListener:
         self.on_queued = on_queued
         self.resolve = resolve
         self.clock = clock
+        self.token_bytes = token_bytes
         if wrap is None:
             context = server_only_context(settings.cert, settings.key)
             wrap = lambda conn: context.wrap_socket(conn, server_side=True)  # noqa: E731
@@ -327,7 +330,7 @@ class PairingListener:
             raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
         if self._closing.is_set():
             raise _Refuse(None, "pairing-mode-stopped")
-        reqid = new_reqid()
+        reqid = new_reqid(self.token_bytes)
         name, confirmed = self.resolve(ip)
         record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
         if not self.queue.add(record, self.settings.max_queue):
