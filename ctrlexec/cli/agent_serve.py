@@ -81,7 +81,6 @@ def _allowlist_path(ctx: Context) -> Path | None:
 
 
 def serve(ctx: Context) -> int:
-    from .. import log
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
     from ..agent.handlers import Endpoints
@@ -93,13 +92,6 @@ def serve(ctx: Context) -> int:
     config = load_agent(ctx.layout, ctx.config_path)
     context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format)
-    for name in selfcheck.unenforced_profiles(config):
-        log.event(
-            "config-warn",
-            log.WARNING,
-            PROFILE=name,
-            MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied",
-        )
     runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
     runner = default_runner()
     async_runs = AsyncRuns(config.async_runs_dir, runner.run)
