@@ -167,6 +167,8 @@ class Endpoints:
             context,
             state.config,
             {"SCRIPT": request.script, "REQID": fields["REQID"]},
+            reqid=request.reqid,
+            dispatcher=peer.dispatcher or "",
         )
         if request.run_async:
             if self.async_runs is None:

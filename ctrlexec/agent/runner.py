@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -65,6 +66,8 @@ CHUNK = 65_536
 # may stay open before we stop reading them.
 KILL_DRAIN_SECONDS = 2.0
 NOTE_PREFIX = "ctrl-exec-agent: "
+# Selector key data of a requester's socket (see Runner.run's `cancel`).
+_CANCEL = object()
 
 
 def script_environment(parent: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -88,6 +91,14 @@ class ScriptJob:
     env: Mapping[str, str] | None = None  # None: script_environment()
     cwd: str = "/"
     log_fields: Mapping[str, object] = field(default_factory=dict)  # e.g. SCRIPT, REQID
+    # Who asked: the privileged executor re-derives the script from its name
+    # and logs the request id and dispatcher.
+    script: str = ""
+    reqid: str = ""
+    dispatcher: str = ""
+    # Called in the child between fork and exec (the executor applies the
+    # script's profile there); it must end the child itself on failure.
+    preexec: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,8 @@ def job_for(
     stdin: bytes,
     config: AgentConfig,
     log_fields: Mapping[str, object] | None = None,
+    reqid: str = "",
+    dispatcher: str = "",
 ) -> ScriptJob:
     """The job for an allowlisted script under this agent's limits: its
     canonical file, argv[0] as the allowlist writes it, the per-script
@@ -118,6 +131,9 @@ def job_for(
         stdin_timeout=config.stdin_timeout,
         max_output=config.max_output_bytes,
         log_fields=dict(log_fields or {}),
+        script=resolved.entry.name,
+        reqid=reqid,
+        dispatcher=dispatcher,
     )
 
 
@@ -171,7 +187,10 @@ class Runner:
             _kill_group(group)
         return len(groups)
 
-    def run(self, job: ScriptJob) -> ScriptResult:
+    def run(self, job: ScriptJob, cancel: socket.socket | None = None) -> ScriptResult:
+        """Run `job` to completion. With `cancel`, the script's process group
+        is killed as soon as that socket reaches end of file (the requester
+        went away)."""
         env = script_environment() if job.env is None else dict(job.env)
         try:
             proc = subprocess.Popen(
@@ -184,6 +203,7 @@ class Runner:
                 cwd=job.cwd,
                 close_fds=True,
                 start_new_session=True,
+                preexec_fn=job.preexec,
             )
         except OSError as exc:
             code, text = start_failure(exc, job.executable)
@@ -193,7 +213,7 @@ class Runner:
         with self._lock:
             self._groups.add(proc.pid)
         try:
-            return _Exchange(proc, job, self._clock).run()
+            return _Exchange(proc, job, self._clock, cancel).run()
         finally:
             with self._lock:
                 self._groups.discard(proc.pid)
@@ -209,8 +229,15 @@ def _kill_group(group: int) -> None:
 class _Exchange:
     """The pipes of one running script, driven to completion."""
 
-    def __init__(self, proc: subprocess.Popen, job: ScriptJob, clock: Callable[[], float]):
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        job: ScriptJob,
+        clock: Callable[[], float],
+        cancel: socket.socket | None = None,
+    ):
         self.proc = proc
+        self.cancel = cancel
         self.job = job
         self.clock = clock
         self.out = _Capture("stdout", job.max_output)
@@ -244,9 +271,14 @@ class _Exchange:
             self._close_stdin()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ, self.out)
         self.selector.register(self.proc.stderr, selectors.EVENT_READ, self.err)
+        if self.cancel is not None:
+            self.selector.register(self.cancel, selectors.EVENT_READ, _CANCEL)
+
+    def _pipes_open(self) -> bool:
+        return any(key.data is not _CANCEL for key in self.selector.get_map().values())
 
     def _pump(self, deadline: float, stdin_deadline: float) -> None:
-        while self.selector.get_map():
+        while self._pipes_open():
             now = self.clock()
             if self.stdin_open and now >= stdin_deadline:
                 self.unwritten = len(self.stdin_view) - self.written
@@ -262,6 +294,8 @@ class _Exchange:
             for key, _ in self.selector.select(max(0.0, limit - now)):
                 if key.data is None:
                     self._write_stdin()
+                elif key.data is _CANCEL:
+                    self._check_cancel()
                 else:
                     self._read(key)
 
@@ -290,6 +324,20 @@ class _Exchange:
         self.selector.unregister(key.fileobj)
         key.fileobj.close()
 
+    def _check_cancel(self) -> None:
+        assert self.cancel is not None
+        try:
+            data = self.cancel.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.selector.unregister(self.cancel)
+        if not data and self.killed_at is None:
+            log.event("run-cancel", log.WARNING, **self.job.log_fields)
+            self.killed_at = self.clock()
+            _kill_group(self.proc.pid)
+
     def _close_stdin(self) -> None:
         if not self.stdin_open:
             return
@@ -308,7 +356,8 @@ class _Exchange:
         self._close_stdin()
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
-            key.fileobj.close()
+            if key.data is not _CANCEL:  # the caller's socket stays the caller's
+                key.fileobj.close()
         self.selector.close()
 
     def _kill(self) -> None:

@@ -83,6 +83,7 @@ def _allowlist_path(ctx: Context) -> Path | None:
 def serve(ctx: Context) -> int:
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
+    from ..agent.exec_client import ExecutorClient
     from ..agent.handlers import Endpoints
     from ..agent.runner import default_runner
     from ..agent.server import AgentServer
@@ -93,7 +94,8 @@ def serve(ctx: Context) -> int:
     context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format)
     runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
-    runner = default_runner()
+    # With an executor every run, synchronous or async, goes through it.
+    runner = ExecutorClient(config.executor_socket) if config.executor_socket else default_runner()
     async_runs = AsyncRuns(config.async_runs_dir, runner.run)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
     server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
