@@ -18,6 +18,7 @@ import threading
 import time
 
 from ..core import exec_frames
+from .output_budget import OutputBudget
 from .runner import EXIT_NOT_STARTED, ScriptJob, ScriptResult
 
 CONNECT_TIMEOUT = 5.0
@@ -34,15 +35,20 @@ def _failure(text: str) -> ScriptResult:
 
 
 class ExecutorClient:
-    def __init__(self, path: str, clock=time.monotonic):
+    def __init__(self, path: str, clock=time.monotonic, budget: OutputBudget | None = None):
         self.path = path
         self.clock = clock
+        self.budget = budget
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
 
     def running(self) -> int:
         with self._lock:
             return len(self._open)
+
+    def release(self, result: ScriptResult) -> None:
+        if self.budget is not None:
+            self.budget.release(result.grant)
 
     def kill_all(self) -> int:
         """The agent is stopping: close every exchange (the executor kills
@@ -108,6 +114,9 @@ class ExecutorClient:
             if parser.received == 0:
                 return _failure("executor closed before responding")
             return _failure("truncated executor response")
+        grant = 0
+        if self.budget is not None:
+            grant = self.budget.acquire(len(parser.stdout) + len(parser.stderr))
         return ScriptResult(
             end.exit,
             parser.stdout.decode("utf-8", "replace"),
@@ -115,4 +124,5 @@ class ExecutorClient:
             end.timed_out,
             end.truncated,
             end.stdin_unwritten,
+            grant,
         )

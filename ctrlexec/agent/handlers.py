@@ -46,6 +46,9 @@ class Peer:
 class Reply:
     status: int
     body: dict
+    # Called once the reply is sent (or could not be): gives back what the
+    # reply held of the agent's output budget.
+    on_sent: Callable[[], None] | None = None
 
 
 def _short(text: str) -> str:
@@ -181,7 +184,11 @@ class Endpoints:
         if result.truncated:
             extra["TRUNCATED"] = ",".join(result.truncated)
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, result.stderr))
+        return Reply(
+            200,
+            agent_wire.run_result(request, result.exit, result.stdout, result.stderr),
+            lambda: self.runner.release(result),
+        )
 
     def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
         reqid = agent_wire.ping_reqid(body)

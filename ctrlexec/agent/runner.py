@@ -41,13 +41,15 @@ import selectors
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from .. import log
+from .output_budget import SPILL_AFTER, OutputBudget
 
 if TYPE_CHECKING:
     from ..config.load import AgentConfig
@@ -109,6 +111,9 @@ class ScriptResult:
     timed_out: bool = False
     truncated: tuple[str, ...] = ()  # "stdout", "stderr"
     stdin_unwritten: int = 0
+    # Bytes of the OutputBudget this result holds until its holder calls
+    # release(result) (after the reply is sent or the record written).
+    grant: int = field(default=0, compare=False)
 
 
 def job_for(
@@ -151,33 +156,76 @@ def exit_code(returncode: int) -> int:
 
 
 class _Capture:
+    """One stream's output: the first SPILL_AFTER bytes in memory, the rest
+    (up to `cap`) in an unlinked temporary file, anything beyond counted."""
+
     def __init__(self, name: str, cap: int):
         self.name = name
         self.cap = cap
         self.data = bytearray()
+        self.file = None
+        self.size = 0
         self.dropped = 0
 
     def add(self, chunk: bytes) -> None:
-        room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        self.dropped += max(0, len(chunk) - max(room, 0))
+        room = self.cap - self.size
+        keep = chunk[: max(room, 0)]
+        self.dropped += len(chunk) - len(keep)
+        if not keep:
+            return
+        if self.file is None and len(self.data) + len(keep) > SPILL_AFTER:
+            self._spill()
+        if self.file is not None:
+            self.file.write(keep)
+        else:
+            self.data += keep
+        self.size += len(keep)
+
+    def _spill(self) -> None:
+        try:
+            self.file = tempfile.TemporaryFile(prefix="ctrl-exec-output-")  # noqa: SIM115 (closed by close())
+            self.file.write(self.data)
+        except OSError as exc:  # no room for a file: keep it in memory (bounded by cap)
+            log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+            self.file = None
+            return
+        self.data = bytearray()
 
     def text(self) -> str:
-        return self.data.decode("utf-8", "replace")
+        if self.file is None:
+            return self.data.decode("utf-8", "replace")
+        try:
+            self.file.seek(0)
+            return self.file.read().decode("utf-8", "replace")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
 
 
 class Runner:
-    """Runs jobs; remembers the process groups it started."""
+    """Runs jobs; remembers the process groups it started. With a budget,
+    finished output is turned into text only within it (output_budget.py);
+    the caller gives it back with release(result)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, budget: OutputBudget | None = None
+    ):
         self._clock = clock
+        self.budget = budget
         self._lock = threading.Lock()
         self._groups: set[int] = set()
 
     def running(self) -> int:
         with self._lock:
             return len(self._groups)
+
+    def release(self, result: ScriptResult) -> None:
+        if self.budget is not None:
+            self.budget.release(result.grant)
 
     def kill_all(self) -> int:
         """SIGKILL every running script's process group (agent shutdown)."""
@@ -213,7 +261,7 @@ class Runner:
         with self._lock:
             self._groups.add(proc.pid)
         try:
-            return _Exchange(proc, job, self._clock, cancel).run()
+            return _Exchange(proc, job, self._clock, cancel, self.budget).run()
         finally:
             with self._lock:
                 self._groups.discard(proc.pid)
@@ -235,9 +283,11 @@ class _Exchange:
         job: ScriptJob,
         clock: Callable[[], float],
         cancel: socket.socket | None = None,
+        budget: OutputBudget | None = None,
     ):
         self.proc = proc
         self.cancel = cancel
+        self.budget = budget
         self.job = job
         self.clock = clock
         self.out = _Capture("stdout", job.max_output)
@@ -259,8 +309,15 @@ class _Exchange:
             self._pump(deadline, stdin_deadline)
         finally:
             self._close_all()
-        self._wait(deadline)
-        return self._result()
+        try:
+            self._wait(deadline)
+            grant = 0
+            if self.budget is not None:
+                grant = self.budget.acquire(self.out.size + self.err.size)
+            return replace(self._result(), grant=grant)
+        finally:
+            self.out.close()
+            self.err.close()
 
     def _register(self) -> None:
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr

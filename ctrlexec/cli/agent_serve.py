@@ -85,7 +85,8 @@ def serve(ctx: Context) -> int:
     from ..agent.async_runs import AsyncRuns
     from ..agent.exec_client import ExecutorClient
     from ..agent.handlers import Endpoints
-    from ..agent.runner import default_runner
+    from ..agent.output_budget import OutputBudget
+    from ..agent.runner import Runner
     from ..agent.server import AgentServer
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
@@ -94,9 +95,13 @@ def serve(ctx: Context) -> int:
     context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format)
     runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
+    budget = OutputBudget(config.output_memory)
     # With an executor every run, synchronous or async, goes through it.
-    runner = ExecutorClient(config.executor_socket) if config.executor_socket else default_runner()
-    async_runs = AsyncRuns(config.async_runs_dir, runner.run)
+    if config.executor_socket:
+        runner = ExecutorClient(config.executor_socket, budget=budget)
+    else:
+        runner = Runner(budget=budget)
+    async_runs = AsyncRuns(config.async_runs_dir, runner.run, release=runner.release)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
     server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
     try:

@@ -5,6 +5,8 @@ runs, and the executor keeps serving. Needs root."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ctrlexec.core import exec_frames
@@ -18,7 +20,7 @@ from tests.support.executorproc import (
     temporary_user,
 )
 
-AGENT_USER = "ce-exec-hostile"
+AGENT_USER = f"ce-exh-{os.getpid()}"  # unique: suites may run side by side
 
 # Runs as the agent's user: sends each case on its own connection, closes
 # its sending side, and returns every reply (hex).

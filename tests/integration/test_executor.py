@@ -28,7 +28,7 @@ from tests.support.executorproc import (
     temporary_user,
 )
 
-AGENT_USER = "ce-exec-agent"
+AGENT_USER = f"ce-exec-{os.getpid()}"  # unique: suites may run side by side
 
 IDENT = "#!/bin/sh\nid -u\nid -g\nid -G\ngrep -E '^(Cap|NoNewPrivs)' /proc/self/status\n"
 WRITES = (
@@ -279,8 +279,8 @@ def test_sighup_during_50_concurrent_runs_fails_none(site):
             reloads, hups = log().count("ACTION=reload "), log().count("ACTION=exec-reload ")
             site["process"].signal(signal.SIGHUP)
             site["executor"].signal(signal.SIGHUP)
-            wait_for(lambda: log().count("ACTION=reload ") > reloads, 60, "agent reload")
-            wait_for(lambda: log().count("ACTION=exec-reload ") > hups, 60, "executor SIGHUP")
+            wait_for(lambda n=reloads: log().count("ACTION=reload ") > n, 60, "agent reload")
+            wait_for(lambda n=hups: log().count("ACTION=exec-reload ") > n, 60, "executor SIGHUP")
         (gate / "go").touch()
         replies = [future.result(timeout=120) for future in futures]
     assert [r["exit"] for r in replies] == [0] * 50, [r for r in replies if r["exit"]]
@@ -330,3 +330,11 @@ def test_stopping_the_executor_removes_its_socket(site):
         proc.stderr.close()
         proc.stdout.close()
     assert not other.exists()
+
+
+def test_self_check_accepts_executor_profiles_and_sees_the_socket(site):
+    result = site["ctl"].run("agent", "self-check", "--json", timeout=60)
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert result.returncode == 0, checks
+    assert checks["executor"]["ok"] and not checks["executor"]["warning"]
+    assert str(site["socket"]) in checks["executor"]["detail"]
