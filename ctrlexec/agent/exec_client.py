@@ -51,13 +51,14 @@ class ExecutorClient:
             self.budget.release(result.grant)
 
     def kill_all(self) -> int:
-        """The agent is stopping: close every exchange (the executor kills
-        those scripts); how many there were."""
+        """The agent is stopping: end every exchange's sending side. The
+        executor reads that as "cancel", kills the script and still sends
+        what it wrote, so each run ends with its output and exit 126."""
         with self._lock:
             conns = list(self._open)
         for conn in conns:
             try:
-                conn.shutdown(socket.SHUT_RDWR)
+                conn.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
         return len(conns)

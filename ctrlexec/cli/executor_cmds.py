@@ -71,16 +71,15 @@ def register(subparsers) -> None:
 
 
 def serve(ctx: Context) -> int:
-    from ..config.load import load_agent
     from ..executor import server
 
-    ctx.configure_logging(load_agent(ctx.layout, ctx.config_path).log_target)
     server.run(
         ctx.layout,
         ctx.config_path,
         Path(ctx.args.allowlist) if ctx.args.allowlist else None,
         Path(ctx.args.socket) if ctx.args.socket else None,
         ctx.args.agent_user,
+        lambda config: ctx.configure_logging(config.log_target, config.log_format),
     )
     return EXIT_OK
 

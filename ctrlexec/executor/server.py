@@ -375,9 +375,11 @@ def run(
     scripts_toml: Path | None,
     socket_path: Path | None,
     agent_user: str,
+    configure_logging=None,
 ) -> None:
     """`executor serve`: check, bind, serve until SIGTERM. ConfigError (exit
-    78) for anything that stops it serving safely."""
+    78) for anything that stops it serving safely. `configure_logging(config)`
+    is called once the configuration is known to be readable."""
     from ..config.load import load_agent, load_allowlist
 
     if os.geteuid() != 0:
@@ -385,6 +387,8 @@ def run(
             "the executor must run as root: it switches users, capabilities and mounts"
         )
     config = load_agent(layout, agent_toml)
+    if configure_logging is not None:
+        configure_logging(config)
     # The files must be usable now; they are read again for every request.
     load_allowlist(layout, scripts_toml, config.profiles)
     if socket_path is None:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -338,3 +339,50 @@ def test_self_check_accepts_executor_profiles_and_sees_the_socket(site):
     assert result.returncode == 0, checks
     assert checks["executor"]["ok"] and not checks["executor"]["warning"]
     assert str(site["socket"]) in checks["executor"]["detail"]
+
+
+def test_executor_refuses_to_serve_unless_root(site):
+    """Without root it could apply no profile: exit 78 before binding."""
+    ctl = site["ctl"]
+    result = subprocess.run(
+        ["/usr/bin/python3", str(ctl.path), "executor", "serve", "--socket", "/nonexistent/x"],
+        user=65534,
+        group=65534,
+        extra_groups=[],
+        env=ctl.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
+    assert result.returncode == 78, result.stderr
+    assert "the executor must run as root" in result.stderr
+
+
+def _processes_with(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_stopping_the_agent_ends_its_scripts_in_the_executor(site):
+    """The agent closes its executor connections on stop; the executor then
+    kills those scripts. Runs last in this module: it restarts the agent."""
+    gate = site["gates"] / "stop"
+    gate.mkdir()
+    client, port = site["client"], site["agent"].port
+    body = {"script": "gated", "args": [str(gate), "0"], "reqid": "stop-1", "async": True}
+    assert client.request(port, "POST", "/run", body).status == 202
+    wait_for(lambda: (gate / "started-0").exists(), 60, "script started")
+    assert _processes_with(str(gate))
+    assert site["process"].stop() == 0
+    wait_for(lambda: not _processes_with(str(gate)), 60, "script killed")
+    site["process"].start()
+    record = client.request(site["agent"].port, "GET", "/result/stop-1").json()
+    assert record["status"] == "done" and record.get("interrupted") is True, record
