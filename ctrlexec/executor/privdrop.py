@@ -298,6 +298,8 @@ def apply(plan: Plan) -> None:
             k.mount_setattr(path, False, clear=MOUNT_ATTR_RDONLY)
     # 3. the agent's own directories: read-only to every script, root included
     for path in plan.protected:
+        if not os.path.isdir(path):
+            continue  # under the private /tmp: the real one is out of reach already
         k.mount(path, path, None, MS_BIND | MS_REC)
         k.mount_setattr(path, True, set_=MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)
     # 4. the bounding set: exactly the profile's capabilities
