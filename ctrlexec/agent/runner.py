@@ -14,7 +14,9 @@ deadlocks:
 - stdout and stderr are read concurrently to EOF. Each keeps at most
   `max_output` bytes; the rest is read and discarded (so the script never
   blocks on a full pipe) and a note saying how much was dropped is
-  appended to stderr.
+  appended to stderr. Beyond SPILL_AFTER bytes a stream waits in an
+  unlinked temporary file, and with an OutputBudget the finished output is
+  turned into text only within it (output_budget.py).
 - at `timeout` the whole process group gets SIGKILL and a note is appended
   to stderr; the exit is then 126 (killed by a signal). Descendants that
   left the group and still hold the pipes get a short grace, then the pipes
@@ -176,19 +178,29 @@ class _Capture:
         if self.file is None and len(self.data) + len(keep) > SPILL_AFTER:
             self._spill()
         if self.file is not None:
-            self.file.write(keep)
+            try:
+                self.file.write(keep)
+            except OSError as exc:  # the disk filled up: what does not fit is dropped
+                log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+                self.dropped += len(keep)
+                return
         else:
             self.data += keep
         self.size += len(keep)
 
     def _spill(self) -> None:
         try:
-            self.file = tempfile.TemporaryFile(prefix="ctrl-exec-output-")  # noqa: SIM115 (closed by close())
-            self.file.write(self.data)
+            spill = tempfile.TemporaryFile(prefix="ctrl-exec-output-")  # noqa: SIM115 (closed by close())
         except OSError as exc:  # no room for a file: keep it in memory (bounded by cap)
             log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
-            self.file = None
             return
+        try:
+            spill.write(self.data)
+        except OSError as exc:
+            log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+            spill.close()
+            return
+        self.file = spill
         self.data = bytearray()
 
     def text(self) -> str:
