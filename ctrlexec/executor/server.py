@@ -272,8 +272,13 @@ class Handler:
             log.event("exec-reject", log.WARNING, REASON=str(exc)[:200])
             self._send(exec_frames.encode_failure(f"executor: malformed request ({exc})\n"))
             return
-        except (TimeoutError, OSError):
-            log.event("exec-reject", log.WARNING, REASON="request not received in time")
+        except TimeoutError:
+            reason = f"request not received within {REQUEST_READ_SECONDS:g} s"
+            log.event("exec-reject", log.WARNING, REASON=reason)
+            self._send(exec_frames.encode_failure(f"executor: malformed request ({reason})\n"))
+            return
+        except OSError as exc:
+            log.event("exec-reject", log.WARNING, REASON=exc.strerror or str(exc))
             return
         fields = {
             "SCRIPT": request.script,

@@ -1,6 +1,6 @@
 """Hostile frames on the executor's socket, sent by the agent's own user
 (the one peer it accepts besides root): truncated, oversized, lengths that
-lie, and 1,000 random frames. Each gets a clear `exit -1` answer, nothing
+lie, a stalled half frame, and 1,000 random frames. Each gets a clear `exit -1` answer, nothing
 runs, and the executor keeps serving. Needs root."""
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def exchange(data, close_write=True):
     return reply.hex()
 
 out = {name: exchange(data) for name, data in cases.items()}
+out["stalled"] = exchange(good[:10], close_write=False)  # half a frame, then silence
 out["__control__"] = exchange(marker_frame, close_write=False)
 print(json.dumps(out))
 """
@@ -143,10 +144,13 @@ def test_hostile_frames_get_clear_errors_and_run_nothing(executor):
         if end is None or end.exit != -1 or not clear:
             problems.append((name, end, stderr[:200]))
     assert not problems, problems[:10]
-    assert len(replies) == 1014
-    specific = {name: _answer(replies[name])[1] for name in ("oversized", "truncated body")}
+    assert len(replies) == 1015
+    specific = {
+        name: _answer(replies[name])[1] for name in ("oversized", "truncated body", "stalled")
+    }
     assert "exceeds 16777216" in specific["oversized"]
     assert "truncated request" in specific["truncated body"]
+    assert "request not received within 10 s" in specific["stalled"]
     # Nothing ran but the well-formed control request sent last, and the
     # executor is still serving.
     assert control_end == exec_frames.ExecEnd(0), control_err
