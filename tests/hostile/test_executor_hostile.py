@@ -1,7 +1,7 @@
 """Hostile frames on the executor's socket, sent by the agent's own user
 (the one peer it accepts besides root): truncated, oversized, lengths that
-lie, a stalled half frame, and 1,000 random frames. Each gets a clear `exit -1` answer, nothing
-runs, and the executor keeps serving. Needs root."""
+lie, a stalled half frame, and 1,000 random frames. Each gets a clear
+`exit -1` answer, nothing runs, and the executor keeps serving. Needs root."""
 
 from __future__ import annotations
 
