@@ -27,7 +27,7 @@ from ..errors import CtrlExecError, NotAllowlisted
 from ..pki import revocation
 from . import capabilities, renewal, trust
 from .async_runs import AsyncRuns
-from .runner import Runner, default_runner, job_for
+from .runner import ScriptExecutor, default_runner, job_for
 from .state import AgentState
 
 # Request-supplied text in log lines is cut to this many characters.
@@ -47,6 +47,9 @@ class Peer:
 class Reply:
     status: int
     body: dict
+    # Called once the reply is sent (or could not be): gives back what the
+    # reply held of the agent's output budget.
+    on_sent: Callable[[], None] | None = None
 
 
 def _short(text: str) -> str:
@@ -56,7 +59,7 @@ def _short(text: str) -> str:
 class Endpoints:
     def __init__(
         self,
-        runner: Runner | None = None,
+        runner: ScriptExecutor | None = None,
         now: Callable[[], float] = time.time,
         async_runs: AsyncRuns | None = None,
         trust_changed: Callable[[], None] | None = None,
@@ -183,6 +186,8 @@ class Endpoints:
             context,
             state.config,
             {"SCRIPT": request.script, "REQID": fields["REQID"]},
+            reqid=request.reqid,
+            dispatcher=peer.dispatcher or "",
         )
         if request.run_async:
             if self.async_runs is None:
@@ -195,7 +200,11 @@ class Endpoints:
         if result.truncated:
             extra["TRUNCATED"] = ",".join(result.truncated)
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, result.stderr))
+        return Reply(
+            200,
+            agent_wire.run_result(request, result.exit, result.stdout, result.stderr),
+            lambda: self.runner.release(result),
+        )
 
     def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
         reqid = agent_wire.ping_reqid(body)

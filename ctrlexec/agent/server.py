@@ -266,11 +266,14 @@ class AgentServer:
             tls.close()
             self._tls_failure(ip, exc)
             return
+        reply = None
         try:
             reply = self._exchange(tls, ip, deadline)
             if reply is not None:
                 self._send(tls, ip, reply)
         finally:
+            if reply is not None and reply.on_sent is not None:
+                reply.on_sent()
             _finish(tls)
 
     def _tls_failure(self, ip: str, exc: BaseException) -> None:

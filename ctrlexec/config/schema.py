@@ -419,6 +419,15 @@ AGENT_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key(
+        "output_memory",
+        "int",
+        16 * 1_048_576,
+        "bytes of finished script output held in memory at once across all runs; "
+        "more waits its turn (output beyond 64 KiB per stream waits in a temporary file)",
+        between(1_048_576, 1024 * 1_048_576),
+        ours=True,
+    ),
+    Key(
         "request_timeout",
         "int",
         30,
