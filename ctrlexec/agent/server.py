@@ -45,11 +45,10 @@ from pathlib import Path
 from .. import log
 from ..core import agent_wire
 from ..core.http import (
-    MAX_LINE,
     FramingError,
     IncompleteMessage,
+    Request,
     RequestReader,
-    parse_request_line,
     response_bytes,
 )
 from ..core.ipallow import AddressFilter
@@ -295,12 +294,13 @@ class AgentServer:
         peer = Peer(ip, key, serial_hex, dispatcher)
         try:
             if dispatcher is None:
-                method, path, buffered = self._read_request_line(tls, deadline)
+                reader = RequestReader()
+                method, path, _ = self._read_request_line(tls, deadline, reader)
                 if not agent_wire.route(method, path).ungated_op:
                     return self.endpoints.refuse(method, path, peer, state)
                 # /renew and /renew-complete need only the CA-signed client
                 # certificate (0.12): read the rest of that request.
-                request = self._read_request(tls, deadline, buffered)
+                request = self._read_request(tls, deadline, reader)
             else:
                 request = self._read_request(tls, deadline)
         except FramingError as exc:
@@ -319,27 +319,26 @@ class AgentServer:
         tls.settimeout(remaining)
         return tls.recv(RECV_CHUNK)
 
-    def _read_request_line(self, tls: ssl.SSLSocket, deadline: float) -> tuple[str, str, bytes]:
-        buffer = bytearray()
-        while b"\n" not in buffer:
-            if len(buffer) > MAX_LINE:
-                raise FramingError(400, "bad request", "request line too long")
+    def _read_request_line(
+        self, tls: ssl.SSLSocket, deadline: float, reader: RequestReader
+    ) -> tuple[str, str, str]:
+        while True:
             chunk = self._recv(tls, deadline)
             if not chunk:
-                break
-            buffer += chunk
-        line = bytes(buffer).split(b"\n", 1)[0]
-        if len(line) > MAX_LINE:
-            raise FramingError(400, "bad request", "request line too long")
-        method, path, _ = parse_request_line(line.rstrip(b"\r"))
-        return method, path, bytes(buffer)
+                return reader.finish_request_line()
+            line = reader.feed_request_line(chunk)
+            if line is not None:
+                return line
 
-    def _read_request(self, tls: ssl.SSLSocket, deadline: float, buffered: bytes = b""):
-        reader = RequestReader()
-        if buffered:
-            request = reader.feed(buffered)
+    def _read_request(
+        self, tls: ssl.SSLSocket, deadline: float, reader: RequestReader | None = None
+    ) -> Request:
+        if reader is not None:  # the request line is in already: go on from there
+            request = reader.feed(b"")
             if request is not None:
                 return request
+        else:
+            reader = RequestReader()
         while True:
             chunk = self._recv(tls, deadline)
             if not chunk:

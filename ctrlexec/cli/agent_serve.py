@@ -93,7 +93,7 @@ def serve(ctx: Context) -> int:
     from ..config.load import load_agent
 
     config = load_agent(ctx.layout, ctx.config_path)
-    ctx.configure_logging(config.log_target, config.log_format)
+    ctx.configure_logging(config.log_target, config.log_format, daemon=True)
     promote_at_start(config)  # a certificate renewed before a restart
     context = selfcheck.serving_context(config)
     for name in selfcheck.unenforced_profiles(config):
@@ -116,6 +116,16 @@ def serve(ctx: Context) -> int:
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if config.metrics_port:
+        from ..agent import metrics
+
+        try:
+            metrics.start_listener(config.metrics_port, metrics.AgentMetrics())
+        except OSError as exc:
+            raise CtrlExecError(
+                f"cannot listen on 127.0.0.1:{config.metrics_port} (metrics_port): "
+                f"{exc.strerror or exc}"
+            ) from None
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from .serial import cert_serial_key, normalise_received
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
@@ -52,7 +53,7 @@ def renewal_due(expiry: object, now: float, cert_days: int | None) -> bool:
     return not_after - now < (days / 2) * DAY
 
 
-def ping_wants_renewal(result: dict, now: float, cert_days: int | None) -> bool:
+def ping_wants_renewal(result: dict[str, Any], now: float, cert_days: int | None) -> bool:
     """A ping result that asks for a renewal: answered ok, an expiry, not
     already holding a staged certificate, and due."""
     return (
@@ -62,7 +63,7 @@ def ping_wants_renewal(result: dict, now: float, cert_days: int | None) -> bool:
     )
 
 
-def json_object(body: bytes) -> dict:
+def json_object(body: bytes) -> dict[str, Any]:
     """A request body as 0.12 reads it: anything unparsable counts as `{}`."""
     try:
         value = json.loads(body)
@@ -71,24 +72,24 @@ def json_object(body: bytes) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def text_field(data: dict, key: str) -> str:
+def text_field(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     return value if isinstance(value, str) else ""
 
 
-def renew_ok(csr_pem: str, reqid: str) -> dict:
+def renew_ok(csr_pem: str, reqid: str) -> dict[str, Any]:
     return {"status": "ok", "csr": csr_pem, "reqid": reqid}
 
 
-def renew_complete_ok(reqid: str) -> dict:
+def renew_complete_ok(reqid: str) -> dict[str, Any]:
     return {"status": "ok", "reqid": reqid, "staged": True}
 
 
-def status_error(message: str) -> dict:
+def status_error(message: str) -> dict[str, Any]:
     return {"status": "error", "error": message}
 
 
-def reply_ok(body: bytes) -> dict | None:
+def reply_ok(body: bytes) -> dict[str, Any] | None:
     """The JSON object of an agent reply that says `status: ok`, else None."""
     data = json_object(body)
     return data if data.get("status") == "ok" else None
@@ -154,7 +155,7 @@ def parse_revoke(body: bytes) -> RotateRequest:
     return RotateRequest(serial, key, "revoke", text_field(data, "token"))
 
 
-def rotate_ok(request: RotateRequest, dispatcher: str) -> dict:
+def rotate_ok(request: RotateRequest, dispatcher: str) -> dict[str, Any]:
     return {
         "status": "ok",
         "action": request.action,
@@ -175,8 +176,8 @@ class RotationState:
     overlap_days: int
     previous_retired: str = ""
 
-    def to_json(self) -> dict:
-        data: dict = {
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
             "current_serial": self.current_serial,
             "rotated_at": self.rotated_at,
             "overlap_expires": self.overlap_expires,
@@ -189,7 +190,7 @@ class RotationState:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> RotationState:
+    def from_json(cls, data: dict[str, Any]) -> RotationState:
         """ValueError when a field is missing or malformed."""
         current = data.get("current_serial")
         if not isinstance(current, str) or not current:
@@ -262,7 +263,7 @@ class ExpectedPeer:
     cn: str = ""
 
     @classmethod
-    def from_record(cls, name: str, record: dict) -> ExpectedPeer:
+    def from_record(cls, name: str, record: dict[str, Any]) -> ExpectedPeer:
         serials = set()
         for key in ("cert_serial", "cert_serial_next"):
             value = record.get(key)

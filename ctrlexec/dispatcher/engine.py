@@ -273,7 +273,7 @@ class Engine:
                 MODE="async" if run_async else "sync",
                 HOSTS=",".join(target.name for target in targets),
             )
-            request = {
+            request: dict[str, object] = {
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,
@@ -551,7 +551,7 @@ def _client_context(settings: EngineSettings) -> ssl.SSLContext:
 
 
 def _files_signature(settings: EngineSettings) -> tuple:
-    signature = []
+    signature: list[tuple[int, int, int] | None] = []
     for path in (settings.cert, settings.key):
         try:
             info = os.stat(path)

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     RawPairing,
     Reaped,
@@ -20,7 +21,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
@@ -90,7 +90,9 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
     """Nobody decides before pairing mode times out: the waiting agents are
     told `approval timeout`; ours exits 2."""
     setup_dispatcher(ctl)
-    window = 3
+    # Long enough for a loaded host to start request-pairing and queue its
+    # request before the window closes (checked below, not assumed).
+    window = 10
     started = time.monotonic()
     listener = start_listener(ctl, timeout=window)
     agent = agent_env(ctl, tmp_path / "agent-host")
@@ -110,9 +112,11 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
             "--hostname",
             "agent-wait",
         )
+        wait_for(lambda: has(ctl, "agent-wait"), timeout=window, what="agent-wait queued")
+        assert time.monotonic() - started < window, "the window closed before the agent asked"
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
-        out, err = waiting_agent.communicate(timeout=20)
+        _out, err = waiting_agent.communicate(timeout=20)
         assert waiting_agent.returncode == 2, err
         assert "Pairing failed: approval timeout" in err
         assert f"Pairing mode timed out after {window}s. Stopped." in listener.lines.rest()
