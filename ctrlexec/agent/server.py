@@ -336,13 +336,12 @@ class AgentServer:
     def _read_request(
         self, tls: ssl.SSLSocket, deadline: float, reader: RequestReader | None = None
     ) -> Request:
-        """`reader` may already hold the request line and what came with it."""
-        if reader is None:
-            reader = RequestReader()
-        else:
+        if reader is not None:  # the request line is in already: go on from there
             request = reader.feed(b"")
             if request is not None:
                 return request
+        else:
+            reader = RequestReader()
         while True:
             chunk = self._recv(tls, deadline)
             if not chunk:

@@ -272,18 +272,6 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "rotation_file",
         "path",
         lambda layout: str(layout.rotation_file),
-        "dispatcher cert rotation state",
-    ),
-    Key(
-        "registry_dir",
-        "path",
-        lambda layout: str(layout.registry_dir),
-        "one JSON record per paired agent",
-    ),
-    Key(
-        "rotation_file",
-        "path",
-        lambda layout: str(layout.rotation_file),
         "dispatcher cert rotation state (current and previous serial, overlap end)",
     ),
     Key(

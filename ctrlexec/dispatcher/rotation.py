@@ -38,7 +38,7 @@ from pathlib import Path
 
 from .. import log
 from ..core import lifecycle
-from ..core.results import failure_text
+from ..core.results import Failure, failure_text
 from ..core.timefmt import iso_utc
 from ..core.x509 import facts_from_pem
 from ..errors import CtrlExecError, StateError
@@ -47,6 +47,12 @@ from .engine import Engine
 from .fanout import fan_out
 from .identity import dispatcher_id, dispatcher_serial
 from .registry import Registry, Target
+
+
+def _known(failure: Failure | None) -> Failure:
+    """A reply is None only when there is a failure."""
+    assert failure is not None
+    return failure
 
 
 @dataclass(frozen=True)
@@ -294,7 +300,7 @@ def _old_context(settings):
 def _answer(reply, failure, settings) -> str | None:
     """None when the agent answered ok, else why not."""
     if reply is None:
-        return failure_text(failure, settings.read_timeout, "rotate")
+        return failure_text(_known(failure), settings.read_timeout, "rotate")
     if reply.ok and lifecycle.reply_ok(reply.body) is not None:
         return None
     return f"HTTP {reply.status}: " + lifecycle.reply_error(reply.body, "not ok")

@@ -25,7 +25,7 @@ def disp(ctl, session_ca, tmp_path):
     ctl.issued = testpki.install_dispatcher(session_ca, ctl.root)
     ctl.layout = testpki.layout_for(ctl.root)
     peer = Peer012(session_ca, tmp_path / "peer").__enter__()
-    testpki.register_agent(ctl.root, "vm", peer.port, session_ca.issue("vm"), ctl.issued)
+    testpki.register_agent(ctl.root, "vm", peer.port, peer.issued, ctl.issued)
     yield ctl
     peer.__exit__(None, None, None)
 
