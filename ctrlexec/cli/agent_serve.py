@@ -92,7 +92,7 @@ def serve(ctx: Context) -> int:
 
     config = load_agent(ctx.layout, ctx.config_path)
     context = selfcheck.serving_context(config)
-    ctx.configure_logging(config.log_target, config.log_format)
+    ctx.configure_logging(config.log_target, config.log_format, daemon=True)
     for name in selfcheck.unenforced_profiles(config):
         log.event(
             "config-warn",
@@ -110,6 +110,16 @@ def serve(ctx: Context) -> int:
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if config.metrics_port:
+        from ..agent import metrics
+
+        try:
+            metrics.start_listener(config.metrics_port, metrics.AgentMetrics())
+        except OSError as exc:
+            raise CtrlExecError(
+                f"cannot listen on 127.0.0.1:{config.metrics_port} (metrics_port): "
+                f"{exc.strerror or exc}"
+            ) from None
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )

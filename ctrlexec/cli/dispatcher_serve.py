@@ -57,7 +57,7 @@ def serve(ctx: Context) -> int:
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = api_tls_context(settings)
-    ctx.configure_logging(settings.log_target, settings.log_format)
+    ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)
@@ -68,6 +68,8 @@ def serve(ctx: Context) -> int:
         __version__,
         deny_generic=settings.auth_deny_generic,
         health_open=settings.health_open,
+        metrics_open=settings.metrics_open,
+        pairing_dir=ctx.layout.pairing_dir,
     )
     server = ApiServer(
         api,

@@ -122,7 +122,8 @@ def bounded_paths(values: list[str]) -> str | None:
 
 PORT = between(1, 65535)
 LOG_TARGET_DOC = (
-    "where log lines go: auto (syslog if /dev/log exists, else stderr), syslog, stderr,"
+    "where log lines go: auto (syslog if /dev/log exists, else stderr for daemons and a file"
+    " in the state directory for commands; docs/logging.md), syslog, stderr, discard,"
     " or a file path"
 )
 
@@ -161,6 +162,13 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "bool",
         False,
         "GET /health answers without the api auth gate (0.12 gates it)",
+        ours=True,
+    ),
+    Key(
+        "metrics_open",
+        "bool",
+        False,
+        "serve GET /metrics without the api auth gate (Prometheus scrapers)",
         ours=True,
     ),
     Key(
@@ -285,6 +293,14 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
 
 AGENT_KEYS: tuple[Key, ...] = (
     Key("port", "int", 7443, "mTLS listen port", PORT),
+    Key(
+        "metrics_port",
+        "int",
+        0,
+        "port of the loopback-only (127.0.0.1) Prometheus listener; 0 turns it off",
+        between(0, 65535),
+        ours=True,
+    ),
     Key("bind", "str", "", "listen address; empty means all interfaces (IPv4 and IPv6)", ours=True),
     Key("cert", "path", lambda layout: str(layout.agent_cert), "agent certificate"),
     Key("key", "path", lambda layout: str(layout.agent_key), "agent private key"),
