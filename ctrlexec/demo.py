@@ -180,6 +180,7 @@ class Demo:
             "# Written by ctrl-exec demo.\n"
             f'bind = "127.0.0.1"\nport = {self.agent_port}\n'
             f'script_dirs = [{json.dumps(str(scripts_dir))}]\n\n[tags]\nrole = "demo"\n'
+            "\n[profile.default]\n"
         )
 
     def pair(self) -> None:

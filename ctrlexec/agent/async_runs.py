@@ -69,9 +69,11 @@ class AsyncRuns:
         execute: Execute,
         clock: Callable[[], float] = time.time,
         max_running: int = MAX_RUNNING,
+        release: Callable[[ScriptResult], None] | None = None,
     ):
         self.directory = Path(directory)
         self.execute = execute
+        self.release = release  # gives back a result's output budget once stored
         self.clock = clock
         self.max_running = max_running
         self._lock = threading.Lock()
@@ -229,6 +231,8 @@ class AsyncRuns:
             result = self.execute(job)
         finally:
             self._store_result(record, result)
+            if result is not None and self.release is not None:
+                self.release(result)
             with self._lock:
                 self._running.pop(key, None)
                 self._threads.pop(key, None)

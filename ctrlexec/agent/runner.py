@@ -14,7 +14,9 @@ deadlocks:
 - stdout and stderr are read concurrently to EOF. Each keeps at most
   `max_output` bytes; the rest is read and discarded (so the script never
   blocks on a full pipe) and a note saying how much was dropped is
-  appended to stderr.
+  appended to stderr. Beyond SPILL_AFTER bytes a stream waits in an
+  unlinked temporary file, and with an OutputBudget the finished output is
+  turned into text only within it (output_budget.py).
 - at `timeout` the whole process group gets SIGKILL and a note is appended
   to stderr; the exit is then 126 (killed by a signal). Descendants that
   left the group and still hold the pipes get a short grace, then the pipes
@@ -39,14 +41,17 @@ from __future__ import annotations
 import os
 import selectors
 import signal
+import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, cast
+from dataclasses import dataclass, field, replace
+from typing import IO, TYPE_CHECKING, Protocol, cast
 
 from .. import log
+from .output_budget import SPILL_AFTER, OutputBudget
 
 if TYPE_CHECKING:
     from ..config.load import AgentConfig
@@ -65,6 +70,8 @@ CHUNK = 65_536
 # may stay open before we stop reading them.
 KILL_DRAIN_SECONDS = 2.0
 NOTE_PREFIX = "ctrl-exec-agent: "
+# Selector key data of a requester's socket (see Runner.run's `cancel`).
+_CANCEL = object()
 
 
 def script_environment(parent: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -88,6 +95,14 @@ class ScriptJob:
     env: Mapping[str, str] | None = None  # None: script_environment()
     cwd: str = "/"
     log_fields: Mapping[str, object] = field(default_factory=dict)  # e.g. SCRIPT, REQID
+    # Who asked: the privileged executor re-derives the script from its name
+    # and logs the request id and dispatcher.
+    script: str = ""
+    reqid: str = ""
+    dispatcher: str = ""
+    # Called in the child between fork and exec (the executor applies the
+    # script's profile there); it must end the child itself on failure.
+    preexec: Callable[[], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,9 @@ class ScriptResult:
     timed_out: bool = False
     truncated: tuple[str, ...] = ()  # "stdout", "stderr"
     stdin_unwritten: int = 0
+    # Bytes of the OutputBudget this result holds until its holder calls
+    # release(result) (after the reply is sent or the record written).
+    grant: int = field(default=0, compare=False)
 
 
 def job_for(
@@ -106,6 +124,8 @@ def job_for(
     stdin: bytes,
     config: AgentConfig,
     log_fields: Mapping[str, object] | None = None,
+    reqid: str = "",
+    dispatcher: str = "",
 ) -> ScriptJob:
     """The job for an allowlisted script under this agent's limits: its
     canonical file, argv[0] as the allowlist writes it, the per-script
@@ -118,6 +138,9 @@ def job_for(
         stdin_timeout=config.stdin_timeout,
         max_output=config.max_output_bytes,
         log_fields=dict(log_fields or {}),
+        script=resolved.entry.name,
+        reqid=reqid,
+        dispatcher=dispatcher,
     )
 
 
@@ -135,33 +158,97 @@ def exit_code(returncode: int) -> int:
 
 
 class _Capture:
+    """One stream's output: the first SPILL_AFTER bytes in memory, the rest
+    (up to `cap`) in an unlinked temporary file, anything beyond counted."""
+
     def __init__(self, name: str, cap: int):
         self.name = name
         self.cap = cap
         self.data = bytearray()
+        self.file: IO[bytes] | None = None
+        self.size = 0
         self.dropped = 0
 
     def add(self, chunk: bytes) -> None:
-        room = self.cap - len(self.data)
-        if room > 0:
-            self.data += chunk[:room]
-        self.dropped += max(0, len(chunk) - max(room, 0))
+        room = self.cap - self.size
+        keep = chunk[: max(room, 0)]
+        self.dropped += len(chunk) - len(keep)
+        if not keep:
+            return
+        if self.file is None and len(self.data) + len(keep) > SPILL_AFTER:
+            self._spill()
+        if self.file is not None:
+            try:
+                self.file.write(keep)
+            except OSError as exc:  # the disk filled up: what does not fit is dropped
+                log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+                self.dropped += len(keep)
+                return
+        else:
+            self.data += keep
+        self.size += len(keep)
+
+    def _spill(self) -> None:
+        try:
+            spill = tempfile.TemporaryFile(prefix="ctrl-exec-output-")  # noqa: SIM115 (closed by close())
+        except OSError as exc:  # no room for a file: keep it in memory (bounded by cap)
+            log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+            return
+        try:
+            spill.write(self.data)
+        except OSError as exc:
+            log.event("output-spill-fail", log.WARNING, ERROR=exc.strerror or str(exc))
+            spill.close()
+            return
+        self.file = spill
+        self.data = bytearray()
 
     def text(self) -> str:
-        return self.data.decode("utf-8", "replace")
+        if self.file is None:
+            return self.data.decode("utf-8", "replace")
+        try:
+            self.file.seek(0)
+            return self.file.read().decode("utf-8", "replace")
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class ScriptExecutor(Protocol):
+    """What runs scripts for the agent: this module's Runner, or the
+    executor client when `executor_socket` is set."""
+
+    def run(self, job: ScriptJob) -> ScriptResult: ...
+
+    def release(self, result: ScriptResult) -> None: ...
+
+    def kill_all(self) -> int: ...
 
 
 class Runner:
-    """Runs jobs; remembers the process groups it started."""
+    """Runs jobs; remembers the process groups it started. With a budget,
+    finished output is turned into text only within it (output_budget.py);
+    the caller gives it back with release(result)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, budget: OutputBudget | None = None
+    ):
         self._clock = clock
+        self.budget = budget
         self._lock = threading.Lock()
         self._groups: set[int] = set()
 
     def running(self) -> int:
         with self._lock:
             return len(self._groups)
+
+    def release(self, result: ScriptResult) -> None:
+        if self.budget is not None:
+            self.budget.release(result.grant)
 
     def kill_all(self) -> int:
         """SIGKILL every running script's process group (agent shutdown)."""
@@ -171,7 +258,10 @@ class Runner:
             _kill_group(group)
         return len(groups)
 
-    def run(self, job: ScriptJob) -> ScriptResult:
+    def run(self, job: ScriptJob, cancel: socket.socket | None = None) -> ScriptResult:
+        """Run `job` to completion. With `cancel`, the script's process group
+        is killed as soon as that socket reaches end of file (the requester
+        went away)."""
         env = script_environment() if job.env is None else dict(job.env)
         try:
             proc = subprocess.Popen(
@@ -184,6 +274,7 @@ class Runner:
                 cwd=job.cwd,
                 close_fds=True,
                 start_new_session=True,
+                preexec_fn=job.preexec,
             )
         except OSError as exc:
             code, text = start_failure(exc, job.executable)
@@ -193,7 +284,7 @@ class Runner:
         with self._lock:
             self._groups.add(proc.pid)
         try:
-            return _Exchange(proc, job, self._clock).run()
+            return _Exchange(proc, job, self._clock, cancel, self.budget).run()
         finally:
             with self._lock:
                 self._groups.discard(proc.pid)
@@ -214,8 +305,17 @@ def _kill_group(group: int) -> None:
 class _Exchange:
     """The pipes of one running script, driven to completion."""
 
-    def __init__(self, proc: subprocess.Popen, job: ScriptJob, clock: Callable[[], float]):
+    def __init__(
+        self,
+        proc: subprocess.Popen,
+        job: ScriptJob,
+        clock: Callable[[], float],
+        cancel: socket.socket | None = None,
+        budget: OutputBudget | None = None,
+    ):
         self.proc = proc
+        self.cancel = cancel
+        self.budget = budget
         self.job = job
         self.clock = clock
         self.out = _Capture("stdout", job.max_output)
@@ -237,8 +337,15 @@ class _Exchange:
             self._pump(deadline, stdin_deadline)
         finally:
             self._close_all()
-        self._wait(deadline)
-        return self._result()
+        try:
+            self._wait(deadline)
+            grant = 0
+            if self.budget is not None:
+                grant = self.budget.acquire(self.out.size + self.err.size)
+            return replace(self._result(), grant=grant)
+        finally:
+            self.out.close()
+            self.err.close()
 
     def _register(self) -> None:
         assert self.proc.stdin and self.proc.stdout and self.proc.stderr
@@ -249,9 +356,14 @@ class _Exchange:
             self._close_stdin()
         self.selector.register(self.proc.stdout, selectors.EVENT_READ, self.out)
         self.selector.register(self.proc.stderr, selectors.EVENT_READ, self.err)
+        if self.cancel is not None:
+            self.selector.register(self.cancel, selectors.EVENT_READ, _CANCEL)
+
+    def _pipes_open(self) -> bool:
+        return any(key.data is not _CANCEL for key in self.selector.get_map().values())
 
     def _pump(self, deadline: float, stdin_deadline: float) -> None:
-        while self.selector.get_map():
+        while self._pipes_open():
             now = self.clock()
             if self.stdin_open and now >= stdin_deadline:
                 self.unwritten = len(self.stdin_view) - self.written
@@ -267,6 +379,8 @@ class _Exchange:
             for key, _ in self.selector.select(max(0.0, limit - now)):
                 if key.data is None:
                     self._write_stdin()
+                elif key.data is _CANCEL:
+                    self._check_cancel()
                 else:
                     self._read(key)
 
@@ -295,6 +409,20 @@ class _Exchange:
         self.selector.unregister(key.fileobj)
         _close(key.fileobj)
 
+    def _check_cancel(self) -> None:
+        assert self.cancel is not None
+        try:
+            data = self.cancel.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self.selector.unregister(self.cancel)
+        if not data and self.killed_at is None:
+            log.event("run-cancel", log.WARNING, **self.job.log_fields)
+            self.killed_at = self.clock()
+            _kill_group(self.proc.pid)
+
     def _close_stdin(self) -> None:
         if not self.stdin_open:
             return
@@ -313,7 +441,8 @@ class _Exchange:
         self._close_stdin()
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
-            _close(key.fileobj)
+            if key.data is not _CANCEL:  # the caller's socket stays the caller's
+                _close(key.fileobj)
         self.selector.close()
 
     def _kill(self) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,15 @@ def serving_context(config: AgentConfig) -> ssl.SSLContext:
     if absent:
         key, path = absent
         raise ConfigError(f"not paired yet: {path} is missing ({PAIRING_HINT})", source, key)
-    if config.executor_socket:
+    unenforced = unenforced_profiles(config)
+    if unenforced:
+        name, setting = unenforced[0]
         raise ConfigError(
-            "the privileged executor is not available in this build; "
-            "remove executor_socket to run scripts directly",
+            f"profile '{name}' sets {setting}, which only the privileged executor applies, "
+            "and executor_socket is unset (set executor_socket and run `ctrl-exec-executor "
+            "serve`, or remove the setting)",
             source,
-            "executor_socket",
+            f"profile.{name}.{setting}",
         )
     hook = config.auth_hook
     if hook and not capabilities.executable(hook):
@@ -86,18 +90,38 @@ def serving_context(config: AgentConfig) -> ssl.SSLContext:
         ) from None
 
 
-def unenforced_profiles(config: AgentConfig) -> list[str]:
-    """Profiles whose settings only the executor applies, while none is configured."""
+EXECUTOR_SETTINGS = ("run_as", "caps", "writable")
+
+
+def unenforced_profiles(config: AgentConfig) -> list[tuple[str, str]]:
+    """(profile, setting) for each setting only the executor can apply, when
+    no executor is configured: the agent refuses to serve with any of them
+    rather than run scripts without the control they ask for."""
     if config.executor_socket:
         return []
-    return sorted(
-        name
-        for name, profile in config.profiles.items()
-        if profile.run_as or profile.caps or profile.writable
-    )
+    return [
+        (name, setting)
+        for name, profile in sorted(config.profiles.items())
+        for setting in EXECUTOR_SETTINGS
+        if getattr(profile, setting)
+    ]
 
 
 # --- self-check -------------------------------------------------------------
+
+
+def executor_check(path: str) -> Check:
+    """Whether the executor's socket is there (a warning when not: the
+    executor may simply start after the agent; runs fail until it does)."""
+    try:
+        is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError as exc:
+        return Check(
+            "executor", True, f"{path}: {exc.strerror} (is ctrl-exec-executor running?)", True
+        )
+    if not is_socket:
+        return Check("executor", False, f"{path} is not a socket")
+    return Check("executor", True, f"{path} (scripts run through the privileged executor)")
 
 
 def _verifies_against_ca(config: AgentConfig) -> str | None:
@@ -230,22 +254,14 @@ def checks(
             )
         )
     if config.executor_socket:
-        results.append(
-            Check(
-                "executor",
-                False,
-                "executor_socket is set, but the privileged "
-                "executor is not available in this build",
-            )
-        )
-    for name in unenforced_profiles(config):
+        results.append(executor_check(config.executor_socket))
+    for name, setting in unenforced_profiles(config):
         results.append(
             Check(
                 f"profile {name}",
-                True,
-                "sets run_as/caps/writable, which only "
-                "the executor applies; scripts run as the agent's user",
-                warning=True,
+                False,
+                f"sets {setting}, which only the privileged executor applies, "
+                "and executor_socket is unset",
             )
         )
     return results

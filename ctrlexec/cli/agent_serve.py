@@ -81,30 +81,36 @@ def _allowlist_path(ctx: Context) -> Path | None:
 
 
 def serve(ctx: Context) -> int:
-    from .. import log
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
+    from ..agent.exec_client import ExecutorClient
     from ..agent.handlers import Endpoints
-    from ..agent.runner import default_runner
+    from ..agent.identity import AgentIdentity
+    from ..agent.output_budget import OutputBudget
+    from ..agent.runner import Runner, ScriptExecutor
     from ..agent.server import AgentServer
+    from ..agent.service import promote_at_start
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
 
     config = load_agent(ctx.layout, ctx.config_path)
-    context = selfcheck.serving_context(config)
     ctx.configure_logging(config.log_target, config.log_format, daemon=True)
-    for name in selfcheck.unenforced_profiles(config):
-        log.event(
-            "config-warn",
-            log.WARNING,
-            PROFILE=name,
-            MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied",
-        )
-    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
-    runner = default_runner()
-    async_runs = AsyncRuns(config.async_runs_dir, runner.run)
+    promote_at_start(config)  # a certificate renewed before a restart
+    context = selfcheck.serving_context(config)
+    identity = AgentIdentity(config)
+    identity.context()
+    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx), identity=identity)
+    budget = OutputBudget(config.output_memory)
+    # With an executor every run, synchronous or async, goes through it.
+    runner: ScriptExecutor
+    if config.executor_socket:
+        runner = ExecutorClient(config.executor_socket, budget=budget)
+    else:
+        runner = Runner(budget=budget)
+    async_runs = AsyncRuns(config.async_runs_dir, runner.run, release=runner.release)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
-    server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
+    endpoints = Endpoints(runner, async_runs=async_runs, trust_changed=runtime.trust_changed)
+    server = AgentServer(runtime, context, endpoints)
     try:
         server.listen()
     except OSError as exc:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from .. import log
 from . import roles
 
-TOPICS: tuple[str, ...] = ()
-COMPAT_MODES = ("serve",)
+TOPICS: tuple[str, ...] = ("ctrlexec.cli.executor_cmds",)
+# ctrl-exec 0.12's ctrl-exec-exec modes.
+COMPAT_MODES = ("serve", "resolve")
 
 DESCRIPTION = """Privileged executor of ctrl-exec: runs allowlisted scripts under their
 profile (user, capabilities, read-only filesystem) for the local agent."""

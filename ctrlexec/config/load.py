@@ -323,13 +323,11 @@ def _tags(doc: _Document | None, raw: Any) -> dict[str, str]:
     return dict(raw)
 
 
-# Scripts without a `profile` use this one; agent.toml may redefine it.
-DEFAULT_PROFILE = Profile("default", None, (), (), True)
-
-
 def _profiles(doc: _Document | None, raw: Any, layout: Layout) -> dict[str, Profile]:
+    # No profile is implied, `default` included: a script without `profile`
+    # uses `default`, and load_allowlist refuses it unless it is defined.
     if not raw:
-        return {"default": DEFAULT_PROFILE}
+        return {}
     assert doc is not None
     if not isinstance(raw, dict):
         raise doc.error("must be tables [profile.<name>]", (), "profile")
@@ -351,7 +349,6 @@ def _profiles(doc: _Document | None, raw: Any, layout: Layout) -> dict[str, Prof
             tuple(values["writable"]),
             values["no_new_privileges"],
         )
-    profiles.setdefault("default", DEFAULT_PROFILE)
     return profiles
 
 
@@ -359,7 +356,7 @@ def load_allowlist(
     layout: Layout, path: Path | None = None, profiles: dict[str, Profile] | None = None
 ) -> dict[str, ScriptEntry]:
     """The allowlist. With `profiles` given, every referenced profile must be
-    defined there ('default' always is)."""
+    defined there, `default` (what a script without `profile` uses) too."""
     doc = _load_or_defaults(path, layout.allowlist, layout.legacy_allowlist, legacy.parse_allowlist)
     if doc is None:
         return {}

@@ -194,7 +194,8 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_days",
         "int",
         None,
-        "lifetime of renewed agent certs (default 365) and rotated dispatcher certs (default 825)",
+        "days a renewed agent cert (default 365) or a rotated dispatcher cert (default 825) "
+        "is valid; agents are renewed when less than half of it remains",
         between(1, 36500),
         optional=True,
     ),
@@ -202,21 +203,24 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_renewal_days",
         "int",
         90,
-        "rotate the dispatcher cert when fewer days remain",
+        "rotate the dispatcher cert (ced maintain, dispatcher serve) when at most this "
+        "many days remain",
         between(1, 36500),
     ),
     Key(
         "cert_overlap_days",
         "int",
         30,
-        "days the previous dispatcher serial stays trusted after rotation",
+        "days the previous dispatcher serial stays trusted after rotation; agents not "
+        "confirmed by then become stale",
         between(0, 3650),
     ),
     Key(
         "cert_check_interval",
         "int",
         14400,
-        "seconds between dispatcher cert checks",
+        "seconds between maintenance passes of dispatcher serve (renewal, rotation, "
+        "broadcast, stale expiry, run-record purge)",
         between(60, 604800),
     ),
     Key(
@@ -269,6 +273,18 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "path",
         lambda layout: str(layout.rotation_file),
         "dispatcher cert rotation state",
+    ),
+    Key(
+        "registry_dir",
+        "path",
+        lambda layout: str(layout.registry_dir),
+        "one JSON record per paired agent",
+    ),
+    Key(
+        "rotation_file",
+        "path",
+        lambda layout: str(layout.rotation_file),
+        "dispatcher cert rotation state (current and previous serial, overlap end)",
     ),
     Key(
         "registry_dir",
@@ -381,7 +397,8 @@ AGENT_KEYS: tuple[Key, ...] = (
         "cert_staging_path",
         "path",
         lambda layout: str(layout.cert_staging),
-        "where a renewed cert waits for promote-cert",
+        "where a renewed cert is staged: presented at once, installed at cert by "
+        "promote-cert or the next start",
     ),
     Key("pairing_port", "int", 7444, "default dispatcher pairing port for request-pairing", PORT),
     Key(
@@ -399,6 +416,15 @@ AGENT_KEYS: tuple[Key, ...] = (
         4 * 1_048_576,
         "bytes kept of each of stdout and stderr; the rest is discarded and noted",
         between(1024, 32 * 1_048_576),
+        ours=True,
+    ),
+    Key(
+        "output_memory",
+        "int",
+        16 * 1_048_576,
+        "bytes of finished script output held in memory at once across all runs; "
+        "more waits its turn (output beyond 64 KiB per stream waits in a temporary file)",
+        between(1_048_576, 1024 * 1_048_576),
         ours=True,
     ),
     Key(

@@ -118,13 +118,13 @@ def test_port_in_use_is_one_clear_line(deployment):
     assert "cannot listen on 127.0.0.1:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_allowlist_and_pidfile_options_and_profile_warning(deployment):
+def test_allowlist_and_pidfile_options(deployment):
     site = deployment["site"]
     other = deployment["tmp"] / "other-scripts.toml"
     only = write_script(site.scripts_dir / "only-here.sh", "#!/bin/sh\necho only\n")
     other.write_text(f'only-here = {{ path = "{only}", profile = "ops" }}\n')
     config = site.layout.agent_config
-    config.write_text(config.read_text() + '\n[profile.ops]\nrun_as = "nobody"\n')
+    config.write_text(config.read_text() + "\n[profile.ops]\nno_new_privileges = true\n")
     pidfile = deployment["tmp"] / "run" / "agent.pid"
     agent = AgentProcess(
         deployment["ctl"], site, ("--allowlist", str(other), "--pidfile", str(pidfile)), pidfile
@@ -134,10 +134,44 @@ def test_allowlist_and_pidfile_options_and_profile_warning(deployment):
         client = deployment["client"]
         assert client.run(site.port, "only-here")["stdout"] == "only\n"
         assert client.run(site.port, "echo-args")["error"] == "script not permitted"
-        assert "ACTION=config-warn" in deployment["ctl"].log_text()
     finally:
         assert agent.stop() == 0
     assert not pidfile.exists()
+
+
+@pytest.mark.parametrize(
+    "setting", ['run_as = "nobody"', 'caps = ["CAP_CHOWN"]', 'writable = ["/srv"]']
+)
+def test_profile_needing_the_executor_without_one_exits_78(deployment, setting):
+    """A control the agent cannot apply stops it; it is never accepted and ignored."""
+    site = deployment["site"]
+    config = site.layout.agent_config
+    config.write_text(config.read_text() + f"\n[profile.ops]\n{setting}\n")
+    result = deployment["ctl"].run("agent", "serve", timeout=30)
+    key = setting.split(" ")[0]
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 78 and len(lines) == 1, result.stderr
+    assert f"key 'profile.ops.{key}': profile 'ops' sets {key}" in lines[0]
+    assert "executor_socket is unset" in lines[0]
+    assert not site.pidfile.exists()
+    check = deployment["ctl"].run("agent", "self-check", "--json", timeout=30)
+    assert check.returncode == 1
+    failed = [c for c in json.loads(check.stdout)["checks"] if not c["ok"]]
+    assert [c["name"] for c in failed] == ["profile ops"], failed
+
+
+def test_undefined_default_profile_exits_78(deployment):
+    """A script without `profile` uses `default`, which must be defined too."""
+    site = deployment["site"]
+    config = site.layout.agent_config
+    config.write_text(config.read_text().replace("[profile.default]", ""))
+    result = deployment["ctl"].run("agent", "serve", timeout=30)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 78 and len(lines) == 1, result.stderr
+    assert "uses profile 'default', which agent.toml does not define" in lines[0]
+    check = deployment["ctl"].run("agent", "self-check", timeout=30)
+    assert check.returncode == 1
+    assert "uses profile 'default'" in check.stdout
 
 
 # --- what the request path loads -------------------------------------------------------

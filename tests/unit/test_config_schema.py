@@ -88,13 +88,19 @@ def test_deprecated_timeout_alias(layout, tmp_path):
     assert load.load_dispatcher(layout, path).read_timeout == 12
 
 
-def test_default_profile_needs_no_table(layout, tmp_path):
+def test_default_profile_is_never_implied(layout, tmp_path):
     agent = tmp_path / "agent.toml"
     agent.write_text("port = 7443\n")
     profiles = load.load_agent(layout, agent).profiles
-    assert profiles["default"].run_as is None
+    assert profiles == {}
     allow = tmp_path / "scripts.toml"
     allow.write_text('hello = "/opt/s/hello"\n')
+    with pytest.raises(ConfigError) as info:
+        load.load_allowlist(layout, allow, profiles)
+    assert "uses profile 'default', which agent.toml does not define" in str(info.value)
+    agent.write_text("port = 7443\n[profile.default]\n")
+    profiles = load.load_agent(layout, agent).profiles
+    assert profiles["default"].run_as is None and profiles["default"].no_new_privileges
     assert load.load_allowlist(layout, allow, profiles)["hello"].profile == "default"
 
 
