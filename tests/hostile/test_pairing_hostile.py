@@ -216,7 +216,7 @@ def test_hostile_pairing_requests(ctl, csrs):
         assert listener.proc.poll() is None
         assert wait_for(
             lambda: exchange(port, frame(b"[]")) == INVALID,
-            timeout=30,
+            seconds=30,
             what="the listener to answer after the crowd",
         )
         assert snapshot(ctl.root) == before

@@ -112,7 +112,7 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
             "--hostname",
             "agent-wait",
         )
-        wait_for(lambda: has(ctl, "agent-wait"), timeout=window, what="agent-wait queued")
+        wait_for(lambda: has(ctl, "agent-wait"), seconds=window, what="agent-wait queued")
         assert time.monotonic() - started < window, "the window closed before the agent asked"
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5

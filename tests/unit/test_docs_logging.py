@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def actions_in_code() -> set[str]:
+@functools.cache  # parsing the whole package is most of this file's time
+def actions_in_code() -> frozenset[str]:
     found = set()
     for path in (REPO / "ctrlexec").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        source = path.read_text()
+        if "event(" not in source and "defer(" not in source:
+            continue  # cannot log: not worth parsing
+        for node in ast.walk(ast.parse(source)):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
             func = node.func
@@ -20,7 +25,7 @@ def actions_in_code() -> set[str]:
             first = node.args[0]
             if name in ("event", "defer") and isinstance(first, ast.Constant):
                 found.add(first.value)
-    return found
+    return frozenset(found)
 
 
 def actions_in_docs() -> set[str]:

@@ -6,6 +6,7 @@ queue is real files in a temporary directory; the CSRs are real."""
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import threading
 
@@ -28,7 +29,7 @@ def csr_pem() -> str:
 class Harness:
     """A listener whose connections are socketpairs; the test is the agent."""
 
-    def __init__(self, tmp_path, **settings):
+    def __init__(self, tmp_path, token_bytes=secrets.token_bytes, **settings):
         self.queue = pairing_decide.open_queue(tmp_path / "pairing", tmp_path / "agents")
         self.queued: list[dict] = []
         self.queued_event = threading.Event()
@@ -38,6 +39,7 @@ class Harness:
             on_queued=self._on_queued,
             resolve=lambda ip: ("", False),
             wrap=lambda conn: conn,  # the TLS layer is pki/tls.py's, tested elsewhere
+            token_bytes=token_bytes,
         )
 
     def _on_queued(self, record: dict) -> None:
@@ -128,6 +130,16 @@ def test_queued_then_denied(tmp_path, csr_pem):
     assert agent.response() == {"status": "denied", "reason": wire.REASON_REJECTED}
     assert agent.response() is None
     assert not harness.queue.path(ack["reqid"], ".denied").exists()  # delivered
+
+
+def test_the_request_id_comes_from_the_injected_randomness(tmp_path, csr_pem):
+    harness = Harness(tmp_path, token_bytes=lambda n: bytes(range(n)))
+    agent = harness.connect()
+    agent.send(body("web-01", csr_pem))
+    assert agent.response() == {"status": "pending", "reqid": "0001020304050607"}
+    pairing_decide.deny(harness.queue, "0001020304050607")
+    assert agent.response() == {"status": "denied", "reason": wire.REASON_REJECTED}
+    assert agent.response() is None
 
 
 def test_an_agent_that_hangs_up_withdraws_its_request(tmp_path, csr_pem):
