@@ -12,6 +12,9 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_pairing_mode",
     "ctrlexec.cli.ced_pairing",
     "ctrlexec.cli.ced_registry",
+    "ctrlexec.cli.ced_import",
+    "ctrlexec.cli.ced_lifecycle",
+    "ctrlexec.cli.ced_revoke",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.

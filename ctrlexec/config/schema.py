@@ -122,7 +122,8 @@ def bounded_paths(values: list[str]) -> str | None:
 
 PORT = between(1, 65535)
 LOG_TARGET_DOC = (
-    "where log lines go: auto (syslog if /dev/log exists, else stderr), syslog, stderr,"
+    "where log lines go: auto (syslog if /dev/log exists, else stderr for daemons and a file"
+    " in the state directory for commands; docs/logging.md), syslog, stderr, discard,"
     " or a file path"
 )
 
@@ -164,6 +165,13 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key(
+        "metrics_open",
+        "bool",
+        False,
+        "serve GET /metrics without the api auth gate (Prometheus scrapers)",
+        ours=True,
+    ),
+    Key(
         "api_request_timeout",
         "int",
         30,
@@ -186,7 +194,8 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_days",
         "int",
         None,
-        "lifetime of renewed agent certs (default 365) and rotated dispatcher certs (default 825)",
+        "days a renewed agent cert (default 365) or a rotated dispatcher cert (default 825) "
+        "is valid; agents are renewed when less than half of it remains",
         between(1, 36500),
         optional=True,
     ),
@@ -194,21 +203,24 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_renewal_days",
         "int",
         90,
-        "rotate the dispatcher cert when fewer days remain",
+        "rotate the dispatcher cert (ced maintain, dispatcher serve) when at most this "
+        "many days remain",
         between(1, 36500),
     ),
     Key(
         "cert_overlap_days",
         "int",
         30,
-        "days the previous dispatcher serial stays trusted after rotation",
+        "days the previous dispatcher serial stays trusted after rotation; agents not "
+        "confirmed by then become stale",
         between(0, 3650),
     ),
     Key(
         "cert_check_interval",
         "int",
         14400,
-        "seconds between dispatcher cert checks",
+        "seconds between maintenance passes of dispatcher serve (renewal, rotation, "
+        "broadcast, stale expiry, run-record purge)",
         between(60, 604800),
     ),
     Key(
@@ -268,6 +280,18 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         lambda layout: str(layout.registry_dir),
         "one JSON record per paired agent",
     ),
+    Key(
+        "rotation_file",
+        "path",
+        lambda layout: str(layout.rotation_file),
+        "dispatcher cert rotation state (current and previous serial, overlap end)",
+    ),
+    Key(
+        "registry_dir",
+        "path",
+        lambda layout: str(layout.registry_dir),
+        "one JSON record per paired agent",
+    ),
     Key("port", "int", 7443, "agent port for hosts with none recorded", PORT),
     Key(
         "key_type",
@@ -285,6 +309,14 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
 
 AGENT_KEYS: tuple[Key, ...] = (
     Key("port", "int", 7443, "mTLS listen port", PORT),
+    Key(
+        "metrics_port",
+        "int",
+        0,
+        "port of the loopback-only (127.0.0.1) Prometheus listener; 0 turns it off",
+        between(0, 65535),
+        ours=True,
+    ),
     Key("bind", "str", "", "listen address; empty means all interfaces (IPv4 and IPv6)", ours=True),
     Key("cert", "path", lambda layout: str(layout.agent_cert), "agent certificate"),
     Key("key", "path", lambda layout: str(layout.agent_key), "agent private key"),
@@ -365,7 +397,8 @@ AGENT_KEYS: tuple[Key, ...] = (
         "cert_staging_path",
         "path",
         lambda layout: str(layout.cert_staging),
-        "where a renewed cert waits for promote-cert",
+        "where a renewed cert is staged: presented at once, installed at cert by "
+        "promote-cert or the next start",
     ),
     Key("pairing_port", "int", 7444, "default dispatcher pairing port for request-pairing", PORT),
     Key(

@@ -36,6 +36,7 @@ RESULT = "result"
 ROTATE_SERIAL = "rotate-serial"
 RENEW = "renew"
 RENEW_COMPLETE = "renew-complete"
+REVOKE_SERIAL = "revoke-serial"  # ours: a pushed revocation (0.12 answers 404)
 UNKNOWN = "unknown"
 
 _EXACT_ROUTES = {
@@ -43,6 +44,7 @@ _EXACT_ROUTES = {
     ("POST", "/ping"): (PING, True),
     ("GET", "/capabilities"): (CAPABILITIES, True),
     ("POST", "/rotate-serial"): (ROTATE_SERIAL, True),
+    ("POST", "/revoke-serial"): (REVOKE_SERIAL, True),
     ("POST", "/renew"): (RENEW, False),
     ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
 }
@@ -65,6 +67,11 @@ class Route:
     name: str
     gated: bool
     arg: str = ""  # the id of /result/<id>
+
+    @property
+    def ungated_op(self) -> bool:
+        """/renew and /renew-complete: no serial gate, CA-signed cert only."""
+        return self.name in (RENEW, RENEW_COMPLETE)
 
 
 def route(method: str, path: str) -> Route:

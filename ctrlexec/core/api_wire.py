@@ -31,6 +31,7 @@ from .http import FramingError
 # Route names.
 INDEX = "index"
 HEALTH = "health"
+METRICS = "metrics"
 PING = "ping"
 RUN = "run"
 DISCOVERY = "discovery"
@@ -42,6 +43,7 @@ NO_ROUTE = "no-route"
 _ROUTES = {
     ("GET", "/"): INDEX,
     ("GET", "/health"): HEALTH,
+    ("GET", "/metrics"): METRICS,
     ("POST", "/ping"): PING,
     ("POST", "/run"): RUN,
     ("GET", "/discovery"): DISCOVERY,
@@ -62,6 +64,8 @@ ENDPOINTS = (
     ("GET", "/openapi.json"),
     ("GET", "/openapi-live.json"),
 )
+# Ours, not in 0.12's endpoint list (GET / keeps listing 0.12's only).
+OUR_ENDPOINTS = (("GET", "/metrics"),)
 
 # Request bodies whose `hosts` become enums in /openapi-live.json.
 HOSTS_SCHEMAS = ("PingRequest", "RunRequest", "DiscoveryRequest")
@@ -93,6 +97,7 @@ def route(method: str, path: str) -> Route:
 class Reply:
     status: int
     body: dict[str, Any] | bytes  # bytes: a document served verbatim
+    content_type: str = "application/json"
 
 
 class ApiError(Exception):

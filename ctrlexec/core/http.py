@@ -101,12 +101,12 @@ def encode_json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def response_bytes(status: int, body: object) -> bytes:
+def response_bytes(status: int, body: object, content_type: str = "application/json") -> bytes:
     """One complete 0.12-style response: status line, the two headers, body."""
     payload = body if isinstance(body, bytes) else encode_json(body)
     head = (
         f"HTTP/1.0 {status} {PHRASES.get(status, 'Unknown')}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(payload)}\r\n\r\n"
     )
     return head.encode("ascii") + payload

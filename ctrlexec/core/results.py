@@ -31,8 +31,20 @@ TLS = "tls"  # handshake failed, or the peer's TLS layer refused us
 CLOSED = "closed"  # the agent closed the connection without a reply
 PROTOCOL = "protocol"  # the reply was not HTTP we can frame
 OTHER = "other"  # any other socket error (detail says which)
+IDENTITY = "identity"  # a CA-signed peer that is not the registered agent
 
-KINDS = (RESOLVE, REFUSED, UNREACHABLE, TIMEOUT, READ_TIMEOUT, TLS, CLOSED, PROTOCOL, OTHER)
+KINDS = (
+    RESOLVE,
+    REFUSED,
+    UNREACHABLE,
+    TIMEOUT,
+    READ_TIMEOUT,
+    TLS,
+    CLOSED,
+    PROTOCOL,
+    OTHER,
+    IDENTITY,
+)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
         return f"host '{host}' closed the connection without a response"
     if kind == PROTOCOL:
         return f"host '{host}' sent an invalid response ({failure.detail or 'not HTTP'})"
+    if kind == IDENTITY:
+        return f"host '{host}' port {port} is not the registered agent: {failure.detail}"
     return f"host '{host}' on port {port}: {failure.detail or 'connection failed'}"
 
 

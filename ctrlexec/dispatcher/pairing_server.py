@@ -50,6 +50,7 @@ from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..netio import abort, accepting, finish, open_listeners, peer_address
 from ..pki import csr as csr_rules
+from ..pki import revocation
 from ..pki.tls import server_only_context
 from .pairing_queue import PairingQueue
 
@@ -87,6 +88,7 @@ class ListenerSettings:
     rate: Rule | None = Rule(10, 60, 300)
     request_timeout: float = 10.0
     approval_wait: float = wire.APPROVAL_WAIT
+    revoked_keys: str = ""  # ca_dir/revoked-keys: keys never certified again
     # How often a waiting connection looks for the operator's decision.
     poll_interval: float = POLL_INTERVAL
 
@@ -325,9 +327,14 @@ class PairingListener:
         except wire.PairRequestError as exc:
             raise _Refuse(exc.reason, exc.log_reason, exc.detail) from None
         try:
-            csr_rules.validate(pair.csr, expected_cn=pair.hostname)
+            facts = csr_rules.validate(pair.csr, expected_cn=pair.hostname)
         except csr_rules.CsrRejected as exc:
             raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
+        if self.settings.revoked_keys and facts.key_sha256 in revocation.read_keys(
+            self.settings.revoked_keys
+        ):
+            # The key of a revoked certificate: refused at once (read per request).
+            raise _Refuse(wire.REASON_INVALID, "revoked-key", "key of a revoked certificate")
         if self._closing.is_set():
             raise _Refuse(None, "pairing-mode-stopped")
         reqid = new_reqid(self.token_bytes)

@@ -206,7 +206,7 @@ def test_untrusted_dispatcher_is_refused(fleet, session_ca, ctl):
     map gets 0.12's 403 body, reported as 0.12's error string."""
     issued = testpki.install_dispatcher(session_ca, ctl.root)
     site = fleet.agents["agent-01"][1].site
-    testpki.register_agent(ctl.root, "agent-01", site.port, session_ca.issue("agent-01"), issued)
+    testpki.register_agent(ctl.root, "agent-01", site.port, site.issued, issued)
     completed = ctl.run("ced", "--json", "run", "agent-01", "echo-args")
     assert completed.returncode == 1
     [result] = json.loads(completed.stdout)["results"]

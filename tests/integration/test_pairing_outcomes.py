@@ -175,3 +175,53 @@ def test_bad_options(ctl):
     assert result.returncode == 1 and "64 hex digits" in result.stderr
     result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--hostname", "../x")
     assert result.returncode == 1 and "cannot be an agent name" in result.stderr
+
+
+def test_approving_a_registered_hostname_needs_replace(ctl, tmp_path):
+    from ctrlexec.dispatcher.registry import Registry, new_record
+    from tests.support.testpki import layout_for
+
+    setup_dispatcher(ctl)
+    registry = Registry(layout_for(ctl.root).registry_dir)
+    registry.put(
+        new_record(
+            "web-01", "10.0.0.9", "2026-01-01T00:00:00Z", "", "r0", "ip", 7443, "ab", "current"
+        )
+    )
+    listener = start_listener(ctl)
+    key = openssl.ec_key(tmp_path / "raw.pem")
+    try:
+        raw = RawPairing(listener.port)
+        raw.send(pair_body("web-01", openssl.csr(key, "web-01")))
+        ack = raw.response()
+        refused = ctl.run("ced", "approve", ack["reqid"])
+        assert refused.returncode == 1
+        assert "'web-01' is already registered" in refused.stderr
+        assert f"'approve {ack['reqid']} --replace'" in refused.stderr
+        assert registry.get("web-01")["ip"] == "10.0.0.9"
+        ctl.run("ced", "approve", ack["reqid"], "--replace", check=True)
+        assert raw.response()["status"] == "approved"
+        assert registry.get("web-01")["ip"] != "10.0.0.9"
+    finally:
+        listener.stop()
+
+
+def test_the_key_of_a_revoked_agent_is_never_certified_again(ctl, tmp_path):
+    setup_dispatcher(ctl)
+    listener = start_listener(ctl)
+    key = openssl.ec_key(tmp_path / "raw.pem")
+    try:
+        raw = RawPairing(listener.port)
+        raw.send(pair_body("web-05", openssl.csr(key, "web-05")))
+        ctl.run("ced", "approve", raw.response()["reqid"], check=True)
+        assert raw.response()["status"] == "approved"
+        ctl.run("ced", "revoke", "--agent", "web-05", check=True)
+        # the same key again, under another name: refused on arrival
+        again = RawPairing(listener.port)
+        again.send(pair_body("web-06", openssl.csr(key, "web-06")))
+        refused = again.response()
+        assert refused.get("status") != "pending", refused
+        assert "invalid request" in json.dumps(refused)
+    finally:
+        listener.stop()
+    assert "REASON=revoked-key" in ctl.log_text()
