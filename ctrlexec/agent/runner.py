@@ -48,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from .. import log
 from .output_budget import SPILL_AFTER, OutputBudget
@@ -279,6 +279,11 @@ class Runner:
                 self._groups.discard(proc.pid)
 
 
+def _close(fileobj: object) -> None:
+    """Close a pipe registered with the selector (always a file object here)."""
+    cast(IO[bytes], fileobj).close()
+
+
 def _kill_group(group: int) -> None:
     try:
         os.killpg(group, signal.SIGKILL)
@@ -391,7 +396,7 @@ class _Exchange:
             key.data.add(chunk)
             return
         self.selector.unregister(key.fileobj)
-        key.fileobj.close()
+        _close(key.fileobj)
 
     def _check_cancel(self) -> None:
         assert self.cancel is not None
@@ -426,7 +431,7 @@ class _Exchange:
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
             if key.data is not _CANCEL:  # the caller's socket stays the caller's
-                key.fileobj.close()
+                _close(key.fileobj)
         self.selector.close()
 
     def _kill(self) -> None:

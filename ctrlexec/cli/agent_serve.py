@@ -85,16 +85,21 @@ def serve(ctx: Context) -> int:
     from ..agent.async_runs import AsyncRuns
     from ..agent.exec_client import ExecutorClient
     from ..agent.handlers import Endpoints
+    from ..agent.identity import AgentIdentity
     from ..agent.output_budget import OutputBudget
     from ..agent.runner import Runner
     from ..agent.server import AgentServer
+    from ..agent.service import promote_at_start
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
 
     config = load_agent(ctx.layout, ctx.config_path)
+    ctx.configure_logging(config.log_target, config.log_format, daemon=True)
+    promote_at_start(config)  # a certificate renewed before a restart
     context = selfcheck.serving_context(config)
-    ctx.configure_logging(config.log_target, config.log_format)
-    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
+    identity = AgentIdentity(config)
+    identity.context()
+    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx), identity=identity)
     budget = OutputBudget(config.output_memory)
     # With an executor every run, synchronous or async, goes through it.
     if config.executor_socket:
@@ -103,12 +108,23 @@ def serve(ctx: Context) -> int:
         runner = Runner(budget=budget)
     async_runs = AsyncRuns(config.async_runs_dir, runner.run, release=runner.release)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
-    server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
+    endpoints = Endpoints(runner, async_runs=async_runs, trust_changed=runtime.trust_changed)
+    server = AgentServer(runtime, context, endpoints)
     try:
         server.listen()
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if config.metrics_port:
+        from ..agent import metrics
+
+        try:
+            metrics.start_listener(config.metrics_port, metrics.AgentMetrics())
+        except OSError as exc:
+            raise CtrlExecError(
+                f"cannot listen on 127.0.0.1:{config.metrics_port} (metrics_port): "
+                f"{exc.strerror or exc}"
+            ) from None
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )

@@ -282,7 +282,7 @@ class ApiServer:
     def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
         try:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
-            conn.sendall(response_bytes(reply.status, reply.body))
+            conn.sendall(response_bytes(reply.status, reply.body, reply.content_type))
         except (ssl.SSLError, OSError) as exc:
             log.event(
                 "reply-fail",

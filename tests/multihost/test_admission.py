@@ -50,7 +50,7 @@ def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_age
         "guarded", alpha, 7501, trusting=(second,), allowed_ips=[fleet.lab.root_address]
     )
     for dispatcher in (fleet.dispatcher, second):
-        dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port)
+        dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port, agent.site.issued)
 
     assert _ping(fleet.dispatcher, "guarded")["status"] == "ok"
 
@@ -95,7 +95,9 @@ def test_rate_limit_blocks_one_address_and_serves_another(fleet, second, extra_a
         rate_limit_volume="3/60/300",
     )
     for dispatcher in (fleet.dispatcher, second):
-        dispatcher.register(fleet.ca, "limited", charlie.address, agent.site.port)
+        dispatcher.register(
+            fleet.ca, "limited", charlie.address, agent.site.port, agent.site.issued
+        )
 
     assert [_ping(second, "limited")["status"] for _ in range(3)] == ["ok"] * 3
     blocked = _ping(second, "limited")
