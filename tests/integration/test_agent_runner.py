@@ -11,7 +11,8 @@ import time
 import pytest
 
 from ctrlexec.agent import runner
-from ctrlexec.agent.runner import ScriptJob, run_script
+from ctrlexec.agent.output_budget import OutputBudget
+from ctrlexec.agent.runner import Runner, ScriptJob, run_script
 
 SH = "/bin/sh"
 
@@ -160,3 +161,14 @@ def test_kill_all_ends_running_scripts():
     assert own.kill_all() == 1
     thread.join(10)
     assert results and results[0].exit == 126
+
+
+def test_runner_result_holds_its_output_in_the_budget_until_released():
+    budget = OutputBudget(10_000_000)
+    run = Runner(budget=budget)
+    job = ScriptJob("/bin/sh", ("sh", "-c", "head -c 300000 /dev/zero; echo err >&2"))
+    result = run.run(job)
+    assert (result.exit, len(result.stdout), result.stderr) == (0, 300000, "err\n")
+    assert result.grant == 300004 and budget.held == 300004
+    run.release(result)
+    assert budget.held == 0
