@@ -11,6 +11,7 @@ import json
 import platform
 import sys
 from importlib import resources
+from typing import Any
 
 from . import __version__
 
@@ -32,7 +33,7 @@ def load() -> dict | None:
 def verbose_report(info: dict | None = None) -> dict:
     """The facts as one JSON-ready object."""
     info = load() if info is None else info
-    report = {
+    report: dict[str, Any] = {
         "version": __version__,
         "python": platform.python_version(),
         "executable": sys.executable,

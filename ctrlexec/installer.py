@@ -27,6 +27,7 @@ import subprocess
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from . import store
@@ -249,14 +250,12 @@ def _plan_users(roles: tuple[str, ...]) -> list[Step]:
     steps = []
     for name in dict.fromkeys(USERS[role] for role in roles):
         if not _group_exists(name):
-            steps.append(
-                Step(f"create group {name}", lambda n=name: _run("groupadd", "--system", n))
-            )
+            steps.append(Step(f"create group {name}", partial(_run, "groupadd", "--system", name)))
         if not _user_exists(name):
             steps.append(
                 Step(
                     f"create system user {name} (no login, no home)",
-                    lambda n=name: _run(*_useradd(n)),
+                    partial(_run, *_useradd(name)),
                 )
             )
     return steps
@@ -294,7 +293,7 @@ def _plan_program(options: Options, archive: Archive) -> list[Step]:
             what = f"link {link} -> {target} (the existing file is kept as {link}.pre-ctrl-exec)"
         else:
             what = f"link {link} -> {target}"
-        steps.append(Step(what, lambda path=link: _link(path, target)))
+        steps.append(Step(what, partial(_link, link, target)))
     return steps
 
 
@@ -407,10 +406,10 @@ def plan_uninstall(options: Options, purge: bool = False) -> list[Step]:
                 steps.append(
                     Step(
                         f"systemctl disable --now {UNITS[role]}",
-                        lambda u=UNITS[role]: _run("systemctl", "disable", "--now", u),
+                        partial(_run, "systemctl", "disable", "--now", UNITS[role]),
                     )
                 )
-            steps.append(Step(f"remove unit {path}", lambda p=path: p.unlink()))
+            steps.append(Step(f"remove unit {path}", path.unlink))
     if steps and _systemd_running():
         steps.append(Step("systemctl daemon-reload", lambda: _run("systemctl", "daemon-reload")))
     remaining = [
@@ -422,7 +421,7 @@ def plan_uninstall(options: Options, purge: bool = False) -> list[Step]:
         for name in PROGRAM_NAMES:
             link = options.bindir / name
             if link.is_symlink() and os.readlink(link) == str(options.pyz):
-                steps.append(Step(f"remove link {link}", lambda path=link: path.unlink()))
+                steps.append(Step(f"remove link {link}", link.unlink))
         if options.pyz.exists():
             steps.append(Step(f"remove {options.pyz}", lambda: _remove_program(options)))
     if purge:
@@ -446,13 +445,13 @@ def _plan_purge(roles: tuple[str, ...]) -> list[Step]:
     for path in dict.fromkeys(paths):
         if os.path.lexists(path):
             steps.append(
-                Step(f"delete {path} (keys, configuration, state)", lambda p=path: shutil.rmtree(p))
+                Step(f"delete {path} (keys, configuration, state)", partial(shutil.rmtree, path))
             )
     for name in dict.fromkeys(USERS[role] for role in roles):
         if _user_exists(name):
-            steps.append(Step(f"delete user {name}", lambda n=name: _run("userdel", n)))
+            steps.append(Step(f"delete user {name}", partial(_run, "userdel", name)))
         if _group_exists(name):
-            steps.append(Step(f"delete group {name}", lambda n=name: _delete_group(n)))
+            steps.append(Step(f"delete group {name}", partial(_delete_group, name)))
     return steps
 
 

@@ -29,6 +29,7 @@ import stat
 import sys
 import threading
 import time
+from typing import TextIO
 
 INFO = "INFO"
 WARNING = "WARNING"
@@ -40,7 +41,6 @@ IDENT_DISPATCHER = "ctrl-exec-dispatcher"
 IDENT_API = "ctrl-exec-api"
 IDENT_EXECUTOR = "ctrl-exec-executor"
 
-TARGETS = ("auto", "syslog", "stderr", "discard")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")
@@ -128,7 +128,7 @@ class _State:
         self.ident = IDENT_DISPATCHER
         self.target = "stderr"
         self.fmt = "kv"
-        self.file = None
+        self.file: TextIO | None = None
         self.syslog: SyslogSocket | None = None
         self.fallback = "stderr"  # where a line goes when syslog refuses it
         self.configured = False
@@ -240,7 +240,7 @@ def _clean(value: object) -> str:
         text = "1" if value else "0"
     else:
         text = str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def format_line(action: str, fields: dict[str, object]) -> str:
@@ -271,7 +271,7 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     for observer in _state.observers:
         observer(action, level, fields)
     if _state.fmt == "json":
-        record = {
+        record: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ident": _state.ident,
             "level": level,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,10 @@ class Conversion:
     skipped_reason: str = ""
 
 
-def _plan(layout: Layout, role: str) -> list[tuple[Path, Path, object]]:
+Parse = Callable[[Path], legacy.Parsed]
+
+
+def _plan(layout: Layout, role: str) -> list[tuple[Path, Path, Parse]]:
     if role == "dispatcher":
         return [
             (layout.legacy_dispatcher_config, layout.dispatcher_config, legacy.parse_dispatcher)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _SEQUENCE = 0x30
@@ -54,7 +55,7 @@ def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
-def _children(data: bytes, start: int, end: int):
+def _children(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     pos = start
     while pos < end:
         tag, vstart, vend = _read_tlv(data[:end], pos)
@@ -95,7 +96,7 @@ def _common_name(data: bytes, start: int, end: int) -> str:
 
 
 def facts_from_der(der: bytes) -> CertFacts:
-    tag, start, end = _read_tlv(der, 0)
+    tag, start, _end = _read_tlv(der, 0)
     if tag != _SEQUENCE:
         raise ValueError("not a certificate")
     tbs_tag, tbs_start, tbs_end = _read_tlv(der, start)
@@ -118,7 +119,7 @@ def facts_from_der(der: bytes) -> CertFacts:
         raise ValueError("certificate validity is malformed")
     not_before = _parse_time(times[0][0], der[times[0][1] : times[0][2]])
     not_after = _parse_time(times[1][0], der[times[1][1] : times[1][2]])
-    subject_tag, sub_start, sub_end = fields[5]
+    subject_tag, sub_start, sub_end = fields[4]
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
     return CertFacts(serial, not_before, not_after, _common_name(der, sub_start, sub_end))

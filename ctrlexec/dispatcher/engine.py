@@ -248,7 +248,7 @@ class Engine:
                 MODE="async" if run_async else "sync",
                 HOSTS=",".join(target.name for target in targets),
             )
-            request = {
+            request: dict[str, object] = {
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,

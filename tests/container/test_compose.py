@@ -68,9 +68,7 @@ def project(podman, base_image, pyz, tmp_path_factory):
     base = [compose, "-p", name, "-f", str(compose_file)]
 
     def compose_run(*args: str) -> None:
-        done = subprocess.run(
-            base + list(args), cwd=REPO, capture_output=True, text=True, timeout=900
-        )
+        done = subprocess.run([*base, *args], cwd=REPO, capture_output=True, text=True, timeout=900)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
     try:
