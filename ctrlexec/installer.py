@@ -409,7 +409,7 @@ def plan_uninstall(options: Options, purge: bool = False) -> list[Step]:
                         partial(_run, "systemctl", "disable", "--now", UNITS[role]),
                     )
                 )
-            steps.append(Step(f"remove unit {path}", path.unlink))
+            steps.append(Step(f"remove unit {path}", partial(Path.unlink, path)))
     if steps and _systemd_running():
         steps.append(Step("systemctl daemon-reload", lambda: _run("systemctl", "daemon-reload")))
     remaining = [
@@ -421,7 +421,7 @@ def plan_uninstall(options: Options, purge: bool = False) -> list[Step]:
         for name in PROGRAM_NAMES:
             link = options.bindir / name
             if link.is_symlink() and os.readlink(link) == str(options.pyz):
-                steps.append(Step(f"remove link {link}", link.unlink))
+                steps.append(Step(f"remove link {link}", partial(Path.unlink, link)))
         if options.pyz.exists():
             steps.append(Step(f"remove {options.pyz}", lambda: _remove_program(options)))
     if purge:

@@ -41,6 +41,7 @@ IDENT_DISPATCHER = "ctrl-exec-dispatcher"
 IDENT_API = "ctrl-exec-api"
 IDENT_EXECUTOR = "ctrl-exec-executor"
 
+TARGETS = ("auto", "syslog", "stderr", "discard")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")

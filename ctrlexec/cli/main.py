@@ -31,7 +31,7 @@ ROLES = {
     "agent": ("ctrlexec.cli.agent", "agent daemon and its pairing and checks"),
     "executor": ("ctrlexec.cli.executor", "privileged executor for the agent"),
     "demo": (
-        "ctrlexec.cli.demo",
+        "ctrlexec.cli.demo_command",
         "a throwaway CA, dispatcher and agent on loopback, paired, running a script",
     ),
     "install": (

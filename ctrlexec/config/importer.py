@@ -32,10 +32,7 @@ class Conversion:
     skipped_reason: str = ""
 
 
-Parse = Callable[[Path], legacy.Parsed]
-
-
-def _plan(layout: Layout, role: str) -> list[tuple[Path, Path, Parse]]:
+def _plan(layout: Layout, role: str) -> list[tuple[Path, Path, Callable[[Path], legacy.Parsed]]]:
     if role == "dispatcher":
         return [
             (layout.legacy_dispatcher_config, layout.dispatcher_config, legacy.parse_dispatcher)

@@ -261,11 +261,11 @@ def parse_allowlist(path: Path, text: str | None = None) -> Parsed:
             parsed.lines.append(Line("comment", raw, number))
             continue
         problem, name, entry = _script_entry(raw)
-        if problem:
+        if problem or name is None:
+            problem = problem or "no script name"
             parsed.lines.append(Line("ignored", raw, number, (), name, reason=problem))
             parsed.warnings.append({"ENTRY": name or stripped[:64], "MSG": problem})
             continue
-        assert name is not None  # no problem means a named entry
         parsed.data[name] = entry
         parsed.lines.append(Line("key", raw, number, (), name, entry))
     return parsed
@@ -336,8 +336,8 @@ def to_toml(parsed: Parsed) -> str:
                 out.append("[tags]")
             else:
                 out.append(f"# [{line.section[0]}]  (section not read by ctrl-exec)")
-        elif line.kind == "key":
-            out.append(f"{toml_key(line.key or '')} = {toml_value(line.value)}")
+        elif line.kind == "key" and line.key is not None:
+            out.append(f"{toml_key(line.key)} = {toml_value(line.value)}")
         else:
             out.append(f"# {line.text.strip()}  ({line.reason}; not converted)")
     return "\n".join(out).rstrip("\n") + "\n"

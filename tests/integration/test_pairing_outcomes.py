@@ -90,7 +90,9 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
     """Nobody decides before pairing mode times out: the waiting agents are
     told `approval timeout`; ours exits 2."""
     setup_dispatcher(ctl)
-    window = 3
+    # Long enough for a loaded host to start request-pairing and queue its
+    # request before the window closes (checked below, not assumed).
+    window = 10
     started = time.monotonic()
     listener = start_listener(ctl, timeout=window)
     agent = agent_env(ctl, tmp_path / "agent-host")
@@ -110,6 +112,8 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
             "--hostname",
             "agent-wait",
         )
+        wait_for(lambda: has(ctl, "agent-wait"), timeout=window, what="agent-wait queued")
+        assert time.monotonic() - started < window, "the window closed before the agent asked"
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
         _out, err = waiting_agent.communicate(timeout=20)
