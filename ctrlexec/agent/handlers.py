@@ -14,18 +14,20 @@ and logs no `auth` line (0.12).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import hooks, log
-from ..core import agent_wire
+from ..core import agent_wire, run_control
 from ..core.http import Request
 from ..core.timefmt import iso_utc
 from ..errors import NotAllowlisted
 from . import capabilities
 from .async_runs import AsyncRuns
+from .jobs import CANCEL_NOTE, RunningJobs
 from .runner import Runner, default_runner, job_for
 from .state import AgentState
 
@@ -58,10 +60,15 @@ class Endpoints:
         runner: Runner | None = None,
         now: Callable[[], float] = time.time,
         async_runs: AsyncRuns | None = None,
+        jobs: RunningJobs | None = None,
     ):
         self.runner = runner or default_runner()
         self.now = now
         self.async_runs = async_runs  # None: async runs are refused
+        # One view of every running script, async ones included (/running, /cancel).
+        if jobs is None:
+            jobs = async_runs.jobs if async_runs is not None else RunningJobs(now)
+        self.jobs = jobs
 
     def shutdown(self) -> int:
         """The agent is stopping: kill every running script (async jobs are
@@ -113,6 +120,10 @@ class Endpoints:
             return self.capabilities(peer, state)
         if found.name == agent_wire.RESULT:
             return self.result(found.arg, peer)
+        if found.name == agent_wire.RUNNING:
+            return self.running(peer)
+        if found.name == agent_wire.CANCEL:
+            return self.cancel(request.body, peer)
         return Reply(404, dict(agent_wire.NOT_FOUND))
 
     def _authorise(
@@ -172,14 +183,42 @@ class Endpoints:
             if self.async_runs is None:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
             return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
-        result = self.runner.run(job)
+        with self.jobs.track(
+            peer.dispatcher or "", request.reqid, request.script, run_control.SYNC, job.timeout
+        ) as tracked:
+            result = self.runner.run(dataclasses.replace(job, on_start=tracked.started))
         extra: dict[str, object] = {}
         if result.timed_out:
             extra["TIMEOUT"] = f"{job.timeout:g}"
         if result.truncated:
             extra["TRUNCATED"] = ",".join(result.truncated)
+        stderr = result.stderr
+        if tracked.cancelled:
+            extra["CANCELLED"] = 1
+            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + CANCEL_NOTE
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, result.stderr))
+        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, stderr))
+
+    def running(self, peer: Peer) -> Reply:
+        """The caller's own scripts running now (GET /running)."""
+        entries = self.jobs.owned_by(peer.dispatcher or "")
+        log.event("running", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, COUNT=len(entries))
+        return Reply(200, run_control.running_body(entries))
+
+    def cancel(self, body: bytes, peer: Peer) -> Reply:
+        """Stop the caller's own runs of a reqid (POST /cancel): SIGTERM to
+        the process group, SIGKILL after the grace."""
+        try:
+            reqid = run_control.parse_cancel(body)
+        except run_control.CancelRejected as rejected:
+            return Reply(400, rejected.body)
+        found = self.jobs.cancel(peer.dispatcher or "", reqid)
+        if not found:
+            log.event(
+                "cancel-miss", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, REQID=reqid
+            )
+            return Reply(404, run_control.cancel_unknown(reqid))
+        return Reply(200, run_control.cancel_body(reqid, [(job.script, job.mode) for job in found]))
 
     def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
         reqid = agent_wire.ping_reqid(body)
@@ -200,7 +239,9 @@ class Endpoints:
                 REASON=decision.reason,
             )
             return Reply(403, dict(agent_wire.CAPABILITIES_NOT_AUTHORISED))
-        scripts = capabilities.script_entries(state.allowlist, state.sidecars)
+        scripts = capabilities.script_entries(
+            state.allowlist, state.sidecars, state.config.script_timeout
+        )
         log.event(
             "capabilities", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, SCRIPTS=len(scripts)
         )

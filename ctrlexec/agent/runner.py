@@ -88,6 +88,9 @@ class ScriptJob:
     env: Mapping[str, str] | None = None  # None: script_environment()
     cwd: str = "/"
     log_fields: Mapping[str, object] = field(default_factory=dict)  # e.g. SCRIPT, REQID
+    # Called with the pid (= process group) once the script started; run
+    # tracking (agent/jobs.py) uses it to signal the group.
+    on_start: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,8 @@ class Runner:
         with self._lock:
             self._groups.add(proc.pid)
         try:
+            if job.on_start is not None:
+                job.on_start(proc.pid)
             return _Exchange(proc, job, self._clock).run()
         finally:
             with self._lock:

@@ -36,6 +36,9 @@ RESULT = "result"
 ROTATE_SERIAL = "rotate-serial"
 RENEW = "renew"
 RENEW_COMPLETE = "renew-complete"
+# Additions of this agent (core/run_control.py); a 0.12 dispatcher never calls them.
+RUNNING = "running"
+CANCEL = "cancel"
 UNKNOWN = "unknown"
 
 _EXACT_ROUTES = {
@@ -45,6 +48,8 @@ _EXACT_ROUTES = {
     ("POST", "/rotate-serial"): (ROTATE_SERIAL, True),
     ("POST", "/renew"): (RENEW, False),
     ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
+    ("GET", "/running"): (RUNNING, True),
+    ("POST", "/cancel"): (CANCEL, True),
 }
 _RESULT_PREFIX = "/result/"
 

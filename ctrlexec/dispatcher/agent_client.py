@@ -8,7 +8,10 @@ header lines, and the reply read by Content-Length or to EOF.
 Every blocking step (connect, handshake, send, each read) is bounded by
 `timeout`: 0.12's `read_timeout` is an inactivity timeout, not a bound on
 the whole run, and a long script that keeps its agent silent is given that
-long. The reply size is bounded by core.http.MAX_RESPONSE_BODY.
+long. A caller that can learn whether the agent is still working on the
+request (`still_waiting`, asked after each silent `timeout` before the
+first reply byte) may keep the connection open longer. The reply size is
+bounded by core.http.MAX_RESPONSE_BODY.
 
 The result is a `Reply` or a `Failure` of one of the kinds in core.results;
 nothing here raises for a network problem.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 
 from ..core import results
 from ..core.http import (
@@ -42,6 +46,7 @@ def exchange(
     body: bytes | None,
     timeout: float,
     max_body: int = MAX_RESPONSE_BODY,
+    still_waiting: Callable[[], bool] | None = None,
 ) -> results.Reply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes."""
 
@@ -68,7 +73,7 @@ def exchange(
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             return failed(results.TLS, str(exc))
         raw = sock
-        return _request(sock, method, path, body, address, port, max_body, failed)
+        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
     finally:
         raw.close()
 
@@ -82,6 +87,7 @@ def _request(
     port: int,
     max_body: int,
     failed,
+    still_waiting: Callable[[], bool] | None = None,
 ) -> results.Reply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     reader = ResponseReader(max_body)
@@ -89,7 +95,12 @@ def _request(
     try:
         sock.sendall(request_bytes(method, path, body, host=host))
         while True:
-            data = sock.recv(_RECV)
+            try:
+                data = sock.recv(_RECV)
+            except TimeoutError:
+                if received == 0 and still_waiting is not None and still_waiting():
+                    continue
+                raise
             if not data:
                 response = reader.finish()
                 break

@@ -22,6 +22,8 @@ result, never an exception.
 
 from __future__ import annotations
 
+import os
+import pwd
 import secrets
 import ssl
 import threading
@@ -31,11 +33,12 @@ from dataclasses import dataclass
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import results
+from ..core import results, run_control
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
 from ..core.names import is_script_name
-from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, PolicyDenied
+from ..core.timefmt import iso_utc
+from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
 from ..pki.tls import dispatcher_client_context
 from . import agent_client
 from .fanout import fan_out
@@ -98,12 +101,14 @@ class Engine:
         locks: HostScriptLocks,
         token_bytes: TokenBytes = secrets.token_bytes,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.settings = settings
         self.registry = registry
         self.locks = locks
         self._token_bytes = token_bytes
         self._clock = clock
+        self._wall_clock = wall_clock
         self._context: ssl.SSLContext | None = None
         self._context_lock = threading.Lock()
 
@@ -114,6 +119,13 @@ class Engine:
             Registry(settings.registry_dir),
             HostScriptLocks(layout.locks_dir),
         )
+
+    @staticmethod
+    def _process_user() -> str:
+        try:
+            return pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            return str(os.getuid())
 
     def new_reqid(self) -> str:
         return new_reqid(self._token_bytes)
@@ -237,9 +249,16 @@ class Engine:
             args=args,
         )
         targets = self.resolve(hosts, port)
-        with self.locks.acquire([target.name for target in targets], script):
-            reqid = reqid or self.new_reqid()
+        reqid = reqid or self.new_reqid()
+        held = self.locks.acquire([target.name for target in targets], script)
+        ended: set[str] = set()  # hosts whose run is over (their answer is in)
+        try:
             context = self.tls_context()
+            if held.stale:
+                self._check_stale(held, targets, script, context)
+            held.record(
+                lock_holder(reqid, caller, username, self._wall_clock(), self._process_user())
+            )
             log.event(
                 "dispatch",
                 log.INFO,
@@ -259,12 +278,81 @@ class Engine:
                 request["async"] = True
             body = encode_json(request)
             one = self._submit_one if run_async else self._run_one
-            return fan_out(
+
+            def done(result: dict) -> None:
+                ended.add(result.get("host", ""))
+                if progress is not None:
+                    progress(result)
+
+            outcome = fan_out(
                 targets,
                 lambda target: one(context, target, body, script, reqid),
                 self.settings.max_parallel,
-                progress,
+                done,
             )
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed mid-way: hosts that did not
+            # answer may still be running the script; their records stay.
+            held.release(keep={target.name for target in targets} - ended)
+            raise
+        held.release(keep=self._still_running_after(outcome, targets, run_async))
+        return outcome
+
+    def _still_running_after(
+        self, outcome: list[dict], targets: Sequence[Target], run_async: bool
+    ) -> set[str]:
+        """Hosts whose synchronous run we stopped waiting for without its end
+        (the script may still run there): their holder records stay."""
+        if run_async:
+            return set()
+        return {
+            target.name
+            for target, result in zip(targets, outcome, strict=True)
+            if result.get("error", "").startswith("read timeout")
+        }
+
+    def _check_stale(
+        self, held, targets: Sequence[Target], script: str, context: ssl.SSLContext
+    ) -> None:
+        """A previous holder of some locks stopped before its run ended: ask
+        those agents whether that run still goes on. Still running, or no
+        answer (fail closed): Locked. A 0.12 agent cannot say: go on, logged."""
+        by_name = {target.name: target for target in targets}
+        stale = [(by_name[host], record) for host, record in held.stale.items()]
+        answers = fan_out(
+            stale,
+            lambda item: self._running_on(context, item[0]),
+            self.settings.max_parallel,
+        )
+        conflicts: list[str] = []
+        for (target, record), answer in zip(stale, answers, strict=True):
+            old = str(record.get("reqid", ""))
+            fields = {"HOST": target.name, "SCRIPT": script, "REQID": old or "(unknown)"}
+            if answer == run_control.UNSUPPORTED:
+                log.event("lock-stale", log.WARNING, RESULT="unverifiable", **fields)
+                continue
+            if isinstance(answer, str):
+                log.event("lock-stale", log.WARNING, RESULT="no-answer", ERROR=answer, **fields)
+                conflicts.append(f"{target.name}:{script}")
+                continue
+            mine = [entry for entry in answer if entry.get("script") == script]
+            if (old and old in run_control.running_reqids(mine)) or (not old and mine):
+                log.event("lock-stale", log.WARNING, RESULT="still-running", **fields)
+                conflicts.append(f"{target.name}:{script}")
+            else:
+                log.event("lock-stale", log.INFO, RESULT="ended", **fields)
+        if conflicts:
+            conflicted = {conflict.rsplit(":", 1)[0] for conflict in conflicts}
+            held.release(keep=conflicted)
+            log.event("lock-conflict", log.WARNING, CONFLICTS=",".join(conflicts))
+            raise Locked(conflicts)
+
+    def _running_on(self, context: ssl.SSLContext, target: Target) -> list[dict] | str:
+        """GET /running: our runs on that agent, UNSUPPORTED, or an error text."""
+        reply, failure, _ = self._exchange(context, target, run_control.RUNNING_PATH, None)
+        if failure is not None:
+            return results.failure_text(failure, self.settings.read_timeout, "running")
+        return run_control.read_running(reply.status, reply.body)
 
     def capabilities(self, targets: Sequence[Target]) -> list[dict]:
         """GET /capabilities from every target; one result per target. No
@@ -310,14 +398,26 @@ class Engine:
     # -- one host --------------------------------------------------------------
 
     def _exchange(
-        self, context: ssl.SSLContext, target: Target, path: str, body: bytes | None
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        path: str,
+        body: bytes | None,
+        still_waiting: Callable[[], bool] | None = None,
     ) -> tuple[results.Reply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
         try:
             outcome = agent_client.exchange(
-                context, target.address, target.port, method, path, body, self.settings.read_timeout
+                context,
+                target.address,
+                target.port,
+                method,
+                path,
+                body,
+                self.settings.read_timeout,
+                still_waiting=still_waiting,
             )
         except Exception as exc:
             outcome = results.Failure(
@@ -334,7 +434,9 @@ class Engine:
     def _run_one(
         self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
     ) -> dict:
-        reply, failure, rtt = self._exchange(context, target, "/run", body)
+        reply, failure, rtt = self._exchange(
+            context, target, "/run", body, self._waiter(context, target, script, reqid)
+        )
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
@@ -359,6 +461,28 @@ class Engine:
                 REQID=reqid,
             )
         return result
+
+    def _waiter(
+        self, context: ssl.SSLContext, target: Target, script: str, reqid: str
+    ) -> Callable[[], bool]:
+        """Asked each time a synchronous run's agent has been silent for
+        read_timeout: keep waiting while our agent says the script still
+        runs (it ends it at its own limit for that script, so the wait is
+        bounded). A 0.12 agent cannot say: give up, as 0.12. When the run is
+        no longer listed, its answer may be on the way: one more period."""
+        grace = [True]
+
+        def still_waiting() -> bool:
+            answer = self._running_on(context, target)
+            if answer == run_control.UNSUPPORTED:
+                return False
+            if isinstance(answer, list) and reqid in run_control.running_reqids(answer):
+                log.event("run-wait", log.INFO, SCRIPT=script, TARGET=target.label, REQID=reqid)
+                return True
+            waiting, grace[0] = grace[0], False
+            return waiting
+
+        return still_waiting
 
     def _submit_one(
         self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
@@ -455,6 +579,19 @@ class Engine:
         else:
             log.event("ping", log.INFO, TARGET=target.label, RESULT="ok", RTT=rtt, REQID=reqid)
         return result
+
+
+def lock_holder(reqid: str, caller: str, username: str, now: float, user: str) -> dict:
+    """What `list-locks` shows of a run holding locks, and what the next
+    taker checks when this process stops before its run ends."""
+    return {
+        "pid": os.getpid(),
+        "user": user,
+        "caller": caller,
+        "username": username[:64],
+        "since": iso_utc(now),
+        "reqid": reqid,
+    }
 
 
 def _check_hosts(hosts: Sequence[str]) -> None:

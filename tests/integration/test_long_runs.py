@@ -1,0 +1,200 @@
+"""Long runs are never lost, and a host:script lock lasts as long as the
+script: real agents (`agent serve` through the pyz) on loopback, `ced` as
+operators run it.
+
+- A synchronous run that outlasts `read_timeout` keeps waiting while our
+  agent says the script still runs (GET /running), keeps its lock, and
+  reports the script's real result.
+- A dispatcher killed outright (kill -9) loses its flock with the process,
+  but its holder record stays, and the next run asks the agent before it
+  takes the lock: a second copy never starts while the first still runs.
+- A 0.12 agent cannot say: `ced` gives up at read_timeout, as 0.12 does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from tests.support import agentproc, testpki
+from tests.support.peer012 import Peer012, http_response, run_body
+
+NAMES = ("long-01",)
+SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK)
+
+
+class Fleet:
+    def __init__(self, dispatcher, issued, agents):
+        self.dispatcher = dispatcher
+        self.issued = issued
+        self.agents = agents
+        self.layout = testpki.layout_for(dispatcher.root)
+
+    def ced(self, *argv: str, timeout: float = 60):
+        return self.dispatcher.run("ced", *argv, timeout=timeout)
+
+    def configure(self, **keys) -> None:
+        lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
+        self.layout.dispatcher_config.write_text("\n".join(lines) + "\n")
+
+    def agent_log(self, name: str = "long-01") -> str:
+        return self.agents[name][0].log_text()
+
+
+@pytest.fixture(scope="module")
+def fleet(session_ca, pyz_for, tmp_path_factory):
+    base = tmp_path_factory.mktemp("long")
+    dispatcher = pyz_for(base / "dispatcher")
+    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
+    agents = agentproc.start_agents(
+        session_ca, pyz_for, base, dispatcher.root, issued, NAMES, SCRIPTS
+    )
+    try:
+        yield Fleet(dispatcher, issued, agents)
+    finally:
+        agentproc.stop_agents(agents)
+
+
+@pytest.fixture(autouse=True)
+def default_config(fleet):
+    fleet.layout.dispatcher_config.unlink(missing_ok=True)
+    yield
+    fleet.layout.dispatcher_config.unlink(missing_ok=True)
+
+
+def locked_answer(host: str, script: str) -> dict:
+    return {"ok": 0, "error": "locked", "code": 4, "conflicts": [f"{host}:{script}"]}
+
+
+def gate_dir(tmp_path):
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    gate.chmod(0o777)
+    return gate
+
+
+def test_capabilities_report_each_scripts_limit(fleet):
+    completed = fleet.dispatcher.run("ced", "--json", "ping", "long-01")
+    assert completed.returncode == 0, completed.stderr
+    client = agentproc.DispatcherClient.for_dispatcher(fleet.dispatcher.root)
+    port = fleet.agents["long-01"][1].site.port
+    response = agentproc.parse_response(
+        client.exchange(port, b"GET /capabilities HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+    )
+    assert {entry["name"]: entry["timeout"] for entry in response.json()["scripts"]} == {
+        name: 3600 for name in SCRIPTS
+    }
+
+
+def _long_run_keeps_its_lock(fleet, seconds: int, read_timeout: int | None) -> None:
+    if read_timeout is not None:
+        fleet.configure(read_timeout=read_timeout)
+    started = time.monotonic()
+    first = fleet.dispatcher.popen("ced", "--json", "run", "long-01", "sleep", "--", str(seconds))
+    try:
+        agentproc.wait_for(
+            lambda: "ACTION=dispatch" in fleet.dispatcher.log_text() and first.poll() is None,
+            30,
+            "the first run to be dispatched",
+        )
+        # past read_timeout, so the first run is only still waiting because
+        # the agent says the script still runs
+        agentproc.wait_for(
+            lambda: "ACTION=run-wait" in fleet.dispatcher.log_text() or first.poll() is not None,
+            seconds + 30,
+            "the dispatcher to find the script still running",
+        )
+        assert first.poll() is None, first.communicate()
+        second = fleet.ced("--json", "run", "long-01", "sleep", "--", "0")
+        assert second.returncode == 1
+        assert json.loads(second.stdout) == locked_answer("long-01", "sleep")
+        stdout, stderr = first.communicate(timeout=seconds + 60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, stderr
+    [result] = json.loads(stdout)["results"]
+    assert (result["exit"], result["stdout"], "error" in result) == (0, "done\n", False)
+    assert time.monotonic() - started >= seconds
+    assert fleet.ced("--json", "list-locks").stdout == '{"ok": 1, "locks": []}\n'
+    assert fleet.ced("run", "long-01", "sleep", "--", "0").returncode == 0
+
+
+def test_a_run_longer_than_read_timeout_completes_and_keeps_its_lock(fleet):
+    _long_run_keeps_its_lock(fleet, seconds=4, read_timeout=1)
+
+
+@pytest.mark.slow
+def test_a_90_s_script_with_the_default_read_timeout(fleet):
+    """Acceptance: 90 s against the default read_timeout of 60 s."""
+    _long_run_keeps_its_lock(fleet, seconds=90, read_timeout=None)
+
+
+def test_a_killed_dispatcher_does_not_free_the_lock_while_the_script_runs(fleet, tmp_path):
+    """kill -9 of `ced run`: the flock goes with the process; the agent still
+    runs the script, so the next run is refused until the script ended."""
+    gate = gate_dir(tmp_path)
+    first = fleet.dispatcher.popen("ced", "run", "long-01", "block", "--", str(gate))
+    try:
+        agentproc.wait_for(
+            lambda: (gate / "started").exists() or first.poll() is not None,
+            30,
+            "the first run to start",
+        )
+        assert first.poll() is None, first.communicate()
+    finally:
+        first.kill()
+        first.wait()
+    # the script still runs on the agent; a second copy must not start
+    second = fleet.ced("--json", "run", "long-01", "block", "--", str(gate), timeout=20)
+    assert second.returncode == 1, second.stdout
+    assert json.loads(second.stdout) == locked_answer("long-01", "block")
+    [orphan] = json.loads(fleet.ced("--json", "list-locks").stdout)["locks"]
+    assert orphan["state"] == "orphaned" and orphan["host"] == "long-01"
+    assert orphan["pid"] == first.pid and re.fullmatch(r"[0-9a-f]{16}", orphan["reqid"])
+    log = fleet.dispatcher.log_text()
+    assert f"ACTION=lock-stale HOST=long-01 REQID={orphan['reqid']}" in log
+    assert "RESULT=still-running" in log
+    # once the script has ended there, the lock is free again
+    (gate / "go").touch()
+    agentproc.wait_for(
+        lambda: re.search(rf"ACTION=run .*REQID={orphan['reqid']}", fleet.agent_log()),
+        30,
+        "the orphaned script to end on the agent",
+    )
+    third = fleet.ced("run", "long-01", "block", "--", str(gate), timeout=30)
+    assert third.returncode == 0, third.stderr
+    assert "released" in third.stdout
+    assert "RESULT=ended" in fleet.dispatcher.log_text()
+    assert fleet.ced("list-locks").stdout == "No locks currently held.\n"
+
+
+def test_a_0_12_agent_is_given_read_timeout(fleet, session_ca, tmp_path):
+    """A 0.12 agent has no GET /running: give up after read_timeout, as
+    0.12, and let the next run go (nothing can tell it otherwise)."""
+
+    def slow(request):
+        if request.path == "/run":
+            time.sleep(3)
+            return http_response(200, run_body(request.json))
+        return http_response(404, b'{"error":"not found"}')
+
+    with Peer012(session_ca, tmp_path / "peer", behaviour=slow) as peer:
+        testpki.register_agent(
+            fleet.dispatcher.root, "old-01", peer.port, session_ca.issue("old-01"), fleet.issued
+        )
+        fleet.configure(read_timeout=1)
+        completed = fleet.ced("--json", "run", "old-01", "echo-args", "--", "x")
+        assert completed.returncode == 1
+        [result] = json.loads(completed.stdout)["results"]
+        assert result["error"] == "read timeout after 1s"
+        assert [request.path for request in peer.received] == ["/run", "/running"]
+        # the record stays; the next run asks, hears 404, and goes on
+        again = fleet.ced("--json", "run", "old-01", "echo-args", "--", "y")
+        assert json.loads(again.stdout)["results"][0]["error"] == "read timeout after 1s"
+        assert "ACTION=lock-stale HOST=old-01" in fleet.dispatcher.log_text()
+        assert "RESULT=unverifiable" in fleet.dispatcher.log_text()
