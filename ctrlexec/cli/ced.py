@@ -7,6 +7,7 @@ from . import roles
 
 TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_run",
+    "ctrlexec.cli.ced_cancel",
     "ctrlexec.cli.ced_status",
     "ctrlexec.cli.ced_pki",
     "ctrlexec.cli.ced_pairing_mode",

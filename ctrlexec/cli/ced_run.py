@@ -24,6 +24,8 @@ from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateErr
 from ..hooks import CALLER_CLI
 from .common import Context, add_command
 
+# 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
 # A fan-out to more hosts than this shows a live progress line on a terminal.
 PROGRESS_ABOVE = 10
 # Redraw the progress line at most this often (seconds).
@@ -221,15 +223,68 @@ def cmd_run(ctx: Context) -> int:
     engine = _engine(ctx)
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
-    return _fan_out(
-        ctx,
-        hosts,
-        run_failed,
-        report.run_text,
-        lambda progress: engine.run(
-            hosts, script, script_args, caller=CALLER_CLI, progress=progress, **_identity(ctx)
-        ),
+    reqid = engine.new_reqid()
+    answered: list[dict] = []
+
+    def run(progress) -> list[dict]:
+        def done(result: dict) -> None:
+            answered.append(result)
+            progress(result)
+
+        return engine.run(
+            hosts,
+            script,
+            script_args,
+            caller=CALLER_CLI,
+            reqid=reqid,
+            progress=done,
+            **_identity(ctx),
+        )
+
+    try:
+        return _fan_out(ctx, hosts, run_failed, report.run_text, run)
+    except KeyboardInterrupt:
+        return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
+
+
+def _interrupted(
+    ctx: Context, engine: Engine, reqid: str, script: str, hosts: list[str], answered: list[dict]
+) -> int:
+    """The first Ctrl-C: stop waiting, record the run, say what still runs
+    where and how to follow or cancel it."""
+    from ..dispatcher.run_stop import record_interrupted
+    from ..dispatcher.runstore import RunStore
+
+    stopped = record_interrupted(
+        engine, RunStore(ctx.layout.runs_dir), reqid, script, hosts, ctx.args.port, answered
     )
+    if ctx.json:
+        body = {
+            "ok": 0,
+            "error": "interrupted",
+            "reqid": reqid,
+            "still_running": stopped.still_running,
+            "results": answered,
+        }
+        write_text(json.dumps(body, ensure_ascii=False) + "\n")
+        return EXIT_INTERRUPTED
+    if answered:
+        write_text(report.run_text(answered))
+    lines = [
+        f"Interrupted: stopped waiting for {len(stopped.still_running)} of {len(hosts)} "
+        f"host(s)  req:{reqid}"
+    ]
+    if stopped.still_running:
+        running = " ".join(stopped.still_running)
+        lines += [
+            f"The script may still be running on: {running}",
+            f"  follow: {ctx.prog} status {reqid}",
+            f"  cancel: {ctx.prog} cancel {reqid} {running}",
+        ]
+    if not stopped.recorded:
+        lines.append(f"warning: {stopped.record_error}; `status {reqid}` will not find this run")
+    ctx.err("\n".join(lines))
+    return EXIT_INTERRUPTED
 
 
 def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:

@@ -84,10 +84,39 @@ def ping_text(results: list[dict]) -> str:
 
 
 def locks_text(locks: list[dict]) -> str:
+    """0.12's HOST and SCRIPT columns, then who holds the lock: `held` by a
+    running dispatch, or `orphaned` (its holder stopped before the run
+    ended; the next run asks the agent)."""
     if not locks:
         return "No locks currently held.\n"
-    lines = [f"{'HOST':<30}  SCRIPT", "-" * 50]
-    lines += [f"{visible(lock['host']):<30}  {visible(lock['script'])}" for lock in locks]
+
+    def row(cells: tuple[str, ...]) -> str:
+        host, script, state, pid, user, since, reqid = cells
+        return (
+            f"{host:<30}  {script:<20}  {state:<8}  {pid:<7}  {user:<10}  {since:<20}  {reqid}"
+        ).rstrip()
+
+    lines = [row(("HOST", "SCRIPT", "STATE", "PID", "USER", "SINCE", "REQID")), "-" * 112]
+    for lock in locks:
+        user = str(lock.get("user", ""))
+        if lock.get("username"):
+            user += f" ({lock['username']})"
+        lines.append(
+            row(
+                tuple(
+                    visible(str(value))
+                    for value in (
+                        lock["host"],
+                        lock["script"],
+                        lock.get("state", "held"),
+                        lock.get("pid", ""),
+                        user,
+                        lock.get("since", ""),
+                        lock.get("reqid", ""),
+                    )
+                )
+            )
+        )
     return "\n".join(lines) + "\n"
 
 

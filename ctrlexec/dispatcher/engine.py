@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import results, run_control
+from ..core import names, results, run_control
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
 from ..core.names import is_script_name
@@ -353,6 +353,54 @@ class Engine:
         if failure is not None:
             return results.failure_text(failure, self.settings.read_timeout, "running")
         return run_control.read_running(reply.status, reply.body)
+
+    def cancel(
+        self,
+        hosts: Sequence[str],
+        reqid: str,
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = CLI_SOURCE_IP,
+        port: int | None = None,
+        script: str = "",
+    ) -> list[dict]:
+        """POST /cancel of `reqid` to every host (auth hook action `cancel`);
+        one `{host, reqid, status, detail}` per host, status one of
+        cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
+        _check_hosts(hosts)
+        if not names.is_store_reqid(reqid):
+            raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
+        self.authorise(
+            "cancel",
+            hosts,
+            caller=caller,
+            username=username,
+            token=token,
+            source_ip=source_ip,
+            script=script,
+            reqid=reqid,
+        )
+        targets = self.resolve(hosts, port)
+        context = self.tls_context()
+        body = encode_json({"reqid": reqid})
+        return fan_out(
+            targets,
+            lambda target: self._cancel_one(context, target, body, reqid),
+            self.settings.max_parallel,
+        )
+
+    def _cancel_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, run_control.CANCEL_PATH, body)
+        if failure is not None:
+            status = "error"
+            detail = results.failure_text(failure, self.settings.read_timeout, "cancel")
+        else:
+            status, detail = run_control.read_cancel(reply.status, reply.body)
+        level = log.INFO if status in (run_control.CANCELLED, run_control.NOT_RUNNING) else log.ERR
+        log.event("cancel", level, TARGET=target.label, RESULT=status, RTT=rtt, REQID=reqid)
+        return {"host": target.name, "reqid": reqid, "status": status, "detail": detail}
 
     def capabilities(self, targets: Sequence[Target]) -> list[dict]:
         """GET /capabilities from every target; one result per target. No

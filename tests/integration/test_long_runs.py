@@ -14,7 +14,12 @@ operators run it.
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import select
+import signal
+import subprocess
 import time
 
 import pytest
@@ -23,7 +28,9 @@ from tests.support import agentproc, testpki
 from tests.support.peer012 import Peer012, http_response, run_body
 
 NAMES = ("long-01",)
-SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK)
+# Records its pid and its background child's, then waits for the child.
+TREE = '#!/bin/sh\necho $$ > "$1/pid"\nsleep 300 &\necho $! > "$1/child"\nwait\n'
+SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK, tree=TREE)
 
 
 class Fleet:
@@ -67,6 +74,12 @@ def default_config(fleet):
 
 def locked_answer(host: str, script: str) -> dict:
     return {"ok": 0, "error": "locked", "code": 4, "conflicts": [f"{host}:{script}"]}
+
+
+def locks_of(fleet) -> list[dict]:
+    listed = fleet.ced("--json", "list-locks")
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["locks"]
 
 
 def gate_dir(tmp_path):
@@ -120,7 +133,7 @@ def _long_run_keeps_its_lock(fleet, seconds: int, read_timeout: int | None) -> N
     [result] = json.loads(stdout)["results"]
     assert (result["exit"], result["stdout"], "error" in result) == (0, "done\n", False)
     assert time.monotonic() - started >= seconds
-    assert fleet.ced("--json", "list-locks").stdout == '{"ok": 1, "locks": []}\n'
+    assert [lock for lock in locks_of(fleet) if lock["script"] == "sleep"] == []
     assert fleet.ced("run", "long-01", "sleep", "--", "0").returncode == 0
 
 
@@ -153,7 +166,7 @@ def test_a_killed_dispatcher_does_not_free_the_lock_while_the_script_runs(fleet,
     second = fleet.ced("--json", "run", "long-01", "block", "--", str(gate), timeout=20)
     assert second.returncode == 1, second.stdout
     assert json.loads(second.stdout) == locked_answer("long-01", "block")
-    [orphan] = json.loads(fleet.ced("--json", "list-locks").stdout)["locks"]
+    [orphan] = [lock for lock in locks_of(fleet) if lock["script"] == "block"]
     assert orphan["state"] == "orphaned" and orphan["host"] == "long-01"
     assert orphan["pid"] == first.pid and re.fullmatch(r"[0-9a-f]{16}", orphan["reqid"])
     log = fleet.dispatcher.log_text()
@@ -170,7 +183,7 @@ def test_a_killed_dispatcher_does_not_free_the_lock_while_the_script_runs(fleet,
     assert third.returncode == 0, third.stderr
     assert "released" in third.stdout
     assert "RESULT=ended" in fleet.dispatcher.log_text()
-    assert fleet.ced("list-locks").stdout == "No locks currently held.\n"
+    assert [lock for lock in locks_of(fleet) if lock["script"] == "block"] == []
 
 
 def test_a_0_12_agent_is_given_read_timeout(fleet, session_ca, tmp_path):
@@ -198,3 +211,132 @@ def test_a_0_12_agent_is_given_read_timeout(fleet, session_ca, tmp_path):
         assert json.loads(again.stdout)["results"][0]["error"] == "read timeout after 1s"
         assert "ACTION=lock-stale HOST=old-01" in fleet.dispatcher.log_text()
         assert "RESULT=unverifiable" in fleet.dispatcher.log_text()
+
+
+# -- Ctrl-C and ced cancel ------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _read_all(fd: int, proc: subprocess.Popen, seconds: float = 60) -> str:
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        ready = select.select([fd], [], [], 0.1)[0]
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                chunk = b""
+            if chunk:
+                seen += chunk
+                continue
+        if proc.poll() is not None and not ready:
+            break
+    return seen.decode("utf-8", "replace")
+
+
+def test_ctrl_c_prints_the_reqid_and_cancel_stops_the_process_group(fleet, tmp_path):
+    gate = gate_dir(tmp_path)
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            fleet.dispatcher.argv("ced", "run", "long-01", "tree", "--", str(gate)),
+            env=fleet.dispatcher.env(),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            start_new_session=True,
+        )
+        os.close(slave)
+        agentproc.wait_for(
+            lambda: (gate / "child").exists() or proc.poll() is not None, 30, "the script"
+        )
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C on its terminal sends
+        output = _read_all(master, proc)
+        proc.wait(30)
+    finally:
+        os.close(master)
+    assert proc.returncode == 130, output
+    match = re.search(r"req:([0-9a-f]{16})", output)
+    assert match, output
+    reqid = match.group(1)
+    assert "The script may still be running on: long-01" in output
+    assert f"cancel {reqid} long-01" in output and f"status {reqid}" in output
+    assert "Traceback" not in output
+    script_pid, child_pid = int((gate / "pid").read_text()), int((gate / "child").read_text())
+    assert _alive(script_pid) and _alive(child_pid)  # the agent still runs it
+    # the run is recorded; the lock is still honoured
+    status = json.loads(fleet.ced("--json", "status", reqid).stdout)
+    assert status["results"][0]["status"] == "running"
+    assert fleet.ced("--json", "run", "long-01", "tree", "--", str(gate)).returncode == 1
+    cancel = fleet.ced("cancel", reqid)  # no hosts: those the record says still run it
+    assert (cancel.returncode, cancel.stdout) == (0, "==> long-01  [cancelled]\n"), cancel.stderr
+    agentproc.wait_for(
+        lambda: not _alive(script_pid) and not _alive(child_pid), 30, "the process group to end"
+    )
+    assert re.search(rf"ACTION=run-cancel .*REQID={reqid}", fleet.agent_log())
+    assert re.search(rf"ACTION=run .*CANCELLED=1 .*REQID={reqid}", fleet.agent_log())
+    shown = fleet.ced("status", reqid)
+    assert shown.returncode == 0 and "ERROR: cancelled" in shown.stdout
+    [result] = json.loads(fleet.ced("--json", "status", reqid).stdout)["results"]
+    assert (result["status"], result["error"]) == ("cancelled", "cancelled")
+    # the holder record stays until the next run of that script asks the
+    # agent; the script has ended there, so that run gets the lock
+    [orphan] = [lock for lock in locks_of(fleet) if lock["script"] == "tree"]
+    assert (orphan["state"], orphan["reqid"]) == ("orphaned", reqid)
+    (gate / "child").unlink()
+    again = fleet.ced("--json", "run", "--async", "long-01", "tree", "--", str(gate))
+    assert again.returncode == 0, again.stdout
+    assert [lock for lock in locks_of(fleet) if lock["script"] == "tree"] == []
+    agentproc.wait_for(lambda: (gate / "child").exists(), 30, "the next run")
+    assert fleet.ced("cancel", json.loads(again.stdout)["reqid"]).returncode == 0
+
+
+def test_cancel_an_async_run_and_what_status_shows(fleet, tmp_path):
+    gate = gate_dir(tmp_path)
+    submitted = fleet.ced("--json", "run", "--async", "long-01", "tree", "--", str(gate))
+    reqid = json.loads(submitted.stdout)["reqid"]
+    agentproc.wait_for(lambda: (gate / "child").exists(), 30, "the async script")
+    child_pid = int((gate / "child").read_text())
+    cancel = fleet.ced("--json", "cancel", reqid)
+    assert json.loads(cancel.stdout) == {
+        "ok": 1,
+        "results": [{"host": "long-01", "reqid": reqid, "status": "cancelled", "detail": "tree"}],
+    }
+    agentproc.wait_for(lambda: not _alive(child_pid), 30, "the async process group to end")
+    shown = fleet.ced("status", reqid)
+    assert "==> long-01  [CANCELLED]" in shown.stdout
+    waited = fleet.ced("wait", reqid, "--timeout", "5")
+    assert waited.returncode == 1  # cancelled counts as a failure
+    # a second cancel finds nothing running
+    again = fleet.ced("cancel", reqid, "long-01")
+    assert again.returncode == 0 and "[not running]" in again.stdout
+
+
+def test_cancel_on_a_0_12_agent_says_it_cannot(fleet, session_ca, tmp_path):
+    with Peer012(session_ca, tmp_path / "peer") as peer:
+        testpki.register_agent(
+            fleet.dispatcher.root, "old-02", peer.port, session_ca.issue("old-02"), fleet.issued
+        )
+        completed = fleet.ced("cancel", "00aa11bb22cc33dd", "old-02")
+        assert completed.returncode == 1
+        assert completed.stdout == (
+            "==> old-02  [cannot cancel there]  the agent cannot cancel runs (ctrl-exec 0.12)\n"
+        )
+        as_json = json.loads(fleet.ced("--json", "cancel", "00aa11bb22cc33dd", "old-02").stdout)
+        assert as_json["ok"] == 0 and as_json["results"][0]["status"] == "cannot-cancel"
+        assert [request.path for request in peer.received] == ["/cancel", "/cancel"]
+
+
+def test_cancel_without_hosts_or_record_is_a_clear_error(fleet):
+    completed = fleet.ced("cancel", "ffeeddccbbaa9988")
+    assert completed.returncode == 2
+    assert "no record of run ffeeddccbbaa9988 here; name the hosts" in completed.stderr

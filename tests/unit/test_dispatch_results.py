@@ -295,10 +295,24 @@ def test_ping_table_is_0_12s_layout_with_errors_underneath():
 
 def test_locks_text():
     assert report.locks_text([]) == "No locks currently held.\n"
-    assert report.locks_text([{"host": "vm", "script": "backup"}]).splitlines() == [
-        "HOST                            SCRIPT",
-        "-" * 50,
-        "vm                              backup",
+    held = {
+        "host": "vm",
+        "script": "backup",
+        "state": "held",
+        "pid": 4242,
+        "user": "ops",
+        "username": "alice",
+        "since": "2026-11-29T12:00:00Z",
+        "reqid": "00aa11bb22cc33dd",
+    }
+    lines = report.locks_text([held, {"host": "db", "script": "x\x1b"}]).splitlines()
+    assert lines == [
+        "HOST                            SCRIPT                STATE     PID      USER        "
+        "SINCE                 REQID",
+        "-" * 112,
+        "vm                              backup                held      4242     ops (alice)  "
+        "2026-11-29T12:00:00Z  00aa11bb22cc33dd",
+        "db                              x\\x1b                 held",
     ]
 
 
