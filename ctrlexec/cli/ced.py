@@ -69,6 +69,7 @@ VALUE_OPTIONS = frozenset(
         "--ip",
         "--rename",
         "--tags",
+        "--tag",
         "--timeout",
     )
 )

@@ -17,6 +17,7 @@ import time
 from ..config.load import load_dispatcher
 from ..core import report
 from ..core.results import ping_failed, run_failed
+from ..core.selection import SelectionError, parse_tag
 from ..dispatcher.engine import BadRequest, Engine
 from ..dispatcher.locks import HostScriptLocks
 from ..dispatcher.registry import UnknownAgents
@@ -73,6 +74,31 @@ def port_number(text: str) -> int:
     return value
 
 
+def tag_filter(text: str) -> tuple[str, str]:
+    try:
+        return parse_tag(text)
+    except SelectionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        type=tag_filter,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only agents tagged KEY=VALUE (repeatable: all must match; tags as the "
+        "agents last reported them, see `list-agents --tags`); with no HOST: every such agent",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the hosts that would be addressed, and stop",
+    )
+
+
 def _identity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
@@ -98,8 +124,10 @@ def register(subparsers) -> None:
         "operands",
         nargs="+",
         metavar="HOST... SCRIPT",
-        help="one or more agents (NAME or NAME:PORT), then the script name",
+        help="agents (NAME, NAME:PORT, a shell-style pattern such as 'web-*', or @all), "
+        "then the script name",
     )
+    _selection_options(run)
     run.add_argument(
         "--async",
         dest="run_async",
@@ -119,7 +147,13 @@ def register(subparsers) -> None:
         epilog=PING_EPILOG,
     )
     ping.usage = "%(prog)s [options] HOST..."
-    ping.add_argument("hosts", nargs="+", metavar="HOST", help="agent (NAME or NAME:PORT)")
+    ping.add_argument(
+        "hosts",
+        nargs="*",
+        metavar="HOST",
+        help="agent (NAME, NAME:PORT, a shell-style pattern such as 'web-*', or @all)",
+    )
+    _selection_options(ping)
     _identity_options(ping)
 
     add_command(
@@ -212,15 +246,26 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
     return EXIT_FAILURE
 
 
+def _dry_run(ctx: Context, hosts: list[str]) -> int:
+    if ctx.json:
+        ctx.emit_json({"ok": 1, "hosts": hosts})
+    else:
+        write_text("".join(f"{report.visible(host)}\n" for host in hosts))
+    return 0
+
+
 def cmd_run(ctx: Context) -> int:
     operands = ctx.args.operands
-    if len(operands) < 2:
+    if len(operands) < 2 and not (ctx.args.tags and operands):
         raise BadRequest(
             "need at least one host and a script name: ced run HOST... SCRIPT [-- ARGS...]"
         )
     hosts, script = operands[:-1], operands[-1]
     script_args = getattr(ctx.args, "script_args", None) or []
     engine = _engine(ctx)
+    hosts = engine.select(hosts, ctx.args.tags)
+    if ctx.args.dry_run:
+        return _dry_run(ctx, hosts)
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
     reqid = engine.new_reqid()
@@ -337,7 +382,12 @@ def cmd_ping(ctx: Context) -> int:
     hosts = ctx.args.hosts
     if getattr(ctx.args, "script_args", None) is not None:
         raise BadRequest("ping takes no script arguments")
+    if not hosts and not ctx.args.tags:
+        raise BadRequest("need at least one host (a name, a pattern such as 'web-*', or @all)")
     engine = _engine(ctx)
+    hosts = engine.select(hosts, ctx.args.tags)
+    if ctx.args.dry_run:
+        return _dry_run(ctx, hosts)
     return _fan_out(
         ctx,
         hosts,

@@ -33,12 +33,12 @@ from dataclasses import dataclass
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import names, results, run_control
+from ..core import names, results, run_control, selection
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
 from ..core.names import is_script_name
 from ..core.timefmt import iso_utc
-from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
+from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
 from ..pki.tls import dispatcher_client_context
 from . import agent_client
 from .fanout import fan_out
@@ -63,6 +63,12 @@ class BadRequest(CtrlExecError):
     """The request itself is malformed (the API answers 400)."""
 
     exit_code = EXIT_USAGE
+
+
+class EmptySelection(BadRequest):
+    """No agent matches the patterns and tag filters (the API answers 400)."""
+
+    exit_code = EXIT_FAILURE
 
 
 @dataclass(frozen=True)
@@ -179,6 +185,23 @@ class Engine:
                 raise BadRequest(f"agent '{target.name}' is given more than once")
             seen.add(target.name)
         return targets
+
+    def select(self, operands: Sequence[str], tags: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Expand `@all`, shell-style patterns and tag filters against the
+        registry (core/selection.py); names pass through as written. An
+        empty selection raises CtrlExecError."""
+        if not selection.needs_registry(operands, tags):
+            return list(operands)
+        agents = {}
+        for record in self.registry.records():
+            cached = record.get("tags")
+            name = record.get("hostname")
+            if isinstance(name, str):
+                agents[name] = cached if isinstance(cached, dict) else {}
+        try:
+            return selection.select(operands, tags, agents)
+        except selection.SelectionError as exc:
+            raise EmptySelection(str(exc)) from None
 
     def tls_context(self) -> ssl.SSLContext:
         """The client context, built once (loading the key is the slow part)."""

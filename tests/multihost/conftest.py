@@ -63,6 +63,7 @@ class Fleet:
         host: netns.Host,
         port: int,
         trusting: tuple[Dispatcher, ...] = (),
+        tags: dict[str, str] | None = None,
         **settings: Any,
     ) -> agentproc.AgentProcess:
         """A real `agent serve` inside `host`'s namespace, listening on its
@@ -81,6 +82,7 @@ class Fleet:
                 site.layout.trusted_dispatchers, other.issued.serial_key, other.dispatcher_id
             )
         site.port = port
+        site.tags = dict(tags or {})
         site.write_config()
         process = agentproc.AgentProcess(runner, site)
         process.start()
