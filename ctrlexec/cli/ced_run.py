@@ -224,7 +224,23 @@ def _identity(ctx: Context) -> dict:
     return {"username": username, "token": token, "port": args.port}
 
 
-def _stopped(ctx: Context, exc: CtrlExecError) -> int:
+def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) -> str:
+    """`ced run web-01 hello extra`: `hello` is no agent; the operator most
+    likely meant script `hello` with argument `extra`."""
+    if not script or not unknown or hosts[-len(unknown) :] != unknown or len(hosts) < 2:
+        return ""
+    known = hosts[: -len(unknown)]
+    if not known:
+        return ""
+    meant = unknown[0]
+    args = " ".join([*unknown[1:], script])
+    return (
+        f"Did you mean script '{meant}' with arguments? They go after `--`: "
+        f"{ctx.prog} run {' '.join(known)} {meant} -- {args}"
+    )
+
+
+def _stopped(ctx: Context, exc: CtrlExecError, hint: str = "") -> int:
     """The operation did not start: say why, as 0.12 does."""
     if isinstance(exc, PolicyDenied):
         body, text = {"ok": 0, "error": exc.reason, "code": exc.code}, f"Denied: {exc.reason}"
@@ -239,6 +255,9 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
             f"{ctx.prog}: {exc}\nOnly registered agents can be addressed - run "
             f"'{ctx.prog} list-agents' to see them."
         )
+        if hint:
+            body["hint"] = hint
+            text += "\n" + hint
     if ctx.json:
         ctx.emit_json(body)
     else:
@@ -287,7 +306,7 @@ def cmd_run(ctx: Context) -> int:
         )
 
     try:
-        return _fan_out(ctx, hosts, run_failed, report.run_text, run)
+        return _fan_out(ctx, hosts, run_failed, report.run_text, run, script)
     except KeyboardInterrupt:
         return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
 
@@ -332,13 +351,15 @@ def _interrupted(
     return EXIT_INTERRUPTED
 
 
-def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:
+def _fan_out(ctx: Context, hosts: list[str], failed, text, call, script: str = "") -> int:
     """One operation over many hosts: a progress line while it runs, then the
     results; exit 1 when any host failed."""
     progress = ProgressLine(len(hosts), failed)
     try:
         results = call(progress)
-    except (PolicyDenied, Locked, UnknownAgents) as exc:
+    except UnknownAgents as exc:
+        return _stopped(ctx, exc, _args_hint(ctx, hosts, script, exc.names))
+    except (PolicyDenied, Locked) as exc:
         return _stopped(ctx, exc)
     finally:
         progress.clear()

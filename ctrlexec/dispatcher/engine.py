@@ -673,6 +673,10 @@ def _check_hosts(hosts: Sequence[str]) -> None:
     for host in hosts:
         if not isinstance(host, str) or not host:
             raise BadRequest("hosts must be non-empty strings")
+        name, colon, port = host.rpartition(":")
+        # agent names never contain ':', so what follows one is a port
+        if colon and not (port.isdigit() and 0 < int(port) < 65536 and name):
+            raise BadRequest(f"invalid port in {host!r}: NAME:PORT takes a port from 1 to 65535")
 
 
 def _check_run(script: str, args: Sequence[str]) -> None:

@@ -233,3 +233,32 @@ def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path
         }
         assert not imported & {"cryptography", "cffi", "_cffi_backend"}, argv
     assert list(unsafe.iterdir()) == []
+
+
+# -- messages for common mistakes -----------------------------------------------------
+
+
+def test_arguments_without_dashes_get_a_hint(disp, session_ca, peer):
+    register(disp, session_ca, "vm", peer.port)
+    completed = disp.run("ced", "run", "vm", "hello", "extra")
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert "unknown agent(s): hello" in completed.stderr
+    assert "Did you mean script 'hello' with arguments? They go after `--`: " in completed.stderr
+    assert completed.stderr.endswith(" ced run vm hello -- extra\n")
+    as_json = json.loads(disp.run("ced", "--json", "run", "vm", "hello", "a", "b").stdout)
+    assert as_json["ok"] == 0 and as_json["hint"].endswith("ced run vm hello -- a b")
+    assert peer.received == []
+
+
+@pytest.mark.parametrize("host", ["vm:99999", "vm:0", "vm:http", "vm:"])
+def test_a_bad_port_is_named_as_such(disp, session_ca, peer, host):
+    register(disp, session_ca, "vm", peer.port)
+    completed = disp.run("ced", "run", host, "echo-args")
+    assert completed.returncode == 2
+    assert f"invalid port in '{host}': NAME:PORT takes a port from 1 to 65535" in completed.stderr
+    as_json = disp.run("ced", "--json", "ping", host)
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout) == {
+        "ok": 0,
+        "error": f"invalid port in '{host}': NAME:PORT takes a port from 1 to 65535",
+    }
