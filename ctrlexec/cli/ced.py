@@ -13,6 +13,7 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_pairing_mode",
     "ctrlexec.cli.ced_pairing",
     "ctrlexec.cli.ced_registry",
+    "ctrlexec.cli.ced_completion",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
