@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 
 from ..config.load import load_dispatcher
@@ -27,10 +28,10 @@ from .common import Context, add_command
 
 # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
 EXIT_INTERRUPTED = 130
-# A fan-out to more hosts than this shows a live progress line on a terminal.
-PROGRESS_ABOVE = 10
-# Redraw the progress line at most this often (seconds).
+# Redraw the progress line at most this often as answers arrive, and at
+# least this often while waiting (seconds).
 PROGRESS_INTERVAL = 0.1
+PROGRESS_TICK = 0.5
 
 IDENTITY_HELP = """Identity forwarded to the auth hooks, the agent and the script:
   --username  defaults to $USER (advisory: hooks decide what it is worth)
@@ -167,33 +168,67 @@ def register(subparsers) -> None:
 
 
 class ProgressLine:
-    """`[ 37/120] hosts done, 2 failed` on stderr while a large fan-out runs,
-    when stderr is a terminal."""
+    """On a terminal (stderr), from the start: `[ 3/14] hosts done, 1 failed,
+    11 running, 2.4 s`, redrawn as answers arrive and every half second;
+    replaced at the end by a summary line. Nothing of this on a pipe."""
 
-    def __init__(self, total: int, failed, stream=None):
+    def __init__(self, total: int, failed, stream=None, clock=time.monotonic):
         self.stream = stream or sys.stderr
         self.total = total
-        self.enabled = total > PROGRESS_ABOVE and self.stream.isatty()
+        self.enabled = _is_terminal(self.stream)
         self._is_failure = failed
+        self._clock = clock
+        self.started = clock()
         self.done = 0
         self.failed = 0
         self._drawn = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if self.enabled:
+            self._draw(force=True)
+            threading.Thread(target=self._tick, name="progress", daemon=True).start()
 
     def __call__(self, result: dict) -> None:
-        self.done += 1
-        self.failed += 1 if self._is_failure(result) else 0
-        now = time.monotonic()
-        if self.enabled and (now - self._drawn >= PROGRESS_INTERVAL or self.done == self.total):
+        with self._lock:
+            self.done += 1
+            self.failed += 1 if self._is_failure(result) else 0
+        self._draw(force=self.done == self.total)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(PROGRESS_TICK):
+            self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            now = self._clock()
+            if self._stop.is_set() or not (force or now - self._drawn >= PROGRESS_INTERVAL):
+                return
             self._drawn = now
-            self.stream.write(
-                "\r" + report.progress_text(self.done, self.total, self.failed) + "\x1b[K"
-            )
+            text = report.progress_text(self.done, self.total, self.failed, now - self.started)
+            self.stream.write("\r" + text + "\x1b[K")
             self.stream.flush()
 
     def clear(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\r\x1b[K")
+        with self._lock:
+            self._stop.set()
+            if self.enabled:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+
+    def summary(self, results: list[dict]) -> None:
+        if self.enabled:
+            elapsed = self._clock() - self.started
+            self.stream.write(report.summary_text(results, self._is_failure, elapsed) + "\n")
             self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def write_text(text: str) -> None:
@@ -364,6 +399,7 @@ def _fan_out(ctx: Context, hosts: list[str], failed, text, call, script: str = "
     finally:
         progress.clear()
     _results(ctx, results, text)
+    progress.summary(results)
     return EXIT_FAILURE if any(failed(result) for result in results) else 0
 
 

@@ -120,10 +120,31 @@ def locks_text(locks: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def progress_text(done: int, total: int, failed: int) -> str:
-    """The live line shown on a terminal while a large fan-out runs."""
+def progress_text(done: int, total: int, failed: int, elapsed: float | None = None) -> str:
+    """The live line shown on a terminal while a fan-out runs."""
     width = len(str(total))
-    return f"[{done:>{width}}/{total}] hosts done, {failed} failed"
+    text = f"[{done:>{width}}/{total}] hosts done, {failed} failed"
+    if elapsed is not None:
+        text += f", {total - done} running, {elapsed:.1f} s"
+    return text
+
+
+# The start of 0.12's error strings for a host that could not be reached
+# (core/results.failure_text); anything else that failed did answer.
+_UNREACHED = ("host '", "TLS handshake with '", "read timeout after ")
+
+
+def unreachable(result: dict) -> bool:
+    error = result.get("error")
+    return isinstance(error, str) and error.startswith(_UNREACHED)
+
+
+def summary_text(results: list[dict], failed, elapsed: float) -> str:
+    """`12 ok, 1 failed, 1 unreachable in 5.2 s` (a terminal only)."""
+    unreached = sum(1 for result in results if failed(result) and unreachable(result))
+    bad = sum(1 for result in results if failed(result)) - unreached
+    ok = len(results) - bad - unreached
+    return f"{ok} ok, {bad} failed, {unreached} unreachable in {elapsed:.1f} s"
 
 
 def async_submit_text(reqid: str, results: list[dict], status_command: str) -> str:

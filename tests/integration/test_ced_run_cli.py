@@ -170,7 +170,7 @@ def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer)
 # -- progress line, and the stdlib-only path -------------------------------------------
 
 
-def test_progress_line_on_a_terminal_for_large_fan_outs(disp, session_ca, peer):
+def test_progress_line_and_summary_on_a_terminal(disp, session_ca, peer):
     names = [f"node-{n:02d}" for n in range(12)]
     for name in names:
         register(disp, session_ca, name, peer.port)
@@ -197,7 +197,10 @@ def test_progress_line_on_a_terminal_for_large_fan_outs(disp, session_ca, peer):
     finally:
         os.close(master)
     assert proc.returncode == 0
-    assert b"[12/12] hosts done, 0 failed" in seen and seen.endswith(b"\r\x1b[K")
+    assert seen.startswith(b"\r[ 0/12] hosts done, 0 failed, 12 running, 0.")
+    assert b"[12/12] hosts done, 0 failed, 0 running, " in seen
+    head, _, summary = seen.rpartition(b"\r\x1b[K")
+    assert re.fullmatch(rb"12 ok, 0 failed, 0 unreachable in \d+\.\d s\r?\n", summary), seen
     assert "hosts done" not in stdout and len(stdout.splitlines()) == 14
 
 
@@ -207,6 +210,7 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(disp, session_ca, peer):
         register(disp, session_ca, name, peer.port)
     result = disp.run("ced", "ping", *names)
     assert result.returncode == 0 and "hosts done" not in result.stderr
+    assert "unreachable in" not in result.stderr and result.stderr == ""
 
 
 def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path):

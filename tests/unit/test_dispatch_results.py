@@ -318,6 +318,23 @@ def test_locks_text():
 
 def test_progress_text():
     assert report.progress_text(7, 120, 2) == "[  7/120] hosts done, 2 failed"
+    assert (
+        report.progress_text(7, 120, 2, 3.14159)
+        == "[  7/120] hosts done, 2 failed, 113 running, 3.1 s"
+    )
+
+
+def test_summary_text_tells_failures_from_unreachable_hosts():
+    ok = {"host": "a", "exit": 0}
+    failed = {"host": "b", "exit": 3}
+    refused = {"host": "c", "exit": -1, "error": "host 'c' did not respond on port 7443 - x"}
+    denied = {"host": "d", "exit": -1, "error": "script not permitted"}
+    timed_out = {"host": "e", "exit": -1, "error": "read timeout after 60s"}
+    results_ = [ok, failed, refused, denied, timed_out]
+    assert (
+        report.summary_text(results_, results.run_failed, 5.25)
+        == "1 ok, 2 failed, 2 unreachable in 5.2 s"
+    )
 
 
 def test_results_serialise_as_json():
