@@ -25,7 +25,7 @@ from ..core import agent_wire, run_control
 from ..core.http import Request
 from ..core.timefmt import iso_utc
 from ..errors import NotAllowlisted
-from . import capabilities
+from . import capabilities, streaming
 from .async_runs import AsyncRuns
 from .jobs import CANCEL_NOTE, RunningJobs
 from .runner import Runner, default_runner, job_for
@@ -34,6 +34,7 @@ from .state import AgentState
 # Request-supplied text in log lines is cut to this many characters.
 LOG_TEXT_MAX = 128
 ASYNC_UNAVAILABLE = "async runs are not available on this agent"
+STREAM_NOT_ASYNC = "a streamed run is synchronous: use /run for async runs"
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class Endpoints:
         found = agent_wire.route(request.method, request.path)
         if found.name == agent_wire.RUN:
             return self.run(request.body, peer, state)
+        if found.name == agent_wire.RUN_STREAM:
+            return self.run_stream(request.body, peer, state)
         if found.name == agent_wire.PING:
             return self.ping(request.body, peer, state)
         if found.name == agent_wire.CAPABILITIES:
@@ -151,7 +154,9 @@ class Endpoints:
         )
         return hooks.authorise(request, hook, state.config.auth_hook_timeout, hooks.CALLER_AGENT)
 
-    def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+    def _prepare(self, body: bytes, peer: Peer, state: AgentState):
+        """A /run body checked in 0.12's order: a refusal Reply, or
+        (request, job, log fields) for a script that may run."""
         try:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:
@@ -179,10 +184,34 @@ class Endpoints:
             state.config,
             {"SCRIPT": request.script, "REQID": fields["REQID"]},
         )
+        return request, job, fields
+
+    def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        prepared = self._prepare(body, peer, state)
+        if isinstance(prepared, Reply):
+            return prepared
+        request, job, fields = prepared
         if request.run_async:
             if self.async_runs is None:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
             return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
+        return Reply(200, self._execute(request, job, fields, peer))
+
+    def run_stream(self, body: bytes, peer: Peer, state: AgentState):
+        """POST /run-stream: a synchronous run whose output is sent as the
+        script writes it (agent/streaming.py); refusals as /run's."""
+        prepared = self._prepare(body, peer, state)
+        if isinstance(prepared, Reply):
+            return prepared
+        request, job, fields = prepared
+        if request.run_async:
+            return Reply(200, agent_wire.run_refused(request, STREAM_NOT_ASYNC))
+        return streaming.stream(
+            job, lambda streamed: self._execute(request, streamed, fields, peer), lambda body: body
+        )
+
+    def _execute(self, request, job, fields: dict, peer: Peer) -> dict:
+        """Run a synchronous job, tracked for /running and /cancel; /run's body."""
         with self.jobs.track(
             peer.dispatcher or "", request.reqid, request.script, run_control.SYNC, job.timeout
         ) as tracked:
@@ -197,7 +226,7 @@ class Endpoints:
             extra["CANCELLED"] = 1
             stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + CANCEL_NOTE
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(200, agent_wire.run_result(request, result.exit, result.stdout, stderr))
+        return agent_wire.run_result(request, result.exit, result.stdout, stderr)
 
     def running(self, peer: Peer) -> Reply:
         """The caller's own scripts running now (GET /running)."""

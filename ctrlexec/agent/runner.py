@@ -91,6 +91,10 @@ class ScriptJob:
     # Called with the pid (= process group) once the script started; run
     # tracking (agent/jobs.py) uses it to signal the group.
     on_start: Callable[[int], None] | None = None
+    # Called with ("stdout"|"stderr", bytes) as the script writes, from the
+    # thread that runs it (live output, agent/streaming.py); may block,
+    # which holds the script back (back-pressure).
+    on_output: Callable[[str, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,13 +142,16 @@ def exit_code(returncode: int) -> int:
 
 
 class _Capture:
-    def __init__(self, name: str, cap: int):
+    def __init__(self, name: str, cap: int, on_output=None):
         self.name = name
         self.cap = cap
         self.data = bytearray()
         self.dropped = 0
+        self.on_output = on_output
 
     def add(self, chunk: bytes) -> None:
+        if self.on_output is not None:
+            self.on_output(self.name, chunk)
         room = self.cap - len(self.data)
         if room > 0:
             self.data += chunk[:room]
@@ -218,8 +225,8 @@ class _Exchange:
         self.proc = proc
         self.job = job
         self.clock = clock
-        self.out = _Capture("stdout", job.max_output)
-        self.err = _Capture("stderr", job.max_output)
+        self.out = _Capture("stdout", job.max_output, job.on_output)
+        self.err = _Capture("stderr", job.max_output, job.on_output)
         self.selector = selectors.DefaultSelector()
         self.stdin_view = memoryview(job.stdin)
         self.written = 0

@@ -130,6 +130,13 @@ def register(subparsers) -> None:
     )
     _selection_options(run)
     run.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="print each line as the scripts write it, prefixed with the host; "
+        "then the usual result lines (without the output already shown)",
+    )
+    run.add_argument(
         "--async",
         dest="run_async",
         action="store_true",
@@ -231,6 +238,74 @@ def _is_terminal(stream) -> bool:
         return False
 
 
+# Host-prefix colours for --follow on a terminal (NO_COLOR turns them off).
+COLOURS = ("36", "33", "35", "32", "34", "96", "93", "95")
+
+
+class FollowPrinter:
+    """`--follow`: each line a script writes, as `host | line` (stderr lines
+    as `host ! line`), host names aligned and coloured on a terminal; one
+    notice for agents that cannot stream. Lines are printed whole."""
+
+    def __init__(self, hosts: list[str], notice, stream=None):
+        self.stream = stream or sys.stdout
+        self.notice = notice
+        self.width = max((len(host) for host in hosts), default=0)
+        self.colour = _is_terminal(self.stream) and not os.environ.get("NO_COLOR")
+        self._lock = threading.Lock()
+        self._partial: dict[tuple[str, str], str] = {}
+        self._colours: dict[str, str] = {}
+        self.streamed: set[str] = set()
+        self._fell_back: list[str] = []
+
+    def _prefix(self, host: str, stream: str) -> str:
+        label = f"{report.visible(host):<{self.width}}"
+        mark = "|" if stream == "stdout" else "!"
+        if self.colour:
+            code = self._colours.setdefault(host, COLOURS[len(self._colours) % len(COLOURS)])
+            label = f"\x1b[{code}m{label}\x1b[0m"
+        return f"{label} {mark} "
+
+    def write(self, host: str, stream: str, text: str) -> None:
+        with self._lock:
+            self.streamed.add(host)
+            key = (host, stream)
+            pending = self._partial.pop(key, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                self._partial[key] = rest
+            if lines:
+                prefix = self._prefix(host, stream)
+                write_text("".join(f"{prefix}{line}\n" for line in lines))
+
+    def fallback(self, host: str) -> None:
+        with self._lock:
+            first = not self._fell_back
+            self._fell_back.append(host)
+        if first:
+            self.notice(
+                f"note: {host} cannot stream output (ctrl-exec 0.12 agent?); its output, "
+                "and that of any other such agent, is shown when it ends"
+            )
+
+    def flush(self) -> None:
+        with self._lock:
+            partial, self._partial = self._partial, {}
+        for (host, stream), rest in partial.items():
+            write_text(f"{self._prefix(host, stream)}{rest}\n")
+
+    def results_text(self, results: list[dict]) -> str:
+        """The usual result lines; output already shown is not repeated."""
+        self.flush()
+        shown = [
+            {key: value for key, value in result.items() if key not in ("stdout", "stderr")}
+            if result.get("host") in self.streamed
+            else result
+            for result in results
+        ]
+        return report.run_text(shown)
+
+
 def write_text(text: str) -> None:
     """Write results whatever an agent put in them: a lone surrogate in a
     JSON string (legal JSON, not encodable text) must not crash the output."""
@@ -324,6 +399,7 @@ def cmd_run(ctx: Context) -> int:
         return _run_async(ctx, engine, hosts, script, script_args)
     reqid = engine.new_reqid()
     answered: list[dict] = []
+    printer = FollowPrinter(hosts, ctx.err) if ctx.args.follow and not ctx.json else None
 
     def run(progress) -> list[dict]:
         def done(result: dict) -> None:
@@ -337,11 +413,14 @@ def cmd_run(ctx: Context) -> int:
             caller=CALLER_CLI,
             reqid=reqid,
             progress=done,
+            follow=printer.write if printer else None,
+            on_fallback=printer.fallback if printer else None,
             **_identity(ctx),
         )
 
+    text = printer.results_text if printer else report.run_text
     try:
-        return _fan_out(ctx, hosts, run_failed, report.run_text, run, script)
+        return _fan_out(ctx, hosts, run_failed, text, run, script)
     except KeyboardInterrupt:
         return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
 

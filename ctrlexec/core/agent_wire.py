@@ -39,6 +39,7 @@ RENEW_COMPLETE = "renew-complete"
 # Additions of this agent (core/run_control.py); a 0.12 dispatcher never calls them.
 RUNNING = "running"
 CANCEL = "cancel"
+RUN_STREAM = "run-stream"
 UNKNOWN = "unknown"
 
 _EXACT_ROUTES = {
@@ -50,6 +51,7 @@ _EXACT_ROUTES = {
     ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
     ("GET", "/running"): (RUNNING, True),
     ("POST", "/cancel"): (CANCEL, True),
+    ("POST", "/run-stream"): (RUN_STREAM, True),
 }
 _RESULT_PREFIX = "/result/"
 

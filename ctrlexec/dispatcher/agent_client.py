@@ -53,6 +53,23 @@ def exchange(
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
 
+    sock = open_tls(context, address, port, timeout)
+    if isinstance(sock, results.Failure):
+        return sock
+    try:
+        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+    finally:
+        sock.close()
+
+
+def open_tls(
+    context: ssl.SSLContext, address: str, port: int, timeout: float
+) -> ssl.SSLSocket | results.Failure:
+    """A TLS connection to the agent, every step bounded by `timeout`."""
+
+    def failed(kind: str, detail: str = "") -> results.Failure:
+        return results.Failure(kind, address, port, detail)
+
     try:
         raw = socket.create_connection((address, port), timeout=timeout)
     except socket.gaierror as exc:
@@ -66,16 +83,13 @@ def exchange(
             return failed(results.UNREACHABLE)
         return failed(results.OTHER, exc.strerror or str(exc))
     try:
-        try:
-            sock = context.wrap_socket(raw, server_hostname=None)
-        except TimeoutError:
-            return failed(results.TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            return failed(results.TLS, str(exc))
-        raw = sock
-        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
-    finally:
+        return context.wrap_socket(raw, server_hostname=None)
+    except TimeoutError:
         raw.close()
+        return failed(results.TIMEOUT)
+    except (ssl.SSLError, ConnectionError, OSError) as exc:
+        raw.close()
+        return failed(results.TLS, str(exc))
 
 
 def _request(

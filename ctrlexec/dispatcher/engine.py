@@ -40,7 +40,7 @@ from ..core.names import is_script_name
 from ..core.timefmt import iso_utc
 from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
 from ..pki.tls import dispatcher_client_context
-from . import agent_client
+from . import agent_client, agent_stream
 from .fanout import fan_out
 from .locks import HostScriptLocks
 from .registry import DEFAULT_AGENT_PORT, Registry, Target
@@ -57,6 +57,7 @@ MAX_CACHED_TAGS = 256
 MAX_TAG_TEXT = 1024
 
 Progress = Callable[[dict], None]
+Follow = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", text)
 
 
 class BadRequest(CtrlExecError):
@@ -254,11 +255,15 @@ class Engine:
         reqid: str | None = None,
         progress: Progress | None = None,
         run_async: bool = False,
+        follow: Follow | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
-        fetched later (`fetch_results`)."""
+        fetched later (`fetch_results`). With `follow(host, stream, text)`
+        a synchronous run asks our agents for live output (`/run-stream`);
+        a 0.12 agent cannot stream: `on_fallback(host)`, then `/run`."""
         _check_hosts(hosts)
         _check_run(script, args)
         self.authorise(
@@ -300,7 +305,15 @@ class Engine:
             if run_async:
                 request["async"] = True
             body = encode_json(request)
-            one = self._submit_one if run_async else self._run_one
+            if run_async:
+                one = self._submit_one
+            elif follow is not None:
+
+                def one(context, target, body, script, reqid):
+                    return self._run_one(context, target, body, script, reqid, follow, on_fallback)
+
+            else:
+                one = self._run_one
 
             def done(result: dict) -> None:
                 ended.add(result.get("host", ""))
@@ -503,11 +516,26 @@ class Engine:
         return outcome, None, rtt
 
     def _run_one(
-        self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        body: bytes,
+        script: str,
+        reqid: str,
+        follow: Follow | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> dict:
-        reply, failure, rtt = self._exchange(
-            context, target, "/run", body, self._waiter(context, target, script, reqid)
-        )
+        streamed = None
+        if follow is not None:
+            streamed = self._stream(context, target, body, script, reqid, follow)
+            if streamed is None and on_fallback is not None:
+                on_fallback(target.name)
+        if streamed is not None:
+            reply, failure, rtt = streamed
+        else:
+            reply, failure, rtt = self._exchange(
+                context, target, "/run", body, self._waiter(context, target, script, reqid)
+            )
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
@@ -532,6 +560,43 @@ class Engine:
                 REQID=reqid,
             )
         return result
+
+    def _stream(
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        body: bytes,
+        script: str,
+        reqid: str,
+        follow: Follow,
+    ) -> tuple[results.Reply | None, results.Failure | None, str] | None:
+        """POST /run-stream; None when the agent cannot stream (0.12's 404)."""
+        started = self._clock()
+        try:
+            outcome = agent_stream.stream_run(
+                context,
+                target.address,
+                target.port,
+                body,
+                self.settings.read_timeout,
+                lambda stream, text: follow(target.name, stream, text),
+                self._waiter(context, target, script, reqid),
+            )
+        except Exception as exc:
+            outcome = results.Failure(
+                results.OTHER,
+                target.address,
+                target.port,
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
+        rtt = results.rtt_text(self._clock() - started)
+        if isinstance(outcome, results.Failure):
+            return None, outcome, rtt
+        if outcome.status == 404 and run_control.read_running(404, outcome.body) == (
+            run_control.UNSUPPORTED
+        ):
+            return None
+        return outcome, None, rtt
 
     def _waiter(
         self, context: ssl.SSLContext, target: Target, script: str, reqid: str

@@ -27,10 +27,12 @@ import pytest
 from tests.support import agentproc, testpki
 from tests.support.peer012 import Peer012, http_response, run_body
 
-NAMES = ("long-01",)
+NAMES = ("long-01", "long-02")
 # Records its pid and its background child's, then waits for the child.
 TREE = '#!/bin/sh\necho $$ > "$1/pid"\nsleep 300 &\necho $! > "$1/child"\nwait\n'
-SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK, tree=TREE)
+# A line every 0.5 s for 3 s, and one on stderr.
+TICK = '#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done\necho oops >&2\n'
+SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK, tree=TREE, tick=TICK)
 
 
 class Fleet:
@@ -340,3 +342,53 @@ def test_cancel_without_hosts_or_record_is_a_clear_error(fleet):
     completed = fleet.ced("cancel", "ffeeddccbbaa9988")
     assert completed.returncode == 2
     assert "no record of run ffeeddccbbaa9988 here; name the hosts" in completed.stderr
+
+
+# -- live output -----------------------------------------------------------------------------
+
+
+def test_follow_prints_lines_as_the_scripts_write_them(fleet, session_ca, tmp_path):
+    proc = fleet.dispatcher.popen("ced", "run", "--follow", "long-01", "long-02", "tick")
+    arrived: list[tuple[float, str]] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # as it comes
+        arrived.append((time.monotonic(), line))
+    proc.wait(60)
+    ended = time.monotonic()
+    assert proc.returncode == 0, proc.stderr.read()
+    lines = [line for _, line in arrived]
+    for host in NAMES:
+        assert [line for line in lines if line.startswith(f"{host} | ")] == [
+            f"{host} | tick {n}\n" for n in range(1, 7)
+        ]
+        assert f"{host} ! oops\n" in lines
+    # the first lines came while the scripts were still running (3 s)
+    first = arrived[0][0]
+    assert lines[0].endswith("| tick 1\n")
+    assert ended - first >= 2.0, arrived
+    # then the result lines, without repeating the output
+    tail = "".join(lines[-2:])
+    assert re.fullmatch(
+        r"==> long-01  \[OK  exit:0  \d+ms  req:[0-9a-f]{16}\]\n"
+        r"==> long-02  \[OK  exit:0  \d+ms  req:[0-9a-f]{16}\]\n",
+        tail,
+    ), lines
+    assert "ACTION=run " in fleet.agent_log("long-02")
+
+
+def test_follow_against_a_0_12_agent_falls_back_with_one_notice(fleet, session_ca, tmp_path):
+    with Peer012(session_ca, tmp_path / "peer") as peer:
+        for name in ("old-03", "old-04"):
+            testpki.register_agent(
+                fleet.dispatcher.root, name, peer.port, session_ca.issue(name), fleet.issued
+            )
+        completed = fleet.ced(
+            "run", "--follow", "old-03", "old-04", "long-01", "echo-args", "--", "hi"
+        )
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stderr.count("cannot stream output") == 1
+        assert "long-01 | hi\n" in completed.stdout
+        # the 0.12 agents' output is in their result blocks
+        assert re.search(r"==> old-03  \[OK  exit:0 .*\]\n", completed.stdout)
+        paths = sorted(request.path for request in peer.received)
+        assert paths == ["/run", "/run", "/run-stream", "/run-stream"]
