@@ -179,10 +179,11 @@ class ProgressLine:
     11 running, 2.4 s`, redrawn as answers arrive and every half second;
     replaced at the end by a summary line. Nothing of this on a pipe."""
 
-    def __init__(self, total: int, failed, stream=None, clock=time.monotonic):
+    def __init__(self, total: int, failed, stream=None, clock=time.monotonic, live=True):
         self.stream = stream or sys.stderr
         self.total = total
         self.enabled = _is_terminal(self.stream)
+        self.live = live and self.enabled  # no redrawn line under --follow's output
         self._is_failure = failed
         self._clock = clock
         self.started = clock()
@@ -191,7 +192,7 @@ class ProgressLine:
         self._drawn = 0.0
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        if self.enabled:
+        if self.live:
             self._draw(force=True)
             threading.Thread(target=self._tick, name="progress", daemon=True).start()
 
@@ -206,7 +207,7 @@ class ProgressLine:
             self._draw(force=True)
 
     def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
+        if not self.live:
             return
         with self._lock:
             now = self._clock()
@@ -220,7 +221,7 @@ class ProgressLine:
     def clear(self) -> None:
         with self._lock:
             self._stop.set()
-            if self.enabled:
+            if self.live:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
 
@@ -420,7 +421,7 @@ def cmd_run(ctx: Context) -> int:
 
     text = printer.results_text if printer else report.run_text
     try:
-        return _fan_out(ctx, hosts, run_failed, text, run, script)
+        return _fan_out(ctx, hosts, run_failed, text, run, script, live=printer is None)
     except KeyboardInterrupt:
         return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
 
@@ -465,10 +466,12 @@ def _interrupted(
     return EXIT_INTERRUPTED
 
 
-def _fan_out(ctx: Context, hosts: list[str], failed, text, call, script: str = "") -> int:
+def _fan_out(
+    ctx: Context, hosts: list[str], failed, text, call, script: str = "", live: bool = True
+) -> int:
     """One operation over many hosts: a progress line while it runs, then the
     results; exit 1 when any host failed."""
-    progress = ProgressLine(len(hosts), failed)
+    progress = ProgressLine(len(hosts), failed, live=live)
     try:
         results = call(progress)
     except UnknownAgents as exc:

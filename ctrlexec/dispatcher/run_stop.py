@@ -42,7 +42,10 @@ def record_interrupted(
 ) -> Interrupted:
     """Record an interrupted synchronous run: `answered` are the per-host
     results that came in, every other host is still running."""
-    names = [target.name for target in engine.resolve(hosts, port)]
+    try:
+        names = [target.name for target in engine.resolve(hosts, port)]
+    except CtrlExecError as exc:  # interrupted before the hosts were even resolved
+        return Interrupted(reqid, [], False, str(exc))
     by_host = {result.get("host"): result for result in answered}
     still = [name for name in names if name not in by_host]
     results = [
