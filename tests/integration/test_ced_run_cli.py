@@ -199,7 +199,7 @@ def test_progress_line_and_summary_on_a_terminal(disp, session_ca, peer):
     assert proc.returncode == 0
     assert seen.startswith(b"\r[ 0/12] hosts done, 0 failed, 12 running, 0.")
     assert b"[12/12] hosts done, 0 failed, 0 running, " in seen
-    head, _, summary = seen.rpartition(b"\r\x1b[K")
+    _, _, summary = seen.rpartition(b"\r\x1b[K")
     assert re.fullmatch(rb"12 ok, 0 failed, 0 unreachable in \d+\.\d s\r?\n", summary), seen
     assert "hosts done" not in stdout and len(stdout.splitlines()) == 14
 
