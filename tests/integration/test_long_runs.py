@@ -140,7 +140,7 @@ def _long_run_keeps_its_lock(fleet, seconds: int, read_timeout: int | None) -> N
 
 
 def test_a_run_longer_than_read_timeout_completes_and_keeps_its_lock(fleet):
-    _long_run_keeps_its_lock(fleet, seconds=4, read_timeout=1)
+    _long_run_keeps_its_lock(fleet, seconds=8, read_timeout=1)
 
 
 @pytest.mark.slow
