@@ -189,7 +189,7 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
                 cache,
                 f"cryptography=={CRYPTOGRAPHY}",
                 rf"cryptography-{re.escape(CRYPTOGRAPHY)}-cp311-abi3-.*{family}[^-]*_{arch}\.whl",
-                plat + ["--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"],
+                [*plat, "--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"],
             )
         ]
         for python in PYTHONS:
@@ -199,7 +199,7 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
                     cache,
                     f"cffi=={CFFI}",
                     rf"cffi-{re.escape(CFFI)}-{tag}-{tag}-.*{family}[^-]*_{arch}\.whl",
-                    plat + ["--python-version", python, "--implementation", "cp", "--abi", tag],
+                    [*plat, "--python-version", python, "--implementation", "cp", "--abi", tag],
                 )
             ]
     return plan

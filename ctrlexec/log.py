@@ -23,6 +23,7 @@ import stat
 import sys
 import threading
 import time
+from typing import TextIO
 
 INFO = "INFO"
 WARNING = "WARNING"
@@ -34,7 +35,6 @@ IDENT_DISPATCHER = "ctrl-exec-dispatcher"
 IDENT_API = "ctrl-exec-api"
 IDENT_EXECUTOR = "ctrl-exec-executor"
 
-TARGETS = ("auto", "syslog", "stderr")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")
@@ -46,8 +46,7 @@ class _State:
         self.ident = IDENT_DISPATCHER
         self.target = "auto"
         self.fmt = "kv"
-        self.file = None
-        self.syslog_open = False
+        self.file: TextIO | None = None
         self.lock = threading.Lock()
 
 
@@ -78,7 +77,6 @@ def configure(ident: str, target: str | None = None, fmt: str | None = None) -> 
             import syslog
 
             syslog.openlog(ident, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
-            _state.syslog_open = True
 
 
 def _dev_log_present() -> bool:
@@ -95,7 +93,7 @@ def _clean(value: object) -> str:
         text = "1" if value else "0"
     else:
         text = str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def format_line(action: str, fields: dict[str, object]) -> str:
@@ -124,7 +122,7 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     if level not in _PRIORITY:
         raise ValueError(f"unknown log level {level!r}")
     if _state.fmt == "json":
-        record = {
+        record: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ident": _state.ident,
             "level": level,

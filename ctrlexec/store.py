@@ -137,7 +137,11 @@ TEMP_GRACE = 3_600
 
 
 def purge_expired(
-    directory: str | os.PathLike, ttl: float, now: float, is_record, max_scanned: int = 1_000_000
+    directory: str | os.PathLike[str],
+    ttl: float,
+    now: float,
+    is_record,
+    max_scanned: int = 1_000_000,
 ) -> list[str]:
     """Remove the files of `directory` for which `is_record(name)` holds and
     whose mtime is more than `ttl` seconds before `now`, and temp files left
@@ -209,7 +213,7 @@ class FileLock:
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise OperationTimeout(f"timed out waiting for lock {self.path}")
+                    raise OperationTimeout(f"timed out waiting for lock {self.path}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 

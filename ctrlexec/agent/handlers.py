@@ -161,7 +161,11 @@ class Endpoints:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:
             return Reply(200, rejected.body)
-        fields = {"SCRIPT": _short(request.script), "PEER": peer.ip, "REQID": _short(request.reqid)}
+        fields: dict[str, object] = {
+            "SCRIPT": _short(request.script),
+            "PEER": peer.ip,
+            "REQID": _short(request.reqid),
+        }
         try:
             resolved = state.allowlist.resolve(request.script)
         except NotAllowlisted:

@@ -45,11 +45,10 @@ from pathlib import Path
 from .. import log
 from ..core import agent_wire
 from ..core.http import (
-    MAX_LINE,
     FramingError,
     IncompleteMessage,
+    Request,
     RequestReader,
-    parse_request_line,
     response_bytes,
 )
 from ..core.ipallow import AddressFilter
@@ -313,20 +312,16 @@ class AgentServer:
         return tls.recv(RECV_CHUNK)
 
     def _read_request_line(self, tls: ssl.SSLSocket, deadline: float) -> tuple[str, str, str]:
-        buffer = bytearray()
-        while b"\n" not in buffer:
-            if len(buffer) > MAX_LINE:
-                raise FramingError(400, "bad request", "request line too long")
+        reader = RequestReader()
+        while True:
             chunk = self._recv(tls, deadline)
             if not chunk:
-                break
-            buffer += chunk
-        line = bytes(buffer).split(b"\n", 1)[0]
-        if len(line) > MAX_LINE:
-            raise FramingError(400, "bad request", "request line too long")
-        return parse_request_line(line.rstrip(b"\r"))
+                return reader.finish_request_line()
+            line = reader.feed_request_line(chunk)
+            if line is not None:
+                return line
 
-    def _read_request(self, tls: ssl.SSLSocket, deadline: float):
+    def _read_request(self, tls: ssl.SSLSocket, deadline: float) -> Request:
         reader = RequestReader()
         while True:
             chunk = self._recv(tls, deadline)

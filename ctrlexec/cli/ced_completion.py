@@ -14,6 +14,7 @@ calls).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
@@ -85,31 +86,31 @@ def _script(template: str) -> str:
     )
 
 
-def _modes() -> list[str]:
+def _mode_parsers() -> dict[str, argparse.ArgumentParser]:
+    """ced's modes and their parsers (argparse has no public way to walk a
+    parser, hence `_actions`, as roles.value_options)."""
     from . import ced, roles
 
     parser = roles.build_parser(
         "ced", "ctrl-exec-dispatcher", ced.DESCRIPTION, ced.TOPICS, ced.COMPAT_MODES, ced.EPILOG
     )
-    for action in parser._subparsers._group_actions:  # the modes
-        return sorted(action.choices)
-    return []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _modes() -> list[str]:
+    return sorted(_mode_parsers())
 
 
 def _options(mode: str) -> list[str]:
-    from . import ced, roles
-
-    parser = roles.build_parser(
-        "ced", "ctrl-exec-dispatcher", ced.DESCRIPTION, ced.TOPICS, ced.COMPAT_MODES, ced.EPILOG
+    sub = _mode_parsers().get(mode)
+    if sub is None:
+        return []
+    return sorted(
+        option for item in sub._actions for option in item.option_strings if option[:2] == "--"
     )
-    for action in parser._subparsers._group_actions:
-        sub = action.choices.get(mode)
-        if sub is None:
-            return []
-        return sorted(
-            option for item in sub._actions for option in item.option_strings if option[:2] == "--"
-        )
-    return []
 
 
 def _hosts(ctx: Context) -> list[str]:

@@ -65,7 +65,7 @@ def request_table(requests: list[dict]) -> list[str]:
         for r in requests
     ]
     lines = table(rows, [16, 24, 16, 28])
-    return lines[:1] + ["-" * 94] + lines[1:]
+    return [*lines[:1], "-" * 94, *lines[1:]]
 
 
 def list_requests(ctx: Context) -> int:

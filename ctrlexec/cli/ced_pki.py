@@ -94,10 +94,9 @@ def setup_dispatcher(ctx: Context) -> int:
     ca.load_ca(paths)  # fail before asking anything when the CA is missing
     if cert_path.exists():
         count = len(Registry(settings.registry_dir).names())
-        if count and not ctx.args.yes:
-            if not _confirm(ctx, count):
-                ctx.out("Aborted; nothing changed.")
-                return 0
+        if count and not ctx.args.yes and not _confirm(ctx, count):
+            ctx.out("Aborted; nothing changed.")
+            return 0
     key_type = ctx.args.key_type or settings.key_type
     key_pem, issued = ca.issue_key_and_cert(paths, ca.DISPATCHER_COMMON_NAME, key_type)
     for path in (cert_path, key_path):

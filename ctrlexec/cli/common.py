@@ -183,6 +183,6 @@ def table(rows: Iterable[Iterable[str]], widths: list[int]) -> list[str]:
     lines = []
     for row in rows:
         cells = list(row)
-        parts = [f"{cell:<{width}}" for cell, width in zip(cells[:-1], widths)]
-        lines.append(" ".join(parts + [cells[-1]]) if cells else "")
+        parts = [f"{cell:<{width}}" for cell, width in zip(cells[:-1], widths, strict=False)]
+        lines.append(" ".join([*parts, cells[-1]]) if cells else "")
     return lines

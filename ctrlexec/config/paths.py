@@ -53,11 +53,6 @@ class Layout:
         return self.dispatcher_etc / "ca.serial"
 
     @property
-    def ca_issued(self) -> Path:
-        """Record of every serial the CA has issued (never reuse one)."""
-        return self.dispatcher_etc / "ca.issued"
-
-    @property
     def dispatcher_cert(self) -> Path:
         return self.dispatcher_etc / "dispatcher.crt"
 

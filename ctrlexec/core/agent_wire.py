@@ -86,14 +86,14 @@ def route(method: str, path: str) -> Route:
     return Route(UNKNOWN, False)
 
 
-def gate_refusal(found: Route) -> tuple[int, dict]:
+def gate_refusal(found: Route) -> tuple[int, dict[str, Any]]:
     """What an untrusted peer gets for a gated route."""
     if found.name == CAPABILITIES:
         return 403, dict(CAPABILITIES_FORBIDDEN)
     return 403, dict(SERIAL_MISMATCH)
 
 
-def error_body(reason: str) -> dict:
+def error_body(reason: str) -> dict[str, Any]:
     """Body of a framing error (400 `empty request`, 413, 431)."""
     return {"error": reason}
 
@@ -114,12 +114,12 @@ class RunRequest:
 class RunRejected(Exception):
     """A /run body refused before the allowlist; `body` is the 200 answer."""
 
-    def __init__(self, body: dict):
+    def __init__(self, body: dict[str, Any]):
         super().__init__(body.get("error", ""))
         self.body = body
 
 
-def _json_object(body: bytes) -> dict | None:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -127,7 +127,7 @@ def _json_object(body: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _string_field(data: dict, key: str) -> str | None:
+def _string_field(data: dict[str, Any], key: str) -> str | None:
     """The field's value ('' when absent or null), or None when it is not a string."""
     value = data.get(key)
     if value is None:
@@ -169,13 +169,13 @@ def parse_run(body: bytes) -> RunRequest:
     )
 
 
-def run_refused(request: RunRequest, error: str) -> dict:
+def run_refused(request: RunRequest, error: str) -> dict[str, Any]:
     """`script not permitted`, `not authorised: <reason>` and other refusals
     of a valid request."""
     return {"script": request.script, "exit": -1, "error": error, "reqid": request.reqid}
 
 
-def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict:
+def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
     return {
         "script": request.script,
         "exit": exit_code,
@@ -190,12 +190,12 @@ ASYNC_BAD_REQID = "async run requires a valid reqid"
 ASYNC_NOT_STARTED = "could not start async job"
 
 
-def async_accepted(request: RunRequest) -> dict:
+def async_accepted(request: RunRequest) -> dict[str, Any]:
     """202: the job is running detached; poll /result/<reqid>."""
     return {"script": request.script, "status": "accepted", "reqid": request.reqid}
 
 
-def async_busy(request: RunRequest) -> dict:
+def async_busy(request: RunRequest) -> dict[str, Any]:
     """409: the same script is already running for this dispatcher."""
     return {
         "script": request.script,
@@ -233,7 +233,7 @@ def ping_reqid(body: bytes) -> str:
     return value if isinstance(value, str) else ""
 
 
-def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict:
+def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict[str, Any]:
     return {
         "status": "ok",
         "host": host,
@@ -244,7 +244,7 @@ def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) ->
     }
 
 
-def result_unknown(reqid: str) -> dict:
+def result_unknown(reqid: str) -> dict[str, Any]:
     return {"status": "unknown", "reqid": reqid}
 
 
@@ -253,7 +253,7 @@ def result_unknown(reqid: str) -> dict:
 
 @dataclass(frozen=True)
 class Sidecar:
-    schema: dict
+    schema: dict[str, Any]
     version: str
     version_rejected: bool  # an explicit `version` was unusable, so it was derived
 
@@ -282,7 +282,7 @@ def parse_sidecar(raw: bytes) -> Sidecar:
 
 def script_entry(
     name: str, path: str, executable: bool, profile: str, sidecar: Sidecar | None
-) -> dict:
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": name,
         "path": path,
@@ -295,7 +295,9 @@ def script_entry(
     return entry
 
 
-def capabilities_body(host: str, version: str, tags: dict[str, str], scripts: list[dict]) -> dict:
+def capabilities_body(
+    host: str, version: str, tags: dict[str, str], scripts: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "status": "ok",
         "host": host,

@@ -92,7 +92,7 @@ def route(method: str, path: str) -> Route:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: dict | bytes  # bytes: a document served verbatim
+    body: dict[str, Any] | bytes  # bytes: a document served verbatim
 
 
 class ApiError(Exception):
@@ -103,7 +103,7 @@ class ApiError(Exception):
         self.reply = Reply(status, error_body(error, detail))
 
 
-def error_body(error: str, detail: str = "") -> dict:
+def error_body(error: str, detail: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"ok": False, "error": error}
     if detail:
         body["detail"] = detail
@@ -157,7 +157,7 @@ def framing_error(exc: FramingError) -> Reply:
     return Reply(exc.status, error_body("bad request", exc.detail))
 
 
-def index_body(version: str) -> dict:
+def index_body(version: str) -> dict[str, Any]:
     return {
         "name": "ctrl-exec-api",
         "version": version,
@@ -167,7 +167,7 @@ def index_body(version: str) -> dict:
     }
 
 
-def health_body(version: str) -> dict:
+def health_body(version: str) -> dict[str, Any]:
     return {"ok": True, "version": version}
 
 
@@ -216,7 +216,7 @@ def _decode(body: bytes) -> Any:
         raise bad_request("invalid JSON body") from None
 
 
-def _object(body: bytes) -> dict:
+def _object(body: bytes) -> dict[str, Any]:
     if not body:
         raise bad_request("request body required")
     value = _decode(body)
@@ -230,7 +230,7 @@ MAX_SELECT_HOSTS = 500
 MAX_SELECT_TAGS = 64
 
 
-def _selector(data: dict) -> Selector | None:
+def _selector(data: dict[str, Any]) -> Selector | None:
     value = data.get("select")
     if value is None:
         return None
@@ -257,7 +257,7 @@ def _selector(data: dict) -> Selector | None:
     return Selector(tuple(hosts), tuple(sorted(tags.items())))
 
 
-def _hosts(data: dict, selector: Selector | None = None) -> list[str]:
+def _hosts(data: dict[str, Any], selector: Selector | None = None) -> list[str]:
     hosts = data.get("hosts")
     if selector is not None and hosts is None:
         return []
@@ -268,7 +268,7 @@ def _hosts(data: dict, selector: Selector | None = None) -> list[str]:
     return hosts
 
 
-def _text(data: dict, key: str) -> str:
+def _text(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     if value is None:
         return ""
@@ -350,20 +350,22 @@ def bearer_token(authorization: str) -> str:
 # --- /openapi-live.json ------------------------------------------------------------
 
 
-def live_spec(spec: dict, hosts: list[str], capabilities: list[dict], epoch: int) -> dict:
+def live_spec(
+    spec: dict[str, Any], hosts: list[str], capabilities: list[dict[str, Any]], epoch: int
+) -> dict[str, Any]:
     """The static document with the live host and script enums (0.12's rules):
     request `hosts` items enumerate the registry, the run request's `script`
     the scripts OK agents offer, `x-ctrl-exec-scripts` groups each script's
     hosts by schema version, and `info.version` gets `+<epoch>`. With no
     agents there is no host enum (0.12 writes `null`, which no OpenAPI
     validator accepts). `spec` is not modified."""
-    document = json.loads(json.dumps(spec))
+    document: dict[str, Any] = json.loads(json.dumps(spec))
     schemas = document.get("components", {}).get("schemas", {})
-    for name in HOSTS_SCHEMAS:
-        hosts_schema = schemas.get(name, {}).get("properties", {}).get("hosts")
+    for schema_name in HOSTS_SCHEMAS:
+        hosts_schema = schemas.get(schema_name, {}).get("properties", {}).get("hosts")
         if isinstance(hosts_schema, dict) and hosts:
             hosts_schema.setdefault("items", {})["enum"] = list(hosts)
-    variants: dict[str, dict[str, dict]] = {}
+    variants: dict[str, dict[str, dict[str, Any]]] = {}
     for result in capabilities:
         if result.get("status") != "ok" or not isinstance(result.get("scripts"), list):
             continue

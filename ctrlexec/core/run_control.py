@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from . import names
 
@@ -45,7 +46,7 @@ class RunningEntry:
     started: str  # UTC YYYY-MM-DDTHH:MM:SSZ
     timeout: float  # seconds the agent lets the script run
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         return {
             "reqid": self.reqid,
             "script": self.script,
@@ -55,7 +56,7 @@ class RunningEntry:
         }
 
 
-def running_body(entries: list[RunningEntry]) -> dict:
+def running_body(entries: list[RunningEntry]) -> dict[str, Any]:
     return {"status": "ok", "running": [entry.to_wire() for entry in entries[:MAX_LISTED]]}
 
 
@@ -79,7 +80,7 @@ def parse_cancel(body: bytes) -> str:
     return reqid
 
 
-def cancel_body(reqid: str, cancelled: list[tuple[str, str]]) -> dict:
+def cancel_body(reqid: str, cancelled: list[tuple[str, str]]) -> dict[str, Any]:
     return {
         "status": "ok",
         "reqid": reqid,
@@ -87,7 +88,7 @@ def cancel_body(reqid: str, cancelled: list[tuple[str, str]]) -> dict:
     }
 
 
-def cancel_unknown(reqid: str) -> dict:
+def cancel_unknown(reqid: str) -> dict[str, Any]:
     return {"status": "unknown", "reqid": reqid}
 
 
@@ -96,7 +97,7 @@ def cancel_unknown(reqid: str) -> dict:
 UNSUPPORTED = "unsupported"  # a 0.12 agent: 404 {"error":"not found"}
 
 
-def read_running(status: int, body: bytes) -> list[dict] | str:
+def read_running(status: int, body: bytes) -> list[dict[str, Any]] | str:
     """The agent's list of our running runs, or UNSUPPORTED, or an error text."""
     data = _object(body)
     if status == 404 and data is not None and "running" not in data:
@@ -109,7 +110,7 @@ def read_running(status: int, body: bytes) -> list[dict] | str:
     return [entry for entry in listed[:MAX_LISTED] if isinstance(entry, dict)]
 
 
-def running_reqids(entries: list[dict]) -> set[str]:
+def running_reqids(entries: list[dict[str, Any]]) -> set[str]:
     return {entry["reqid"] for entry in entries if isinstance(entry.get("reqid"), str)}
 
 
@@ -137,7 +138,7 @@ def read_cancel(status: int, body: bytes) -> tuple[str, str]:
     return "error", f"HTTP {status}" + (f": {error}" if isinstance(error, str) else "")
 
 
-def _object(body: bytes) -> dict | None:
+def _object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):

@@ -119,8 +119,9 @@ def _request(
                 response = reader.finish()
                 break
             received += len(data)
-            response = reader.feed(data)
-            if response is not None:
+            fed = reader.feed(data)
+            if fed is not None:
+                response = fed
                 break
     except TimeoutError:
         return failed(results.READ_TIMEOUT)

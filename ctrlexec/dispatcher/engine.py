@@ -295,7 +295,7 @@ class Engine:
                 MODE="async" if run_async else "sync",
                 HOSTS=",".join(target.name for target in targets),
             )
-            request = {
+            request: dict[str, object] = {
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,
@@ -386,7 +386,8 @@ class Engine:
     def _running_on(self, context: ssl.SSLContext, target: Target) -> list[dict] | str:
         """GET /running: our runs on that agent, UNSUPPORTED, or an error text."""
         reply, failure, _ = self._exchange(context, target, run_control.RUNNING_PATH, None)
-        if failure is not None:
+        if failure is not None or reply is None:
+            assert failure is not None
             return results.failure_text(failure, self.settings.read_timeout, "running")
         return run_control.read_running(reply.status, reply.body)
 
@@ -429,7 +430,8 @@ class Engine:
 
     def _cancel_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
         reply, failure, rtt = self._exchange(context, target, run_control.CANCEL_PATH, body)
-        if failure is not None:
+        if reply is None:
+            assert failure is not None
             status = "error"
             detail = results.failure_text(failure, self.settings.read_timeout, "cancel")
         else:

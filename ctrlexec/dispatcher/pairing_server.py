@@ -29,6 +29,7 @@ connection is served in its own thread; the accept loop never blocks on one.
 from __future__ import annotations
 
 import errno
+import secrets
 import select
 import selectors
 import signal
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from .. import log
 from ..core import pairing as wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
-from ..core.ids import new_reqid
+from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..netio import abort, accepting, finish, open_listeners, peer_address
@@ -124,6 +125,7 @@ class PairingListener:
         resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
         clock: Callable[[], float] = time.time,
         wrap: Callable[[socket.socket], socket.socket] | None = None,
+        token_bytes: TokenBytes = secrets.token_bytes,
     ):
         """`wrap` turns an accepted connection into the TLS one (default: the
         dispatcher certificate, no client certificate); tests may pass a
@@ -133,6 +135,7 @@ class PairingListener:
         self.on_queued = on_queued
         self.resolve = resolve
         self.clock = clock
+        self.token_bytes = token_bytes
         if wrap is None:
             context = server_only_context(settings.cert, settings.key)
             wrap = lambda conn: context.wrap_socket(conn, server_side=True)  # noqa: E731
@@ -315,7 +318,7 @@ class PairingListener:
         finally:
             abort(tls)
 
-    def _queue_request(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> tuple[str, str]:
+    def _queue_request(self, tls: socket.socket, ip: str, deadline: float) -> tuple[str, str]:
         request = _read_request(tls, deadline)
         try:
             pair = wire.parse_request(request.body)
@@ -327,7 +330,7 @@ class PairingListener:
             raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
         if self._closing.is_set():
             raise _Refuse(None, "pairing-mode-stopped")
-        reqid = new_reqid()
+        reqid = new_reqid(self.token_bytes)
         name, confirmed = self.resolve(ip)
         record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
         if not self.queue.add(record, self.settings.max_queue):
@@ -340,7 +343,7 @@ class PairingListener:
             self.on_queued(record)
         return reqid, pair.hostname
 
-    def _await_decision(self, tls: ssl.SSLSocket, reqid: str, hostname: str) -> None:
+    def _await_decision(self, tls: socket.socket, reqid: str, hostname: str) -> None:
         deadline = time.monotonic() + self.settings.approval_wait
         while True:
             body = self.queue.decision(reqid)
@@ -355,7 +358,7 @@ class PairingListener:
             if _peer_gone(tls, self.settings.poll_interval):
                 return self._withdraw(tls, reqid, hostname, "disconnected")
 
-    def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
+    def _withdraw(self, tls: socket.socket, reqid: str, hostname: str, why: str) -> None:
         body = self.queue.withdraw(reqid)
         if body is not None:  # decided at the last moment: deliver that
             self._send(tls, body)
@@ -365,7 +368,7 @@ class PairingListener:
         if why != "disconnected":
             self._send(tls, encode_json(wire.denied_body(wire.REASON_TIMEOUT)))
 
-    def _send(self, tls: ssl.SSLSocket, body: bytes) -> bool:
+    def _send(self, tls: socket.socket, body: bytes) -> bool:
         try:
             tls.settimeout(self.settings.request_timeout)
             tls.sendall(response_bytes(200, body))
@@ -374,7 +377,7 @@ class PairingListener:
             return False
 
 
-def _read_request(tls: ssl.SSLSocket, deadline: float):
+def _read_request(tls: socket.socket, deadline: float):
     reader = RequestReader(max_body=wire.MAX_PAIR_BODY)
     while True:
         remaining = deadline - time.monotonic()
@@ -402,7 +405,7 @@ def _read_request(tls: ssl.SSLSocket, deadline: float):
             return request
 
 
-def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
+def _peer_gone(tls: socket.socket, wait: float) -> bool:
     """Wait up to `wait` seconds; True if the agent closed its side."""
     try:
         ready, _, _ = select.select([tls], [], [], wait)

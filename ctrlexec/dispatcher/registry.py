@@ -20,7 +20,6 @@ from ..errors import CtrlExecError
 from ..store import FileLock, ensure_dir, read_json_object, remove, write_json
 
 DEFAULT_AGENT_PORT = 7443
-SERIAL_STATUSES = ("unknown", "pending", "current", "stale")
 
 
 class UnknownAgents(CtrlExecError):

@@ -48,12 +48,12 @@ def project(podman, base_image, pyz, tmp_path_factory):
     base = [compose, "-p", name, "-f", str(compose_file)]
     try:
         up = subprocess.run(
-            base + ["up", "-d", "--build"], cwd=REPO, capture_output=True, text=True, timeout=900
+            [*base, "up", "-d", "--build"], cwd=REPO, capture_output=True, text=True, timeout=900
         )
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
         yield name, api_port
     finally:
-        subprocess.run(base + ["down", "-v"], cwd=REPO, capture_output=True, timeout=300)
+        subprocess.run([*base, "down", "-v"], cwd=REPO, capture_output=True, timeout=300)
         subprocess.run([podman, "rmi", "-f", f"localhost/ctrl-exec:{name}"], capture_output=True)
         compose_file.unlink(missing_ok=True)
 

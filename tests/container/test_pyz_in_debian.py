@@ -51,7 +51,7 @@ def run_in(
     command = [podman, "run", "--rm", "--network=none"]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
-    return subprocess.run(command + [image, *argv], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*command, image, *argv], capture_output=True, text=True, timeout=300)
 
 
 def test_doctor_generates_a_key_with_the_bundled_cryptography(podman, trixie_image):

@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -458,7 +459,7 @@ def _running(env, script: str) -> bool:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if wanted.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                if wanted.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     return True
             except OSError:
                 pass

@@ -103,7 +103,8 @@ def test_ping_two_agents(fleet):
     text = fleet.ced("ping", *NAMES)
     rows = text.stdout.splitlines()[2:]
     assert len(rows) == 2 and all(
-        re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row) for name, row in zip(NAMES, rows)
+        re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row)
+        for name, row in zip(NAMES, rows, strict=True)
     ), text.stdout
 
 
@@ -125,7 +126,7 @@ def test_run_on_two_agents_with_awkward_arguments(fleet):
     assert completed.returncode == 0, completed.stderr
     results = results_of(completed)
     expected = "".join(arg + "\n" for arg in ARGS)
-    for name, result in zip(NAMES, results):
+    for name, result in zip(NAMES, results, strict=True):
         assert result == {
             "script": "echo-args",
             "exit": 0,
@@ -159,7 +160,7 @@ def test_script_failure(fleet):
     completed = fleet.ced("run", "agent-01", "agent-02", "fail", "--", "5")
     assert completed.returncode == 1
     blocks = completed.stdout.split("==> ")[1:]
-    for name, block in zip(NAMES, blocks):
+    for name, block in zip(NAMES, blocks, strict=True):
         assert re.fullmatch(
             rf"{name}  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{{16}}\]\n"
             r"about to fail\n    STDERR: something went wrong\n",

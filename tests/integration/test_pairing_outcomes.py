@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     RawPairing,
     Reaped,
@@ -20,7 +21,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
@@ -112,7 +112,7 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
         )
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
-        out, err = waiting_agent.communicate(timeout=20)
+        _out, err = waiting_agent.communicate(timeout=20)
         assert waiting_agent.returncode == 2, err
         assert "Pairing failed: approval timeout" in err
         assert f"Pairing mode timed out after {window}s. Stopped." in listener.lines.rest()

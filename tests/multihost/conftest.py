@@ -22,7 +22,7 @@ NAMES = ("alpha", "bravo", "charlie")
 def lab():
     reason = netns.unavailable_reason()
     if reason:
-        warnings.warn(reason)
+        warnings.warn(reason, stacklevel=2)
         pytest.skip(reason)
     made = netns.NetLab(len(NAMES))
     try:
@@ -104,7 +104,9 @@ def fleet(lab, session_ca, pyz_for, tmp_path_factory):
     dispatcher = Dispatcher(
         runner, testpki.install_dispatcher(session_ca, runner.root), "test-dispatcher"
     )
-    made = Fleet(lab, session_ca, pyz_for, base, dispatcher, dict(zip(NAMES, lab.hosts)))
+    made = Fleet(
+        lab, session_ca, pyz_for, base, dispatcher, dict(zip(NAMES, lab.hosts, strict=True))
+    )
     try:
         for name, host in made.hosts.items():
             made.agents[name] = made.start_agent(name, host, AGENT_PORT)

@@ -242,15 +242,17 @@ def stop_agents(agents: dict) -> None:
         process.stop()
 
 
-def wait_for(predicate, seconds: float = 15.0, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + seconds
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (and return that),
+    failing after `timeout` seconds. For conditions no event announces: a
+    file appearing, a log line written by another process."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

@@ -47,8 +47,8 @@ def http_response(status: int, body: bytes) -> bytes:
 def ping_body(reqid: str, host: str = "vm") -> bytes:
     # Key order as observed in C.1.
     return (
-        '{"host":"%s","staged":false,"version":"0.12.3","reqid":"%s","status":"ok",'
-        '"expiry":"Feb 24 12:58:55 2029 GMT"}' % (host, reqid)
+        f'{{"host":"{host}","staged":false,"version":"0.12.3","reqid":"{reqid}","status":"ok",'
+        '"expiry":"Feb 24 12:58:55 2029 GMT"}'
     ).encode()
 
 
@@ -174,7 +174,7 @@ def _read_request(tls: ssl.SSLSocket) -> Received | None:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    method, path, version = (lines[0].split() + ["", "", ""])[:3]
+    method, path, version = ([*lines[0].split(), "", "", ""])[:3]
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
