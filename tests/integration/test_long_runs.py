@@ -108,17 +108,22 @@ def _long_run_keeps_its_lock(fleet, seconds: int, read_timeout: int | None) -> N
     if read_timeout is not None:
         fleet.configure(read_timeout=read_timeout)
     started = time.monotonic()
+    seen = len(fleet.dispatcher.log_text())  # earlier tests' lines do not count
+
+    def new_log() -> str:
+        return fleet.dispatcher.log_text()[seen:]
+
     first = fleet.dispatcher.popen("ced", "--json", "run", "long-01", "sleep", "--", str(seconds))
     try:
         agentproc.wait_for(
-            lambda: "ACTION=dispatch" in fleet.dispatcher.log_text() and first.poll() is None,
+            lambda: "ACTION=dispatch" in new_log() or first.poll() is not None,
             30,
             "the first run to be dispatched",
         )
         # past read_timeout, so the first run is only still waiting because
         # the agent says the script still runs
         agentproc.wait_for(
-            lambda: "ACTION=run-wait" in fleet.dispatcher.log_text() or first.poll() is not None,
+            lambda: "ACTION=run-wait" in new_log() or first.poll() is not None,
             seconds + 30,
             "the dispatcher to find the script still running",
         )
