@@ -30,6 +30,7 @@ can show, and our dispatcher reports it as interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -37,11 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
-from ..core import agent_wire, names
+from ..core import agent_wire, names, run_control
 from ..core.agent_wire import RunRequest
 from ..core.timefmt import iso_utc
 from ..errors import StateError
 from ..store import atomic_write, ensure_dir, purge_expired, read_json
+from .jobs import CANCELLED_ERROR, RunningJobs
 from .runner import EXIT_SIGNALLED, ScriptJob, ScriptResult
 
 TTL = 86_400
@@ -70,8 +72,10 @@ class AsyncRuns:
         clock: Callable[[], float] = time.time,
         max_running: int = MAX_RUNNING,
         release: Callable[[ScriptResult], None] | None = None,
+        jobs: RunningJobs | None = None,
     ):
         self.directory = Path(directory)
+        self.jobs = jobs or RunningJobs(clock)
         self.execute = execute
         self.release = release  # gives back a result's output budget once stored
         self.clock = clock
@@ -227,10 +231,14 @@ class AsyncRuns:
 
     def _job(self, key: tuple[str, str], record: dict, job: ScriptJob, log_fields: dict) -> None:
         result: ScriptResult | None = None
+        tracked = None
         try:
-            result = self.execute(job)
+            with self.jobs.track(
+                record["owner"], record["reqid"], record["script"], run_control.ASYNC, job.timeout
+            ) as tracked:
+                result = self.execute(dataclasses.replace(job, on_start=tracked.started))
         finally:
-            self._store_result(record, result)
+            self._store_result(record, result, tracked is not None and tracked.cancelled)
             if result is not None and self.release is not None:
                 self.release(result)
             with self._lock:
@@ -239,11 +247,23 @@ class AsyncRuns:
             if result is not None:
                 log.event("run-async-done", log.INFO, EXIT=result.exit, **log_fields)
 
-    def _store_result(self, record: dict, result: ScriptResult | None) -> None:
+    def _store_result(
+        self, record: dict, result: ScriptResult | None, cancelled: bool = False
+    ) -> None:
         """The final record: the script's result, or interrupted when the
-        agent stopped it (or never saw it end)."""
+        agent stopped it (or never saw it end), or cancelled by its owner."""
         done = dict(record, status="done", finished=iso_utc(self.clock()))
-        if result is None or (self._stopping and result.exit == EXIT_SIGNALLED):
+        if cancelled:
+            done.update(
+                {
+                    "exit": -1,
+                    "stdout": result.stdout if result else "",
+                    "stderr": result.stderr if result else "",
+                    "error": CANCELLED_ERROR,
+                    "cancelled": True,
+                }
+            )
+        elif result is None or (self._stopping and result.exit == EXIT_SIGNALLED):
             done.update(
                 {
                     "exit": -1,

@@ -55,10 +55,22 @@ def executable(path: str) -> bool:
     return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
-def script_entries(allowlist: Allowlist, sidecars: dict[str, agent_wire.Sidecar]) -> list[dict]:
-    return [
-        agent_wire.script_entry(
+def script_entries(
+    allowlist: Allowlist,
+    sidecars: dict[str, agent_wire.Sidecar],
+    default_timeout: float | None = None,
+) -> list[dict]:
+    """Each script's entry; with `default_timeout` (the agent's
+    script_timeout) each also says how long the agent lets it run
+    (`timeout`, seconds: an addition to 0.12's shape that a dispatcher uses
+    to know how long a synchronous run may take)."""
+    found = []
+    for name, entry in sorted(allowlist.entries.items()):
+        item = agent_wire.script_entry(
             name, entry.path, executable(entry.path), entry.profile, sidecars.get(name)
         )
-        for name, entry in sorted(allowlist.entries.items())
-    ]
+        if default_timeout is not None:
+            limit = entry.timeout or default_timeout
+            item["timeout"] = int(limit) if float(limit).is_integer() else limit
+        found.append(item)
+    return found

@@ -14,25 +14,28 @@ and logs no `auth` line (0.12).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import hooks, log
-from ..core import agent_wire, lifecycle
+from ..core import agent_wire, lifecycle, run_control
 from ..core.http import Request
 from ..core.timefmt import iso_utc
 from ..errors import CtrlExecError, NotAllowlisted
 from ..pki import revocation
-from . import capabilities, renewal, trust
+from . import capabilities, renewal, streaming, trust
 from .async_runs import AsyncRuns
+from .jobs import CANCEL_NOTE, RunningJobs
 from .runner import ScriptExecutor, default_runner, job_for
 from .state import AgentState
 
 # Request-supplied text in log lines is cut to this many characters.
 LOG_TEXT_MAX = 128
 ASYNC_UNAVAILABLE = "async runs are not available on this agent"
+STREAM_NOT_ASYNC = "a streamed run is synchronous: use /run for async runs"
 
 
 @dataclass(frozen=True)
@@ -63,12 +66,17 @@ class Endpoints:
         now: Callable[[], float] = time.time,
         async_runs: AsyncRuns | None = None,
         trust_changed: Callable[[], None] | None = None,
+        jobs: RunningJobs | None = None,
     ):
         self.runner = runner or default_runner()
         self.now = now
         self.async_runs = async_runs  # None: async runs are refused
         # Called after /rotate-serial rewrote the map (AgentRuntime.trust_changed).
         self.trust_changed = trust_changed
+        # One view of every running script, async ones included (/running, /cancel).
+        if jobs is None:
+            jobs = async_runs.jobs if async_runs is not None else RunningJobs(now)
+        self.jobs = jobs
 
     def shutdown(self) -> int:
         """The agent is stopping: kill every running script (async jobs are
@@ -114,6 +122,8 @@ class Endpoints:
         found = agent_wire.route(request.method, request.path)
         if found.name == agent_wire.RUN:
             return self.run(request.body, peer, state)
+        if found.name == agent_wire.RUN_STREAM:
+            return self.run_stream(request.body, peer, state)
         if found.name == agent_wire.PING:
             return self.ping(request.body, peer, state)
         if found.name == agent_wire.CAPABILITIES:
@@ -128,6 +138,10 @@ class Endpoints:
             return self.renew(request.body, peer, state)
         if found.name == agent_wire.RENEW_COMPLETE:
             return self.renew_complete(request.body, peer, state)
+        if found.name == agent_wire.RUNNING:
+            return self.running(peer)
+        if found.name == agent_wire.CANCEL:
+            return self.cancel(request.body, peer)
         return Reply(404, dict(agent_wire.NOT_FOUND))
 
     def _authorise(
@@ -155,7 +169,9 @@ class Endpoints:
         )
         return hooks.authorise(request, hook, state.config.auth_hook_timeout, hooks.CALLER_AGENT)
 
-    def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+    def _prepare(self, body: bytes, peer: Peer, state: AgentState):
+        """A /run body checked in 0.12's order: a refusal Reply, or
+        (request, job, log fields) for a script that may run."""
         try:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:
@@ -189,22 +205,79 @@ class Endpoints:
             reqid=request.reqid,
             dispatcher=peer.dispatcher or "",
         )
+        return request, job, fields
+
+    def run(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        prepared = self._prepare(body, peer, state)
+        if isinstance(prepared, Reply):
+            return prepared
+        request, job, fields = prepared
         if request.run_async:
             if self.async_runs is None:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
             return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
-        result = self.runner.run(job)
+        answer, release = self._execute(request, job, fields, peer)
+        return Reply(200, answer, release)
+
+    def run_stream(self, body: bytes, peer: Peer, state: AgentState):
+        """POST /run-stream: a synchronous run whose output is sent as the
+        script writes it (agent/streaming.py); refusals as /run's."""
+        prepared = self._prepare(body, peer, state)
+        if isinstance(prepared, Reply):
+            return prepared
+        request, job, fields = prepared
+        if request.run_async:
+            return Reply(200, agent_wire.run_refused(request, STREAM_NOT_ASYNC))
+
+        def finish(outcome: tuple[dict, Callable[[], None]]) -> dict:
+            body, release = outcome
+            release()  # the body is built: the output it held is accounted there
+            return body
+
+        return streaming.stream(
+            job, lambda streamed: self._execute(request, streamed, fields, peer), finish
+        )
+
+    def _execute(self, request, job, fields: dict, peer: Peer) -> tuple[dict, Callable[[], None]]:
+        """Run a synchronous job, tracked for /running and /cancel: /run's
+        body, and what gives back its output budget once the body is sent."""
+        with self.jobs.track(
+            peer.dispatcher or "", request.reqid, request.script, run_control.SYNC, job.timeout
+        ) as tracked:
+            result = self.runner.run(dataclasses.replace(job, on_start=tracked.started))
         extra: dict[str, object] = {}
         if result.timed_out:
             extra["TIMEOUT"] = f"{job.timeout:g}"
         if result.truncated:
             extra["TRUNCATED"] = ",".join(result.truncated)
+        stderr = result.stderr
+        if tracked.cancelled:
+            extra["CANCELLED"] = 1
+            stderr += ("" if not stderr or stderr.endswith("\n") else "\n") + CANCEL_NOTE
         log.event("run", log.INFO, EXIT=result.exit, **fields, **extra)
-        return Reply(
-            200,
-            agent_wire.run_result(request, result.exit, result.stdout, result.stderr),
-            lambda: self.runner.release(result),
-        )
+        body = agent_wire.run_result(request, result.exit, result.stdout, stderr)
+        return body, lambda: self.runner.release(result)
+
+    def running(self, peer: Peer) -> Reply:
+        """The caller's own scripts running now (GET /running)."""
+        entries = self.jobs.owned_by(peer.dispatcher or "")
+        log.event("running", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, COUNT=len(entries))
+        return Reply(200, run_control.running_body(entries))
+
+    def cancel(self, body: bytes, peer: Peer) -> Reply:
+        """Stop the caller's own runs of a reqid (POST /cancel): SIGTERM to
+        the process group, SIGKILL after the grace."""
+        try:
+            reqid = run_control.parse_cancel(body)
+        except run_control.CancelRejected as rejected:
+            return Reply(400, rejected.body)
+        found = self.jobs.cancel(peer.dispatcher or "", reqid)
+        if not found:
+            log.event(
+                "cancel-miss", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, REQID=reqid
+            )
+            return Reply(404, run_control.cancel_unknown(reqid))
+        return Reply(200, run_control.cancel_body(reqid, [(job.script, job.mode) for job in found]))
 
     def ping(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
         reqid = agent_wire.ping_reqid(body)
@@ -225,7 +298,9 @@ class Endpoints:
                 REASON=decision.reason,
             )
             return Reply(403, dict(agent_wire.CAPABILITIES_NOT_AUTHORISED))
-        scripts = capabilities.script_entries(state.allowlist, state.sidecars)
+        scripts = capabilities.script_entries(
+            state.allowlist, state.sidecars, state.config.script_timeout
+        )
         log.event(
             "capabilities", log.INFO, PEER=peer.ip, DISPATCHER=peer.dispatcher, SCRIPTS=len(scripts)
         )

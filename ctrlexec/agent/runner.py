@@ -103,6 +103,13 @@ class ScriptJob:
     # Called in the child between fork and exec (the executor applies the
     # script's profile there); it must end the child itself on failure.
     preexec: Callable[[], None] | None = None
+    # Called with the pid (= process group) once the script started; run
+    # tracking (agent/jobs.py) uses it to signal the group.
+    on_start: Callable[[int], None] | None = None
+    # Called with ("stdout"|"stderr", bytes) as the script writes, from the
+    # thread that runs it (live output, agent/streaming.py); may block,
+    # which holds the script back (back-pressure).
+    on_output: Callable[[str, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -161,15 +168,18 @@ class _Capture:
     """One stream's output: the first SPILL_AFTER bytes in memory, the rest
     (up to `cap`) in an unlinked temporary file, anything beyond counted."""
 
-    def __init__(self, name: str, cap: int):
+    def __init__(self, name: str, cap: int, on_output: Callable[[str, bytes], None] | None = None):
         self.name = name
         self.cap = cap
         self.data = bytearray()
         self.file: IO[bytes] | None = None
         self.size = 0
         self.dropped = 0
+        self.on_output = on_output
 
     def add(self, chunk: bytes) -> None:
+        if self.on_output is not None:
+            self.on_output(self.name, chunk)
         room = self.cap - self.size
         keep = chunk[: max(room, 0)]
         self.dropped += len(chunk) - len(keep)
@@ -284,6 +294,8 @@ class Runner:
         with self._lock:
             self._groups.add(proc.pid)
         try:
+            if job.on_start is not None:
+                job.on_start(proc.pid)
             return _Exchange(proc, job, self._clock, cancel, self.budget).run()
         finally:
             with self._lock:
@@ -318,8 +330,8 @@ class _Exchange:
         self.budget = budget
         self.job = job
         self.clock = clock
-        self.out = _Capture("stdout", job.max_output)
-        self.err = _Capture("stderr", job.max_output)
+        self.out = _Capture("stdout", job.max_output, job.on_output)
+        self.err = _Capture("stderr", job.max_output, job.on_output)
         self.selector = selectors.DefaultSelector()
         self.stdin_view = memoryview(job.stdin)
         self.written = 0

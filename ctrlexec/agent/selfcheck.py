@@ -197,6 +197,9 @@ def script_checks(allowlist: Allowlist) -> list[Check]:
         except NotAllowlisted as exc:
             checks.append(Check(f"script {name}", False, f"{label} [{exc.why.upper()}]"))
             continue
+        if not os.path.lexists(resolved.executable):
+            checks.append(Check(f"script {name}", False, f"{label} [MISSING]"))
+            continue
         ok = capabilities.executable(resolved.executable)
         checks.append(Check(f"script {name}", ok, f"{label} [{'ok' if ok else 'NOT EXECUTABLE'}]"))
     return checks

@@ -61,6 +61,7 @@ from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, write_pidfile
 from .handlers import Endpoints, Peer, Reply
 from .state import AgentRuntime
+from .streaming import StreamReply, send_stream
 
 RECV_CHUNK = 65_536
 # On SIGTERM, how long running requests may take before scripts are killed.
@@ -353,6 +354,9 @@ class AgentServer:
     def _send(self, tls: ssl.SSLSocket, ip: str, reply: Reply) -> None:
         try:
             tls.settimeout(self.request_timeout)  # inactivity bound while the peer reads
+            if isinstance(reply, StreamReply):
+                send_stream(tls, reply)
+                return
             tls.sendall(response_bytes(reply.status, reply.body))
         except (ssl.SSLError, OSError) as exc:
             log.event(

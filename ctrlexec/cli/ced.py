@@ -7,6 +7,7 @@ from . import roles
 
 TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_run",
+    "ctrlexec.cli.ced_cancel",
     "ctrlexec.cli.ced_status",
     "ctrlexec.cli.ced_pki",
     "ctrlexec.cli.ced_pairing_mode",
@@ -15,6 +16,7 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_import",
     "ctrlexec.cli.ced_lifecycle",
     "ctrlexec.cli.ced_revoke",
+    "ctrlexec.cli.ced_completion",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.

@@ -44,10 +44,31 @@ def days_left(expiry: object, now: float) -> str:
     return "?" if epoch is None else str(int((epoch - now) // 86400))
 
 
+def _refresh_tags(ctx: Context) -> list[dict]:
+    """Ask every agent for its capabilities (gated as `ping`, as 0.12's
+    discovery) so the registry's cached tags are current; the failures."""
+    from ..dispatcher.engine import Engine
+    from ..hooks import CALLER_CLI
+
+    settings = load_dispatcher(ctx.layout, ctx.config_path)
+    engine = Engine.from_config(settings, ctx.layout)
+    names = engine.registry.names()
+    if not names:
+        return []
+    results = engine.discover(names, caller=CALLER_CLI)
+    return [result for result in results if result.get("status") != "ok"]
+
+
 def list_agents(ctx: Context) -> int:
     registry = _registry(ctx)
+    if ctx.args.refresh:
+        for failed in _refresh_tags(ctx):
+            ctx.err(
+                f"warning: {failed.get('host')}: {failed.get('error', 'no answer')} "
+                "(its cached tags are unchanged)"
+            )
     records = list(registry.records())
-    if ctx.args.tags is not None:
+    if ctx.args.tags:
         wanted = parse_tags(ctx.args.tags)
         records = [r for r in records if tags_match(r, wanted)]
     if ctx.json:
@@ -61,9 +82,11 @@ def list_agents(ctx: Context) -> int:
         )
         return 0
     now = time.time()
-    rows = [("HOSTNAME", "IP", "PORT", "LOOKUP", "PAIRED", "CERT EXPIRY", "DAYS LEFT")]
-    rows += [
-        (
+    show_tags = ctx.args.tags is not None
+    head = ("HOSTNAME", "IP", "PORT", "LOOKUP", "PAIRED", "CERT EXPIRY", "DAYS LEFT")
+    rows = [(*head, "TAGS") if show_tags else head]
+    for r in records:
+        row = (
             str(r.get("hostname", "?")),
             str(r.get("ip") or "?"),
             str(r.get("port") or DEFAULT_AGENT_PORT),
@@ -72,12 +95,17 @@ def list_agents(ctx: Context) -> int:
             str(r.get("expiry") or "?"),
             days_left(r.get("expiry"), now),
         )
-        for r in records
-    ]
-    lines = table(rows, [30, 16, 5, 8, 22, 24])
-    for line in [*lines[:1], "-" * 112, *lines[1:]]:
+        rows.append((*row, tags_text(r.get("tags"))) if show_tags else row)
+    lines = table(rows, [30, 16, 5, 8, 22, 24, 9] if show_tags else [30, 16, 5, 8, 22, 24])
+    for line in [lines[0], "-" * (124 if show_tags else 112), *lines[1:]]:
         ctx.out(line)
     return 0
+
+
+def tags_text(tags: object) -> str:
+    if not isinstance(tags, dict) or not tags:
+        return "-"
+    return ",".join(f"{key}={value}" for key, value in sorted(tags.items()))
 
 
 def edit_agent(ctx: Context) -> int:
@@ -176,8 +204,17 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--tags",
+        nargs="?",
+        const="",
         metavar="K=V[,K=V]",
-        help="only agents whose cached tags have all these exact values",
+        help="show each agent's tags (as its last discovery reported them); with "
+        "K=V[,K=V], only agents whose tags have all these exact values",
+    )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask every agent for its tags first (GET /capabilities; the auth hook "
+        "is asked with action `ping`, as for discovery)",
     )
     parser = add_command(
         subparsers,

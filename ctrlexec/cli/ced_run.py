@@ -12,11 +12,13 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 
 from ..config.load import load_dispatcher
 from ..core import report
 from ..core.results import ping_failed, run_failed
+from ..core.selection import SelectionError, parse_tag
 from ..dispatcher.engine import BadRequest, Engine
 from ..dispatcher.locks import HostScriptLocks
 from ..dispatcher.registry import UnknownAgents
@@ -24,10 +26,12 @@ from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateErr
 from ..hooks import CALLER_CLI
 from .common import Context, add_command
 
-# A fan-out to more hosts than this shows a live progress line on a terminal.
-PROGRESS_ABOVE = 10
-# Redraw the progress line at most this often (seconds).
+# 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
+EXIT_INTERRUPTED = 130
+# Redraw the progress line at most this often as answers arrive, and at
+# least this often while waiting (seconds).
 PROGRESS_INTERVAL = 0.1
+PROGRESS_TICK = 0.5
 
 IDENTITY_HELP = """Identity forwarded to the auth hooks, the agent and the script:
   --username  defaults to $USER (advisory: hooks decide what it is worth)
@@ -71,6 +75,31 @@ def port_number(text: str) -> int:
     return value
 
 
+def tag_filter(text: str) -> tuple[str, str]:
+    try:
+        return parse_tag(text)
+    except SelectionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _selection_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        type=tag_filter,
+        default=[],
+        metavar="KEY=VALUE",
+        help="only agents tagged KEY=VALUE (repeatable: all must match; tags as the "
+        "agents last reported them, see `list-agents --tags`); with no HOST: every such agent",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the hosts that would be addressed, and stop",
+    )
+
+
 def _identity_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port",
@@ -96,7 +125,16 @@ def register(subparsers) -> None:
         "operands",
         nargs="+",
         metavar="HOST... SCRIPT",
-        help="one or more agents (NAME or NAME:PORT), then the script name",
+        help="agents (NAME, NAME:PORT, a shell-style pattern such as 'web-*', or @all), "
+        "then the script name",
+    )
+    _selection_options(run)
+    run.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="print each line as the scripts write it, prefixed with the host; "
+        "then the usual result lines (without the output already shown)",
     )
     run.add_argument(
         "--async",
@@ -117,7 +155,13 @@ def register(subparsers) -> None:
         epilog=PING_EPILOG,
     )
     ping.usage = "%(prog)s [options] HOST..."
-    ping.add_argument("hosts", nargs="+", metavar="HOST", help="agent (NAME or NAME:PORT)")
+    ping.add_argument(
+        "hosts",
+        nargs="*",
+        metavar="HOST",
+        help="agent (NAME, NAME:PORT, a shell-style pattern such as 'web-*', or @all)",
+    )
+    _selection_options(ping)
     _identity_options(ping)
 
     add_command(
@@ -131,33 +175,136 @@ def register(subparsers) -> None:
 
 
 class ProgressLine:
-    """`[ 37/120] hosts done, 2 failed` on stderr while a large fan-out runs,
-    when stderr is a terminal."""
+    """On a terminal (stderr), from the start: `[ 3/14] hosts done, 1 failed,
+    11 running, 2.4 s`, redrawn as answers arrive and every half second;
+    replaced at the end by a summary line. Nothing of this on a pipe."""
 
-    def __init__(self, total: int, failed, stream=None):
+    def __init__(self, total: int, failed, stream=None, clock=time.monotonic, live=True):
         self.stream = stream or sys.stderr
         self.total = total
-        self.enabled = total > PROGRESS_ABOVE and self.stream.isatty()
+        self.enabled = _is_terminal(self.stream)
+        self.live = live and self.enabled  # no redrawn line under --follow's output
         self._is_failure = failed
+        self._clock = clock
+        self.started = clock()
         self.done = 0
         self.failed = 0
         self._drawn = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if self.live:
+            self._draw(force=True)
+            threading.Thread(target=self._tick, name="progress", daemon=True).start()
 
     def __call__(self, result: dict) -> None:
-        self.done += 1
-        self.failed += 1 if self._is_failure(result) else 0
-        now = time.monotonic()
-        if self.enabled and (now - self._drawn >= PROGRESS_INTERVAL or self.done == self.total):
+        with self._lock:
+            self.done += 1
+            self.failed += 1 if self._is_failure(result) else 0
+        self._draw(force=self.done == self.total)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(PROGRESS_TICK):
+            self._draw(force=True)
+
+    def _draw(self, force: bool = False) -> None:
+        if not self.live:
+            return
+        with self._lock:
+            now = self._clock()
+            if self._stop.is_set() or not (force or now - self._drawn >= PROGRESS_INTERVAL):
+                return
             self._drawn = now
-            self.stream.write(
-                "\r" + report.progress_text(self.done, self.total, self.failed) + "\x1b[K"
-            )
+            text = report.progress_text(self.done, self.total, self.failed, now - self.started)
+            self.stream.write("\r" + text + "\x1b[K")
             self.stream.flush()
 
     def clear(self) -> None:
-        if self.enabled and self.done:
-            self.stream.write("\r\x1b[K")
+        with self._lock:
+            self._stop.set()
+            if self.live:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+
+    def summary(self, results: list[dict]) -> None:
+        if self.enabled:
+            elapsed = self._clock() - self.started
+            self.stream.write(report.summary_text(results, self._is_failure, elapsed) + "\n")
             self.stream.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# Host-prefix colours for --follow on a terminal (NO_COLOR turns them off).
+COLOURS = ("36", "33", "35", "32", "34", "96", "93", "95")
+
+
+class FollowPrinter:
+    """`--follow`: each line a script writes, as `host | line` (stderr lines
+    as `host ! line`), host names aligned and coloured on a terminal; one
+    notice for agents that cannot stream. Lines are printed whole."""
+
+    def __init__(self, hosts: list[str], notice, stream=None):
+        self.stream = stream or sys.stdout
+        self.notice = notice
+        self.width = max((len(host) for host in hosts), default=0)
+        self.colour = _is_terminal(self.stream) and not os.environ.get("NO_COLOR")
+        self._lock = threading.Lock()
+        self._partial: dict[tuple[str, str], str] = {}
+        self._colours: dict[str, str] = {}
+        self.streamed: set[str] = set()
+        self._fell_back: list[str] = []
+
+    def _prefix(self, host: str, stream: str) -> str:
+        label = f"{report.visible(host):<{self.width}}"
+        mark = "|" if stream == "stdout" else "!"
+        if self.colour:
+            code = self._colours.setdefault(host, COLOURS[len(self._colours) % len(COLOURS)])
+            label = f"\x1b[{code}m{label}\x1b[0m"
+        return f"{label} {mark} "
+
+    def write(self, host: str, stream: str, text: str) -> None:
+        with self._lock:
+            self.streamed.add(host)
+            key = (host, stream)
+            pending = self._partial.pop(key, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                self._partial[key] = rest
+            if lines:
+                prefix = self._prefix(host, stream)
+                write_text("".join(f"{prefix}{line}\n" for line in lines))
+
+    def fallback(self, host: str) -> None:
+        with self._lock:
+            first = not self._fell_back
+            self._fell_back.append(host)
+        if first:
+            self.notice(
+                f"note: {host} cannot stream output (ctrl-exec 0.12 agent?); its output, "
+                "and that of any other such agent, is shown when it ends"
+            )
+
+    def flush(self) -> None:
+        with self._lock:
+            partial, self._partial = self._partial, {}
+        for (host, stream), rest in partial.items():
+            write_text(f"{self._prefix(host, stream)}{rest}\n")
+
+    def results_text(self, results: list[dict]) -> str:
+        """The usual result lines; output already shown is not repeated."""
+        self.flush()
+        shown = [
+            {key: value for key, value in result.items() if key not in ("stdout", "stderr")}
+            if result.get("host") in self.streamed
+            else result
+            for result in results
+        ]
+        return report.run_text(shown)
 
 
 def write_text(text: str) -> None:
@@ -188,7 +335,23 @@ def _identity(ctx: Context) -> dict:
     return {"username": username, "token": token, "port": args.port}
 
 
-def _stopped(ctx: Context, exc: CtrlExecError) -> int:
+def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) -> str:
+    """`ced run web-01 hello extra`: `hello` is no agent; the operator most
+    likely meant script `hello` with argument `extra`."""
+    if not script or not unknown or hosts[-len(unknown) :] != unknown or len(hosts) < 2:
+        return ""
+    known = hosts[: -len(unknown)]
+    if not known:
+        return ""
+    meant = unknown[0]
+    args = " ".join([*unknown[1:], script])
+    return (
+        f"Did you mean script '{meant}' with arguments? They go after `--`: "
+        f"{ctx.prog} run {' '.join(known)} {meant} -- {args}"
+    )
+
+
+def _stopped(ctx: Context, exc: CtrlExecError, hint: str = "") -> int:
     """The operation did not start: say why, as 0.12 does."""
     if isinstance(exc, PolicyDenied):
         body, text = {"ok": 0, "error": exc.reason, "code": exc.code}, f"Denied: {exc.reason}"
@@ -203,6 +366,9 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
             f"{ctx.prog}: {exc}\nOnly registered agents can be addressed - run "
             f"'{ctx.prog} list-agents' to see them."
         )
+        if hint:
+            body["hint"] = hint
+            text += "\n" + hint
     if ctx.json:
         ctx.emit_json(body)
     else:
@@ -210,39 +376,112 @@ def _stopped(ctx: Context, exc: CtrlExecError) -> int:
     return EXIT_FAILURE
 
 
+def _dry_run(ctx: Context, hosts: list[str]) -> int:
+    if ctx.json:
+        ctx.emit_json({"ok": 1, "hosts": hosts})
+    else:
+        write_text("".join(f"{report.visible(host)}\n" for host in hosts))
+    return 0
+
+
 def cmd_run(ctx: Context) -> int:
     operands = ctx.args.operands
-    if len(operands) < 2:
+    if len(operands) < 2 and not (ctx.args.tags and operands):
         raise BadRequest(
             "need at least one host and a script name: ced run HOST... SCRIPT [-- ARGS...]"
         )
     hosts, script = operands[:-1], operands[-1]
     script_args = getattr(ctx.args, "script_args", None) or []
     engine = _engine(ctx)
+    hosts = engine.select(hosts, ctx.args.tags)
+    if ctx.args.dry_run:
+        return _dry_run(ctx, hosts)
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
-    return _fan_out(
-        ctx,
-        hosts,
-        run_failed,
-        report.run_text,
-        lambda progress: engine.run(
-            hosts, script, script_args, caller=CALLER_CLI, progress=progress, **_identity(ctx)
-        ),
+    reqid = engine.new_reqid()
+    answered: list[dict] = []
+    printer = FollowPrinter(hosts, ctx.err) if ctx.args.follow and not ctx.json else None
+
+    def run(progress) -> list[dict]:
+        def done(result: dict) -> None:
+            answered.append(result)
+            progress(result)
+
+        return engine.run(
+            hosts,
+            script,
+            script_args,
+            caller=CALLER_CLI,
+            reqid=reqid,
+            progress=done,
+            follow=printer.write if printer else None,
+            on_fallback=printer.fallback if printer else None,
+            **_identity(ctx),
+        )
+
+    text = printer.results_text if printer else report.run_text
+    try:
+        return _fan_out(ctx, hosts, run_failed, text, run, script, live=printer is None)
+    except KeyboardInterrupt:
+        return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
+
+
+def _interrupted(
+    ctx: Context, engine: Engine, reqid: str, script: str, hosts: list[str], answered: list[dict]
+) -> int:
+    """The first Ctrl-C: stop waiting, record the run, say what still runs
+    where and how to follow or cancel it."""
+    from ..dispatcher.run_stop import record_interrupted
+    from ..dispatcher.runstore import RunStore
+
+    stopped = record_interrupted(
+        engine, RunStore(ctx.layout.runs_dir), reqid, script, hosts, ctx.args.port, answered
     )
+    if ctx.json:
+        body = {
+            "ok": 0,
+            "error": "interrupted",
+            "reqid": reqid,
+            "still_running": stopped.still_running,
+            "results": answered,
+        }
+        write_text(json.dumps(body, ensure_ascii=False) + "\n")
+        return EXIT_INTERRUPTED
+    if answered:
+        write_text(report.run_text(answered))
+    lines = [
+        f"Interrupted: stopped waiting for {len(stopped.still_running)} of {len(hosts)} "
+        f"host(s)  req:{reqid}"
+    ]
+    if stopped.still_running:
+        running = " ".join(stopped.still_running)
+        lines += [
+            f"The script may still be running on: {running}",
+            f"  follow: {ctx.prog} status {reqid}",
+            f"  cancel: {ctx.prog} cancel {reqid} {running}",
+        ]
+    if not stopped.recorded:
+        lines.append(f"warning: {stopped.record_error}; `status {reqid}` will not find this run")
+    ctx.err("\n".join(lines))
+    return EXIT_INTERRUPTED
 
 
-def _fan_out(ctx: Context, hosts: list[str], failed, text, call) -> int:
+def _fan_out(
+    ctx: Context, hosts: list[str], failed, text, call, script: str = "", live: bool = True
+) -> int:
     """One operation over many hosts: a progress line while it runs, then the
     results; exit 1 when any host failed."""
-    progress = ProgressLine(len(hosts), failed)
+    progress = ProgressLine(len(hosts), failed, live=live)
     try:
         results = call(progress)
-    except (PolicyDenied, Locked, UnknownAgents) as exc:
+    except UnknownAgents as exc:
+        return _stopped(ctx, exc, _args_hint(ctx, hosts, script, exc.names))
+    except (PolicyDenied, Locked) as exc:
         return _stopped(ctx, exc)
     finally:
         progress.clear()
     _results(ctx, results, text)
+    progress.summary(results)
     return EXIT_FAILURE if any(failed(result) for result in results) else 0
 
 
@@ -284,9 +523,14 @@ def cmd_ping(ctx: Context) -> int:
         raise BadRequest("ping takes no script arguments")
     from ..dispatcher.renewal import ping_and_renew
 
+    if not hosts and not ctx.args.tags:
+        raise BadRequest("need at least one host (a name, a pattern such as 'web-*', or @all)")
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
     engine = Engine.from_config(settings, ctx.layout)
+    hosts = engine.select(hosts, ctx.args.tags)
+    if ctx.args.dry_run:
+        return _dry_run(ctx, hosts)
     return _fan_out(
         ctx,
         hosts,

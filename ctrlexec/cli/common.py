@@ -157,24 +157,35 @@ def run_handler(ctx: Context) -> int:
     try:
         return handler(ctx) or 0
     except CtrlExecError as exc:
-        ctx.err(f"{ctx.prog}: {exc}")
+        _failed(ctx, str(exc))
         return exc.exit_code
     except NativeBundleError as exc:
-        ctx.err(f"{ctx.prog}: {exc}")
+        _failed(ctx, str(exc))
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        ctx.err(f"{ctx.prog}: interrupted")
+        _failed(ctx, "interrupted")
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        ctx.err(
-            f"{ctx.prog}: internal error: {type(exc).__name__}: {exc} "
-            f"(set {DEBUG_ENV}=1 for a traceback)"
+        _failed(
+            ctx,
+            f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
         )
         return EXIT_FAILURE
+
+
+def _failed(ctx: Context, message: str) -> None:
+    """A command that stopped: one line on stderr, and with --json also one
+    object `{"ok": 0, "error": ...}` on stdout for scripts."""
+    ctx.err(f"{ctx.prog}: {message}")
+    if ctx.json:
+        try:
+            ctx.emit_json({"ok": 0, "error": message})
+        except (BrokenPipeError, UnicodeEncodeError):
+            pass
 
 
 def version_line(program: str) -> str:

@@ -37,6 +37,10 @@ ROTATE_SERIAL = "rotate-serial"
 RENEW = "renew"
 RENEW_COMPLETE = "renew-complete"
 REVOKE_SERIAL = "revoke-serial"  # ours: a pushed revocation (0.12 answers 404)
+# Additions of this agent (core/run_control.py); a 0.12 dispatcher never calls them.
+RUNNING = "running"
+CANCEL = "cancel"
+RUN_STREAM = "run-stream"
 UNKNOWN = "unknown"
 
 _EXACT_ROUTES = {
@@ -47,6 +51,9 @@ _EXACT_ROUTES = {
     ("POST", "/revoke-serial"): (REVOKE_SERIAL, True),
     ("POST", "/renew"): (RENEW, False),
     ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
+    ("GET", "/running"): (RUNNING, True),
+    ("POST", "/cancel"): (CANCEL, True),
+    ("POST", "/run-stream"): (RUN_STREAM, True),
 }
 _RESULT_PREFIX = "/result/"
 

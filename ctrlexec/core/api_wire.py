@@ -180,10 +180,20 @@ def health_body(version: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Selector:
+    """Ours, beside `hosts`: `"select": {"hosts": [names, patterns, "@all"],
+    "tags": {"KEY": "VALUE", ...}}` (core/selection.py)."""
+
+    hosts: tuple[str, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class PingRequest:
     hosts: list[str]
     username: str
     token: str
+    select: Selector | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,7 @@ class RunRequest:
     username: str
     token: str
     run_async: bool
+    select: Selector | None = None
 
 
 @dataclass(frozen=True)
@@ -219,9 +230,43 @@ def _object(body: bytes) -> dict[str, Any]:
     return value
 
 
-def _hosts(data: dict[str, Any]) -> list[str]:
+# Bounds on a selector: as many patterns as hosts, and a handful of tags.
+MAX_SELECT_HOSTS = 500
+MAX_SELECT_TAGS = 64
+
+
+def _selector(data: dict[str, Any]) -> Selector | None:
+    value = data.get("select")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"hosts", "tags"}:
+        raise bad_request('select must be an object with "hosts" and/or "tags"')
+    hosts = value.get("hosts") or []
+    if (
+        not isinstance(hosts, list)
+        or len(hosts) > MAX_SELECT_HOSTS
+        or not all(isinstance(host, str) and host for host in hosts)
+    ):
+        raise bad_request(f"select.hosts must be at most {MAX_SELECT_HOSTS} non-empty strings")
+    tags = value.get("tags") or {}
+    if (
+        not isinstance(tags, dict)
+        or len(tags) > MAX_SELECT_TAGS
+        or not all(
+            isinstance(val, str) and names.TAG_KEY.fullmatch(key) for key, val in tags.items()
+        )
+    ):
+        raise bad_request("select.tags must map tag names to string values")
+    if not hosts and not tags:
+        raise bad_request("select needs hosts or tags")
+    return Selector(tuple(hosts), tuple(sorted(tags.items())))
+
+
+def _hosts(data: dict[str, Any], selector: Selector | None = None) -> list[str]:
     hosts = data.get("hosts")
-    if not isinstance(hosts, list) or not hosts:
+    if selector is not None and hosts is None:
+        return []
+    if not isinstance(hosts, list) or (not hosts and selector is None):
         raise bad_request("hosts must be a non-empty array")
     if not all(isinstance(host, str) and host for host in hosts):
         raise bad_request("hosts must be non-empty strings")
@@ -239,13 +284,17 @@ def _text(data: dict[str, Any], key: str) -> str:
 
 def parse_ping(body: bytes) -> PingRequest:
     data = _object(body)
-    return PingRequest(_hosts(data), _text(data, "username"), _text(data, "token"))
+    selector = _selector(data)
+    return PingRequest(
+        _hosts(data, selector), _text(data, "username"), _text(data, "token"), selector
+    )
 
 
 def parse_run(body: bytes) -> RunRequest:
     """0.12's order: body, hosts, script, args; then ours: string fields."""
     data = _object(body)
-    hosts = _hosts(data)
+    selector = _selector(data)
+    hosts = _hosts(data, selector)
     script = data.get("script")
     if not names.is_script_name(script):
         raise bad_request("script name required (alphanumeric and hyphens only)")
@@ -257,7 +306,13 @@ def parse_run(body: bytes) -> RunRequest:
     if not all(isinstance(arg, str) for arg in args):
         raise bad_request("args must be strings")
     return RunRequest(
-        hosts, script, args, _text(data, "username"), _text(data, "token"), bool(data.get("async"))
+        hosts,
+        script,
+        args,
+        _text(data, "username"),
+        _text(data, "token"),
+        bool(data.get("async")),
+        selector,
     )
 
 

@@ -17,6 +17,7 @@ drive the operator's terminal.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, TypeGuard
 
 from .results import exit_code_of
@@ -85,17 +86,69 @@ def ping_text(results: list[dict[str, Any]]) -> str:
 
 
 def locks_text(locks: list[dict[str, Any]]) -> str:
+    """0.12's HOST and SCRIPT columns, then who holds the lock: `held` by a
+    running dispatch, or `orphaned` (its holder stopped before the run
+    ended; the next run asks the agent)."""
     if not locks:
         return "No locks currently held.\n"
-    lines = [f"{'HOST':<30}  SCRIPT", "-" * 50]
-    lines += [f"{visible(lock['host']):<30}  {visible(lock['script'])}" for lock in locks]
+
+    def row(cells: tuple[str, ...]) -> str:
+        host, script, state, pid, user, since, reqid = cells
+        return (
+            f"{host:<30}  {script:<20}  {state:<8}  {pid:<7}  {user:<10}  {since:<20}  {reqid}"
+        ).rstrip()
+
+    lines = [row(("HOST", "SCRIPT", "STATE", "PID", "USER", "SINCE", "REQID")), "-" * 112]
+    for lock in locks:
+        user = str(lock.get("user", ""))
+        if lock.get("username"):
+            user += f" ({lock['username']})"
+        lines.append(
+            row(
+                tuple(
+                    visible(str(value))
+                    for value in (
+                        lock["host"],
+                        lock["script"],
+                        lock.get("state", "held"),
+                        lock.get("pid", ""),
+                        user,
+                        lock.get("since", ""),
+                        lock.get("reqid", ""),
+                    )
+                )
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
-def progress_text(done: int, total: int, failed: int) -> str:
-    """The live line shown on a terminal while a large fan-out runs."""
+def progress_text(done: int, total: int, failed: int, elapsed: float | None = None) -> str:
+    """The live line shown on a terminal while a fan-out runs."""
     width = len(str(total))
-    return f"[{done:>{width}}/{total}] hosts done, {failed} failed"
+    text = f"[{done:>{width}}/{total}] hosts done, {failed} failed"
+    if elapsed is not None:
+        text += f", {total - done} running, {elapsed:.1f} s"
+    return text
+
+
+# The start of 0.12's error strings for a host that could not be reached
+# (core/results.failure_text); anything else that failed did answer.
+_UNREACHED = ("host '", "TLS handshake with '", "read timeout after ")
+
+
+def unreachable(result: dict[str, Any]) -> bool:
+    error = result.get("error")
+    return isinstance(error, str) and error.startswith(_UNREACHED)
+
+
+def summary_text(
+    results: list[dict[str, Any]], failed: Callable[[dict[str, Any]], bool], elapsed: float
+) -> str:
+    """`12 ok, 1 failed, 1 unreachable in 5.2 s` (a terminal only)."""
+    unreached = sum(1 for result in results if failed(result) and unreachable(result))
+    bad = sum(1 for result in results if failed(result)) - unreached
+    ok = len(results) - bad - unreached
+    return f"{ok} ok, {bad} failed, {unreached} unreachable in {elapsed:.1f} s"
 
 
 def async_submit_text(reqid: str, results: list[dict[str, Any]], status_command: str) -> str:

@@ -17,7 +17,13 @@ replaces the entry with `{status:"done", exit, stdout, stderr}`; an agent
 that no longer knows the reqid makes it `expired`; any other answer keeps
 the state and notes `fetch_error`. Unlike 0.12, a terminal entry never
 moves again (two pollers racing cannot turn `done` back into `running`),
-and a done entry keeps the agent's `error` and `interrupted` marks.
+and a done entry keeps the agent's `error`, `interrupted` and `cancelled`
+marks.
+
+Runs stopped by `ced cancel` (ours): a cancelled async host becomes
+`{status:"cancelled"}` (terminal, a failure); in a sync record, a host whose
+result was still outstanding (`status:"running"`, left by an interrupted
+`ced run`) becomes `status:"cancelled"` with `error:"cancelled"`.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from typing import Any
 MODE_SYNC = "sync"
 MODE_ASYNC = "async"
 PENDING = ("accepted", "running")
+CANCELLED = "cancelled"
+# A sync host ced stopped waiting for (Ctrl-C): the script may still run there.
+STILL_RUNNING = "running"
+STILL_RUNNING_ERROR = "interrupted: ced stopped waiting; the script may still be running there"
 
 
 def sync_record(
@@ -120,7 +130,7 @@ def merge_fetched(record: dict[str, Any], fetched: dict[str, dict[str, Any]]) ->
                 "stdout": answer.get("stdout"),
                 "stderr": answer.get("stderr"),
             }
-            for key in ("error", "interrupted"):
+            for key in ("error", "interrupted", "cancelled"):
                 if answer.get(key) is not None:
                     done[key] = answer[key]
             record["hosts"][name] = done
@@ -144,7 +154,7 @@ def public(record: dict[str, Any]) -> dict[str, Any]:
 def host_failed(entry: dict[str, Any]) -> bool:
     """An async host did not finish with exit 0 (0.12's `wait` rule)."""
     status = entry.get("status")
-    if status in ("busy", "error", "expired"):
+    if status in ("busy", "error", "expired", CANCELLED):
         return True
     exit_code = entry.get("exit")
     return status == "done" and (isinstance(exit_code, bool) or exit_code != 0)
@@ -165,3 +175,39 @@ def any_failed(record: dict[str, Any]) -> bool:
         or isinstance(result.get("exit"), bool)
         for result in results
     )
+
+
+def still_running_result(host: str, script: str, reqid: str) -> dict[str, Any]:
+    """A sync host's entry when ced stopped waiting before its answer."""
+    return {
+        "host": host,
+        "script": script,
+        "reqid": reqid,
+        "exit": -1,
+        "status": STILL_RUNNING,
+        "error": STILL_RUNNING_ERROR,
+    }
+
+
+def mark_cancelled(record: dict[str, Any], hosts: list[str]) -> bool:
+    """Record that `hosts` were cancelled; True when anything changed. Only
+    a host whose run had not ended yet changes."""
+    changed = False
+    wanted = set(hosts)
+    if is_async(record):
+        for name in wanted:
+            entry = record["hosts"].get(name)
+            if isinstance(entry, dict) and entry.get("status") in PENDING:
+                record["hosts"][name] = {"status": CANCELLED, "error": "cancelled"}
+                changed = True
+        summarise(record)
+        return changed
+    for result in record.get("results") or []:
+        if (
+            isinstance(result, dict)
+            and result.get("host") in wanted
+            and result.get("status") == STILL_RUNNING
+        ):
+            result.update({"status": CANCELLED, "error": "cancelled", "exit": -1})
+            changed = True
+    return changed

@@ -8,7 +8,10 @@ header lines, and the reply read by Content-Length or to EOF.
 Every blocking step (connect, handshake, send, each read) is bounded by
 `timeout`: 0.12's `read_timeout` is an inactivity timeout, not a bound on
 the whole run, and a long script that keeps its agent silent is given that
-long. The reply size is bounded by core.http.MAX_RESPONSE_BODY.
+long. A caller that can learn whether the agent is still working on the
+request (`still_waiting`, asked after each silent `timeout` before the
+first reply byte) may keep the connection open longer. The reply size is
+bounded by core.http.MAX_RESPONSE_BODY.
 
 The result is a `Reply` or a `Failure` of one of the kinds in core.results;
 nothing here raises for a network problem.
@@ -44,8 +47,32 @@ def exchange(
     timeout: float,
     max_body: int = MAX_RESPONSE_BODY,
     check_peer: Callable[[bytes], str | None] | None = None,
+    still_waiting: Callable[[], bool] | None = None,
 ) -> results.Reply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes.
+    `check_peer(der)` may refuse the agent's certificate after the handshake,
+    before any request byte is sent."""
+
+    def failed(kind: str, detail: str = "") -> results.Failure:
+        return results.Failure(kind, address, port, detail)
+
+    sock = open_tls(context, address, port, timeout, check_peer)
+    if isinstance(sock, results.Failure):
+        return sock
+    try:
+        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+    finally:
+        sock.close()
+
+
+def open_tls(
+    context: ssl.SSLContext,
+    address: str,
+    port: int,
+    timeout: float,
+    check_peer: Callable[[bytes], str | None] | None = None,
+) -> ssl.SSLSocket | results.Failure:
+    """A TLS connection to the agent, every step bounded by `timeout`;
     `check_peer(der)` may refuse the agent's certificate after the handshake,
     before any request byte is sent."""
 
@@ -65,20 +92,19 @@ def exchange(
             return failed(results.UNREACHABLE)
         return failed(results.OTHER, exc.strerror or str(exc))
     try:
-        try:
-            sock = context.wrap_socket(raw, server_hostname=None)
-        except TimeoutError:
-            return failed(results.TIMEOUT)
-        except (ssl.SSLError, ConnectionError, OSError) as exc:
-            return failed(results.TLS, str(exc))
-        raw = sock
-        if check_peer is not None:
-            problem = check_peer(sock.getpeercert(binary_form=True) or b"")
-            if problem:
-                return failed(results.IDENTITY, problem)
-        return _request(sock, method, path, body, address, port, max_body, failed)
-    finally:
+        sock = context.wrap_socket(raw, server_hostname=None)
+    except TimeoutError:
         raw.close()
+        return failed(results.TIMEOUT)
+    except (ssl.SSLError, ConnectionError, OSError) as exc:
+        raw.close()
+        return failed(results.TLS, str(exc))
+    if check_peer is not None:
+        problem = check_peer(sock.getpeercert(binary_form=True) or b"")
+        if problem:
+            sock.close()
+            return failed(results.IDENTITY, problem)
+    return sock
 
 
 def _request(
@@ -90,6 +116,7 @@ def _request(
     port: int,
     max_body: int,
     failed,
+    still_waiting: Callable[[], bool] | None = None,
 ) -> results.Reply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     reader = ResponseReader(max_body)
@@ -97,7 +124,12 @@ def _request(
     try:
         sock.sendall(request_bytes(method, path, body, host=host))
         while True:
-            data = sock.recv(_RECV)
+            try:
+                data = sock.recv(_RECV)
+            except TimeoutError:
+                if received == 0 and still_waiting is not None and still_waiting():
+                    continue
+                raise
             if not data:
                 response = reader.finish()
                 break

@@ -138,10 +138,20 @@ class Api:
             return self._openapi_live()
         return api_wire.no_route(request.method, request.path)
 
+    def _selected(self, hosts: list[str], selector: api_wire.Selector | None) -> list[str]:
+        """`hosts` as given, then what the optional selector adds."""
+        if selector is None:
+            return hosts
+        chosen = list(hosts)
+        for host in self.engine.select(list(selector.hosts), selector.tags):
+            if host not in chosen:
+                chosen.append(host)
+        return chosen
+
     def _ping(self, request: ApiRequest) -> Reply:
         ping = api_wire.parse_ping(request.body)
         results = self.engine.ping(
-            ping.hosts,
+            self._selected(ping.hosts, ping.select),
             caller=CALLER_API,
             username=ping.username,
             token=ping.token,
@@ -151,9 +161,10 @@ class Api:
 
     def _run(self, request: ApiRequest) -> Reply:
         run = api_wire.parse_run(request.body)
+        hosts = self._selected(run.hosts, run.select)
         reqid = self.engine.new_reqid()
         results = self.engine.run(
-            run.hosts,
+            hosts,
             run.script,
             run.args,
             caller=CALLER_API,
@@ -169,7 +180,7 @@ class Api:
             if run.run_async:
                 self.store.record_async(reqid, run.script, results, submitter)
             else:
-                self.store.record_sync(reqid, run.script, run.hosts, results, submitter)
+                self.store.record_sync(reqid, run.script, hosts, results, submitter)
         except StateError:
             pass  # logged run-store-fail; the run happened and its answer stands (0.12)
         if run.run_async:

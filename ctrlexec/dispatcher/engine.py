@@ -23,6 +23,7 @@ result, never an exception.
 from __future__ import annotations
 
 import os
+import pwd
 import secrets
 import ssl
 import threading
@@ -32,15 +33,16 @@ from dataclasses import dataclass
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import results
+from ..core import names, results, run_control, selection
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
 from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
-from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, PolicyDenied
+from ..core.timefmt import iso_utc
+from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
 from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
-from . import agent_client
+from . import agent_client, agent_stream
 from .fanout import fan_out
 from .locks import HostScriptLocks
 from .registry import DEFAULT_AGENT_PORT, Registry, Target
@@ -60,11 +62,19 @@ Progress = Callable[[dict], None]
 # The dispatcher's revocation list, in ca_dir.
 REVOKED_SERIALS = "revoked-serials"
 
+Follow = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", text)
+
 
 class BadRequest(CtrlExecError):
     """The request itself is malformed (the API answers 400)."""
 
     exit_code = EXIT_USAGE
+
+
+class EmptySelection(BadRequest):
+    """No agent matches the patterns and tag filters (the API answers 400)."""
+
+    exit_code = EXIT_FAILURE
 
 
 @dataclass(frozen=True)
@@ -105,12 +115,14 @@ class Engine:
         locks: HostScriptLocks,
         token_bytes: TokenBytes = secrets.token_bytes,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self.settings = settings
         self.registry = registry
         self.locks = locks
         self._token_bytes = token_bytes
         self._clock = clock
+        self._wall_clock = wall_clock
         self._context: ssl.SSLContext | None = None
         self._signature: tuple = ()
         self._context_lock = threading.Lock()
@@ -123,6 +135,13 @@ class Engine:
             Registry(settings.registry_dir),
             HostScriptLocks(layout.locks_dir),
         )
+
+    @staticmethod
+    def _process_user() -> str:
+        try:
+            return pwd.getpwuid(os.getuid()).pw_name
+        except KeyError:
+            return str(os.getuid())
 
     def new_reqid(self) -> str:
         return new_reqid(self._token_bytes)
@@ -176,6 +195,23 @@ class Engine:
                 raise BadRequest(f"agent '{target.name}' is given more than once")
             seen.add(target.name)
         return targets
+
+    def select(self, operands: Sequence[str], tags: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Expand `@all`, shell-style patterns and tag filters against the
+        registry (core/selection.py); names pass through as written. An
+        empty selection raises CtrlExecError."""
+        if not selection.needs_registry(operands, tags):
+            return list(operands)
+        agents = {}
+        for record in self.registry.records():
+            cached = record.get("tags")
+            name = record.get("hostname")
+            if isinstance(name, str):
+                agents[name] = cached if isinstance(cached, dict) else {}
+        try:
+            return selection.select(operands, tags, agents)
+        except selection.SelectionError as exc:
+            raise EmptySelection(str(exc)) from None
 
     def tls_context(self) -> ssl.SSLContext:
         """The client context, built once (loading the key is the slow part)
@@ -244,11 +280,15 @@ class Engine:
         reqid: str | None = None,
         progress: Progress | None = None,
         run_async: bool = False,
+        follow: Follow | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
-        fetched later (`fetch_results`)."""
+        fetched later (`fetch_results`). With `follow(host, stream, text)`
+        a synchronous run asks our agents for live output (`/run-stream`);
+        a 0.12 agent cannot stream: `on_fallback(host)`, then `/run`."""
         _check_hosts(hosts)
         _check_run(script, args)
         self.authorise(
@@ -262,9 +302,16 @@ class Engine:
             args=args,
         )
         targets = self.resolve(hosts, port)
-        with self.locks.acquire([target.name for target in targets], script):
-            reqid = reqid or self.new_reqid()
+        reqid = reqid or self.new_reqid()
+        held = self.locks.acquire([target.name for target in targets], script)
+        ended: set[str] = set()  # hosts whose run is over (their answer is in)
+        try:
             context = self.tls_context()
+            if held.stale:
+                self._check_stale(held, targets, script, context)
+            held.record(
+                lock_holder(reqid, caller, username, self._wall_clock(), self._process_user())
+            )
             log.event(
                 "dispatch",
                 log.INFO,
@@ -283,13 +330,140 @@ class Engine:
             if run_async:
                 request["async"] = True
             body = encode_json(request)
-            one = self._submit_one if run_async else self._run_one
-            return fan_out(
+            if run_async:
+                one = self._submit_one
+            elif follow is not None:
+
+                def one(context, target, body, script, reqid):
+                    return self._run_one(context, target, body, script, reqid, follow, on_fallback)
+
+            else:
+                one = self._run_one
+
+            def done(result: dict) -> None:
+                ended.add(result.get("host", ""))
+                if progress is not None:
+                    progress(result)
+
+            outcome = fan_out(
                 targets,
                 lambda target: one(context, target, body, script, reqid),
                 self.settings.max_parallel,
-                progress,
+                done,
             )
+        except BaseException:
+            # Interrupted (Ctrl-C) or failed mid-way: hosts that did not
+            # answer may still be running the script; their records stay.
+            held.release(keep={target.name for target in targets} - ended)
+            raise
+        held.release(keep=self._still_running_after(outcome, targets, run_async))
+        return outcome
+
+    def _still_running_after(
+        self, outcome: list[dict], targets: Sequence[Target], run_async: bool
+    ) -> set[str]:
+        """Hosts whose synchronous run we stopped waiting for without its end
+        (the script may still run there): their holder records stay."""
+        if run_async:
+            return set()
+        return {
+            target.name
+            for target, result in zip(targets, outcome, strict=True)
+            if result.get("error", "").startswith("read timeout")
+        }
+
+    def _check_stale(
+        self, held, targets: Sequence[Target], script: str, context: ssl.SSLContext
+    ) -> None:
+        """A previous holder of some locks stopped before its run ended: ask
+        those agents whether that run still goes on. Still running, or no
+        answer (fail closed): Locked. A 0.12 agent cannot say: go on, logged."""
+        by_name = {target.name: target for target in targets}
+        stale = [(by_name[host], record) for host, record in held.stale.items()]
+        answers = fan_out(
+            stale,
+            lambda item: self._running_on(context, item[0]),
+            self.settings.max_parallel,
+        )
+        conflicts: list[str] = []
+        for (target, record), answer in zip(stale, answers, strict=True):
+            old = str(record.get("reqid", ""))
+            fields = {"HOST": target.name, "SCRIPT": script, "REQID": old or "(unknown)"}
+            if answer == run_control.UNSUPPORTED:
+                log.event("lock-stale", log.WARNING, RESULT="unverifiable", **fields)
+                continue
+            if isinstance(answer, str):
+                log.event("lock-stale", log.WARNING, RESULT="no-answer", ERROR=answer, **fields)
+                conflicts.append(f"{target.name}:{script}")
+                continue
+            mine = [entry for entry in answer if entry.get("script") == script]
+            if (old and old in run_control.running_reqids(mine)) or (not old and mine):
+                log.event("lock-stale", log.WARNING, RESULT="still-running", **fields)
+                conflicts.append(f"{target.name}:{script}")
+            else:
+                log.event("lock-stale", log.INFO, RESULT="ended", **fields)
+        if conflicts:
+            conflicted = {conflict.rsplit(":", 1)[0] for conflict in conflicts}
+            held.release(keep=conflicted)
+            log.event("lock-conflict", log.WARNING, CONFLICTS=",".join(conflicts))
+            raise Locked(conflicts)
+
+    def _running_on(self, context: ssl.SSLContext, target: Target) -> list[dict] | str:
+        """GET /running: our runs on that agent, UNSUPPORTED, or an error text."""
+        reply, failure, _ = self._exchange(context, target, run_control.RUNNING_PATH, None)
+        if failure is not None or reply is None:
+            assert failure is not None
+            return results.failure_text(failure, self.settings.read_timeout, "running")
+        return run_control.read_running(reply.status, reply.body)
+
+    def cancel(
+        self,
+        hosts: Sequence[str],
+        reqid: str,
+        *,
+        caller: str,
+        username: str = "",
+        token: str = "",
+        source_ip: str = CLI_SOURCE_IP,
+        port: int | None = None,
+        script: str = "",
+    ) -> list[dict]:
+        """POST /cancel of `reqid` to every host (auth hook action `cancel`);
+        one `{host, reqid, status, detail}` per host, status one of
+        cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
+        _check_hosts(hosts)
+        if not names.is_store_reqid(reqid):
+            raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
+        self.authorise(
+            "cancel",
+            hosts,
+            caller=caller,
+            username=username,
+            token=token,
+            source_ip=source_ip,
+            script=script,
+            reqid=reqid,
+        )
+        targets = self.resolve(hosts, port)
+        context = self.tls_context()
+        body = encode_json({"reqid": reqid})
+        return fan_out(
+            targets,
+            lambda target: self._cancel_one(context, target, body, reqid),
+            self.settings.max_parallel,
+        )
+
+    def _cancel_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
+        reply, failure, rtt = self._exchange(context, target, run_control.CANCEL_PATH, body)
+        if reply is None:
+            assert failure is not None
+            status = "error"
+            detail = results.failure_text(failure, self.settings.read_timeout, "cancel")
+        else:
+            status, detail = run_control.read_cancel(reply.status, reply.body)
+        level = log.INFO if status in (run_control.CANCELLED, run_control.NOT_RUNNING) else log.ERR
+        log.event("cancel", level, TARGET=target.label, RESULT=status, RTT=rtt, REQID=reqid)
+        return {"host": target.name, "reqid": reqid, "status": status, "detail": detail}
 
     def capabilities(self, targets: Sequence[Target]) -> list[dict]:
         """GET /capabilities from every target; one result per target. No
@@ -335,17 +509,17 @@ class Engine:
     # -- one host --------------------------------------------------------------
 
     def _exchange(
-        self, context: ssl.SSLContext, target: Target, path: str, body: bytes | None
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        path: str,
+        body: bytes | None,
+        still_waiting: Callable[[], bool] | None = None,
     ) -> tuple[results.Reply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
-        revoked = self.revoked.current()
-
-        def check_peer(der: bytes) -> str | None:
-            # The agent must be the registered one, with a certificate not revoked.
-            return peer_problem(target.expect, der, revoked)
-
+        check_peer = self._peer_check(target)
         try:
             outcome = agent_client.exchange(
                 context,
@@ -356,6 +530,7 @@ class Engine:
                 body,
                 self.settings.read_timeout,
                 check_peer=check_peer,
+                still_waiting=still_waiting,
             )
         except Exception as exc:
             outcome = results.Failure(
@@ -369,10 +544,37 @@ class Engine:
             return None, outcome, rtt
         return outcome, None, rtt
 
+    def _peer_check(self, target: Target) -> Callable[[bytes], str | None]:
+        """The check every connection to an agent makes right after the
+        handshake: the registered agent, with a certificate not revoked."""
+        revoked = self.revoked.current()
+
+        def check_peer(der: bytes) -> str | None:
+            return peer_problem(target.expect, der, revoked)
+
+        return check_peer
+
     def _run_one(
-        self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        body: bytes,
+        script: str,
+        reqid: str,
+        follow: Follow | None = None,
+        on_fallback: Callable[[str], None] | None = None,
     ) -> dict:
-        reply, failure, rtt = self._exchange(context, target, "/run", body)
+        streamed = None
+        if follow is not None:
+            streamed = self._stream(context, target, body, script, reqid, follow)
+            if streamed is None and on_fallback is not None:
+                on_fallback(target.name)
+        if streamed is not None:
+            reply, failure, rtt = streamed
+        else:
+            reply, failure, rtt = self._exchange(
+                context, target, "/run", body, self._waiter(context, target, script, reqid)
+            )
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
@@ -397,6 +599,66 @@ class Engine:
                 REQID=reqid,
             )
         return result
+
+    def _stream(
+        self,
+        context: ssl.SSLContext,
+        target: Target,
+        body: bytes,
+        script: str,
+        reqid: str,
+        follow: Follow,
+    ) -> tuple[results.Reply | None, results.Failure | None, str] | None:
+        """POST /run-stream; None when the agent cannot stream (0.12's 404)."""
+        started = self._clock()
+        try:
+            outcome = agent_stream.stream_run(
+                context,
+                target.address,
+                target.port,
+                body,
+                self.settings.read_timeout,
+                lambda stream, text: follow(target.name, stream, text),
+                self._waiter(context, target, script, reqid),
+                check_peer=self._peer_check(target),
+            )
+        except Exception as exc:
+            outcome = results.Failure(
+                results.OTHER,
+                target.address,
+                target.port,
+                f"internal error: {type(exc).__name__}: {exc}",
+            )
+        rtt = results.rtt_text(self._clock() - started)
+        if isinstance(outcome, results.Failure):
+            return None, outcome, rtt
+        if outcome.status == 404 and run_control.read_running(404, outcome.body) == (
+            run_control.UNSUPPORTED
+        ):
+            return None
+        return outcome, None, rtt
+
+    def _waiter(
+        self, context: ssl.SSLContext, target: Target, script: str, reqid: str
+    ) -> Callable[[], bool]:
+        """Asked each time a synchronous run's agent has been silent for
+        read_timeout: keep waiting while our agent says the script still
+        runs (it ends it at its own limit for that script, so the wait is
+        bounded). A 0.12 agent cannot say: give up, as 0.12. When the run is
+        no longer listed, its answer may be on the way: one more period."""
+        grace = [True]
+
+        def still_waiting() -> bool:
+            answer = self._running_on(context, target)
+            if answer == run_control.UNSUPPORTED:
+                return False
+            if isinstance(answer, list) and reqid in run_control.running_reqids(answer):
+                log.event("run-wait", log.INFO, SCRIPT=script, TARGET=target.label, REQID=reqid)
+                return True
+            waiting, grace[0] = grace[0], False
+            return waiting
+
+        return still_waiting
 
     def _submit_one(
         self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
@@ -495,6 +757,19 @@ class Engine:
         return result
 
 
+def lock_holder(reqid: str, caller: str, username: str, now: float, user: str) -> dict:
+    """What `list-locks` shows of a run holding locks, and what the next
+    taker checks when this process stops before its run ends."""
+    return {
+        "pid": os.getpid(),
+        "user": user,
+        "caller": caller,
+        "username": username[:64],
+        "since": iso_utc(now),
+        "reqid": reqid,
+    }
+
+
 def _check_hosts(hosts: Sequence[str]) -> None:
     if not hosts:
         raise BadRequest("at least one host is needed")
@@ -503,6 +778,10 @@ def _check_hosts(hosts: Sequence[str]) -> None:
     for host in hosts:
         if not isinstance(host, str) or not host:
             raise BadRequest("hosts must be non-empty strings")
+        name, colon, port = host.rpartition(":")
+        # agent names never contain ':', so what follows one is a port
+        if colon and not (port.isdigit() and 0 < int(port) < 65536 and name):
+            raise BadRequest(f"invalid port in {host!r}: NAME:PORT takes a port from 1 to 65535")
 
 
 def _check_run(script: str, args: Sequence[str]) -> None:

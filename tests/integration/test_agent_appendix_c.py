@@ -154,6 +154,7 @@ def test_c1_capabilities(deployment):
             "name": name,
             "executable": True,
             "path": str(scripts / f"{name}.sh"),
+            "timeout": 3600,  # an addition: how long this agent lets the script run
         }
         for name in ("echo-args", "fail", "show-context", "sleep")
     ]

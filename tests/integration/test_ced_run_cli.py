@@ -170,7 +170,7 @@ def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer)
 # -- progress line, and the stdlib-only path -------------------------------------------
 
 
-def test_progress_line_on_a_terminal_for_large_fan_outs(disp, session_ca, peer):
+def test_progress_line_and_summary_on_a_terminal(disp, session_ca, peer):
     names = [f"node-{n:02d}" for n in range(12)]
     for name in names:
         register(disp, session_ca, name, peer.port)
@@ -197,7 +197,10 @@ def test_progress_line_on_a_terminal_for_large_fan_outs(disp, session_ca, peer):
     finally:
         os.close(master)
     assert proc.returncode == 0
-    assert b"[12/12] hosts done, 0 failed" in seen and seen.endswith(b"\r\x1b[K")
+    assert seen.startswith(b"\r[ 0/12] hosts done, 0 failed, 12 running, 0.")
+    assert b"[12/12] hosts done, 0 failed, 0 running, " in seen
+    _, _, summary = seen.rpartition(b"\r\x1b[K")
+    assert re.fullmatch(rb"12 ok, 0 failed, 0 unreachable in \d+\.\d s\r?\n", summary), seen
     assert "hosts done" not in stdout and len(stdout.splitlines()) == 14
 
 
@@ -207,6 +210,7 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(disp, session_ca, peer):
         register(disp, session_ca, name, peer.port)
     result = disp.run("ced", "ping", *names)
     assert result.returncode == 0 and "hosts done" not in result.stderr
+    assert "unreachable in" not in result.stderr and result.stderr == ""
 
 
 def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path):
@@ -233,3 +237,32 @@ def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path
         }
         assert not imported & {"cryptography", "cffi", "_cffi_backend"}, argv
     assert list(unsafe.iterdir()) == []
+
+
+# -- messages for common mistakes -----------------------------------------------------
+
+
+def test_arguments_without_dashes_get_a_hint(disp, session_ca, peer):
+    register(disp, session_ca, "vm", peer.port)
+    completed = disp.run("ced", "run", "vm", "hello", "extra")
+    assert completed.returncode == 1 and completed.stdout == ""
+    assert "unknown agent(s): hello" in completed.stderr
+    assert "Did you mean script 'hello' with arguments? They go after `--`: " in completed.stderr
+    assert completed.stderr.endswith(" ced run vm hello -- extra\n")
+    as_json = json.loads(disp.run("ced", "--json", "run", "vm", "hello", "a", "b").stdout)
+    assert as_json["ok"] == 0 and as_json["hint"].endswith("ced run vm hello -- a b")
+    assert peer.received == []
+
+
+@pytest.mark.parametrize("host", ["vm:99999", "vm:0", "vm:http", "vm:"])
+def test_a_bad_port_is_named_as_such(disp, session_ca, peer, host):
+    register(disp, session_ca, "vm", peer.port)
+    completed = disp.run("ced", "run", host, "echo-args")
+    assert completed.returncode == 2
+    assert f"invalid port in '{host}': NAME:PORT takes a port from 1 to 65535" in completed.stderr
+    as_json = disp.run("ced", "--json", "ping", host)
+    assert as_json.returncode == 2
+    assert json.loads(as_json.stdout) == {
+        "ok": 0,
+        "error": f"invalid port in '{host}': NAME:PORT takes a port from 1 to 65535",
+    }

@@ -5,6 +5,7 @@ what we send, how 0.12's replies are read, and every failure string."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import threading
@@ -320,7 +321,9 @@ def test_locks_are_held_for_the_whole_run(dispatcher, peer):
     first = threading.Thread(target=lambda: outcome.append(run(engine, ["vm"], script="sleep")))
     first.start()
     assert peer.arrived.wait(10)
-    assert engine.locks.held() == [{"host": "vm", "script": "sleep"}]
+    [held] = engine.locks.held()
+    assert (held["host"], held["script"], held["state"]) == ("vm", "sleep", "held")
+    assert held["pid"] == os.getpid() and held["caller"] == "cli"
     with pytest.raises(Locked) as locked:
         run(dispatcher.engine(), [f"vm:{peer.port}"], script="sleep")
     assert locked.value.conflicts == ["vm:sleep"]

@@ -7,6 +7,8 @@ the script and no log, and host:script locks."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import re
 
 import pytest
@@ -328,12 +330,23 @@ def test_lock_conflict_while_a_run_is_in_progress(fleet, tmp_path):
             "conflicts": ["agent-01:block"],
         }
         text = fleet.ced("list-locks").stdout.splitlines()
-        assert text[0].split() == ["HOST", "SCRIPT"] and text[2].split() == ["agent-01", "block"]
-        listed = fleet.ced("--json", "list-locks")
-        assert json.loads(listed.stdout) == {
-            "ok": 1,
-            "locks": [{"host": "agent-01", "script": "block"}],
+        assert text[0].split() == ["HOST", "SCRIPT", "STATE", "PID", "USER", "SINCE", "REQID"]
+        row = text[2].split()
+        assert row[:4] == ["agent-01", "block", "held", str(first.pid)]
+        listed = json.loads(fleet.ced("--json", "list-locks").stdout)
+        [lock] = listed["locks"]
+        assert listed["ok"] == 1 and lock == {
+            "host": "agent-01",
+            "script": "block",
+            "state": "held",
+            "pid": first.pid,
+            "user": pwd.getpwuid(os.getuid()).pw_name,
+            "caller": "cli",
+            "username": lock["username"],
+            "since": lock["since"],
+            "reqid": row[6],
         }
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", lock["since"])
         # another script on the same agent, and the same script elsewhere, are free
         other = fleet.ced("run", "agent-01", "echo-args", "--", "free")
         assert other.returncode == 0 and "free" in other.stdout

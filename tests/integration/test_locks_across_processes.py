@@ -44,3 +44,20 @@ def test_a_crashed_holder_leaves_no_lock(tmp_path):
     child.wait()
     assert HostScriptLocks(tmp_path).held() == []
     HostScriptLocks(tmp_path).acquire(["vm"], "s").release()
+
+
+def test_a_killed_holder_leaves_its_holder_record(tmp_path):
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, os; from ctrlexec.dispatcher.locks import HostScriptLocks as L;"
+            "h = L(sys.argv[1]).acquire(['vm'], 's'); h.record({'reqid': 'r1', 'pid': 1});"
+            "os._exit(9)",
+            str(tmp_path),
+        ],
+        check=False,
+    )
+    assert child.returncode == 9
+    held = HostScriptLocks(tmp_path).acquire(["vm"], "s")
+    assert held.stale == {"vm": {"reqid": "r1", "pid": 1}}

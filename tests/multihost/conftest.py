@@ -64,6 +64,7 @@ class Fleet:
         host: netns.Host,
         port: int,
         trusting: tuple[Dispatcher, ...] = (),
+        tags: dict[str, str] | None = None,
         **settings: Any,
     ) -> agentproc.AgentProcess:
         """A real `agent serve` inside `host`'s namespace, listening on its
@@ -82,6 +83,7 @@ class Fleet:
                 site.layout.trusted_dispatchers, other.issued.serial_key, other.dispatcher_id
             )
         site.port = port
+        site.tags = dict(tags or {})
         site.write_config()
         process = agentproc.AgentProcess(runner, site)
         process.start()

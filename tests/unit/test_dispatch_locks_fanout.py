@@ -27,8 +27,8 @@ def test_locks_are_held_until_released(tmp_path):
     locks = HostScriptLocks(tmp_path / "locks")
     held = locks.acquire(["web-01", "db-02"], "backup")
     assert locks.held() == [
-        {"host": "db-02", "script": "backup"},
-        {"host": "web-01", "script": "backup"},
+        {"host": "db-02", "script": "backup", "state": "held"},
+        {"host": "web-01", "script": "backup", "state": "held"},
     ]
     assert oct((tmp_path / "locks" / "web-01--backup.lock").stat().st_mode & 0o777) == "0o660"
     with pytest.raises(Locked) as conflict:
@@ -41,6 +41,50 @@ def test_locks_are_held_until_released(tmp_path):
     held.release()
     assert locks.held() == []
     locks.acquire(["web-01"], "backup").release()
+
+
+HOLDER = {
+    "pid": 4242,
+    "user": "ops",
+    "caller": "cli",
+    "username": "alice",
+    "since": "2026-11-29T12:00:00Z",
+    "reqid": "00aa11bb22cc33dd",
+}
+
+
+def test_holder_record_is_listed_and_removed_on_a_clean_release(tmp_path):
+    locks = HostScriptLocks(tmp_path)
+    held = locks.acquire(["vm"], "backup")
+    assert held.stale == {}
+    held.record(HOLDER)
+    [listed] = locks.held()
+    assert listed == {"host": "vm", "script": "backup", "state": "held", **HOLDER}
+    assert oct((tmp_path / "vm--backup.lock.holder").stat().st_mode & 0o777) == "0o660"
+    held.release()
+    assert locks.held() == [] and not (tmp_path / "vm--backup.lock.holder").exists()
+
+
+def test_an_interrupted_holder_leaves_its_record_for_the_next_taker(tmp_path):
+    """Ctrl-C or a crash: the flock goes with the process, the record stays,
+    and the next taker is told (stale) so it can ask the agent."""
+    locks = HostScriptLocks(tmp_path)
+    with pytest.raises(KeyboardInterrupt), locks.acquire(["vm", "db"], "backup") as held:
+        held.record(HOLDER)
+        raise KeyboardInterrupt
+    assert [(lock["host"], lock["state"]) for lock in locks.held()] == [
+        ("db", "orphaned"),
+        ("vm", "orphaned"),
+    ]
+    again = locks.acquire(["vm"], "backup")
+    assert again.stale == {"vm": HOLDER}
+    again.release(keep={"vm"})  # still running there: the old record stays
+    assert locks.acquire(["vm"], "backup").stale == {"vm": HOLDER}
+
+
+def test_an_unreadable_holder_record_still_counts(tmp_path):
+    (tmp_path / "vm--s.lock.holder").write_bytes(b'{"reqid": "r1", "pi')
+    assert HostScriptLocks(tmp_path).acquire(["vm"], "s").stale == {"vm": {}}
 
 
 def test_held_on_a_missing_directory_is_empty(tmp_path):

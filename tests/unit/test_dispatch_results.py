@@ -295,15 +295,46 @@ def test_ping_table_is_0_12s_layout_with_errors_underneath():
 
 def test_locks_text():
     assert report.locks_text([]) == "No locks currently held.\n"
-    assert report.locks_text([{"host": "vm", "script": "backup"}]).splitlines() == [
-        "HOST                            SCRIPT",
-        "-" * 50,
-        "vm                              backup",
+    held = {
+        "host": "vm",
+        "script": "backup",
+        "state": "held",
+        "pid": 4242,
+        "user": "ops",
+        "username": "alice",
+        "since": "2026-11-29T12:00:00Z",
+        "reqid": "00aa11bb22cc33dd",
+    }
+    lines = report.locks_text([held, {"host": "db", "script": "x\x1b"}]).splitlines()
+    assert lines == [
+        "HOST                            SCRIPT                STATE     PID      USER        "
+        "SINCE                 REQID",
+        "-" * 112,
+        "vm                              backup                held      4242     ops (alice)  "
+        "2026-11-29T12:00:00Z  00aa11bb22cc33dd",
+        "db                              x\\x1b                 held",
     ]
 
 
 def test_progress_text():
     assert report.progress_text(7, 120, 2) == "[  7/120] hosts done, 2 failed"
+    assert (
+        report.progress_text(7, 120, 2, 3.14159)
+        == "[  7/120] hosts done, 2 failed, 113 running, 3.1 s"
+    )
+
+
+def test_summary_text_tells_failures_from_unreachable_hosts():
+    ok = {"host": "a", "exit": 0}
+    failed = {"host": "b", "exit": 3}
+    refused = {"host": "c", "exit": -1, "error": "host 'c' did not respond on port 7443 - x"}
+    denied = {"host": "d", "exit": -1, "error": "script not permitted"}
+    timed_out = {"host": "e", "exit": -1, "error": "read timeout after 60s"}
+    results_ = [ok, failed, refused, denied, timed_out]
+    assert (
+        report.summary_text(results_, results.run_failed, 5.25)
+        == "1 ok, 2 failed, 2 unreachable in 5.2 s"
+    )
 
 
 def test_results_serialise_as_json():
