@@ -109,6 +109,8 @@ def serve(ctx: Context) -> int:
         settings.api_request_timeout,
         tls,
         purge=store.purge,
+        max_pending=settings.api_max_pending,
+        max_pending_per_address=settings.api_max_pending_per_address,
     )
     where = f"{settings.api_bind}:{settings.api_port}"
     try:

@@ -54,6 +54,8 @@ SERIAL_MISMATCH = {"error": "serial mismatch", "status": "forbidden"}
 CAPABILITIES_FORBIDDEN = {"error": "forbidden"}
 CAPABILITIES_NOT_AUTHORISED = {"error": "not authorised"}
 NOT_FOUND = {"error": "not found"}
+# A trusted dispatcher over its `rate_limit_trusted` ceiling (ours; 0.12 has none).
+TOO_MANY_REQUESTS = {"status": "error", "error": "too many requests from this dispatcher"}
 
 # Largest schema sidecar read (0.12: 64 KiB).
 MAX_SIDECAR_BYTES = 65_536

@@ -27,11 +27,25 @@ UNREACHABLE = "unreachable"  # no route / network down
 TIMEOUT = "timeout"  # no answer while connecting or handshaking
 READ_TIMEOUT = "read-timeout"  # connected, then silence longer than read_timeout
 TLS = "tls"  # handshake failed, or the peer's TLS layer refused us
+# The agent closed before answering our TLS hello: allowed_ips, a rate
+# block or overload; a certificate problem always comes with a TLS alert.
+CLOSED_BEFORE_TLS = "closed-before-tls"
 CLOSED = "closed"  # the agent closed the connection without a reply
 PROTOCOL = "protocol"  # the reply was not HTTP we can frame
 OTHER = "other"  # any other socket error (detail says which)
 
-KINDS = (RESOLVE, REFUSED, UNREACHABLE, TIMEOUT, READ_TIMEOUT, TLS, CLOSED, PROTOCOL, OTHER)
+KINDS = (
+    RESOLVE,
+    REFUSED,
+    UNREACHABLE,
+    TIMEOUT,
+    READ_TIMEOUT,
+    TLS,
+    CLOSED_BEFORE_TLS,
+    CLOSED,
+    PROTOCOL,
+    OTHER,
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +101,11 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
         return f"host '{host}' did not respond - connection timed out"
     if kind == TLS:
         return f"TLS handshake with '{host}' failed - certificate or trust mismatch"
+    if kind == CLOSED_BEFORE_TLS:
+        return (
+            f"host '{host}': closed by the agent before the TLS handshake "
+            "(allowed_ips, rate limit or overload: see the agent's log)"
+        )
     if kind == CLOSED:
         return f"host '{host}' closed the connection without a response"
     if kind == PROTOCOL:
