@@ -3,6 +3,13 @@
 Every state file is written as temp file in the same directory, fsync,
 rename, fsync of the directory. A reader sees the old or the new content,
 never a part; a crash at any instant leaves one of the two.
+
+State files are opened, never followed (`open_state`): O_NOFOLLOW, then
+fstat: a regular file owned by root, by us, or by the owner of its
+directory. A link or device planted in a state directory (a symlink from
+`pairing/<reqid>.approved` to `ca.key`, say) is refused with StateError
+instead of being read, sent or locked through. This is the one place that
+rule lives: every reader and lock of a state file goes through it.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -82,13 +90,56 @@ def write_json(path: str | os.PathLike, value: object, mode: int = 0o640) -> Non
     )
 
 
+def open_state(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o640) -> int:
+    """A descriptor for the state file `path`, which must be a regular file
+    (never a symlink, FIFO or device) owned by root, by this process's user,
+    or by the owner of its directory. Missing -> FileNotFoundError (unless
+    O_CREAT); anything else refused -> StateError naming the path."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(
+                f"{path} is a symbolic link: refused (state files are never followed)"
+            ) from None
+        if exc.errno == errno.ENXIO:
+            raise StateError(f"{path} is not a regular file: refused") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateError(f"{path} is not a regular file: refused")
+        if info.st_uid not in (0, os.geteuid()) and info.st_uid != _directory_owner(path):
+            raise StateError(f"{path} is owned by uid {info.st_uid}: refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _directory_owner(path: str | os.PathLike) -> int | None:
+    try:
+        return os.stat(Path(path).parent).st_uid
+    except OSError:
+        return None
+
+
+def read_state(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> bytes:
+    """The bytes of a state file (see open_state). Missing ->
+    FileNotFoundError; refused or larger than `max_bytes` -> StateError."""
+    fd = open_state(path)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise StateError(f"{path}: larger than {max_bytes} bytes")
+    return data
+
+
 def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> object:
     """Parse a JSON state file. Missing -> FileNotFoundError; bad -> StateError."""
     target = Path(path)
-    with open(target, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise StateError(f"{target}: larger than {max_bytes} bytes")
+    data = read_state(target, max_bytes)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -116,9 +167,9 @@ def write_pidfile(path: Path) -> None:
 def remove_own_pidfile(path: Path) -> None:
     """Remove the pidfile if it still names this process."""
     try:
-        if path.read_text().strip() == str(os.getpid()):
+        if read_state(path, 64).decode("ascii", "replace").strip() == str(os.getpid()):
             path.unlink()
-    except OSError:
+    except (OSError, StateError):
         pass
 
 
@@ -182,10 +233,10 @@ class FileLock:
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> FileLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            fd = open_state(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self.mode)
             os.fchmod(fd, self.mode)  # the umask must not narrow a shared lock's mode
-        except FileExistsError:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileExistsError:  # also a planted link (O_EXCL never follows): refused next
+            fd = open_state(self.path, os.O_RDWR)
         try:
             if timeout is not None:
                 self._acquire_with_timeout(fd, timeout)
@@ -237,7 +288,7 @@ class FileLock:
 def is_locked(path: str | os.PathLike) -> bool:
     """True when some process holds an flock on `path` (probe, then let go)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_state(path)
     except FileNotFoundError:
         return False
     try:

@@ -26,7 +26,7 @@ from .. import log
 from ..config.load import load_dispatcher
 from ..core.ratelimit import Rule
 from ..errors import CtrlExecError, StateError
-from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, remove
+from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, read_state, remove
 from .ced_pairing import approval_lines, reverse_text
 from .common import Context, add_command
 
@@ -91,8 +91,8 @@ class Instance:
         if not is_locked(self.lockfile):
             return None
         try:
-            text = self.pidfile.read_text().strip()
-        except FileNotFoundError:
+            text = read_state(self.pidfile, 64).decode("ascii", "replace").strip()
+        except (FileNotFoundError, StateError):
             return None
         return int(text) if text.isdigit() else None
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..core.http import encode_json
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..errors import StateError
-from ..store import FileLock, atomic_write, ensure_dir, read_json_object, remove
+from ..store import FileLock, atomic_write, ensure_dir, read_json_object, read_state, remove
 from .registry import Registry
 
 # Request ids we create are 16 hex; accept 0.12's older forms, nothing that
@@ -147,7 +147,7 @@ class PairingQueue:
     def _body(self, reqid: str) -> bytes | None:
         for suffix in (".approved", ".denied"):
             try:
-                return self.path(reqid, suffix).read_bytes()
+                return read_state(self.path(reqid, suffix), MAX_QUEUE_FILE)
             except FileNotFoundError:
                 continue
         return None
