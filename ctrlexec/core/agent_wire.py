@@ -27,6 +27,7 @@ from typing import Any
 
 from . import names
 from .digest import schema_version_fallback
+from .text import is_utf8, json_flag
 
 # Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
 RUN = "run"
@@ -130,6 +131,13 @@ def _string_field(data: dict, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+ASYNC_NOT_A_FLAG = "async must be true or false (or 1 or 0)"
+
+
+def _not_utf8(key: str) -> str:
+    return f"{key} must be valid UTF-8 (no lone surrogates)"
+
+
 def parse_run(body: bytes) -> RunRequest:
     """Validate a /run body in 0.12's order; raise RunRejected with the answer."""
     data = _json_object(body)
@@ -138,6 +146,8 @@ def parse_run(body: bytes) -> RunRequest:
     reqid = _string_field(data, "reqid")
     if reqid is None:
         raise RunRejected({"exit": -1, "error": "reqid must be a string"})
+    if not is_utf8(reqid):
+        raise RunRejected({"exit": -1, "error": _not_utf8("reqid")})
     args = data.get("args")
     if args is None:
         args = []
@@ -148,19 +158,26 @@ def parse_run(body: bytes) -> RunRequest:
             raise RunRejected(
                 {"exit": -1, "error": "args must be strings without NUL", "reqid": reqid}
             )
+        if not is_utf8(arg):
+            raise RunRejected({"exit": -1, "error": _not_utf8("args"), "reqid": reqid})
     fields = {}
     for key in ("script", "username", "token"):
         value = _string_field(data, key)
         if value is None:
             raise RunRejected({"exit": -1, "error": f"{key} must be a string", "reqid": reqid})
+        if not is_utf8(value):
+            raise RunRejected({"exit": -1, "error": _not_utf8(key), "reqid": reqid})
         fields[key] = value
+    run_async = json_flag(data.get("async"))
+    if run_async is None:
+        raise RunRejected({"exit": -1, "error": ASYNC_NOT_A_FLAG, "reqid": reqid})
     return RunRequest(
         fields["script"],
         tuple(args),
         reqid,
         fields["username"],
         fields["token"],
-        bool(data.get("async")),
+        run_async,
     )
 
 
@@ -225,7 +242,7 @@ def ping_reqid(body: bytes) -> str:
     """The reqid a ping echoes; an unparsable body counts as `{}` (0.12)."""
     data = _json_object(body) or {}
     value = data.get("reqid")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and is_utf8(value) else ""
 
 
 def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict:

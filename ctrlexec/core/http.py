@@ -209,7 +209,11 @@ class RequestReader:
         if not sep or not name:
             return  # 0.12 ignores lines that are not `Name: value`
         assert self._request is not None
-        self._request.headers[name.strip().lower()] = value.strip()
+        key, value = name.strip().lower(), value.strip()
+        if key == "content-length" and self._request.headers.get(key, value) != value:
+            # which one frames the body? a proxy may pick the other (smuggling)
+            raise FramingError(400, "bad request", "conflicting Content-Length headers")
+        self._request.headers[key] = value
 
     def _end_headers(self) -> None:
         assert self._request is not None

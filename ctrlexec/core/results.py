@@ -255,8 +255,10 @@ def async_submit_result(
     read_timeout: int,
 ) -> dict:
     """One host's answer to an async submission: the agent's 202 body, or
-    `busy` (409), or `error` with the reason (any other answer, including a
-    200 refusal such as `script not permitted`)."""
+    `busy` (409), or `error` with the reason. A 200 refusal (`script not
+    permitted`, `not authorised: ...`) is passed through as 0.12 does: the
+    agent's body with its `"exit": -1`, plus `status: "error"`, `host`, `rtt`
+    (clients written for 0.12 read `exit`)."""
 
     def refused(status: str, error: str) -> dict:
         return {
@@ -277,8 +279,12 @@ def async_submit_result(
     if body is None:
         return refused("error", "invalid JSON response")
     if body.get("status") != "accepted":
-        error = body.get("error")
-        return refused("error", str(error) if error is not None else "not accepted")
+        result = _echoed(body, rtt, reqid)
+        result.setdefault("script", script)
+        result.setdefault("exit", -1)
+        result.setdefault("error", "not accepted")
+        result["status"] = "error"
+        return _canonical(result, name)
     return _canonical(_echoed(body, rtt, reqid), name)
 
 

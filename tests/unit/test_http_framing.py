@@ -89,3 +89,15 @@ def test_response_without_length_ends_at_eof():
     reader = ResponseReader()
     assert reader.feed(b'HTTP/1.0 200 OK\r\n\r\n{"a":1}') is None
     assert json.loads(reader.finish().body) == {"a": 1}
+
+
+def test_conflicting_content_length_headers_are_400():
+    raw = b"POST /run HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}xyz"
+    with pytest.raises(FramingError) as refused:
+        RequestReader().feed(raw)
+    assert refused.value.status == 400
+
+
+def test_repeated_equal_content_length_headers_are_one():
+    raw = b"POST /run HTTP/1.1\r\nContent-Length: 2\r\ncontent-length:  2\r\n\r\n{}"
+    assert RequestReader().feed(raw).body == b"{}"
