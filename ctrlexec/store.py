@@ -20,8 +20,10 @@ import json
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
+from . import log
 from .errors import OperationTimeout, StateError
 
 
@@ -217,6 +219,47 @@ def purge_expired(
     return removed
 
 
+# At a service's start, a temp file this old is a crashed writer's leftover
+# (atomic writes take milliseconds); a younger one may be another process's
+# write in progress.
+START_SWEEP_GRACE = 60
+
+
+def sweep_temporary(
+    directory: str | os.PathLike, now: float, grace: float = START_SWEEP_GRACE
+) -> int:
+    """Remove the temp files atomic_write left in `directory` (not below it)
+    when a writer died, older than `grace` seconds. How many were removed."""
+    try:
+        entries = os.scandir(directory)
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return 0
+    removed = 0
+    with entries:
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode) or now - info.st_mtime <= grace:
+                    continue
+                os.unlink(entry.path)  # a link is removed, never followed
+                removed += 1
+            except (FileNotFoundError, PermissionError):
+                continue
+    return removed
+
+
+def sweep_leftovers(directories, now: float | None = None) -> int:
+    """sweep_temporary over `directories` at a service's start; logged
+    `temp-sweep` when something was removed."""
+    moment = time.time() if now is None else now
+    removed = sum(sweep_temporary(directory, moment) for directory in directories)
+    if removed:
+        log.event("temp-sweep", log.INFO, COUNT=removed)
+    return removed
+
+
 class FileLock:
     """An exclusive flock on a lock file, as a context manager.
 
@@ -250,8 +293,6 @@ class FileLock:
         return self
 
     def _acquire_with_timeout(self, fd: int, timeout: float) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:

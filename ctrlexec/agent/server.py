@@ -70,7 +70,7 @@ from ..netio import abort as _abort
 from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
-from ..store import remove_own_pidfile, write_pidfile
+from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
 from .handlers import Endpoints, Peer, Reply
 from .state import AgentRuntime
 
@@ -145,6 +145,7 @@ class AgentServer:
             wake,
         ):
             state = self.runtime.state()
+            self._sweep_leftovers()
             log.event(
                 "start",
                 log.INFO,
@@ -160,6 +161,17 @@ class AgentServer:
             finally:
                 close_all(self._listeners)  # refuse new connections while draining
                 self._drain_and_stop(pidfile)
+
+    def _sweep_leftovers(self) -> None:
+        """Temp files of writes a crash interrupted: the trusted map's
+        directory and every async run partition."""
+        config = self.runtime.config
+        runs = Path(config.async_runs_dir)
+        try:
+            partitions = [entry for entry in runs.iterdir() if entry.is_dir()]
+        except OSError:
+            partitions = []
+        sweep_leftovers([Path(config.trusted_dispatchers_path).parent, runs, *partitions])
 
     def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
         paused_until: float | None = None

@@ -277,6 +277,9 @@ def serve(ctx: Context, settings, listening, window: int, interactive: bool, rea
     fingerprint = _fingerprint(settings)
     queue = open_queue(ctx.layout.pairing_dir, settings.registry_dir)
     instance.acquire()
+    swept = queue.sweep_temporary()
+    if swept:
+        log.event("temp-sweep", log.INFO, COUNT=swept)
     try:
         console = Console(out, settings, queue) if interactive else None
         listener = PairingListener(listening, queue, on_queued=None if console else _announcer(out))

@@ -86,6 +86,7 @@ def serve(ctx: Context) -> int:
     from ..dispatcher.api_server import ApiServer
     from ..dispatcher.engine import Engine
     from ..dispatcher.runstore import RunStore
+    from ..store import sweep_leftovers
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = _api_tls(settings)
@@ -93,6 +94,7 @@ def serve(ctx: Context) -> int:
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)
+    sweep_leftovers((settings.registry_dir, ctx.layout.runs_dir, ctx.layout.dispatcher_state))
     api = Api(
         engine,
         store,

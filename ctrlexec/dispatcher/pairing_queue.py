@@ -32,7 +32,15 @@ from pathlib import Path
 from ..core.http import encode_json
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..errors import StateError
-from ..store import FileLock, atomic_write, ensure_dir, read_json_object, read_state, remove
+from ..store import (
+    FileLock,
+    atomic_write,
+    ensure_dir,
+    read_json_object,
+    read_state,
+    remove,
+    sweep_temporary,
+)
 from .registry import Registry
 
 # Request ids we create are 16 hex; accept 0.12's older forms, nothing that
@@ -85,6 +93,15 @@ class PairingQueue:
         return read_json_object(path, MAX_QUEUE_FILE)
 
     # --- housekeeping (caller holds the lock) -------------------------------
+
+    def sweep_temporary(self) -> int:
+        """Remove writes a crash left half done (temp files) in the queue and
+        registry directories; run when pairing mode starts."""
+        now = self.clock()
+        return sum(
+            sweep_temporary(directory, now)
+            for directory in (self.directory, self.registry.directory)
+        )
 
     def recover(self) -> list[str]:
         """Finish every approval a crash interrupted. Returns their ids."""
