@@ -9,9 +9,13 @@ Per request, as 0.12 (protocol.md §7.2-7.4):
    403. `GET /health` skips it when `health_open` is set (0.12's code gates
    it, its documentation says it is open: operators choose);
 2. the route (404 for anything else);
-3. the endpoint's own action: `ping` for /ping and /discovery, `run` for
+3. the endpoint's own action: `ping` for /ping, /discovery and
+   /openapi-live.json (its token from `Authorization: Bearer`), `run` for
    /run, `status` for /status/<reqid>; the engine calls the hook for the
-   first three, this module for the last.
+   first ones, this module for the last.
+
+`/openapi-live.json` is built from the discovery cache (what the agents
+last said in /discovery), asking again only agents whose answer is stale.
 
 `/status` answers 404 alike for an unknown reqid, an expired one and one the
 `status` check refuses. Unlike 0.12, which polls the agents first, the
@@ -31,6 +35,7 @@ from ..core import api_wire, run_record
 from ..core.api_wire import ApiError, Reply
 from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
 from ..hooks import CALLER_API
+from .discovery_cache import DiscoveryCache
 from .engine import BadRequest, Engine
 from .registry import UnknownAgents
 from .runstore import RunStore, aggregate
@@ -55,6 +60,7 @@ class Api:
         deny_generic: bool = False,
         health_open: bool = False,
         clock: Callable[[], float] = time.time,
+        discovered: DiscoveryCache | None = None,
     ):
         self.engine = engine
         self.store = store
@@ -63,6 +69,7 @@ class Api:
         self.deny_generic = deny_generic
         self.health_open = health_open
         self.clock = clock
+        self.discovered = discovered or DiscoveryCache()
 
     def handle(self, request: ApiRequest) -> Reply:
         found = api_wire.route(request.method, request.path)
@@ -107,7 +114,7 @@ class Api:
         if name == api_wire.OPENAPI:
             return Reply(200, self.spec)
         if name == api_wire.OPENAPI_LIVE:
-            return self._openapi_live()
+            return self._openapi_live(request)
         return api_wire.no_route(request.method, request.path)
 
     def _ping(self, request: ApiRequest) -> Reply:
@@ -159,6 +166,7 @@ class Api:
             token=wanted.token,
             source_ip=request.peer,
         )
+        self.discovered.store(results)
         return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
@@ -189,8 +197,18 @@ class Api:
             return api_wire.status_unknown(reqid)
         return Reply(200, {"ok": True, **run_record.public(record)})
 
-    def _openapi_live(self) -> Reply:
+    def _openapi_live(self, request: ApiRequest) -> Reply:
         names = self.engine.registry.names()
-        capabilities = self.engine.capabilities(self.engine.resolve(names)) if names else []
+        # the gate /discovery applies (before anything is read or fetched)
+        self.engine.authorise(
+            "ping",
+            names,
+            caller=CALLER_API,
+            token=api_wire.bearer_token(request.authorization),
+            source_ip=request.peer,
+        )
+        capabilities = self.discovered.results(
+            names, lambda stale: self.engine.capabilities(self.engine.resolve(stale))
+        )
         document = api_wire.live_spec(json.loads(self.spec), names, capabilities, int(self.clock()))
         return Reply(200, document)
