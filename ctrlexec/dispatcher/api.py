@@ -131,6 +131,14 @@ class Api:
     def _run(self, request: ApiRequest) -> Reply:
         run = api_wire.parse_run(request.body)
         reqid = self.engine.new_reqid()
+        submitter = {"username": run.username, "source_ip": request.peer}
+
+        def record_pending(reqid: str, targets) -> None:
+            # before any agent is asked: a crash after this leaves a record
+            # whose hosts /status will ask (and find running, done or expired)
+            pending = [{"host": target.name, "status": "accepted"} for target in targets]
+            self.store.record_async(reqid, run.script, pending, submitter)
+
         results = self.engine.run(
             run.hosts,
             run.script,
@@ -141,8 +149,8 @@ class Api:
             source_ip=request.peer,
             reqid=reqid,
             run_async=run.run_async,
+            before_dispatch=record_pending if run.run_async else None,
         )
-        submitter = {"username": run.username, "source_ip": request.peer}
         try:
             if run.run_async:
                 self.store.record_async(reqid, run.script, results, submitter)

@@ -219,11 +219,15 @@ class Engine:
         reqid: str | None = None,
         progress: Progress | None = None,
         run_async: bool = False,
+        before_dispatch: Callable[[str, list[Target]], None] | None = None,
     ) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
-        fetched later (`fetch_results`)."""
+        fetched later (`fetch_results`). `before_dispatch(reqid, targets)` runs
+        once everything is checked and locked, before the first request (the
+        API records an async run there, so a crash cannot leave a job without
+        a record); if it raises, nothing is sent."""
         _check_hosts(hosts)
         _check_run(script, args)
         self.authorise(
@@ -258,6 +262,8 @@ class Engine:
             if run_async:
                 request["async"] = True
             body = encode_json(request)
+            if before_dispatch is not None:
+                before_dispatch(reqid, list(targets))
             one = self._submit_one if run_async else self._run_one
             return fan_out(
                 targets,
