@@ -72,43 +72,45 @@ def probe(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> None:
     _connect(host, port, timeout).close()
 
 
-class PairingConnection:
-    """One pairing exchange: `submit()` then `result()`."""
+def open_connection(host: str, port: int) -> PairingConnection:
+    """Connect and complete the TLS handshake (nothing verified, as 0.12)."""
+    raw = _connect(host, port, EXCHANGE_TIMEOUT)
+    try:
+        tls = pairing_client_context().wrap_socket(raw, server_hostname=None)
+    except (ssl.SSLError, OSError) as exc:
+        raw.close()
+        raise DispatcherUnreachable(
+            f"{_where(host, port)} did not complete a TLS handshake ({exc}): "
+            "is this the dispatcher's pairing port, with pairing mode active?"
+        ) from None
+    return PairingConnection(tls, tls.getpeercert(binary_form=True) or b"", tls.getsockname()[0])
 
-    def __init__(self, host: str, port: int):
-        self.host = host
-        self.port = port
-        self.server_cert_der = b""
-        self.local_ip = ""
-        self._tls: ssl.SSLSocket | None = None
+
+class PairingConnection:
+    """One pairing exchange on a connected stream: `submit()` then
+    `result()`. `server_cert_der` is what the listener presented (b"" when
+    the stream is not TLS); `local_ip` is our end's address, which the
+    request reports."""
+
+    def __init__(self, sock: socket.socket, server_cert_der: bytes = b"", local_ip: str = ""):
+        self.server_cert_der = server_cert_der
+        self.local_ip = local_ip
+        self._sock: socket.socket | None = sock
         self._buffer = b""
 
-    def open(self) -> None:
-        raw = _connect(self.host, self.port, EXCHANGE_TIMEOUT)
-        try:
-            self._tls = pairing_client_context().wrap_socket(raw, server_hostname=None)
-        except (ssl.SSLError, OSError) as exc:
-            raw.close()
-            raise DispatcherUnreachable(
-                f"{_where(self.host, self.port)} did not complete a TLS handshake ({exc}): "
-                "is this the dispatcher's pairing port, with pairing mode active?"
-            ) from None
-        self.server_cert_der = self._tls.getpeercert(binary_form=True) or b""
-        self.local_ip = self._tls.getsockname()[0]
-
     def close(self) -> None:
-        if self._tls is not None:
+        if self._sock is not None:
             try:
-                self._tls.close()
+                self._sock.close()
             except OSError:
                 pass
-            self._tls = None
+            self._sock = None
 
     def submit(self, body: bytes) -> str:
         """Send the request; return the reqid of the acknowledgement."""
-        assert self._tls is not None
+        assert self._sock is not None
         try:
-            self._tls.sendall(request_bytes("POST", "/pair", body))
+            self._sock.sendall(request_bytes("POST", "/pair", body))
         except OSError as exc:
             raise DispatcherUnreachable(f"the dispatcher closed the connection ({exc})") from None
         ack = self._read_response(time.monotonic() + EXCHANGE_TIMEOUT, "acknowledgement")
@@ -120,7 +122,7 @@ class PairingConnection:
         return wire.parse_result(body, nonce)
 
     def _read_response(self, deadline: float, what: str) -> bytes:
-        assert self._tls is not None
+        assert self._sock is not None
         reader = ResponseReader(max_body=MAX_PAIRING_RESPONSE)
         data, self._buffer = self._buffer, b""
         while True:
@@ -134,9 +136,9 @@ class PairingConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise OperationTimeout(f"no {what} from the dispatcher in time")
-            self._tls.settimeout(remaining)
+            self._sock.settimeout(remaining)
             try:
-                data = self._tls.recv(READ_CHUNK)
+                data = self._sock.recv(READ_CHUNK)
             except TimeoutError:
                 raise OperationTimeout(f"no {what} from the dispatcher in time") from None
             except (ssl.SSLError, OSError) as exc:

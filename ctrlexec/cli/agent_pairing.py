@@ -1,30 +1,16 @@
-"""`agent request-pairing`, `agent pairing-status`, `agent paired`."""
+"""`agent request-pairing`, `agent pairing-status`, `agent paired`.
+
+The pairing exchange itself is agent/pairing.py; this module turns options
+into its Request and its Outcome into text, JSON and an exit code."""
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
-import time
 
-from .. import log
 from ..config.load import load_agent
 from ..core import pairing as wire
-from ..core.digest import pairing_code
-from ..core.ids import new_nonce
-from ..core.names import is_agent_name
-from ..errors import CtrlExecError, OperationTimeout, PairingRejected, ProtocolError
+from ..errors import CtrlExecError
 from .common import Context, add_command
-
-EXIT_STORED = 0
-EXIT_TIMEOUT = 2
-EXIT_FAILED = 3
-
-
-def local_hostname() -> str:
-    """0.12's choice: the FQDN when it has a dot, else the short host name."""
-    fqdn = socket.getfqdn()
-    return fqdn if "." in fqdn else socket.gethostname()
 
 
 def _config(ctx: Context):
@@ -59,87 +45,87 @@ def _pin(ctx: Context) -> str | None:
 
 
 def request_pairing(ctx: Context) -> int:
-    from ..agent import pairing_client, pairing_store
-    from ..pki import csr, keys
+    from ..agent import pairing
 
     args = ctx.args
     timeout = _timeout(ctx)
     pin = _pin(ctx)
     config = _config(ctx)
-    hostname = args.hostname or local_hostname()
-    if not is_agent_name(hostname):
-        raise CtrlExecError(
-            f"'{hostname}' cannot be an agent name (letters, digits, '.', '_', "
-            "'-'); give one with --hostname"
-        )
+    hostname = args.hostname or pairing.local_hostname()
     if "." not in hostname and not args.hostname and not ctx.json:
         ctx.err(f"note: this host has no domain name; pairing as '{hostname}'")
-    problems = pairing_store.writable_dirs(
-        [config.cert, config.key, config.ca, config.trusted_dispatchers_path]
-    )
-    if problems:
-        raise CtrlExecError(
-            "cannot write to " + ", ".join(problems) + ": run as the agent's owner or root (sudo)"
-        )
     port = config.pairing_port if args.port is None else args.port
     if not 1 <= port <= 65535:
         raise CtrlExecError("--port must be a port number (1-65535)")
-    pairing_client.probe(args.dispatcher, port)
-
-    key = keys.generate(args.key_type)
-    key_pem = keys.to_pem(key)
-    csr_pem = csr.build(key, hostname)
-    code = pairing_code(csr_pem)
-    nonce = new_nonce()
-    if not ctx.json:
-        ctx.out(f"Pairing code: {code}")
-        if not args.background:
-            ctx.out("  Check that the dispatcher shows the same code before it is approved.")
-        sys.stdout.flush()
-
-    connection = pairing_client.PairingConnection(args.dispatcher, port)
-    connection.open()
-    body = wire.request_body(
-        hostname, csr_pem, nonce, args.lookup_by, config.port, connection.local_ip
+    request = pairing.Request(
+        dispatcher=args.dispatcher,
+        port=port,
+        hostname=hostname,
+        key_type=args.key_type,
+        lookup_by=args.lookup_by,
+        pin=pin,
+        timeout=timeout,
+        background=args.background,
     )
-    try:
-        reqid = connection.submit(body)
-    except BaseException:
-        connection.close()
-        raise
-    deadline = time.monotonic() + timeout
-    if args.background:
-        _detach(ctx, reqid, code, hostname)
-    elif ctx.json:
-        ctx.emit_json({"status": "pending", "reqid": reqid, "code": code, "hostname": hostname})
+
+    shown: dict[str, str] = {}
+
+    def on_code(code: str) -> None:
+        shown["code"] = code
+        if not ctx.json:
+            ctx.out(f"Pairing code: {code}")
+            if not args.background:
+                ctx.out("  Check that the dispatcher shows the same code before it is approved.")
+            sys.stdout.flush()
+
+    def on_pending(reqid: str) -> None:
+        if ctx.json:
+            ctx.emit_json(
+                {"status": "pending", "reqid": reqid, "code": shown["code"], "hostname": hostname}
+            )
+        else:
+            ctx.out(
+                f"Request {reqid} is waiting for the operator's decision (up to {int(timeout)}s)..."
+            )
+            sys.stdout.flush()
+
+    outcome = pairing.request_pairing(config, request, on_code=on_code, on_pending=on_pending)
+    if outcome.status == pairing.DETACHED:
+        _print_detached(ctx, outcome)
+    elif outcome.status == pairing.APPROVED:
+        _print_approved(ctx, outcome)
     else:
-        ctx.out(
-            f"Request {reqid} is waiting for the operator's decision (up to {int(timeout)}s)..."
+        _print_failed(ctx, outcome)
+    return outcome.exit_code
+
+
+def _print_detached(ctx: Context, outcome) -> None:
+    """--background: the request id (last line), and the caller gets its
+    prompt back while a detached process waits (0.12's --background)."""
+    if ctx.json:
+        ctx.emit_json(
+            {
+                "status": "pending",
+                "reqid": outcome.reqid,
+                "code": outcome.code,
+                "hostname": outcome.hostname,
+                "pid": outcome.pid,
+            }
         )
-        sys.stdout.flush()
-    try:
-        approval = connection.result(nonce, deadline)
-        pairing_store.check(approval, key, connection.server_cert_der, pin)
-    except (OperationTimeout, PairingRejected, ProtocolError) as exc:
-        return _failed(ctx, reqid, exc)
-    finally:
-        connection.close()
-    stored = pairing_store.store(
-        approval, key_pem, config.cert, config.key, config.ca, config.trusted_dispatchers_path
-    )
-    log.event(
-        "pair-complete",
-        STATUS="approved",
-        DISPATCHER=stored.dispatcher_id,
-        DISPATCHER_HOST=args.dispatcher,
-    )
+    else:
+        ctx.out(outcome.reqid)
+    sys.stdout.flush()
+
+
+def _print_approved(ctx: Context, outcome) -> None:
+    stored = outcome.stored
     if ctx.json:
         ctx.emit_json(
             {
                 "status": "approved",
-                "reqid": reqid,
-                "code": code,
-                "hostname": hostname,
+                "reqid": outcome.reqid,
+                "code": outcome.code,
+                "hostname": outcome.hostname,
                 "dispatcher_id": stored.dispatcher_id,
                 "dispatcher_serial": stored.dispatcher_serial,
                 "cert_serial": format(stored.cert_serial, "x"),
@@ -147,7 +133,7 @@ def request_pairing(ctx: Context) -> int:
                 "trusted": stored.trusted,
             }
         )
-        return EXIT_STORED
+        return
     ctx.out(
         f"Pairing complete: certificate for '{stored.subject}' stored (expires {stored.expiry})."
     )
@@ -164,51 +150,13 @@ def request_pairing(ctx: Context) -> int:
         "Start the agent now, or restart it if it is running: it reads its certificate "
         "and trusted dispatchers at start."
     )
-    return EXIT_STORED
 
 
-def _detach(ctx: Context, reqid: str, code: str, hostname: str) -> None:
-    """Print the request id, then wait in a child of our own session; the
-    caller gets its prompt back at once (0.12's --background)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        if ctx.json:
-            ctx.emit_json(
-                {
-                    "status": "pending",
-                    "reqid": reqid,
-                    "code": code,
-                    "hostname": hostname,
-                    "pid": pid,
-                }
-            )
-        else:
-            ctx.out(reqid)
-        sys.stdout.flush()
-        os._exit(0)
-    os.setsid()  # outlive the caller's process group
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.close(null)
-
-
-def _failed(ctx: Context, reqid: str, exc: Exception) -> int:
-    timed_out = isinstance(exc, OperationTimeout) or getattr(exc, "timed_out", False)
-    reason = exc.reason if isinstance(exc, PairingRejected) else str(exc)
-    if timed_out:
-        log.event("pair-timeout", log.WARNING, REQID=reqid)
-    else:
-        log.event("pair-denied", log.WARNING, REQID=reqid, REASON=reason)
+def _print_failed(ctx: Context, outcome) -> None:
     if ctx.json:
-        ctx.emit_json(
-            {"status": "timeout" if timed_out else "denied", "reqid": reqid, "reason": reason}
-        )
+        ctx.emit_json({"status": outcome.status, "reqid": outcome.reqid, "reason": outcome.reason})
     else:
-        ctx.err(f"Pairing failed: {reason}")
-    return EXIT_TIMEOUT if timed_out else EXIT_FAILED
+        ctx.err(f"Pairing failed: {outcome.reason}")
 
 
 def pairing_status(ctx: Context) -> int:

@@ -8,31 +8,22 @@ listener detached; `stop` ends it. Only one pairing mode runs at a time: it
 holds `pairing-mode.lock` and writes its PID to `pairing-mode.pid`.
 """
 
-# The listener and the queue are imported when pairing mode runs, not when
-# `ced` builds its parser for some other command.
+# Pairing mode itself is dispatcher/pairing_mode.py, imported when it runs,
+# not when `ced` builds its parser for some other command.
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import signal
 import sys
 import threading
-import time
-from pathlib import Path
 
-from .. import log
 from ..config.load import load_dispatcher
 from ..core.ratelimit import Rule
-from ..errors import CtrlExecError, StateError
-from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, read_state, remove
+from ..errors import CtrlExecError
 from .ced_pairing import approval_lines, reverse_text
 from .common import Context, add_command
 
 MAX_WINDOW = 600
-STOP_WAIT = 10.0
-START_WAIT = 30.0
 
 
 class Output:
@@ -60,43 +51,6 @@ class Output:
                 pass  # a detached listener has no stdout
 
 
-class Instance:
-    """The one running pairing mode: a held lock plus a PID file."""
-
-    def __init__(self, pidfile: Path):
-        self.pidfile = pidfile
-        self.lockfile = pidfile.with_name(pidfile.stem + ".lock")
-        self._lock: FileLock | None = None
-
-    def acquire(self) -> None:
-        ensure_dir(self.pidfile.parent, 0o770)
-        lock = FileLock(self.lockfile, 0o660)
-        try:
-            lock.acquire(blocking=False)
-        except BlockingIOError:
-            raise StateError(
-                f"pairing mode is already running (PID {self.running_pid() or '?'}); "
-                "stop it with 'ced pairing-mode stop'"
-            ) from None
-        self._lock = lock
-        atomic_write_text(self.pidfile, f"{os.getpid()}\n", 0o644)
-
-    def release(self) -> None:
-        remove(self.pidfile)
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-    def running_pid(self) -> int | None:
-        if not is_locked(self.lockfile):
-            return None
-        try:
-            text = read_state(self.pidfile, 64).decode("ascii", "replace").strip()
-        except (FileNotFoundError, StateError):
-            return None
-        return int(text) if text.isdigit() else None
-
-
 class Console:
     """The interactive prompt (operations.md §2.2.1)."""
 
@@ -106,36 +60,9 @@ class Console:
         self.queue = queue
         self.announced: set[str] = set()
 
-    def run(self, stop: threading.Event, deadline: float) -> str:
-        self.out.text("Waiting for pairing requests...")
-        fd = sys.stdin.fileno()
-        buffer = b""
-        eof = False
-        while True:
-            if stop.is_set():
-                return "signal"
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return "timeout"
-            if eof:
-                stop.wait(min(0.25, remaining))
-                continue
-            try:
-                ready, _, _ = select.select([fd], [], [], min(0.25, remaining))
-            except InterruptedError:
-                continue
-            if not ready:
-                self.notice_new()
-                continue
-            data = os.read(fd, 4096)
-            if not data:
-                eof = True  # no more commands; keep listening until stopped
-                continue
-            buffer += data
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                if self.command(line.decode("utf-8", "replace").strip()) == "quit":
-                    return "quit"
+    def line(self, text: str) -> bool:
+        """One typed line; True when the operator quits."""
+        return self.command(text) == "quit"
 
     def notice_new(self) -> None:
         pending = self.queue.pending()
@@ -230,15 +157,14 @@ def _window(ctx: Context, settings) -> int:
     return value
 
 
-def _listener_settings(ctx: Context, settings):
+def _plan(ctx: Context, settings):
+    from pathlib import Path
+
+    from ..dispatcher.pairing_mode import Plan, check_identity
     from ..dispatcher.pairing_server import ListenerSettings
 
-    for label, path in (("certificate", settings.cert), ("key", settings.key)):
-        if not Path(path).exists():
-            raise StateError(
-                f"cannot start pairing mode: the dispatcher {label} {path} is "
-                "missing; run 'ced setup-ctrl-exec' first"
-            )
+    window = _window(ctx, settings)
+    check_identity(settings.cert, settings.key)
     port = ctx.args.port
     if not 0 <= port <= 65535:
         raise CtrlExecError("--port must be between 0 and 65535")
@@ -247,7 +173,7 @@ def _listener_settings(ctx: Context, settings):
         if settings.pairing_rate_limit_disable
         else Rule.parse(settings.pairing_rate_limit_volume)
     )
-    return ListenerSettings(
+    listener = ListenerSettings(
         cert=settings.cert,
         key=settings.key,
         port=port,
@@ -256,46 +182,34 @@ def _listener_settings(ctx: Context, settings):
         rate=rate,
         request_timeout=settings.pairing_request_timeout,
     )
+    return Plan(
+        listener=listener,
+        window=window,
+        pidfile=ctx.layout.pairing_pidfile,
+        pairing_dir=Path(ctx.layout.pairing_dir),
+        registry_dir=Path(settings.registry_dir),
+        ca_dir=Path(settings.ca_dir),
+    )
 
 
-def _fingerprint(settings) -> str:
-    from ..pki import ca
-
-    paths = ca.CAPaths(Path(settings.ca_dir))
-    try:
-        return ca.fingerprint(ca.read_ca_pem(paths))
-    except ValueError:
-        raise StateError(f"{paths.cert} is not a PEM certificate") from None
-
-
-def serve(ctx: Context, settings, listening, window: int, interactive: bool, ready=None) -> int:
+def _foreground(ctx: Context, settings, plan, interactive: bool) -> int:
+    from ..dispatcher import pairing_mode
     from ..dispatcher.pairing_decide import open_queue
-    from ..dispatcher.pairing_server import PairingListener
 
-    instance = Instance(ctx.layout.pairing_pidfile)
     out = Output(ctx.json)
-    fingerprint = _fingerprint(settings)
-    queue = open_queue(ctx.layout.pairing_dir, settings.registry_dir)
-    instance.acquire()
-    swept = queue.sweep_temporary()
-    if swept:
-        log.event("temp-sweep", log.INFO, COUNT=swept)
-    try:
-        console = Console(out, settings, queue) if interactive else None
-        listener = PairingListener(listening, queue, on_queued=None if console else _announcer(out))
-        try:
-            port = listener.bind()
-        except OSError as exc:
-            raise StateError(
-                f"cannot listen on port {listening.port}: {exc.strerror or exc}"
-            ) from None
-        stop = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda *_: stop.set())
-        log.event("pairing-mode-start", PORT=port, PID=os.getpid(), TIMEOUT=window)
+    console = None
+    operator = None
+    if interactive:
+        console = Console(out, settings, open_queue(plan.pairing_dir, plan.registry_dir))
+        operator = pairing_mode.Operator(sys.stdin.fileno(), console.line, console.notice_new)
+
+    def on_listening(listening) -> None:
         ending = "Ctrl-C or 'quit' to stop." if console else "Ctrl-C to stop."
-        out.text(f"Pairing mode active on port {port} (auto-stops in {window}s). {ending}")
-        out.text(f"CA fingerprint (SHA-256): {fingerprint}")
+        out.text(
+            f"Pairing mode active on port {listening.port} "
+            f"(auto-stops in {listening.window}s). {ending}"
+        )
+        out.text(f"CA fingerprint (SHA-256): {listening.ca_fingerprint}")
         if not console:
             out.text(
                 "Use 'ced list-requests' to see pending requests, "
@@ -303,38 +217,26 @@ def serve(ctx: Context, settings, listening, window: int, interactive: bool, rea
             )
         out.event(
             status="listening",
-            port=port,
-            pid=os.getpid(),
-            timeout=window,
-            ca_fingerprint=fingerprint,
+            port=listening.port,
+            pid=listening.pid,
+            timeout=listening.window,
+            ca_fingerprint=listening.ca_fingerprint,
         )
-        if ready is not None:
-            ready(port)
-        thread = threading.Thread(target=listener.serve_forever, daemon=True, name="pair-accept")
-        thread.start()
-        deadline = time.monotonic() + window
-        why = console.run(stop, deadline) if console else _wait(stop, deadline)
-        listener.close()
-        thread.join(2)
-        if why == "timeout":
-            log.event("pairing-mode-timeout", PORT=port)
-            out.text(f"\nPairing mode timed out after {window}s. Stopped.")
-        else:
-            log.event("pairing-mode-stop", PID=os.getpid())
-            out.text("\nPairing mode stopped.")
-        out.event(status="stopped", reason=why)
-        return 0
-    finally:
-        instance.release()
+        if console:
+            out.text("Waiting for pairing requests...")
 
-
-def _wait(stop: threading.Event, deadline: float) -> str:
-    while not stop.is_set():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "timeout"
-        stop.wait(min(0.5, remaining))
-    return "signal"
+    why = pairing_mode.serve(
+        plan,
+        on_listening=on_listening,
+        on_queued=None if console else _announcer(out),
+        operator=operator,
+    )
+    if why == pairing_mode.TIMEOUT:
+        out.text(f"\nPairing mode timed out after {plan.window}s. Stopped.")
+    else:
+        out.text("\nPairing mode stopped.")
+    out.event(status="stopped", reason=why)
+    return 0
 
 
 def _announcer(out: Output):
@@ -354,88 +256,33 @@ def _announcer(out: Output):
     return announce
 
 
-def _start_background(ctx: Context, settings, listening, window: int) -> int:
-    instance = Instance(ctx.layout.pairing_pidfile)
-    running = instance.running_pid()
-    if running:
-        raise StateError(
-            f"pairing mode is already running (PID {running}); stop it with 'ced pairing-mode stop'"
-        )
-    _fingerprint(settings)  # report a missing CA here, not in the detached child
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the detached listener
-        os.close(read_end)
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        code = 1
-        try:
-            code = serve(
-                ctx,
-                settings,
-                listening,
-                window,
-                interactive=False,
-                ready=lambda port: os.write(write_end, f"ok {port}\n".encode()),
-            )
-        except CtrlExecError as exc:
-            os.write(write_end, f"error {exc}\n".encode())
-            code = exc.exit_code
-        except BaseException as exc:
-            os.write(write_end, f"error {type(exc).__name__}: {exc}\n".encode())
-        os._exit(code)
-    os.close(write_end)
-    answer = _read_line(read_end, START_WAIT)
-    os.close(read_end)
-    if not answer.startswith("ok "):
-        raise StateError(
-            answer[6:]
-            if answer.startswith("error ")
-            else "pairing mode did not start (see the log)"
-        )
-    port = int(answer.split()[1])
+def _start(ctx: Context, plan) -> int:
+    from ..dispatcher import pairing_mode
+
+    started = pairing_mode.start(plan)
     if ctx.json:
-        ctx.emit_json({"ok": 1, "pid": pid, "port": port, "timeout": window})
+        ctx.emit_json({"ok": 1, "pid": started.pid, "port": started.port, "timeout": plan.window})
     else:
-        ctx.out(f"Pairing mode started in the background on port {port} (PID {pid}).")
-        ctx.out(f"It stops by itself after {window}s; to stop it sooner: ced pairing-mode stop")
+        ctx.out(
+            f"Pairing mode started in the background on port {started.port} (PID {started.pid})."
+        )
+        ctx.out(
+            f"It stops by itself after {plan.window}s; to stop it sooner: ced pairing-mode stop"
+        )
     return 0
 
 
-def _read_line(fd: int, timeout: float) -> str:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while b"\n" not in data:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            break
-        chunk = os.read(fd, 1024)
-        if not chunk:
-            break
-        data += chunk
-    return data.decode("utf-8", "replace").strip()
-
-
 def _stop(ctx: Context) -> int:
-    instance = Instance(ctx.layout.pairing_pidfile)
-    pid = instance.running_pid()
-    if pid is None:
-        remove(instance.pidfile)
+    from ..dispatcher import pairing_mode
+
+    stopped = pairing_mode.stop(ctx.layout.pairing_pidfile)
+    if stopped.pid is None:
         ctx.out("No pairing mode is running.")
         return 0
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + STOP_WAIT
-    while time.monotonic() < deadline and is_locked(instance.lockfile):
-        time.sleep(0.05)
-    if is_locked(instance.lockfile):
-        ctx.err(f"Sent a stop to PID {pid}, but it is still running.")
+    if not stopped.stopped:
+        ctx.err(f"Sent a stop to PID {stopped.pid}, but it is still running.")
         return 1
-    ctx.out(f"Pairing mode stopped (was PID {pid}); the pairing port is closed.")
+    ctx.out(f"Pairing mode stopped (was PID {stopped.pid}); the pairing port is closed.")
     return 0
 
 
@@ -444,12 +291,11 @@ def pairing_mode(ctx: Context) -> int:
         return _stop(ctx)
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    window = _window(ctx, settings)
-    listening = _listener_settings(ctx, settings)
+    plan = _plan(ctx, settings)
     if ctx.args.action == "start":
-        return _start_background(ctx, settings, listening, window)
+        return _start(ctx, plan)
     # --json is for programs: no prompts, one JSON object per line
-    return serve(ctx, settings, listening, window, interactive=sys.stdin.isatty() and not ctx.json)
+    return _foreground(ctx, settings, plan, interactive=sys.stdin.isatty() and not ctx.json)
 
 
 def register(subparsers) -> None:

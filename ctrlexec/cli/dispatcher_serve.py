@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ..errors import EXIT_OK, ConfigError, CtrlExecError
+from ..errors import EXIT_OK, CtrlExecError
 from .common import Context, add_command
 
 DESCRIPTION = """Serve the dispatcher's HTTP API (default 127.0.0.1:7445), the API of
@@ -40,39 +40,6 @@ def register(subparsers) -> None:
     )
 
 
-def _readable(what: str, path: str) -> None:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot read the {what} {path}: {exc.strerror or exc}") from None
-
-
-def _api_tls(settings):
-    """The API's TLS context, or None for plain HTTP. 0.12 falls back to
-    plain HTTP when a configured file is missing; we refuse to start."""
-    import ssl
-
-    from ..pki.tls import server_only_context
-
-    cert, key = settings.api_cert, settings.api_key
-    if not cert and not key:
-        return None
-    if not (cert and key):
-        missing = "api_key" if cert else "api_cert"
-        raise ConfigError(
-            "must be set too: TLS needs both api_cert and api_key",
-            str(settings.source or ""),
-            missing,
-        )
-    _readable("API certificate", cert)
-    _readable("API key", key)
-    try:
-        return server_only_context(cert, key)
-    except (ssl.SSLError, OSError) as exc:
-        raise ConfigError(f"api_cert and api_key cannot be used: {exc}") from None
-
-
 def _openapi_document() -> bytes:
     from importlib import resources
 
@@ -84,12 +51,13 @@ def serve(ctx: Context) -> int:
     from ..config.load import load_dispatcher
     from ..dispatcher.api import Api
     from ..dispatcher.api_server import ApiServer
+    from ..dispatcher.api_tls import api_tls_context
     from ..dispatcher.engine import Engine
     from ..dispatcher.runstore import RunStore
     from ..store import sweep_leftovers
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
-    tls = _api_tls(settings)
+    tls = api_tls_context(settings)
     ctx.configure_logging(settings.log_target, settings.log_format)
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen

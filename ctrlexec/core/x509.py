@@ -118,7 +118,7 @@ def facts_from_der(der: bytes) -> CertFacts:
         raise ValueError("certificate validity is malformed")
     not_before = _parse_time(times[0][0], der[times[0][1] : times[0][2]])
     not_after = _parse_time(times[1][0], der[times[1][1] : times[1][2]])
-    subject_tag, sub_start, sub_end = fields[5]
+    subject_tag, sub_start, sub_end = fields[4]
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
     return CertFacts(serial, not_before, not_after, _common_name(der, sub_start, sub_end))

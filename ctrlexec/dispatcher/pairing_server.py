@@ -28,13 +28,15 @@ connection is served in its own thread; the accept loop never blocks on one.
 
 from __future__ import annotations
 
-import ipaddress
+import errno
 import select
+import selectors
+import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -46,21 +48,31 @@ from ..core.ids import new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..errors import StateError
+from ..netio import abort, accepting, finish, open_listeners, peer_address
 from ..pki import csr as csr_rules
 from ..pki.tls import server_only_context
 from .pairing_queue import PairingQueue
 
-# How often a waiting connection looks for the operator's decision.
+# How often a waiting connection looks for the operator's decision, and how
+# often the accept loop calls its idle callback.
 POLL_INTERVAL = 0.25
 # Bound on the reverse DNS lookup shown to the operator (0.12: 2 s).
 REVERSE_DNS_TIMEOUT = 2.0
 # Connections served at once beyond the queue's waiting ones; more are closed.
 EXTRA_HANDLERS = 64
-BACKLOG = 128
 READ_CHUNK = 16384
-# How long, and how much, a refused client may go on sending (see _linger).
-LINGER_SECONDS = 1.0
-LINGER_BYTES = 256 * 1024
+# Any of these ends pairing mode (SIGHUP too: the terminal went away).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# After accept fails for lack of file descriptors or memory, stop polling
+# the listener this long instead of spinning on it.
+ACCEPT_BACKOFF = 0.1
+
+# What the accept loop returns: why it stopped.
+TIMEOUT = "timeout"
+SIGNAL = "signal"
+QUIT = "quit"
+# What an input callback returns (see PairingListener.serve).
+INPUT_CLOSED = "closed"
 
 _resolver = ThreadPoolExecutor(max_workers=4, thread_name_prefix="rdns")
 
@@ -75,6 +87,8 @@ class ListenerSettings:
     rate: Rule | None = Rule(10, 60, 300)
     request_timeout: float = 10.0
     approval_wait: float = wire.APPROVAL_WAIT
+    # How often a waiting connection looks for the operator's decision.
+    poll_interval: float = POLL_INTERVAL
 
 
 class _Refuse(Exception):
@@ -102,17 +116,6 @@ def reverse_dns(ip: str) -> tuple[str, bool]:
         return "", False
 
 
-def peer_ip(address: str) -> str:
-    """The peer address as people write it (IPv4-mapped IPv6 as IPv4)."""
-    try:
-        parsed = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return str(parsed.ipv4_mapped)
-    return str(parsed)
-
-
 class PairingListener:
     def __init__(
         self,
@@ -121,62 +124,111 @@ class PairingListener:
         on_queued: Callable[[dict], None] | None = None,
         resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
         clock: Callable[[], float] = time.time,
+        wrap: Callable[[socket.socket], socket.socket] | None = None,
     ):
+        """`wrap` turns an accepted connection into the TLS one (default: the
+        dispatcher certificate, no client certificate); tests may pass a
+        function that returns the connection as it is."""
         self.settings = settings
         self.queue = queue
         self.on_queued = on_queued
         self.resolve = resolve
         self.clock = clock
-        self._context = server_only_context(settings.cert, settings.key)
+        if wrap is None:
+            context = server_only_context(settings.cert, settings.key)
+            wrap = lambda conn: context.wrap_socket(conn, server_side=True)  # noqa: E731
+        self._wrap = wrap
         self._limiter = RateLimiter(volume=settings.rate, probe=None) if settings.rate else None
         self._slots = threading.BoundedSemaphore(settings.max_queue + EXTRA_HANDLERS)
         self._closing = threading.Event()
         self._threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
-        self._sock: socket.socket | None = None
+        self._listeners: list[socket.socket] = []
 
     # --- lifecycle ----------------------------------------------------------
 
-    def bind(self) -> int:
+    def listen(self) -> int:
         """Open the port; returns the port number (useful with port 0)."""
         csr_rules.warm()
-        bind, port = self.settings.bind, self.settings.port
-        if bind in ("", "::"):
-            try:
-                self._sock = socket.create_server(
-                    ("::", port), family=socket.AF_INET6, dualstack_ipv6=True, backlog=BACKLOG
-                )
-            except (OSError, ValueError):
-                if bind == "::":
-                    raise
-                self._sock = socket.create_server(("0.0.0.0", port), backlog=BACKLOG)
-        else:
-            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-            self._sock = socket.create_server((bind, port), family=family, backlog=BACKLOG)
-        return self._sock.getsockname()[1]
+        # `::` has always meant every address here, IPv4 included.
+        bind = "" if self.settings.bind == "::" else self.settings.bind
+        self._listeners = open_listeners(bind, self.settings.port)
+        return self._listeners[0].getsockname()[1]
 
-    def serve_forever(self) -> None:
-        assert self._sock is not None, "bind() first"
-        while not self._closing.is_set():
+    def serve(
+        self,
+        deadline: float,
+        on_ready: Callable[[], None] | None = None,
+        inputs: Mapping[int, Callable[[], str | None]] | None = None,
+        on_idle: Callable[[], None] | None = None,
+    ) -> str:
+        """Accept connections in this (the main) thread until the monotonic
+        `deadline` (TIMEOUT), a stop signal (SIGNAL) or an input callback
+        returning QUIT. Signals arrive as bytes on netio's wake-up socket.
+
+        `on_ready` runs once the signals are routed, before the first accept.
+        `inputs` maps a readable descriptor (the operator's terminal) to a
+        callback run when it is readable; it returns None, INPUT_CLOSED (stop
+        watching it) or QUIT. `on_idle` runs about every POLL_INTERVAL.
+        The listening sockets are closed on the way out; call close() next
+        to end the connections still waiting."""
+        assert self._listeners, "listen() first"
+        with accepting(self._listeners, STOP_SIGNALS) as (selector, _wake):
+            for fd, callback in (inputs or {}).items():
+                selector.register(fd, selectors.EVENT_READ, _Input(callback))
+            if on_ready is not None:
+                on_ready()
+            return self._accept_loop(selector, deadline, on_idle)
+
+    def _accept_loop(
+        self,
+        selector: selectors.BaseSelector,
+        deadline: float,
+        on_idle: Callable[[], None] | None,
+    ) -> str:
+        next_idle = time.monotonic() + POLL_INTERVAL
+        paused_until: float | None = None
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                return TIMEOUT
+            if on_idle is not None and now >= next_idle:
+                on_idle()
+                next_idle = now + POLL_INTERVAL
+            for key, _ in selector.select(min(POLL_INTERVAL, deadline - now)):
+                if key.data is None:  # the wake-up socket: a stop signal
+                    return SIGNAL
+                if isinstance(key.data, _Input):
+                    verdict = key.data.callback()
+                    if verdict == QUIT:
+                        return QUIT
+                    if verdict == INPUT_CLOSED:
+                        selector.unregister(key.fileobj)
+                elif paused_until is None and not self._accept(key.data):
+                    paused_until = time.monotonic() + ACCEPT_BACKOFF
+                    for sock in self._listeners:
+                        selector.unregister(sock)
+            if paused_until is not None and time.monotonic() >= paused_until:
+                paused_until = None
+                for sock in self._listeners:
+                    selector.register(sock, selectors.EVENT_READ, sock)
+
+    def _accept(self, listener: socket.socket) -> bool:
+        """Accept what is pending; False when accept failed for lack of resources."""
+        while True:
             try:
-                ready, _, _ = select.select([self._sock], [], [], POLL_INTERVAL)
-                if not ready:
-                    continue
-                conn, address = self._sock.accept()
-            except (OSError, ValueError):
-                if self._closing.is_set():
-                    return
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return True
+            except ConnectionAbortedError:
                 continue
-            self._admit(conn, peer_ip(address[0]))
+            except OSError as exc:
+                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+            self.admit(conn, peer_address(address))
 
     def close(self, grace: float = 5.0) -> None:
-        """Stop accepting; waiting agents are told `approval timeout`."""
+        """Stop taking requests; waiting agents are told `approval timeout`."""
         self._closing.set()
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
         deadline = time.monotonic() + grace
         with self._threads_lock:
             threads = list(self._threads)
@@ -185,17 +237,19 @@ class PairingListener:
 
     # --- one connection -----------------------------------------------------
 
-    def _admit(self, conn: socket.socket, ip: str) -> None:
+    def admit(self, conn: socket.socket, ip: str) -> None:
+        """Serve one accepted connection on its own thread, within the rate
+        limit and the cap on connections; otherwise close it."""
         if self._limiter is not None:
             verdict = self._limiter.admit(ip, time.monotonic())
             if not verdict.allowed:
                 if verdict.blocked_now:
                     log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
-                _close(conn)
+                abort(conn)
                 return
         if not self._slots.acquire(blocking=False):
             log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
-            _close(conn)
+            abort(conn)
             return
         thread = threading.Thread(
             target=self._handle, args=(conn, ip), daemon=True, name=f"pair-{ip}"
@@ -209,7 +263,7 @@ class PairingListener:
                 self._threads.discard(thread)
             self._slots.release()
             log.event("pair-reject", log.WARNING, IP=ip, REASON="overload")
-            _close(conn)
+            abort(conn)
 
     def _handle(self, conn: socket.socket, ip: str) -> None:
         try:
@@ -223,7 +277,7 @@ class PairingListener:
                 ERROR=f"{type(exc).__name__}: {exc}",
             )
         finally:
-            _close(conn)
+            abort(conn)
             self._slots.release()
             with self._threads_lock:
                 self._threads.discard(threading.current_thread())
@@ -242,7 +296,7 @@ class PairingListener:
         if not first:
             return  # a bare TCP probe (0.12's request-pairing pre-flight)
         try:
-            tls = self._context.wrap_socket(conn, server_side=True)
+            tls = self._wrap(conn)
         except (ssl.SSLError, OSError) as exc:
             log.event("pair-reject", IP=ip, REASON="tls-handshake", DETAIL=_short(exc))
             return
@@ -251,7 +305,7 @@ class PairingListener:
                 reqid, hostname = self._queue_request(tls, ip, deadline)
             except _Refuse as refusal:
                 if refusal.reason and self._send(tls, encode_json(wire.error_body(refusal.reason))):
-                    _linger(tls)
+                    finish(tls)  # the agent reads the answer, not a reset
                 fields = {"DETAIL": refusal.detail} if refusal.detail else {}
                 log.event("pair-reject", IP=ip, REASON=refusal.log_reason, **fields)
                 return
@@ -260,7 +314,7 @@ class PairingListener:
             else:
                 self._withdraw(tls, reqid, hostname, "disconnected")
         finally:
-            _close(tls)
+            abort(tls)
 
     def _queue_request(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> tuple[str, str]:
         request = _read_request(tls, deadline)
@@ -303,7 +357,7 @@ class PairingListener:
                 return self._withdraw(tls, reqid, hostname, "pairing-mode-stopped")
             if time.monotonic() >= deadline:
                 return self._withdraw(tls, reqid, hostname, "approval-timeout")
-            if _peer_gone(tls, POLL_INTERVAL):
+            if _peer_gone(tls, self.settings.poll_interval):
                 return self._withdraw(tls, reqid, hostname, "disconnected")
 
     def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
@@ -370,28 +424,11 @@ def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
         return True
 
 
-def _linger(sock: socket.socket) -> None:
-    """After an error answer, let the client finish sending (a body we did
-    not read) before closing, so it gets the answer instead of a reset.
-    Bounded in time and bytes."""
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(LINGER_SECONDS)
-        drained = 0
-        while drained < LINGER_BYTES:
-            data = sock.recv(READ_CHUNK)
-            if not data:
-                return
-            drained += len(data)
-    except (OSError, ValueError):
-        pass
+class _Input:
+    """A watched descriptor's callback (told apart from listeners in the selector)."""
 
-
-def _close(sock: socket.socket) -> None:
-    try:
-        sock.close()
-    except OSError:
-        pass
+    def __init__(self, callback: Callable[[], str | None]):
+        self.callback = callback
 
 
 def _short(exc: BaseException) -> str:
