@@ -301,7 +301,7 @@ class FileLock:
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise OperationTimeout(f"timed out waiting for lock {self.path}")
+                    raise OperationTimeout(f"timed out waiting for lock {self.path}") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.1)
 
