@@ -207,14 +207,14 @@ class Api:
 
     def _openapi_live(self, request: ApiRequest) -> Reply:
         names = self.engine.registry.names()
-        # the gate /discovery applies (before anything is read or fetched)
-        self.engine.authorise(
-            "ping",
-            names,
-            caller=CALLER_API,
-            token=api_wire.bearer_token(request.authorization),
-            source_ip=request.peer,
-        )
+        if names:  # the gate /discovery applies, and like it only when there are agents
+            self.engine.authorise(
+                "ping",
+                names,
+                caller=CALLER_API,
+                token=api_wire.bearer_token(request.authorization),
+                source_ip=request.peer,
+            )
         capabilities = self.discovered.results(
             names, lambda stale: self.engine.capabilities(self.engine.resolve(stale))
         )
