@@ -5,6 +5,7 @@ hook's session with setsid, whether the hook times out or exits normally
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -19,6 +20,16 @@ setsid sh -c 'echo $$ > "{pidfile}"; exec sleep 300' </dev/null >/dev/null 2>&1 
 while [ ! -s "{pidfile}" ]; do sleep 0.01; done
 {then}
 """
+
+
+def _kill_if_left(pidfile: Path) -> None:
+    """Clean up after a failure: the escaped child, if it is still there."""
+    try:
+        pid = int(pidfile.read_text())
+    except (OSError, ValueError):
+        return
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:
@@ -55,6 +66,7 @@ def test_a_setsid_child_of_the_hook_is_killed(session_ca, pyz_for, tmp_path, the
         agentproc.wait_for(lambda: not _alive(escaped), 10, "the escaped child to be gone")
     finally:
         agent.stop()
+        _kill_if_left(pidfile)
     assert "auth-hook-timeout" in runner.log_text() if denied else True
 
 
