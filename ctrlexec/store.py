@@ -6,7 +6,8 @@ never a part; a crash at any instant leaves one of the two.
 
 State files are opened, never followed (`open_state`): O_NOFOLLOW, then
 fstat: a regular file owned by root, by us, or by the owner of its
-directory. A link or device planted in a state directory (a symlink from
+directory (in a group-writable directory, by any writer the group allows).
+A link or device planted in a state directory (a symlink from
 `pairing/<reqid>.approved` to `ca.key`, say) is refused with StateError
 instead of being read, sent or locked through. This is the one place that
 rule lives: every reader and lock of a state file goes through it.
@@ -94,9 +95,9 @@ def write_json(path: str | os.PathLike, value: object, mode: int = 0o640) -> Non
 
 def open_state(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o640) -> int:
     """A descriptor for the state file `path`, which must be a regular file
-    (never a symlink, FIFO or device) owned by root, by this process's user,
-    or by the owner of its directory. Missing -> FileNotFoundError (unless
-    O_CREAT); anything else refused -> StateError naming the path."""
+    (never a symlink, FIFO or device) with an expected owner (see
+    _expected_owner). Missing -> FileNotFoundError (unless O_CREAT);
+    anything else refused -> StateError naming the path."""
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as exc:
@@ -111,7 +112,7 @@ def open_state(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StateError(f"{path} is not a regular file: refused")
-        if info.st_uid not in (0, os.geteuid()) and info.st_uid != _directory_owner(path):
+        if not _expected_owner(path, info.st_uid):
             raise StateError(f"{path} is owned by uid {info.st_uid}: refused")
         os.set_blocking(fd, True)
     except BaseException:
@@ -120,11 +121,17 @@ def open_state(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o
     return fd
 
 
-def _directory_owner(path: str | os.PathLike) -> int | None:
+def _expected_owner(path: str | os.PathLike, uid: int) -> bool:
+    """Root, this process's user, or the directory's owner; in a directory
+    the group may write (locks/, agents/, pairing/: shared by the service
+    user and operators, docs/paths.md), any member of it."""
+    if uid in (0, os.geteuid()):
+        return True
     try:
-        return os.stat(Path(path).parent).st_uid
+        directory = os.stat(Path(path).parent)
     except OSError:
-        return None
+        return False
+    return uid == directory.st_uid or bool(directory.st_mode & stat.S_IWGRP)
 
 
 def read_state(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> bytes:
