@@ -5,9 +5,7 @@ arguments, one JSON object on stdin then EOF, its stdout and stderr
 discarded, the caller's environment plus the ENVEXEC_* variables. Exit 0
 authorises; 1 `denied`, 2 `bad credentials`, 3 `insufficient privilege`,
 any other N `hook exited N`. A hook that outlives `auth_hook_timeout` is
-killed and the request is denied. Every hook runs under a keeper
-(hook_keeper.py) that kills whatever the hook started once it exits or
-times out, including processes that left its session.
+killed (with its whole process group) and the request is denied.
 
 Fail closed, unlike 0.12: a hook killed by a signal, one that cannot be
 executed, or a configured path that is missing all deny (0.12 lets a hook
@@ -27,14 +25,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import log
 from .core.timefmt import iso_utc
-from .hook_keeper import KEEPER, KEEPER_FAILED
 
 REASONS = {1: "denied", 2: "bad credentials", 3: "insufficient privilege"}
 # Longest ENVEXEC_ARGS / ENVEXEC_ARGS_JSON value passed in the environment
@@ -139,31 +135,26 @@ def run_hook(
     env.update(request.environment(stamp))
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", KEEPER, path],
+            [path],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             env=env,
             close_fds=True,
             start_new_session=True,
             cwd="/",
         )
     except OSError as exc:
+        # the file is there and executable: say what really stopped it
         reason = f"auth hook could not be started: {exc.strerror or exc}"
         return AuthDecision.deny(reason), f"exec failed: {exc.strerror}"
     try:
-        _, said = proc.communicate(request.stdin_json(stamp), timeout=timeout)
+        proc.communicate(request.stdin_json(stamp), timeout=timeout)
     except subprocess.TimeoutExpired:
-        _stop_keeper(proc)
+        _kill_group(proc)
         log.event("auth-hook-timeout", log.WARNING, TIMEOUT=timeout, AUTHACTION=request.action)
         return AuthDecision.deny(REASONS[1]), "timeout"
     status = proc.returncode
-    if status == KEEPER_FAILED and said.startswith((b"exec-failed:", b"keeper-failed:")):
-        # the file is there and executable: say what really stopped it
-        detail = said.decode("utf-8", "replace").strip()[:200]
-        what = detail.split(":", 1)[1].strip()
-        reason = f"auth hook could not be started: {what}"
-        return AuthDecision.deny(reason), detail
     if status < 0:
         return AuthDecision.deny(REASONS[1]), f"hook killed by signal {-status}"
     if status == 0:
@@ -171,23 +162,10 @@ def run_hook(
     return AuthDecision.deny(REASONS.get(status, f"hook exited {status}"), status), ""
 
 
-# After the time is up: how long the keeper has to kill what the hook started.
-KEEPER_GRACE = 5.0
-
-
-def _stop_keeper(proc: subprocess.Popen) -> None:
-    """Ask the keeper to kill the hook and all it started; if the keeper
-    itself does not finish, kill its process group."""
+def _kill_group(proc: subprocess.Popen) -> None:
     try:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=KEEPER_GRACE)
-    except subprocess.TimeoutExpired:
-        pass
-    try:  # whatever is left in the keeper's own process group
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
         proc.kill()
     proc.wait()
 

@@ -64,3 +64,16 @@ def test_small_arguments_are_in_the_environment_as_before(tmp_path):
     env = AuthRequest("run", args=["a b", "c"]).environment("t")
     assert env["ENVEXEC_ARGS"] == "a b c" and json.loads(env["ENVEXEC_ARGS_JSON"]) == ["a b", "c"]
     assert "ENVEXEC_ARGS_TRUNCATED" not in env
+
+
+def test_a_hook_that_cannot_start_is_denied_with_the_reason(tmp_path):
+    """The file is there and executable, but the kernel will not run it: the
+    denial says why, not "not found or not executable"."""
+    from ctrlexec.hooks import AuthRequest, run_hook
+
+    hook = tmp_path / "hook"
+    hook.write_text("#!/nonexistent/interpreter\n")
+    hook.chmod(0o755)
+    decision, _ = run_hook(str(hook), AuthRequest("run"), timeout=10)
+    assert not decision.allowed
+    assert decision.reason.startswith("auth hook could not be started: "), decision.reason
