@@ -17,6 +17,9 @@ Wheels are downloaded with pip into a cache directory (network at build time
 only) and checked against `wheels.lock` (file name and SHA-256), so two
 builds from the same inputs give the same bytes: entries are sorted, dated
 by SOURCE_DATE_EPOCH (default 2000-01-01) and stored with fixed modes.
+`ctrlexec/_build.json` in the archive records the commit, the targets and
+every wheel's hash (`ctrl-exec.pyz --version --verbose`); `SHA256SUMS` is
+written beside the archive.
 `--update-lock` records the hashes of newly downloaded wheels.
 """
 
@@ -49,6 +52,7 @@ PURE = {"tomlkit": "0.15.2", "platformdirs": "4.14.7", "pycparser": "2.23"}
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 SHEBANG = b"#!/usr/bin/env python3\n"
 DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
+BUILD_INFO = "ctrlexec/_build.json"
 
 
 @dataclass(frozen=True)
@@ -189,7 +193,7 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
                 cache,
                 f"cryptography=={CRYPTOGRAPHY}",
                 rf"cryptography-{re.escape(CRYPTOGRAPHY)}-cp311-abi3-.*{family}[^-]*_{arch}\.whl",
-                plat + ["--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"],
+                [*plat, "--python-version", "3.11", "--implementation", "cp", "--abi", "abi3"],
             )
         ]
         for python in PYTHONS:
@@ -199,7 +203,7 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
                     cache,
                     f"cffi=={CFFI}",
                     rf"cffi-{re.escape(CFFI)}-{tag}-{tag}-.*{family}[^-]*_{arch}\.whl",
-                    plat + ["--python-version", python, "--implementation", "cp", "--abi", tag],
+                    [*plat, "--python-version", python, "--implementation", "cp", "--abi", tag],
                 )
             ]
     return plan
@@ -357,8 +361,64 @@ def build(targets: list[Target], cache: Path, output: Path, update_lock: bool, e
     archive.add(
         "_natives/manifest.json", json.dumps(manifest, sort_keys=True, indent=1).encode() + b"\n"
     )
+    archive.add(BUILD_INFO, build_info(plan, targets, epoch))
     archive.write(output)
+    write_checksums(output)
     return manifest
+
+
+def source_commit() -> str:
+    """The commit the sources come from: CTRL_EXEC_BUILD_COMMIT, else git
+    (with `-dirty` when the tree has uncommitted changes), else `unknown`."""
+    given = os.environ.get("CTRL_EXEC_BUILD_COMMIT")
+    if given:
+        return given
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True
+        )
+        if head.returncode != 0:
+            return "unknown"
+        status = subprocess.run(
+            ["git", "-C", str(HERE), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return "unknown"
+    dirty = "-dirty" if status.returncode != 0 or status.stdout.strip() else ""
+    return head.stdout.strip() + dirty
+
+
+def build_info(plan: dict[str, list[Path]], targets: list[Target], epoch: int) -> bytes:
+    """What `ctrl-exec.pyz --version --verbose` shows: only inputs of the
+    build, never the time or the machine, so the bytes stay reproducible."""
+    info = {
+        "commit": source_commit(),
+        "source_date_epoch": epoch,
+        "built_with": platform.python_version(),
+        "pythons": list(PYTHONS),
+        "targets": [t.name for t in targets],
+        "wheels": {w.name: _sha256(w) for wheels in plan.values() for w in wheels},
+    }
+    return json.dumps(info, sort_keys=True, indent=1).encode() + b"\n"
+
+
+def write_checksums(output: Path) -> Path:
+    """SHA256SUMS beside the archive, in `sha256sum -c` format; lines for
+    other files in that directory are kept."""
+    sums = output.parent / "SHA256SUMS"
+    lines = {}
+    if sums.exists():
+        for line in sums.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            if name and name != output.name and (output.parent / name).exists():
+                lines[name] = digest
+    lines[output.name] = _sha256(output)
+    temp = sums.with_suffix(".tmp")
+    temp.write_text("".join(f"{lines[name]}  {name}\n" for name in sorted(lines)))
+    os.replace(temp, sums)
+    return sums
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     size = args.output.stat().st_size
     print(f"{args.output} {size / 1_048_576:.1f} MiB, sha256 {_sha256(args.output)}")
+    print(f"checksum written to {args.output.parent / 'SHA256SUMS'}")
     print(f"cryptography {CRYPTOGRAPHY}, cffi {CFFI}; native targets:")
     for name in dict.fromkeys(names):
         target = TARGETS[name]

@@ -206,7 +206,10 @@ def _remove_tree(path: Path) -> None:
         except OSError:
             pass
 
-    shutil.rmtree(path, onerror=make_writable)
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=make_writable)
+    else:  # 3.11 has only `onerror`, deprecated since 3.12; the handler fits both
+        shutil.rmtree(path, onerror=make_writable)
 
 
 def materialise(archive_path: str, sets: list[dict], root: Path) -> list[Path]:

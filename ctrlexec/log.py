@@ -6,9 +6,13 @@ quotes (inner quotes are not escaped, as 0.12); None becomes empty. Unlike
 0.12 we escape control characters (a newline in a value would otherwise
 forge a second log line).
 
-Destination: syslog through /dev/log with the 0.12 idents (facility daemon,
-pid in the tag) when that socket exists, else stderr as `<ident>: <line>`;
-or a file; optionally one JSON object per line.
+Destination (`auto`, the default): syslog when its socket exists (`/dev/log`,
+or CTRL_EXEC_SYSLOG_SOCKET), facility daemon, 0.12's idents with the pid in
+the tag. Without syslog a daemon writes to stderr (`<ident>: <line>`, which
+journald or a container runtime collects) and an interactive command writes
+to its fallback file under the state directory, so ACTION lines never land
+on an operator's terminal. Explicit targets: syslog, stderr or a file path.
+Either format: `kv` (0.12's text) or `json` (one object per line).
 
 A token must never reach a log. `event()` refuses any field whose name
 contains TOKEN; the request paths never pass tokens in other fields.
@@ -16,13 +20,16 @@ contains TOKEN; the request paths never pass tokens in other fields.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
+import socket
 import stat
 import sys
 import threading
 import time
+from typing import TextIO
 
 INFO = "INFO"
 WARNING = "WARNING"
@@ -34,58 +41,197 @@ IDENT_DISPATCHER = "ctrl-exec-dispatcher"
 IDENT_API = "ctrl-exec-api"
 IDENT_EXECUTOR = "ctrl-exec-executor"
 
-TARGETS = ("auto", "syslog", "stderr")
+TARGETS = ("auto", "syslog", "stderr", "discard")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+SYSLOG_SOCKET_ENV = "CTRL_EXEC_SYSLOG_SOCKET"
+DEFAULT_SYSLOG_SOCKET = "/dev/log"
+LOG_DAEMON = 3 << 3
+# One syslog datagram; longer lines are cut (rsyslog's default limit is 8 KiB).
+MAX_SYSLOG_MESSAGE = 16 * 1024
+
+
+class SyslogSocket:
+    """A syslog client on a local Unix socket, written out rather than taken
+    from the `syslog` module so that the socket path can be chosen (tests,
+    containers) and a failed send is known (the line then goes elsewhere)."""
+
+    def __init__(self, path: str, ident: str) -> None:
+        self.path = path
+        self.ident = ident
+        self._sock: socket.socket | None = None
+        self._stream = False
+
+    def _connect(self) -> socket.socket:
+        try:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.connect(self.path)
+            self._stream = False
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EPROTOTYPE:
+                raise
+            # some syslog daemons listen with a stream socket
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(self.path)
+            except OSError:
+                sock.close()
+                raise
+            self._stream = True
+        return sock
+
+    def open(self) -> None:
+        self._sock = self._connect()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def send(self, priority: int, line: str) -> bool:
+        """Send one message; reconnect once (syslog restarted). False when
+        it could not be delivered."""
+        stamp = time.strftime("%b %d %H:%M:%S", time.localtime())
+        data = f"<{LOG_DAEMON | priority}>{stamp} {self.ident}[{os.getpid()}]: {line}"
+        payload = data.encode("utf-8", "replace")[:MAX_SYSLOG_MESSAGE]
+        for _attempt in (1, 2):
+            try:
+                if self._sock is None:
+                    self._sock = self._connect()
+                if self._stream:
+                    self._sock.sendall(payload + b"\0")
+                else:
+                    self._sock.send(payload)
+                return True
+            except OSError:
+                self.close()
+        return False
+
+
+def syslog_socket_path() -> str:
+    return os.environ.get(SYSLOG_SOCKET_ENV) or DEFAULT_SYSLOG_SOCKET
+
+
+def syslog_present(path: str | None = None) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path or syslog_socket_path()).st_mode)
+    except OSError:
+        return False
+
+
 class _State:
     def __init__(self) -> None:
         self.ident = IDENT_DISPATCHER
-        self.target = "auto"
+        self.target = "stderr"
         self.fmt = "kv"
-        self.file = None
-        self.syslog_open = False
+        self.file: TextIO | None = None
+        self.syslog: SyslogSocket | None = None
+        self.fallback = "stderr"  # where a line goes when syslog refuses it
+        self.configured = False
+        self.observers: list = []
+        self.deferred: list[tuple[str, str, dict[str, object]]] = []
         self.lock = threading.Lock()
 
 
 _state = _State()
 
 
-def configure(ident: str, target: str | None = None, fmt: str | None = None) -> None:
-    """Set the process's log ident and destination. `target` is auto, syslog,
-    stderr or a file path; defaults come from CTRL_EXEC_LOG_TARGET and
-    CTRL_EXEC_LOG_FORMAT."""
+def configure(
+    ident: str,
+    target: str | None = None,
+    fmt: str | None = None,
+    interactive_file: str | os.PathLike | None = None,
+) -> str:
+    """Set the process's log ident and destination; return the destination
+    chosen (`syslog`, `stderr`, `discard` or a file path).
+
+    `target` is auto, syslog, stderr or a file path; defaults come from
+    CTRL_EXEC_LOG_TARGET and CTRL_EXEC_LOG_FORMAT. `interactive_file` marks
+    an interactive command: with `auto` and no syslog its lines go to that
+    file instead of stderr (or, when the file cannot be opened, to stderr
+    only if stderr is not a terminal; otherwise nowhere)."""
     target = target or os.environ.get("CTRL_EXEC_LOG_TARGET") or "auto"
     fmt = fmt or os.environ.get("CTRL_EXEC_LOG_FORMAT") or "kv"
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
     with _state.lock:
-        if _state.file is not None:
-            _state.file.close()
-            _state.file = None
+        _close_locked()
         _state.ident = ident
         _state.fmt = fmt
         if target == "auto":
-            target = "syslog" if _dev_log_present() else "stderr"
-        if target not in ("syslog", "stderr"):
-            fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            _state.file = os.fdopen(fd, "a", encoding="utf-8", buffering=1)
-        _state.target = target
+            target = _auto_target(interactive_file)
+        if target not in ("syslog", "stderr", "discard"):
+            _state.file = _open_log_file(target)
+        _state.fallback = "stderr" if interactive_file is None else _quiet_fallback()
         if target == "syslog":
-            import syslog
+            _state.syslog = SyslogSocket(syslog_socket_path(), ident)
+            try:
+                _state.syslog.open()
+            except OSError:
+                pass  # each line retries the connection, then uses the fallback
+        _state.target = target
+        _state.configured = True
+        pending, _state.deferred = _state.deferred, []
+    for action, level, fields in pending:
+        event(action, level, **fields)
+    return target
 
-            syslog.openlog(ident, syslog.LOG_PID | syslog.LOG_NDELAY, syslog.LOG_DAEMON)
-            _state.syslog_open = True
+
+def _close_locked() -> None:
+    if _state.file is not None:
+        _state.file.close()
+        _state.file = None
+    if _state.syslog is not None:
+        _state.syslog.close()
+        _state.syslog = None
 
 
-def _dev_log_present() -> bool:
+def _auto_target(interactive_file: str | os.PathLike | None) -> str:
+    if syslog_present():
+        return "syslog"
+    if interactive_file is None:
+        return "stderr"
+    path = os.fspath(interactive_file)
     try:
-        return stat.S_ISSOCK(os.stat("/dev/log").st_mode)
+        _open_log_file(path).close()
+        return path
     except OSError:
-        return False
+        return _quiet_fallback()
+
+
+def _quiet_fallback() -> str:
+    """An interactive command's last resort: stderr only when nobody reads
+    it on a terminal."""
+    try:
+        return "discard" if os.isatty(2) else "stderr"
+    except OSError:
+        return "discard"
+
+
+def _open_log_file(path: str):
+    """Append to a log file; never through a symlink (a state directory
+    writable by a group must not redirect root's writes)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    fd = os.open(path, flags, 0o640)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    except OSError:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
+def destination() -> str:
+    """Where lines go now (for status output and tests)."""
+    if _state.file is not None:
+        return _state.file.name if isinstance(_state.file.name, str) else "file"
+    return _state.target
 
 
 def _clean(value: object) -> str:
@@ -95,7 +241,7 @@ def _clean(value: object) -> str:
         text = "1" if value else "0"
     else:
         text = str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
 def format_line(action: str, fields: dict[str, object]) -> str:
@@ -123,8 +269,10 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     _check_fields(fields)
     if level not in _PRIORITY:
         raise ValueError(f"unknown log level {level!r}")
+    for observer in _state.observers:
+        observer(action, level, fields)
     if _state.fmt == "json":
-        record = {
+        record: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ident": _state.ident,
             "level": level,
@@ -137,16 +285,41 @@ def event(action: str, level: str = INFO, **fields: object) -> None:
     _emit(level, line)
 
 
+def observe(callback) -> None:
+    """Call `callback(action, level, fields)` for every event from now on
+    (metrics count events; the callback must be quick and never raise)."""
+    _state.observers.append(callback)
+
+
+# Events raised before the destination is known (reading the config that
+# chooses it) wait for configure(); a process that never configures drops them.
+MAX_DEFERRED = 256
+
+
+def defer(action: str, level: str = INFO, **fields: object) -> None:
+    """Log now if the destination is configured, else once it is."""
+    if _state.configured:
+        event(action, level, **fields)
+        return
+    _check_fields(fields)
+    with _state.lock:
+        if len(_state.deferred) < MAX_DEFERRED:
+            _state.deferred.append((action, level, fields))
+
+
 def _emit(level: str, line: str) -> None:
     with _state.lock:
-        if _state.target == "syslog":
-            import syslog
-
-            syslog.syslog(syslog.LOG_DAEMON | _PRIORITY[level], line)
-            return
-        if _state.file is not None:
+        if _state.syslog is not None:
+            if _state.syslog.send(_PRIORITY[level], line):
+                return
+            where = _state.fallback
+        elif _state.file is not None:
             text = line if _state.fmt == "json" else f"{_state.ident}[{os.getpid()}]: {line}"
             _state.file.write(text + "\n")
+            return
+        else:
+            where = _state.target
+        if where == "discard":
             return
         text = line if _state.fmt == "json" else f"{_state.ident}: {line}"
         try:

@@ -197,7 +197,11 @@ TEMP_GRACE = 3_600
 
 
 def purge_expired(
-    directory: str | os.PathLike, ttl: float, now: float, is_record, max_scanned: int = 1_000_000
+    directory: str | os.PathLike[str],
+    ttl: float,
+    now: float,
+    is_record,
+    max_scanned: int = 1_000_000,
 ) -> list[str]:
     """Remove the files of `directory` for which `is_record(name)` holds and
     whose mtime is more than `ttl` seconds before `now`, and temp files left
@@ -238,7 +242,7 @@ def sweep_temporary(
     """Remove the temp files atomic_write left in `directory` (not below it)
     when a writer died, older than `grace` seconds. How many were removed."""
     try:
-        entries = os.scandir(directory)
+        entries = os.scandir(Path(directory))
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return 0
     removed = 0

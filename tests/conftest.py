@@ -2,7 +2,9 @@
 
 The pyz is `dist/ctrl-exec.pyz`, rebuilt by build_zipapp.py when its inputs
 (the package, the build script, wheels.lock) changed since the last build.
-CTRL_EXEC_PYZ points the suite at an already built archive instead.
+The build happens once, after collection and before the first test, only
+when a collected test needs the pyz, with a line saying so and how long it
+took. CTRL_EXEC_PYZ points the suite at an already built archive instead.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,23 +39,49 @@ def _inputs_digest() -> str:
     return digest.hexdigest()
 
 
-def build_pyz() -> Path:
+def build_pyz(say=print) -> Path:
+    """The pyz to test, built first when its inputs changed; `say` gets one
+    line about what happened."""
     override = os.environ.get("CTRL_EXEC_PYZ")
     if override:
+        say(f"pyz: testing {override} (CTRL_EXEC_PYZ)")
         return Path(override).resolve()
     wanted = _inputs_digest()
     if DIST_PYZ.exists() and STAMP.exists() and STAMP.read_text() == wanted:
+        say(f"pyz: {DIST_PYZ.relative_to(REPO)} is up to date")
         return DIST_PYZ
-    subprocess.run(
-        [sys.executable, str(REPO / "build_zipapp.py")], check=True, stdout=subprocess.DEVNULL
+    say(f"pyz: building {DIST_PYZ.relative_to(REPO)} (its inputs changed) ...")
+    started = time.monotonic()
+    built = subprocess.run(
+        [sys.executable, str(REPO / "build_zipapp.py")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
+    if built.returncode != 0:
+        raise pytest.UsageError(
+            f"build_zipapp.py failed (exit {built.returncode}):\n{built.stderr[-4000:]}"
+        )
     STAMP.write_text(wanted)
+    say(f"pyz: built {DIST_PYZ.relative_to(REPO)} in {time.monotonic() - started:.1f}s")
     return DIST_PYZ
+
+
+_built: list[Path] = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the pyz up front, in sight, when any collected test needs it."""
+    if not any("pyz" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    say = reporter.write_line if reporter is not None else print
+    _built.append(build_pyz(say))
 
 
 @pytest.fixture(scope="session")
 def pyz() -> Path:
-    return build_pyz()
+    return _built[0] if _built else build_pyz()
 
 
 @pytest.fixture(scope="session")

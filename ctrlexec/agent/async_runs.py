@@ -310,7 +310,7 @@ class AsyncRuns:
                 for key, thread in threads
                 if thread.is_alive() and key in self._running
             ]
-        for (dispatcher, script), reqid in stuck:
+        for (dispatcher, _script), reqid in stuck:
             record = self._read(self._path(dispatcher, reqid))
             if record is not None and record.get("status") == "running":
                 self._store_result(record, None)

@@ -20,11 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import hooks, log
-from ..core import agent_wire
+from ..core import agent_wire, lifecycle
 from ..core.http import Request
 from ..core.timefmt import iso_utc
-from ..errors import NotAllowlisted
-from . import capabilities
+from ..errors import CtrlExecError, NotAllowlisted
+from ..pki import revocation
+from . import capabilities, renewal, trust
 from .async_runs import AsyncRuns
 from .runner import Runner, default_runner, job_for
 from .state import AgentState
@@ -58,10 +59,13 @@ class Endpoints:
         runner: Runner | None = None,
         now: Callable[[], float] = time.time,
         async_runs: AsyncRuns | None = None,
+        trust_changed: Callable[[], None] | None = None,
     ):
         self.runner = runner or default_runner()
         self.now = now
         self.async_runs = async_runs  # None: async runs are refused
+        # Called after /rotate-serial rewrote the map (AgentRuntime.trust_changed).
+        self.trust_changed = trust_changed
 
     def shutdown(self) -> int:
         """The agent is stopping: kill every running script (async jobs are
@@ -113,6 +117,14 @@ class Endpoints:
             return self.capabilities(peer, state)
         if found.name == agent_wire.RESULT:
             return self.result(found.arg, peer)
+        if found.name == agent_wire.ROTATE_SERIAL and peer.dispatcher:
+            return self.rotate_serial(request.body, peer, state)
+        if found.name == agent_wire.REVOKE_SERIAL and peer.dispatcher:
+            return self.revoke_serial(request.body, peer, state)
+        if found.name == agent_wire.RENEW:
+            return self.renew(request.body, peer, state)
+        if found.name == agent_wire.RENEW_COMPLETE:
+            return self.renew_complete(request.body, peer, state)
         return Reply(404, dict(agent_wire.NOT_FOUND))
 
     def _authorise(
@@ -145,7 +157,11 @@ class Endpoints:
             request = agent_wire.parse_run(body)
         except agent_wire.RunRejected as rejected:
             return Reply(200, rejected.body)
-        fields = {"SCRIPT": _short(request.script), "PEER": peer.ip, "REQID": _short(request.reqid)}
+        fields: dict[str, object] = {
+            "SCRIPT": _short(request.script),
+            "PEER": peer.ip,
+            "REQID": _short(request.reqid),
+        }
         try:
             resolved = state.allowlist.resolve(request.script)
         except NotAllowlisted:
@@ -216,3 +232,110 @@ class Endpoints:
             log.event("result-miss", log.INFO, **fields)
             return Reply(404, agent_wire.result_unknown(reqid))
         return Reply(*self.async_runs.result(reqid, peer.dispatcher, fields))
+
+    # --- certificate lifecycle ---------------------------------------------
+
+    def renew(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        """Step 1 of a renewal: a CSR from the existing key (no gate, no hook)."""
+        reqid = lifecycle.text_field(lifecycle.json_object(body), "reqid")
+        fields = {"PEER": peer.ip, "REQID": _short(reqid)}
+        if not os.path.isfile(state.config.key):
+            log.event("renew", log.ERR, ERROR="agent key not available", **fields)
+            return Reply(200, lifecycle.status_error("agent key not available"))
+        try:
+            csr_pem = renewal.make_csr(state.config, state.host)
+        except Exception as exc:  # a key or crypto problem: 0.12's answer, reason logged
+            log.event("renew", log.ERR, ERROR=f"could not generate CSR: {exc}"[:200], **fields)
+            return Reply(200, lifecycle.status_error("could not generate CSR"))
+        log.event("renew", log.INFO, STATUS="csr-generated", **fields)
+        return Reply(200, lifecycle.renew_ok(csr_pem, reqid))
+
+    def renew_complete(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        """Step 2: check the renewed certificate and stage it; the listener
+        presents it from the next connection on (agent.identity)."""
+        data = lifecycle.json_object(body)
+        reqid = lifecycle.text_field(data, "reqid")
+        fields = {"PEER": peer.ip, "REQID": _short(reqid)}
+        cert_pem = lifecycle.text_field(data, "cert")
+        if not cert_pem:
+            log.event("renew-complete", log.ERR, ERROR="cert required", **fields)
+            return Reply(200, lifecycle.status_error("cert required"))
+        try:
+            renewal.stage(state.config, cert_pem, self.now())
+        except renewal.RenewalRejected as exc:
+            log.event("renew-complete", log.ERR, ERROR=str(exc)[:200], **fields)
+            return Reply(200, lifecycle.status_error(str(exc)))
+        except Exception as exc:
+            log.event("renew-complete", log.ERR, ERROR=f"{type(exc).__name__}: {exc}"[:200])
+            return Reply(200, lifecycle.status_error("could not stage cert"))
+        log.event("renew-complete", log.INFO, STATUS="cert-staged", **fields)
+        return Reply(200, lifecycle.renew_complete_ok(reqid))
+
+    def rotate_serial(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        """Add or remove a serial of the calling dispatcher in the trusted
+        map. The caller is who its certificate says, never the body."""
+        caller = peer.dispatcher or ""
+        try:
+            request = lifecycle.parse_rotate(body)
+        except lifecycle.RotateRejected as rejected:
+            log.event("rotate-fail", log.ERR, DISPATCHER=caller, ERROR=str(rejected))
+            return Reply(200, rejected.body)
+        decision = self._authorise(
+            state, peer, "rotate", args=(request.action, request.serial), token=request.token
+        )
+        if not decision.allowed:
+            log.event("rotate-deny", log.WARNING, DISPATCHER=caller, REASON=decision.reason)
+            return Reply(403, {"error": f"not authorised: {decision.reason}"})
+        path = state.config.trusted_dispatchers_path
+        try:
+            if request.action == lifecycle.ADD:
+                trust.add_dispatcher(path, request.key, caller)
+            elif request.key == peer.key:
+                raise ValueError("cannot remove the serial this connection presents")
+            else:
+                trust.remove_dispatcher(path, request.key, caller)
+        except (ValueError, OSError, CtrlExecError) as exc:
+            message = getattr(exc, "strerror", None) or str(exc)
+            log.event("rotate-fail", log.ERR, DISPATCHER=caller, ERROR=message)
+            return Reply(200, lifecycle.status_error(message))
+        if self.trust_changed is not None:
+            self.trust_changed()
+        log.event(
+            "rotate",
+            log.INFO,
+            DISPATCHER=caller,
+            SERIAL_ACTION=request.action,
+            SERIAL=request.key,
+            PEER=peer.ip,
+        )
+        return Reply(200, lifecycle.rotate_ok(request, caller))
+
+    def revoke_serial(self, body: bytes, peer: Peer, state: AgentState) -> Reply:
+        """A trusted dispatcher adds a serial to this agent's revocation list
+        (`ced revoke --push`); refused from the next connection on."""
+        caller = peer.dispatcher or ""
+        try:
+            request = lifecycle.parse_revoke(body)
+        except lifecycle.RotateRejected as rejected:
+            return Reply(200, rejected.body)
+        decision = self._authorise(
+            state, peer, "revoke", args=(request.serial,), token=request.token
+        )
+        if not decision.allowed:
+            log.event("revoke-deny", log.WARNING, DISPATCHER=caller, REASON=decision.reason)
+            return Reply(403, {"error": f"not authorised: {decision.reason}"})
+        try:
+            added = revocation.add(
+                state.config.revoked_serials,
+                lifecycle.list_line(request.key),
+                f"pushed by {caller} from {peer.ip}",
+            )
+        except (ValueError, OSError, CtrlExecError) as exc:
+            message = getattr(exc, "strerror", None) or str(exc)
+            log.event("revoke-fail", log.ERR, DISPATCHER=caller, ERROR=message)
+            return Reply(200, lifecycle.status_error(f"could not record: {message}"))
+        log.event("revoke", log.WARNING, DISPATCHER=caller, SERIAL=request.key, PEER=peer.ip)
+        return Reply(
+            200,
+            {"status": "ok", "serial": request.serial, "revoked": True, "new": added},
+        )

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 from .. import log
 
@@ -199,6 +199,11 @@ class Runner:
                 self._groups.discard(proc.pid)
 
 
+def _close(fileobj: object) -> None:
+    """Close a pipe registered with the selector (always a file object here)."""
+    cast(IO[bytes], fileobj).close()
+
+
 def _kill_group(group: int) -> None:
     try:
         os.killpg(group, signal.SIGKILL)
@@ -288,7 +293,7 @@ class _Exchange:
             key.data.add(chunk)
             return
         self.selector.unregister(key.fileobj)
-        key.fileobj.close()
+        _close(key.fileobj)
 
     def _close_stdin(self) -> None:
         if not self.stdin_open:
@@ -308,7 +313,7 @@ class _Exchange:
         self._close_stdin()
         for key in list(self.selector.get_map().values()):
             self.selector.unregister(key.fileobj)
-            key.fileobj.close()
+            _close(key.fileobj)
         self.selector.close()
 
     def _kill(self) -> None:

@@ -50,17 +50,16 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from .. import log
 from ..core import admission, agent_wire
 from ..core.http import (
-    MAX_LINE,
     FramingError,
     IncompleteMessage,
+    Request,
     RequestReader,
-    parse_request_line,
     response_bytes,
 )
 from ..core.ipallow import AddressFilter
@@ -100,7 +99,7 @@ class AgentServer:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.runtime = runtime
-        self.context = context
+        self.context = context  # used when the runtime has no AgentIdentity
         self.endpoints = endpoints or Endpoints()
         self.clock = clock
         config = runtime.config
@@ -123,7 +122,7 @@ class AgentServer:
         )
         # key -> a duplicate of an unauthenticated connection's socket, kept
         # so the accept loop can shut it down when it is evicted.
-        self._handles: dict[int, socket.socket] = {}
+        self._handles: dict[Hashable, socket.socket] = {}
         self._keys = itertools.count()
         self._active = 0  # connection threads alive (graceful stop waits for them)
         self._active_changed = threading.Condition()
@@ -316,8 +315,11 @@ class AgentServer:
     def _serve_connection(self, conn: socket.socket, ip: str, key: int) -> None:
         deadline = self.clock() + self.handshake_timeout
         conn.settimeout(self.handshake_timeout)
+        identity = self.runtime.identity
         try:
-            tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            # A renewed certificate is picked up here, for new connections only.
+            context = self.context if identity is None else identity.context()
+            tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError, ValueError) as exc:
             self._tls_failure(ip, key, exc)
             return
@@ -375,9 +377,15 @@ class AgentServer:
         peer = Peer(ip, serial_key, serial_hex, dispatcher)
         try:
             if dispatcher is None:
-                method, path, _ = self._read_request_line(tls, deadline)
-                return self.endpoints.refuse(method, path, peer, state)
-            request = self._read_request(tls, deadline)
+                reader = RequestReader()
+                method, path, _ = self._read_request_line(tls, deadline, reader)
+                if not agent_wire.route(method, path).ungated_op:
+                    return self.endpoints.refuse(method, path, peer, state)
+                # /renew and /renew-complete need only the CA-signed client
+                # certificate (0.12): read the rest of that request.
+                request = self._read_request(tls, deadline, reader)
+            else:
+                request = self._read_request(tls, deadline)
         except FramingError as exc:
             return Reply(exc.status, agent_wire.error_body(exc.reason))
         except TimeoutError:
@@ -405,22 +413,27 @@ class AgentServer:
         tls.settimeout(remaining)
         return tls.recv(RECV_CHUNK)
 
-    def _read_request_line(self, tls: ssl.SSLSocket, deadline: float) -> tuple[str, str, str]:
-        buffer = bytearray()
-        while b"\n" not in buffer:
-            if len(buffer) > MAX_LINE:
-                raise FramingError(400, "bad request", "request line too long")
+    def _read_request_line(
+        self, tls: ssl.SSLSocket, deadline: float, reader: RequestReader
+    ) -> tuple[str, str, str]:
+        while True:
             chunk = self._recv(tls, deadline)
             if not chunk:
-                break
-            buffer += chunk
-        line = bytes(buffer).split(b"\n", 1)[0]
-        if len(line) > MAX_LINE:
-            raise FramingError(400, "bad request", "request line too long")
-        return parse_request_line(line.rstrip(b"\r"))
+                return reader.finish_request_line()
+            line = reader.feed_request_line(chunk)
+            if line is not None:
+                return line
 
-    def _read_request(self, tls: ssl.SSLSocket, deadline: float):
-        reader = RequestReader()
+    def _read_request(
+        self, tls: ssl.SSLSocket, deadline: float, reader: RequestReader | None = None
+    ) -> Request:
+        """`reader` may already hold the request line and what came with it."""
+        if reader is None:
+            reader = RequestReader()
+        else:
+            request = reader.feed(b"")
+            if request is not None:
+                return request
         while True:
             chunk = self._recv(tls, deadline)
             if not chunk:

@@ -129,8 +129,11 @@ class AgentRuntime:
         layout: Layout,
         allowlist_path: Path | None = None,
         host: str | None = None,
+        identity=None,
     ):
         self.config = config
+        # agent.identity.AgentIdentity: the presented certificate (hot swap).
+        self.identity = identity
         self.layout = layout
         self.allowlist_path = allowlist_path
         self.host = host or fqdn()
@@ -157,6 +160,8 @@ class AgentRuntime:
 
     def state(self) -> AgentState:
         allowlist, sidecars, expiry = self._static
+        if self.identity is not None:
+            expiry = self.identity.expiry()
         return AgentState(
             self.config,
             allowlist,
@@ -166,6 +171,11 @@ class AgentRuntime:
             expiry,
             self.host,
         )
+
+    def trust_changed(self) -> None:
+        """The map was rewritten by this process: re-read it now (the listener
+        and running connections are untouched)."""
+        self._map.reload()
 
     def reload(self) -> bool:
         """SIGHUP: re-read the allowlist, sidecars, trust files and cert expiry."""

@@ -8,6 +8,8 @@ from . import roles
 TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.agent_serve",
     "ctrlexec.cli.agent_pairing",
+    "ctrlexec.cli.agent_import",
+    "ctrlexec.cli.agent_cert",
 )
 
 # The 8 modes of ctrl-exec 0.12's ctrl-exec-agent.

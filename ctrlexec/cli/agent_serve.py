@@ -85,14 +85,17 @@ def serve(ctx: Context) -> int:
     from ..agent import selfcheck
     from ..agent.async_runs import AsyncRuns
     from ..agent.handlers import Endpoints
+    from ..agent.identity import AgentIdentity
     from ..agent.runner import default_runner
     from ..agent.server import AgentServer
+    from ..agent.service import promote_at_start
     from ..agent.state import AgentRuntime
     from ..config.load import load_agent
 
     config = load_agent(ctx.layout, ctx.config_path)
+    ctx.configure_logging(config.log_target, config.log_format, daemon=True)
+    promote_at_start(config)  # a certificate renewed before a restart
     context = selfcheck.serving_context(config)
-    ctx.configure_logging(config.log_target, config.log_format)
     for name in selfcheck.unenforced_profiles(config):
         log.event(
             "config-warn",
@@ -100,16 +103,29 @@ def serve(ctx: Context) -> int:
             PROFILE=name,
             MSG="profile sets run_as/caps/writable but executor_socket is unset; not applied",
         )
-    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx))
+    identity = AgentIdentity(config)
+    identity.context()
+    runtime = AgentRuntime(config, ctx.layout, _allowlist_path(ctx), identity=identity)
     runner = default_runner()
     async_runs = AsyncRuns(config.async_runs_dir, runner.run)
     async_runs.recover()  # jobs of an agent that did not stop cleanly: interrupted
-    server = AgentServer(runtime, context, Endpoints(runner, async_runs=async_runs))
+    endpoints = Endpoints(runner, async_runs=async_runs, trust_changed=runtime.trust_changed)
+    server = AgentServer(runtime, context, endpoints)
     try:
         server.listen()
     except OSError as exc:
         where = f"{config.bind or '*'}:{config.port}"
         raise CtrlExecError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    if config.metrics_port:
+        from ..agent import metrics
+
+        try:
+            metrics.start_listener(config.metrics_port, metrics.AgentMetrics())
+        except OSError as exc:
+            raise CtrlExecError(
+                f"cannot listen on 127.0.0.1:{config.metrics_port} (metrics_port): "
+                f"{exc.strerror or exc}"
+            ) from None
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )

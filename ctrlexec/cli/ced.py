@@ -12,6 +12,9 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_pairing_mode",
     "ctrlexec.cli.ced_pairing",
     "ctrlexec.cli.ced_registry",
+    "ctrlexec.cli.ced_import",
+    "ctrlexec.cli.ced_lifecycle",
+    "ctrlexec.cli.ced_revoke",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
@@ -52,39 +55,22 @@ def split_script_args(argv: list[str]) -> tuple[list[str], list[str] | None]:
     return argv, None
 
 
-# 0.12's options that take a value, so that a value is never mistaken for
-# the mode (`ced --username run ping web-01`).
-VALUE_OPTIONS = frozenset(
-    (
-        "--root",
-        "--config",
-        "--log-target",
-        "--log-format",
-        "--port",
-        "--username",
-        "--token",
-        "--lookup-by",
-        "--agent-port",
-        "--ip",
-        "--rename",
-        "--tags",
-        "--timeout",
-    )
-)
-
-
-def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
+def mode_first(
+    head: list[str], modes: frozenset[str] | set[str], value_options: frozenset[str]
+) -> list[str]:
     """0.12 takes options before or after the mode (`ced --json ping web-01`,
     `ced --timeout 60 wait REQID`); argparse wants mode-specific options after
-    it. Move whatever precedes the mode to just after it."""
+    it. Move whatever precedes the mode to just after it. The value of an
+    option in `value_options` is never taken for the mode
+    (`ced --username run ping web-01`)."""
     index = 0
     while index < len(head):
         token = head[index]
         if token in modes:
-            return [token] + head[:index] + head[index + 1 :]
+            return [token, *head[:index], *head[index + 1 :]]
         if not token.startswith("-"):
             break  # an operand before any mode: leave it to the parser's error
-        if token in VALUE_OPTIONS:
+        if token in value_options:
             index += 1
         index += 1
     return head
@@ -92,10 +78,10 @@ def mode_first(head: list[str], modes: frozenset[str] | set[str]) -> list[str]:
 
 def main(argv: list[str], prog: str = "ced") -> int:
     head, script_args = split_script_args(argv)
-    head = mode_first(head, set(COMPAT_MODES))
     parser = roles.build_parser(
         prog, "ctrl-exec-dispatcher", DESCRIPTION, TOPICS, COMPAT_MODES, EPILOG
     )
+    head = mode_first(head, set(COMPAT_MODES), roles.value_options(parser))
     if not head:
         parser.print_help()
         return 0

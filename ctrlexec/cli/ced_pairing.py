@@ -65,7 +65,7 @@ def request_table(requests: list[dict]) -> list[str]:
         for r in requests
     ]
     lines = table(rows, [16, 24, 16, 28])
-    return lines[:1] + ["-" * 94] + lines[1:]
+    return [*lines[:1], "-" * 94, *lines[1:]]
 
 
 def list_requests(ctx: Context) -> int:
@@ -135,7 +135,13 @@ def approve(ctx: Context) -> int:
     port = _port(args.agent_port) if args.agent_port is not None else None
     settings, queue = settings_and_queue(ctx)
     result = pairing_decide.approve(
-        queue, settings, args.reqid, lookup_by=args.lookup_by, ip=args.ip, agent_port=port
+        queue,
+        settings,
+        args.reqid,
+        lookup_by=args.lookup_by,
+        ip=args.ip,
+        agent_port=port,
+        replace=args.replace,
     )
     if ctx.json:
         ctx.emit_json(dict(result.record, ok=1, cert_serial=format(result.cert_serial, "x")))
@@ -179,6 +185,11 @@ def register(subparsers) -> None:
         "then what the agent reported, then the defaults.",
     )
     parser.add_argument("reqid", help="request id from list-requests")
+    parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="approve although the hostname is already registered (replaces its record)",
+    )
     parser.add_argument(
         "--lookup-by",
         choices=wire.LOOKUP_CHOICES,

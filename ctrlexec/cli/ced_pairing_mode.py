@@ -181,6 +181,7 @@ def _plan(ctx: Context, settings):
         max_queue=settings.pairing_max_queue,
         rate=rate,
         request_timeout=settings.pairing_request_timeout,
+        revoked_keys=str(Path(settings.ca_dir) / "revoked-keys"),
     )
     return Plan(
         listener=listener,

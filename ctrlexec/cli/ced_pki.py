@@ -28,6 +28,9 @@ def setup_ca(ctx: Context) -> int:
     key_type = ctx.args.key_type or settings.key_type
     paths = ca.CAPaths(Path(settings.ca_dir))
     backups = ca.create_ca(paths, key_type=key_type, common_name=ctx.args.cn, force=ctx.args.force)
+    from ..dispatcher.pki_setup import reissue_if_foreign
+
+    reissued = reissue_if_foreign(settings)
     fingerprint = ca.fingerprint(paths.cert.read_text())
     log.event(
         "setup-ca",
@@ -43,6 +46,7 @@ def setup_ca(ctx: Context) -> int:
                 "cert": str(paths.cert),
                 "fingerprint": fingerprint,
                 "backups": [str(b) for b in backups],
+                "dispatcher_reissued": None if reissued is None else format(reissued.serial, "x"),
             }
         )
         return 0
@@ -56,6 +60,11 @@ def setup_ca(ctx: Context) -> int:
         "Keep ca.key on this host only. Agents may pin the fingerprint with "
         "'request-pairing --ca-fingerprint'."
     )
+    if reissued is not None:
+        ctx.out(
+            f"The dispatcher certificate {settings.cert} was signed by the old CA: "
+            f"reissued by the new one (serial {reissued.serial:x})."
+        )
     if backups:
         ctx.out("Every agent must now be paired again: they trust the old CA.")
     return 0
@@ -94,10 +103,9 @@ def setup_dispatcher(ctx: Context) -> int:
     ca.load_ca(paths)  # fail before asking anything when the CA is missing
     if cert_path.exists():
         count = len(Registry(settings.registry_dir).names())
-        if count and not ctx.args.yes:
-            if not _confirm(ctx, count):
-                ctx.out("Aborted; nothing changed.")
-                return 0
+        if count and not ctx.args.yes and not _confirm(ctx, count):
+            ctx.out("Aborted; nothing changed.")
+            return 0
     key_type = ctx.args.key_type or settings.key_type
     key_pem, issued = ca.issue_key_and_cert(paths, ca.DISPATCHER_COMMON_NAME, key_type)
     for path in (cert_path, key_path):

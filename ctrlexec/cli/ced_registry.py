@@ -75,7 +75,7 @@ def list_agents(ctx: Context) -> int:
         for r in records
     ]
     lines = table(rows, [30, 16, 5, 8, 22, 24])
-    for line in lines[:1] + ["-" * 112] + lines[1:]:
+    for line in [*lines[:1], "-" * 112, *lines[1:]]:
         ctx.out(line)
     return 0
 

@@ -282,13 +282,19 @@ def cmd_ping(ctx: Context) -> int:
     hosts = ctx.args.hosts
     if getattr(ctx.args, "script_args", None) is not None:
         raise BadRequest("ping takes no script arguments")
-    engine = _engine(ctx)
+    from ..dispatcher.renewal import ping_and_renew
+
+    settings = load_dispatcher(ctx.layout, ctx.config_path)
+    ctx.configure_logging(settings.log_target, settings.log_format)
+    engine = Engine.from_config(settings, ctx.layout)
     return _fan_out(
         ctx,
         hosts,
         ping_failed,
         report.ping_text,
-        lambda progress: engine.ping(hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx)),
+        lambda progress: ping_and_renew(
+            engine, settings, hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx)
+        ),
     )
 
 

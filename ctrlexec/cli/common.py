@@ -100,16 +100,30 @@ class Context:
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
 
-    def configure_logging(self, target: str | None = None, fmt: str | None = None) -> None:
+    def configure_logging(
+        self, target: str | None = None, fmt: str | None = None, daemon: bool = False
+    ) -> None:
         """Log destination: the command line wins, then the environment,
-        then the config file's log_target/log_format."""
+        then the config file's log_target/log_format. An interactive command
+        (not `daemon`) without syslog logs to a file in its state directory,
+        never to the operator's terminal."""
         log.configure(
             self.ident,
             getattr(self.args, "log_target", None)
             or os.environ.get("CTRL_EXEC_LOG_TARGET")
             or target,
             getattr(self.args, "log_format", None) or os.environ.get("CTRL_EXEC_LOG_FORMAT") or fmt,
+            interactive_file=None if daemon else self.interactive_log_file,
         )
+
+    @property
+    def interactive_log_file(self) -> Path:
+        state = (
+            self.layout.agent_state
+            if self.ident == log.IDENT_AGENT
+            else self.layout.dispatcher_state
+        )
+        return state / f"{self.ident}.log"
 
 
 Handler = Callable[[Context], int]
@@ -172,6 +186,6 @@ def table(rows: Iterable[Iterable[str]], widths: list[int]) -> list[str]:
     lines = []
     for row in rows:
         cells = list(row)
-        parts = [f"{cell:<{width}}" for cell, width in zip(cells[:-1], widths)]
-        lines.append(" ".join(parts + [cells[-1]]) if cells else "")
+        parts = [f"{cell:<{width}}" for cell, width in zip(cells[:-1], widths, strict=False)]
+        lines.append(" ".join([*parts, cells[-1]]) if cells else "")
     return lines

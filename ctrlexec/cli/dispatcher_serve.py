@@ -18,6 +18,11 @@ endpoint's action; with no hook, api_auth_default decides (default: deny
 everything). At most api_max_children requests are served at once; more get
 503.
 
+The maintenance pass of `ced maintain` (agent certificate renewal,
+dispatcher certificate rotation, serial broadcast, stale expiry, run-record
+purge) runs at start and then every cert_check_interval seconds, unless
+--no-maintenance (for hosts that run `ced maintain` from a timer instead).
+
 Runs in the foreground until SIGTERM or SIGINT: the listener closes and
 requests in progress finish (a second signal stops at once). A configuration
 error stops it before it listens, with exit code 78."""
@@ -37,6 +42,11 @@ def register(subparsers) -> None:
         metavar="PATH",
         help="where to write the pid once listening (default: api.pid in "
         "the dispatcher state directory)",
+    )
+    parser.add_argument(
+        "--no-maintenance",
+        action="store_true",
+        help="do not run the maintenance pass every cert_check_interval seconds",
     )
 
 
@@ -58,7 +68,7 @@ def serve(ctx: Context) -> int:
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = api_tls_context(settings)
-    ctx.configure_logging(settings.log_target, settings.log_format)
+    ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)
@@ -70,6 +80,8 @@ def serve(ctx: Context) -> int:
         __version__,
         deny_generic=settings.auth_deny_generic,
         health_open=settings.health_open,
+        metrics_open=settings.metrics_open,
+        pairing_dir=ctx.layout.pairing_dir,
     )
     server = ApiServer(
         api,
@@ -92,5 +104,14 @@ def serve(ctx: Context) -> int:
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
     )
-    server.serve(pidfile)
+    loop = None
+    if not getattr(ctx.args, "no_maintenance", False):
+        from ..dispatcher.maintenance import MaintenanceLoop
+
+        loop = MaintenanceLoop(engine, settings, ctx.layout.runs_dir).start()
+    try:
+        server.serve(pidfile)
+    finally:
+        if loop is not None:
+            loop.stop()
     return EXIT_OK

@@ -31,8 +31,12 @@ ROLES = {
     "agent": ("ctrlexec.cli.agent", "agent daemon and its pairing and checks"),
     "executor": ("ctrlexec.cli.executor", "privileged executor for the agent"),
     "demo": (
-        "ctrlexec.cli.demo",
+        "ctrlexec.cli.demo_command",
         "a throwaway CA, dispatcher and agent on loopback, paired, running a script",
+    ),
+    "install": (
+        "ctrlexec.cli.install",
+        "install this archive as services: program names, users, directories, units",
     ),
     "doctor": (
         "ctrlexec.cli.doctor",
@@ -54,7 +58,9 @@ ctrl-exec-api to ctrl-exec.pyz run that role directly.
 
 options:
   -h, --help     show this help and exit
-  --version      print the version and exit
+  --version      print the version and exit; with --verbose also the
+                 commit, the Python targets and the SHA-256 of every
+                 bundled wheel (--json for a JSON object)
 """
 
 
@@ -69,6 +75,28 @@ def _program_name(argv0: str) -> str:
 def _usage() -> str:
     lines = [f"  {name:<11} {summary}" for name, (_, summary) in ROLES.items()]
     return USAGE.format(roles="\n".join(lines))
+
+
+def _version(options: list[str]) -> int:
+    unknown = set(options) - {"--verbose", "--json"}
+    if unknown:
+        sys.stderr.write(
+            f"ctrl-exec: --version takes --verbose and --json, not {sorted(unknown)}\n"
+        )
+        return EXIT_USAGE
+    if "--verbose" not in options and "--json" not in options:
+        sys.stdout.write(f"ctrl-exec {__version__}\n")
+        return 0
+    from .. import buildinfo
+
+    report = buildinfo.verbose_report()
+    if "--json" in options:
+        import json
+
+        sys.stdout.write(json.dumps(report, indent=1) + "\n")
+    else:
+        sys.stdout.write(buildinfo.verbose_text(report))
+    return 0
 
 
 def run_role(role: str, argv: list[str], prog: str) -> int:
@@ -89,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(_usage())
         return 0 if rest else EXIT_USAGE
     if rest[0] == "--version":
-        sys.stdout.write(f"ctrl-exec {__version__}\n")
-        return 0
+        return _version(rest[1:])
     if rest[0] not in ROLES:
         sys.stderr.write(
             f"ctrl-exec: unknown role '{rest[0]}' (choose from {', '.join(ROLES)}); try --help\n"

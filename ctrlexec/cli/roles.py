@@ -49,6 +49,21 @@ def build_parser(
     return parser
 
 
+def value_options(parser: argparse.ArgumentParser) -> frozenset[str]:
+    """Every option string of the parser and of its modes that takes a value.
+    argparse has no public way to walk a parser, hence `_actions`."""
+    found: set[str] = set()
+    pending = [parser]
+    while pending:
+        current = pending.pop()
+        for action in current._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending.extend(action.choices.values())
+            elif action.option_strings and action.nargs != 0:
+                found.update(action.option_strings)
+    return frozenset(found)
+
+
 def run(parser: Parser, argv: list[str], prog: str, ident: str) -> int:
     if not argv:
         parser.print_help()

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import log
 from ..errors import ConfigError
-from . import schema
+from . import legacy, schema
 from .paths import Layout
 
 # A config file larger than this is not a config file.
@@ -244,18 +245,47 @@ def _suggest(name: str, known: dict[str, Any]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _load_or_defaults(path: Path | None, default_path: Path) -> _Document | None:
+def _load_or_defaults(
+    path: Path | None, default_path: Path, legacy_path: Path | None = None, parse=None
+) -> _Document | None:
     """The document at an explicit path (must exist) or at the default path
-    (may be absent: all defaults apply)."""
+    (may be absent: all defaults apply). A `.conf` path, or 0.12's file at
+    `legacy_path` when the TOML file does not exist, is read with `parse`
+    (config/legacy.py)."""
     if path is not None:
+        if parse is not None and legacy.is_legacy_path(Path(path)):
+            return _legacy_document(parse(Path(path)))
         return read_document(Path(path))
     if default_path.exists():
         return read_document(default_path)
+    if legacy_path is not None and parse is not None and legacy_path.exists():
+        return _legacy_document(parse(legacy_path))
     return None
 
 
+class _LegacyDocument(_Document):
+    """A 0.12 file's values, checked like TOML values, errors pointing at
+    the 0.12 line."""
+
+    def __init__(self, parsed: legacy.Parsed):
+        super().__init__(parsed.path, "", parsed.data)
+        self.parsed = parsed
+
+    def line_of(self, table: tuple[str, ...], key: str | None) -> int | None:
+        return self.parsed.line_of(table, key)
+
+
+def _legacy_document(parsed: legacy.Parsed) -> _LegacyDocument:
+    log.defer("config-read", log.INFO, FILE=str(parsed.path), FORMAT=legacy.FORMAT_NAME)
+    for warning in parsed.warnings:
+        log.defer("config-warn", log.WARNING, FILE=str(parsed.path), **warning)
+    return _LegacyDocument(parsed)
+
+
 def load_dispatcher(layout: Layout, path: Path | None = None) -> Settings:
-    doc = _load_or_defaults(path, layout.dispatcher_config)
+    doc = _load_or_defaults(
+        path, layout.dispatcher_config, layout.legacy_dispatcher_config, legacy.parse_dispatcher
+    )
     data = doc.data if doc else {}
     for name, value in data.items():
         if isinstance(value, dict):
@@ -267,7 +297,9 @@ def load_dispatcher(layout: Layout, path: Path | None = None) -> Settings:
 
 
 def load_agent(layout: Layout, path: Path | None = None) -> AgentConfig:
-    doc = _load_or_defaults(path, layout.agent_config)
+    doc = _load_or_defaults(
+        path, layout.agent_config, layout.legacy_agent_config, legacy.parse_agent
+    )
     data = doc.data if doc else {}
     values = _flat_settings(
         doc, data, schema.AGENT_KEYS, layout, allowed_tables=("tags", "profile")
@@ -328,7 +360,7 @@ def load_allowlist(
 ) -> dict[str, ScriptEntry]:
     """The allowlist. With `profiles` given, every referenced profile must be
     defined there ('default' always is)."""
-    doc = _load_or_defaults(path, layout.allowlist)
+    doc = _load_or_defaults(path, layout.allowlist, layout.legacy_allowlist, legacy.parse_allowlist)
     if doc is None:
         return {}
     if len(doc.data) > MAX_SCRIPTS:

@@ -15,6 +15,7 @@ The native-library cache of the pyz is not part of a layout (see
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,10 @@ ROOT_ENV = "CTRL_EXEC_ROOT"
 DISPATCHER_CONFIG_NAME = "ctrl-exec.toml"
 AGENT_CONFIG_NAME = "agent.toml"
 ALLOWLIST_NAME = "scripts.toml"
+# ctrl-exec 0.12's files, read when the TOML file does not exist.
+LEGACY_DISPATCHER_CONFIG_NAME = "ctrl-exec.conf"
+LEGACY_AGENT_CONFIG_NAME = "agent.conf"
+LEGACY_ALLOWLIST_NAME = "scripts.conf"
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,10 @@ class Layout:
         return self.dispatcher_etc / DISPATCHER_CONFIG_NAME
 
     @property
+    def legacy_dispatcher_config(self) -> Path:
+        return self.dispatcher_etc / LEGACY_DISPATCHER_CONFIG_NAME
+
+    @property
     def ca_key(self) -> Path:
         return self.dispatcher_etc / "ca.key"
 
@@ -51,11 +60,6 @@ class Layout:
     def ca_serial(self) -> Path:
         """Lock file that serialises CA signing (0.12's counter file name)."""
         return self.dispatcher_etc / "ca.serial"
-
-    @property
-    def ca_issued(self) -> Path:
-        """Record of every serial the CA has issued (never reuse one)."""
-        return self.dispatcher_etc / "ca.issued"
 
     @property
     def dispatcher_cert(self) -> Path:
@@ -101,6 +105,14 @@ class Layout:
     @property
     def allowlist(self) -> Path:
         return self.agent_etc / ALLOWLIST_NAME
+
+    @property
+    def legacy_agent_config(self) -> Path:
+        return self.agent_etc / LEGACY_AGENT_CONFIG_NAME
+
+    @property
+    def legacy_allowlist(self) -> Path:
+        return self.agent_etc / LEGACY_ALLOWLIST_NAME
 
     @property
     def agent_cert(self) -> Path:
@@ -158,8 +170,29 @@ def user_layout() -> Layout:
         dispatcher_state=platformdirs.user_data_path("ctrl-exec"),
         agent_etc=platformdirs.user_config_path("ctrl-exec-agent"),
         agent_state=platformdirs.user_data_path("ctrl-exec-agent"),
-        runtime=platformdirs.user_runtime_path("ctrl-exec-agent"),
+        runtime=_user_runtime_dir(platformdirs.user_data_path("ctrl-exec-agent")),
     )
+
+
+def _user_runtime_dir(agent_state: Path) -> Path:
+    """$XDG_RUNTIME_DIR/ctrl-exec-agent when that is a private directory of
+    ours, else `run/` in the agent's state directory. Decided here rather
+    than by platformdirs, which warns on stderr when the variable is unset
+    (ssh sessions, su, cron) and may fall back to a shared /tmp path."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isabs(xdg):
+        try:
+            info = os.lstat(xdg)
+        except OSError:
+            info = None
+        if (
+            info is not None
+            and stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.geteuid()
+            and stat.S_IMODE(info.st_mode) & 0o077 == 0
+        ):
+            return Path(xdg) / "ctrl-exec-agent"
+    return agent_state / "run"
 
 
 def resolve_layout(root: str | os.PathLike | None = None) -> Layout:

@@ -121,17 +121,21 @@ def bounded_paths(values: list[str]) -> str | None:
 
 
 PORT = between(1, 65535)
-LOG_TARGET_DOC = "where log lines go: auto (syslog if /dev/log exists, else stderr), syslog, stderr, or a file path"
+LOG_TARGET_DOC = (
+    "where log lines go: auto (syslog if /dev/log exists, else stderr for daemons and a file"
+    " in the state directory for commands; docs/logging.md), syslog, stderr, discard,"
+    " or a file path"
+)
 
 DISPATCHER_KEYS: tuple[Key, ...] = (
     Key(
         "cert",
         "path",
-        lambda l: str(l.dispatcher_cert),
+        lambda layout: str(layout.dispatcher_cert),
         "dispatcher certificate (client cert towards agents)",
     ),
-    Key("key", "path", lambda l: str(l.dispatcher_key), "dispatcher private key"),
-    Key("ca", "path", lambda l: str(l.ca_cert), "CA certificate that signed every agent"),
+    Key("key", "path", lambda layout: str(layout.dispatcher_key), "dispatcher private key"),
+    Key("ca", "path", lambda layout: str(layout.ca_cert), "CA certificate that signed every agent"),
     Key("auth_hook", "path", None, "executable that authorises run/ping/api/status", optional=True),
     Key("auth_hook_timeout", "int", 10, "seconds before a hook is killed (deny)", between(1, 3600)),
     Key(
@@ -179,6 +183,13 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key(
+        "metrics_open",
+        "bool",
+        False,
+        "serve GET /metrics without the api auth gate (Prometheus scrapers)",
+        ours=True,
+    ),
+    Key(
         "api_request_timeout",
         "int",
         30,
@@ -201,7 +212,8 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_days",
         "int",
         None,
-        "lifetime of renewed agent certs (default 365) and rotated dispatcher certs (default 825)",
+        "days a renewed agent cert (default 365) or a rotated dispatcher cert (default 825) "
+        "is valid; agents are renewed when less than half of it remains",
         between(1, 36500),
         optional=True,
     ),
@@ -209,21 +221,24 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "cert_renewal_days",
         "int",
         90,
-        "rotate the dispatcher cert when fewer days remain",
+        "rotate the dispatcher cert (ced maintain, dispatcher serve) when at most this "
+        "many days remain",
         between(1, 36500),
     ),
     Key(
         "cert_overlap_days",
         "int",
         30,
-        "days the previous dispatcher serial stays trusted after rotation",
+        "days the previous dispatcher serial stays trusted after rotation; agents not "
+        "confirmed by then become stale",
         between(0, 3650),
     ),
     Key(
         "cert_check_interval",
         "int",
         14400,
-        "seconds between dispatcher cert checks",
+        "seconds between maintenance passes of dispatcher serve (renewal, rotation, "
+        "broadcast, stale expiry, run-record purge)",
         between(60, 604800),
     ),
     Key(
@@ -266,10 +281,35 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         username,
     ),
     Key(
-        "ca_dir", "path", lambda l: str(l.dispatcher_etc), "directory of ca.key, ca.crt, ca.serial"
+        "ca_dir",
+        "path",
+        lambda layout: str(layout.dispatcher_etc),
+        "directory of ca.key, ca.crt, ca.serial",
     ),
-    Key("rotation_file", "path", lambda l: str(l.rotation_file), "dispatcher cert rotation state"),
-    Key("registry_dir", "path", lambda l: str(l.registry_dir), "one JSON record per paired agent"),
+    Key(
+        "rotation_file",
+        "path",
+        lambda layout: str(layout.rotation_file),
+        "dispatcher cert rotation state",
+    ),
+    Key(
+        "registry_dir",
+        "path",
+        lambda layout: str(layout.registry_dir),
+        "one JSON record per paired agent",
+    ),
+    Key(
+        "rotation_file",
+        "path",
+        lambda layout: str(layout.rotation_file),
+        "dispatcher cert rotation state (current and previous serial, overlap end)",
+    ),
+    Key(
+        "registry_dir",
+        "path",
+        lambda layout: str(layout.registry_dir),
+        "one JSON record per paired agent",
+    ),
     Key("port", "int", 7443, "agent port for hosts with none recorded", PORT),
     Key(
         "key_type",
@@ -287,20 +327,28 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
 
 AGENT_KEYS: tuple[Key, ...] = (
     Key("port", "int", 7443, "mTLS listen port", PORT),
+    Key(
+        "metrics_port",
+        "int",
+        0,
+        "port of the loopback-only (127.0.0.1) Prometheus listener; 0 turns it off",
+        between(0, 65535),
+        ours=True,
+    ),
     Key("bind", "str", "", "listen address; empty means all interfaces (IPv4 and IPv6)", ours=True),
-    Key("cert", "path", lambda l: str(l.agent_cert), "agent certificate"),
-    Key("key", "path", lambda l: str(l.agent_key), "agent private key"),
-    Key("ca", "path", lambda l: str(l.agent_ca), "CA certificate of the dispatchers"),
+    Key("cert", "path", lambda layout: str(layout.agent_cert), "agent certificate"),
+    Key("key", "path", lambda layout: str(layout.agent_key), "agent private key"),
+    Key("ca", "path", lambda layout: str(layout.agent_ca), "CA certificate of the dispatchers"),
     Key(
         "trusted_dispatchers_path",
         "path",
-        lambda l: str(l.trusted_dispatchers),
+        lambda layout: str(layout.trusted_dispatchers),
         "trusted-dispatcher map (serial -> dispatcher id)",
     ),
     Key(
         "revoked_serials",
         "path",
-        lambda l: str(l.revoked_serials),
+        lambda layout: str(layout.revoked_serials),
         "revoked certificate serials, one per line",
     ),
     Key(
@@ -392,19 +440,26 @@ AGENT_KEYS: tuple[Key, ...] = (
         "privileged executor socket (profiles are applied there)",
         optional=True,
     ),
-    Key("async_runs_dir", "path", lambda l: str(l.async_runs_dir), "store of async run results"),
+    Key(
+        "async_runs_dir",
+        "path",
+        lambda layout: str(layout.async_runs_dir),
+        "store of async run results",
+    ),
     Key(
         "cert_staging_path",
         "path",
-        lambda l: str(l.cert_staging),
-        "where a renewed cert waits for promote-cert",
+        lambda layout: str(layout.cert_staging),
+        "where a renewed cert is staged: presented at once, installed at cert by "
+        "promote-cert or the next start",
     ),
     Key("pairing_port", "int", 7444, "default dispatcher pairing port for request-pairing", PORT),
     Key(
         "script_timeout",
         "int",
         3600,
-        "seconds a script may run before its process group is killed (per-script 'timeout' overrides)",
+        "seconds a script may run before its process group is killed"
+        " (per-script 'timeout' overrides)",
         between(1, 604800),
         ours=True,
     ),

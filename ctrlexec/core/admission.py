@@ -58,7 +58,7 @@ class Slots:
         self.limits = limits
         self._order = itertools.count()
         # address -> {key: arrival number}, oldest first
-        self._pending: dict[str, OrderedDict] = {}
+        self._pending: dict[str, OrderedDict[Hashable, int]] = {}
         self._address_of: dict[Hashable, str] = {}
         self._authenticated: set[Hashable] = set()
 

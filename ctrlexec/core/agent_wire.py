@@ -37,6 +37,7 @@ RESULT = "result"
 ROTATE_SERIAL = "rotate-serial"
 RENEW = "renew"
 RENEW_COMPLETE = "renew-complete"
+REVOKE_SERIAL = "revoke-serial"  # ours: a pushed revocation (0.12 answers 404)
 UNKNOWN = "unknown"
 
 _EXACT_ROUTES = {
@@ -44,6 +45,7 @@ _EXACT_ROUTES = {
     ("POST", "/ping"): (PING, True),
     ("GET", "/capabilities"): (CAPABILITIES, True),
     ("POST", "/rotate-serial"): (ROTATE_SERIAL, True),
+    ("POST", "/revoke-serial"): (REVOKE_SERIAL, True),
     ("POST", "/renew"): (RENEW, False),
     ("POST", "/renew-complete"): (RENEW_COMPLETE, False),
 }
@@ -69,6 +71,11 @@ class Route:
     gated: bool
     arg: str = ""  # the id of /result/<id>
 
+    @property
+    def ungated_op(self) -> bool:
+        """/renew and /renew-complete: no serial gate, CA-signed cert only."""
+        return self.name in (RENEW, RENEW_COMPLETE)
+
 
 def route(method: str, path: str) -> Route:
     """Exact string match on method and path, as 0.12 (no query strings)."""
@@ -82,14 +89,14 @@ def route(method: str, path: str) -> Route:
     return Route(UNKNOWN, False)
 
 
-def gate_refusal(found: Route) -> tuple[int, dict]:
+def gate_refusal(found: Route) -> tuple[int, dict[str, Any]]:
     """What an untrusted peer gets for a gated route."""
     if found.name == CAPABILITIES:
         return 403, dict(CAPABILITIES_FORBIDDEN)
     return 403, dict(SERIAL_MISMATCH)
 
 
-def error_body(reason: str) -> dict:
+def error_body(reason: str) -> dict[str, Any]:
     """Body of a framing error (400 `empty request`, 413, 431)."""
     return {"error": reason}
 
@@ -110,12 +117,12 @@ class RunRequest:
 class RunRejected(Exception):
     """A /run body refused before the allowlist; `body` is the 200 answer."""
 
-    def __init__(self, body: dict):
+    def __init__(self, body: dict[str, Any]):
         super().__init__(body.get("error", ""))
         self.body = body
 
 
-def _json_object(body: bytes) -> dict | None:
+def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -123,7 +130,7 @@ def _json_object(body: bytes) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _string_field(data: dict, key: str) -> str | None:
+def _string_field(data: dict[str, Any], key: str) -> str | None:
     """The field's value ('' when absent or null), or None when it is not a string."""
     value = data.get(key)
     if value is None:
@@ -181,13 +188,13 @@ def parse_run(body: bytes) -> RunRequest:
     )
 
 
-def run_refused(request: RunRequest, error: str) -> dict:
+def run_refused(request: RunRequest, error: str) -> dict[str, Any]:
     """`script not permitted`, `not authorised: <reason>` and other refusals
     of a valid request."""
     return {"script": request.script, "exit": -1, "error": error, "reqid": request.reqid}
 
 
-def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict:
+def run_result(request: RunRequest, exit_code: int, stdout: str, stderr: str) -> dict[str, Any]:
     return {
         "script": request.script,
         "exit": exit_code,
@@ -202,12 +209,12 @@ ASYNC_BAD_REQID = "async run requires a valid reqid"
 ASYNC_NOT_STARTED = "could not start async job"
 
 
-def async_accepted(request: RunRequest) -> dict:
+def async_accepted(request: RunRequest) -> dict[str, Any]:
     """202: the job is running detached; poll /result/<reqid>."""
     return {"script": request.script, "status": "accepted", "reqid": request.reqid}
 
 
-def async_busy(request: RunRequest) -> dict:
+def async_busy(request: RunRequest) -> dict[str, Any]:
     """409: the same script is already running for this dispatcher."""
     return {
         "script": request.script,
@@ -245,7 +252,7 @@ def ping_reqid(body: bytes) -> str:
     return value if isinstance(value, str) and is_utf8(value) else ""
 
 
-def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict:
+def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict[str, Any]:
     return {
         "status": "ok",
         "host": host,
@@ -256,7 +263,7 @@ def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) ->
     }
 
 
-def result_unknown(reqid: str) -> dict:
+def result_unknown(reqid: str) -> dict[str, Any]:
     return {"status": "unknown", "reqid": reqid}
 
 
@@ -265,7 +272,7 @@ def result_unknown(reqid: str) -> dict:
 
 @dataclass(frozen=True)
 class Sidecar:
-    schema: dict
+    schema: dict[str, Any]
     version: str
     version_rejected: bool  # an explicit `version` was unusable, so it was derived
 
@@ -294,7 +301,7 @@ def parse_sidecar(raw: bytes) -> Sidecar:
 
 def script_entry(
     name: str, path: str, executable: bool, profile: str, sidecar: Sidecar | None
-) -> dict:
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "name": name,
         "path": path,
@@ -307,7 +314,9 @@ def script_entry(
     return entry
 
 
-def capabilities_body(host: str, version: str, tags: dict[str, str], scripts: list[dict]) -> dict:
+def capabilities_body(
+    host: str, version: str, tags: dict[str, str], scripts: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "status": "ok",
         "host": host,

@@ -32,6 +32,7 @@ from .text import is_utf8, json_flag
 # Route names.
 INDEX = "index"
 HEALTH = "health"
+METRICS = "metrics"
 PING = "ping"
 RUN = "run"
 DISCOVERY = "discovery"
@@ -43,6 +44,7 @@ NO_ROUTE = "no-route"
 _ROUTES = {
     ("GET", "/"): INDEX,
     ("GET", "/health"): HEALTH,
+    ("GET", "/metrics"): METRICS,
     ("POST", "/ping"): PING,
     ("POST", "/run"): RUN,
     ("GET", "/discovery"): DISCOVERY,
@@ -63,6 +65,8 @@ ENDPOINTS = (
     ("GET", "/openapi.json"),
     ("GET", "/openapi-live.json"),
 )
+# Ours, not in 0.12's endpoint list (GET / keeps listing 0.12's only).
+OUR_ENDPOINTS = (("GET", "/metrics"),)
 
 # Request bodies whose `hosts` become enums in /openapi-live.json.
 HOSTS_SCHEMAS = ("PingRequest", "RunRequest", "DiscoveryRequest")
@@ -93,7 +97,8 @@ def route(method: str, path: str) -> Route:
 @dataclass(frozen=True)
 class Reply:
     status: int
-    body: dict | bytes  # bytes: a document served verbatim
+    body: dict[str, Any] | bytes  # bytes: a document served verbatim
+    content_type: str = "application/json"
 
 
 class ApiError(Exception):
@@ -104,7 +109,7 @@ class ApiError(Exception):
         self.reply = Reply(status, error_body(error, detail))
 
 
-def error_body(error: str, detail: str = "") -> dict:
+def error_body(error: str, detail: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"ok": False, "error": error}
     if detail:
         body["detail"] = detail
@@ -158,7 +163,7 @@ def framing_error(exc: FramingError) -> Reply:
     return Reply(exc.status, error_body("bad request", exc.detail))
 
 
-def index_body(version: str) -> dict:
+def index_body(version: str) -> dict[str, Any]:
     return {
         "name": "ctrl-exec-api",
         "version": version,
@@ -168,7 +173,7 @@ def index_body(version: str) -> dict:
     }
 
 
-def health_body(version: str) -> dict:
+def health_body(version: str) -> dict[str, Any]:
     return {"ok": True, "version": version}
 
 
@@ -206,7 +211,7 @@ def _decode(body: bytes) -> Any:
         raise bad_request("invalid JSON body") from None
 
 
-def _object(body: bytes) -> dict:
+def _object(body: bytes) -> dict[str, Any]:
     if not body:
         raise bad_request("request body required")
     value = _decode(body)
@@ -215,7 +220,7 @@ def _object(body: bytes) -> dict:
     return value
 
 
-def _hosts(data: dict) -> list[str]:
+def _hosts(data: dict[str, Any]) -> list[str]:
     hosts = data.get("hosts")
     if not isinstance(hosts, list) or not hosts:
         raise bad_request("hosts must be a non-empty array")
@@ -230,7 +235,7 @@ def _not_utf8(key: str) -> str:
     return f"{key} must be valid UTF-8 (no lone surrogates)"
 
 
-def _text(data: dict, key: str) -> str:
+def _text(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     if value is None:
         return ""
@@ -310,20 +315,22 @@ def bearer_token(authorization: str) -> str:
 # --- /openapi-live.json ------------------------------------------------------------
 
 
-def live_spec(spec: dict, hosts: list[str], capabilities: list[dict], epoch: int) -> dict:
+def live_spec(
+    spec: dict[str, Any], hosts: list[str], capabilities: list[dict[str, Any]], epoch: int
+) -> dict[str, Any]:
     """The static document with the live host and script enums (0.12's rules):
     request `hosts` items enumerate the registry, the run request's `script`
     the scripts OK agents offer, `x-ctrl-exec-scripts` groups each script's
     hosts by schema version, and `info.version` gets `+<epoch>`. With no
     agents there is no host enum (0.12 writes `null`, which no OpenAPI
     validator accepts). `spec` is not modified."""
-    document = json.loads(json.dumps(spec))
+    document: dict[str, Any] = json.loads(json.dumps(spec))
     schemas = document.get("components", {}).get("schemas", {})
-    for name in HOSTS_SCHEMAS:
-        hosts_schema = schemas.get(name, {}).get("properties", {}).get("hosts")
+    for schema_name in HOSTS_SCHEMAS:
+        hosts_schema = schemas.get(schema_name, {}).get("properties", {}).get("hosts")
         if isinstance(hosts_schema, dict) and hosts:
             hosts_schema.setdefault("items", {})["enum"] = list(hosts)
-    variants: dict[str, dict[str, dict]] = {}
+    variants: dict[str, dict[str, dict[str, Any]]] = {}
     for result in capabilities:
         if result.get("status") != "ok" or not isinstance(result.get("scripts"), list):
             continue

@@ -21,7 +21,3 @@ def canonical_json(value: object) -> str:
 def schema_version_fallback(schema: object) -> str:
     digest = hashlib.sha256(canonical_json(schema).encode("utf-8")).hexdigest()
     return "sha256:" + digest[:12]
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -8,6 +8,7 @@ would also admit Unicode letters in decoded JSON; no allowlist written as a
 from __future__ import annotations
 
 import re
+from typing import TypeGuard
 
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -24,7 +25,7 @@ AGENT_NAME_MAX = 253
 REQID_MAX = 128
 
 
-def is_script_name(name: object) -> bool:
+def is_script_name(name: object) -> TypeGuard[str]:
     return isinstance(name, str) and SCRIPT_NAME.fullmatch(name) is not None
 
 
@@ -54,8 +55,3 @@ def derive_dispatcher_id(configured: str | None, hostname: str) -> str:
     cleaned = re.sub(r"^[^A-Za-z0-9]+", "", cleaned)
     cleaned = cleaned[:64]
     return cleaned or "dispatcher"
-
-
-def lock_name_part(value: str) -> str:
-    """Sanitise one part of a lock file name as 0.12 does: [^\\w.-] -> '_'."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", value)

@@ -18,6 +18,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import PairingRejected, ProtocolError
 from .digest import pairing_code
@@ -148,7 +149,7 @@ def queue_record(
     received: str,
     reverse_dns: str,
     reverse_confirmed: bool,
-) -> dict:
+) -> dict[str, Any]:
     """The `<reqid>.json` queue file (0.12's fields). `ip` is the address the
     agent reported when valid, else the connection's source."""
     return {
@@ -183,21 +184,21 @@ def effective_ip(override: str | None, queued: object) -> str:
 # --- messages ---------------------------------------------------------------
 
 
-def error_body(reason: str) -> dict:
+def error_body(reason: str) -> dict[str, Any]:
     return {"status": "error", "reason": reason}
 
 
-def pending_body(reqid: str) -> dict:
+def pending_body(reqid: str) -> dict[str, Any]:
     return {"status": "pending", "reqid": reqid}
 
 
-def denied_body(reason: str) -> dict:
+def denied_body(reason: str) -> dict[str, Any]:
     return {"status": "denied", "reason": reason}
 
 
 def approved_body(
     cert_pem: str, ca_pem: str, nonce: str, dispatcher_serial: str, dispatcher_id: str
-) -> dict:
+) -> dict[str, Any]:
     return {
         "status": "approved",
         "cert": cert_pem,
@@ -217,7 +218,7 @@ def request_body(
     ip: str | None = None,
 ) -> bytes:
     """What an agent sends. `port` travels as a string, as 0.12 agents send it."""
-    body: dict = {"hostname": hostname, "csr": csr, "nonce": nonce}
+    body: dict[str, Any] = {"hostname": hostname, "csr": csr, "nonce": nonce}
     if lookup_by:
         body["lookup_by"] = lookup_by
     if port:
@@ -238,7 +239,7 @@ class Approval:
     dispatcher_id: str
 
 
-def _json_object(body: bytes, what: str) -> dict:
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
@@ -287,7 +288,7 @@ def parse_result(body: bytes, nonce: str) -> Approval:
     )
 
 
-def _reason(data: dict, default: str) -> str:
+def _reason(data: dict[str, Any], default: str) -> str:
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason:
         return default

@@ -47,8 +47,8 @@ class Rule:
 
 @dataclass
 class _Entry:
-    connections: deque = field(default_factory=deque)
-    failures: deque = field(default_factory=deque)
+    connections: deque[float] = field(default_factory=deque)
+    failures: deque[float] = field(default_factory=deque)
     blocked_until: float = 0.0
 
 
@@ -149,12 +149,12 @@ class RateLimiter:
         return True
 
 
-def _expire(times: deque, cutoff: float) -> None:
+def _expire(times: deque[float], cutoff: float) -> None:
     while times and times[0] <= cutoff:
         times.popleft()
 
 
-def _push(times: deque, now: float) -> None:
+def _push(times: deque[float], now: float) -> None:
     times.append(now)
     if len(times) > _MAX_HISTORY:
         times.popleft()

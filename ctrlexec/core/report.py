@@ -17,6 +17,7 @@ drive the operator's terminal.
 from __future__ import annotations
 
 import re
+from typing import Any, TypeGuard
 
 from .results import exit_code_of
 
@@ -26,21 +27,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def visible(value: object) -> str:
     """A value from the network, safe to print on a terminal."""
     text = "" if value is None else str(value)
-    return _CONTROL.sub(lambda m: "\\x%02x" % ord(m.group(0)), text)
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
-def _host_label(result: dict) -> str:
+def _host_label(result: dict[str, Any]) -> str:
     label = visible(result.get("host", "?"))
     if result.get("reported_hostname") is not None:
         label += f" ({visible(result['reported_hostname'])})"
     return label
 
 
-def _has_text(value: object) -> bool:
+def _has_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 
-def run_text(results: list[dict]) -> str:
+def run_text(results: list[dict[str, Any]]) -> str:
     lines: list[str] = []
     for result in results:
         code = exit_code_of(result)
@@ -62,7 +63,7 @@ def _ping_row(cells: tuple[str, ...]) -> str:
     return f"{host:<30}  {status:<8}  {rtt:<8}  {expiry:<28}  {version}"
 
 
-def ping_text(results: list[dict]) -> str:
+def ping_text(results: list[dict[str, Any]]) -> str:
     """0.12's ping table. Unlike 0.12, a failed host's error is shown under
     its row (0.12 shows only `error` and leaves the operator guessing)."""
     lines = [_ping_row(PING_HEADER), "-" * 85]
@@ -83,7 +84,7 @@ def ping_text(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def locks_text(locks: list[dict]) -> str:
+def locks_text(locks: list[dict[str, Any]]) -> str:
     if not locks:
         return "No locks currently held.\n"
     lines = [f"{'HOST':<30}  SCRIPT", "-" * 50]
@@ -97,7 +98,7 @@ def progress_text(done: int, total: int, failed: int) -> str:
     return f"[{done:>{width}}/{total}] hosts done, {failed} failed"
 
 
-def async_submit_text(reqid: str, results: list[dict], status_command: str) -> str:
+def async_submit_text(reqid: str, results: list[dict[str, Any]], status_command: str) -> str:
     """What `ced run --async` prints: one line per host, then how to follow up."""
     lines = [f"Submitted async run  req:{visible(reqid)}"]
     for result in results:
@@ -118,7 +119,7 @@ def async_submit_text(reqid: str, results: list[dict], status_command: str) -> s
     return "".join(line + "\n" for line in lines)
 
 
-def status_text(record: dict) -> str:
+def status_text(record: dict[str, Any]) -> str:
     """`ced status`/`ced wait`: a header, then a sync run as `run` shows it,
     or one block per host of an async run (sorted by name)."""
     state = "COMPLETE" if record.get("complete") else "PENDING"
@@ -151,7 +152,7 @@ def status_text(record: dict) -> str:
     return head + "".join(line + "\n" for line in lines)
 
 
-def _output(lines: list[str], result: dict) -> None:
+def _output(lines: list[str], result: dict[str, Any]) -> None:
     """A script's stdout as written, then its stderr after `STDERR:`."""
     stdout = result.get("stdout")
     if _has_text(stdout):

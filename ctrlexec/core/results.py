@@ -17,6 +17,7 @@ the kinds below; `run_result` and `ping_result` decide the object.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,7 @@ CLOSED_BEFORE_TLS = "closed-before-tls"
 CLOSED = "closed"  # the agent closed the connection without a reply
 PROTOCOL = "protocol"  # the reply was not HTTP we can frame
 OTHER = "other"  # any other socket error (detail says which)
+IDENTITY = "identity"  # a CA-signed peer that is not the registered agent
 
 KINDS = (
     RESOLVE,
@@ -45,6 +47,7 @@ KINDS = (
     CLOSED,
     PROTOCOL,
     OTHER,
+    IDENTITY,
 )
 
 
@@ -110,10 +113,12 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
         return f"host '{host}' closed the connection without a response"
     if kind == PROTOCOL:
         return f"host '{host}' sent an invalid response ({failure.detail or 'not HTTP'})"
+    if kind == IDENTITY:
+        return f"host '{host}' port {port} is not the registered agent: {failure.detail}"
     return f"host '{host}' on port {port}: {failure.detail or 'connection failed'}"
 
 
-def _object(body: bytes) -> dict | None:
+def _object(body: bytes) -> dict[str, Any] | None:
     """The reply body as a JSON object, or None (0.12 treats anything that
     does not decode as `invalid JSON`)."""
     try:
@@ -146,7 +151,7 @@ def _error(reply: Reply | None, failure: Failure | None, read_timeout: int, op: 
     return "no response"
 
 
-def _canonical(result: dict, name: str) -> dict:
+def _canonical(result: dict[str, Any], name: str) -> dict[str, Any]:
     """Key the result by the registry name; keep the agent's own name only
     when it differs."""
     result["host"] = name
@@ -156,7 +161,7 @@ def _canonical(result: dict, name: str) -> dict:
     return result
 
 
-def _reported(result: dict, body: dict) -> None:
+def _reported(result: dict[str, Any], body: dict[str, Any]) -> None:
     own = body.get("host")
     if isinstance(own, str) and own:
         result["reported_hostname"] = own
@@ -170,7 +175,7 @@ def run_result(
     reply: Reply | None,
     failure: Failure | None,
     read_timeout: int,
-) -> dict:
+) -> dict[str, Any]:
     """One host's result of a synchronous run."""
     if reply is None or not reply.ok:
         return {
@@ -196,7 +201,7 @@ def run_result(
     return _canonical(result, name)
 
 
-def _echoed(body: dict, rtt: str, reqid: str) -> dict:
+def _echoed(body: dict[str, Any], rtt: str, reqid: str) -> dict[str, Any]:
     """An agent's answer to a request with a reqid, plus our `rtt` (and the
     reqid we sent when the agent echoed none)."""
     result = dict(body)
@@ -208,12 +213,14 @@ def _echoed(body: dict, rtt: str, reqid: str) -> dict:
 
 def ping_result(
     name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
-) -> dict:
+) -> dict[str, Any]:
     """One host's result of a ping."""
     return _described(name, rtt, reply, lambda: _error(reply, failure, read_timeout, "ping"))
 
 
-def _described(name: str, rtt: str, reply: Reply | None, error) -> dict:
+def _described(
+    name: str, rtt: str, reply: Reply | None, error: Callable[[], str]
+) -> dict[str, Any]:
     """An agent describing itself (ping, capabilities): its body plus `rtt`
     and `reported_hostname`, or `{host, status:"error", error, rtt}` with
     `error()` when it did not answer 2xx."""
@@ -228,7 +235,7 @@ def _described(name: str, rtt: str, reply: Reply | None, error) -> dict:
     return _canonical(result, name)
 
 
-def exit_code_of(result: dict) -> int:
+def exit_code_of(result: dict[str, Any]) -> int:
     """A run result's exit as an int; anything missing or odd counts as -1."""
     value: Any = result.get("exit")
     if isinstance(value, bool) or not isinstance(value, int):
@@ -236,12 +243,12 @@ def exit_code_of(result: dict) -> int:
     return value
 
 
-def run_failed(result: dict) -> bool:
+def run_failed(result: dict[str, Any]) -> bool:
     """0.12: a host failed unless it exited 0."""
     return exit_code_of(result) != 0
 
 
-def ping_failed(result: dict) -> bool:
+def ping_failed(result: dict[str, Any]) -> bool:
     return result.get("status") != "ok"
 
 
@@ -253,14 +260,14 @@ def async_submit_result(
     reply: Reply | None,
     failure: Failure | None,
     read_timeout: int,
-) -> dict:
+) -> dict[str, Any]:
     """One host's answer to an async submission: the agent's 202 body, or
     `busy` (409), or `error` with the reason. A 200 refusal (`script not
     permitted`, `not authorised: ...`) is passed through as 0.12 does: the
     agent's body with its `"exit": -1`, plus `status: "error"`, `host`, `rtt`
     (clients written for 0.12 read `exit`)."""
 
-    def refused(status: str, error: str) -> dict:
+    def refused(status: str, error: str) -> dict[str, Any]:
         return {
             "host": name,
             "script": script,
@@ -290,7 +297,7 @@ def async_submit_result(
 
 def capabilities_result(
     name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
-) -> dict:
+) -> dict[str, Any]:
     """One host's /capabilities answer. 0.12 reports any refusal by its
     status line (`403 Forbidden`), not the agent's body."""
 
@@ -304,7 +311,7 @@ def capabilities_result(
 
 def fetch_result(
     name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
-) -> dict:
+) -> dict[str, Any]:
     """One host's /result/<reqid> answer: the agent's record, `unknown` for a
     404, else `error`."""
     if reply is not None and reply.status == 404:

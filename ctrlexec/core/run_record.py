@@ -27,17 +27,16 @@ from typing import Any
 MODE_SYNC = "sync"
 MODE_ASYNC = "async"
 PENDING = ("accepted", "running")
-TERMINAL = ("done", "expired", "busy", "error")
 
 
 def sync_record(
     reqid: str,
     script: str,
     hosts: list[str],
-    results: list[dict],
+    results: list[dict[str, Any]],
     completed: int,
-    submitter: dict | None = None,
-) -> dict:
+    submitter: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     record: dict[str, Any] = {
         "reqid": reqid,
         "script": script,
@@ -53,10 +52,14 @@ def sync_record(
 
 
 def async_record(
-    reqid: str, script: str, submitted: list[dict], created: int, submitter: dict | None = None
-) -> dict:
+    reqid: str,
+    script: str,
+    submitted: list[dict[str, Any]],
+    created: int,
+    submitter: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The record of an async submission, from the per-host submit results."""
-    hosts: dict[str, dict] = {}
+    hosts: dict[str, dict[str, Any]] = {}
     for result in submitted:
         name = result.get("host")
         if not isinstance(name, str):
@@ -78,11 +81,11 @@ def async_record(
     return summarise(record)
 
 
-def is_async(record: dict) -> bool:
+def is_async(record: dict[str, Any]) -> bool:
     return record.get("mode") == MODE_ASYNC and isinstance(record.get("hosts"), dict)
 
 
-def pending_hosts(record: dict) -> list[str]:
+def pending_hosts(record: dict[str, Any]) -> list[str]:
     if not is_async(record):
         return []
     return sorted(
@@ -92,14 +95,14 @@ def pending_hosts(record: dict) -> list[str]:
     )
 
 
-def summarise(record: dict) -> dict:
+def summarise(record: dict[str, Any]) -> dict[str, Any]:
     pending = pending_hosts(record)
     record["pending"] = pending
     record["complete"] = not pending
     return record
 
 
-def merge_fetched(record: dict, fetched: dict[str, dict]) -> bool:
+def merge_fetched(record: dict[str, Any], fetched: dict[str, dict[str, Any]]) -> bool:
     """Apply `/result` answers (host name -> per-host result object, §7.7)
     to an async record in place; True when anything changed."""
     if not is_async(record):
@@ -133,12 +136,12 @@ def merge_fetched(record: dict, fetched: dict[str, dict]) -> bool:
     return repr(record) != before
 
 
-def public(record: dict) -> dict:
+def public(record: dict[str, Any]) -> dict[str, Any]:
     """What a caller sees: the record without `submitter`."""
     return {key: value for key, value in record.items() if key != "submitter"}
 
 
-def host_failed(entry: dict) -> bool:
+def host_failed(entry: dict[str, Any]) -> bool:
     """An async host did not finish with exit 0 (0.12's `wait` rule)."""
     status = entry.get("status")
     if status in ("busy", "error", "expired"):
@@ -147,7 +150,7 @@ def host_failed(entry: dict) -> bool:
     return status == "done" and (isinstance(exit_code, bool) or exit_code != 0)
 
 
-def any_failed(record: dict) -> bool:
+def any_failed(record: dict[str, Any]) -> bool:
     """Whether a complete record has a failed host (sync: a non-zero exit)."""
     if is_async(record):
         return any(

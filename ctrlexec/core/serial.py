@@ -80,8 +80,3 @@ def openssl_hex(serial: int) -> str:
     if serial < 0:
         return "-" + openssl_hex(-serial)
     return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex()
-
-
-def serial_display(serial: int) -> str:
-    """How we write a serial for people: lowercase hex, no leading zeros."""
-    return format(serial, "x")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import calendar
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 _SEQUENCE = 0x30
@@ -54,7 +55,7 @@ def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
-def _children(data: bytes, start: int, end: int):
+def _children(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     pos = start
     while pos < end:
         tag, vstart, vend = _read_tlv(data[:end], pos)
@@ -95,7 +96,7 @@ def _common_name(data: bytes, start: int, end: int) -> str:
 
 
 def facts_from_der(der: bytes) -> CertFacts:
-    tag, start, end = _read_tlv(der, 0)
+    tag, start, _end = _read_tlv(der, 0)
     if tag != _SEQUENCE:
         raise ValueError("not a certificate")
     tbs_tag, tbs_start, tbs_end = _read_tlv(der, start)

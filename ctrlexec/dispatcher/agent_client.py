@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 
 from ..core import results
 from ..core.http import (
@@ -52,8 +53,11 @@ def exchange(
     body: bytes | None,
     timeout: float,
     max_body: int = MAX_RESPONSE_BODY,
+    check_peer: Callable[[bytes], str | None] | None = None,
 ) -> results.Reply | results.Failure:
-    """Send one request and read one reply of at most `max_body` bytes."""
+    """Send one request and read one reply of at most `max_body` bytes.
+    `check_peer(der)` may refuse the agent's certificate after the handshake,
+    before any request byte is sent."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
@@ -80,6 +84,10 @@ def exchange(
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             return failed(results.TLS, str(exc))
         raw = sock
+        if check_peer is not None:
+            problem = check_peer(sock.getpeercert(binary_form=True) or b"")
+            if problem:
+                return failed(results.IDENTITY, problem)
         return _request(sock, method, path, body, address, port, max_body, failed)
     finally:
         raw.close()
@@ -106,8 +114,9 @@ def _request(
                 response = reader.finish()
                 break
             received += len(data)
-            response = reader.feed(data)
-            if response is not None:
+            fed = reader.feed(data)
+            if fed is not None:
+                response = fed
                 break
     except TimeoutError:
         return failed(results.READ_TIMEOUT)

@@ -29,14 +29,18 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import log
 from ..core import api_wire, run_record
 from ..core.api_wire import ApiError, Reply
+from ..core.timefmt import parse_openssl_notafter
 from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
 from ..hooks import CALLER_API
+from . import metrics
 from .discovery_cache import DiscoveryCache
 from .engine import BadRequest, Engine
+from .metrics import Metrics
 from .registry import UnknownAgents
 from .runstore import RunStore, aggregate
 
@@ -61,6 +65,8 @@ class Api:
         health_open: bool = False,
         clock: Callable[[], float] = time.time,
         discovered: DiscoveryCache | None = None,
+        metrics_open: bool = False,
+        pairing_dir: Path | None = None,
     ):
         self.engine = engine
         self.store = store
@@ -70,22 +76,42 @@ class Api:
         self.health_open = health_open
         self.clock = clock
         self.discovered = discovered or DiscoveryCache()
+        self.metrics_open = metrics_open
+        self.pairing_dir = pairing_dir
+        self.metrics = Metrics()
 
     def handle(self, request: ApiRequest) -> Reply:
+        started = time.monotonic()
         found = api_wire.route(request.method, request.path)
+        reply = self._handle(found, request)
+        self.metrics.request(
+            request.method.upper()[:16], found.name, reply.status, time.monotonic() - started
+        )
+        return reply
+
+    def _open(self, found: api_wire.Route) -> bool:
+        return (found.name == api_wire.HEALTH and self.health_open) or (
+            found.name == api_wire.METRICS and self.metrics_open
+        )
+
+    def _handle(self, found: api_wire.Route, request: ApiRequest) -> Reply:
         try:
-            if not (found.name == api_wire.HEALTH and self.health_open):
+            if not self._open(found):
+                token = api_wire.gate_token(request.body)
+                if found.name == api_wire.METRICS and not token:
+                    token = api_wire.bearer_token(request.authorization)  # scrapers send a header
                 self.engine.authorise(
                     "api",
                     [],
                     caller=CALLER_API,
-                    token=api_wire.gate_token(request.body),
+                    token=token,
                     source_ip=request.peer,
                 )
             return self._endpoint(found, request)
         except ApiError as exc:
             return exc.reply
         except PolicyDenied as exc:
+            self.metrics.denial(exc.reason)
             return api_wire.denied(exc.reason, exc.code, self.deny_generic)
         except UnknownAgents as exc:
             return api_wire.unknown_agents(exc.names)
@@ -113,6 +139,8 @@ class Api:
             return self._status(found.arg, request)
         if name == api_wire.OPENAPI:
             return Reply(200, self.spec)
+        if name == api_wire.METRICS:
+            return Reply(200, self._scrape(), metrics.CONTENT_TYPE)
         if name == api_wire.OPENAPI_LIVE:
             return self._openapi_live(request)
         return api_wire.no_route(request.method, request.path)
@@ -151,6 +179,7 @@ class Api:
             run_async=run.run_async,
             before_dispatch=record_pending if run.run_async else None,
         )
+        self.metrics.runs(results)
         try:
             if run.run_async:
                 self.store.record_async(reqid, run.script, results, submitter)
@@ -204,6 +233,17 @@ class Api:
         if record is None:  # purged between the two reads
             return api_wire.status_unknown(reqid)
         return Reply(200, {"ok": True, **run_record.public(record)})
+
+    def _scrape(self) -> bytes:
+        return self.metrics.render(
+            lambda: metrics.state_gauges(
+                self.engine.registry.records(),
+                self.pairing_dir,
+                self.store.directory,
+                self.clock(),
+                parse_openssl_notafter,
+            )
+        )
 
     def _openapi_live(self, request: ApiRequest) -> Reply:
         names = self.engine.registry.names()

@@ -40,7 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from .. import log
@@ -93,7 +93,7 @@ class ApiServer:
         )
         # key -> a duplicate of a pending connection's socket, kept so the
         # accept loop can shut it down when it is evicted.
-        self._handles: dict[int, socket.socket] = {}
+        self._handles: dict[Hashable, socket.socket] = {}
         self._keys = itertools.count()
         self._active = 0  # connection threads alive (a graceful stop waits for them)
         self._changed = threading.Condition()
@@ -323,7 +323,7 @@ class ApiServer:
     def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
         try:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
-            conn.sendall(response_bytes(reply.status, reply.body))
+            conn.sendall(response_bytes(reply.status, reply.body, reply.content_type))
         except (ssl.SSLError, OSError) as exc:
             log.event(
                 "reply-fail",

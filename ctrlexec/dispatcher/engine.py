@@ -22,6 +22,7 @@ result, never an exception.
 
 from __future__ import annotations
 
+import os
 import secrets
 import ssl
 import threading
@@ -34,8 +35,10 @@ from ..config.paths import Layout
 from ..core import results
 from ..core.http import encode_json
 from ..core.ids import TokenBytes, new_reqid
+from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
 from ..errors import EXIT_USAGE, ConfigError, CtrlExecError, PolicyDenied
+from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client
 from .fanout import fan_out
@@ -54,6 +57,8 @@ MAX_CACHED_TAGS = 256
 MAX_TAG_TEXT = 1024
 
 Progress = Callable[[dict], None]
+# The dispatcher's revocation list, in ca_dir.
+REVOKED_SERIALS = "revoked-serials"
 
 
 class BadRequest(CtrlExecError):
@@ -73,6 +78,7 @@ class EngineSettings:
     auth_hook_timeout: int = 10
     api_auth_default: str = "deny"
     default_port: int = DEFAULT_AGENT_PORT
+    revoked_serials: str = ""  # the dispatcher's revocation list (ca_dir/revoked-serials)
 
     @classmethod
     def from_config(cls, settings) -> EngineSettings:
@@ -87,6 +93,7 @@ class EngineSettings:
             auth_hook_timeout=settings.auth_hook_timeout,
             api_auth_default=settings.api_auth_default,
             default_port=settings.port,
+            revoked_serials=os.path.join(settings.ca_dir, REVOKED_SERIALS),
         )
 
 
@@ -105,7 +112,9 @@ class Engine:
         self._token_bytes = token_bytes
         self._clock = clock
         self._context: ssl.SSLContext | None = None
+        self._signature: tuple = ()
         self._context_lock = threading.Lock()
+        self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
 
     @classmethod
     def from_config(cls, settings, layout: Layout) -> Engine:
@@ -169,11 +178,27 @@ class Engine:
         return targets
 
     def tls_context(self) -> ssl.SSLContext:
-        """The client context, built once (loading the key is the slow part)."""
+        """The client context, built once (loading the key is the slow part)
+        and again when the certificate or key file changed (a rotation by
+        another process)."""
+        signature = _files_signature(self.settings)
         with self._context_lock:
-            if self._context is None:
+            if self._context is None or signature != self._signature:
                 self._context = _client_context(self.settings)
+                self._signature = signature
             return self._context
+
+    def reset_context(self) -> None:
+        """Forget the client context (the dispatcher certificate was rotated)."""
+        with self._context_lock:
+            self._context = None
+
+    def post(
+        self, target: Target, path: str, payload: dict, context: ssl.SSLContext | None = None
+    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+        """One POST to one agent: (reply, failure, rtt); never raises for the
+        network. `context` presents another certificate (rotation)."""
+        return self._exchange(context or self.tls_context(), target, path, encode_json(payload))
 
     # -- operations ----------------------------------------------------------
 
@@ -252,7 +277,7 @@ class Engine:
                 MODE="async" if run_async else "sync",
                 HOSTS=",".join(target.name for target in targets),
             )
-            request = {
+            request: dict[str, object] = {
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,
@@ -321,9 +346,22 @@ class Engine:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
+        revoked = self.revoked.current()
+
+        def check_peer(der: bytes) -> str | None:
+            # The agent must be the registered one, with a certificate not revoked.
+            return peer_problem(target.expect, der, revoked)
+
         try:
             outcome = agent_client.exchange(
-                context, target.address, target.port, method, path, body, self.settings.read_timeout
+                context,
+                target.address,
+                target.port,
+                method,
+                path,
+                body,
+                self.settings.read_timeout,
+                check_peer=check_peer,
             )
         except Exception as exc:
             outcome = results.Failure(
@@ -510,5 +548,21 @@ def _client_context(settings: EngineSettings) -> ssl.SSLContext:
             ) from None
     try:
         return dispatcher_client_context(settings.cert, settings.key, settings.ca)
+    except (ssl.SSLError, OSError):
+        pass  # a rotation may have replaced the key between our two reads: once more
+    try:
+        return dispatcher_client_context(settings.cert, settings.key, settings.ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"the dispatcher certificate, key or CA cannot be used: {exc}") from None
+
+
+def _files_signature(settings: EngineSettings) -> tuple[tuple[int, int, int] | None, ...]:
+    signature: list[tuple[int, int, int] | None] = []
+    for path in (settings.cert, settings.key):
+        try:
+            info = os.stat(path)
+        except OSError:
+            signature.append(None)
+            continue
+        signature.append((info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(signature)

@@ -16,10 +16,15 @@ from pathlib import Path
 from .. import log
 from ..core import pairing as wire
 from ..core.timefmt import iso_utc
-from ..pki import ca
+from ..errors import StateError
+from ..pki import ca, revocation
+from ..pki import csr as csr_rules
 from .identity import dispatcher_id, dispatcher_serial
 from .pairing_queue import PairingQueue
 from .registry import Registry, new_record
+
+# Keys of revoked certificates, in ca_dir: never certified again.
+REVOKED_KEYS = "revoked-keys"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ def approve(
     ip: str | None = None,
     agent_port: int | None = None,
     now: float | None = None,
+    replace: bool = False,
 ) -> Approved:
     """Sign and register. Raises StateError (no such request, no CA, no
     dispatcher cert) or CsrRejected; nothing is registered then."""
@@ -50,6 +56,21 @@ def approve(
     with queue.lock():
         queue.tidy()
         request = queue.get_pending(reqid)
+        key_digest = csr_rules.validate(request["csr"]).key_sha256
+        if key_digest in revocation.read_keys(Path(settings.ca_dir) / REVOKED_KEYS):
+            raise StateError(
+                f"request {reqid} carries the key of a revoked certificate: never certified again"
+            )
+        existing = queue.registry.get(request["hostname"])
+        if existing is not None and not replace:
+            raise StateError(
+                f"agent '{request['hostname']}' is already registered (paired "
+                f"{existing.get('paired') or '?'}, address {existing.get('ip') or '?'}); "
+                "approving this request would replace that record and trust a new key "
+                f"for the name: check the request, then 'approve {reqid} --replace' "
+                "(revoke the old certificate with 'ced revoke --agent NAME' first if the "
+                "old host is not coming back)"
+            )
         issued = ca.sign_csr(ca_paths, request["csr"], expected_cn=request["hostname"], now=now)
         stamp = iso_utc(time.time() if now is None else now)
         body = wire.approved_body(
@@ -71,6 +92,11 @@ def approve(
             serial_status="current" if serial_key else "unknown",
             serial_confirmed=stamp if serial_key else "",
         )
+        # Who the agent is on later connections (checked by the dispatcher).
+        record["cert_serial"] = format(issued.serial, "x")
+        record["cert_fingerprint"] = ca.fingerprint(issued.cert_pem)
+        record["cert_cn"] = request["hostname"]
+        record["cert_key_sha256"] = key_digest
         queue.commit_approval(reqid, body, record)
     log.event("pair-approve", AGENT=request["hostname"], REQID=reqid)
     return Approved(request, record, issued.serial)

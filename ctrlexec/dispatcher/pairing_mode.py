@@ -182,14 +182,18 @@ def serve(
             log.event("pairing-mode-start", PORT=port, PID=pid, TIMEOUT=plan.window)
             on_listening(Listening(port, pid, plan.window, fingerprint))
 
-        inputs = {}
+        inputs: dict[int, Callable[[], str | None]] = {}
         on_idle = None
         if operator is not None:
             reader = CommandLines(operator)
             inputs[operator.fd] = reader.readable
             on_idle = reader.idle
-        why = listener.serve(clock() + plan.window, on_ready=ready, inputs=inputs, on_idle=on_idle)
-        listener.close()
+        try:
+            why = listener.serve(
+                clock() + plan.window, on_ready=ready, inputs=inputs, on_idle=on_idle
+            )
+        finally:
+            listener.close()  # waiting agents hear `approval timeout`
         if why == TIMEOUT:
             log.event("pairing-mode-timeout", PORT=port)
         else:

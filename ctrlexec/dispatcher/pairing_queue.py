@@ -46,7 +46,6 @@ from .registry import Registry
 # Request ids we create are 16 hex; accept 0.12's older forms, nothing that
 # could leave the directory.
 REQID = re.compile(r"[a-f0-9]{4,64}")
-SUFFIXES = (".json", ".commit", ".approved", ".denied")
 FILE_MODE = 0o640
 # Queue files are small (a CSR is at most 10 KiB); refuse to parse more.
 MAX_QUEUE_FILE = 256 * 1024

@@ -29,6 +29,7 @@ connection is served in its own thread; the accept loop never blocks on one.
 from __future__ import annotations
 
 import errno
+import secrets
 import select
 import selectors
 import signal
@@ -44,12 +45,13 @@ from dataclasses import dataclass
 from .. import log
 from ..core import pairing as wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
-from ..core.ids import new_reqid
+from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
 from ..errors import StateError
 from ..netio import abort, accepting, finish, open_listeners, peer_address
 from ..pki import csr as csr_rules
+from ..pki import revocation
 from ..pki.tls import server_only_context
 from .pairing_queue import PairingQueue
 
@@ -87,6 +89,7 @@ class ListenerSettings:
     rate: Rule | None = Rule(10, 60, 300)
     request_timeout: float = 10.0
     approval_wait: float = wire.APPROVAL_WAIT
+    revoked_keys: str = ""  # ca_dir/revoked-keys: keys never certified again
     # How often a waiting connection looks for the operator's decision.
     poll_interval: float = POLL_INTERVAL
 
@@ -125,6 +128,7 @@ class PairingListener:
         resolve: Callable[[str], tuple[str, bool]] = reverse_dns,
         clock: Callable[[], float] = time.time,
         wrap: Callable[[socket.socket], socket.socket] | None = None,
+        token_bytes: TokenBytes = secrets.token_bytes,
     ):
         """`wrap` turns an accepted connection into the TLS one (default: the
         dispatcher certificate, no client certificate); tests may pass a
@@ -134,6 +138,7 @@ class PairingListener:
         self.on_queued = on_queued
         self.resolve = resolve
         self.clock = clock
+        self.token_bytes = token_bytes
         if wrap is None:
             context = server_only_context(settings.cert, settings.key)
             wrap = lambda conn: context.wrap_socket(conn, server_side=True)  # noqa: E731
@@ -316,19 +321,24 @@ class PairingListener:
         finally:
             abort(tls)
 
-    def _queue_request(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> tuple[str, str]:
+    def _queue_request(self, tls: socket.socket, ip: str, deadline: float) -> tuple[str, str]:
         request = _read_request(tls, deadline)
         try:
             pair = wire.parse_request(request.body)
         except wire.PairRequestError as exc:
             raise _Refuse(exc.reason, exc.log_reason, exc.detail) from None
         try:
-            csr_rules.validate(pair.csr, expected_cn=pair.hostname)
+            facts = csr_rules.validate(pair.csr, expected_cn=pair.hostname)
         except csr_rules.CsrRejected as exc:
             raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
+        if self.settings.revoked_keys and facts.key_sha256 in revocation.read_keys(
+            self.settings.revoked_keys
+        ):
+            # The key of a revoked certificate: refused at once (read per request).
+            raise _Refuse(wire.REASON_INVALID, "revoked-key", "key of a revoked certificate")
         if self._closing.is_set():
             raise _Refuse(None, "pairing-mode-stopped")
-        reqid = new_reqid()
+        reqid = new_reqid(self.token_bytes)
         name, confirmed = self.resolve(ip)
         record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
         if not self.queue.add(record, self.settings.max_queue):
@@ -341,7 +351,7 @@ class PairingListener:
             self.on_queued(record)
         return reqid, pair.hostname
 
-    def _await_decision(self, tls: ssl.SSLSocket, reqid: str, hostname: str) -> None:
+    def _await_decision(self, tls: socket.socket, reqid: str, hostname: str) -> None:
         deadline = time.monotonic() + self.settings.approval_wait
         while True:
             try:
@@ -360,7 +370,7 @@ class PairingListener:
             if _peer_gone(tls, self.settings.poll_interval):
                 return self._withdraw(tls, reqid, hostname, "disconnected")
 
-    def _withdraw(self, tls: ssl.SSLSocket, reqid: str, hostname: str, why: str) -> None:
+    def _withdraw(self, tls: socket.socket, reqid: str, hostname: str, why: str) -> None:
         body = self.queue.withdraw(reqid)
         if body is not None:  # decided at the last moment: deliver that
             self._send(tls, body)
@@ -370,7 +380,7 @@ class PairingListener:
         if why != "disconnected":
             self._send(tls, encode_json(wire.denied_body(wire.REASON_TIMEOUT)))
 
-    def _send(self, tls: ssl.SSLSocket, body: bytes) -> bool:
+    def _send(self, tls: socket.socket, body: bytes) -> bool:
         try:
             tls.settimeout(self.settings.request_timeout)
             tls.sendall(response_bytes(200, body))
@@ -379,7 +389,7 @@ class PairingListener:
             return False
 
 
-def _read_request(tls: ssl.SSLSocket, deadline: float):
+def _read_request(tls: socket.socket, deadline: float):
     reader = RequestReader(max_body=wire.MAX_PAIR_BODY)
     while True:
         remaining = deadline - time.monotonic()
@@ -407,7 +417,7 @@ def _read_request(tls: ssl.SSLSocket, deadline: float):
             return request
 
 
-def _peer_gone(tls: ssl.SSLSocket, wait: float) -> bool:
+def _peer_gone(tls: socket.socket, wait: float) -> bool:
     """Wait up to `wait` seconds; True if the agent closed its side."""
     try:
         ready, _, _ = select.select([tls], [], [], wait)

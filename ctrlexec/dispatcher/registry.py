@@ -15,12 +15,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.lifecycle import ExpectedPeer
 from ..core.names import is_agent_name
 from ..errors import CtrlExecError
 from ..store import FileLock, ensure_dir, read_json_object, remove, write_json
 
 DEFAULT_AGENT_PORT = 7443
-SERIAL_STATUSES = ("unknown", "pending", "current", "stale")
 
 
 class UnknownAgents(CtrlExecError):
@@ -37,6 +37,7 @@ class Target:
     reference: str  # as the operator wrote it (`name` or `name:port`)
     address: str  # IP or host name to connect to
     port: int
+    expect: ExpectedPeer | None = None  # the certificate it must present
 
     @property
     def label(self) -> str:
@@ -148,7 +149,8 @@ class Registry:
             address = name
             if record.get("lookup_by") == "ip" and record.get("ip"):
                 address = str(record["ip"])
-            targets.append(Target(name, reference, address, port))
+            expect = ExpectedPeer.from_record(name, record)
+            targets.append(Target(name, reference, address, port, expect))
         if unknown:
             raise UnknownAgents(unknown)
         return targets

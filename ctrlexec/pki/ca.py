@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.ids import TokenBytes
 from ..core.timefmt import openssl_notafter
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, atomic_write, ensure_dir
@@ -107,6 +108,7 @@ def create_ca(
     days: int = CA_DAYS,
     force: bool = False,
     now: float | None = None,
+    token_bytes: TokenBytes = secrets.token_bytes,
 ) -> list[Path]:
     """Create the CA key and certificate. An existing CA is refused unless
     `force`, which first renames the old files to `*.bak-<UTC time>`.
@@ -131,7 +133,7 @@ def create_ca(
     key = keys.generate(key_type, for_ca=True)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     public = key.public_key()
-    serial = _allocate_serial(paths)
+    serial = _allocate_serial(paths, token_bytes)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -205,12 +207,12 @@ def _read_issued(path: Path) -> set[str]:
         return set()
 
 
-def _allocate_serial(paths: CAPaths) -> int:
+def _allocate_serial(paths: CAPaths, token_bytes: TokenBytes) -> int:
     """A fresh serial, recorded durably before use. Caller holds the CA lock
     (or is creating the CA)."""
     issued = _read_issued(paths.issued)
     while True:
-        serial = int.from_bytes(secrets.token_bytes(SERIAL_BYTES), "big") >> 1
+        serial = int.from_bytes(token_bytes(SERIAL_BYTES), "big") >> 1
         text = format(serial, "x")
         if serial >= 1 << 64 and not _ALL_DIGITS.fullmatch(text) and text not in issued:
             break
@@ -223,7 +225,14 @@ def _allocate_serial(paths: CAPaths) -> int:
     return serial
 
 
-def _sign(paths: CAPaths, public, common_name: str, days: int, now: float | None) -> Issued:
+def _sign(
+    paths: CAPaths,
+    public,
+    common_name: str,
+    days: int,
+    now: float | None,
+    token_bytes: TokenBytes,
+) -> Issued:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -235,7 +244,7 @@ def _sign(paths: CAPaths, public, common_name: str, days: int, now: float | None
     not_after = not_after.replace(microsecond=0)
     ensure_dir(paths.directory, 0o750)
     with FileLock(paths.serial, 0o600).acquire(timeout=LOCK_TIMEOUT):
-        serial = _allocate_serial(paths)
+        serial = _allocate_serial(paths, token_bytes)
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         cert = (
             x509.CertificateBuilder()
@@ -272,21 +281,27 @@ def sign_csr(
     days: int = LEAF_DAYS,
     expected_cn: str | None = None,
     now: float | None = None,
+    token_bytes: TokenBytes = secrets.token_bytes,
 ) -> Issued:
     """Validate (csr.validate) and sign. Raises CsrRejected or StateError."""
     facts = csr_rules.validate(csr_pem, expected_cn)
     if not facts.common_name:
         raise csr_rules.CsrRejected("the CSR has no single subject CN")
     public = csr_rules.load(csr_pem).public_key()
-    return _sign(paths, public, facts.common_name, days, now)
+    return _sign(paths, public, facts.common_name, days, now, token_bytes)
 
 
 def issue_key_and_cert(
-    paths: CAPaths, common_name: str, key_type: str, days: int = LEAF_DAYS, now: float | None = None
+    paths: CAPaths,
+    common_name: str,
+    key_type: str,
+    days: int = LEAF_DAYS,
+    now: float | None = None,
+    token_bytes: TokenBytes = secrets.token_bytes,
 ) -> tuple[bytes, Issued]:
     """A new key and a certificate for it (the dispatcher's identity)."""
     key = keys.generate(key_type)
-    return keys.to_pem(key), _sign(paths, key.public_key(), common_name, days, now)
+    return keys.to_pem(key), _sign(paths, key.public_key(), common_name, days, now, token_bytes)
 
 
 def fingerprint(cert_pem: str | bytes) -> str:

@@ -33,6 +33,19 @@ class CsrRejected(CtrlExecError):
 class CsrFacts:
     common_name: str
     key_description: str
+    key_sha256: str = ""  # of the public key (SubjectPublicKeyInfo DER), hex
+
+
+def key_sha256(public) -> str:
+    """The hash by which a revoked certificate's key is refused again."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
 
 
 def warm() -> None:
@@ -130,4 +143,8 @@ def validate(csr_pem: str, expected_cn: str | None = None) -> CsrFacts:
     common_name = str(names[0].value) if len(names) == 1 else ""
     if expected_cn is not None and common_name != expected_cn:
         raise CsrRejected(f"the CSR's subject CN {common_name!r} is not {expected_cn!r}")
-    return CsrFacts(common_name=common_name, key_description=describe_key(public))
+    return CsrFacts(
+        common_name=common_name,
+        key_description=describe_key(public),
+        key_sha256=key_sha256(public),
+    )

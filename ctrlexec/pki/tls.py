@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ssl
 
-from ..core.serial import cert_serial_key, openssl_hex
 from ..core.x509 import facts_from_der
 
 TLS12_CIPHERS = (
@@ -98,16 +97,3 @@ def peer_serial(sock: ssl.SSLSocket) -> int | None:
         return facts_from_der(der).serial
     except ValueError:
         return None
-
-
-def peer_serial_key(sock: ssl.SSLSocket) -> str:
-    """Trust key of the peer certificate's serial ('' when there is none)."""
-    serial = peer_serial(sock)
-    return "" if serial is None else cert_serial_key(serial)
-
-
-def peer_serial_hex(sock: ssl.SSLSocket) -> str:
-    """The peer serial as 0.12 writes it in logs and hooks (OpenSSL's
-    byte-padded lowercase hex)."""
-    serial = peer_serial(sock)
-    return "" if serial is None else openssl_hex(serial)

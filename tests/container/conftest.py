@@ -23,7 +23,7 @@ def _skip_or_fail(reason: str) -> None:
     message = f"CONTAINER TESTS SKIPPED: {reason}"
     if failed_log:
         message += f" (container-env.sh failed, see {failed_log})"
-    warnings.warn(message)
+    warnings.warn(message, stacklevel=2)
     pytest.skip(message)
 
 

@@ -51,7 +51,7 @@ def run_in(
     command = [podman, "run", "--rm", "--network=none"]
     if entrypoint:
         command += ["--entrypoint", entrypoint]
-    return subprocess.run(command + [image, *argv], capture_output=True, text=True, timeout=300)
+    return subprocess.run([*command, image, *argv], capture_output=True, text=True, timeout=300)
 
 
 def test_doctor_generates_a_key_with_the_bundled_cryptography(podman, trixie_image):
@@ -71,6 +71,9 @@ def test_program_names_pick_roles_in_the_image(podman, trixie_image):
     agent_help = run_in(podman, trixie_image, "--help", entrypoint="ctrl-exec-agent")
     assert agent_help.returncode == 0, agent_help.stderr
     assert "request-pairing" in agent_help.stdout
+    for name in ("ctrl-exec-dispatcher", "ctrl-exec-api", "cea", "ctrl-exec-executor"):
+        named = run_in(podman, trixie_image, "--help", entrypoint=name)
+        assert named.returncode == 0, (name, named.stderr)
 
 
 def test_cache_is_private_to_root(podman, trixie_image):

@@ -51,6 +51,7 @@ def env(tmp_path_factory, session_ca, pyz_for):
         "agent": agent,
         "ctl": ctl,
         "client": DispatcherClient.for_dispatcher(base / "dispatcher"),
+        "session_ca": session_ca,
     }
     assert agent.alive(), "the agent died"
     assert "ACTION=connection-error" not in ctl.log_text()
@@ -207,6 +208,35 @@ def test_oversized_and_malformed_framing(env, raw, status):
         while chunk := conn.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.0 %d " % status)
+    assert serving(env)
+
+
+@pytest.mark.parametrize(
+    "raw, status, body",
+    [
+        # only the request line is framed: the headers after it cannot turn
+        # the refusal into a 431 or a 413
+        (
+            b"POST /run HTTP/1.1\r\n"
+            + b"".join(b"X-%d: y\r\n" % i for i in range(40))
+            + b"Content-Length: 99999999999\r\n\r\n",
+            403,
+            {"error": "serial mismatch", "status": "forbidden"},
+        ),
+        (b"GET /nope HTTP/1.1\r\nX: " + b"v" * 9000 + b"\r\n\r\n", 404, None),
+        (b"POST /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n", 400, None),
+        (b"\r\n\r\n", 400, None),
+    ],
+)
+def test_an_untrusted_peer_has_only_its_request_line_framed(env, tmp_path, raw, status, body):
+    stranger_root = tmp_path / "stranger"
+    testpki.install_dispatcher(env["session_ca"], stranger_root)
+    stranger = DispatcherClient.for_dispatcher(stranger_root)
+    data = stranger.exchange(env["site"].port, raw)
+    head, _, payload = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 %d " % status), data[:200]
+    if body is not None:
+        assert json.loads(payload) == body
     assert serving(env)
 
 

@@ -55,7 +55,7 @@ def serving(env) -> bool:
 def test_random_bodies_get_documented_answers(env):
     rng = random.Random(5)
     client = env["client"]
-    for n in range(60):
+    for _n in range(60):
         path = rng.choice(["/run", "/ping", "/discovery"])
         value, body = random_body(rng, KEYS)
         if isinstance(value, dict) and rng.random() < 0.5:

@@ -53,9 +53,7 @@ def agent(request, session_ca, pyz_for, tmp_path):
         session_ca, runner.root, issued, name="flooded", settings=dict(request.param)
     )
     process = agentproc.AgentProcess(runner, site).start()
-    testpki.register_agent(
-        dispatcher.root, "flooded", site.port, session_ca.issue("flooded"), issued
-    )
+    testpki.register_agent(dispatcher.root, "flooded", site.port, site.issued, issued)
     try:
         yield dispatcher, runner, site, request.param, process.pid
     finally:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     CLOSED,
     RawPairing,
@@ -26,7 +27,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 TOO_LARGE = "request too large"
@@ -191,7 +191,7 @@ def test_hostile_pairing_requests(ctl, csrs):
             results = list(pool.map(lambda case: exchange(port, case[1], **case[3]), plan))
         wrong = [
             (label, got, allowed)
-            for (label, _, allowed, _), got in zip(plan, results)
+            for (label, _, allowed, _), got in zip(plan, results, strict=True)
             if got not in allowed
         ]
         assert not wrong, wrong[:10]

@@ -106,7 +106,10 @@ def test_c1_ping(deployment):
 
 
 def test_c1_run_success(deployment):
-    body = b'{"username":"","args":["hello","two words"],"token":"","script":"echo-args","reqid":"bcdda31da6596e86"}'
+    body = (
+        b'{"username":"","args":["hello","two words"],"token":"","script":"echo-args",'
+        b'"reqid":"bcdda31da6596e86"}'
+    )
     assert len(body) == 103  # as in the transcript's Content-Length
     response = exchange(deployment, lwp("POST", "/run", body))
     assert response.status == 200
@@ -201,7 +204,10 @@ def test_c3_unknown_path_and_unknown_result(deployment):
 
 
 def test_c3_script_context_on_stdin(deployment):
-    body = b'{"username":"","args":["a","b"],"token":"","script":"show-context","reqid":"170b8beafb00a945"}'
+    body = (
+        b'{"username":"","args":["a","b"],"token":"","script":"show-context",'
+        b'"reqid":"170b8beafb00a945"}'
+    )
     response = exchange(deployment, lwp("POST", "/run", body))
     result = response.json()
     assert result["exit"] == 0 and not result["stdout"].endswith("\n")

@@ -83,7 +83,7 @@ def site(session_ca, pyz_for, tmp_path_factory):
         },
     )
     trust.add_dispatcher(agent_site.layout.trusted_dispatchers, other.serial_key, "disp-b")
-    agent_issued = session_ca.issue("agent-async")
+    agent_issued = agent_site.issued
     process = agentproc.AgentProcess(runner, agent_site).start()
     testpki.register_agent(dispatcher.root, "agent-async", agent_site.port, agent_issued, issued)
     try:

@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -160,7 +161,7 @@ def test_request_path_never_imports_cryptography(deployment, pyz_for, tmp_path):
     assert stranger.request(port, "POST", "/ping", {}).status == 403
     agent.signal(signal.SIGHUP)
     wait_for(lambda: "ACTION=reload " in ctl.log_text(), what="reload")
-    maps = open(f"/proc/{agent.pid}/maps").read()
+    maps = Path(f"/proc/{agent.pid}/maps").read_text()
     assert "cryptography" not in maps and "_rust" not in maps and "cffi" not in maps
     assert not cache.exists() or not any(cache.iterdir())
 
@@ -191,13 +192,13 @@ def test_sigterm_lets_the_running_request_finish(deployment):
 
 def _has_child(pid: int) -> bool:
     try:
-        children = open(f"/proc/{pid}/task/{pid}/children").read().split()
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     except OSError:
         children = []
     if children:
         return True
     return any(
-        open(f"/proc/{pid}/task/{t}/children").read().split()
+        Path(f"/proc/{pid}/task/{t}/children").read_text().split()
         for t in os.listdir(f"/proc/{pid}/task")
     )
 
@@ -233,7 +234,7 @@ def test_over_max_children_is_closed_unanswered(deployment):
 def _established(pid: int, port: int) -> int:
     """Established connections to `port` (from /proc/net/tcp)."""
     count = 0
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         local_port = int(fields[1].split(":")[1], 16)
         if local_port == port and fields[3] == "01":

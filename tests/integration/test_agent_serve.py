@@ -10,6 +10,7 @@ import re
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -444,7 +445,7 @@ def test_a_slow_script_blocks_nobody(env):
     env["gate"].unlink(missing_ok=True)
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(run, env, "wait-gate", reqid="gated")
-        wait_for(lambda: _running(env, "wait-gate"), what="gated script running")
+        wait_for(lambda: _running(env, "wait-gate"), seconds=60, what="gated script running")
         for _ in range(3):
             assert env["client"].request(env["site"].port, "POST", "/ping", {}).status == 200
         assert run(env, "echo-args", ["meanwhile"])["stdout"] == "meanwhile\n"
@@ -458,7 +459,7 @@ def _running(env, script: str) -> bool:
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
-                if wanted.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                if wanted.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     return True
             except OSError:
                 pass

@@ -122,7 +122,7 @@ def blocked_run(client, fleet, host: str):
     return gate, pending
 
 
-# -- index, health, documents ----------------------------------------------------------
+# -- index, health, documents ----------------------------------------------------------------------
 
 
 def test_index_and_health(api):
@@ -173,7 +173,7 @@ def test_openapi_live_lists_agents_and_scripts(api):
     assert base == openapi_check.document()["info"]["version"] and int(stamp) >= before
 
 
-# -- ping, run, discovery ---------------------------------------------------------------
+# -- ping, run, discovery --------------------------------------------------------------------------
 
 
 def test_ping(api):
@@ -199,7 +199,7 @@ def test_sync_run_is_recorded_for_status(api, fleet):
     assert response.status == 200
     reqid = response.json["reqid"]
     assert REQID.fullmatch(reqid)
-    for name, result in zip(NAMES, response.json["results"]):
+    for name, result in zip(NAMES, response.json["results"], strict=True):
         assert result == {
             "host": name,
             "script": "echo-args",
@@ -265,7 +265,7 @@ def test_discovery_get_and_post_refresh_tags(api, fleet):
     assert unparsable.status == 200 and sorted(unparsable.json["hosts"]) == list(NAMES)
 
 
-# -- 400, 404, 409, 413, 431 ---------------------------------------------------------------
+# -- 400, 404, 409, 413, 431 -----------------------------------------------------------------------
 
 BAD = [
     ("/run", None, "request body required"),
@@ -399,7 +399,7 @@ def test_lock_conflict_while_a_run_holds_the_lock(api, fleet):
     assert done.status == 200 and done.json["results"][0]["stdout"] == "released\n"
 
 
-# -- async runs, /status, ced status / wait -------------------------------------------------------
+# -- async runs, /status, ced status / wait --------------------------------------------------------
 
 
 def test_async_run_pending_then_complete(api, fleet):
@@ -417,7 +417,7 @@ def test_async_run_pending_then_complete(api, fleet):
     assert submitted.status == 202 and submitted.phrase == "Accepted"
     reqid = submitted.json["reqid"]
     assert submitted.json["ok"] is True and submitted.json["async"] is True
-    for name, result in zip(NAMES, submitted.json["results"]):
+    for name, result in zip(NAMES, submitted.json["results"], strict=True):
         assert result == {
             "host": name,
             "script": "block",
@@ -514,7 +514,7 @@ def test_status_and_wait_of_unknown_reqid(fleet):
         }
 
 
-# -- curl: a client that knows nothing of this code -------------------------------------------------
+# -- curl: a client that knows nothing of this code ------------------------------------------------
 
 
 def curl(*args: str) -> tuple[int, dict]:
@@ -567,7 +567,7 @@ def test_curl_sync_and_async_run(api, fleet):
     assert status["hosts"]["agent-02"]["stdout"] == "released\n"
 
 
-# -- auth gates ----------------------------------------------------------------------------------------
+# -- auth gates ------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -670,7 +670,7 @@ def test_openapi_live_passes_the_discovery_gate_and_serves_from_the_cache(hooked
     ],
 )
 def test_hook_refusals(hooked, behaviour, path, body, error, code):
-    client, behave, calls = hooked
+    client, behave, _calls = hooked
     behave(behaviour)
     response = client.post(path, body) if body is not None else client.get(path)
     assert response.status == 403 and response.phrase == "Forbidden"
@@ -726,7 +726,7 @@ def test_no_hook_denies_by_default(fleet, health_open):
         process.stop()
 
 
-# -- server behaviour: 503, TLS, SIGTERM, kill -9, config errors ------------------------------------------
+# -- server behaviour: 503, TLS, SIGTERM, kill -9, config errors -----------------------------------
 
 
 def test_overload_answers_503(fleet):
@@ -864,7 +864,7 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
     leftovers = [p for p in runs.iterdir() if p.name.endswith(".tmp")]
     stale = runs / ".feedfacefeedface.json.x.tmp"
     stale.write_text('{"reqid":')
-    for path in leftovers + [stale]:
+    for path in [*leftovers, stale]:
         os.utime(path, (time.time() - 7200, time.time() - 7200))
     again = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()  # purges
     try:

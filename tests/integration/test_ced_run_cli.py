@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from tests.support import agentproc, testpki
-from tests.support.peer012 import Peer012
+from tests.support.peer012 import Peer012, issued_at
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def peer(session_ca, tmp_path):
 
 
 def register(disp, session_ca, name: str, port: int) -> None:
-    testpki.register_agent(disp.root, name, port, session_ca.issue(name), disp.issued)
+    testpki.register_agent(disp.root, name, port, issued_at(session_ca, port, name), disp.issued)
 
 
 # -- output and exit codes -------------------------------------------------------
@@ -159,7 +159,7 @@ def test_malformed_commands_exit_2(disp, argv):
 
 def test_missing_dispatcher_certificate_is_one_clear_line(ctl, session_ca, peer):
     testpki.register_agent(
-        ctl.root, "vm", peer.port, session_ca.issue("vm"), session_ca.issue("ctrl-exec-dispatcher")
+        ctl.root, "vm", peer.port, peer.issued, session_ca.issue("ctrl-exec-dispatcher")
     )
     result = ctl.run("ced", "ping", "vm")
     assert result.returncode == 78

@@ -18,7 +18,7 @@ from ctrlexec.dispatcher.locks import HostScriptLocks
 from ctrlexec.dispatcher.registry import Registry, UnknownAgents
 from ctrlexec.errors import Locked, PolicyDenied
 from tests.support import testpki
-from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response
+from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response, issued_at
 
 TOKEN = "s3cret-token-value"
 
@@ -32,8 +32,8 @@ class Dispatcher:
         self.log_path = root / "dispatcher.log"
         log.configure(log.IDENT_DISPATCHER, str(self.log_path), "kv")
 
-    def register(self, name: str, port: int, address: str = "127.0.0.1") -> None:
-        agent = self.ca.issue(name)
+    def register(self, name: str, port: int, address: str = "127.0.0.1", agent=None) -> None:
+        agent = agent or issued_at(self.ca, port, name)
         testpki.register_agent(self.root, name, port, agent, self.issued, ip=address)
 
     def engine(self, **overrides) -> Engine:
@@ -140,13 +140,13 @@ def test_one_reqid_for_every_host_and_results_in_the_order_given(dispatcher, ses
 
 
 def test_host_port_overrides_the_registered_port(dispatcher, peer):
-    dispatcher.register("vm", 1)  # nothing listens there
+    dispatcher.register("vm", 1, agent=peer.issued)  # nothing listens there
     [result] = dispatcher.engine().ping([f"vm:{peer.port}"], caller="cli")
     assert result["status"] == "ok" and result["host"] == "vm"
 
 
 def test_agent_registered_on_the_default_port_uses_the_port_option(dispatcher, peer):
-    dispatcher.register("vm", 7443)
+    dispatcher.register("vm", 7443, agent=peer.issued)
     [result] = dispatcher.engine().ping(["vm"], caller="cli", port=peer.port)
     assert result["status"] == "ok"
 

@@ -101,7 +101,8 @@ def test_ping_two_agents(fleet):
     text = fleet.ced("ping", *NAMES)
     rows = text.stdout.splitlines()[2:]
     assert len(rows) == 2 and all(
-        re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row) for name, row in zip(NAMES, rows)
+        re.match(rf"{name}( \(\S+\))? +ok +\d+ms ", row)
+        for name, row in zip(NAMES, rows, strict=True)
     ), text.stdout
 
 
@@ -123,7 +124,7 @@ def test_run_on_two_agents_with_awkward_arguments(fleet):
     assert completed.returncode == 0, completed.stderr
     results = results_of(completed)
     expected = "".join(arg + "\n" for arg in ARGS)
-    for name, result in zip(NAMES, results):
+    for name, result in zip(NAMES, results, strict=True):
         assert result == {
             "script": "echo-args",
             "exit": 0,
@@ -157,7 +158,7 @@ def test_script_failure(fleet):
     completed = fleet.ced("run", "agent-01", "agent-02", "fail", "--", "5")
     assert completed.returncode == 1
     blocks = completed.stdout.split("==> ")[1:]
-    for name, block in zip(NAMES, blocks):
+    for name, block in zip(NAMES, blocks, strict=True):
         assert re.fullmatch(
             rf"{name}  \[FAIL  exit:5  \d+ms  req:[0-9a-f]{{16}}\]\n"
             r"about to fail\n    STDERR: something went wrong\n",
@@ -205,7 +206,7 @@ def test_untrusted_dispatcher_is_refused(fleet, session_ca, ctl):
     map gets 0.12's 403 body, reported as 0.12's error string."""
     issued = testpki.install_dispatcher(session_ca, ctl.root)
     site = fleet.agents["agent-01"][1].site
-    testpki.register_agent(ctl.root, "agent-01", site.port, session_ca.issue("agent-01"), issued)
+    testpki.register_agent(ctl.root, "agent-01", site.port, site.issued, issued)
     completed = ctl.run("ced", "--json", "run", "agent-01", "echo-args")
     assert completed.returncode == 1
     [result] = json.loads(completed.stdout)["results"]

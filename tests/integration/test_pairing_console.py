@@ -10,7 +10,8 @@ import subprocess
 import time
 
 from tests.support import openssl
-from tests.support.pairing import agent_env, setup_dispatcher, wait_for
+from tests.support.agentproc import wait_for
+from tests.support.pairing import agent_env, setup_dispatcher
 
 
 class Terminal:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import openssl
-from tests.support.pairing import Reaped, agent_env, setup_dispatcher, start_listener, wait_for
+from tests.support.agentproc import wait_for
+from tests.support.pairing import Reaped, agent_env, setup_dispatcher, start_listener
 
 DISPATCHER_ID = "test-dispatcher"
 
@@ -186,7 +187,7 @@ def test_a_wrong_pin_stores_nothing(dispatcher, tmp_path):
     [request] = wait_for(lambda: json.loads(ced.run("ced", "list-requests", "--json").stdout))
     assert request["code"] == code
     ced.run("ced", "approve", request["reqid"], check=True)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 3
     assert "does not match the pinned" in err
     assert not (agent.root / "etc/ctrl-exec-agent/agent.crt").exists()

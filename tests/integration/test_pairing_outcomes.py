@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.support import openssl
+from tests.support.agentproc import wait_for
 from tests.support.pairing import (
     RawPairing,
     Reaped,
@@ -20,7 +21,6 @@ from tests.support.pairing import (
     pair_body,
     setup_dispatcher,
     start_listener,
-    wait_for,
 )
 
 DENIED = {"status": "denied", "reason": "rejected by operator"}
@@ -90,7 +90,9 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
     """Nobody decides before pairing mode times out: the waiting agents are
     told `approval timeout`; ours exits 2."""
     setup_dispatcher(ctl)
-    window = 3
+    # Long enough for a loaded host to start request-pairing and queue its
+    # request before the window closes (checked below, not assumed).
+    window = 10
     started = time.monotonic()
     listener = start_listener(ctl, timeout=window)
     agent = agent_env(ctl, tmp_path / "agent-host")
@@ -110,9 +112,11 @@ def test_the_dispatchers_approval_timeout(ctl, tmp_path):
             "--hostname",
             "agent-wait",
         )
+        wait_for(lambda: has(ctl, "agent-wait"), timeout=window, what="agent-wait queued")
+        assert time.monotonic() - started < window, "the window closed before the agent asked"
         assert waiting_raw.response(timeout=window + 10) == TIMED_OUT
         assert time.monotonic() - started >= window - 0.5
-        out, err = waiting_agent.communicate(timeout=20)
+        _out, err = waiting_agent.communicate(timeout=20)
         assert waiting_agent.returncode == 2, err
         assert "Pairing failed: approval timeout" in err
         assert f"Pairing mode timed out after {window}s. Stopped." in listener.lines.rest()
@@ -171,3 +175,53 @@ def test_bad_options(ctl):
     assert result.returncode == 1 and "64 hex digits" in result.stderr
     result = ctl.run("agent", "request-pairing", "--dispatcher", "127.0.0.1", "--hostname", "../x")
     assert result.returncode == 1 and "cannot be an agent name" in result.stderr
+
+
+def test_approving_a_registered_hostname_needs_replace(ctl, tmp_path):
+    from ctrlexec.dispatcher.registry import Registry, new_record
+    from tests.support.testpki import layout_for
+
+    setup_dispatcher(ctl)
+    registry = Registry(layout_for(ctl.root).registry_dir)
+    registry.put(
+        new_record(
+            "web-01", "10.0.0.9", "2026-01-01T00:00:00Z", "", "r0", "ip", 7443, "ab", "current"
+        )
+    )
+    listener = start_listener(ctl)
+    key = openssl.ec_key(tmp_path / "raw.pem")
+    try:
+        raw = RawPairing(listener.port)
+        raw.send(pair_body("web-01", openssl.csr(key, "web-01")))
+        ack = raw.response()
+        refused = ctl.run("ced", "approve", ack["reqid"])
+        assert refused.returncode == 1
+        assert "'web-01' is already registered" in refused.stderr
+        assert f"'approve {ack['reqid']} --replace'" in refused.stderr
+        assert registry.get("web-01")["ip"] == "10.0.0.9"
+        ctl.run("ced", "approve", ack["reqid"], "--replace", check=True)
+        assert raw.response()["status"] == "approved"
+        assert registry.get("web-01")["ip"] != "10.0.0.9"
+    finally:
+        listener.stop()
+
+
+def test_the_key_of_a_revoked_agent_is_never_certified_again(ctl, tmp_path):
+    setup_dispatcher(ctl)
+    listener = start_listener(ctl)
+    key = openssl.ec_key(tmp_path / "raw.pem")
+    try:
+        raw = RawPairing(listener.port)
+        raw.send(pair_body("web-05", openssl.csr(key, "web-05")))
+        ctl.run("ced", "approve", raw.response()["reqid"], check=True)
+        assert raw.response()["status"] == "approved"
+        ctl.run("ced", "revoke", "--agent", "web-05", check=True)
+        # the same key again, under another name: refused on arrival
+        again = RawPairing(listener.port)
+        again.send(pair_body("web-06", openssl.csr(key, "web-06")))
+        refused = again.response()
+        assert refused.get("status") != "pending", refused
+        assert "invalid request" in json.dumps(refused)
+    finally:
+        listener.stop()
+    assert "REASON=revoked-key" in ctl.log_text()

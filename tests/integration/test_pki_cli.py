@@ -28,6 +28,19 @@ def test_setup_ca_refuses_to_overwrite_and_force_keeps_a_backup(ctl):
     assert openssl.fingerprint(ca_crt) != fingerprint
 
 
+def test_setup_ca_force_reissues_the_dispatcher_certificate(ctl):
+    setup_dispatcher(ctl)
+    cert = ctl.root / "etc/ctrl-exec/dispatcher.crt"
+    before = cert.read_text()
+    forced = ctl.run("ced", "setup-ca", "--force", "--json", check=True)
+    reissued = json.loads(forced.stdout)["dispatcher_reissued"]
+    assert reissued and cert.read_text() != before
+    assert openssl.verify(ctl.root / "etc/ctrl-exec/ca.crt", cert)
+    text = ctl.run("ced", "setup-ca", "--force", check=True).stdout
+    assert "was signed by the old CA: reissued by the new one" in text
+    assert openssl.verify(ctl.root / "etc/ctrl-exec/ca.crt", cert)
+
+
 def test_setup_ctrl_exec_asks_when_agents_are_registered(ctl):
     setup_dispatcher(ctl)
     cert = ctl.root / "etc/ctrl-exec/dispatcher.crt"

@@ -22,7 +22,7 @@ NAMES = ("alpha", "bravo", "charlie")
 def lab():
     reason = netns.unavailable_reason()
     if reason:
-        warnings.warn(reason)
+        warnings.warn(reason, stacklevel=2)
         pytest.skip(reason)
     made = netns.NetLab(len(NAMES))
     try:
@@ -43,8 +43,9 @@ class Dispatcher:
     def root(self) -> Path:
         return self.runner.root
 
-    def register(self, ca, name: str, address: str, port: int) -> None:
-        testpki.register_agent(self.root, name, port, ca.issue(name), self.issued, ip=address)
+    def register(self, ca, name: str, address: str, port: int, agent=None) -> None:
+        agent = agent or ca.issue(name)
+        testpki.register_agent(self.root, name, port, agent, self.issued, ip=address)
 
 
 @dataclass
@@ -102,11 +103,14 @@ def fleet(lab, session_ca, pyz_for, tmp_path_factory):
     dispatcher = Dispatcher(
         runner, testpki.install_dispatcher(session_ca, runner.root), "test-dispatcher"
     )
-    made = Fleet(lab, session_ca, pyz_for, base, dispatcher, dict(zip(NAMES, lab.hosts)))
+    made = Fleet(
+        lab, session_ca, pyz_for, base, dispatcher, dict(zip(NAMES, lab.hosts, strict=True))
+    )
     try:
         for name, host in made.hosts.items():
             made.agents[name] = made.start_agent(name, host, AGENT_PORT)
-            dispatcher.register(session_ca, name, host.address, made.agents[name].site.port)
+            site = made.agents[name].site
+            dispatcher.register(session_ca, name, host.address, site.port, site.issued)
         yield made
     finally:
         for process in made.agents.values():

@@ -55,7 +55,7 @@ def test_allowed_ips_admits_only_the_dispatcher_address(fleet, second, extra_age
         "guarded", alpha, 7501, trusting=(second,), allowed_ips=[fleet.lab.root_address]
     )
     for dispatcher in (fleet.dispatcher, second):
-        dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port)
+        dispatcher.register(fleet.ca, "guarded", alpha.address, agent.site.port, agent.site.issued)
 
     assert _ping(fleet.dispatcher, "guarded")["status"] == "ok"
 
@@ -128,7 +128,7 @@ def test_rate_limit_blocks_strangers_never_the_trusted_dispatcher(fleet, second,
     agent = extra_agents("limited", charlie, 7502, trusting=(second,), rate_limit_disable=False)
     # One agent under 100 names: each `ced ping` below is 100 connections.
     names = [f"limited-{n}" for n in range(100)]
-    issued = fleet.ca.issue("limited")
+    issued = agent.site.issued
     for name in names:
         testpki.register_agent(
             fleet.dispatcher.root,
@@ -138,7 +138,7 @@ def test_rate_limit_blocks_strangers_never_the_trusted_dispatcher(fleet, second,
             fleet.dispatcher.issued,
             ip=charlie.address,
         )
-    second.register(fleet.ca, "limited", charlie.address, agent.site.port)
+    second.register(fleet.ca, "limited", charlie.address, agent.site.port, agent.site.issued)
 
     # As fast as this machine allows (about a minute; the old rule blocked
     # the 11th within a minute). No timing is asserted: the count matters.

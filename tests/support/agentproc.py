@@ -74,6 +74,7 @@ class AgentSite:
     settings: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     allowlist: dict[str, Any] = field(default_factory=dict)
+    issued: Any = None  # the agent's testpki.Issued certificate
 
     @property
     def layout(self):
@@ -122,9 +123,10 @@ def install_site(
     scripts: dict[str, str] | None = None,
     settings: dict[str, Any] | None = None,
     dispatcher_id: str = "test-dispatcher",
+    agent_days: int = 825,
 ) -> AgentSite:
-    testpki.install_agent(ca, root, name, dispatcher, dispatcher_id)
-    site = AgentSite(root, name, free_port(), dict(settings or {}))
+    issued = testpki.install_agent(ca, root, name, dispatcher, dispatcher_id, days=agent_days)
+    site = AgentSite(root, name, free_port(), dict(settings or {}), issued=issued)
     site.settings.setdefault("script_dirs", [str(site.scripts_dir)])
     for script, text in (APPENDIX_C_SCRIPTS if scripts is None else scripts).items():
         site.add_script(script, text)
@@ -230,7 +232,7 @@ def start_agents(
             if prepare is not None:
                 prepare(site, runner)
             agents[name] = (runner, AgentProcess(runner, site).start())
-            testpki.register_agent(dispatcher_root, name, site.port, ca.issue(name), dispatcher)
+            testpki.register_agent(dispatcher_root, name, site.port, site.issued, dispatcher)
     except BaseException:
         stop_agents(agents)
         raise
@@ -242,15 +244,17 @@ def stop_agents(agents: dict) -> None:
         process.stop()
 
 
-def wait_for(predicate, seconds: float = 15.0, what: str = "condition"):
-    """Poll `predicate` until it returns something truthy, with a deadline."""
-    deadline = time.monotonic() + seconds
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (and return that),
+    failing after `timeout` seconds. For conditions no event announces: a
+    file appearing, a log line written by another process."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass

@@ -23,7 +23,9 @@ record = {record!r}
 if record:
     for n in itertools.count(1):
         try:
-            fd = os.open(os.path.join(record, f"call-{{n}}.env.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            fd = os.open(
+                os.path.join(record, f"call-{{n}}.env.json"), os.O_WRONLY | os.O_CREAT | os.O_EXCL
+            )
         except FileExistsError:
             continue
         break

@@ -20,16 +20,6 @@ from pathlib import Path
 SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
 class Lines:
     """Lines of a child's output, read by a thread, taken with a deadline
     (select() on a buffered pipe misses lines already buffered)."""

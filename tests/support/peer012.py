@@ -47,8 +47,8 @@ def http_response(status: int, body: bytes) -> bytes:
 def ping_body(reqid: str, host: str = "vm") -> bytes:
     # Key order as observed in C.1.
     return (
-        '{"host":"%s","staged":false,"version":"0.12.3","reqid":"%s","status":"ok",'
-        '"expiry":"Feb 24 12:58:55 2029 GMT"}' % (host, reqid)
+        f'{{"host":"{host}","staged":false,"version":"0.12.3","reqid":"{reqid}","status":"ok",'
+        '"expiry":"Feb 24 12:58:55 2029 GMT"}'
     ).encode()
 
 
@@ -75,6 +75,7 @@ class Received:
     version: str
     headers: dict[str, str]
     raw_body: bytes
+    peer_serial: int | None = None  # serial of the client certificate presented
 
     @property
     def json(self) -> dict:
@@ -82,6 +83,16 @@ class Received:
 
 
 Behaviour = Callable[["Received"], bytes | None]
+
+# The certificate each running peer presents, by port: tests register the
+# peer under any name with the identity it really has.
+ISSUED_BY_PORT: dict[int, Issued] = {}
+
+
+def issued_at(ca: SessionCA, port: int, name: str) -> Issued:
+    """The certificate of the peer on `port`, or a fresh one for `name`
+    when no peer runs there."""
+    return ISSUED_BY_PORT.get(port) or ca.issue(name)
 
 
 def default_behaviour(request: Received) -> bytes:
@@ -111,6 +122,7 @@ class Peer012:
 
     def __enter__(self) -> Peer012:
         issued: Issued = self.ca.issue(self.cn)
+        self.issued = issued
         self.directory.mkdir(parents=True, exist_ok=True)
         cert, key, ca = (
             self.directory / "peer.crt",
@@ -126,6 +138,7 @@ class Peer012:
         self.context.verify_mode = ssl.CERT_REQUIRED
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        ISSUED_BY_PORT[self.port] = issued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -156,6 +169,7 @@ class Peer012:
                 request = _read_request(tls)
                 if request is None:
                     return
+                request.peer_serial = _peer_serial(tls)
                 self.received.append(request)
                 self.arrived.set()
                 reply = self.behaviour(request)
@@ -163,6 +177,15 @@ class Peer012:
                     tls.sendall(reply)
         except (OSError, ssl.SSLError, ValueError):
             pass
+
+
+def _peer_serial(tls: ssl.SSLSocket) -> int | None:
+    der = tls.getpeercert(binary_form=True)
+    if not der:
+        return None
+    from cryptography import x509
+
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 def _read_request(tls: ssl.SSLSocket) -> Received | None:
@@ -174,7 +197,7 @@ def _read_request(tls: ssl.SSLSocket) -> Received | None:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    method, path, version = (lines[0].split() + ["", "", ""])[:3]
+    method, path, version = ([*lines[0].split(), "", "", ""])[:3]
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
@@ -196,3 +219,38 @@ def hold_then(reply: Behaviour, peer: Peer012) -> Behaviour:
         return reply(request)
 
     return behaviour
+
+
+class SerialGate012:
+    """A 0.12.3 agent's trusted-dispatcher map and `/rotate-serial` (protocol.md
+    §3.7): requests are gated on the client certificate's serial; `add`
+    maps the sent serial to the caller's id; `remove` deletes it."""
+
+    def __init__(self, trusted: dict[str, str]):
+        self.trusted = dict(trusted)  # serial key -> dispatcher id
+        self.lock = threading.Lock()
+
+    def __call__(self, request: Received) -> bytes:
+        from ctrlexec.core.serial import cert_serial_key, normalise_received
+
+        key = "" if request.peer_serial is None else cert_serial_key(request.peer_serial)
+        with self.lock:
+            caller = self.trusted.get(key)
+            if caller is None:
+                return http_response(403, b'{"status":"forbidden","error":"serial mismatch"}')
+            if request.method == "POST" and request.path == "/rotate-serial":
+                body = request.json
+                serial = normalise_received(body.get("serial", ""))
+                action = body.get("action") or "add"
+                if action == "add":
+                    self.trusted[serial] = caller
+                elif self.trusted.get(serial) == caller:
+                    del self.trusted[serial]
+                reply = {
+                    "status": "ok",
+                    "action": action,
+                    "serial": body.get("serial"),
+                    "dispatcher": caller,
+                }
+                return http_response(200, json.dumps(reply).encode())
+        return default_behaviour(request)

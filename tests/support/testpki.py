@@ -107,6 +107,12 @@ class SessionCA:
         )
 
 
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of the DER, upper-case hex pairs joined by colons (openssl's form)."""
+    digest = x509.load_pem_x509_certificate(cert_pem).fingerprint(hashes.SHA256()).hex().upper()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
 def layout_for(root: Path) -> Layout:
     return system_layout(Path(root).resolve())
 
@@ -127,10 +133,11 @@ def install_agent(
     name: str,
     dispatcher: Issued | None = None,
     dispatcher_id: str = "test-dispatcher",
+    days: int = 825,
 ) -> Issued:
     """Agent cert/key/CA under `root`, trusting `dispatcher` (as pairing leaves them)."""
     layout = layout_for(root)
-    issued = ca.issue(name)
+    issued = ca.issue(name, days=days)
     _write(layout.agent_cert, issued.cert_pem, 0o644)
     _write(layout.agent_key, issued.key_pem, 0o600)
     _write(layout.agent_ca, ca.cert_pem, 0o644)
@@ -160,7 +167,22 @@ def register_agent(
         dispatcher_serial=dispatcher.serial_key,
         serial_status="current",
     )
+    # The agent certificate's identity, as approval records it.
+    record["cert_serial"] = format(agent.serial, "x")
+    record["cert_fingerprint"] = fingerprint(agent.cert_pem)
+    record["cert_cn"] = name
     layout = layout_for(dispatcher_root)
     layout.registry_dir.mkdir(parents=True, exist_ok=True)
     Registry(layout.registry_dir).put(record)
     return record
+
+
+def install_ca_key(ca: SessionCA, root: Path) -> Path:
+    """The CA key and serial file in the dispatcher's ca_dir, as setup-ca
+    leaves them, for tests of work that signs (renewal, rotation)."""
+    layout = layout_for(root)
+    _write(layout.ca_cert, ca.cert_pem, 0o644)
+    _write(layout.ca_key, _pem_key(ca.key), 0o600)
+    if not layout.ca_serial.exists():
+        _write(layout.ca_serial, b"01\n", 0o600)
+    return layout.ca_key

@@ -2,9 +2,36 @@
 
 import pytest
 
-from ctrlexec.cli.ced import COMPAT_MODES, mode_first
+from ctrlexec.cli import roles
+from ctrlexec.cli.ced import COMPAT_MODES, DESCRIPTION, EPILOG, TOPICS, mode_first
 
 MODES = set(COMPAT_MODES)
+VALUE_OPTIONS = roles.value_options(
+    roles.build_parser("ced", "ctrl-exec-dispatcher", DESCRIPTION, TOPICS, COMPAT_MODES, EPILOG)
+)
+
+# The options 0.12's ced takes with a value: each must be known as one, so
+# that its value is never taken for the mode.
+OPTIONS_0_12 = (
+    "--root",
+    "--config",
+    "--log-target",
+    "--log-format",
+    "--port",
+    "--username",
+    "--token",
+    "--lookup-by",
+    "--agent-port",
+    "--ip",
+    "--rename",
+    "--tags",
+    "--timeout",
+)
+
+
+def test_value_options_come_from_the_parser():
+    assert set(OPTIONS_0_12) <= VALUE_OPTIONS
+    assert not {"--json", "--async", "--help", "--version", "--yes"} & VALUE_OPTIONS
 
 
 @pytest.mark.parametrize(
@@ -24,4 +51,4 @@ MODES = set(COMPAT_MODES)
     ],
 )
 def test_options_before_the_mode_move_after_it(argv, expected):
-    assert mode_first(argv, MODES) == expected
+    assert mode_first(argv, MODES, VALUE_OPTIONS) == expected

@@ -26,7 +26,7 @@ def test_dispatcher_id(configured, hostname, expected):
 def test_pairing_code_matches_the_formula():
     csr = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
     digest = hashlib.sha256(csr.encode()).digest()
-    assert pairing_code(csr) == "%06d" % (int.from_bytes(digest[:4], "big") % 1000000)
+    assert pairing_code(csr) == f"{int.from_bytes(digest[:4], 'big') % 1000000:06d}"
     assert len(pairing_code("")) == 6
 
 

@@ -1,12 +1,11 @@
-"""The OpenAPI document the API ships: valid 3.1, in step with the routes
-and the package version, every reference resolvable."""
+"""The OpenAPI document the API ships: 3.1, in step with the routes and the
+package version, every reference resolvable (validated against the OpenAPI
+3.1 schema in tests/integration/test_openapi_valid.py)."""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
-
-from openapi_spec_validator import validate
 
 from ctrlexec import __version__
 from ctrlexec.core import api_wire
@@ -14,8 +13,7 @@ from ctrlexec.core import api_wire
 DOCUMENT = json.loads(resources.files("ctrlexec.dispatcher").joinpath("openapi.json").read_bytes())
 
 
-def test_valid_openapi_3_1():
-    validate(DOCUMENT)
+def test_openapi_3_1_and_the_package_version():
     assert DOCUMENT["openapi"] == "3.1.0"
     assert DOCUMENT["info"]["version"] == __version__
 
@@ -24,7 +22,7 @@ def test_paths_are_the_routes():
     documented = {
         (method.upper(), path) for path, item in DOCUMENT["paths"].items() for method in item
     }
-    assert documented == set(api_wire.ENDPOINTS) | {("GET", "/")}
+    assert documented == set(api_wire.ENDPOINTS) | set(api_wire.OUR_ENDPOINTS) | {("GET", "/")}
 
 
 def test_every_operation_documents_the_server_answers():

@@ -119,7 +119,7 @@ def test_serial_keys_match_bc_on_openssl_serial_text(serial_certs):
     texts = [text for _, text, _ in serial_certs]
     expected = openssl.canonical_serial_keys(texts)
     assert len(expected) == len(texts)
-    for (path, text, _), key in zip(serial_certs, expected):
+    for (path, text, _), key in zip(serial_certs, expected, strict=True):
         # the dispatcher's view: openssl's text through the canonical form
         assert serial_to_hex(text) == key, text
         assert serial_to_hex("serial=" + text) == key, text
@@ -128,7 +128,7 @@ def test_serial_keys_match_bc_on_openssl_serial_text(serial_certs):
 
 
 def test_spec_table_rows(serial_certs):
-    texts = {serial: text for serial, (_, text, _) in zip(SERIALS, serial_certs)}
+    texts = {serial: text for serial, (_, text, _) in zip(SERIALS, serial_certs, strict=True)}
     rows = [texts[s] for s in (0x02, 0x0A, 0x10, 0x20)]
     assert rows == ["02", "0A", "10", "20"]
     expected = openssl.canonical_serial_keys(rows)
@@ -165,7 +165,7 @@ def csr_files(tmp_path_factory):
 def test_pairing_codes_match_sha256sum(csr_files):
     expected = openssl.pairing_codes(csr_files)
     assert len(csr_files) >= 50 and len(expected) == len(csr_files)
-    for path, code in zip(csr_files, expected):
+    for path, code in zip(csr_files, expected, strict=True):
         assert re.fullmatch(r"\d{6}", code)
         assert pairing_code(path.read_text()) == code, path.name
 

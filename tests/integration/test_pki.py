@@ -94,6 +94,34 @@ def test_dispatcher_identity(ca_paths, tmp_path):
     assert not ca.issued_by(issued.cert_pem, ca.read_ca_pem(other))
 
 
+def test_serials_come_from_the_injected_randomness_and_are_never_reused(tmp_path):
+    """The CA draws serials from `token_bytes`; a draw that repeats an issued
+    serial, or is too small, or reads as all decimal digits, is drawn again."""
+    first = bytes.fromhex("f1" * 16)
+    draws = iter(
+        [
+            first,  # the CA's own serial
+            first,  # already issued: drawn again
+            bytes(16),  # under 2**64: drawn again
+            bytes.fromhex("22" * 16),  # hex 1111...: all digits, drawn again
+            bytes.fromhex("ab" * 16),
+        ]
+    )
+    paths = ca.CAPaths(tmp_path)
+    ca.create_ca(paths, token_bytes=lambda n: next(draws))
+    _, issued = ca.issue_key_and_cert(
+        paths, ca.DISPATCHER_COMMON_NAME, "ec", token_bytes=lambda n: next(draws)
+    )
+    assert x509.load_pem_x509_certificate(paths.cert.read_bytes()).serial_number == (
+        int.from_bytes(first, "big") >> 1
+    )
+    assert issued.serial == int.from_bytes(bytes.fromhex("ab" * 16), "big") >> 1
+    assert paths.issued.read_text().split() == [
+        format(int.from_bytes(first, "big") >> 1, "x"),
+        format(issued.serial, "x"),
+    ]
+
+
 @pytest.fixture(scope="module")
 def bad_csrs(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")

@@ -1,0 +1,174 @@
+"""One maintenance pass (`ced maintain`) and the loop `dispatcher serve`
+runs every `cert_check_interval` seconds.
+
+Phases, each independent (a failing phase is logged `maintain PHASE=...
+ERROR=...` and the next one still runs), in 0.12's order:
+
+1. ping every registered agent, renewing the certificates past half-life;
+2. rotate the dispatcher certificate when at most `cert_renewal_days` remain;
+3. broadcast the current serial to pending and unknown agents;
+4. after the overlap: pending agents become stale, the old serial is retired;
+5. purge expired run records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .. import log
+from ..core import results
+from ..errors import CtrlExecError
+from . import renewal, rotation
+from .engine import Engine
+from .fanout import fan_out
+from .runstore import RunStore
+
+PHASES = ("ping", "rotate", "broadcast", "expire", "purge")
+
+
+@dataclass
+class Summary:
+    agents: int = 0
+    pinged: int = 0
+    unreachable: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)
+    renew_failed: dict[str, str] = field(default_factory=dict)
+    rotated: dict | None = None
+    confirmed: list[str] = field(default_factory=list)
+    broadcast_failed: dict[str, str] = field(default_factory=dict)
+    stale: list[str] = field(default_factory=list)
+    retired: dict | None = None
+    purged: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.errors or self.renew_failed or self.broadcast_failed)
+
+    def to_json(self) -> dict:
+        return {
+            "ok": 1 if self.ok else 0,
+            "agents": self.agents,
+            "pinged": self.pinged,
+            "unreachable": self.unreachable,
+            "renewed": self.renewed,
+            "renew_failed": self.renew_failed,
+            "rotated": self.rotated,
+            "confirmed": self.confirmed,
+            "broadcast_failed": self.broadcast_failed,
+            "stale": self.stale,
+            "retired": self.retired,
+            "purged": self.purged,
+            "errors": self.errors,
+        }
+
+
+def _ping_all(engine: Engine, settings, summary: Summary, now: float) -> None:
+    names = engine.registry.names()
+    summary.agents = len(names)
+    targets = rotation.targets_for(engine, settings, names)
+    reqid = engine.new_reqid()
+
+    def one(target) -> dict:
+        reply, failure, rtt = engine.post(target, "/ping", {"reqid": reqid})
+        return results.ping_result(target.name, rtt, reply, failure, settings.read_timeout)
+
+    answers = fan_out(targets, one, settings.max_parallel)
+    for answer in answers:
+        if results.ping_failed(answer):
+            summary.unreachable.append(answer["host"])
+        else:
+            summary.pinged += 1
+    for outcome in renewal.renew_due(engine, settings, targets, answers, now):
+        if outcome.ok:
+            summary.renewed.append(outcome.host)
+        else:
+            summary.renew_failed[outcome.host] = outcome.detail
+
+
+def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Summary:
+    now = time.time() if now is None else now
+    summary = Summary()
+
+    def rotate() -> None:
+        done = rotation.check_and_rotate(settings, engine.registry, now)
+        if done is not None:
+            engine.reset_context()
+            summary.rotated = {
+                "old_serial": done.old_serial,
+                "new_serial": done.new_serial,
+                "overlap_expires": done.overlap_expires,
+            }
+
+    def broadcast() -> None:
+        sent = rotation.broadcast(engine, settings, now)
+        summary.confirmed = sent.confirmed
+        summary.broadcast_failed = sent.failed
+
+    def expire() -> None:
+        summary.stale = rotation.expire_stale(engine.registry, settings, now)
+        retired = rotation.retire(engine, settings, now)
+        if retired is not None:
+            summary.retired = {
+                "serial": retired.serial,
+                "removed": retired.removed,
+                "failed": retired.failed,
+            }
+
+    def purge() -> None:
+        summary.purged = RunStore(runs_dir).purge()
+
+    steps: dict[str, Callable[[], None]] = {
+        "ping": lambda: _ping_all(engine, settings, summary, now),
+        "rotate": rotate,
+        "broadcast": broadcast,
+        "expire": expire,
+        "purge": purge,
+    }
+    for phase in PHASES:
+        try:
+            steps[phase]()
+        except (CtrlExecError, OSError, ValueError) as exc:
+            summary.errors[phase] = str(exc)[:300]
+            log.event("maintain", log.ERR, PHASE=phase, ERROR=str(exc)[:200])
+        except Exception as exc:  # one phase's bug must not stop the others
+            summary.errors[phase] = f"{type(exc).__name__}: {exc}"[:300]
+            log.event("maintain", log.ERR, PHASE=phase, ERROR=f"{type(exc).__name__}: {exc}")
+    log.event("maintain", log.INFO, AGENTS=summary.agents, PINGED=summary.pinged)
+    return summary
+
+
+class MaintenanceLoop:
+    """`maintain` at start and then every `cert_check_interval` seconds, on a
+    daemon thread, until `stop()`."""
+
+    def __init__(self, engine: Engine, settings, runs_dir, interval: float | None = None):
+        self.engine = engine
+        self.settings = settings
+        self.runs_dir = runs_dir
+        self.interval = float(interval or settings.cert_check_interval)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+
+    def start(self) -> MaintenanceLoop:
+        self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                maintain(self.engine, self.settings, self.runs_dir)
+            except Exception as exc:
+                log.event("maintain", log.ERR, PHASE="loop", ERROR=f"{type(exc).__name__}: {exc}")
+            self.passes += 1
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)  # a daemon: a pass in flight dies with the process
