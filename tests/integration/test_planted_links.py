@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import agentproc, openssl, testpki
-from tests.support.pairing import RawPairing, pair_body, setup_dispatcher, start_listener, wait_for
+from tests.support.agentproc import wait_for
+from tests.support.pairing import RawPairing, pair_body, setup_dispatcher, start_listener
 
 REFUSED = "is a symbolic link: refused"
 
