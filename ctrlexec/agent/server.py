@@ -293,6 +293,8 @@ class AgentServer:
             return
         with self._limiter_lock:
             verdict = self.limiter.record_unauthenticated(ip, self.clock())
+        if verdict.evicted:
+            log.event("rate-evict", log.INFO, PEER=ip)
         if verdict.blocked_now:
             log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
 
