@@ -9,7 +9,14 @@ killed (with its whole process group) and the request is denied.
 
 Fail closed, unlike 0.12: a hook killed by a signal, one that cannot be
 executed, or a configured path that is missing all deny (0.12 lets a hook
-that died of a signal through).
+that died of a signal through); the denial names the real cause.
+
+Large arguments: Linux refuses to start a program when one environment
+string is longer than 128 KiB (MAX_ARG_STRLEN), so ENVEXEC_ARGS and
+ENVEXEC_ARGS_JSON are set only while each stays within MAX_ENV_VALUE bytes;
+beyond that both are empty and ENVEXEC_ARGS_TRUNCATED=1 says so. The JSON on
+stdin always carries every argument in full: a hook that must see large
+arguments reads its stdin.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from . import log
 from .core.timefmt import iso_utc
 
 REASONS = {1: "denied", 2: "bad credentials", 3: "insufficient privilege"}
+# Longest ENVEXEC_ARGS / ENVEXEC_ARGS_JSON value passed in the environment
+# (bytes, UTF-8); well under the kernel's 128 KiB per string and 2 MiB total.
+MAX_ENV_VALUE = 64 * 1024
 
 CALLER_CLI = "cli"
 CALLER_API = "api"
@@ -68,14 +78,17 @@ class AuthRequest:
 
     def environment(self, timestamp: str) -> dict[str, str]:
         submitter = self.submitter or {}
+        args = " ".join(self.args)
+        args_json = json.dumps(list(self.args), separators=(",", ":"), ensure_ascii=False)
+        too_large = max(len(args.encode()), len(args_json.encode())) > MAX_ENV_VALUE
+        extra = {"ENVEXEC_ARGS_TRUNCATED": "1"} if too_large else {}
         return {
             "ENVEXEC_ACTION": self.action,
             "ENVEXEC_SCRIPT": self.script,
             "ENVEXEC_HOSTS": ",".join(self.hosts),
-            "ENVEXEC_ARGS": " ".join(self.args),
-            "ENVEXEC_ARGS_JSON": json.dumps(
-                list(self.args), separators=(",", ":"), ensure_ascii=False
-            ),
+            "ENVEXEC_ARGS": "" if too_large else args,
+            "ENVEXEC_ARGS_JSON": "" if too_large else args_json,
+            **extra,
             "ENVEXEC_USERNAME": self.username,
             "ENVEXEC_TOKEN": self.token,
             "ENVEXEC_SOURCE_IP": self.source_ip,
@@ -132,7 +145,9 @@ def run_hook(
             cwd="/",
         )
     except OSError as exc:
-        return AuthDecision.deny(not_executable_reason(path)), f"exec failed: {exc.strerror}"
+        # the file is there and executable: say what really stopped it
+        reason = f"auth hook could not be started: {exc.strerror or exc}"
+        return AuthDecision.deny(reason), f"exec failed: {exc.strerror}"
     try:
         proc.communicate(request.stdin_json(stamp), timeout=timeout)
     except subprocess.TimeoutExpired:

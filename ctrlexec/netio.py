@@ -115,6 +115,16 @@ def abort(conn: socket.socket) -> None:
         pass
 
 
+def interrupt(handle: socket.socket) -> None:
+    """End a connection another thread is serving, through a duplicate of
+    its socket (`handle`, closed here): that thread's blocked read returns."""
+    try:
+        handle.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    handle.close()
+
+
 def finish(conn: socket.socket) -> None:
     """Send close_notify (TLS) without waiting for the peer's, half-close,
     and drain what the peer still sends (bounded), then close."""

@@ -3,6 +3,14 @@
 Every state file is written as temp file in the same directory, fsync,
 rename, fsync of the directory. A reader sees the old or the new content,
 never a part; a crash at any instant leaves one of the two.
+
+State files are opened, never followed (`open_state`): O_NOFOLLOW, then
+fstat: a regular file owned by root, by us, or by the owner of its
+directory (in a group-writable directory, by any writer the group allows).
+A link or device planted in a state directory (a symlink from
+`pairing/<reqid>.approved` to `ca.key`, say) is refused with StateError
+instead of being read, sent or locked through. This is the one place that
+rule lives: every reader and lock of a state file goes through it.
 """
 
 from __future__ import annotations
@@ -11,9 +19,12 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 
+from . import log
 from .errors import OperationTimeout, StateError
 
 
@@ -82,13 +93,62 @@ def write_json(path: str | os.PathLike, value: object, mode: int = 0o640) -> Non
     )
 
 
+def open_state(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o640) -> int:
+    """A descriptor for the state file `path`, which must be a regular file
+    (never a symlink, FIFO or device) with an expected owner (see
+    _expected_owner). Missing -> FileNotFoundError (unless O_CREAT);
+    anything else refused -> StateError naming the path."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise StateError(
+                f"{path} is a symbolic link: refused (state files are never followed)"
+            ) from None
+        if exc.errno == errno.ENXIO:
+            raise StateError(f"{path} is not a regular file: refused") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateError(f"{path} is not a regular file: refused")
+        if not _expected_owner(path, info.st_uid):
+            raise StateError(f"{path} is owned by uid {info.st_uid}: refused")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _expected_owner(path: str | os.PathLike, uid: int) -> bool:
+    """Root, this process's user, or the directory's owner; in a directory
+    the group may write (locks/, agents/, pairing/: shared by the service
+    user and operators, docs/paths.md), any member of it."""
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        directory = os.stat(Path(path).parent)
+    except OSError:
+        return False
+    return uid == directory.st_uid or bool(directory.st_mode & stat.S_IWGRP)
+
+
+def read_state(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> bytes:
+    """The bytes of a state file (see open_state). Missing ->
+    FileNotFoundError; refused or larger than `max_bytes` -> StateError."""
+    fd = open_state(path)
+    with os.fdopen(fd, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise StateError(f"{path}: larger than {max_bytes} bytes")
+    return data
+
+
 def read_json(path: str | os.PathLike, max_bytes: int = 16 * 1_048_576) -> object:
     """Parse a JSON state file. Missing -> FileNotFoundError; bad -> StateError."""
     target = Path(path)
-    with open(target, "rb") as handle:
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise StateError(f"{target}: larger than {max_bytes} bytes")
+    data = read_state(target, max_bytes)
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -116,9 +176,9 @@ def write_pidfile(path: Path) -> None:
 def remove_own_pidfile(path: Path) -> None:
     """Remove the pidfile if it still names this process."""
     try:
-        if path.read_text().strip() == str(os.getpid()):
+        if read_state(path, 64).decode("ascii", "replace").strip() == str(os.getpid()):
             path.unlink()
-    except OSError:
+    except (OSError, StateError):
         pass
 
 
@@ -170,6 +230,47 @@ def purge_expired(
     return removed
 
 
+# At a service's start, a temp file this old is a crashed writer's leftover
+# (atomic writes take milliseconds); a younger one may be another process's
+# write in progress.
+START_SWEEP_GRACE = 60
+
+
+def sweep_temporary(
+    directory: str | os.PathLike, now: float, grace: float = START_SWEEP_GRACE
+) -> int:
+    """Remove the temp files atomic_write left in `directory` (not below it)
+    when a writer died, older than `grace` seconds. How many were removed."""
+    try:
+        entries = os.scandir(Path(directory))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return 0
+    removed = 0
+    with entries:
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode) or now - info.st_mtime <= grace:
+                    continue
+                os.unlink(entry.path)  # a link is removed, never followed
+                removed += 1
+            except (FileNotFoundError, PermissionError):
+                continue
+    return removed
+
+
+def sweep_leftovers(directories, now: float | None = None) -> int:
+    """sweep_temporary over `directories` at a service's start; logged
+    `temp-sweep` when something was removed."""
+    moment = time.time() if now is None else now
+    removed = sum(sweep_temporary(directory, moment) for directory in directories)
+    if removed:
+        log.event("temp-sweep", log.INFO, COUNT=removed)
+    return removed
+
+
 class FileLock:
     """An exclusive flock on a lock file, as a context manager.
 
@@ -186,10 +287,10 @@ class FileLock:
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> FileLock:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, self.mode)
+            fd = open_state(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, self.mode)
             os.fchmod(fd, self.mode)  # the umask must not narrow a shared lock's mode
-        except FileExistsError:
-            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileExistsError:  # also a planted link (O_EXCL never follows): refused next
+            fd = open_state(self.path, os.O_RDWR)
         try:
             if timeout is not None:
                 self._acquire_with_timeout(fd, timeout)
@@ -203,8 +304,6 @@ class FileLock:
         return self
 
     def _acquire_with_timeout(self, fd: int, timeout: float) -> None:
-        import time
-
         deadline = time.monotonic() + timeout
         delay = 0.005
         while True:
@@ -241,7 +340,7 @@ class FileLock:
 def is_locked(path: str | os.PathLike) -> bool:
     """True when some process holds an flock on `path` (probe, then let go)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_state(path)
     except FileNotFoundError:
         return False
     try:

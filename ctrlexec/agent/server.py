@@ -3,28 +3,38 @@
 Theory of operation. The main thread owns the listening sockets and a
 selector that also watches a signal wake-up socket, so signals are handled
 between accepts, never inside a signal handler (SIGHUP reloads, SIGTERM and
-SIGINT stop). Per accepted connection, in this order:
+SIGINT stop). Per accepted connection, in this order (docs/agent.md, "Admission"):
 
 1. `allowed_ips`, checked on the address before any TLS work (0.12 checks
    after the handshake); refused: closed, `ip-block`.
-2. Rate limit (volume rule); refused: closed, `rate-block` once per block.
-3. Concurrency cap: at `max_children` live connections the new one is
-   closed unanswered and `overload` is logged (0.12's behaviour).
+2. Rate limit: a blocked address is closed unanswered (`rate-block` was
+   logged once, when the block began). Only connections that end without a
+   trusted identity are counted (volume rule), and failed handshakes again
+   for the probe rule, so a paired dispatcher's own use never blocks it.
+3. A slot in the unauthenticated pool (core.admission): over
+   `max_pending_per_address` from one address, or `max_pending` in all, a
+   newcomer takes the slot of the oldest unproven connection of its own
+   address, or of the busiest one; that connection is closed (`conn-evict`)
+   and counts as unauthenticated. Idle strangers never keep a dispatcher
+   out, and never hold the `max_children` slots.
 4. A thread of its own takes it from there, so no connection, handshake or
    script ever holds up another:
    - the TLS handshake (a client certificate signed by our CA is
-     required); a failure is `tls-failure` and counts for the probe rule;
+     required) within `handshake_timeout`; a failure is `tls-failure` and
+     counts for the probe rule;
    - identity, before any request byte is read: the peer serial's
      canonical key is looked up in the revocation list (revoked: 403
      `certificate revoked`, nothing read) and the trusted-dispatcher map;
-   - an untrusted peer has its request line read (nothing more) to pick
-     0.12's refusal for that path; a trusted peer's request is read whole
-     with 0.12's limits (32 header lines, 1 MiB body) and handled;
+   - an untrusted peer has its request line read (nothing more, still
+     within `handshake_timeout`) to pick 0.12's refusal for that path;
+   - a trusted peer moves to one of the `max_children` authenticated slots
+     (none free: closed unanswered, `overload`), is held to its own
+     generous ceiling (`rate_limit_trusted`: 429 over it), and has its
+     request read whole within `request_timeout` with 0.12's limits (32
+     header lines, 1 MiB body) and handled;
    - the reply is written, close_notify sent, and unread input drained for
      a moment so the peer sees the reply rather than a reset.
 
-The whole handshake and request must arrive within `request_timeout`
-seconds; a client that sends nothing is dropped then (`request-timeout`).
 SIGPIPE is ignored: a peer that vanishes only fails its own connection.
 On SIGTERM the listener closes, running requests get SHUTDOWN_GRACE
 seconds to finish, then any script still running is killed.
@@ -33,17 +43,18 @@ seconds to finish, then any script still running is killed.
 from __future__ import annotations
 
 import errno
+import itertools
 import selectors
 import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from .. import log
-from ..core import agent_wire
+from ..core import admission, agent_wire
 from ..core.http import (
     FramingError,
     IncompleteMessage,
@@ -55,10 +66,10 @@ from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.serial import cert_serial_key, openssl_hex
 from ..netio import abort as _abort
-from ..netio import accepting, close_all, open_listeners, peer_address
+from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
-from ..store import remove_own_pidfile, write_pidfile
+from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
 from .handlers import Endpoints, Peer, Reply
 from .state import AgentRuntime
 from .streaming import StreamReply, send_stream
@@ -94,15 +105,27 @@ class AgentServer:
         self.clock = clock
         config = runtime.config
         self.request_timeout = float(config.request_timeout)
+        self.handshake_timeout = float(config.handshake_timeout)
         self.max_children = int(config.max_children)
         self.addresses = AddressFilter.from_entries(list(config.allowed_ips))
         self.limiter: RateLimiter | None = None
+        self.trusted_limiter: RateLimiter | None = None
         if not config.rate_limit_disable:
             self.limiter = RateLimiter(
                 Rule.parse(config.rate_limit_volume), Rule.parse(config.rate_limit_probe)
             )
+            self.trusted_limiter = RateLimiter(Rule.parse(config.rate_limit_trusted), None)
         self._limiter_lock = threading.Lock()
-        self._active = 0
+        self.slots = admission.Slots(
+            admission.Limits(
+                int(config.max_pending), int(config.max_pending_per_address), self.max_children
+            )
+        )
+        # key -> a duplicate of an unauthenticated connection's socket, kept
+        # so the accept loop can shut it down when it is evicted.
+        self._handles: dict[Hashable, socket.socket] = {}
+        self._keys = itertools.count()
+        self._active = 0  # connection threads alive (graceful stop waits for them)
         self._active_changed = threading.Condition()
         self._listeners: list[socket.socket] = []
         self._stopping = False
@@ -122,6 +145,7 @@ class AgentServer:
             wake,
         ):
             state = self.runtime.state()
+            self._sweep_leftovers()
             log.event(
                 "start",
                 log.INFO,
@@ -137,6 +161,17 @@ class AgentServer:
             finally:
                 close_all(self._listeners)  # refuse new connections while draining
                 self._drain_and_stop(pidfile)
+
+    def _sweep_leftovers(self) -> None:
+        """Temp files of writes a crash interrupted: the trusted map's
+        directory and every async run partition."""
+        config = self.runtime.config
+        runs = Path(config.async_runs_dir)
+        try:
+            partitions = [entry for entry in runs.iterdir() if entry.is_dir()]
+        except OSError:
+            partitions = []
+        sweep_leftovers([Path(config.trusted_dispatchers_path).parent, runs, *partitions])
 
     def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
         paused_until: float | None = None
@@ -202,43 +237,73 @@ class AgentServer:
             return
         if self.limiter is not None:
             with self._limiter_lock:
-                verdict = self.limiter.admit(ip, self.clock())
-            if verdict.evicted:
-                log.event("rate-evict", log.INFO, PEER=ip)
-            if not verdict.allowed:
-                if verdict.blocked_now:
-                    log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
+                blocked = self.limiter.is_blocked(ip, self.clock())
+            if blocked:
                 _abort(conn)
                 return
-        with self._active_changed:
-            if self._active >= self.max_children:
-                over = True
-            else:
-                over = False
-                self._active += 1
-        if over:
-            log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
+        key = next(self._keys)
+        victim: socket.socket | None = None
+        try:
+            handle = conn.dup()
+        except OSError:  # out of descriptors: same as overload
+            log.event("overload", log.WARNING, PEER=ip, REASON="descriptors")
             _abort(conn)
             return
+        with self._active_changed:
+            arrival = self.slots.arrive(key, ip)
+            self._handles[key] = handle
+            self._active += 1
+            if arrival.evict is not None:
+                victim = self._handles.pop(arrival.evict, None)
+        if victim is not None:
+            log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
+            interrupt(victim)
         try:
             threading.Thread(
-                target=self._connection, args=(conn, ip), daemon=True, name=f"conn-{ip}"
+                target=self._connection, args=(conn, ip, key), daemon=True, name=f"conn-{ip}"
             ).start()
         except RuntimeError:  # no thread could be started: same as overload
-            self._release()
+            self._leave(key)
             log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
             _abort(conn)
 
-    def _release(self) -> None:
+    def _leave(self, key: int) -> None:
         with self._active_changed:
+            self.slots.leave(key)
+            handle = self._handles.pop(key, None)
             self._active -= 1
             self._active_changed.notify_all()
+        if handle is not None:
+            handle.close()
+
+    def _evicted(self, key: int) -> bool:
+        with self._active_changed:
+            return key not in self._handles
+
+    def _promote(self, key: int) -> str:
+        with self._active_changed:
+            outcome = self.slots.promote(key)
+            handle = self._handles.pop(key, None)
+        if handle is not None:
+            handle.close()
+        return outcome
+
+    def _unauthenticated(self, ip: str) -> None:
+        """A connection from `ip` ended without a trusted identity."""
+        if self.limiter is None:
+            return
+        with self._limiter_lock:
+            verdict = self.limiter.record_unauthenticated(ip, self.clock())
+        if verdict.evicted:
+            log.event("rate-evict", log.INFO, PEER=ip)
+        if verdict.blocked_now:
+            log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
 
     # --- one connection ----------------------------------------------------
 
-    def _connection(self, conn: socket.socket, ip: str) -> None:
+    def _connection(self, conn: socket.socket, ip: str, key: int) -> None:
         try:
-            self._serve_connection(conn, ip)
+            self._serve_connection(conn, ip, key)
         except Exception as exc:
             log.event(
                 "connection-error", log.ERR, PEER=ip, ERROR=f"{type(exc).__name__}: {exc}"[:200]
@@ -248,28 +313,28 @@ class AgentServer:
                 conn.close()
             except OSError:
                 pass
-            self._release()
+            self._leave(key)
 
-    def _serve_connection(self, conn: socket.socket, ip: str) -> None:
-        deadline = self.clock() + self.request_timeout
-        conn.settimeout(self.request_timeout)
+    def _serve_connection(self, conn: socket.socket, ip: str, key: int) -> None:
+        deadline = self.clock() + self.handshake_timeout
+        conn.settimeout(self.handshake_timeout)
         identity = self.runtime.identity
         try:
             # A renewed certificate is picked up here, for new connections only.
             context = self.context if identity is None else identity.context()
             tls = context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            self._tls_failure(ip, exc)
+            self._tls_failure(ip, key, exc)
             return
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError, ValueError) as exc:
             tls.close()
-            self._tls_failure(ip, exc)
+            self._tls_failure(ip, key, exc)
             return
         reply = None
         try:
-            reply = self._exchange(tls, ip, deadline)
+            reply = self._exchange(tls, ip, key, deadline)
             if reply is not None:
                 self._send(tls, ip, reply)
         finally:
@@ -277,25 +342,45 @@ class AgentServer:
                 reply.on_sent()
             _finish(tls)
 
-    def _tls_failure(self, ip: str, exc: BaseException) -> None:
+    def _tls_failure(self, ip: str, key: int, exc: BaseException) -> None:
+        if self._evicted(key):  # its slot went to a newcomer: logged then
+            self._unauthenticated(ip)
+            return
         log.event("tls-failure", log.WARNING, PEER=ip, REASON=_failure_reason(exc))
         if self.limiter is None:
             return
         with self._limiter_lock:
-            verdict = self.limiter.record_failure(ip, self.clock())
+            now = self.clock()
+            verdict = self.limiter.record_failure(ip, now)
+            if not verdict.blocked_now:
+                verdict = self.limiter.record_unauthenticated(ip, now)
         if verdict.blocked_now:
             log.event("rate-block", log.WARNING, PEER=ip, REASON=verdict.blocked_now)
 
-    def _exchange(self, tls: ssl.SSLSocket, ip: str, deadline: float) -> Reply | None:
+    def _exchange(self, tls: ssl.SSLSocket, ip: str, key: int, deadline: float) -> Reply | None:
         serial = peer_serial(tls)
-        key = "" if serial is None else cert_serial_key(serial)
+        serial_key = "" if serial is None else cert_serial_key(serial)
         serial_hex = "" if serial is None else openssl_hex(serial)
         state = self.runtime.state()
-        if state.revoked.revoked(key):
+        if state.revoked.revoked(serial_key):
             log.event("revoked-cert", log.WARNING, PEER=ip, SERIAL=serial_hex)
+            self._unauthenticated(ip)
             return Reply(403, dict(agent_wire.REVOKED))
-        dispatcher = state.trusted.get(key) if key else None
-        peer = Peer(ip, key, serial_hex, dispatcher)
+        dispatcher = state.trusted.get(serial_key) if serial_key else None
+        if dispatcher is None:
+            self._unauthenticated(ip)
+        else:
+            outcome = self._promote(key)
+            if outcome == admission.EVICTED:
+                self._unauthenticated(ip)
+                return None
+            if outcome == admission.OVERLOAD:
+                log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
+                return None
+            if not self._within_ceiling(ip, serial_key, dispatcher):
+                return Reply(429, dict(agent_wire.TOO_MANY_REQUESTS))
+            deadline = self.clock() + self.request_timeout
+        peer = Peer(ip, serial_key, serial_hex, dispatcher)
         try:
             if dispatcher is None:
                 reader = RequestReader()
@@ -315,6 +400,17 @@ class AgentServer:
         except (IncompleteMessage, ssl.SSLError, OSError):
             return None  # the peer went away mid-request: nobody to answer
         return self.endpoints.handle(request, peer, state)
+
+    def _within_ceiling(self, ip: str, serial_key: str, dispatcher: str) -> bool:
+        """A trusted dispatcher's own, generous ceiling (`rate_limit_trusted`),
+        counted per certificate so it never touches other peers."""
+        if self.trusted_limiter is None:
+            return True
+        with self._limiter_lock:
+            verdict = self.trusted_limiter.admit(serial_key, self.clock())
+        if verdict.blocked_now:
+            log.event("rate-block", log.WARNING, PEER=ip, REASON="trusted", DISPATCHER=dispatcher)
+        return verdict.allowed
 
     def _recv(self, tls: ssl.SSLSocket, deadline: float) -> bytes:
         remaining = deadline - self.clock()

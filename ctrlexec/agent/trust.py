@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..core.names import is_dispatcher_id
 from ..core.serial import normalise_received, serial_to_hex
-from ..store import FileLock, atomic_write_text, ensure_dir
+from ..errors import StateError
+from ..store import FileLock, atomic_write_text, ensure_dir, read_state
 
 HEADER = (
     "# ctrl-exec trusted dispatchers: <serial> <id>, one per line.\n"
@@ -32,12 +33,11 @@ MAX_TRUST_FILE = 4 * 1_048_576
 
 def _content_lines(path: Path) -> list[str]:
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_TRUST_FILE + 1)
+        data = read_state(path, MAX_TRUST_FILE)
     except FileNotFoundError:
         return []
-    if len(data) > MAX_TRUST_FILE:
-        raise ValueError(f"{path} is larger than {MAX_TRUST_FILE} bytes")
+    except StateError as exc:
+        raise ValueError(str(exc)) from None
     lines = []
     for raw in data.decode("utf-8", "replace").splitlines():
         text = raw.split("#", 1)[0].strip()

@@ -64,6 +64,7 @@ def serve(ctx: Context) -> int:
     from ..dispatcher.api_tls import api_tls_context
     from ..dispatcher.engine import Engine
     from ..dispatcher.runstore import RunStore
+    from ..store import sweep_leftovers
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = api_tls_context(settings)
@@ -71,6 +72,7 @@ def serve(ctx: Context) -> int:
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     store = RunStore(ctx.layout.runs_dir)
+    sweep_leftovers((settings.registry_dir, ctx.layout.runs_dir, ctx.layout.dispatcher_state))
     api = Api(
         engine,
         store,
@@ -89,6 +91,8 @@ def serve(ctx: Context) -> int:
         settings.api_request_timeout,
         tls,
         purge=store.purge,
+        max_pending=settings.api_max_pending,
+        max_pending_per_address=settings.api_max_pending_per_address,
     )
     where = f"{settings.api_bind}:{settings.api_port}"
     try:

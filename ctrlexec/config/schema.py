@@ -158,6 +158,24 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
     Key("api_key", "path", None, "API TLS private key", optional=True),
     Key("api_max_children", "int", 64, "concurrent API requests before 503", between(1, 4096)),
     Key(
+        "api_max_pending",
+        "int",
+        256,
+        "connections still sending their request; when full, a new one replaces the oldest "
+        "of the busiest address",
+        between(1, 10000),
+        ours=True,
+    ),
+    Key(
+        "api_max_pending_per_address",
+        "int",
+        64,
+        "connections one address may have still sending their request; a new one replaces "
+        "its oldest",
+        between(1, 10000),
+        ours=True,
+    ),
+    Key(
         "health_open",
         "bool",
         False,
@@ -353,13 +371,48 @@ AGENT_KEYS: tuple[Key, ...] = (
         "failed handshakes per address: limit/window/block",
         rate_rule,
     ),
+    Key(
+        "rate_limit_trusted",
+        "str",
+        "6000/60/60",
+        "connections per trusted dispatcher (by certificate): limit/window/block; "
+        "over it the agent answers 429",
+        rate_rule,
+        ours=True,
+    ),
     Key("rate_limit_disable", "bool", False, "turn rate limiting off"),
     Key(
         "max_children",
         "int",
         256,
-        "concurrent connections; more are closed unanswered",
+        "concurrent requests from trusted dispatchers; more are closed unanswered",
         between(1, 10000),
+    ),
+    Key(
+        "max_pending",
+        "int",
+        256,
+        "connections not yet proven to come from a trusted dispatcher; when full, a new one "
+        "replaces the oldest of the busiest address",
+        between(1, 10000),
+        ours=True,
+    ),
+    Key(
+        "max_pending_per_address",
+        "int",
+        64,
+        "unproven connections one address may hold; a new one replaces its oldest",
+        between(1, 10000),
+        ours=True,
+    ),
+    Key(
+        "handshake_timeout",
+        "int",
+        10,
+        "seconds an unproven connection has for the TLS handshake (and, from a peer not in "
+        "the trusted map, its request)",
+        between(1, 3600),
+        ours=True,
     ),
     Key(
         "stdin_timeout",
@@ -419,7 +472,7 @@ AGENT_KEYS: tuple[Key, ...] = (
         "request_timeout",
         "int",
         30,
-        "seconds a client has to complete the handshake and send its request",
+        "seconds a trusted dispatcher has to send its request after the handshake",
         between(1, 3600),
         ours=True,
     ),

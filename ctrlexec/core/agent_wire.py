@@ -27,6 +27,7 @@ from typing import Any
 
 from . import names
 from .digest import schema_version_fallback
+from .text import is_utf8, json_flag
 
 # Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
 RUN = "run"
@@ -63,6 +64,8 @@ SERIAL_MISMATCH = {"error": "serial mismatch", "status": "forbidden"}
 CAPABILITIES_FORBIDDEN = {"error": "forbidden"}
 CAPABILITIES_NOT_AUTHORISED = {"error": "not authorised"}
 NOT_FOUND = {"error": "not found"}
+# A trusted dispatcher over its `rate_limit_trusted` ceiling (ours; 0.12 has none).
+TOO_MANY_REQUESTS = {"status": "error", "error": "too many requests from this dispatcher"}
 
 # Largest schema sidecar read (0.12: 64 KiB).
 MAX_SIDECAR_BYTES = 65_536
@@ -142,6 +145,13 @@ def _string_field(data: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+ASYNC_NOT_A_FLAG = "async must be true or false (or 1 or 0)"
+
+
+def _not_utf8(key: str) -> str:
+    return f"{key} must be valid UTF-8 (no lone surrogates)"
+
+
 def parse_run(body: bytes) -> RunRequest:
     """Validate a /run body in 0.12's order; raise RunRejected with the answer."""
     data = _json_object(body)
@@ -150,6 +160,8 @@ def parse_run(body: bytes) -> RunRequest:
     reqid = _string_field(data, "reqid")
     if reqid is None:
         raise RunRejected({"exit": -1, "error": "reqid must be a string"})
+    if not is_utf8(reqid):
+        raise RunRejected({"exit": -1, "error": _not_utf8("reqid")})
     args = data.get("args")
     if args is None:
         args = []
@@ -160,19 +172,26 @@ def parse_run(body: bytes) -> RunRequest:
             raise RunRejected(
                 {"exit": -1, "error": "args must be strings without NUL", "reqid": reqid}
             )
+        if not is_utf8(arg):
+            raise RunRejected({"exit": -1, "error": _not_utf8("args"), "reqid": reqid})
     fields = {}
     for key in ("script", "username", "token"):
         value = _string_field(data, key)
         if value is None:
             raise RunRejected({"exit": -1, "error": f"{key} must be a string", "reqid": reqid})
+        if not is_utf8(value):
+            raise RunRejected({"exit": -1, "error": _not_utf8(key), "reqid": reqid})
         fields[key] = value
+    run_async = json_flag(data.get("async"))
+    if run_async is None:
+        raise RunRejected({"exit": -1, "error": ASYNC_NOT_A_FLAG, "reqid": reqid})
     return RunRequest(
         fields["script"],
         tuple(args),
         reqid,
         fields["username"],
         fields["token"],
-        bool(data.get("async")),
+        run_async,
     )
 
 
@@ -237,7 +256,7 @@ def ping_reqid(body: bytes) -> str:
     """The reqid a ping echoes; an unparsable body counts as `{}` (0.12)."""
     data = _json_object(body) or {}
     value = data.get("reqid")
-    return value if isinstance(value, str) else ""
+    return value if isinstance(value, str) and is_utf8(value) else ""
 
 
 def ping_body(host: str, version: str, expiry: str, staged: bool, reqid: str) -> dict[str, Any]:

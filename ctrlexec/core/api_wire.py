@@ -27,6 +27,7 @@ from typing import Any
 
 from . import names
 from .http import FramingError
+from .text import is_utf8, json_flag
 
 # Route names.
 INDEX = "index"
@@ -270,7 +271,13 @@ def _hosts(data: dict[str, Any], selector: Selector | None = None) -> list[str]:
         raise bad_request("hosts must be a non-empty array")
     if not all(isinstance(host, str) and host for host in hosts):
         raise bad_request("hosts must be non-empty strings")
+    if not all(is_utf8(host) for host in hosts):
+        raise bad_request(_not_utf8("hosts"))
     return hosts
+
+
+def _not_utf8(key: str) -> str:
+    return f"{key} must be valid UTF-8 (no lone surrogates)"
 
 
 def _text(data: dict[str, Any], key: str) -> str:
@@ -279,6 +286,8 @@ def _text(data: dict[str, Any], key: str) -> str:
         return ""
     if not isinstance(value, str):
         raise bad_request(f"{key} must be a string")
+    if not is_utf8(value):
+        raise bad_request(_not_utf8(key))
     return value
 
 
@@ -305,15 +314,13 @@ def parse_run(body: bytes) -> RunRequest:
         raise bad_request("args must be an array")
     if not all(isinstance(arg, str) for arg in args):
         raise bad_request("args must be strings")
-    return RunRequest(
-        hosts,
-        script,
-        args,
-        _text(data, "username"),
-        _text(data, "token"),
-        bool(data.get("async")),
-        selector,
-    )
+    if not all(is_utf8(arg) for arg in args):
+        raise bad_request(_not_utf8("args"))
+    username, token = _text(data, "username"), _text(data, "token")
+    run_async = json_flag(data.get("async"))
+    if run_async is None:
+        raise bad_request("async must be true or false (or 1 or 0)")
+    return RunRequest(hosts, script, args, username, token, run_async, selector)
 
 
 def parse_discovery(body: bytes) -> DiscoveryRequest:
@@ -329,6 +336,8 @@ def parse_discovery(body: bytes) -> DiscoveryRequest:
         hosts = []
     elif not all(isinstance(host, str) and host for host in hosts):
         raise bad_request("hosts must be non-empty strings")
+    elif not all(is_utf8(host) for host in hosts):
+        raise bad_request(_not_utf8("hosts"))
     return DiscoveryRequest(hosts, _text(data, "username"), _text(data, "token"))
 
 
@@ -342,7 +351,7 @@ def gate_token(body: bytes) -> str:
     except (ValueError, UnicodeDecodeError, RecursionError):
         return ""
     token = data.get("token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) else ""
+    return token if isinstance(token, str) and is_utf8(token) else ""
 
 
 def bearer_token(authorization: str) -> str:

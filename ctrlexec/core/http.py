@@ -54,6 +54,7 @@ PHRASES = {
     404: "Not Found",
     409: "Conflict",
     413: "Content Too Large",
+    429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -227,7 +228,11 @@ class _Reader(Generic[Message]):
         name, sep, value = line.decode("latin-1").partition(":")
         if not sep or not name:
             return  # 0.12 ignores lines that are not `Name: value`
-        self._headers[name.strip().lower()] = value.strip()
+        key, value = name.strip().lower(), value.strip()
+        if key == "content-length" and self._headers.get(key, value) != value:
+            # which one frames the body? a proxy may pick the other (smuggling)
+            raise self._conflicting_lengths()
+        self._headers[key] = value
 
     def _take_body(self) -> bytes | None:
         if self._length is None:
@@ -257,6 +262,9 @@ class _Reader(Generic[Message]):
         raise NotImplementedError
 
     def _body_too_large(self) -> FramingError:
+        raise NotImplementedError
+
+    def _conflicting_lengths(self) -> FramingError:
         raise NotImplementedError
 
 
@@ -326,6 +334,9 @@ class RequestReader(_Reader[Request]):
     def _body_too_large(self) -> FramingError:
         return FramingError(413, "request too large", f"body exceeds {self._max_body} bytes")
 
+    def _conflicting_lengths(self) -> FramingError:
+        return FramingError(400, "bad request", "conflicting Content-Length headers")
+
 
 class ResponseReader(_Reader[Response]):
     """Incremental response parser for clients. A response ends after
@@ -383,3 +394,6 @@ class ResponseReader(_Reader[Response]):
 
     def _body_too_large(self) -> FramingError:
         return FramingError(BAD_GATEWAY, "response too large")
+
+    def _conflicting_lengths(self) -> FramingError:
+        return FramingError(BAD_GATEWAY, "conflicting Content-Length in response")

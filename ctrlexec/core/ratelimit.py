@@ -8,6 +8,12 @@ recorded first, so the `limit`-th failure in `window` blocks (3/600/3600).
 A limit of 0 disables its rule. The table tracks at most `max_tracked`
 addresses; when full, expired blocks go first, else the entry whose block
 ends soonest (never-blocked entries count as 0).
+
+`admit` counts every connection (0.12's rule; the pairing listener keeps
+it). The agent counts only what did not authenticate: it asks `is_blocked`
+at accept and calls `record_unauthenticated` when a connection ends without
+a trusted identity, so a paired dispatcher's normal use never counts
+(docs/agent.md, "Admission").
 """
 
 from __future__ import annotations
@@ -105,6 +111,25 @@ class RateLimiter:
             if len(entry.failures) >= rule.limit:
                 entry.blocked_until = now + rule.block
                 return Verdict(False, "probe", evicted)
+        return Verdict(True, None, evicted)
+
+    def record_unauthenticated(self, address: str, now: float) -> Verdict:
+        """A connection from `address` ended without a trusted identity: the
+        volume rule counts it, and the `limit`-th within `window` blocks."""
+        entry = self._table.get(address)
+        evicted = False
+        if entry is None:
+            evicted = self._make_room(now)
+            entry = self._table.setdefault(address, _Entry())
+        rule = self.volume
+        if entry.blocked_until > now:
+            return Verdict(False, None, evicted)
+        if rule and rule.limit > 0:
+            _expire(entry.connections, now - rule.window)
+            _push(entry.connections, now)
+            if len(entry.connections) >= rule.limit:
+                entry.blocked_until = now + rule.block
+                return Verdict(False, "volume", evicted)
         return Verdict(True, None, evicted)
 
     def is_blocked(self, address: str, now: float) -> bool:

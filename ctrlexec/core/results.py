@@ -28,6 +28,9 @@ UNREACHABLE = "unreachable"  # no route / network down
 TIMEOUT = "timeout"  # no answer while connecting or handshaking
 READ_TIMEOUT = "read-timeout"  # connected, then silence longer than read_timeout
 TLS = "tls"  # handshake failed, or the peer's TLS layer refused us
+# The agent closed before answering our TLS hello: allowed_ips, a rate
+# block or overload; a certificate problem always comes with a TLS alert.
+CLOSED_BEFORE_TLS = "closed-before-tls"
 CLOSED = "closed"  # the agent closed the connection without a reply
 PROTOCOL = "protocol"  # the reply was not HTTP we can frame
 OTHER = "other"  # any other socket error (detail says which)
@@ -40,6 +43,7 @@ KINDS = (
     TIMEOUT,
     READ_TIMEOUT,
     TLS,
+    CLOSED_BEFORE_TLS,
     CLOSED,
     PROTOCOL,
     OTHER,
@@ -100,6 +104,11 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
         return f"host '{host}' did not respond - connection timed out"
     if kind == TLS:
         return f"TLS handshake with '{host}' failed - certificate or trust mismatch"
+    if kind == CLOSED_BEFORE_TLS:
+        return (
+            f"host '{host}': closed by the agent before the TLS handshake "
+            "(allowed_ips, rate limit or overload: see the agent's log)"
+        )
     if kind == CLOSED:
         return f"host '{host}' closed the connection without a response"
     if kind == PROTOCOL:
@@ -253,8 +262,10 @@ def async_submit_result(
     read_timeout: int,
 ) -> dict[str, Any]:
     """One host's answer to an async submission: the agent's 202 body, or
-    `busy` (409), or `error` with the reason (any other answer, including a
-    200 refusal such as `script not permitted`)."""
+    `busy` (409), or `error` with the reason. A 200 refusal (`script not
+    permitted`, `not authorised: ...`) is passed through as 0.12 does: the
+    agent's body with its `"exit": -1`, plus `status: "error"`, `host`, `rtt`
+    (clients written for 0.12 read `exit`)."""
 
     def refused(status: str, error: str) -> dict[str, Any]:
         return {
@@ -275,8 +286,12 @@ def async_submit_result(
     if body is None:
         return refused("error", "invalid JSON response")
     if body.get("status") != "accepted":
-        error = body.get("error")
-        return refused("error", str(error) if error is not None else "not accepted")
+        result = _echoed(body, rtt, reqid)
+        result.setdefault("script", script)
+        result.setdefault("exit", -1)
+        result.setdefault("error", "not accepted")
+        result["status"] = "error"
+        return _canonical(result, name)
     return _canonical(_echoed(body, rtt, reqid), name)
 
 

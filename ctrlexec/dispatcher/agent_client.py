@@ -35,6 +35,16 @@ from ..core.http import (
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536
+# How a handshake ends when the agent closed the connection without a TLS
+# word (an EOF or a reset, no alert): it refused us before any TLS work.
+# Every certificate refusal arrives as an alert instead (ssl.SSLError).
+_CLOSED_DURING_HELLO = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ConnectionResetError,
+    BrokenPipeError,
+    ConnectionAbortedError,
+)
 
 
 def exchange(
@@ -96,6 +106,9 @@ def open_tls(
     except TimeoutError:
         raw.close()
         return failed(results.TIMEOUT)
+    except _CLOSED_DURING_HELLO as exc:
+        raw.close()
+        return failed(results.CLOSED_BEFORE_TLS, str(exc))
     except (ssl.SSLError, ConnectionError, OSError) as exc:
         raw.close()
         return failed(results.TLS, str(exc))

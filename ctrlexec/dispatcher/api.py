@@ -9,9 +9,13 @@ Per request, as 0.12 (protocol.md §7.2-7.4):
    403. `GET /health` skips it when `health_open` is set (0.12's code gates
    it, its documentation says it is open: operators choose);
 2. the route (404 for anything else);
-3. the endpoint's own action: `ping` for /ping and /discovery, `run` for
+3. the endpoint's own action: `ping` for /ping, /discovery and
+   /openapi-live.json (its token from `Authorization: Bearer`), `run` for
    /run, `status` for /status/<reqid>; the engine calls the hook for the
-   first three, this module for the last.
+   first ones, this module for the last.
+
+`/openapi-live.json` is built from the discovery cache (what the agents
+last said in /discovery), asking again only agents whose answer is stale.
 
 `/status` answers 404 alike for an unknown reqid, an expired one and one the
 `status` check refuses. Unlike 0.12, which polls the agents first, the
@@ -34,6 +38,7 @@ from ..core.timefmt import parse_openssl_notafter
 from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
 from ..hooks import CALLER_API
 from . import metrics
+from .discovery_cache import DiscoveryCache
 from .engine import BadRequest, Engine
 from .metrics import Metrics
 from .registry import UnknownAgents
@@ -59,6 +64,7 @@ class Api:
         deny_generic: bool = False,
         health_open: bool = False,
         clock: Callable[[], float] = time.time,
+        discovered: DiscoveryCache | None = None,
         metrics_open: bool = False,
         pairing_dir: Path | None = None,
     ):
@@ -69,6 +75,7 @@ class Api:
         self.deny_generic = deny_generic
         self.health_open = health_open
         self.clock = clock
+        self.discovered = discovered or DiscoveryCache()
         self.metrics_open = metrics_open
         self.pairing_dir = pairing_dir
         self.metrics = Metrics()
@@ -135,7 +142,7 @@ class Api:
         if name == api_wire.METRICS:
             return Reply(200, self._scrape(), metrics.CONTENT_TYPE)
         if name == api_wire.OPENAPI_LIVE:
-            return self._openapi_live()
+            return self._openapi_live(request)
         return api_wire.no_route(request.method, request.path)
 
     def _selected(self, hosts: list[str], selector: api_wire.Selector | None) -> list[str]:
@@ -163,6 +170,14 @@ class Api:
         run = api_wire.parse_run(request.body)
         hosts = self._selected(run.hosts, run.select)
         reqid = self.engine.new_reqid()
+        submitter = {"username": run.username, "source_ip": request.peer}
+
+        def record_pending(reqid: str, targets) -> None:
+            # before any agent is asked: a crash after this leaves a record
+            # whose hosts /status will ask (and find running, done or expired)
+            pending = [{"host": target.name, "status": "accepted"} for target in targets]
+            self.store.record_async(reqid, run.script, pending, submitter)
+
         results = self.engine.run(
             hosts,
             run.script,
@@ -173,9 +188,9 @@ class Api:
             source_ip=request.peer,
             reqid=reqid,
             run_async=run.run_async,
+            before_dispatch=record_pending if run.run_async else None,
         )
         self.metrics.runs(results)
-        submitter = {"username": run.username, "source_ip": request.peer}
         try:
             if run.run_async:
                 self.store.record_async(reqid, run.script, results, submitter)
@@ -199,6 +214,7 @@ class Api:
             token=wanted.token,
             source_ip=request.peer,
         )
+        self.discovered.store(results)
         return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
@@ -240,8 +256,18 @@ class Api:
             )
         )
 
-    def _openapi_live(self) -> Reply:
+    def _openapi_live(self, request: ApiRequest) -> Reply:
         names = self.engine.registry.names()
-        capabilities = self.engine.capabilities(self.engine.resolve(names)) if names else []
+        if names:  # the gate /discovery applies, and like it only when there are agents
+            self.engine.authorise(
+                "ping",
+                names,
+                caller=CALLER_API,
+                token=api_wire.bearer_token(request.authorization),
+                source_ip=request.peer,
+            )
+        capabilities = self.discovered.results(
+            names, lambda stale: self.engine.capabilities(self.engine.resolve(stale))
+        )
         document = api_wire.live_spec(json.loads(self.spec), names, capabilities, int(self.clock()))
         return Reply(200, document)

@@ -4,17 +4,21 @@ Theory of operation. The main thread owns the listening socket and a
 selector that also watches a signal wake-up socket, so signals are handled
 between accepts, never inside a signal handler. Every accepted connection
 gets a thread of its own (a synchronous /run holds its thread for as long
-as the script runs); the number being served is capped at
-`api_max_children`:
+as the script runs), and a slot in one of two pools (core.admission):
 
-- under the cap: (TLS handshake with `api_cert`/`api_key`, no client
-  certificate), the request read with 0.12's limits (32 header lines -> 431,
-  a body over 1 MiB -> 413, an empty request line -> 400), `api-request`
-  logged, the request handled by `dispatcher.api`, the reply written;
-- at the cap: 503 `too many concurrent requests` without reading the
-  request (0.12), `api-overload` logged. Writing that answer needs a thread
-  too (the TLS handshake, a clean close); at most OVERLOAD_THREADS such
-  threads run at once, and beyond them a connection is closed unanswered.
+- while it is still sending its request, the pending pool: at most
+  `api_max_pending_per_address` connections from one address and
+  `api_max_pending` in all; beyond either, a new connection evicts the
+  oldest pending one of its own address, or of the busiest address
+  (`conn-evict`), so clients that connect and send nothing can never keep a
+  real request out;
+- once its request is complete (TLS handshake with `api_cert`/`api_key`,
+  the request read with 0.12's limits: 32 header lines -> 431, a body over
+  1 MiB -> 413, an empty request line -> 400), one of `api_max_children`
+  handler slots: `api-request` logged, the request handled by
+  `dispatcher.api`, the reply written;
+- no handler slot free: 503 `too many concurrent requests` (0.12's answer;
+  0.12 answers before reading the request, we after), `api-overload`.
 
 The handshake and the whole request must arrive within
 `api_request_timeout` seconds (0.12 waits forever). Replies are HTTP/1.0
@@ -29,26 +33,32 @@ than 24 hours at start and every PURGE_EVERY seconds.
 
 from __future__ import annotations
 
+import itertools
 import selectors
 import signal
 import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 
 from .. import log
-from ..core import api_wire
+from ..core import admission, api_wire
 from ..core.http import FramingError, IncompleteMessage, RequestReader, response_bytes
-from ..netio import abort, accepting, close_all, finish, open_listeners, peer_address
+from ..netio import (
+    abort,
+    accepting,
+    close_all,
+    finish,
+    interrupt,
+    open_listeners,
+    peer_address,
+)
 from ..store import remove_own_pidfile, write_pidfile
 from .api import Api, ApiRequest
 
 RECV_CHUNK = 65_536
-# Threads that may be writing a 503 at once (each lives at most the request
-# timeout); connections beyond them are closed unanswered.
-OVERLOAD_THREADS = 32
 # Seconds between purges of expired run records.
 PURGE_EVERY = 3_600
 # While stopping, how often the wait for in-flight requests looks for a
@@ -67,6 +77,8 @@ class ApiServer:
         tls: ssl.SSLContext | None = None,
         purge: Callable[[], object] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_pending: int = 256,
+        max_pending_per_address: int = 64,
     ):
         self.api = api
         self.bind = bind
@@ -76,8 +88,14 @@ class ApiServer:
         self.tls = tls
         self.purge = purge
         self.clock = clock
-        self._active = 0
-        self._overload = 0
+        self.slots = admission.Slots(
+            admission.Limits(max_pending, max_pending_per_address, max_children)
+        )
+        # key -> a duplicate of a pending connection's socket, kept so the
+        # accept loop can shut it down when it is evicted.
+        self._handles: dict[Hashable, socket.socket] = {}
+        self._keys = itertools.count()
+        self._active = 0  # connection threads alive (a graceful stop waits for them)
         self._changed = threading.Condition()
         self._listeners: list[socket.socket] = []
         self._stopping = False
@@ -125,7 +143,7 @@ class ApiServer:
     def _drain(self, wake: socket.socket) -> None:
         """Wait for requests in progress; a second signal stops the wait."""
         with self._changed:
-            while self._active or self._overload:
+            while self._active:
                 self._changed.wait(STOP_POLL)
                 if _stop_requested(wake):
                     log.event("api-stop-now", log.WARNING, ACTIVE=self._active)
@@ -163,52 +181,65 @@ class ApiServer:
             self._admit(conn, peer_address(address))
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
-        with self._changed:
-            if self._active < self.max_children:
-                self._active += 1
-                overloaded = False
-            elif self._overload < OVERLOAD_THREADS:
-                self._overload += 1
-                overloaded = True
-            else:
-                overloaded = None
-        if overloaded is None:
-            log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+        key = next(self._keys)
+        victim: socket.socket | None = None
+        try:
+            handle = conn.dup()
+        except OSError:  # out of descriptors: same as overload
+            log.event("api-overload", log.WARNING, PEER=ip, REASON="descriptors")
             abort(conn)
             return
+        with self._changed:
+            arrival = self.slots.arrive(key, ip)
+            self._handles[key] = handle
+            self._active += 1
+            if arrival.evict is not None:
+                victim = self._handles.pop(arrival.evict, None)
+        if victim is not None:
+            log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
+            interrupt(victim)
         try:
             threading.Thread(
-                target=self._connection, args=(conn, ip, overloaded), daemon=True, name=f"api-{ip}"
+                target=self._connection, args=(conn, ip, key), daemon=True, name=f"api-{ip}"
             ).start()
         except RuntimeError:  # no thread could be started
-            self._release(overloaded)
+            self._leave(key)
             log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
             abort(conn)
 
-    def _release(self, overloaded: bool) -> None:
+    def _leave(self, key: int) -> None:
         with self._changed:
-            if overloaded:
-                self._overload -= 1
-            else:
-                self._active -= 1
+            self.slots.leave(key)
+            handle = self._handles.pop(key, None)
+            self._active -= 1
             self._changed.notify_all()
+        if handle is not None:
+            handle.close()
+
+    def _evicted(self, key: int) -> bool:
+        with self._changed:
+            return key not in self._handles
+
+    def _promote(self, key: int) -> str:
+        with self._changed:
+            outcome = self.slots.promote(key)
+            handle = self._handles.pop(key, None)
+        if handle is not None:
+            handle.close()
+        return outcome
 
     # --- one connection ----------------------------------------------------
 
-    def _connection(self, conn: socket.socket, ip: str, overloaded: bool) -> None:
+    def _connection(self, conn: socket.socket, ip: str, key: int) -> None:
         deadline = self.clock() + self.request_timeout  # handshake and request together
         sock: socket.socket | None = None
         try:
-            sock = self._handshake(conn, ip)
+            sock = self._handshake(conn, ip, key)
             if sock is None:
                 return
-            if overloaded:
-                log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
-                self._send(sock, ip, api_wire.overloaded())
-            else:
-                reply = self._exchange(sock, ip, deadline)
-                if reply is not None:
-                    self._send(sock, ip, reply)
+            reply = self._exchange(sock, ip, key, deadline)
+            if reply is not None:
+                self._send(sock, ip, reply)
         except Exception as exc:
             log.event(
                 "connection-error", log.ERR, PEER=ip, ERROR=f"{type(exc).__name__}: {exc}"[:200]
@@ -218,9 +249,9 @@ class ApiServer:
                 finish(sock)
             else:
                 abort(conn)
-            self._release(overloaded)
+            self._leave(key)
 
-    def _handshake(self, conn: socket.socket, ip: str) -> socket.socket | None:
+    def _handshake(self, conn: socket.socket, ip: str, key: int) -> socket.socket | None:
         """The connection to talk on (TLS-wrapped when configured), or None
         when the handshake failed."""
         conn.settimeout(self.request_timeout)
@@ -229,6 +260,8 @@ class ApiServer:
         try:
             return self.tls.wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError, ValueError) as exc:
+            if self._evicted(key):
+                return None
             log.event(
                 "tls-failure",
                 log.WARNING,
@@ -237,7 +270,9 @@ class ApiServer:
             )
             return None
 
-    def _exchange(self, conn: socket.socket, ip: str, deadline: float) -> api_wire.Reply | None:
+    def _exchange(
+        self, conn: socket.socket, ip: str, key: int, deadline: float
+    ) -> api_wire.Reply | None:
         reader = RequestReader()
         try:
             while True:
@@ -255,7 +290,13 @@ class ApiServer:
             log.event("request-timeout", log.WARNING, PEER=ip)
             return None
         except (IncompleteMessage, ssl.SSLError, OSError):
-            return None  # the client went away mid-request: nobody to answer
+            return None  # the client went away mid-request (or was evicted)
+        outcome = self._promote(key)
+        if outcome == admission.EVICTED:
+            return None
+        if outcome == admission.OVERLOAD:
+            log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+            return api_wire.overloaded()
         log.event(
             "api-request",
             log.INFO,

@@ -282,13 +282,18 @@ class Engine:
         run_async: bool = False,
         follow: Follow | None = None,
         on_fallback: Callable[[str], None] | None = None,
+        before_dispatch: Callable[[str, list[Target]], None] | None = None,
     ) -> list[dict]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
         fetched later (`fetch_results`). With `follow(host, stream, text)`
         a synchronous run asks our agents for live output (`/run-stream`);
-        a 0.12 agent cannot stream: `on_fallback(host)`, then `/run`."""
+        a 0.12 agent cannot stream: `on_fallback(host)`, then `/run`.
+        `before_dispatch(reqid, targets)` runs once everything is checked and
+        locked, before the first request (the API records an async run there,
+        so a crash cannot leave a job without a record); if it raises, nothing
+        is sent."""
         _check_hosts(hosts)
         _check_run(script, args)
         self.authorise(
@@ -305,6 +310,7 @@ class Engine:
         reqid = reqid or self.new_reqid()
         held = self.locks.acquire([target.name for target in targets], script)
         ended: set[str] = set()  # hosts whose run is over (their answer is in)
+        dispatched = False  # whether any request may have reached an agent
         try:
             context = self.tls_context()
             if held.stale:
@@ -330,6 +336,9 @@ class Engine:
             if run_async:
                 request["async"] = True
             body = encode_json(request)
+            if before_dispatch is not None:
+                before_dispatch(reqid, list(targets))
+            dispatched = True
             if run_async:
                 one = self._submit_one
             elif follow is not None:
@@ -354,7 +363,8 @@ class Engine:
         except BaseException:
             # Interrupted (Ctrl-C) or failed mid-way: hosts that did not
             # answer may still be running the script; their records stay.
-            held.release(keep={target.name for target in targets} - ended)
+            running = {target.name for target in targets} - ended if dispatched else set()
+            held.release(keep=running)
             raise
         held.release(keep=self._still_running_after(outcome, targets, run_async))
         return outcome

@@ -25,7 +25,7 @@ from pathlib import Path
 from .. import log
 from ..detach import detach
 from ..errors import StateError
-from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, remove
+from ..store import FileLock, atomic_write_text, ensure_dir, is_locked, read_state, remove
 from . import pairing_server
 from .pairing_server import ListenerSettings
 
@@ -114,8 +114,8 @@ class Instance:
         if not is_locked(self.lockfile):
             return None
         try:
-            text = self.pidfile.read_text().strip()
-        except FileNotFoundError:
+            text = read_state(self.pidfile, 64).decode("ascii", "replace").strip()
+        except (FileNotFoundError, StateError):
             return None
         return int(text) if text.isdigit() else None
 
@@ -165,6 +165,9 @@ def serve(
     queue = open_queue(plan.pairing_dir, plan.registry_dir)
     instance = Instance(plan.pidfile)
     instance.acquire()
+    swept = queue.sweep_temporary()  # writes a crash left half done
+    if swept:
+        log.event("temp-sweep", log.INFO, COUNT=swept)
     try:
         listener = pairing_server.PairingListener(plan.listener, queue, on_queued=on_queued)
         try:

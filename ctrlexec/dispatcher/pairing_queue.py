@@ -32,7 +32,15 @@ from pathlib import Path
 from ..core.http import encode_json
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..errors import StateError
-from ..store import FileLock, atomic_write, ensure_dir, read_json_object, remove
+from ..store import (
+    FileLock,
+    atomic_write,
+    ensure_dir,
+    read_json_object,
+    read_state,
+    remove,
+    sweep_temporary,
+)
 from .registry import Registry
 
 # Request ids we create are 16 hex; accept 0.12's older forms, nothing that
@@ -84,6 +92,15 @@ class PairingQueue:
         return read_json_object(path, MAX_QUEUE_FILE)
 
     # --- housekeeping (caller holds the lock) -------------------------------
+
+    def sweep_temporary(self) -> int:
+        """Remove writes a crash left half done (temp files) in the queue and
+        registry directories; run when pairing mode starts."""
+        now = self.clock()
+        return sum(
+            sweep_temporary(directory, now)
+            for directory in (self.directory, self.registry.directory)
+        )
 
     def recover(self) -> list[str]:
         """Finish every approval a crash interrupted. Returns their ids."""
@@ -146,7 +163,7 @@ class PairingQueue:
     def _body(self, reqid: str) -> bytes | None:
         for suffix in (".approved", ".denied"):
             try:
-                return self.path(reqid, suffix).read_bytes()
+                return read_state(self.path(reqid, suffix), MAX_QUEUE_FILE)
             except FileNotFoundError:
                 continue
         return None

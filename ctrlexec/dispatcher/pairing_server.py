@@ -48,6 +48,7 @@ from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_j
 from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
+from ..errors import StateError
 from ..netio import abort, accepting, finish, open_listeners, peer_address
 from ..pki import csr as csr_rules
 from ..pki import revocation
@@ -353,7 +354,11 @@ class PairingListener:
     def _await_decision(self, tls: socket.socket, reqid: str, hostname: str) -> None:
         deadline = time.monotonic() + self.settings.approval_wait
         while True:
-            body = self.queue.decision(reqid)
+            try:
+                body = self.queue.decision(reqid)
+            except StateError as exc:  # e.g. a planted link: nothing is sent
+                log.event("pair-reject", log.ERR, REQID=reqid, REASON="state", DETAIL=str(exc))
+                return
             if body is not None:
                 self._send(tls, body)
                 self.queue.delivered(reqid)

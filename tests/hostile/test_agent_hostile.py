@@ -29,7 +29,11 @@ def env(tmp_path_factory, session_ca, pyz_for):
         session_ca,
         base / "agent",
         dispatcher,
-        settings={"request_timeout": REQUEST_TIMEOUT, "max_children": 600},
+        settings={
+            "request_timeout": REQUEST_TIMEOUT,
+            "handshake_timeout": REQUEST_TIMEOUT,
+            "max_children": 600,
+        },
     )
     # Both streams at the output cap: a reply (about 8 MiB) larger than the
     # agent's send buffer (tcp_wmem max 4 MiB) plus what an idle peer takes,

@@ -241,21 +241,27 @@ def _has_child(pid: int) -> bool:
 
 
 def test_over_max_children_is_closed_unanswered(deployment):
+    """`max_children` counts trusted dispatchers' requests only: two that
+    finished the handshake and are still sending hold both slots; a third
+    trusted connection is closed unanswered (0.12's overload). Idle strangers
+    never take these slots (tests/hostile/test_idle_flood.py)."""
     agent = deployment["start"](max_children=2)
     port = deployment["site"].port
-    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    busy = [deployment["client"].connect(port) for _ in range(2)]
     try:
-        wait_for(lambda: _established(agent.pid, port) >= 2, what="two connections held")
-        with pytest.raises((ssl.SSLError, OSError)):
+        for conn in busy:
+            conn.sendall(b"POST /ping HTTP/1.0\r\nContent-Length: 2\r\n\r\n")  # no body yet
+        wait_for(lambda: _established(agent.pid, port) >= 2, what="two requests held")
+        with pytest.raises((ssl.SSLError, OSError, AssertionError)):
             reply = deployment["client"].request(port, "POST", "/ping", {})
-            raise AssertionError(f"answered over the limit: {reply}")
+            raise RuntimeError(f"answered over the limit: {reply}")
         wait_for(
             lambda: "ACTION=overload MAX=2 PEER=127.0.0.1" in deployment["ctl"].log_text(),
             what="overload logged",
         )
     finally:
-        for sock in idle:
-            sock.close()
+        for conn in busy:
+            conn.close()
     wait_for(lambda: _try_ping(deployment), what="serving again")
 
 
@@ -277,11 +283,17 @@ def _try_ping(deployment) -> bool:
         return False
 
 
-def test_rate_limit_blocks_the_11th_style_burst(deployment):
+def test_the_volume_rule_counts_strangers_not_the_trusted_dispatcher(deployment, session_ca):
     deployment["start"](rate_limit_disable=False, rate_limit_volume="3/60/300")
-    assert [ping(deployment) for _ in range(3)] == [200, 200, 200]
+    assert [ping(deployment) for _ in range(10)] == [200] * 10  # never counted
+    # a certificate from our CA that is not in the trusted map: counted
+    stranger_root = deployment["site"].root.parent / "stranger"
+    testpki.install_dispatcher(session_ca, stranger_root)
+    stranger = DispatcherClient.for_dispatcher(stranger_root)
+    port = deployment["site"].port
+    assert [stranger.request(port, "POST", "/ping", {}).status for _ in range(3)] == [403] * 3
     with pytest.raises((ssl.SSLError, OSError)):
-        ping(deployment)
+        ping(deployment)  # the address is blocked, whoever connects from it
     assert "ACTION=rate-block PEER=127.0.0.1 REASON=volume" in deployment["ctl"].log_text()
 
 

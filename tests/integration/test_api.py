@@ -629,6 +629,30 @@ def test_hook_sees_api_then_run(hooked):
     assert actions == [("api", ""), ("ping", "agent-02"), ("api", ""), ("ping", "agent-02")]
 
 
+def test_openapi_live_passes_the_discovery_gate_and_serves_from_the_cache(hooked, fleet):
+    client, behave, calls = hooked
+    behave({"ping": 1})
+    denied = client.get("/openapi-live.json", headers={"Authorization": "Bearer live"})
+    assert denied.status == 403
+    _, (ping_env, _) = calls()
+    assert ping_env["ENVEXEC_ACTION"] == "ping" and ping_env["ENVEXEC_TOKEN"] == "live"
+
+    def asked() -> int:
+        return sum(
+            runner.log_text().count("ACTION=capabilities ") for runner, _ in fleet.agents.values()
+        )
+
+    behave(0)
+    before = asked()
+    assert client.get("/openapi-live.json").status == 200
+    first = asked()
+    assert first - before <= len(NAMES)
+    for _ in range(3):
+        document = client.get("/openapi-live.json").json
+        assert document["x-ctrl-exec-scripts"]["echo-args"] == [{"hosts": list(NAMES)}]
+    assert asked() == first  # served from the cache: no agent asked again
+
+
 @pytest.mark.parametrize(
     "behaviour,path,body,error,code",
     [

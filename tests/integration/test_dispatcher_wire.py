@@ -275,6 +275,38 @@ def test_agent_that_refuses_our_certificate(dispatcher, session_ca, tmp_path):
     assert peer.received == []
 
 
+CLOSED_BEFORE_TLS = (
+    "host '127.0.0.1': closed by the agent before the TLS handshake "
+    "(allowed_ips, rate limit or overload: see the agent's log)"
+)
+
+
+@pytest.mark.parametrize("reads_hello", [False, True], ids=["at-once", "after-the-hello"])
+def test_an_agent_that_closes_before_the_handshake_is_not_called_a_cert_problem(
+    dispatcher, reads_hello
+):
+    """What our agent does for allowed_ips, a rate block or overload: accept
+    and close with no TLS word (a FIN, or a reset when the hello is unread)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        if reads_hello:
+            conn.recv(1)  # the rest stays unread: the close is a reset
+        conn.close()
+
+    server = threading.Thread(target=refuse, daemon=True)
+    server.start()
+    try:
+        dispatcher.register("vm", port)
+        [result] = dispatcher.engine().ping(["vm"], caller="cli")
+    finally:
+        server.join(10)
+        listener.close()
+    assert result["error"] == CLOSED_BEFORE_TLS
+
+
 def test_unknown_agents_are_named_and_nothing_is_contacted(dispatcher, peer):
     dispatcher.register("vm", peer.port)
     with pytest.raises(UnknownAgents) as unknown:

@@ -85,6 +85,32 @@ def _rejected(body: bytes) -> dict:
             b'{"script":"x","username":{}}',
             {"exit": -1, "error": "username must be a string", "reqid": ""},
         ),
+        # lone surrogates: a clear answer, not a connection closed unanswered
+        (
+            b'{"script":"x","args":["a\\ud800"],"reqid":"s"}',
+            {"exit": -1, "error": "args must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+        ),
+        (
+            b'{"script":"x","reqid":"\\udfff"}',
+            {"exit": -1, "error": "reqid must be valid UTF-8 (no lone surrogates)"},
+        ),
+        (
+            b'{"script":"\\ud83d","reqid":"s"}',
+            {"exit": -1, "error": "script must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+        ),
+        (
+            b'{"script":"x","token":"\\udc80","reqid":"s"}',
+            {"exit": -1, "error": "token must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+        ),
+        # "false" is true to Perl: any non-boolean async is refused
+        (
+            b'{"script":"x","async":"false","reqid":"s"}',
+            {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
+        ),
+        (
+            b'{"script":"x","async":2,"reqid":"s"}',
+            {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
+        ),
     ],
 )
 def test_run_rejections_have_0_12_shapes(body, expected):
@@ -230,3 +256,13 @@ def test_capabilities_body_sorts_scripts_and_includes_schema_only_when_present()
     }
     assert set(body["scripts"][1]) == {"name", "path", "executable", "profile"}
     assert set(body) == {"status", "host", "version", "tags", "scripts"}
+
+
+def test_async_accepts_booleans_and_absence():
+    assert wire.parse_run(b'{"script":"x","async":true}').run_async is True
+    assert wire.parse_run(b'{"script":"x","async":false}').run_async is False
+    assert wire.parse_run(b'{"script":"x","async":null}').run_async is False
+
+
+def test_a_ping_reqid_with_a_lone_surrogate_is_not_echoed():
+    assert wire.ping_reqid(b'{"reqid":"a\\ud800"}') == ""

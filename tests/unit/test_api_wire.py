@@ -70,6 +70,24 @@ def detail_of(call, body):
         (b'{"hosts":[""],"script":"s"}', "hosts must be non-empty strings"),
         (b'{"hosts":["a"],"script":"s","username":[]}', "username must be a string"),
         (b'{"hosts":["a"],"script":"s","token":1}', "token must be a string"),
+        (
+            b'{"hosts":["a"],"script":"s","token":"\\ud800"}',
+            "token must be valid UTF-8 (no lone surrogates)",
+        ),
+        (
+            b'{"hosts":["a"],"script":"s","username":"x\\udfff"}',
+            "username must be valid UTF-8 (no lone surrogates)",
+        ),
+        (
+            b'{"hosts":["a"],"script":"s","args":["\\ud800"]}',
+            "args must be valid UTF-8 (no lone surrogates)",
+        ),
+        (b'{"hosts":["\\ud800"],"script":"s"}', "hosts must be valid UTF-8 (no lone surrogates)"),
+        (
+            b'{"hosts":["a"],"script":"s","async":"false"}',
+            "async must be true or false (or 1 or 0)",
+        ),
+        (b'{"hosts":["a"],"script":"s","async":"1"}', "async must be true or false (or 1 or 0)"),
     ],
 )
 def test_run_validation_order_and_details(body, detail):
@@ -121,6 +139,7 @@ def test_discovery_rejects_non_string_hosts():
         (b"", ""),
         (b'["token"]', ""),
         (b'{"x":1}', ""),
+        (b'{"token":"\\ud800"}', ""),
     ],
 )
 def test_gate_token(body, token):

@@ -340,3 +340,43 @@ def test_summary_text_tells_failures_from_unreachable_hosts():
 def test_results_serialise_as_json():
     result = results.run_result("vm", "s", "r", "1ms", ok('{"exit":0,"stdout":"é"}'), None, 60)
     assert json.loads(json.dumps(result)) == result
+
+
+def test_an_async_refusal_passes_the_agent_answer_through_with_exit():
+    """0.12 clients read `exit` from a refused async submission."""
+    refusal = Reply(
+        200,
+        "OK",
+        b'{"script":"nope","exit":-1,"error":"script not permitted","reqid":"r1"}',
+    )
+    result = results.async_submit_result("vm", "nope", "r1", "3ms", refusal, None, 60)
+    assert result == {
+        "host": "vm",
+        "script": "nope",
+        "exit": -1,
+        "error": "script not permitted",
+        "reqid": "r1",
+        "rtt": "3ms",
+        "status": "error",
+    }
+
+
+@pytest.mark.parametrize(
+    "reply,failure,status,error",
+    [
+        (
+            Reply(409, "Conflict", b'{"status":"busy","error":"script already running"}'),
+            None,
+            "busy",
+            "script already running",
+        ),
+        (Reply(403, "Forbidden", b'{"error":"serial mismatch"}'), None, "error", None),
+        (None, Failure(results.REFUSED, "10.0.0.1", 7443), "error", None),
+    ],
+)
+def test_other_async_submission_failures_keep_0_12_s_small_shape(reply, failure, status, error):
+    result = results.async_submit_result("vm", "s", "r1", "3ms", reply, failure, 60)
+    assert set(result) == {"host", "script", "status", "error", "rtt", "reqid"}
+    assert result["status"] == status
+    if error is not None:
+        assert result["error"] == error

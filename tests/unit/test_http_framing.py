@@ -379,3 +379,15 @@ def test_request_line_only(data, eof, expected, step):
         assert ("line", *reader.finish_request_line()) == expected
     except FramingError as exc:
         assert ("error", exc.status, exc.reason) == expected
+
+
+def test_conflicting_content_length_headers_are_400():
+    raw = b"POST /run HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\n{}xyz"
+    with pytest.raises(FramingError) as refused:
+        RequestReader().feed(raw)
+    assert refused.value.status == 400
+
+
+def test_repeated_equal_content_length_headers_are_one():
+    raw = b"POST /run HTTP/1.1\r\nContent-Length: 2\r\ncontent-length:  2\r\n\r\n{}"
+    assert RequestReader().feed(raw).body == b"{}"

@@ -61,3 +61,29 @@ def test_address_filter(entry, address, allowed):
 def test_bad_entries_are_errors(bad):
     with pytest.raises(ValueError):
         parse_entry(bad)
+
+
+def test_only_unauthenticated_connections_count_for_volume():
+    limiter = RateLimiter(Rule(10, 60, 300), Rule(3, 600, 3600))
+    for second in range(9):
+        assert limiter.record_unauthenticated("10.0.0.1", 1000 + second).allowed
+    assert not limiter.is_blocked("10.0.0.1", 1009)
+    verdict = limiter.record_unauthenticated("10.0.0.1", 1009)
+    assert verdict.blocked_now == "volume"
+    assert limiter.is_blocked("10.0.0.1", 1308)
+    assert not limiter.is_blocked("10.0.0.1", 1310)
+    assert not limiter.is_blocked("10.0.0.2", 1010)
+
+
+def test_unauthenticated_connections_spread_over_the_window_never_block():
+    limiter = RateLimiter(Rule(10, 60, 300), None)
+    for n in range(100):
+        assert limiter.record_unauthenticated("h", n * 7).allowed
+    assert not limiter.is_blocked("h", 700)
+
+
+def test_the_default_trusted_ceiling_allows_a_thousand_a_minute():
+    from ctrlexec.config.schema import AGENT_KEYS, keys_by_name
+
+    ceiling = RateLimiter(Rule.parse(keys_by_name(AGENT_KEYS)["rate_limit_trusted"].default), None)
+    assert all(ceiling.admit("serial-1", n * 0.05).allowed for n in range(1000))  # 50 s
