@@ -26,7 +26,9 @@ def tagged(fleet, extra_agents, session_ca):
     for name, (on, tags) in TAGGED.items():
         host = fleet.hosts[on]
         process = extra_agents(name, host, PORT, tags=tags)
-        fleet.dispatcher.register(session_ca, name, host.address, process.site.port)
+        fleet.dispatcher.register(
+            session_ca, name, host.address, process.site.port, process.site.issued
+        )
     yield fleet
     registry = testpki.layout_for(fleet.dispatcher.root).registry_dir
     for name in TAGGED:
