@@ -445,7 +445,7 @@ def test_a_slow_script_blocks_nobody(env):
     env["gate"].unlink(missing_ok=True)
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(run, env, "wait-gate", reqid="gated")
-        wait_for(lambda: _running(env, "wait-gate"), timeout=60, what="gated script running")
+        wait_for(lambda: _running(env, "wait-gate"), seconds=60, what="gated script running")
         for _ in range(3):
             assert env["client"].request(env["site"].port, "POST", "/ping", {}).status == 200
         assert run(env, "echo-args", ["meanwhile"])["stdout"] == "meanwhile\n"

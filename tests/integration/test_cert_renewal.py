@@ -231,10 +231,10 @@ def test_the_serve_loop_renews(renewal):
     try:
         wait_for(
             lambda: "ACTION=renew-complete" in ced.log_text(),
-            timeout=60,
+            seconds=60,
             what="the maintenance loop of dispatcher serve to renew the agent",
         )
-        wait_for(lambda: "ACTION=maintain AGENTS=1 PINGED=1" in ced.log_text(), timeout=30)
+        wait_for(lambda: "ACTION=maintain AGENTS=1 PINGED=1" in ced.log_text(), seconds=30)
     finally:
         server.stop()
     assert Path(site.layout.cert_staging).exists()

@@ -205,7 +205,7 @@ def test_a_0_12_agent_is_given_read_timeout(fleet, session_ca, tmp_path):
 
     with Peer012(session_ca, tmp_path / "peer", behaviour=slow) as peer:
         testpki.register_agent(
-            fleet.dispatcher.root, "old-01", peer.port, session_ca.issue("old-01"), fleet.issued
+            fleet.dispatcher.root, "old-01", peer.port, peer.issued, fleet.issued
         )
         fleet.configure(read_timeout=1)
         completed = fleet.ced("--json", "run", "old-01", "echo-args", "--", "x")
@@ -331,7 +331,7 @@ def test_cancel_an_async_run_and_what_status_shows(fleet, tmp_path):
 def test_cancel_on_a_0_12_agent_says_it_cannot(fleet, session_ca, tmp_path):
     with Peer012(session_ca, tmp_path / "peer") as peer:
         testpki.register_agent(
-            fleet.dispatcher.root, "old-02", peer.port, session_ca.issue("old-02"), fleet.issued
+            fleet.dispatcher.root, "old-02", peer.port, peer.issued, fleet.issued
         )
         completed = fleet.ced("cancel", "00aa11bb22cc33dd", "old-02")
         assert completed.returncode == 1
@@ -385,7 +385,7 @@ def test_follow_against_a_0_12_agent_falls_back_with_one_notice(fleet, session_c
     with Peer012(session_ca, tmp_path / "peer") as peer:
         for name in ("old-03", "old-04"):
             testpki.register_agent(
-                fleet.dispatcher.root, name, peer.port, session_ca.issue(name), fleet.issued
+                fleet.dispatcher.root, name, peer.port, peer.issued, fleet.issued
             )
         completed = fleet.ced(
             "run", "--follow", "old-03", "old-04", "long-01", "echo-args", "--", "hi"
