@@ -13,15 +13,8 @@ import argparse
 import importlib
 import sys
 
-from ..errors import EXIT_USAGE, CtrlExecError
-from .common import Context, Parser, add_command, add_global_options, run_handler, version_line
-
-
-def _not_available(name: str):
-    def handler(ctx: Context) -> int:
-        raise CtrlExecError(f"'{name}' is not available in this build of ctrl-exec")
-
-    return handler
+from ..errors import EXIT_USAGE
+from .common import Context, Parser, add_global_options, run_handler, version_line
 
 
 def build_parser(
@@ -43,9 +36,7 @@ def build_parser(
     subparsers = parser.add_subparsers(title="modes", metavar="MODE", parser_class=Parser)
     for topic in topics:
         importlib.import_module(topic).register(subparsers)
-    for mode in compat_modes:
-        if mode not in subparsers.choices:
-            add_command(subparsers, mode, _not_available(mode), "(not available in this build)")
+    # Every 0.12 mode name must be a real mode here (tests/unit/test_cli_args.py).
     return parser
 
 

@@ -52,3 +52,17 @@ def test_value_options_come_from_the_parser():
 )
 def test_options_before_the_mode_move_after_it(argv, expected):
     assert mode_first(argv, MODES, VALUE_OPTIONS) == expected
+
+
+@pytest.mark.parametrize("role", ["ced", "agent", "executor", "dispatcher"])
+def test_every_0_12_mode_name_is_a_real_mode(role):
+    """0.12's mode names are all built: none may fall back to a stub."""
+    import argparse
+    import importlib
+
+    from ctrlexec.cli import roles
+
+    module = importlib.import_module(f"ctrlexec.cli.{role}")
+    parser = roles.build_parser(role, role, "", module.TOPICS, module.COMPAT_MODES)
+    [modes] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert [m for m in module.COMPAT_MODES if m not in modes.choices] == []
