@@ -119,7 +119,8 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
             }
 
     def purge() -> None:
-        summary.purged = RunStore(runs_dir).purge()
+        runs = engine.state.runs if engine.state is not None else RunStore(runs_dir)
+        summary.purged = runs.purge()
 
     steps: dict[str, Callable[[], None]] = {
         "ping": lambda: _ping_all(engine, settings, summary, now),
@@ -160,9 +161,15 @@ class MaintenanceLoop:
         return self
 
     def _run(self) -> None:
+        # Several dispatchers sharing one database: one pass at a time, by
+        # whichever node holds the lease (the file backend always does).
+        leader = self.engine.state.leader("maintenance") if self.engine.state else None
         while not self._stop.is_set():
             try:
-                maintain(self.engine, self.settings, self.runs_dir)
+                if leader is None or leader.try_acquire():
+                    maintain(self.engine, self.settings, self.runs_dir)
+                else:
+                    log.event("maintain", log.INFO, SKIPPED="another node leads")
             except Exception as exc:
                 log.event("maintain", log.ERR, PHASE="loop", ERROR=f"{type(exc).__name__}: {exc}")
             self.passes += 1
