@@ -103,6 +103,11 @@ def serve(ctx: Context) -> int:
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
     )
+    fleet = None
+    if engine.state.kind != "files":
+        from ..dispatcher.fleet import FleetLoop
+
+        fleet = FleetLoop(engine, settings).start()
     loop = None
     if not getattr(ctx.args, "no_maintenance", False):
         from ..dispatcher.maintenance import MaintenanceLoop
@@ -113,4 +118,6 @@ def serve(ctx: Context) -> int:
     finally:
         if loop is not None:
             loop.stop()
+        if fleet is not None:
+            fleet.stop()
     return EXIT_OK

@@ -272,6 +272,15 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         ours=True,
     ),
     Key(
+        "fleet_sync_interval",
+        "int",
+        60,
+        "seconds between the rounds in which a dispatcher sharing a PostgreSQL state "
+        "database adds the other dispatchers' serials to the agents that trust it",
+        between(1, 86400),
+        ours=True,
+    ),
+    Key(
         "state_password_file",
         "path",
         None,

@@ -16,10 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .interface import AgentRegistry, HostLocks, Leader, PairingRequests, RunRecords
+from .interface import (
+    AgentRegistry,
+    FleetDirectory,
+    HostLocks,
+    Leader,
+    PairingRequests,
+    RunRecords,
+)
 
 __all__ = [
     "AgentRegistry",
+    "FleetDirectory",
     "HostLocks",
     "Leader",
     "PairingRequests",
@@ -40,6 +48,19 @@ class _AlwaysLeader:
         return None
 
 
+class _OneNode:
+    """The file backend's fleet: this dispatcher alone."""
+
+    def __init__(self) -> None:
+        self._members: dict[str, str] = {}
+
+    def announce(self, dispatcher_id: str, serial: str) -> None:
+        self._members = {dispatcher_id: serial}
+
+    def members(self) -> dict[str, str]:
+        return dict(self._members)
+
+
 class State:
     """One backend's registry, run store, locks, pairing queue and leases."""
 
@@ -52,6 +73,7 @@ class State:
         locks: HostLocks,
         queue: Callable[[], PairingRequests],
         leader: Callable[[str], Leader],
+        fleet: FleetDirectory,
         database: Any = None,
     ):
         self.registry = registry
@@ -59,6 +81,7 @@ class State:
         self.locks = locks
         self._queue = queue
         self._leader = leader
+        self.fleet = fleet
         self.database = database
         if database is not None:
             self.kind = "postgresql"
@@ -110,9 +133,10 @@ def open_state(
             HostScriptLocks(locks_dir),
             lambda: PairingQueue(pairing_dir, registry),
             lambda duty: _AlwaysLeader(),
+            _OneNode(),
         )
     from . import migrations
-    from .postgres import PgLeader, PgLocks, PgPairingQueue, PgRegistry, PgRunStore
+    from .postgres import PgFleet, PgLeader, PgLocks, PgPairingQueue, PgRegistry, PgRunStore
 
     database = open_database(settings)
     with database.connection() as conn:
@@ -124,6 +148,7 @@ def open_state(
         PgLocks(database, locks_dir),
         lambda: PgPairingQueue(database, pg_registry, Path(pairing_dir)),
         lambda duty: PgLeader(database, duty),
+        PgFleet(database),
         database,
     )
 

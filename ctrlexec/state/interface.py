@@ -74,6 +74,13 @@ class PairingRequests(Protocol):
     def deny(self, reqid: str, body: dict) -> dict: ...
 
 
+class FleetDirectory(Protocol):
+    """The dispatchers sharing this state: id -> the serial agents trust."""
+
+    def announce(self, dispatcher_id: str, serial: str) -> None: ...
+    def members(self) -> dict[str, str]: ...
+
+
 class Leader(Protocol):
     """One node at a time holds a duty (maintenance: renewal, rotation,
     broadcast, expiry, purge)."""

@@ -521,3 +521,29 @@ class PgLeader:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+# -- fleet directory ------------------------------------------------------------------------
+
+
+class PgFleet:
+    """`ctrl_exec_dispatchers`: every node's id and serial, and when it last
+    said so."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.clock = clock
+
+    def announce(self, dispatcher_id: str, serial: str) -> None:
+        self.db.run(
+            "INSERT INTO ctrl_exec_dispatchers (dispatcher_id, serial, seen) "
+            "VALUES (:i, :s, :t) ON CONFLICT (dispatcher_id) DO UPDATE "
+            "SET serial = EXCLUDED.serial, seen = EXCLUDED.seen",
+            i=dispatcher_id,
+            s=serial,
+            t=float(self.clock()),
+        )
+
+    def members(self) -> dict[str, str]:
+        rows = self.db.run("SELECT dispatcher_id, serial FROM ctrl_exec_dispatchers ORDER BY 1")
+        return {str(row[0]): str(row[1]) for row in rows}
