@@ -187,7 +187,7 @@ def pg_server():
     if reason:
         if os.environ.get("CTRL_EXEC_REQUIRE_POSTGRESQL"):
             pytest.fail(f"PostgreSQL is required here (CTRL_EXEC_REQUIRE_POSTGRESQL): {reason}")
-        pytest.skip(f"PostgreSQL tests skipped: {reason}")
+        pytest.skip(f"SKIPPED LOUDLY: PostgreSQL tests cannot run: {reason}")
     server = pgserver.start_server()
     yield server
     server.stop()
