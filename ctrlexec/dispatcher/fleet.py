@@ -107,6 +107,12 @@ def spread_trust(engine: Engine, settings, own: str, fleet: list[str]) -> Spread
 def sync_once(engine: Engine, settings) -> Spread:
     """Announce this node, then spread the fleet's serials."""
     own = dispatcher_serial(settings.cert)
+    if engine.state.revocations is not None:
+        from ..state.revocations import FileRevocations, reconcile
+
+        gained = reconcile(FileRevocations(settings.ca_dir), engine.state.revocations)
+        if gained["local"]:
+            log.event("fleet-revocations", log.INFO, ADDED=gained["local"])
     fleet = engine.state.fleet
     fleet.announce(dispatcher_id(settings.dispatcher_id), own)
     serials = sorted(set(fleet.members().values()))

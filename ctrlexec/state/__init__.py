@@ -22,6 +22,7 @@ from .interface import (
     HostLocks,
     Leader,
     PairingRequests,
+    Revocations,
     RunRecords,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "HostLocks",
     "Leader",
     "PairingRequests",
+    "Revocations",
     "RunRecords",
     "State",
     "open_database",
@@ -74,6 +76,7 @@ class State:
         queue: Callable[[], PairingRequests],
         leader: Callable[[str], Leader],
         fleet: FleetDirectory,
+        revocations: Revocations | None = None,
         database: Any = None,
     ):
         self.registry = registry
@@ -82,6 +85,9 @@ class State:
         self._queue = queue
         self._leader = leader
         self.fleet = fleet
+        # The fleet-wide revocation lists (PostgreSQL); None: ca_dir's files
+        # are the only ones (state/revocations.py).
+        self.revocations = revocations
         self.database = database
         if database is not None:
             self.kind = "postgresql"
@@ -136,7 +142,15 @@ def open_state(
             _OneNode(),
         )
     from . import migrations
-    from .postgres import PgFleet, PgLeader, PgLocks, PgPairingQueue, PgRegistry, PgRunStore
+    from .postgres import (
+        PgFleet,
+        PgLeader,
+        PgLocks,
+        PgPairingQueue,
+        PgRegistry,
+        PgRevocations,
+        PgRunStore,
+    )
 
     database = open_database(settings)
     with database.connection() as conn:
@@ -149,6 +163,7 @@ def open_state(
         lambda: PgPairingQueue(database, pg_registry, Path(pairing_dir)),
         lambda duty: PgLeader(database, duty),
         PgFleet(database),
+        PgRevocations(database),
         database,
     )
 

@@ -81,6 +81,13 @@ class FleetDirectory(Protocol):
     def members(self) -> dict[str, str]: ...
 
 
+class Revocations(Protocol):
+    """Revoked certificate serials (`serial`) and public keys (`key`)."""
+
+    def revoked(self, kind: str) -> set[str]: ...
+    def add(self, kind: str, values: list[str], note: str = "") -> None: ...
+
+
 class Leader(Protocol):
     """One node at a time holds a duty (maintenance: renewal, rotation,
     broadcast, expiry, purge)."""

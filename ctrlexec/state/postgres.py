@@ -547,3 +547,28 @@ class PgFleet:
     def members(self) -> dict[str, str]:
         rows = self.db.run("SELECT dispatcher_id, serial FROM ctrl_exec_dispatchers ORDER BY 1")
         return {str(row[0]): str(row[1]) for row in rows}
+
+
+# -- revocations ----------------------------------------------------------------------------
+
+
+class PgRevocations:
+    """`ctrl_exec_revoked`: the union of the fleet's revocation lists."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time):
+        self.db = db
+        self.clock = clock
+
+    def revoked(self, kind: str) -> set[str]:
+        rows = self.db.run("SELECT value FROM ctrl_exec_revoked WHERE kind = :k", k=kind)
+        return {str(row[0]) for row in rows}
+
+    def add(self, kind: str, values: list[str], note: str = "") -> None:
+        for value in values:
+            self.db.run(
+                "INSERT INTO ctrl_exec_revoked (kind, value, added) VALUES (:k, :v, :t) "
+                "ON CONFLICT DO NOTHING",
+                k=kind,
+                v=value,
+                t=float(self.clock()),
+            )

@@ -293,6 +293,17 @@ def test_a_0_12_agent_is_driven_by_both_nodes(fleet, session_ca, tmp_path):
         fleet.registry.delete("old-012")
 
 
+def test_a_revocation_on_one_node_reaches_the_other(fleet):
+    from ctrlexec.pki import revocation
+
+    fleet.a.ced("revoke", "0BADC0FFEE")
+    listed = fleet.b.ctl.root / "etc/ctrl-exec/revoked-serials"
+    wait_for(lambda: "badc0ffee" in revocation.read(listed), 60, "B's revocation list")
+    wait_for(
+        lambda: "ACTION=fleet-revocations ADDED=1" in fleet.b.ctl.log_text(), 30, "B's log line"
+    )
+
+
 def test_kill_9_of_a_mid_run_frees_its_locks_and_b_keeps_serving(fleet):
     await_fleet_trust(fleet, "agent-01")
     where = gate(fleet)

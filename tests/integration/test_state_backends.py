@@ -30,7 +30,7 @@ from ctrlexec.state import admin, migrations, open_state
 from ctrlexec.store import atomic_write
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = (
+TABLES = (  # emptied before each PostgreSQL case
     "ctrl_exec_agents, ctrl_exec_runs, ctrl_exec_lock_holders, ctrl_exec_pairing, "
     "ctrl_exec_dispatchers, ctrl_exec_revoked"
 )
@@ -340,6 +340,28 @@ def test_one_leader_at_a_time(backend):
         time.sleep(0.05)
     assert here.try_acquire()  # held: asking again keeps it
     here.release()
+
+
+def test_revocations_reach_every_node(backend, tmp_path):
+    """Each node's lists stay files in its ca_dir; PostgreSQL holds the
+    union, and a node's round adds what it lacks (both ways)."""
+    from ctrlexec.state.revocations import FileRevocations, reconcile
+
+    _, state, _ = backend
+    if state.kind == "files":
+        assert state.revocations is None  # one host: its files are the list
+        return
+    node_a, node_b = FileRevocations(tmp_path / "a"), FileRevocations(tmp_path / "b")
+    node_a.add("serial", ["deadbeef01", "14"])
+    node_a.add("key", ["AB" * 32])
+    assert reconcile(node_a, state.revocations) == {"local": 0, "shared": 3}
+    state.revocations.add("serial", ["c0ffee"])  # `ced revoke` on a third node
+    assert reconcile(node_b, state.revocations) == {"local": 4, "shared": 0}
+    assert node_b.revoked("serial") == {"deadbeef01", "14", "c0ffee"}
+    assert node_b.revoked("key") == {"ab" * 32}
+    assert (tmp_path / "b" / "revoked-serials").read_text().count("00:14") == 1
+    assert reconcile(node_a, state.revocations) == {"local": 1, "shared": 0}
+    assert reconcile(node_a, state.revocations) == {"local": 0, "shared": 0}
 
 
 def test_migrations(pg_server, tmp_path):

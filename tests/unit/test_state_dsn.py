@@ -80,12 +80,7 @@ def test_schema_check():
 
 def test_pgpass():
     dsn = parse_dsn("postgresql://ce@db:5432/fleet", {})
-    text = (
-        "# comment\n"
-        "other:5432:fleet:ce:wrong\n"
-        "db:5432:*:ce:pa\\:ss\\\\word\n"
-        "*:*:*:*:fallback\n"
-    )
+    text = "# comment\nother:5432:fleet:ce:wrong\ndb:5432:*:ce:pa\\:ss\\\\word\n*:*:*:*:fallback\n"
     assert pgpass_lookup(text, dsn, "ce") == "pa:ss\\word"
     assert pgpass_lookup(text, dsn, "someone") == "fallback"
     socket = parse_dsn("postgresql://ce@/fleet?host=/tmp", {})
