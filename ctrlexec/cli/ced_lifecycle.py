@@ -135,7 +135,7 @@ def serial_status(ctx: Context) -> int:
 
 
 def maintain(ctx: Context) -> int:
-    from ..dispatcher.maintenance import maintain as one_pass
+    from ..dispatcher.maintenance import maintain_once as one_pass
 
     settings, engine = _engine(ctx)
     summary = one_pass(engine, settings, ctx.layout.runs_dir)

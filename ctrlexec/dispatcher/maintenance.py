@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import log
 from ..core import results
-from ..errors import CtrlExecError
+from ..errors import CtrlExecError, StateError
 from . import renewal, rotation
 from .engine import Engine
 from .fanout import fan_out
@@ -140,6 +140,23 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
             log.event("maintain", log.ERR, PHASE=phase, ERROR=f"{type(exc).__name__}: {exc}")
     log.event("maintain", log.INFO, AGENTS=summary.agents, PINGED=summary.pinged)
     return summary
+
+
+def maintain_once(engine: Engine, settings, runs_dir) -> Summary:
+    """`ced maintain`: one pass, if no other dispatcher of the fleet is
+    doing maintenance (it holds the lease while its `dispatcher serve`
+    runs); StateError otherwise."""
+    leader = engine.state.leader("maintenance") if engine.state is not None else None
+    if leader is not None and not leader.try_acquire():
+        raise StateError(
+            "another dispatcher of the fleet holds the maintenance lease (its "
+            "dispatcher serve runs the passes): run 'ced maintain' there, or stop it first"
+        )
+    try:
+        return maintain(engine, settings, runs_dir)
+    finally:
+        if leader is not None:
+            leader.release()
 
 
 class MaintenanceLoop:

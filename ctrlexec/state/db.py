@@ -39,6 +39,7 @@ MAX_OPEN = 96
 ACQUIRE_WAIT = 30.0
 # A statement that takes longer is cancelled by the server.
 STATEMENT_TIMEOUT_MS = 30_000
+READ_MARGIN = 15.0
 MAX_PASSWORD_BYTES = 1024
 
 
@@ -136,10 +137,13 @@ class Database:
             raise StateError(
                 f"cannot connect to PostgreSQL at {self.describe()}: {_reason(exc)}"
             ) from None
-        # Statements are short; after that the socket may wait as long as a
-        # run holds a lock, so no read timeout on dedicated connections.
+        # The connect timeout also bounds every later read of the socket;
+        # a statement may legitimately wait up to the server's statement
+        # timeout (a blocking advisory lock), so reads wait a little longer
+        # than that before the connection is given up as dead. An idle
+        # connection (a run holding its locks) reads nothing and never times out.
         with contextlib.suppress(OSError, AttributeError):
-            conn._usock.settimeout(None)
+            conn._usock.settimeout(STATEMENT_TIMEOUT_MS / 1000 + READ_MARGIN)
         return conn
 
     def dedicated(self) -> Any:

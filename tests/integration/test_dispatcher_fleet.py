@@ -304,6 +304,26 @@ def test_a_revocation_on_one_node_reaches_the_other(fleet):
     )
 
 
+def test_maintenance_is_done_by_one_node_at_a_time(fleet):
+    """One serving node holds the lease and runs the passes; the other
+    skips, and `ced maintain` on either host refuses while it is held."""
+    wait_for(
+        lambda: (
+            sum("SKIPPED=" in node.ctl.log_text() for node in fleet.nodes.values()) == 1
+            and sum(
+                "ACTION=maintain AGENTS=" in node.ctl.log_text() for node in fleet.nodes.values()
+            )
+            == 1
+        ),
+        60,
+        "one leader, one follower",
+    )
+    for node in (fleet.a, fleet.b):
+        refused = node.ced("maintain", check=False)
+        assert refused.returncode == 1
+        assert "holds the maintenance lease" in refused.stderr
+
+
 def test_kill_9_of_a_mid_run_frees_its_locks_and_b_keeps_serving(fleet):
     await_fleet_trust(fleet, "agent-01")
     where = gate(fleet)
