@@ -253,6 +253,7 @@ class Api:
                 self.store.directory,
                 self.clock(),
                 parse_openssl_notafter,
+                self.engine.state.counts() if self.engine.state is not None else None,
             )
         )
 

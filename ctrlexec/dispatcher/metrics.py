@@ -182,8 +182,12 @@ def state_gauges(
     runs_dir: Path,
     now: float,
     parse_expiry: Callable[[str], float | None],
+    counts: dict[str, int] | None = None,
 ) -> list[str]:
-    """Registry, pairing-queue and run-store gauges from the files."""
+    """Registry, pairing-queue and run-store gauges: from the files, or from
+    `counts` (`pairing_pending`, `run_records`) when the state backend
+    gives them."""
+    counts = counts or {}
     bands = {name: 0 for _, name in CERT_BANDS}
     bands["unknown"] = 0
     statuses = dict.fromkeys(SERIAL_STATUSES, 0)
@@ -217,10 +221,12 @@ def state_gauges(
         for path in (_json_files(pairing_dir) if pairing_dir else [])
         if not path.with_suffix(".approved").exists() and not path.with_suffix(".denied").exists()
     ]
+    queued = counts.get("pairing_pending", len(pending))
     _family(out, "ctrl_exec_pairing_queue_length", "gauge", "pairing requests waiting for approval")
-    out.append(f"ctrl_exec_pairing_queue_length {len(pending)}")
+    out.append(f"ctrl_exec_pairing_queue_length {queued}")
+    runs = counts["run_records"] if "run_records" in counts else len(_json_files(runs_dir))
     _family(out, "ctrl_exec_run_store_records", "gauge", "run records in the run store")
-    out.append(f"ctrl_exec_run_store_records {len(_json_files(runs_dir))}")
+    out.append(f"ctrl_exec_run_store_records {runs}")
     _family(out, "ctrl_exec_scrape_timestamp_seconds", "gauge", "when this scrape was made")
     out.append(f"ctrl_exec_scrape_timestamp_seconds {int(now)}")
     return out

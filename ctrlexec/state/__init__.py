@@ -92,6 +92,15 @@ class State:
         if database is not None:
             self.kind = "postgresql"
 
+    def counts(self) -> dict[str, int]:
+        """Gauges the state directories cannot give (/metrics): pending
+        pairing requests and run records in the database; {} for files."""
+        if self.database is None:
+            return {}
+        from .postgres import gauge_counts
+
+        return gauge_counts(self.database)
+
     def pairing_queue(self) -> PairingRequests:
         return self._queue()
 

@@ -227,9 +227,6 @@ class PgRunStore(RunStore):
             log.event("run-store-purge", log.INFO, REMOVED=len(rows))
         return len(rows)
 
-    def count(self) -> int:
-        return int(self.db.run("SELECT count(*) FROM ctrl_exec_runs")[0][0])
-
 
 # -- host:script locks ----------------------------------------------------------------------
 
@@ -483,10 +480,6 @@ class PgPairingQueue(PairingQueue):
         )
         return request
 
-    def count_pending(self) -> int:
-        rows = self.db.run("SELECT count(*) FROM ctrl_exec_pairing WHERE state = 'pending'")
-        return int(rows[0][0])
-
 
 # -- leader lease ---------------------------------------------------------------------------
 
@@ -572,3 +565,11 @@ class PgRevocations:
                 v=value,
                 t=float(self.clock()),
             )
+
+
+def gauge_counts(db: Database) -> dict[str, int]:
+    row = db.run(
+        "SELECT (SELECT count(*) FROM ctrl_exec_pairing WHERE state = 'pending'), "
+        "(SELECT count(*) FROM ctrl_exec_runs)"
+    )[0]
+    return {"pairing_pending": int(row[0]), "run_records": int(row[1])}

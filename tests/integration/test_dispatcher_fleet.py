@@ -228,6 +228,9 @@ def test_a_run_on_a_is_locked_on_b_and_its_status_answers_on_b(fleet):
     shown = json.loads(fleet.b.ced("status", reqid, "--json").stdout)
     assert json.dumps(shown).count("released") >= 1
     assert json.loads(fleet.b.ced("list-locks", "--json").stdout)["locks"] == []
+    scrape = fleet.b.client().exchange(b"GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n")
+    records = re.search(rb"^ctrl_exec_run_store_records (\d+)$", scrape, re.M)
+    assert records and int(records.group(1)) >= 1, scrape[-500:]
 
 
 def test_pairing_through_b_approved_on_a(fleet, pyz_for):
