@@ -109,7 +109,14 @@ class Database:
 
     def open(self) -> Any:
         """A new connection (pg8000.native.Connection); StateError if none."""
-        import pg8000.native  # only here: the PostgreSQL backend is configured
+        try:
+            import pg8000.native  # only here: the PostgreSQL backend is configured
+        except ImportError:
+            raise ConfigError(
+                "state_backend names a PostgreSQL database but its driver, pg8000, is not "
+                "installed (the pyz carries it; for a package install: "
+                "pip install 'ctrl-exec[postgresql]')"
+            ) from None
 
         kwargs: dict[str, Any] = {
             "user": self.user,
