@@ -33,6 +33,9 @@ from .rotation import _answer
 FLEET_FIELD = "fleet_serials"
 # One agent's map grows by at most this many serials in one round.
 MAX_FLEET = 64
+# Seconds since its last announcement after which a node's serial is no
+# longer added to agents (at least ten rounds).
+MEMBER_TTL = 3600.0
 
 
 @dataclass
@@ -115,7 +118,10 @@ def sync_once(engine: Engine, settings) -> Spread:
             log.event("fleet-revocations", log.INFO, ADDED=gained["local"])
     fleet = engine.state.fleet
     fleet.announce(dispatcher_id(settings.dispatcher_id), own)
-    serials = sorted(set(fleet.members().values()))
+    # A node that stopped announcing itself (decommissioned, or down for
+    # long) is not added to more agents; it is again once it is back.
+    recent = max(MEMBER_TTL, 10 * float(settings.fleet_sync_interval))
+    serials = sorted(set(fleet.members(seen_within=recent).values()) | {own})
     if serials == [own]:
         return Spread()  # alone: nothing to add anywhere
     return spread_trust(engine, settings, own, serials)

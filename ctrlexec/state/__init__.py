@@ -59,7 +59,7 @@ class _OneNode:
     def announce(self, dispatcher_id: str, serial: str) -> None:
         self._members = {dispatcher_id: serial}
 
-    def members(self) -> dict[str, str]:
+    def members(self, seen_within: float | None = None) -> dict[str, str]:
         return dict(self._members)
 
 

@@ -537,8 +537,14 @@ class PgFleet:
             t=float(self.clock()),
         )
 
-    def members(self) -> dict[str, str]:
-        rows = self.db.run("SELECT dispatcher_id, serial FROM ctrl_exec_dispatchers ORDER BY 1")
+    def members(self, seen_within: float | None = None) -> dict[str, str]:
+        """Every node, or those that announced themselves in the last
+        `seen_within` seconds."""
+        since = float("-inf") if seen_within is None else float(self.clock()) - seen_within
+        rows = self.db.run(
+            "SELECT dispatcher_id, serial FROM ctrl_exec_dispatchers WHERE seen >= :t ORDER BY 1",
+            t=since,
+        )
         return {str(row[0]): str(row[1]) for row in rows}
 
 

@@ -342,6 +342,22 @@ def test_one_leader_at_a_time(backend):
     here.release()
 
 
+def test_fleet_directory(backend):
+    _, state, _ = backend
+    fleet = state.fleet
+    if state.kind == "files":
+        fleet.announce("only", "5")
+        assert fleet.members() == {"only": "5"}  # one host: the fleet is itself
+        return
+    fleet.clock = Clock(1_000_000)
+    fleet.announce("node-a", "a1")
+    fleet.announce("node-b", "b1")
+    fleet.clock.now += 7200
+    fleet.announce("node-b", "b2")  # rotated: the id keeps its place
+    assert fleet.members() == {"node-a": "a1", "node-b": "b2"}
+    assert fleet.members(seen_within=3600) == {"node-b": "b2"}
+
+
 def test_revocations_reach_every_node(backend, tmp_path):
     """Each node's lists stay files in its ca_dir; PostgreSQL holds the
     union, and a node's round adds what it lacks (both ways)."""
