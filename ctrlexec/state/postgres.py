@@ -42,7 +42,9 @@ QUEUE_LOCK = advisory_key("pairing-queue")
 
 class AdvisoryLock:
     """A blocking session advisory lock on a pooled connection, used like
-    store.FileLock (`with`, acquire/release)."""
+    store.FileLock (`with`, acquire/release). A wait is bounded by the
+    server's statement timeout (db.STATEMENT_TIMEOUT_MS), which raises
+    StateError; `blocking` and `timeout` exist for FileLock's signature."""
 
     def __init__(self, db: Database, key: int):
         self.db = db
@@ -241,7 +243,7 @@ class PgHeldLocks(HeldLocks):
     def record(self, holder: dict) -> None:
         if self._conn is None:
             raise StateError("the locks are no longer held")
-        data = _json({k: v for k, v in holder.items()})
+        data = _json(holder)
         self._conn.run("BEGIN")
         try:
             for host in self.hosts:
