@@ -149,8 +149,8 @@ def maintain_once(engine: Engine, settings, runs_dir) -> Summary:
     leader = engine.state.leader("maintenance") if engine.state is not None else None
     if leader is not None and not leader.try_acquire():
         raise StateError(
-            "another dispatcher of the fleet holds the maintenance lease (its "
-            "dispatcher serve runs the passes): run 'ced maintain' there, or stop it first"
+            "a dispatcher serve of the fleet holds the maintenance lease and runs a pass "
+            "every cert_check_interval seconds; stop it to run one by hand"
         )
     try:
         return maintain(engine, settings, runs_dir)

@@ -324,7 +324,7 @@ def test_maintenance_is_done_by_one_node_at_a_time(fleet):
     for node in (fleet.a, fleet.b):
         refused = node.ced("maintain", check=False)
         assert refused.returncode == 1
-        assert "holds the maintenance lease" in refused.stderr
+        assert "holds the maintenance lease" in refused.stderr, refused.stderr
 
 
 def test_kill_9_of_a_mid_run_frees_its_locks_and_b_keeps_serving(fleet):
