@@ -173,7 +173,9 @@ class Database:
         broken = False
         try:
             yield conn
-        except StateError:
+        except Exception:
+            # A refused request (an unknown agent) leaves a usable
+            # connection; a dead or confused one is dropped.
             broken = not conn.healthy()
             raise
         except BaseException:
