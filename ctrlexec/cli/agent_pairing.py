@@ -176,6 +176,7 @@ def pairing_status(ctx: Context) -> int:
         )
     elif status.paired:
         ctx.out(f"Paired. Certificate expires: {status.expiry}")
+        ctx.out(f"Certificate subject: {status.subject or '(empty)'}")
     else:
         ctx.out(f"Not paired. Reason: {status.reason}")
     return 0 if status.paired else 1
