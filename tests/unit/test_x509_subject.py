@@ -17,7 +17,7 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def cert_with(name: x509.Name) -> str:
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
