@@ -34,6 +34,7 @@ import json
 import queue
 import random
 import selectors
+import signal
 import socket
 import ssl
 import sys
@@ -355,6 +356,12 @@ def main() -> int:
         f"{args.work / 'dispatcher'}",
         flush=True,
     )
+
+    def report(_signum, _frame) -> None:
+        print(json.dumps({**simulator.counters.__dict__, "resumed": simulator.resumed()}))
+        sys.stdout.flush()
+
+    signal.signal(signal.SIGUSR1, report)  # counters on demand, one JSON line
     try:
         while True:
             time.sleep(3600)
