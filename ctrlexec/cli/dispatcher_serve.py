@@ -70,7 +70,7 @@ def serve(ctx: Context) -> int:
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = api_tls_context(settings)
     ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
-    engine = Engine.from_config(settings, ctx.layout)
+    engine = Engine.from_config(settings, ctx.layout, resume_sessions=True)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
     # Concurrent API operations share max_parallel fan-out threads between them.
     limit_threads(settings.max_parallel)

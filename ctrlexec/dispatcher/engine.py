@@ -92,11 +92,16 @@ class EngineSettings:
     api_auth_default: str = "deny"
     default_port: int = DEFAULT_AGENT_PORT
     revoked_serials: str = ""  # the dispatcher's revocation list (ca_dir/revoked-serials)
+    # Remember agents' TLS sessions for later contacts (tls_sessions.py). Worth
+    # it in a long-lived process; a one-shot `ced` contacts each agent once or
+    # twice, and reading a session out of a connection costs CPU.
+    resume_sessions: bool = True
 
     @classmethod
-    def from_config(cls, settings) -> EngineSettings:
+    def from_config(cls, settings, resume_sessions: bool = False) -> EngineSettings:
         """From a loaded ctrl-exec.toml (config.load.load_dispatcher)."""
         return cls(
+            resume_sessions=resume_sessions,
             cert=settings.cert,
             key=settings.key,
             ca=settings.ca,
@@ -134,9 +139,9 @@ class Engine:
         self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
 
     @classmethod
-    def from_config(cls, settings, layout: Layout) -> Engine:
+    def from_config(cls, settings, layout: Layout, resume_sessions: bool = False) -> Engine:
         return cls(
-            EngineSettings.from_config(settings),
+            EngineSettings.from_config(settings, resume_sessions),
             Registry(settings.registry_dir),
             HostScriptLocks(layout.locks_dir),
         )
@@ -226,7 +231,8 @@ class Engine:
         with self._context_lock:
             if self._context is None or signature != self._signature:
                 self._context = _client_context(self.settings)
-                self._sessions = SessionCache(self._context)
+                if self.settings.resume_sessions:
+                    self._sessions = SessionCache(self._context)
                 self._signature = signature
             return self._context
 
