@@ -14,8 +14,9 @@ this order, each in the same run:
           the ced process's CPU (user + system), its peak RSS and its peak
           thread count (sampled from /proc every few milliseconds);
   api     runs per second through `dispatcher serve` (plain HTTP, no hook):
-          --clients concurrent clients each POSTing /run of one agent; and the
-          share of those runs whose TLS session was resumed.
+          --clients concurrent clients each POSTing /run of one agent, and
+          how many of those runs resumed their agent's TLS session; then a
+          POST /ping of the largest fleet, twice (the second resumes).
 
 The load average of the machine is printed beside each figure: the
 simulator shares the machine's cores with the dispatcher, and other work
@@ -196,8 +197,39 @@ def ced_ping(pyz: Path, root: Path, agents: int, env: dict) -> dict:
     }
 
 
+def api_ping(port: int, agents: int, sim_resumed) -> dict:
+    """One POST /ping of `agents` hosts through the API: the second one
+    resumes the agents' sessions from the first."""
+    hosts = [fleet_sim.agent_name(n) for n in range(agents)]
+    body = json.dumps({"hosts": hosts}).encode()
+    resumed_before = sim_resumed()
+    before = load()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
+        conn.sendall(http.request_bytes("POST", "/ping", body))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    wall = time.perf_counter() - started
+    answer = json.loads(reply.split(b"\r\n\r\n", 1)[1] or b"{}")
+    return {
+        "agents": agents,
+        "ok": sum(1 for r in answer.get("results", []) if r.get("status") == "ok"),
+        "wall_s": round(wall, 2),
+        "resumed": sim_resumed() - resumed_before,
+        "load": [before, load()],
+    }
+
+
 def api_throughput(
-    pyz: Path, root: Path, agents: int, clients: int, runs: int, env: dict, sim_resumed
+    pyz: Path,
+    root: Path,
+    agents: int,
+    clients: int,
+    runs: int,
+    env: dict,
+    sim_resumed,
+    fan_out_agents: int,
 ) -> dict:
     layout = system_layout(root)
     with socket.socket() as probe:
@@ -254,7 +286,9 @@ def api_throughput(
             thread.join()
         wall = time.perf_counter() - started
         peak = sampler.stop()
+        fan_out = [api_ping(port, fan_out_agents, sim_resumed) for _ in range(2)]
         return {
+            "api_ping": fan_out,
             "runs": runs,
             "clients": clients,
             "agents": agents,
@@ -283,6 +317,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=16, help="simulator worker threads")
     parser.add_argument("--clients", type=int, default=8, help="concurrent API clients")
     parser.add_argument("--api-runs", type=int, default=2000)
+    parser.add_argument(
+        "--api-ping-agents", type=int, default=0, help="hosts of the API /ping (default: largest)"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="ced pings per size")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -315,6 +352,7 @@ def main() -> int:
             args.api_runs,
             env,
             lambda: simulator.stats()["resumed"],
+            args.api_ping_agents or largest,
         )
     finally:
         report["simulator"] = simulator.stop()

@@ -102,6 +102,7 @@ class _FanOut:
         self.out: list = [None] * self.count
         self.wanted_helpers = max(0, min(max(1, parallel), self.count) - 1)
         self.helpers = 0
+        self.threads: list[threading.Thread] = []
         self.next_index = 0
         self.finished = 0
         self.lock = threading.Lock()  # the cursor, the counters and on_done
@@ -117,7 +118,22 @@ class _FanOut:
                 break
             self._do(index)
         self.all_done.wait()
+        self._join_helpers()
         return self.out
+
+    def _join_helpers(self) -> None:
+        """Every item is done; the helpers are leaving (they find no more
+        work). Wait for them, so that an operation that returned holds no
+        thread and no budget."""
+        joined = 0
+        while True:
+            with self.lock:
+                threads = self.threads[joined:]
+            if not threads:
+                return
+            for thread in threads:
+                thread.join()
+            joined += len(threads)
 
     def _grow(self) -> None:
         """Start helpers while this operation wants more and the budget has
@@ -129,7 +145,11 @@ class _FanOut:
                 if not self.budget.take():
                     return
                 self.helpers += 1
-            threading.Thread(target=self._helper, name="fan-out", daemon=True).start()
+                # Started under the lock, so _join_helpers never sees a
+                # thread that is not started yet.
+                thread = threading.Thread(target=self._helper, name="fan-out", daemon=True)
+                self.threads.append(thread)
+                thread.start()
 
     def _take(self) -> int | None:
         with self.lock:

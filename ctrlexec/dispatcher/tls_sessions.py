@@ -22,9 +22,12 @@ What resumption must not weaken:
   replaced CA file). An agent that rebuilds its own context (new cert or CA)
   no longer accepts its old tickets, and OpenSSL falls back to a full
   handshake by itself.
-- Memory. At most MAX_SESSIONS sessions are kept (least recently used go
-  first), and none is kept past MAX_AGE seconds (the ticket's own lifetime,
-  set by the agent, may be shorter; OpenSSL honours it).
+- Memory. At most MAX_SESSIONS sessions are kept, and none past MAX_AGE
+  seconds (the ticket's own lifetime, set by the agent, may be shorter;
+  OpenSSL honours it). When the cache is full of live sessions a new one is
+  not kept: a fan-out sweeping more agents than the cache holds then still
+  resumes with the ones it has, where evicting the least recently used
+  would make every sweep evict exactly the sessions it needs next.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 
-# A session with its peer certificate is a few KiB: 4,096 of them stay well
-# inside the dispatcher's memory budget while covering a large fleet's busy part.
+# A session with its peer certificate costs about 16 KiB of the dispatcher's
+# memory as Python holds it: 4,096 of them stay inside its memory budget
+# while covering a large fleet's busy part.
 MAX_SESSIONS = 4096
 # No resumption from a handshake older than this, whatever the ticket says.
 MAX_AGE = 3600.0
+# How often a full cache looks for expired sessions to make room.
+PURGE_EVERY = 60.0
 
 
 class SessionCache:
@@ -58,6 +64,7 @@ class SessionCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: OrderedDict[Hashable, tuple[float, ssl.SSLSession]] = OrderedDict()
+        self._next_purge = 0.0
 
     def __len__(self) -> int:
         with self._lock:
@@ -81,10 +88,20 @@ class SessionCache:
 
     def put(self, key: Hashable, session: ssl.SSLSession, made: float) -> None:
         with self._lock:
+            if key not in self._sessions and len(self._sessions) >= self._limit:
+                self._purge_expired()
+                if len(self._sessions) >= self._limit:
+                    return  # full of live sessions: this one is not kept
             self._sessions[key] = (made, session)
             self._sessions.move_to_end(key)
-            while len(self._sessions) > self._limit:
-                self._sessions.popitem(last=False)
+
+    def _purge_expired(self) -> None:
+        now = self._clock()
+        if now < self._next_purge:
+            return
+        self._next_purge = now + PURGE_EVERY
+        for key in [k for k, (made, _) in self._sessions.items() if now - made > self._max_age]:
+            del self._sessions[key]
 
     def forget(self, key: Hashable) -> None:
         with self._lock:

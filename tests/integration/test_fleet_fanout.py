@@ -215,7 +215,7 @@ def test_max_hosts_bounds_one_operation(fleet):
         engine.ping(names(101), caller="cli")
 
 
-def test_ced_pings_hundreds_of_agents_beyond_0_12s_limit(fleet, pyz, native_cache):
+def test_ced_pings_hundreds_of_agents_with_max_hosts_set(fleet, pyz, native_cache):
     """Through the pyz, with `max_hosts` raised in ctrl-exec.toml."""
     from tests.conftest import Pyz
 

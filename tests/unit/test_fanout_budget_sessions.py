@@ -107,15 +107,21 @@ def _context() -> ssl.SSLContext:
     return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
-def test_sessions_are_bounded_least_recently_used_first():
+def test_a_full_cache_keeps_what_it_has_until_sessions_expire():
     context = _context()
-    cache = SessionCache(context, limit=2)
+    clock = _Clock()
+    cache = SessionCache(context, limit=2, max_age=100, clock=clock)
     for key in ("a", "b"):
         cache.slot(key).keep(_FakeSocket(context, _FakeSession(), False))  # type: ignore[arg-type]
-    assert cache.slot("a").offer(context) is not None  # "a" is now the most recent
     cache.slot("c").keep(_FakeSocket(context, _FakeSession(), False))  # type: ignore[arg-type]
+    assert len(cache) == 2 and cache.get("c") is None
+    assert cache.get("a") and cache.get("b")
+    # An agent already in the cache is updated in place.
+    cache.slot("a").keep(_FakeSocket(context, _FakeSession(), False))  # type: ignore[arg-type]
     assert len(cache) == 2
-    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    clock.now += 101  # both expired: room again
+    cache.slot("c").keep(_FakeSocket(context, _FakeSession(), False))  # type: ignore[arg-type]
+    assert cache.get("c") is not None and len(cache) == 1
 
 
 def test_sessions_age_from_their_full_handshake_not_their_last_resumption():
