@@ -16,7 +16,8 @@ this order, each in the same run:
   api     runs per second through `dispatcher serve` (plain HTTP, no hook):
           --clients concurrent clients each POSTing /run of one agent, and
           how many of those runs resumed their agent's TLS session; then a
-          POST /ping of the largest fleet, twice (the second resumes).
+          POST /ping of the largest fleet, twice (the second resumes); the
+          server's peak RSS (VmHWM) and threads over all of it.
 
 The load average of the machine is printed beside each figure: the
 simulator shares the machine's cores with the dispatcher, and other work
@@ -142,7 +143,7 @@ def _status(pid: int) -> dict[str, int]:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("Threads", "VmRSS"):
+            if key in ("Threads", "VmRSS", "VmHWM"):
                 values[key] = int(value.split()[0])
     except (OSError, ValueError):
         pass
@@ -154,7 +155,7 @@ class Peak:
 
     def __init__(self, pid: int):
         self.pid = pid
-        self.values = {"Threads": 0, "VmRSS": 0}
+        self.values = {"Threads": 0, "VmRSS": 0, "VmHWM": 0}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample)
         self._thread.start()
@@ -285,8 +286,9 @@ def api_throughput(
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
-        peak = sampler.stop()
+        resumed = sim_resumed() - resumed_before
         fan_out = [api_ping(port, fan_out_agents, sim_resumed) for _ in range(2)]
+        peak = sampler.stop()
         return {
             "api_ping": fan_out,
             "runs": runs,
@@ -294,8 +296,8 @@ def api_throughput(
             "agents": agents,
             "runs_per_second": round(runs / wall, 1),
             "failures": failures[0],
-            "resumed": sim_resumed() - resumed_before,
-            "server_peak_rss_mib": round(peak["VmRSS"] / 1024, 1),
+            "resumed": resumed,
+            "server_peak_rss_mib": round(peak["VmHWM"] / 1024, 1),
             "server_peak_threads": peak["Threads"],
             "load": [before, load()],
         }
@@ -321,6 +323,7 @@ def main() -> int:
         "--api-ping-agents", type=int, default=0, help="hosts of the API /ping (default: largest)"
     )
     parser.add_argument("--rounds", type=int, default=3, help="ced pings per size")
+    parser.add_argument("--no-ping", action="store_true", help="leave out the ced pings")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.pyz.exists():
@@ -342,7 +345,9 @@ def main() -> int:
     try:
         report["floor"] = floor(root, simulator.port, largest, args.parallel, args.floor_count)
         report["ping"] = [
-            ced_ping(args.pyz, root, size, env) for size in args.sizes for _ in range(args.rounds)
+            ced_ping(args.pyz, root, size, env)
+            for size in args.sizes
+            for _ in range(0 if args.no_ping else args.rounds)
         ]
         report["api"] = api_throughput(
             args.pyz,
