@@ -88,7 +88,7 @@ def main(argv: list[str], prog: str = "ced") -> int:
     if not head:
         parser.print_help()
         return 0
-    args = parser.parse_args(head)
+    args = roles.parse(parser, head)
     args.script_args = script_args
     if getattr(args, "handler", None) is None:
         parser.print_usage()

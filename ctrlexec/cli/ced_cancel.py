@@ -78,7 +78,14 @@ def cmd_cancel(ctx: Context) -> int:
         return _stopped(ctx, exc)
     failed = any(result["status"] not in (CANCELLED, NOT_RUNNING) for result in results)
     if ctx.json:
-        write_text(json.dumps({"ok": 0 if failed else 1, "results": results}) + "\n")
+        report: dict = {"ok": 0 if failed else 1, "results": results}
+        if failed:
+            report["error"] = "not cancelled on " + ", ".join(
+                f"{result['host']} ({result['status']})"
+                for result in results
+                if result["status"] not in (CANCELLED, NOT_RUNNING)
+            )
+        write_text(json.dumps(report) + "\n")
     else:
         write_text(cancel_text(results))
     return EXIT_FAILURE if failed else 0

@@ -79,6 +79,11 @@ def rotate_cert(ctx: Context) -> int:
                 "agents": rotated.agents,
                 "updated": sent.confirmed,
                 "failed": sent.failed,
+                **(
+                    {"error": "serial not confirmed by " + ", ".join(sorted(sent.failed))}
+                    if sent.failed
+                    else {}
+                ),
             }
         )
     else:
@@ -140,7 +145,14 @@ def maintain(ctx: Context) -> int:
     settings, engine = _engine(ctx)
     summary = one_pass(engine, settings, ctx.layout.runs_dir)
     if ctx.json:
-        ctx.emit_json(summary.to_json())
+        report = summary.to_json()
+        if not summary.ok:
+            report["error"] = "; ".join(
+                [f"phase {phase}: {error}" for phase, error in summary.errors.items()]
+                + [f"renewal failed: {name}" for name in sorted(summary.renew_failed)]
+                + [f"serial broadcast failed: {name}" for name in sorted(summary.broadcast_failed)]
+            )
+        ctx.emit_json(report)
     else:
         ctx.out(
             f"Maintenance run: {summary.pinged}/{summary.agents} agents pinged, "

@@ -280,6 +280,12 @@ def _stop(ctx: Context) -> int:
     from ..dispatcher import pairing_mode
 
     stopped = pairing_mode.stop(ctx.layout.pairing_pidfile)
+    if ctx.json:
+        report: dict = {"ok": 1 if stopped.stopped else 0, "pid": stopped.pid}
+        if not stopped.stopped:
+            report["error"] = f"sent a stop to PID {stopped.pid}, but it is still running"
+        ctx.emit_json(report)
+        return 0 if stopped.stopped else 1
     if stopped.pid is None:
         ctx.out("No pairing mode is running.")
         return 0
