@@ -87,6 +87,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("ced", "maintain"): Case(("ok", "agents", "pinged"), error_exit=78),
     ("ced", "revoke"): Case(("ok", "serials", "pushed"), error_exit=2),
     ("ced", "completion"): Case(("ok", "script"), error_exit=2),
+    ("ced", "db"): Case(("ok", "database", "version", "applied"), error_exit=78),
     ("agent", "serve"): Case(("ok", "pid", "port"), error_exit=78),
     ("agent", "self-check"): Case(("ok", "checks")),
     ("agent", "self-ping"): Case(("ok", "stage", "status")),
@@ -270,6 +271,24 @@ def exercised(session_ca, pyz_for, tmp_path_factory):
     return CASES
 
 
+@pytest.fixture(scope="module")
+def exercised_db(pg_server, pg_database, pyz_for, tmp_path_factory):
+    """`ced db` needs a PostgreSQL server (skips loudly without one)."""
+    from tests.support import apiproc
+
+    base = tmp_path_factory.mktemp("json-db")
+    node = pyz_for(base / "node")
+    apiproc.write_config(
+        node.root,
+        state_backend=pg_server.url(pg_database),
+        state_password_file=str(pg_server.password_file(base)),
+    )
+    case = CASES["ced", "db"]
+    case.success.append(ced(node, "db", "migrate"))
+    case.error = ced(pyz_for(base / "files-backend"), "db", "migrate")
+    return CASES
+
+
 def test_every_command_has_a_row_and_a_case():
     commands = parser_commands()
     assert set(documented_rows()) == commands, "docs/running.md's --json table"
@@ -277,8 +296,9 @@ def test_every_command_has_a_row_and_a_case():
 
 
 @pytest.mark.parametrize("command", sorted(CASES), ids=" ".join)
-def test_json_row(command, exercised):
-    case = exercised[command]
+def test_json_row(command, request):
+    fixture = "exercised_db" if command == ("ced", "db") else "exercised"
+    case = request.getfixturevalue(fixture)[command]
     _, success_cell, error_cell, exits_cell = documented_rows()[command]
     listed_exits = {int(code) for code in re.findall(r"\b(\d+)\b", exits_cell)}
     assert case.success, "no success run"
