@@ -32,6 +32,7 @@ from ..core.http import (
     ResponseReader,
     request_bytes,
 )
+from .tls_sessions import Resumption
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536
@@ -58,19 +59,24 @@ def exchange(
     max_body: int = MAX_RESPONSE_BODY,
     check_peer: Callable[[bytes], str | None] | None = None,
     still_waiting: Callable[[], bool] | None = None,
+    resume: Resumption | None = None,
 ) -> results.Reply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes.
     `check_peer(der)` may refuse the agent's certificate after the handshake,
-    before any request byte is sent."""
+    before any request byte is sent. With `resume`, the agent's last session
+    is offered and the new one remembered after a complete reply."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
 
-    sock = open_tls(context, address, port, timeout, check_peer)
+    sock = open_tls(context, address, port, timeout, check_peer, resume)
     if isinstance(sock, results.Failure):
         return sock
     try:
-        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+        outcome = _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+        if resume is not None and isinstance(outcome, results.Reply):
+            resume.keep(sock)
+        return outcome
     finally:
         sock.close()
 
@@ -81,10 +87,11 @@ def open_tls(
     port: int,
     timeout: float,
     check_peer: Callable[[bytes], str | None] | None = None,
+    resume: Resumption | None = None,
 ) -> ssl.SSLSocket | results.Failure:
     """A TLS connection to the agent, every step bounded by `timeout`;
     `check_peer(der)` may refuse the agent's certificate after the handshake,
-    before any request byte is sent."""
+    resumed or not, before any request byte is sent."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
@@ -102,7 +109,8 @@ def open_tls(
             return failed(results.UNREACHABLE)
         return failed(results.OTHER, exc.strerror or str(exc))
     try:
-        sock = context.wrap_socket(raw, server_hostname=None)
+        session = resume.offer(context) if resume is not None else None
+        sock = context.wrap_socket(raw, server_hostname=None, session=session)
     except TimeoutError:
         raw.close()
         return failed(results.TIMEOUT)
@@ -111,10 +119,14 @@ def open_tls(
         return failed(results.CLOSED_BEFORE_TLS, str(exc))
     except (ssl.SSLError, ConnectionError, OSError) as exc:
         raw.close()
+        if resume is not None:
+            resume.forget()  # the next handshake is a full one
         return failed(results.TLS, str(exc))
     if check_peer is not None:
         problem = check_peer(sock.getpeercert(binary_form=True) or b"")
         if problem:
+            if resume is not None:
+                resume.forget()
             sock.close()
             return failed(results.IDENTITY, problem)
     return sock
