@@ -59,6 +59,11 @@ MAX_HANDLERS = 512
 REQUEST_READ_SECONDS = 10.0
 # Sending the result: a peer that stops reading is dropped after this.
 SEND_TIMEOUT_SECONDS = 30.0
+# Sending live output: longer than the agent holds a script back for a
+# dispatcher that does not read (agent/streaming.py, 30 s), so the agent
+# always gives up on its reader first and reads on, and the run keeps its
+# real result.
+LIVE_SEND_SECONDS = 60.0
 SHUTDOWN_GRACE = 10.0
 RECV_CHUNK = 65_536
 SOCKET_MODE = 0o600
@@ -262,7 +267,7 @@ def _send_quietly(conn: socket.socket, data: bytes) -> None:
 class LiveOutput:
     """The script's output sent as it is written, from the runner's thread:
     at most `cap` bytes per stream (the rest the runner counts as dropped).
-    A write that fails or stalls past SEND_TIMEOUT_SECONDS stops the live
+    A write that fails or stalls past LIVE_SEND_SECONDS stops the live
     sending; the run goes on (the agent has gone or stopped reading)."""
 
     def __init__(self, conn: socket.socket, cap: int):
@@ -281,7 +286,7 @@ class LiveOutput:
             self.stderr += keep
         kind = exec_frames.KIND_STDOUT if name == "stdout" else exec_frames.KIND_STDERR
         try:
-            self.conn.settimeout(SEND_TIMEOUT_SECONDS)
+            self.conn.settimeout(LIVE_SEND_SECONDS)
             self.conn.sendall(exec_frames.encode_output(kind, keep))
         except OSError:
             self.failed = True
