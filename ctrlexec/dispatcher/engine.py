@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import hooks, log
 from ..config.paths import Layout
@@ -44,9 +45,11 @@ from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client, agent_stream
 from .fanout import fan_out
-from .locks import HostScriptLocks
-from .registry import DEFAULT_AGENT_PORT, Registry, Target
+from .registry import DEFAULT_AGENT_PORT, Target
 from .tls_sessions import SessionCache
+
+if TYPE_CHECKING:
+    from ..state.interface import AgentRegistry, HostLocks
 
 # 0.12's Engine refuses more hosts than this in one operation; ours by
 # default too (`max_hosts` raises it: docs/compatibility.md).
@@ -120,8 +123,8 @@ class Engine:
     def __init__(
         self,
         settings: EngineSettings,
-        registry: Registry,
-        locks: HostScriptLocks,
+        registry: AgentRegistry,
+        locks: HostLocks,
         token_bytes: TokenBytes = secrets.token_bytes,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -137,14 +140,20 @@ class Engine:
         self._signature: tuple = ()
         self._context_lock = threading.Lock()
         self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
+        self.state: Any = None  # the State it was opened from (from_config)
 
     @classmethod
     def from_config(cls, settings, layout: Layout, resume_sessions: bool = False) -> Engine:
-        return cls(
-            EngineSettings.from_config(settings, resume_sessions),
-            Registry(settings.registry_dir),
-            HostScriptLocks(layout.locks_dir),
+        """Registry and locks from the configured state backend
+        (`engine.state` holds the rest: run store, pairing queue, leases)."""
+        from ..state import for_layout
+
+        state = for_layout(settings, layout)
+        engine = cls(
+            EngineSettings.from_config(settings, resume_sessions), state.registry, state.locks
         )
+        engine.state = state
+        return engine
 
     @staticmethod
     def _process_user() -> str:
