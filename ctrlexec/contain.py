@@ -236,7 +236,9 @@ class Call:
         doomed = kill or self.killed or self.signalled
         if self.cgroup is None:
             if doomed:
-                self.kill()
+                # The first process is reaped: its pid (and group id) may be
+                # reused already, so only the marker finds what is left.
+                _sweep(self.marker, None, signal.SIGKILL, SWEEP_ROUNDS)
             return
         if doomed:
             _write(self.cgroup / "cgroup.kill", b"1")
