@@ -17,6 +17,7 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_lifecycle",
     "ctrlexec.cli.ced_revoke",
     "ctrlexec.cli.ced_completion",
+    "ctrlexec.cli.ced_db",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.

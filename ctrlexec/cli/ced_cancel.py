@@ -63,13 +63,12 @@ def cancel_text(results: list[dict]) -> str:
 def cmd_cancel(ctx: Context) -> int:
     from ..dispatcher.registry import UnknownAgents
     from ..dispatcher.run_stop import cancel_run
-    from ..dispatcher.runstore import RunStore
 
     engine = _engine(ctx)
     try:
         results = cancel_run(
             engine,
-            RunStore(ctx.layout.runs_dir),
+            engine.state.runs,
             ctx.args.reqid,
             ctx.args.hosts,
             _identity(ctx),

@@ -115,10 +115,10 @@ def _options(mode: str) -> list[str]:
 
 def _hosts(ctx: Context) -> list[str]:
     from ..config.load import load_dispatcher
-    from ..dispatcher.registry import Registry
+    from ..state import for_layout
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
-    return ["@all", *Registry(settings.registry_dir).names()]
+    return ["@all", *for_layout(settings, ctx.layout).registry.names()]
 
 
 def cmd_completion(ctx: Context) -> int:

@@ -99,11 +99,11 @@ def rotate_cert(ctx: Context) -> int:
 
 def serial_status(ctx: Context) -> int:
     from ..dispatcher import rotation
-    from ..dispatcher.registry import Registry
+    from ..state import for_layout
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    status = rotation.serial_status(settings, Registry(settings.registry_dir))
+    status = rotation.serial_status(settings, for_layout(settings, ctx.layout).registry)
     if ctx.json:
         ctx.emit_json(status)
         return 0
@@ -135,7 +135,7 @@ def serial_status(ctx: Context) -> int:
 
 
 def maintain(ctx: Context) -> int:
-    from ..dispatcher.maintenance import maintain as one_pass
+    from ..dispatcher.maintenance import maintain_once as one_pass
 
     settings, engine = _engine(ctx)
     summary = one_pass(engine, settings, ctx.layout.runs_dir)

@@ -190,6 +190,7 @@ def _plan(ctx: Context, settings):
         pairing_dir=Path(ctx.layout.pairing_dir),
         registry_dir=Path(settings.registry_dir),
         ca_dir=Path(settings.ca_dir),
+        state_settings=settings,
     )
 
 
@@ -201,7 +202,9 @@ def _foreground(ctx: Context, settings, plan, interactive: bool) -> int:
     console = None
     operator = None
     if interactive:
-        console = Console(out, settings, open_queue(plan.pairing_dir, plan.registry_dir))
+        console = Console(
+            out, settings, open_queue(plan.pairing_dir, plan.registry_dir, plan.state_settings)
+        )
         operator = pairing_mode.Operator(sys.stdin.fileno(), console.line, console.notice_new)
 
     def on_listening(listening) -> None:

@@ -20,7 +20,6 @@ from ..core import report
 from ..core.results import ping_failed, run_failed
 from ..core.selection import SelectionError, parse_tag
 from ..dispatcher.engine import BadRequest, Engine
-from ..dispatcher.locks import HostScriptLocks
 from ..dispatcher.registry import UnknownAgents
 from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateError
 from ..hooks import CALLER_CLI
@@ -432,10 +431,9 @@ def _interrupted(
     """The first Ctrl-C: stop waiting, record the run, say what still runs
     where and how to follow or cancel it."""
     from ..dispatcher.run_stop import record_interrupted
-    from ..dispatcher.runstore import RunStore
 
     stopped = record_interrupted(
-        engine, RunStore(ctx.layout.runs_dir), reqid, script, hosts, ctx.args.port, answered
+        engine, engine.state.runs, reqid, script, hosts, ctx.args.port, answered
     )
     if ctx.json:
         body = {
@@ -489,8 +487,6 @@ def _run_async(
     ctx: Context, engine: Engine, hosts: list[str], script: str, script_args: list[str]
 ) -> int:
     """Submit, record the run for `ced status`/`ced wait`, report acceptance."""
-    from ..dispatcher.runstore import RunStore
-
     reqid = engine.new_reqid()
     try:
         results = engine.run(
@@ -505,7 +501,7 @@ def _run_async(
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
     try:
-        RunStore(ctx.layout.runs_dir).record_async(reqid, script, results)
+        engine.state.runs.record_async(reqid, script, results)
     except StateError as exc:  # the jobs run anyway: say so, and that status cannot follow
         ctx.err(f"{ctx.prog}: warning: {exc}; `status {reqid}` will not find this run")
     if ctx.json:
@@ -543,7 +539,10 @@ def cmd_ping(ctx: Context) -> int:
 
 
 def cmd_list_locks(ctx: Context) -> int:
-    locks = HostScriptLocks(ctx.layout.locks_dir).held()
+    from ..state import for_layout
+
+    settings = load_dispatcher(ctx.layout, ctx.config_path)
+    locks = for_layout(settings, ctx.layout).locks.held()
     if ctx.json:
         ctx.emit_json({"ok": 1, "locks": locks})
     else:
