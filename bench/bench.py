@@ -116,7 +116,7 @@ class Bench:
         port = free_port()
         layout.agent_config.write_text(
             f'bind = "127.0.0.1"\nport = {port}\nscript_dirs = ["{scripts}"]\n'
-            "rate_limit_disable = true\n"
+            "rate_limit_disable = true\n\n[profile.default]\n"
         )
         layout.allowlist.write_text(f'trivial = "{scripts}/trivial"\n')
         process = subprocess.Popen(

@@ -5,7 +5,9 @@ arguments, one JSON object on stdin then EOF, its stdout and stderr
 discarded, the caller's environment plus the ENVEXEC_* variables. Exit 0
 authorises; 1 `denied`, 2 `bad credentials`, 3 `insufficient privilege`,
 any other N `hook exited N`. A hook that outlives `auth_hook_timeout` is
-killed (with its whole process group) and the request is denied.
+killed with everything it started, whatever session or process group those
+moved to (contain.py: a cgroup per call, or a sweep), and the request is
+denied.
 
 Fail closed, unlike 0.12: a hook killed by a signal, one that cannot be
 executed, or a configured path that is missing all deny (0.12 lets a hook
@@ -23,13 +25,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import log
+from . import contain, log
 from .core.timefmt import iso_utc
 
 REASONS = {1: "denied", 2: "bad credentials", 3: "insufficient privilege"}
@@ -133,6 +134,8 @@ def run_hook(
     stamp = iso_utc(now())
     env = dict(os.environ)
     env.update(request.environment(stamp))
+    call = contain.open_call()
+    env.update(call.env())
     try:
         proc = subprocess.Popen(
             [path],
@@ -143,15 +146,26 @@ def run_hook(
             close_fds=True,
             start_new_session=True,
             cwd="/",
+            preexec_fn=call.preexec(),
         )
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
+        call.started(None)
+        call.finish(kill=True)
         # the file is there and executable: say what really stopped it
-        reason = f"auth hook could not be started: {exc.strerror or exc}"
-        return AuthDecision.deny(reason), f"exec failed: {exc.strerror}"
+        text = getattr(exc, "strerror", None) or str(exc)
+        return AuthDecision.deny(f"auth hook could not be started: {text}"), f"exec failed: {text}"
+    call.started(proc.pid)
+    timed_out = False
     try:
         proc.communicate(request.stdin_json(stamp), timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc)
+        timed_out = True
+    finally:
+        if proc.returncode is None:  # the timeout, or an unexpected error
+            call.kill()
+            proc.wait()
+        call.finish()
+    if timed_out:
         log.event("auth-hook-timeout", log.WARNING, TIMEOUT=timeout, AUTHACTION=request.action)
         return AuthDecision.deny(REASONS[1]), "timeout"
     status = proc.returncode
@@ -160,14 +174,6 @@ def run_hook(
     if status == 0:
         return AuthDecision.allow(), ""
     return AuthDecision.deny(REASONS.get(status, f"hook exited {status}"), status), ""
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        proc.kill()
-    proc.wait()
 
 
 def authorise(

@@ -4,29 +4,28 @@ Every run, synchronous or async, is registered here from before its
 process starts until after it was reaped, so `GET /running` can tell a
 dispatcher (one that crashed, or that has waited longer than its
 read_timeout) that its script is still running, and `POST /cancel` can stop
-it: SIGTERM to the script's process group, then SIGKILL after
-`CANCEL_GRACE` seconds if anything of the group is left.
+it: SIGTERM to the script and everything it started (its process group and
+whatever left it, see contain.py), then SIGKILL after `CANCEL_GRACE` seconds
+if anything is left; a cancelled run ends with a kill of what remains.
 
-The process group id is the script's pid (runner starts every script in a
-new session); it is known once the runner calls `Job.started(pid)` and is
-forgotten when the runner has reaped the script, so a signal never reaches
-a recycled pid. A script run by the privileged executor belongs to another
-process tree: the executor client hands over a stop function instead
-(`Job.stoppable`), which ends the exchange's sending side; the executor
-reads that as "cancel" and kills the script's process group at once
-(SIGKILL, as when the agent stops).
+The runner hands over the run's contain.Call with `Job.started(call)`; it
+is forgotten when the runner has reaped the script, so a signal never
+reaches a recycled pid. A script run by the privileged executor belongs to
+another process tree: the executor client hands over a stop function
+instead (`Job.stoppable`), which ends the exchange's sending side; the
+executor reads that as "cancel" and kills the script's process group at
+once (SIGKILL, as when the agent stops).
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from .. import log
+from .. import contain, log
 from ..core.run_control import RunningEntry
 from ..core.timefmt import iso_utc
 
@@ -45,17 +44,17 @@ class Job:
         self.started_at = started
         self.timeout = float(timeout)
         self.cancelled = False
-        self._pgid: int | None = None
+        self._call: contain.Call | None = None
         self._stop: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def entry(self) -> RunningEntry:
         return RunningEntry(self.reqid, self.script, self.mode, self.started_at, self.timeout)
 
-    def started(self, pid: int) -> None:
-        """The runner started the script (process group `pid`)."""
+    def started(self, call: contain.Call) -> None:
+        """The runner started the script, contained in `call`."""
         with self._lock:
-            self._pgid = pid
+            self._call = call
             cancelled = self.cancelled
         if cancelled:  # cancelled before the process existed
             self._signal(signal.SIGTERM)
@@ -70,7 +69,7 @@ class Job:
 
     def reaped(self) -> None:
         with self._lock:
-            self._pgid = None
+            self._call = None
             self._stop = None
 
     def cancel(self, grace: float) -> None:
@@ -89,12 +88,9 @@ class Job:
 
     def _signal(self, signum: int) -> None:
         with self._lock:
-            if self._pgid is None:
+            if self._call is None:
                 return
-            try:
-                os.killpg(self._pgid, signum)
-            except (ProcessLookupError, PermissionError):
-                pass
+            self._call.signal(signum)
 
 
 class RunningJobs:

@@ -17,10 +17,12 @@ deadlocks:
   appended to stderr. Beyond SPILL_AFTER bytes a stream waits in an
   unlinked temporary file, and with an OutputBudget the finished output is
   turned into text only within it (output_budget.py).
-- at `timeout` the whole process group gets SIGKILL and a note is appended
-  to stderr; the exit is then 126 (killed by a signal). Descendants that
-  left the group and still hold the pipes get a short grace, then the pipes
-  are closed on them.
+- at `timeout` the script and everything it started get SIGKILL, including
+  descendants that left its session or process group (contain.py: a cgroup
+  per run, or a sweep), and a note is appended to stderr; the exit is then
+  126 (killed by a signal). Should anything still hold the pipes, they are
+  closed on it after a short grace. A script that ends by itself keeps what
+  it started on purpose (a daemon), as 0.12.
 
 Exit codes (0.12's Runner): the script's status; 126 when a signal ended
 it; 127 when the exec itself failed (missing file, not executable); -1 when
@@ -32,15 +34,14 @@ Entry points for any code that runs a script on the agent (the synchronous
 process): `job_for(resolved, args, stdin, config)` builds the job of an
 allowlisted script under the agent's limits, `run_script(job)` runs it to
 completion and returns a ScriptResult (it never raises for anything the
-script does). `Runner` remembers the process groups it started so a
-stopping agent can end them.
+script does). `Runner` remembers the runs it started so a stopping agent
+can end them.
 """
 
 from __future__ import annotations
 
 import os
 import selectors
-import signal
 import socket
 import subprocess
 import tempfile
@@ -50,7 +51,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
-from .. import log
+from .. import contain, log
 from .output_budget import SPILL_AFTER, OutputBudget
 
 if TYPE_CHECKING:
@@ -103,9 +104,10 @@ class ScriptJob:
     # Called in the child between fork and exec (the executor applies the
     # script's profile there); it must end the child itself on failure.
     preexec: Callable[[], None] | None = None
-    # Called with the pid (= process group) once the script started; run
-    # tracking (agent/jobs.py) uses it to signal the group.
-    on_start: Callable[[int], None] | None = None
+    # Called with the run's contain.Call (its .pid is the script's process
+    # group) once the script started; run tracking (agent/jobs.py) signals
+    # the run through it.
+    on_start: Callable[[contain.Call], None] | None = None
     # Called with a function that stops the run, when the script runs where
     # the agent cannot signal it (the privileged executor); run tracking
     # calls that function to cancel.
@@ -254,29 +256,31 @@ class Runner:
         self._clock = clock
         self.budget = budget
         self._lock = threading.Lock()
-        self._groups: set[int] = set()
+        self._calls: dict[int, contain.Call] = {}
 
     def running(self) -> int:
         with self._lock:
-            return len(self._groups)
+            return len(self._calls)
 
     def release(self, result: ScriptResult) -> None:
         if self.budget is not None:
             self.budget.release(result.grant)
 
     def kill_all(self) -> int:
-        """SIGKILL every running script's process group (agent shutdown)."""
+        """SIGKILL every running script and what it started (agent shutdown)."""
         with self._lock:
-            groups = list(self._groups)
-        for group in groups:
-            _kill_group(group)
-        return len(groups)
+            calls = list(self._calls.values())
+        for call in calls:
+            call.kill()
+        return len(calls)
 
     def run(self, job: ScriptJob, cancel: socket.socket | None = None) -> ScriptResult:
         """Run `job` to completion. With `cancel`, the script's process group
         is killed as soon as that socket reaches end of file (the requester
         went away)."""
         env = script_environment() if job.env is None else dict(job.env)
+        call = contain.open_call()
+        env.update(call.env())
         try:
             proc = subprocess.Popen(
                 list(job.argv),
@@ -288,34 +292,36 @@ class Runner:
                 cwd=job.cwd,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=job.preexec,
+                preexec_fn=call.preexec(job.preexec),
             )
         except OSError as exc:
+            call.started(None)
+            call.finish(kill=True)
             code, text = start_failure(exc, job.executable)
             return ScriptResult(code, "", text)
-        except ValueError as exc:  # e.g. NUL in a value: nothing was started
+        except (ValueError, subprocess.SubprocessError) as exc:  # e.g. NUL in a value
+            call.started(None)
+            call.finish(kill=True)
             return ScriptResult(EXIT_NOT_STARTED, "", f"{NOTE_PREFIX}cannot start script: {exc}\n")
+        call.started(proc.pid)
         with self._lock:
-            self._groups.add(proc.pid)
+            self._calls[proc.pid] = call
         try:
             if job.on_start is not None:
-                job.on_start(proc.pid)
-            return _Exchange(proc, job, self._clock, cancel, self.budget).run()
+                job.on_start(call)
+            return _Exchange(proc, job, self._clock, cancel, self.budget, call).run()
         finally:
+            if proc.returncode is None:  # an unexpected error: leave nothing running
+                call.kill()
+                proc.wait()
+            call.finish()
             with self._lock:
-                self._groups.discard(proc.pid)
+                self._calls.pop(proc.pid, None)
 
 
 def _close(fileobj: object) -> None:
     """Close a pipe registered with the selector (always a file object here)."""
     cast(IO[bytes], fileobj).close()
-
-
-def _kill_group(group: int) -> None:
-    try:
-        os.killpg(group, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class _Exchange:
@@ -326,10 +332,12 @@ class _Exchange:
         proc: subprocess.Popen,
         job: ScriptJob,
         clock: Callable[[], float],
-        cancel: socket.socket | None = None,
-        budget: OutputBudget | None = None,
+        cancel: socket.socket | None,
+        budget: OutputBudget | None,
+        call: contain.Call,
     ):
         self.proc = proc
+        self.call = call
         self.cancel = cancel
         self.budget = budget
         self.job = job
@@ -437,7 +445,7 @@ class _Exchange:
         if not data and self.killed_at is None:
             log.event("run-cancel", log.WARNING, **self.job.log_fields)
             self.killed_at = self.clock()
-            _kill_group(self.proc.pid)
+            self.call.kill()
 
     def _close_stdin(self) -> None:
         if not self.stdin_open:
@@ -464,7 +472,7 @@ class _Exchange:
     def _kill(self) -> None:
         self.timed_out = True
         self.killed_at = self.clock()
-        _kill_group(self.proc.pid)
+        self.call.kill()
 
     def _wait(self, deadline: float) -> None:
         if self.killed_at is None:

@@ -79,12 +79,36 @@ def mode_first(
     return head
 
 
+def operands_last(head: list[str], value_options: frozenset[str]) -> list[str]:
+    """After the mode, options may also come between operands (`ced run
+    'web-*' --tag env=prod backup`); argparse would then take `backup` for an
+    unknown argument. Keep the mode first, every option with its value in
+    order, then the operands in order."""
+    if not head or head[0].startswith("-"):
+        return head
+    options: list[str] = []
+    operands: list[str] = []
+    index = 1
+    while index < len(head):
+        token = head[index]
+        if token.startswith("-") and token != "-":
+            options.append(token)
+            if token in value_options and index + 1 < len(head):
+                index += 1
+                options.append(head[index])
+        else:
+            operands.append(token)
+        index += 1
+    return [head[0], *options, *operands]
+
+
 def main(argv: list[str], prog: str = "ced") -> int:
     head, script_args = split_script_args(argv)
     parser = roles.build_parser(
         prog, "ctrl-exec-dispatcher", DESCRIPTION, TOPICS, COMPAT_MODES, EPILOG
     )
-    head = mode_first(head, set(COMPAT_MODES), roles.value_options(parser))
+    value_options = roles.value_options(parser)
+    head = operands_last(mode_first(head, set(COMPAT_MODES), value_options), value_options)
     if not head:
         parser.print_help()
         return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 from .common import Parser, version_line
 
 
-def main(argv: list[str], prog: str = "ctrl-exec demo") -> int:
+def build_parser(prog: str = "ctrl-exec demo") -> Parser:
     parser = Parser(
         prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -34,7 +34,11 @@ def main(argv: list[str], prog: str = "ctrl-exec demo") -> int:
         default=None,
         help="parent of the demo directory (default: the system temp dir)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str], prog: str = "ctrl-exec demo") -> int:
+    args = build_parser(prog).parse_args(argv)
     from .. import demo
 
     outcome = demo.run(args.dir, args.keep, lambda text: print(text, flush=True))

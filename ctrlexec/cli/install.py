@@ -44,7 +44,7 @@ def _handler(ctx: Context) -> int:
     return 0
 
 
-def main(argv: list[str], prog: str = "ctrl-exec install") -> int:
+def build_parser(prog: str = "ctrl-exec install") -> Parser:
     parser = Parser(
         prog=prog,
         description=DESCRIPTION,
@@ -66,6 +66,11 @@ def main(argv: list[str], prog: str = "ctrl-exec install") -> int:
         "--prefix", default=str(installer.DEFAULT_PREFIX), help="default /usr/local"
     )
     add_global_options(parser, suppress=False)
+    return parser
+
+
+def main(argv: list[str], prog: str = "ctrl-exec install") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     args.handler = _handler
     if not args.role:

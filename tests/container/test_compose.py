@@ -143,6 +143,16 @@ def test_compose_pairs_two_agents_runs_restarts_runs(podman, project):
     # Each agent container starts serving by itself once it holds its certificate.
     _runs_everywhere(podman, dispatcher, api_port, "two words")
 
+    # The services and the operator CLI run as their service users, not root.
+    for container, user in (
+        (dispatcher, "ctrl-exec"),
+        *((f"{name}_{agent}_1", "ctrl-exec-agent") for agent in AGENTS),
+    ):
+        assert exec_in(podman, container, "id", "-un").stdout.strip() == user
+        status = exec_in(podman, container, "cat", "/proc/1/status").stdout
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert "0" not in uids, (container, uids)
+
     # compose.yaml's health checks pass for every service
     for container in (dispatcher, *(f"{name}_{agent}_1" for agent in AGENTS)):
         checked = subprocess.run(

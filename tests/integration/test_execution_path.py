@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import re
+from pathlib import Path
 
 import pytest
 
@@ -300,6 +301,39 @@ def test_hook_denies(fleet, tmp_path, behaviour, reason, code):
     # nothing reached the agents
     assert {name: fleet.agent_log(name).count("ACTION=run ") for name in NAMES} == before
     assert TOKEN not in fleet.all_logs()
+
+
+def test_hook_timeout_ends_what_the_hook_left_in_another_session(fleet, tmp_path):
+    # `ced` kills a timed-out hook with everything it started, even a child
+    # that left the hook's session with setsid (issue 12, item 5).
+    hook = tmp_path / "hook"
+    hook.write_text(
+        "#!/bin/sh\n"
+        f"setsid sh -c 'echo $$ > {tmp_path}/c.tmp && mv {tmp_path}/c.tmp {tmp_path}/child.pid;"
+        " exec sleep 300' </dev/null >/dev/null 2>&1 &\n"
+        f"while [ ! -e {tmp_path}/child.pid ]; do sleep 0.01; done\n"
+        "while :; do sleep 1; done\n"
+    )
+    hook.chmod(0o755)
+    fleet.configure(auth_hook=str(hook), auth_hook_timeout=3)
+    text = fleet.ced("run", "agent-01", "echo-args")
+    child = int((tmp_path / "child.pid").read_text())
+    try:
+        assert (text.returncode, text.stderr) == (1, "Denied: denied\n")
+
+        def gone() -> bool:
+            try:
+                stat = Path(f"/proc/{child}/stat").read_text()
+            except FileNotFoundError:
+                return True
+            return stat[stat.rfind(")") + 2] in "ZX"
+
+        agentproc.wait_for(gone, 10, f"the hook's setsid child {child} to be killed")
+    finally:
+        try:
+            os.kill(child, 9)
+        except OSError:
+            pass
 
 
 # -- locks --------------------------------------------------------------------------------

@@ -176,6 +176,10 @@ def test_import_config_output_loads_matches_and_serves(host):
     legacy_dispatcher = load.load_dispatcher(layout)
     assert legacy_dispatcher.read_timeout == 30 and legacy_dispatcher.max_parallel == 64
 
+    # docs/upgrade.md's first step: show the TOML, write nothing
+    dry = host.run("ced", "import-config", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "read_timeout = 30" in dry.stdout and not layout.dispatcher_config.exists()
     for role in ("ced", "agent"):
         result = host.run(role, "import-config")
         assert result.returncode == 0, result.stderr

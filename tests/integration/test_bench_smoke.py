@@ -1,0 +1,39 @@
+"""docs/performance.md's benchmark command runs: `bench/bench.py` with every
+part selected and tiny sizes, reporting one JSON object. Nothing is timed or
+compared here (figures come from on-demand runs); this only keeps the
+documented command working."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_bench_runs_every_part_with_tiny_sizes(pyz):
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench/bench.py"),
+            "--pyz",
+            str(pyz),
+            "--requests",
+            "3",
+            "--wall-runs",
+            "1",
+            "--agents",
+            "2",
+            "--memory-requests",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report
