@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
+import subprocess
 import time
 
 import pytest
@@ -267,3 +269,25 @@ def test_a_client_that_leaves_does_not_stop_the_run(fleet):
 
     record = agentproc.wait_for(finished, 30, "the run to be recorded complete")
     assert record["results"][0]["stdout"] == "released\n"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="SKIPPED LOUDLY: curl is not installed")
+def test_the_documented_curl_command_streams(fleet):
+    """docs/api.md's curl line, with this API's port, hosts and script."""
+    _, _, api, _ = fleet
+    body = json.dumps({"hosts": list(NAMES), "script": "tick"})
+    completed = subprocess.run(
+        [
+            *["curl", "-sS", "-N", "-H", "Accept: text/event-stream"],
+            *["-H", "Content-Type: application/json", "-d", body],
+            f"http://127.0.0.1:{api.port}/run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    blocks = [b for b in completed.stdout.split("\n\n") if b and not b.startswith(":")]
+    names = [block.split("\n", 1)[0] for block in blocks]
+    assert names[0] == "event: start" and names[-1] == "event: summary", names
+    assert names.count("event: output") == 2 * 7

@@ -37,3 +37,20 @@ def test_bench_runs_every_part_with_tiny_sizes(pyz):
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report
+
+
+def test_fleet_bench_runs_every_part_with_tiny_sizes(pyz, tmp_path):
+    done = subprocess.run(
+        [
+            *[sys.executable, str(REPO / "bench/fleet_bench.py"), "--pyz", str(pyz)],
+            *["--work", str(tmp_path), "--sizes", "3", "--floor-count", "3", "--clients", "2"],
+            *["--api-runs", "3", "--api-ping-agents", "3", "--rounds", "1", "--json"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert report

@@ -88,6 +88,13 @@ EXECUTED: dict[str, list[tuple[str, str]]] = {
             "systemctl enable --now ctrl-exec-agent.service ctrl-exec-api.service",
         ),
     ],
+    "curl -N -H 'Accept: text/event-stream' -H 'Content-Type: application/json'"
+    """ -d '{"hosts":["web-01","web-02"],"script":"deploy"}' http://127.0.0.1:7445/run""": [
+        (
+            "tests/integration/test_api_stream.py",
+            '["curl", "-sS", "-N", "-H", "Accept: text/event-stream"]',
+        ),
+    ],
     "podman-compose up -d --build": [
         ("tests/container/test_compose.py", 'compose_run("up", "-d", "--build")'),
     ],
@@ -116,6 +123,9 @@ EXECUTED: dict[str, list[tuple[str, str]]] = {
     ],
     'podman-compose exec dispatcher ced run agent-01 agent-02 hello -- "two words"': [
         ("tests/container/test_compose.py", '"ced", "run", agent, "hello", "--", words'),
+    ],
+    ".venv/bin/python bench/fleet_bench.py": [
+        ("tests/integration/test_bench_smoke.py", "bench/fleet_bench.py")
     ],
     ".venv/bin/python bench/bench.py": [
         ("tests/integration/test_bench_smoke.py", "bench/bench.py")
