@@ -169,5 +169,5 @@ def promote(config, now: float | None = None) -> Promotion:
         log.event("cert-promote", log.WARNING, ERROR=f"cannot install: {exc.strerror or exc}")
         return Promotion("failed", exc.strerror or str(exc))
     facts = facts_from_pem(tidy)
-    log.event("cert-promote", log.INFO, STATUS="installed", SERIAL=format(facts.serial, "x"))
-    return Promotion("installed", format(facts.serial, "x"))
+    log.event("cert-promote", log.INFO, STATUS="installed", SERIAL=facts.serial.hex())
+    return Promotion("installed", facts.serial.hex())

@@ -64,7 +64,6 @@ from ..core.http import (
 )
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
-from ..core.serial import cert_serial_key, openssl_hex
 from ..netio import abort as _abort
 from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
 from ..netio import finish as _finish
@@ -359,8 +358,8 @@ class AgentServer:
 
     def _exchange(self, tls: ssl.SSLSocket, ip: str, key: int, deadline: float) -> Reply | None:
         serial = peer_serial(tls)
-        serial_key = "" if serial is None else cert_serial_key(serial)
-        serial_hex = "" if serial is None else openssl_hex(serial)
+        serial_key = "" if serial is None else serial.trust_key()
+        serial_hex = "" if serial is None else serial.openssl_hex()
         state = self.runtime.state()
         if state.revoked.revoked(serial_key):
             log.event("revoked-cert", log.WARNING, PEER=ip, SERIAL=serial_hex)

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .serial import cert_serial_key, normalise_received
+from .serial import normalise_received
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
 from .x509 import facts_from_der
 
@@ -291,7 +291,7 @@ def peer_problem(expected: ExpectedPeer | None, der: bytes, revoked: frozenset[s
         facts = facts_from_der(der)
     except ValueError:
         return "its certificate cannot be read"
-    if revoked and cert_serial_key(facts.serial) in revoked:
+    if revoked and facts.serial.trust_key() in revoked:
         return f"its certificate serial {facts.serial:x} is revoked"
     if expected is None:
         return None

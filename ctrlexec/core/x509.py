@@ -17,6 +17,8 @@ import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .serial import Serial
+
 _SEQUENCE = 0x30
 _SET = 0x31
 _INTEGER = 0x02
@@ -30,7 +32,7 @@ _STRING_TAGS = {0x0C, 0x13, 0x14, 0x16, 0x1E}  # UTF8, Printable, T61, IA5, BMP
 
 @dataclass(frozen=True)
 class CertFacts:
-    serial: int
+    serial: Serial
     not_before: float
     not_after: float
     subject_cn: str
@@ -122,7 +124,7 @@ def facts_from_der(der: bytes) -> CertFacts:
     subject_tag, sub_start, sub_end = fields[4]
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
-    return CertFacts(serial, not_before, not_after, _common_name(der, sub_start, sub_end))
+    return CertFacts(Serial(serial), not_before, not_after, _common_name(der, sub_start, sub_end))
 
 
 def first_pem_cert_der(pem_text: str) -> bytes:

@@ -77,7 +77,7 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
         ca_pem = ca.read_ca_pem(paths)
     except CtrlExecError as exc:
         return _fail(target, reqid, f"signing refused: {exc}")
-    new_serial = format(issued.serial, "x")
+    new_serial = issued.serial.hex()
     try:
         # Accepted as this agent's identity from now on, even if the answer
         # to /renew-complete is lost after the agent staged it.

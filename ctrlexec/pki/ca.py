@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.ids import TokenBytes
+from ..core.serial import Serial
 from ..core.timefmt import openssl_notafter
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, atomic_write, ensure_dir
@@ -80,7 +81,7 @@ class CAPaths:
 @dataclass(frozen=True)
 class Issued:
     cert_pem: str
-    serial: int
+    serial: Serial
     not_after: float
 
     @property
@@ -272,7 +273,7 @@ def _sign(
             .sign(ca_key, keys.signing_hash(ca_key))
         )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    return Issued(pem, serial, not_after.timestamp())
+    return Issued(pem, Serial(serial), not_after.timestamp())
 
 
 def sign_csr(
