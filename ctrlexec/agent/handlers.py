@@ -24,7 +24,7 @@ from .. import hooks, log
 from ..core import agent_wire, lifecycle, run_control
 from ..core.http import Request
 from ..core.timefmt import iso_utc
-from ..errors import CtrlExecError, NotAllowlisted
+from ..errors import CancelRejected, CtrlExecError, NotAllowlisted, RotateRejected, RunRejected
 from ..pki import revocation
 from . import capabilities, renewal, streaming, trust
 from .async_runs import AsyncRuns
@@ -174,7 +174,7 @@ class Endpoints:
         (request, job, log fields) for a script that may run."""
         try:
             request = agent_wire.parse_run(body)
-        except agent_wire.RunRejected as rejected:
+        except RunRejected as rejected:
             return Reply(200, rejected.body)
         fields: dict[str, object] = {
             "SCRIPT": _short(request.script),
@@ -269,7 +269,7 @@ class Endpoints:
         the process group, SIGKILL after the grace."""
         try:
             reqid = run_control.parse_cancel(body)
-        except run_control.CancelRejected as rejected:
+        except CancelRejected as rejected:
             return Reply(400, rejected.body)
         found = self.jobs.cancel(peer.dispatcher or "", reqid)
         if not found:
@@ -361,7 +361,7 @@ class Endpoints:
         caller = peer.dispatcher or ""
         try:
             request = lifecycle.parse_rotate(body)
-        except lifecycle.RotateRejected as rejected:
+        except RotateRejected as rejected:
             log.event("rotate-fail", log.ERR, DISPATCHER=caller, ERROR=str(rejected))
             return Reply(200, rejected.body)
         decision = self._authorise(
@@ -400,7 +400,7 @@ class Endpoints:
         caller = peer.dispatcher or ""
         try:
             request = lifecycle.parse_revoke(body)
-        except lifecycle.RotateRejected as rejected:
+        except RotateRejected as rejected:
             return Reply(200, rejected.body)
         decision = self._authorise(
             state, peer, "revoke", args=(request.serial,), token=request.token

@@ -55,15 +55,10 @@ from pathlib import Path
 
 from .. import log
 from ..core import admission, agent_wire
-from ..core.http import (
-    FramingError,
-    IncompleteMessage,
-    Request,
-    RequestReader,
-    response_bytes,
-)
+from ..core.http import Request, RequestReader, response_bytes
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
+from ..errors import FramingError, IncompleteMessage
 from ..netio import abort as _abort
 from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
 from ..netio import finish as _finish

@@ -18,11 +18,19 @@ import time
 from ..config.load import load_dispatcher
 from ..core import report
 from ..core.results import ping_failed, run_failed
-from ..core.selection import SelectionError, parse_tag
-from ..dispatcher.engine import BadRequest, Engine
+from ..core.selection import parse_tag
+from ..dispatcher.engine import Engine
 from ..dispatcher.locks import HostScriptLocks
-from ..dispatcher.registry import UnknownAgents
-from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateError
+from ..errors import (
+    EXIT_FAILURE,
+    BadRequest,
+    CtrlExecError,
+    Locked,
+    PolicyDenied,
+    SelectionError,
+    StateError,
+    UnknownAgents,
+)
 from ..hooks import CALLER_CLI
 from .common import Context, add_command
 

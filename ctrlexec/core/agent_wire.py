@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RunRejected
 from . import names
 from .digest import schema_version_fallback
 from .text import is_utf8, json_flag
@@ -119,14 +120,6 @@ class RunRequest:
     username: str
     token: str
     run_async: bool
-
-
-class RunRejected(Exception):
-    """A /run body refused before the allowlist; `body` is the 200 answer."""
-
-    def __init__(self, body: dict[str, Any]):
-        super().__init__(body.get("error", ""))
-        self.body = body
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

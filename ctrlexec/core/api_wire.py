@@ -25,8 +25,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import ApiError, FramingError
 from . import names
-from .http import FramingError
 from .text import is_utf8, json_flag
 
 # Route names.
@@ -101,19 +101,16 @@ class Reply:
     content_type: str = "application/json"
 
 
-class ApiError(Exception):
-    """A request refused with an error body; `reply` is the answer."""
-
-    def __init__(self, status: int, error: str, detail: str = ""):
-        super().__init__(detail or error)
-        self.reply = Reply(status, error_body(error, detail))
-
-
 def error_body(error: str, detail: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"ok": False, "error": error}
     if detail:
         body["detail"] = detail
     return body
+
+
+def error_reply(exc: ApiError) -> Reply:
+    """The answer to a refused request."""
+    return Reply(exc.status, error_body(exc.error, exc.detail))
 
 
 def bad_request(detail: str) -> ApiError:

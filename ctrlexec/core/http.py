@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..errors import FramingError, IncompleteMessage
+
 # 0.12 answers 431 on the 33rd header line (agent and API alike).
 MAX_HEADER_LINES = 32
 # 0.12 answers 413 when Content-Length exceeds 1 MiB (agent and API alike).
@@ -68,21 +70,6 @@ class State(enum.Enum):
     HEADERS = "headers"
     BODY = "body"
     DONE = "done"
-
-
-class FramingError(Exception):
-    """A request or response that cannot be framed. `status` is the HTTP code a
-    server answers with; `reason` the short text 0.12 puts in its body."""
-
-    def __init__(self, status: int, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail or reason
-
-
-class IncompleteMessage(Exception):
-    """The peer closed before a whole message arrived."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import RotateRejected
 from .serial import normalise_received
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
 from .x509 import facts_from_der
@@ -109,12 +110,6 @@ class RotateRequest:
     key: str  # canonical key for the map
     action: str
     token: str
-
-
-class RotateRejected(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.body = status_error(message)
 
 
 def parse_rotate(body: bytes) -> RotateRequest:

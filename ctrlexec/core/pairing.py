@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PairingRejected, ProtocolError
+from ..errors import PairingRejected, PairRequestError, ProtocolError
 from .digest import pairing_code
 from .names import is_agent_name
 
@@ -54,17 +54,6 @@ REASON_TIMEOUT = "approval timeout"
 # and refuse anything else rather than store arbitrary text.
 _NONCE = re.compile(r"[A-Za-z0-9]{0,128}")
 LOOKUP_CHOICES = ("ip", "hostname")
-
-
-class PairRequestError(ProtocolError):
-    """A pairing request to refuse. `reason` goes to the agent (a 0.12 text);
-    `log_reason` is the REASON of the `pair-reject` log line."""
-
-    def __init__(self, reason: str, log_reason: str, detail: str = ""):
-        self.reason = reason
-        self.log_reason = log_reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True)

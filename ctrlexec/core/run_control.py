@@ -25,6 +25,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import CancelRejected
 from . import names
 
 RUNNING_PATH = "/running"
@@ -58,12 +59,6 @@ class RunningEntry:
 
 def running_body(entries: list[RunningEntry]) -> dict[str, Any]:
     return {"status": "ok", "running": [entry.to_wire() for entry in entries[:MAX_LISTED]]}
-
-
-class CancelRejected(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.body = {"status": "error", "error": reason}
 
 
 def parse_cancel(body: bytes) -> str:

@@ -25,13 +25,8 @@ import ssl
 from collections.abc import Callable
 
 from ..core import results
-from ..core.http import (
-    MAX_RESPONSE_BODY,
-    FramingError,
-    IncompleteMessage,
-    ResponseReader,
-    request_bytes,
-)
+from ..core.http import MAX_RESPONSE_BODY, ResponseReader, request_bytes
+from ..errors import FramingError, IncompleteMessage
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536

@@ -17,8 +17,9 @@ import ssl
 from collections.abc import Callable
 
 from ..core import results
-from ..core.http import MAX_RESPONSE_BODY, FramingError, IncompleteMessage, ResponseReader
+from ..core.http import MAX_RESPONSE_BODY, ResponseReader
 from ..core.http import request_bytes as _request_bytes
+from ..errors import FramingError, IncompleteMessage
 from .agent_client import open_tls
 
 PATH = "/run-stream"

@@ -33,15 +33,22 @@ from pathlib import Path
 
 from .. import log
 from ..core import api_wire, run_record
-from ..core.api_wire import ApiError, Reply
+from ..core.api_wire import Reply
 from ..core.timefmt import parse_openssl_notafter
-from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
+from ..errors import (
+    ApiError,
+    BadRequest,
+    CtrlExecError,
+    Locked,
+    PolicyDenied,
+    StateError,
+    UnknownAgents,
+)
 from ..hooks import CALLER_API
 from . import metrics
 from .discovery_cache import DiscoveryCache
-from .engine import BadRequest, Engine
+from .engine import Engine
 from .metrics import Metrics
-from .registry import UnknownAgents
 from .runstore import RunStore, aggregate
 
 
@@ -109,7 +116,7 @@ class Api:
                 )
             return self._endpoint(found, request)
         except ApiError as exc:
-            return exc.reply
+            return api_wire.error_reply(exc)
         except PolicyDenied as exc:
             self.metrics.denial(exc.reason)
             return api_wire.denied(exc.reason, exc.code, self.deny_generic)
@@ -118,7 +125,7 @@ class Api:
         except Locked as exc:
             return api_wire.locked(exc.conflicts)
         except BadRequest as exc:
-            return api_wire.bad_request(str(exc)).reply
+            return api_wire.error_reply(api_wire.bad_request(str(exc)))
         except CtrlExecError as exc:  # the operator reads why in the log, not the client
             log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
             return api_wire.server_error("internal error")

@@ -45,7 +45,8 @@ from pathlib import Path
 
 from .. import log
 from ..core import admission, api_wire
-from ..core.http import FramingError, IncompleteMessage, RequestReader, response_bytes
+from ..core.http import RequestReader, response_bytes
+from ..errors import FramingError, IncompleteMessage
 from ..netio import (
     abort,
     accepting,

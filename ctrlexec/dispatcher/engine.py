@@ -39,7 +39,15 @@ from ..core.ids import TokenBytes, new_reqid
 from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
 from ..core.timefmt import iso_utc
-from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    CtrlExecError,
+    EmptySelection,
+    Locked,
+    PolicyDenied,
+    SelectionError,
+)
 from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client, agent_stream
@@ -63,18 +71,6 @@ Progress = Callable[[dict], None]
 REVOKED_SERIALS = "revoked-serials"
 
 Follow = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", text)
-
-
-class BadRequest(CtrlExecError):
-    """The request itself is malformed (the API answers 400)."""
-
-    exit_code = EXIT_USAGE
-
-
-class EmptySelection(BadRequest):
-    """No agent matches the patterns and tag filters (the API answers 400)."""
-
-    exit_code = EXIT_FAILURE
 
 
 @dataclass(frozen=True)
@@ -210,7 +206,7 @@ class Engine:
                 agents[name] = cached if isinstance(cached, dict) else {}
         try:
             return selection.select(operands, tags, agents)
-        except selection.SelectionError as exc:
+        except SelectionError as exc:
             raise EmptySelection(str(exc)) from None
 
     def tls_context(self) -> ssl.SSLContext:

@@ -32,7 +32,7 @@ from pathlib import Path
 from ..core.ids import TokenBytes
 from ..core.serial import Serial
 from ..core.timefmt import openssl_notafter
-from ..errors import CtrlExecError, StateError
+from ..errors import CAExists, StateError
 from ..store import FileLock, atomic_write, ensure_dir
 from . import csr as csr_rules
 from . import keys
@@ -48,10 +48,6 @@ SERIAL_BYTES = 16
 # How long a signer waits for another one to finish.
 LOCK_TIMEOUT = 30
 _ALL_DIGITS = re.compile(r"[0-9]+")
-
-
-class CAExists(CtrlExecError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from ctrlexec import log
-from ctrlexec.dispatcher.engine import BadRequest, Engine, EngineSettings
+from ctrlexec.dispatcher.engine import Engine, EngineSettings
 from ctrlexec.dispatcher.locks import HostScriptLocks
-from ctrlexec.dispatcher.registry import Registry, UnknownAgents
-from ctrlexec.errors import Locked, PolicyDenied
+from ctrlexec.dispatcher.registry import Registry
+from ctrlexec.errors import BadRequest, Locked, PolicyDenied, UnknownAgents
 from tests.support import testpki
 from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response, issued_at
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ctrlexec.dispatcher.registry import Target, UnknownAgents
+from ctrlexec.dispatcher.registry import Target
 from ctrlexec.dispatcher.runstore import RunStore, aggregate
-from ctrlexec.errors import CtrlExecError, StateError
+from ctrlexec.errors import CtrlExecError, StateError, UnknownAgents
 
 SUBMITTED = [
     {"host": "a", "script": "s", "status": "accepted", "reqid": "r", "rtt": "1ms"},

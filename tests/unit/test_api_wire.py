@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ctrlexec.core import api_wire as wire
-from ctrlexec.core.http import FramingError
+from ctrlexec.errors import FramingError
 
 
 @pytest.mark.parametrize(
@@ -46,7 +46,7 @@ def test_no_route_body_upper_cases_the_method():
 def detail_of(call, body):
     with pytest.raises(wire.ApiError) as caught:
         call(body)
-    reply = caught.value.reply
+    reply = wire.error_reply(caught.value)
     assert reply.status == 400 and reply.body["error"] == "bad request"
     return reply.body["detail"]
 
