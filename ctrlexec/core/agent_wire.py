@@ -28,6 +28,7 @@ from typing import Any
 from ..errors import RunRejected
 from . import names
 from .digest import schema_version_fallback
+from .ids import RUN_REQID
 from .text import is_utf8, json_flag
 
 # Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
@@ -92,7 +93,7 @@ def route(method: str, path: str) -> Route:
         return Route(*found)
     if method == "GET" and path.startswith(_RESULT_PREFIX):
         ident = path[len(_RESULT_PREFIX) :]
-        if names.REQID.fullmatch(ident):
+        if RUN_REQID.shaped(ident):
             return Route(RESULT, True, ident)
     return Route(UNKNOWN, False)
 

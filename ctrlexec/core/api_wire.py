@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import ApiError, FramingError
 from . import names
+from .ids import STATUS_REQID
 from .text import is_utf8, json_flag
 
 # Route names.
@@ -86,7 +87,7 @@ def route(method: str, path: str) -> Route:
         return Route(found)
     if method == "GET" and path.startswith(_STATUS_PREFIX):
         reqid = path[len(_STATUS_PREFIX) :]
-        if names.STATUS_REQID.fullmatch(reqid) and len(reqid) <= names.REQID_MAX:
+        if STATUS_REQID.matches(reqid):
             return Route(STATUS, reqid)
     return Route(NO_ROUTE)
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import PairingRejected, PairRequestError, ProtocolError
 from .digest import pairing_code
+from .ids import PAIRING_REQID
 from .names import is_agent_name
 
 # 0.12's cap on a pairing body; checked on Content-Length before reading.
@@ -244,13 +245,7 @@ def parse_ack(body: bytes) -> str:
     status = data.get("status")
     if status == "pending":
         reqid = data.get("reqid")
-        if (
-            isinstance(reqid, str)
-            and reqid
-            and len(reqid) <= 128
-            and reqid.isascii()
-            and reqid.isalnum()
-        ):
+        if PAIRING_REQID.matches(reqid):
             return reqid
         raise ProtocolError("the dispatcher's acknowledgement has no valid reqid")
     raise PairingRejected(_reason(data, "unexpected answer"))

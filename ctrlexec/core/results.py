@@ -10,6 +10,12 @@ what they saw with 0.12:
 - failure: a small object with an `error` string. The strings are 0.12's,
   so scripts that match on them keep working.
 
+Unlike 0.12, an answer that echoes another request's reqid is that host's
+failure (`reqid mismatch ...`), never passed on as the answer to ours: an
+agent (or something in between) mixing up requests must not make one run's
+output look like another's. An answer with no reqid, or an empty one, is
+accepted as before (0.12 agents omit it on early errors).
+
 An exchange ends in either an HTTP reply or a transport failure of one of
 the kinds below; `run_result` and `ping_result` decide the object.
 """
@@ -161,6 +167,14 @@ def _canonical(result: dict[str, Any], name: str) -> dict[str, Any]:
     return result
 
 
+REQID_MISMATCH = "reqid mismatch: the agent answered another request"
+
+
+def _echoes_another(body: dict[str, Any], reqid: str) -> bool:
+    echoed = body.get("reqid")
+    return echoed is not None and echoed != "" and echoed != reqid
+
+
 def _reported(result: dict[str, Any], body: dict[str, Any]) -> None:
     own = body.get("host")
     if isinstance(own, str) and own:
@@ -187,12 +201,12 @@ def run_result(
             "reqid": reqid,
         }
     body = _object(reply.body)
-    if body is None:
+    if body is None or _echoes_another(body, reqid):
         return {
             "host": name,
             "script": script,
             "exit": -1,
-            "error": "invalid JSON response",
+            "error": "invalid JSON response" if body is None else REQID_MISMATCH,
             "rtt": rtt,
             "reqid": reqid,
         }
@@ -212,9 +226,18 @@ def _echoed(body: dict[str, Any], rtt: str, reqid: str) -> dict[str, Any]:
 
 
 def ping_result(
-    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+    name: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+    reqid: str | None = None,
 ) -> dict[str, Any]:
-    """One host's result of a ping."""
+    """One host's result of a ping (checked against the `reqid` sent, if given)."""
+    if reqid is not None and reply is not None and reply.ok:
+        body = _object(reply.body)
+        if body is not None and _echoes_another(body, reqid):
+            return {"host": name, "status": "error", "error": REQID_MISMATCH, "rtt": rtt}
     return _described(name, rtt, reply, lambda: _error(reply, failure, read_timeout, "ping"))
 
 
@@ -285,6 +308,8 @@ def async_submit_result(
     body = _object(reply.body)
     if body is None:
         return refused("error", "invalid JSON response")
+    if _echoes_another(body, reqid):
+        return refused("error", REQID_MISMATCH)
     if body.get("status") != "accepted":
         result = _echoed(body, rtt, reqid)
         result.setdefault("script", script)
@@ -325,11 +350,11 @@ def fetch_result(
             "rtt": rtt,
         }
     body = _object(reply.body)
-    if body is None:
+    if body is None or _echoes_another(body, reqid):
         return {
             "host": name,
             "status": "error",
-            "error": "invalid JSON",
+            "error": "invalid JSON" if body is None else REQID_MISMATCH,
             "reqid": reqid,
             "rtt": rtt,
         }

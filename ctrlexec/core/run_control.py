@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import CancelRejected
-from . import names
+from .ids import RUN_REQID
 
 RUNNING_PATH = "/running"
 CANCEL_PATH = "/cancel"
@@ -70,7 +70,7 @@ def parse_cancel(body: bytes) -> str:
     if not isinstance(data, dict):
         raise CancelRejected("invalid JSON")
     reqid = data.get("reqid")
-    if not isinstance(reqid, str) or not names.REQID.fullmatch(reqid):
+    if not RUN_REQID.shaped(reqid):
         raise CancelRejected("reqid must be letters, digits, '_' and '-'")
     return reqid
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import names, results, run_control, selection
+from ..core import results, run_control, selection
 from ..core.http import encode_json
-from ..core.ids import TokenBytes, new_reqid
+from ..core.ids import RUN_REQID, TokenBytes, new_reqid
 from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
 from ..core.timefmt import iso_utc
@@ -438,7 +438,7 @@ class Engine:
         one `{host, reqid, status, detail}` per host, status one of
         cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
         _check_hosts(hosts)
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
         self.authorise(
             "cancel",
@@ -584,7 +584,7 @@ class Engine:
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if reply is not None and reply.ok:
+        if reply is not None and reply.ok and result.get("error") != results.REQID_MISMATCH:
             log.event(
                 "run",
                 log.INFO,
@@ -748,7 +748,9 @@ class Engine:
 
     def _ping_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
         reply, failure, rtt = self._exchange(context, target, "/ping", body)
-        result = results.ping_result(target.name, rtt, reply, failure, self.settings.read_timeout)
+        result = results.ping_result(
+            target.name, rtt, reply, failure, self.settings.read_timeout, reqid
+        )
         if results.ping_failed(result):
             log.event(
                 "ping",

@@ -74,7 +74,7 @@ def _ping_all(engine: Engine, settings, summary: Summary, now: float) -> None:
 
     def one(target) -> dict:
         reply, failure, rtt = engine.post(target, "/ping", {"reqid": reqid})
-        return results.ping_result(target.name, rtt, reply, failure, settings.read_timeout)
+        return results.ping_result(target.name, rtt, reply, failure, settings.read_timeout, reqid)
 
     answers = fan_out(targets, one, settings.max_parallel)
     for answer in answers:

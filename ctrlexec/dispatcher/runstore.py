@@ -27,7 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
-from ..core import names, run_record
+from ..core import run_record
+from ..core.ids import RUN_REQID
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json_object
 from .registry import UnknownAgents
@@ -45,7 +46,7 @@ class RunStore:
         self.clock = clock
 
     def path(self, reqid: str) -> Path:
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             raise CtrlExecError(f"invalid reqid: {reqid!r}")
         return self.directory / f"{reqid}.json"
 
@@ -72,7 +73,7 @@ class RunStore:
     def load(self, reqid: str) -> dict | None:
         """The record, or None when there is none, it is past the TTL, or the
         reqid cannot be one; StateError when it cannot be read."""
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             return None
         path = self.path(reqid)
         try:
@@ -135,7 +136,7 @@ class RunStore:
 
 
 def _is_record_name(name: str) -> bool:
-    return name.endswith(".json") and names.is_store_reqid(name[:-5])
+    return name.endswith(".json") and RUN_REQID.matches(name[:-5])
 
 
 def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> dict | None:

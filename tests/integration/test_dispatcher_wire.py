@@ -19,7 +19,14 @@ from ctrlexec.dispatcher.locks import HostScriptLocks
 from ctrlexec.dispatcher.registry import Registry
 from ctrlexec.errors import BadRequest, Locked, PolicyDenied, UnknownAgents
 from tests.support import testpki
-from tests.support.peer012 import Peer012, default_behaviour, hold_then, http_response, issued_at
+from tests.support.peer012 import (
+    Peer012,
+    default_behaviour,
+    hold_then,
+    http_response,
+    issued_at,
+    ping_body,
+)
 
 TOKEN = "s3cret-token-value"
 
@@ -171,7 +178,13 @@ def test_large_output_arrives_whole(dispatcher, session_ca, tmp_path):
         return http_response(
             200,
             json.dumps(
-                {"exit": 0, "stdout": big, "stderr": "", "script": "s", "reqid": "r"}
+                {
+                    "exit": 0,
+                    "stdout": big,
+                    "stderr": "",
+                    "script": "s",
+                    "reqid": request.json["reqid"],
+                }
             ).encode(),
         )
 
@@ -201,6 +214,37 @@ def test_agent_refusals_become_0_12_errors(dispatcher, session_ca, tmp_path, sta
     assert result["host"] == "vm" and result["script"] == "fail"
     logged = "ACTION=run EXIT=-1 " if status == 200 else "ACTION=run ERROR="
     assert logged in dispatcher.log_text()
+
+
+def test_an_answer_to_another_request_is_that_hosts_error(dispatcher, session_ca, tmp_path):
+    """An agent echoing a reqid we did not send: the host fails and the
+    answer is not passed on as ours."""
+
+    def confused(request):
+        if request.path == "/ping":
+            return http_response(200, ping_body("0123456789abcdef"))
+        body = {"script": "s", "exit": 0, "stdout": "other run", "stderr": "", "reqid": "x1"}
+        return http_response(200, json.dumps(body).encode())
+
+    with Peer012(session_ca, tmp_path / "p", behaviour=confused) as peer:
+        dispatcher.register("vm", peer.port)
+        [ran] = run(dispatcher.engine(), ["vm"])
+        [pinged] = dispatcher.engine().ping(["vm"], caller="cli")
+    error = "reqid mismatch: the agent answered another request"
+    assert ran == {
+        "host": "vm",
+        "script": "echo-args",
+        "exit": -1,
+        "error": error,
+        "rtt": ran["rtt"],
+        "reqid": ran["reqid"],
+    }
+    assert ran["reqid"] != "x1" and "other run" not in json.dumps(ran)
+    assert pinged == {"host": "vm", "status": "error", "error": error, "rtt": pinged["rtt"]}
+    lines = dispatcher.log_text().splitlines()
+    for action in ("run", "ping"):
+        [line] = [line for line in lines if f": ACTION={action} " in line]
+        assert f'ERROR="{error}"' in line, line
 
 
 def test_close_without_reply(dispatcher, session_ca, tmp_path):
