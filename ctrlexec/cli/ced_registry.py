@@ -47,15 +47,15 @@ def days_left(expiry: object, now: float) -> str:
 def _refresh_tags(ctx: Context) -> list[dict]:
     """Ask every agent for its capabilities (gated as `ping`, as 0.12's
     discovery) so the registry's cached tags are current; the failures."""
+    from ..core.caller import Caller
     from ..dispatcher.engine import Engine
-    from ..hooks import CALLER_CLI
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     engine = Engine.from_config(settings, ctx.layout)
     names = engine.registry.names()
     if not names:
         return []
-    results = engine.discover(names, caller=CALLER_CLI)
+    results = engine.discover(names, caller=Caller())
     return [result for result in results if result.get("status") != "ok"]
 
 

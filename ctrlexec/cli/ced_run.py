@@ -17,6 +17,7 @@ import time
 
 from ..config.load import load_dispatcher
 from ..core import report
+from ..core.caller import Caller
 from ..core.results import ping_failed, run_failed
 from ..core.selection import parse_tag
 from ..dispatcher.engine import Engine
@@ -31,7 +32,6 @@ from ..errors import (
     StateError,
     UnknownAgents,
 )
-from ..hooks import CALLER_CLI
 from .common import Context, add_command
 
 # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
@@ -336,11 +336,12 @@ def _engine(ctx: Context) -> Engine:
     return Engine.from_config(settings, ctx.layout)
 
 
-def _identity(ctx: Context) -> dict:
+def _caller(ctx: Context) -> Caller:
+    """The operator, as the auth hook and the agents see them."""
     args = ctx.args
     username = args.username if args.username is not None else os.environ.get("USER", "")
     token = args.token if args.token is not None else os.environ.get("ENVEXEC_TOKEN", "")
-    return {"username": username, "token": token, "port": args.port}
+    return Caller(username, token)
 
 
 def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) -> str:
@@ -419,12 +420,12 @@ def cmd_run(ctx: Context) -> int:
             hosts,
             script,
             script_args,
-            caller=CALLER_CLI,
+            caller=_caller(ctx),
+            port=ctx.args.port,
             reqid=reqid,
             progress=done,
             follow=printer.write if printer else None,
             on_fallback=printer.fallback if printer else None,
-            **_identity(ctx),
         )
 
     text = printer.results_text if printer else report.run_text
@@ -505,10 +506,10 @@ def _run_async(
             hosts,
             script,
             script_args,
-            caller=CALLER_CLI,
+            caller=_caller(ctx),
+            port=ctx.args.port,
             reqid=reqid,
             run_async=True,
-            **_identity(ctx),
         )
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
@@ -545,7 +546,12 @@ def cmd_ping(ctx: Context) -> int:
         ping_failed,
         report.ping_text,
         lambda progress: ping_and_renew(
-            engine, settings, hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx)
+            engine,
+            settings,
+            hosts,
+            caller=_caller(ctx),
+            port=ctx.args.port,
+            progress=progress,
         ),
     )
 

@@ -22,7 +22,7 @@ nothing); `script`, `reqid`, `username` and `token` must be strings and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RunRejected
@@ -119,7 +119,7 @@ class RunRequest:
     args: tuple[str, ...]
     reqid: str
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     run_async: bool
 
 

@@ -22,7 +22,7 @@ given).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ApiError, FramingError
@@ -191,7 +191,7 @@ class Selector:
 class PingRequest:
     hosts: list[str]
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     select: Selector | None = None
 
 
@@ -201,7 +201,7 @@ class RunRequest:
     script: str
     args: list[str]
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     run_async: bool
     select: Selector | None = None
 
@@ -210,7 +210,7 @@ class RunRequest:
 class DiscoveryRequest:
     hosts: list[str]  # empty: every registered agent
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
 
 
 def _decode(body: bytes) -> Any:

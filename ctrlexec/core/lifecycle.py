@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RotateRejected
@@ -109,7 +109,7 @@ class RotateRequest:
     serial: str  # as sent (echoed in the reply)
     key: str  # canonical key for the map
     action: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
 
 
 def parse_rotate(body: bytes) -> RotateRequest:

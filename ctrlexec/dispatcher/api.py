@@ -34,6 +34,7 @@ from pathlib import Path
 from .. import log
 from ..core import api_wire, run_record
 from ..core.api_wire import Reply
+from ..core.caller import Caller
 from ..core.timefmt import parse_openssl_notafter
 from ..errors import (
     ApiError,
@@ -44,7 +45,6 @@ from ..errors import (
     StateError,
     UnknownAgents,
 )
-from ..hooks import CALLER_API
 from . import metrics
 from .discovery_cache import DiscoveryCache
 from .engine import Engine
@@ -110,9 +110,7 @@ class Api:
                 self.engine.authorise(
                     "api",
                     [],
-                    caller=CALLER_API,
-                    token=token,
-                    source_ip=request.peer,
+                    caller=Caller.api(request.peer, token=token),
                 )
             return self._endpoint(found, request)
         except ApiError as exc:
@@ -166,10 +164,7 @@ class Api:
         ping = api_wire.parse_ping(request.body)
         results = self.engine.ping(
             self._selected(ping.hosts, ping.select),
-            caller=CALLER_API,
-            username=ping.username,
-            token=ping.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, ping.username, ping.token),
         )
         return Reply(200, {"ok": True, "results": results})
 
@@ -189,10 +184,7 @@ class Api:
             hosts,
             run.script,
             run.args,
-            caller=CALLER_API,
-            username=run.username,
-            token=run.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, run.username, run.token),
             reqid=reqid,
             run_async=run.run_async,
             before_dispatch=record_pending if run.run_async else None,
@@ -216,10 +208,7 @@ class Api:
             return Reply(200, {"ok": True, "hosts": {}})
         results = self.engine.discover(
             hosts,
-            caller=CALLER_API,
-            username=wanted.username,
-            token=wanted.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, wanted.username, wanted.token),
         )
         self.discovered.store(results)
         return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
@@ -236,9 +225,7 @@ class Api:
             self.engine.authorise(
                 "status",
                 [],
-                caller=CALLER_API,
-                token=api_wire.bearer_token(request.authorization),
-                source_ip=request.peer,
+                caller=Caller.api(request.peer, token=api_wire.bearer_token(request.authorization)),
                 reqid=reqid,
                 submitter=submitter if isinstance(submitter, dict) else None,
             )
@@ -269,9 +256,7 @@ class Api:
             self.engine.authorise(
                 "ping",
                 names,
-                caller=CALLER_API,
-                token=api_wire.bearer_token(request.authorization),
-                source_ip=request.peer,
+                caller=Caller.api(request.peer, token=api_wire.bearer_token(request.authorization)),
             )
         capabilities = self.discovered.results(
             names, lambda stale: self.engine.capabilities(self.engine.resolve(stale))

@@ -1,7 +1,7 @@
 """Ping and run fan-out: how every dispatcher front end talks to agents.
 
 `ced ping`/`ced run` call it, and the HTTP API (`dispatcher serve`) calls it
-the same way with `caller="api"` and its client's address. One call is:
+the same way with a `Caller.api(...)` (its client's address). One call is:
 
 1. validate the request (hosts, script name, args) -> BadRequest;
 2. the auth hook for the action (`ping` or `run`) -> PolicyDenied;
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from .. import hooks, log
 from ..config.paths import Layout
 from ..core import results, run_control, selection
+from ..core.caller import Caller
 from ..core.http import encode_json
 from ..core.ids import RUN_REQID, TokenBytes, new_reqid
 from ..core.lifecycle import peer_problem
@@ -57,8 +58,6 @@ from .registry import DEFAULT_AGENT_PORT, Registry, Target
 
 # 0.12's Engine refuses more hosts than this in one operation.
 MAX_HOSTS = 500
-# What 0.12's CLI reports to the auth hook as the caller's address.
-CLI_SOURCE_IP = "127.0.0.1"
 # Bounds on what one run may carry (the agent caps its request body at 1 MiB).
 MAX_ARGS = 4096
 # Discovery caches an agent's tags in its registry record; an agent has at
@@ -149,10 +148,7 @@ class Engine:
         action: str,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = "",
+        caller: Caller,
         script: str = "",
         args: Sequence[str] = (),
         reqid: str = "",
@@ -164,9 +160,9 @@ class Engine:
             script=script,
             hosts=list(hosts),
             args=list(args),
-            username=username,
-            token=token,
-            source_ip=source_ip,
+            username=caller.username,
+            token=caller.token,
+            source_ip=caller.source_ip,
             reqid=reqid,
             submitter=submitter,
         )
@@ -174,11 +170,26 @@ class Engine:
             request,
             self.settings.auth_hook,
             self.settings.auth_hook_timeout,
-            caller,
+            caller.front,
             self.settings.api_auth_default,
         )
         if not decision.allowed:
             raise PolicyDenied(decision.reason, decision.code)
+
+    def admit(
+        self,
+        action: str,
+        hosts: Sequence[str],
+        caller: Caller,
+        port: int | None = None,
+        **hook_fields,
+    ) -> list[Target]:
+        """The steps every operation starts with: the host list's bounds,
+        the auth hook for `action` (`hook_fields`: script, args, reqid), then
+        the registry targets."""
+        _check_hosts(hosts)
+        self.authorise(action, hosts, caller=caller, **hook_fields)
+        return self.resolve(hosts, port)
 
     def resolve(self, hosts: Sequence[str], port: int | None = None) -> list[Target]:
         """Registry targets for the hosts (UnknownAgents names every unknown one)."""
@@ -238,20 +249,13 @@ class Engine:
         self,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         reqid: str | None = None,
         progress: Progress | None = None,
     ) -> list[dict]:
         """POST /ping to every host; one result per host (§7.7)."""
-        _check_hosts(hosts)
-        self.authorise(
-            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("ping", hosts, caller, port)
         reqid = reqid or self.new_reqid()
         context = self.tls_context()
         body = encode_json({"reqid": reqid})
@@ -268,10 +272,7 @@ class Engine:
         script: str,
         args: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         reqid: str | None = None,
         progress: Progress | None = None,
@@ -290,19 +291,8 @@ class Engine:
         locked, before the first request (the API records an async run there,
         so a crash cannot leave a job without a record); if it raises, nothing
         is sent."""
-        _check_hosts(hosts)
         _check_run(script, args)
-        self.authorise(
-            "run",
-            hosts,
-            caller=caller,
-            username=username,
-            token=token,
-            source_ip=source_ip,
-            script=script,
-            args=args,
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("run", hosts, caller, port, script=script, args=args)
         reqid = reqid or self.new_reqid()
         held = self.locks.acquire([target.name for target in targets], script)
         ended: set[str] = set()  # hosts whose run is over (their answer is in)
@@ -312,7 +302,13 @@ class Engine:
             if held.stale:
                 self._check_stale(held, targets, script, context)
             held.record(
-                lock_holder(reqid, caller, username, self._wall_clock(), self._process_user())
+                lock_holder(
+                    reqid,
+                    caller.front,
+                    caller.username,
+                    self._wall_clock(),
+                    self._process_user(),
+                )
             )
             log.event(
                 "dispatch",
@@ -326,8 +322,8 @@ class Engine:
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,
-                "username": username,
-                "token": token,
+                "username": caller.username,
+                "token": caller.token,
             }
             if run_async:
                 request["async"] = True
@@ -427,30 +423,16 @@ class Engine:
         hosts: Sequence[str],
         reqid: str,
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         script: str = "",
     ) -> list[dict]:
         """POST /cancel of `reqid` to every host (auth hook action `cancel`);
         one `{host, reqid, status, detail}` per host, status one of
         cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
-        _check_hosts(hosts)
         if not RUN_REQID.matches(reqid):
             raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
-        self.authorise(
-            "cancel",
-            hosts,
-            caller=caller,
-            username=username,
-            token=token,
-            source_ip=source_ip,
-            script=script,
-            reqid=reqid,
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("cancel", hosts, caller, port, script=script, reqid=reqid)
         context = self.tls_context()
         body = encode_json({"reqid": reqid})
         return fan_out(
@@ -485,19 +467,12 @@ class Engine:
         self,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
     ) -> list[dict]:
         """Discovery as 0.12 gates it (the `ping` action), then the agents'
         capabilities; each OK agent's tags are cached in the registry."""
-        _check_hosts(hosts)
-        self.authorise(
-            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
-        )
-        results = self.capabilities(self.resolve(hosts, port))
+        results = self.capabilities(self.admit("ping", hosts, caller, port))
         for result in results:
             if result.get("status") == "ok" and isinstance(result.get("tags"), dict):
                 self._cache_tags(result["host"], result["tags"])

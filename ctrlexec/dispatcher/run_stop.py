@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core import run_record
+from ..core.caller import Caller
 from ..core.run_control import CANCELLED
 from ..errors import CtrlExecError, StateError
 from .engine import BadRequest, Engine
@@ -63,8 +64,8 @@ def cancel_run(
     store: RunStore,
     reqid: str,
     hosts: Sequence[str],
-    identity: dict,
-    caller: str,
+    caller: Caller,
+    port: int | None = None,
 ) -> list[dict]:
     """Cancel `reqid` on `hosts` (none given: the hosts of its record that
     may still run it); per-host results. The record, if any, is updated."""
@@ -81,7 +82,7 @@ def cancel_run(
         hosts = _unfinished_hosts(record)
         if not hosts:
             raise BadRequest(f"run {reqid} has no host left running (see: status {reqid})")
-    results = engine.cancel(list(hosts), reqid, caller=caller, script=script, **identity)
+    results = engine.cancel(list(hosts), reqid, caller=caller, port=port, script=script)
     cancelled = [result["host"] for result in results if result["status"] == CANCELLED]
     if record is not None and cancelled:
         try:

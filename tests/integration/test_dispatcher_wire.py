@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ctrlexec import log
+from ctrlexec.core.caller import Caller
 from ctrlexec.dispatcher.engine import Engine, EngineSettings
 from ctrlexec.dispatcher.locks import HostScriptLocks
 from ctrlexec.dispatcher.registry import Registry
@@ -75,14 +76,12 @@ def peer(session_ca, tmp_path):
 
 
 def run(engine: Engine, hosts, script="echo-args", args=(), **kwargs):
-    return engine.run(
-        hosts, script, list(args), caller="cli", username="alice", token=TOKEN, **kwargs
-    )
+    return engine.run(hosts, script, list(args), caller=Caller("alice", TOKEN), **kwargs)
 
 
 def test_ping_request_and_result_match_0_12(dispatcher, peer):
     dispatcher.register("vm", peer.port)
-    [result] = dispatcher.engine().ping(["vm"], caller="cli")
+    [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     [request] = peer.received
     assert (request.method, request.path) == ("POST", "/ping")
     assert len(request.headers) <= 32 and request.headers["content-length"] == str(
@@ -149,13 +148,13 @@ def test_one_reqid_for_every_host_and_results_in_the_order_given(dispatcher, ses
 
 def test_host_port_overrides_the_registered_port(dispatcher, peer):
     dispatcher.register("vm", 1, agent=peer.issued)  # nothing listens there
-    [result] = dispatcher.engine().ping([f"vm:{peer.port}"], caller="cli")
+    [result] = dispatcher.engine().ping([f"vm:{peer.port}"], caller=Caller())
     assert result["status"] == "ok" and result["host"] == "vm"
 
 
 def test_agent_registered_on_the_default_port_uses_the_port_option(dispatcher, peer):
     dispatcher.register("vm", 7443, agent=peer.issued)
-    [result] = dispatcher.engine().ping(["vm"], caller="cli", port=peer.port)
+    [result] = dispatcher.engine().ping(["vm"], caller=Caller(), port=peer.port)
     assert result["status"] == "ok"
 
 
@@ -229,7 +228,7 @@ def test_an_answer_to_another_request_is_that_hosts_error(dispatcher, session_ca
     with Peer012(session_ca, tmp_path / "p", behaviour=confused) as peer:
         dispatcher.register("vm", peer.port)
         [ran] = run(dispatcher.engine(), ["vm"])
-        [pinged] = dispatcher.engine().ping(["vm"], caller="cli")
+        [pinged] = dispatcher.engine().ping(["vm"], caller=Caller())
     error = "reqid mismatch: the agent answered another request"
     assert ran == {
         "host": "vm",
@@ -250,7 +249,7 @@ def test_an_answer_to_another_request_is_that_hosts_error(dispatcher, session_ca
 def test_close_without_reply(dispatcher, session_ca, tmp_path):
     with Peer012(session_ca, tmp_path / "p", behaviour=lambda r: None) as peer:
         dispatcher.register("vm", peer.port)
-        [result] = dispatcher.engine().ping(["vm"], caller="cli")
+        [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     assert result == {
         "host": "vm",
         "status": "error",
@@ -280,7 +279,7 @@ def test_connection_refused(dispatcher):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     dispatcher.register("vm", port)
-    [result] = dispatcher.engine().ping(["vm"], caller="cli")
+    [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     assert result["error"] == (
         f"host '127.0.0.1' did not respond on port {port} - connection "
         "refused (agent not running, or wrong port?)"
@@ -289,7 +288,7 @@ def test_connection_refused(dispatcher):
 
 def test_unresolvable_name(dispatcher):
     dispatcher.register("vm", 7443, address="no-such-host.invalid")
-    [result] = dispatcher.engine().ping(["vm"], caller="cli")
+    [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     assert result["error"] == (
         "host 'no-such-host.invalid' did not resolve - check the name or use an IP address"
     )
@@ -312,7 +311,7 @@ def test_agent_that_refuses_our_certificate(dispatcher, session_ca, tmp_path):
     stranger = testpki.SessionCA("someone else's CA")
     with Peer012(session_ca, tmp_path / "p", client_ca=stranger) as peer:
         dispatcher.register("vm", peer.port)
-        [result] = dispatcher.engine().ping(["vm"], caller="cli")
+        [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     assert (
         result["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
     )
@@ -344,7 +343,7 @@ def test_an_agent_that_closes_before_the_handshake_is_not_called_a_cert_problem(
     server.start()
     try:
         dispatcher.register("vm", port)
-        [result] = dispatcher.engine().ping(["vm"], caller="cli")
+        [result] = dispatcher.engine().ping(["vm"], caller=Caller())
     finally:
         server.join(10)
         listener.close()
@@ -354,7 +353,7 @@ def test_an_agent_that_closes_before_the_handshake_is_not_called_a_cert_problem(
 def test_unknown_agents_are_named_and_nothing_is_contacted(dispatcher, peer):
     dispatcher.register("vm", peer.port)
     with pytest.raises(UnknownAgents) as unknown:
-        dispatcher.engine().ping(["vm", "nosuch", "other:7443"], caller="cli")
+        dispatcher.engine().ping(["vm", "nosuch", "other:7443"], caller=Caller())
     assert unknown.value.names == ["nosuch", "other:7443"]
     assert peer.received == []
 
@@ -380,7 +379,7 @@ def test_malformed_requests(dispatcher, peer, hosts, script, args, message):
 def test_denied_by_the_api_default_before_any_connection(dispatcher, peer):
     dispatcher.register("vm", peer.port)
     with pytest.raises(PolicyDenied) as denied:
-        dispatcher.engine().run(["vm"], "echo-args", [], caller="api", source_ip="10.1.2.3")
+        dispatcher.engine().run(["vm"], "echo-args", [], caller=Caller.api("10.1.2.3"))
     assert (denied.value.reason, denied.value.code) == ("no auth hook configured", 1)
     assert peer.received == []
     assert (
