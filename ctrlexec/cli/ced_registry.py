@@ -9,6 +9,7 @@ from .. import log
 from ..config.load import load_dispatcher
 from ..core import pairing as wire
 from ..core.names import TAG_KEY, is_agent_name
+from ..core.results import HostResult
 from ..core.timefmt import parse_openssl_notafter
 from ..dispatcher.registry import DEFAULT_AGENT_PORT, Registry, UnknownAgents
 from ..errors import CtrlExecError
@@ -44,7 +45,7 @@ def days_left(expiry: object, now: float) -> str:
     return "?" if epoch is None else str(int((epoch - now) // 86400))
 
 
-def _refresh_tags(ctx: Context) -> list[dict]:
+def _refresh_tags(ctx: Context) -> list[HostResult]:
     """Ask every agent for its capabilities (gated as `ping`, as 0.12's
     discovery) so the registry's cached tags are current; the failures."""
     from ..core.caller import Caller
@@ -56,7 +57,7 @@ def _refresh_tags(ctx: Context) -> list[dict]:
     if not names:
         return []
     results = engine.discover(names, caller=Caller())
-    return [result for result in results if result.get("status") != "ok"]
+    return [result for result in results if result.failed]
 
 
 def list_agents(ctx: Context) -> int:
@@ -64,7 +65,7 @@ def list_agents(ctx: Context) -> int:
     if ctx.args.refresh:
         for failed in _refresh_tags(ctx):
             ctx.err(
-                f"warning: {failed.get('host')}: {failed.get('error', 'no answer')} "
+                f"warning: {failed.wire.get('host')}: {failed.wire.get('error', 'no answer')} "
                 "(its cached tags are unchanged)"
             )
     records = list(registry.records())

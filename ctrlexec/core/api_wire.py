@@ -22,12 +22,14 @@ given).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ApiError, FramingError
 from . import names
 from .ids import STATUS_REQID
+from .results import HostResult
 from .text import is_utf8, json_flag
 
 # Route names.
@@ -363,7 +365,7 @@ def bearer_token(authorization: str) -> str:
 
 
 def live_spec(
-    spec: dict[str, Any], hosts: list[str], capabilities: list[dict[str, Any]], epoch: int
+    spec: dict[str, Any], hosts: list[str], capabilities: Sequence[HostResult], epoch: int
 ) -> dict[str, Any]:
     """The static document with the live host and script enums (0.12's rules):
     request `hosts` items enumerate the registry, the run request's `script`
@@ -379,10 +381,11 @@ def live_spec(
             hosts_schema.setdefault("items", {})["enum"] = list(hosts)
     variants: dict[str, dict[str, dict[str, Any]]] = {}
     for result in capabilities:
-        if result.get("status") != "ok" or not isinstance(result.get("scripts"), list):
+        scripts = result.wire.get("scripts")
+        if result.status != "ok" or not isinstance(scripts, list):
             continue
-        host = result.get("host")
-        for entry in result["scripts"]:
+        host = result.wire.get("host")
+        for entry in scripts:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str) or not name:
                 continue

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import RotateRejected
+from .results import HostResult
 from .serial import normalise_received
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
 from .x509 import facts_from_der
@@ -54,13 +55,13 @@ def renewal_due(expiry: object, now: float, cert_days: int | None) -> bool:
     return not_after - now < (days / 2) * DAY
 
 
-def ping_wants_renewal(result: dict[str, Any], now: float, cert_days: int | None) -> bool:
+def ping_wants_renewal(result: HostResult, now: float, cert_days: int | None) -> bool:
     """A ping result that asks for a renewal: answered ok, an expiry, not
     already holding a staged certificate, and due."""
     return (
-        result.get("status") == "ok"
-        and result.get("staged") is not True
-        and renewal_due(result.get("expiry"), now, cert_days)
+        result.status == "ok"
+        and result.wire.get("staged") is not True
+        and renewal_due(result.wire.get("expiry"), now, cert_days)
     )
 
 

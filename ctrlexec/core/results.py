@@ -17,14 +17,18 @@ output look like another's. An answer with no reqid, or an empty one, is
 accepted as before (0.12 agents omit it on early errors).
 
 An exchange ends in either an HTTP reply or a transport failure of one of
-the kinds below; `run_result` and `ping_result` decide the object.
+the kinds below; `run_result`, `ping_result` and their siblings decide the
+object and wrap it in a `HostResult`. Everything downstream (logs, text
+output, run records, exit codes) reads the typed properties; only the
+boundaries (API bodies, `--json`, run records) call `to_wire()`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 # Transport failure kinds (what went wrong before an HTTP reply arrived).
@@ -55,6 +59,108 @@ KINDS = (
     OTHER,
     IDENTITY,
 )
+
+
+# The operations a per-host result answers; each has its own failure rule.
+RUN = "run"  # synchronous /run
+SUBMIT = "submit"  # asynchronous /run (the agent's 202)
+PING = "ping"
+CAPABILITIES = "capabilities"
+FETCH = "result"  # /result/<reqid> of an async run
+OPS = (RUN, SUBMIT, PING, CAPABILITIES, FETCH)
+
+
+def exit_code(value: object) -> int:
+    """An `exit` value as an int; anything missing or odd counts as -1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return -1
+    return value
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """One host's answer to one operation.
+
+    `wire` is the 0.12 JSON object (keys in 0.12's order; read-only). Much of
+    it is the agent's own body, so its values can be of any JSON type: the
+    typed properties below are the one place that decides what a value
+    means, and `text()` renders a raw value for display."""
+
+    op: str
+    wire: Mapping[str, Any] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown operation {self.op!r}")
+        object.__setattr__(self, "wire", MappingProxyType(dict(self.wire)))
+
+    @classmethod
+    def from_wire(cls, op: str, value: object) -> HostResult:
+        """A result read back from a run record (anything not an object is empty)."""
+        return cls(op, value if isinstance(value, dict) else {})
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.wire)
+
+    @property
+    def host(self) -> str:
+        return _text_or_none(self.wire.get("host")) or ""
+
+    @property
+    def status(self) -> str | None:
+        return _text_or_none(self.wire.get("status"))
+
+    @property
+    def error(self) -> str | None:
+        """The error text; None when there is none (absent, null or empty)."""
+        value = self.wire.get("error")
+        return str(value) if value else None
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.wire.get("exit"))
+
+    @property
+    def reqid(self) -> str | None:
+        return _text_or_none(self.wire.get("reqid"))
+
+    @property
+    def rtt(self) -> str:
+        return _text_or_none(self.wire.get("rtt")) or ""
+
+    @property
+    def stdout(self) -> str | None:
+        return _text_or_none(self.wire.get("stdout"))
+
+    @property
+    def stderr(self) -> str | None:
+        return _text_or_none(self.wire.get("stderr"))
+
+    @property
+    def failed(self) -> bool:
+        """0.12's rules: a run failed unless it exited 0; a ping or a
+        capabilities query unless its status is `ok`; a submission unless
+        the agent accepted it; a fetch when it could not be made."""
+        if self.op == RUN:
+            return self.exit_code != 0
+        if self.op == SUBMIT:
+            return self.status != "accepted"
+        if self.op == FETCH:
+            return self.status in (None, "error")
+        return self.status != "ok"
+
+    def text(self, key: str, default: str = "") -> str:
+        """A raw value as text, for display (callers make it terminal-safe)."""
+        value = self.wire.get(key)
+        return default if value is None else str(value)
+
+    def has(self, key: str) -> bool:
+        """Whether the object carries a non-null `key`."""
+        return self.wire.get(key) is not None
 
 
 @dataclass(frozen=True)
@@ -181,7 +287,7 @@ def _reported(result: dict[str, Any], body: dict[str, Any]) -> None:
         result["reported_hostname"] = own
 
 
-def run_result(
+def _run_wire(
     name: str,
     script: str,
     reqid: str,
@@ -225,7 +331,7 @@ def _echoed(body: dict[str, Any], rtt: str, reqid: str) -> dict[str, Any]:
     return result
 
 
-def ping_result(
+def _ping_wire(
     name: str,
     rtt: str,
     reply: Reply | None,
@@ -258,24 +364,7 @@ def _described(
     return _canonical(result, name)
 
 
-def exit_code_of(result: dict[str, Any]) -> int:
-    """A run result's exit as an int; anything missing or odd counts as -1."""
-    value: Any = result.get("exit")
-    if isinstance(value, bool) or not isinstance(value, int):
-        return -1
-    return value
-
-
-def run_failed(result: dict[str, Any]) -> bool:
-    """0.12: a host failed unless it exited 0."""
-    return exit_code_of(result) != 0
-
-
-def ping_failed(result: dict[str, Any]) -> bool:
-    return result.get("status") != "ok"
-
-
-def async_submit_result(
+def _async_submit_wire(
     name: str,
     script: str,
     reqid: str,
@@ -320,7 +409,7 @@ def async_submit_result(
     return _canonical(_echoed(body, rtt, reqid), name)
 
 
-def capabilities_result(
+def _capabilities_wire(
     name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
 ) -> dict[str, Any]:
     """One host's /capabilities answer. 0.12 reports any refusal by its
@@ -334,7 +423,7 @@ def capabilities_result(
     return _described(name, rtt, reply, error)
 
 
-def fetch_result(
+def _fetch_wire(
     name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
 ) -> dict[str, Any]:
     """One host's /result/<reqid> answer: the agent's record, `unknown` for a
@@ -361,3 +450,65 @@ def fetch_result(
     result = _echoed(body, rtt, reqid)
     result["host"] = name
     return result
+
+
+# -- the per-host results, one function per operation ---------------------------------
+
+
+def run_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> HostResult:
+    """One host's result of a synchronous run."""
+    return HostResult(RUN, _run_wire(name, script, reqid, rtt, reply, failure, read_timeout))
+
+
+def ping_result(
+    name: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+    reqid: str | None = None,
+) -> HostResult:
+    """One host's result of a ping (checked against the `reqid` sent, if given)."""
+    return HostResult(PING, _ping_wire(name, rtt, reply, failure, read_timeout, reqid))
+
+
+def async_submit_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: Reply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> HostResult:
+    """One host's answer to an async submission (see _async_submit_wire)."""
+    return HostResult(
+        SUBMIT, _async_submit_wire(name, script, reqid, rtt, reply, failure, read_timeout)
+    )
+
+
+def capabilities_result(
+    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+) -> HostResult:
+    """One host's /capabilities answer."""
+    return HostResult(CAPABILITIES, _capabilities_wire(name, rtt, reply, failure, read_timeout))
+
+
+def fetch_result(
+    name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+) -> HostResult:
+    """One host's /result/<reqid> answer."""
+    return HostResult(FETCH, _fetch_wire(name, reqid, rtt, reply, failure, read_timeout))
+
+
+def fetch_failure(name: str, error: str) -> HostResult:
+    """A /result/<reqid> that could not be asked (the host is not registered)."""
+    return HostResult(FETCH, {"status": "error", "error": error, "host": name})

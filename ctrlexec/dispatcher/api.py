@@ -35,6 +35,7 @@ from .. import log
 from ..core import api_wire, run_record
 from ..core.api_wire import Reply
 from ..core.caller import Caller
+from ..core.results import SUBMIT, HostResult
 from ..core.timefmt import parse_openssl_notafter
 from ..errors import (
     ApiError,
@@ -166,7 +167,7 @@ class Api:
             self._selected(ping.hosts, ping.select),
             caller=Caller.api(request.peer, ping.username, ping.token),
         )
-        return Reply(200, {"ok": True, "results": results})
+        return Reply(200, {"ok": True, "results": _wire(results)})
 
     def _run(self, request: ApiRequest) -> Reply:
         run = api_wire.parse_run(request.body)
@@ -177,7 +178,10 @@ class Api:
         def record_pending(reqid: str, targets) -> None:
             # before any agent is asked: a crash after this leaves a record
             # whose hosts /status will ask (and find running, done or expired)
-            pending = [{"host": target.name, "status": "accepted"} for target in targets]
+            pending = [
+                HostResult(SUBMIT, {"host": target.name, "status": "accepted"})
+                for target in targets
+            ]
             self.store.record_async(reqid, run.script, pending, submitter)
 
         results = self.engine.run(
@@ -198,8 +202,10 @@ class Api:
         except StateError:
             pass  # logged run-store-fail; the run happened and its answer stands (0.12)
         if run.run_async:
-            return Reply(202, {"ok": True, "reqid": reqid, "async": True, "results": results})
-        return Reply(200, {"ok": True, "reqid": reqid, "results": results})
+            return Reply(
+                202, {"ok": True, "reqid": reqid, "async": True, "results": _wire(results)}
+            )
+        return Reply(200, {"ok": True, "reqid": reqid, "results": _wire(results)})
 
     def _discovery(self, request: ApiRequest) -> Reply:
         wanted = api_wire.parse_discovery(request.body)
@@ -211,7 +217,9 @@ class Api:
             caller=Caller.api(request.peer, wanted.username, wanted.token),
         )
         self.discovered.store(results)
-        return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
+        return Reply(
+            200, {"ok": True, "hosts": {result.host: result.to_wire() for result in results}}
+        )
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
         try:
@@ -263,3 +271,8 @@ class Api:
         )
         document = api_wire.live_spec(json.loads(self.spec), names, capabilities, int(self.clock()))
         return Reply(200, document)
+
+
+def _wire(results: list[HostResult]) -> list[dict]:
+    """Per-host results as 0.12's JSON objects."""
+    return [result.to_wire() for result in results]

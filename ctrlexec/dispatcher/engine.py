@@ -65,7 +65,7 @@ MAX_ARGS = 4096
 MAX_CACHED_TAGS = 256
 MAX_TAG_TEXT = 1024
 
-Progress = Callable[[dict], None]
+Progress = Callable[[results.HostResult], None]
 # The dispatcher's revocation list, in ca_dir.
 REVOKED_SERIALS = "revoked-serials"
 
@@ -253,7 +253,7 @@ class Engine:
         port: int | None = None,
         reqid: str | None = None,
         progress: Progress | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """POST /ping to every host; one result per host (§7.7)."""
         targets = self.admit("ping", hosts, caller, port)
         reqid = reqid or self.new_reqid()
@@ -280,7 +280,7 @@ class Engine:
         follow: Follow | None = None,
         on_fallback: Callable[[str], None] | None = None,
         before_dispatch: Callable[[str, list[Target]], None] | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
@@ -341,8 +341,8 @@ class Engine:
             else:
                 one = self._run_one
 
-            def done(result: dict) -> None:
-                ended.add(result.get("host", ""))
+            def done(result: results.HostResult) -> None:
+                ended.add(result.host)
                 if progress is not None:
                     progress(result)
 
@@ -362,7 +362,7 @@ class Engine:
         return outcome
 
     def _still_running_after(
-        self, outcome: list[dict], targets: Sequence[Target], run_async: bool
+        self, outcome: list[results.HostResult], targets: Sequence[Target], run_async: bool
     ) -> set[str]:
         """Hosts whose synchronous run we stopped waiting for without its end
         (the script may still run there): their holder records stay."""
@@ -371,7 +371,7 @@ class Engine:
         return {
             target.name
             for target, result in zip(targets, outcome, strict=True)
-            if result.get("error", "").startswith("read timeout")
+            if (result.error or "").startswith("read timeout")
         }
 
     def _check_stale(
@@ -453,7 +453,7 @@ class Engine:
         log.event("cancel", level, TARGET=target.label, RESULT=status, RTT=rtt, REQID=reqid)
         return {"host": target.name, "reqid": reqid, "status": status, "detail": detail}
 
-    def capabilities(self, targets: Sequence[Target]) -> list[dict]:
+    def capabilities(self, targets: Sequence[Target]) -> list[results.HostResult]:
         """GET /capabilities from every target; one result per target. No
         auth hook here: `discover` is the gated front door."""
         context = self.tls_context()
@@ -469,16 +469,17 @@ class Engine:
         *,
         caller: Caller,
         port: int | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """Discovery as 0.12 gates it (the `ping` action), then the agents'
         capabilities; each OK agent's tags are cached in the registry."""
-        results = self.capabilities(self.admit("ping", hosts, caller, port))
-        for result in results:
-            if result.get("status") == "ok" and isinstance(result.get("tags"), dict):
-                self._cache_tags(result["host"], result["tags"])
-        return results
+        answers = self.capabilities(self.admit("ping", hosts, caller, port))
+        for answer in answers:
+            tags = answer.wire.get("tags")
+            if not answer.failed and isinstance(tags, dict):
+                self._cache_tags(answer.host, tags)
+        return answers
 
-    def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[dict]:
+    def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[results.HostResult]:
         """GET /result/<reqid> from every target (an async run's progress)."""
         context = self.tls_context()
         return fan_out(
@@ -544,7 +545,7 @@ class Engine:
         reqid: str,
         follow: Follow | None = None,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> dict:
+    ) -> results.HostResult:
         streamed = None
         if follow is not None:
             streamed = self._stream(context, target, body, script, reqid, follow)
@@ -559,13 +560,13 @@ class Engine:
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if reply is not None and reply.ok and result.get("error") != results.REQID_MISMATCH:
+        if reply is not None and reply.ok and result.error != results.REQID_MISMATCH:
             log.event(
                 "run",
                 log.INFO,
                 SCRIPT=script,
                 TARGET=target.label,
-                EXIT=results.exit_code_of(result),
+                EXIT=result.exit_code,
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -575,7 +576,7 @@ class Engine:
                 log.ERR,
                 SCRIPT=script,
                 TARGET=target.label,
-                ERROR=result["error"],
+                ERROR=result.error,
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -643,51 +644,52 @@ class Engine:
 
     def _submit_one(
         self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
-    ) -> dict:
+    ) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/run", body)
         result = results.async_submit_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        status = result.get("status")
+        status = result.status
         fields = {"SCRIPT": script, "TARGET": target.label, "RTT": rtt, "REQID": reqid}
         if status == "accepted":
             log.event("run-async", log.INFO, STATUS=status, **fields)
         elif status == "busy":
             log.event("run-async", log.WARNING, STATUS=status, **fields)
         else:
-            log.event("run-async", log.ERR, ERROR=result.get("error", ""), **fields)
+            log.event("run-async", log.ERR, ERROR=result.text("error"), **fields)
         return result
 
-    def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> dict:
+    def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/capabilities", None)
         result = results.capabilities_result(
             target.name, rtt, reply, failure, self.settings.read_timeout
         )
-        if result.get("status") == "ok" and isinstance(result.get("scripts"), list):
+        scripts = result.wire.get("scripts")
+        if result.status == "ok" and isinstance(scripts, list):
             log.event(
                 "capabilities",
                 log.INFO,
                 TARGET=target.label,
-                SCRIPTS=len(result["scripts"]),
+                SCRIPTS=len(scripts),
                 RTT=rtt,
             )
         else:
             log.event(
-                "capabilities", log.ERR, TARGET=target.label, ERROR=result.get("error", ""), RTT=rtt
+                "capabilities", log.ERR, TARGET=target.label, ERROR=result.text("error"), RTT=rtt
             )
         return result
 
-    def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> dict:
+    def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, f"/result/{reqid}", None)
         result = results.fetch_result(
             target.name, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if result.get("status") == "error":
+        if result.status == "error":
             log.event(
                 "result",
                 log.ERR,
                 TARGET=target.label,
-                ERROR=result.get("error", ""),
+                ERROR=result.text("error"),
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -696,7 +698,7 @@ class Engine:
                 "result",
                 log.INFO,
                 TARGET=target.label,
-                STATUS=result.get("status"),
+                STATUS=result.wire.get("status"),
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -721,17 +723,19 @@ class Engine:
         except (CtrlExecError, OSError) as exc:
             log.event("registry-fail", log.WARNING, HOST=name, ERROR=str(exc)[:200])
 
-    def _ping_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
+    def _ping_one(
+        self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str
+    ) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/ping", body)
         result = results.ping_result(
             target.name, rtt, reply, failure, self.settings.read_timeout, reqid
         )
-        if results.ping_failed(result):
+        if result.failed:
             log.event(
                 "ping",
                 log.ERR,
                 TARGET=target.label,
-                ERROR=result.get("error", ""),
+                ERROR=result.text("error"),
                 RTT=rtt,
                 REQID=reqid,
             )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from ..core import run_record
 from ..core.caller import Caller
+from ..core.results import HostResult
 from ..core.run_control import CANCELLED
 from ..errors import CtrlExecError, StateError
 from .engine import BadRequest, Engine
@@ -39,7 +40,7 @@ def record_interrupted(
     script: str,
     hosts: Sequence[str],
     port: int | None,
-    answered: Sequence[dict],
+    answered: Sequence[HostResult],
 ) -> Interrupted:
     """Record an interrupted synchronous run: `answered` are the per-host
     results that came in, every other host is still running."""
@@ -47,7 +48,7 @@ def record_interrupted(
         names = [target.name for target in engine.resolve(hosts, port)]
     except CtrlExecError as exc:  # interrupted before the hosts were even resolved
         return Interrupted(reqid, [], False, str(exc))
-    by_host = {result.get("host"): result for result in answered}
+    by_host = {result.host: result for result in answered}
     still = [name for name in names if name not in by_host]
     results = [
         by_host.get(name) or run_record.still_running_result(name, script, reqid) for name in names

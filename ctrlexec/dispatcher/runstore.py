@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import log
 from ..core import run_record
 from ..core.ids import RUN_REQID
+from ..core.results import HostResult, fetch_failure
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json_object
 from .registry import UnknownAgents
@@ -112,7 +113,7 @@ class RunStore:
         reqid: str,
         script: str,
         hosts: list[str],
-        results: list[dict],
+        results: Sequence[HostResult],
         submitter: dict | None = None,
     ) -> dict:
         record = run_record.sync_record(reqid, script, hosts, results, int(self.clock()), submitter)
@@ -120,7 +121,11 @@ class RunStore:
         return record
 
     def record_async(
-        self, reqid: str, script: str, submitted: list[dict], submitter: dict | None = None
+        self,
+        reqid: str,
+        script: str,
+        submitted: Sequence[HostResult],
+        submitter: dict | None = None,
     ) -> dict:
         record = run_record.async_record(reqid, script, submitted, int(self.clock()), submitter)
         self.save(record)
@@ -149,13 +154,13 @@ def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> d
     pending = run_record.pending_hosts(record)
     if not pending:
         return record
-    fetched: dict[str, dict] = {}
+    fetched: dict[str, HostResult] = {}
     targets = []
     for name in pending:
         try:
             targets.extend(engine.resolve([name], port))
         except UnknownAgents:
-            fetched[name] = {"status": "error", "error": "not a registered agent"}
+            fetched[name] = fetch_failure(name, "not a registered agent")
     for answer in engine.fetch_results(targets, reqid):
-        fetched[answer["host"]] = answer
+        fetched[answer.host] = answer
     return store.update(reqid, lambda current: run_record.merge_fetched(current, fetched))

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ctrlexec.core import api_wire as wire
+from ctrlexec.core.results import CAPABILITIES, HostResult
 from ctrlexec.errors import FramingError
 
 
@@ -273,7 +274,8 @@ def test_live_spec_groups_scripts_by_schema_version():
         },
         {"host": "d", "status": "error", "scripts": [{"name": "hidden"}]},
     ]
-    document = wire.live_spec(SPEC, ["a", "b", "c", "d"], caps, 5)
+    typed = [HostResult(CAPABILITIES, cap) for cap in caps]
+    document = wire.live_spec(SPEC, ["a", "b", "c", "d"], typed, 5)
     schemas = document["components"]["schemas"]
     assert schemas["RunRequest"]["properties"]["hosts"]["items"]["enum"] == ["a", "b", "c", "d"]
     assert schemas["RunRequest"]["properties"]["script"]["enum"] == ["backup", "plain"]

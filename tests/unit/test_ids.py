@@ -70,12 +70,9 @@ def test_an_echo_of_another_reqid_is_the_hosts_failure(echoed, mismatch):
         "vm", "s", "r1", "1ms", ok('{"status":"accepted"' + extra + "}", 202), None, 5
     )
     fetch = results.fetch_result("vm", "r1", "1ms", ok('{"status":"done"' + extra + "}"), None, 5)
-    assert results.run_failed(run) is mismatch
-    assert results.ping_failed(ping) is mismatch
-    assert (submit["status"] == "error") is mismatch
-    assert (fetch["status"] == "error") is mismatch
     for result in (run, ping, submit, fetch):
-        assert (result.get("error") == results.REQID_MISMATCH) is mismatch, result
+        assert result.failed is mismatch, result
+        assert (result.error == results.REQID_MISMATCH) is mismatch
     if mismatch:
-        assert run["reqid"] == "r1" and run["exit"] == -1
-        assert "reqid" not in ping
+        assert run.to_wire()["reqid"] == "r1" and run.exit_code == -1
+        assert "reqid" not in ping.to_wire()
