@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from .. import hooks, log
 from ..core import agent_wire, lifecycle, run_control
 from ..core.http import Request
+from ..core.routing import Reply
 from ..core.timefmt import iso_utc
 from ..errors import CancelRejected, CtrlExecError, NotAllowlisted, RotateRejected, RunRejected
 from ..pki import revocation
@@ -44,15 +45,6 @@ class Peer:
     key: str  # canonical trust key of the cert serial
     serial_hex: str  # the serial as 0.12 logs it
     dispatcher: str | None = None  # resolved id; None when untrusted
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict
-    # Called once the reply is sent (or could not be): gives back what the
-    # reply held of the agent's output budget.
-    on_sent: Callable[[], None] | None = None
 
 
 def _short(text: str) -> str:
@@ -217,7 +209,7 @@ class Endpoints:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
             return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
         answer, release = self._execute(request, job, fields, peer)
-        return Reply(200, answer, release)
+        return Reply(200, answer, on_sent=release)
 
     def run_stream(self, body: bytes, peer: Peer, state: AgentState):
         """POST /run-stream: a synchronous run whose output is sent as the

@@ -58,13 +58,14 @@ from ..core import admission, agent_wire
 from ..core.http import Request, RequestReader, response_bytes
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
+from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
 from ..netio import abort as _abort
 from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
-from .handlers import Endpoints, Peer, Reply
+from .handlers import Endpoints, Peer
 from .state import AgentRuntime
 from .streaming import StreamReply, send_stream
 
@@ -379,7 +380,7 @@ class AgentServer:
             if dispatcher is None:
                 reader = RequestReader()
                 method, path, _ = self._read_request_line(tls, deadline, reader)
-                if not agent_wire.route(method, path).ungated_op:
+                if not agent_wire.ungated(agent_wire.route(method, path)):
                     return self.endpoints.refuse(method, path, peer, state)
                 # /renew and /renew-complete need only the CA-signed client
                 # certificate (0.12): read the rest of that request.

@@ -29,6 +29,7 @@ from ..errors import RunRejected
 from . import names
 from .digest import schema_version_fallback
 from .ids import RUN_REQID
+from .routing import Route
 from .text import is_utf8, json_flag
 
 # Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
@@ -74,28 +75,22 @@ MAX_SIDECAR_BYTES = 65_536
 SIDECAR_SUFFIX = ".schema.json"
 
 
-@dataclass(frozen=True)
-class Route:
-    name: str
-    gated: bool
-    arg: str = ""  # the id of /result/<id>
-
-    @property
-    def ungated_op(self) -> bool:
-        """/renew and /renew-complete: no serial gate, CA-signed cert only."""
-        return self.name in (RENEW, RENEW_COMPLETE)
+def ungated(found: Route) -> bool:
+    """/renew and /renew-complete: no serial gate, CA-signed cert only."""
+    return found.name in (RENEW, RENEW_COMPLETE)
 
 
 def route(method: str, path: str) -> Route:
     """Exact string match on method and path, as 0.12 (no query strings)."""
     found = _EXACT_ROUTES.get((method, path))
     if found:
-        return Route(*found)
+        name, gated = found
+        return Route(name, gated=gated)
     if method == "GET" and path.startswith(_RESULT_PREFIX):
         ident = path[len(_RESULT_PREFIX) :]
         if RUN_REQID.shaped(ident):
-            return Route(RESULT, True, ident)
-    return Route(UNKNOWN, False)
+            return Route(RESULT, ident, gated=True)
+    return Route(UNKNOWN)
 
 
 def gate_refusal(found: Route) -> tuple[int, dict[str, Any]]:

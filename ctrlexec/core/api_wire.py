@@ -30,6 +30,7 @@ from ..errors import ApiError, FramingError
 from . import names
 from .ids import STATUS_REQID
 from .results import HostResult
+from .routing import Reply, Route
 from .text import is_utf8, json_flag
 
 # Route names.
@@ -75,12 +76,6 @@ OUR_ENDPOINTS = (("GET", "/metrics"),)
 HOSTS_SCHEMAS = ("PingRequest", "RunRequest", "DiscoveryRequest")
 
 
-@dataclass(frozen=True)
-class Route:
-    name: str
-    arg: str = ""  # the reqid of /status/<reqid>
-
-
 def route(method: str, path: str) -> Route:
     """Exact match on the upper-cased method and the verbatim path."""
     method = method.upper()
@@ -95,13 +90,6 @@ def route(method: str, path: str) -> Route:
 
 
 # --- response bodies ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict[str, Any] | bytes  # bytes: a document served verbatim
-    content_type: str = "application/json"
 
 
 def error_body(error: str, detail: str = "") -> dict[str, Any]:

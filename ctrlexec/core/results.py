@@ -174,8 +174,8 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Reply:
-    """An HTTP reply from an agent."""
+class AgentReply:
+    """An HTTP reply from an agent, as the dispatcher read it."""
 
     status: int
     phrase: str
@@ -240,13 +240,13 @@ def _object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _forbidden(reply: Reply) -> str:
+def _forbidden(reply: AgentReply) -> str:
     body = _object(reply.body) or {}
     error = body.get("error")
     return "forbidden: " + (str(error) if error is not None else reply.status_line)
 
 
-def _http_error(reply: Reply) -> str:
+def _http_error(reply: AgentReply) -> str:
     """Error text for a non-2xx reply to /run or /ping."""
     if reply.status == 403:
         return _forbidden(reply)
@@ -255,7 +255,7 @@ def _http_error(reply: Reply) -> str:
     return reply.status_line
 
 
-def _error(reply: Reply | None, failure: Failure | None, read_timeout: int, op: str) -> str:
+def _error(reply: AgentReply | None, failure: Failure | None, read_timeout: int, op: str) -> str:
     if reply is not None:
         return _http_error(reply)
     if failure is not None:
@@ -292,7 +292,7 @@ def _run_wire(
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> dict[str, Any]:
@@ -334,7 +334,7 @@ def _echoed(body: dict[str, Any], rtt: str, reqid: str) -> dict[str, Any]:
 def _ping_wire(
     name: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
     reqid: str | None = None,
@@ -348,7 +348,7 @@ def _ping_wire(
 
 
 def _described(
-    name: str, rtt: str, reply: Reply | None, error: Callable[[], str]
+    name: str, rtt: str, reply: AgentReply | None, error: Callable[[], str]
 ) -> dict[str, Any]:
     """An agent describing itself (ping, capabilities): its body plus `rtt`
     and `reported_hostname`, or `{host, status:"error", error, rtt}` with
@@ -369,7 +369,7 @@ def _async_submit_wire(
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> dict[str, Any]:
@@ -410,7 +410,7 @@ def _async_submit_wire(
 
 
 def _capabilities_wire(
-    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+    name: str, rtt: str, reply: AgentReply | None, failure: Failure | None, read_timeout: int
 ) -> dict[str, Any]:
     """One host's /capabilities answer. 0.12 reports any refusal by its
     status line (`403 Forbidden`), not the agent's body."""
@@ -424,7 +424,12 @@ def _capabilities_wire(
 
 
 def _fetch_wire(
-    name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+    name: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
 ) -> dict[str, Any]:
     """One host's /result/<reqid> answer: the agent's record, `unknown` for a
     404, else `error`."""
@@ -460,7 +465,7 @@ def run_result(
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> HostResult:
@@ -471,7 +476,7 @@ def run_result(
 def ping_result(
     name: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
     reqid: str | None = None,
@@ -485,7 +490,7 @@ def async_submit_result(
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> HostResult:
@@ -496,14 +501,19 @@ def async_submit_result(
 
 
 def capabilities_result(
-    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+    name: str, rtt: str, reply: AgentReply | None, failure: Failure | None, read_timeout: int
 ) -> HostResult:
     """One host's /capabilities answer."""
     return HostResult(CAPABILITIES, _capabilities_wire(name, rtt, reply, failure, read_timeout))
 
 
 def fetch_result(
-    name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+    name: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
 ) -> HostResult:
     """One host's /result/<reqid> answer."""
     return HostResult(FETCH, _fetch_wire(name, reqid, rtt, reply, failure, read_timeout))

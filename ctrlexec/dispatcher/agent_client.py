@@ -13,7 +13,7 @@ request (`still_waiting`, asked after each silent `timeout` before the
 first reply byte) may keep the connection open longer. The reply size is
 bounded by core.http.MAX_RESPONSE_BODY.
 
-The result is a `Reply` or a `Failure` of one of the kinds in core.results;
+The result is an `AgentReply` or a `Failure` of one of the kinds in core.results;
 nothing here raises for a network problem.
 """
 
@@ -53,7 +53,7 @@ def exchange(
     max_body: int = MAX_RESPONSE_BODY,
     check_peer: Callable[[bytes], str | None] | None = None,
     still_waiting: Callable[[], bool] | None = None,
-) -> results.Reply | results.Failure:
+) -> results.AgentReply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes.
     `check_peer(der)` may refuse the agent's certificate after the handshake,
     before any request byte is sent."""
@@ -125,7 +125,7 @@ def _request(
     max_body: int,
     failed,
     still_waiting: Callable[[], bool] | None = None,
-) -> results.Reply | results.Failure:
+) -> results.AgentReply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     reader = ResponseReader(max_body)
     received = 0
@@ -166,14 +166,14 @@ def _request(
         return failed(results.PROTOCOL, exc.reason)
     except OSError as exc:
         return failed(results.OTHER, exc.strerror or str(exc))
-    return results.Reply(response.status, response.phrase, response.body)
+    return results.AgentReply(response.status, response.phrase, response.body)
 
 
-def _finish(reader: ResponseReader, failed) -> results.Reply | results.Failure:
+def _finish(reader: ResponseReader, failed) -> results.AgentReply | results.Failure:
     try:
         response = reader.finish()
     except IncompleteMessage:
         return failed(results.PROTOCOL, "truncated response")
     except FramingError as exc:
         return failed(results.PROTOCOL, exc.reason)
-    return results.Reply(response.status, response.phrase, response.body)
+    return results.AgentReply(response.status, response.phrase, response.body)

@@ -33,9 +33,9 @@ from pathlib import Path
 
 from .. import log
 from ..core import api_wire, run_record
-from ..core.api_wire import Reply
 from ..core.caller import Caller
 from ..core.results import SUBMIT, HostResult
+from ..core.routing import Reply, Route
 from ..core.timefmt import parse_openssl_notafter
 from ..errors import (
     ApiError,
@@ -97,12 +97,12 @@ class Api:
         )
         return reply
 
-    def _open(self, found: api_wire.Route) -> bool:
+    def _open(self, found: Route) -> bool:
         return (found.name == api_wire.HEALTH and self.health_open) or (
             found.name == api_wire.METRICS and self.metrics_open
         )
 
-    def _handle(self, found: api_wire.Route, request: ApiRequest) -> Reply:
+    def _handle(self, found: Route, request: ApiRequest) -> Reply:
         try:
             if not self._open(found):
                 token = api_wire.gate_token(request.body)
@@ -129,7 +129,7 @@ class Api:
             log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
             return api_wire.server_error("internal error")
 
-    def _endpoint(self, found: api_wire.Route, request: ApiRequest) -> Reply:
+    def _endpoint(self, found: Route, request: ApiRequest) -> Reply:
         name = found.name
         if name == api_wire.INDEX:
             return Reply(200, api_wire.index_body(self.version))

@@ -46,6 +46,7 @@ from pathlib import Path
 from .. import log
 from ..core import admission, api_wire
 from ..core.http import RequestReader, response_bytes
+from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
 from ..netio import (
     abort,
@@ -271,9 +272,7 @@ class ApiServer:
             )
             return None
 
-    def _exchange(
-        self, conn: socket.socket, ip: str, key: int, deadline: float
-    ) -> api_wire.Reply | None:
+    def _exchange(self, conn: socket.socket, ip: str, key: int, deadline: float) -> Reply | None:
         reader = RequestReader()
         try:
             while True:
@@ -321,7 +320,7 @@ class ApiServer:
             )
             return api_wire.server_error("internal error")
 
-    def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
+    def _send(self, conn: socket.socket, ip: str, reply: Reply) -> None:
         try:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
             conn.sendall(response_bytes(reply.status, reply.body, reply.content_type))

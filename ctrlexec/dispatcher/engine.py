@@ -238,7 +238,7 @@ class Engine:
 
     def post(
         self, target: Target, path: str, payload: dict, context: ssl.SSLContext | None = None
-    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
         """One POST to one agent: (reply, failure, rtt); never raises for the
         network. `context` presents another certificate (rotation)."""
         return self._exchange(context or self.tls_context(), target, path, encode_json(payload))
@@ -497,7 +497,7 @@ class Engine:
         path: str,
         body: bytes | None,
         still_waiting: Callable[[], bool] | None = None,
-    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
         started = self._clock()
         method = "GET" if body is None else "POST"
@@ -590,7 +590,7 @@ class Engine:
         script: str,
         reqid: str,
         follow: Follow,
-    ) -> tuple[results.Reply | None, results.Failure | None, str] | None:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str] | None:
         """POST /run-stream; None when the agent cannot stream (0.12's 404)."""
         started = self._clock()
         try:

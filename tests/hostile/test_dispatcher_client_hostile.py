@@ -92,7 +92,7 @@ def test_random_bodies_always_give_a_result_that_renders():
     for _ in range(3000):
         value, body = random_body(rng, RESULT_KEYS)
         status = rng.choice([200, 200, 202, 403, 404, 413, 500, 599])
-        reply = results.Reply(status, "Whatever", body)
+        reply = results.AgentReply(status, "Whatever", body)
         run = results.run_result("vm", "s", "r", "1ms", reply, None, 60)
         ping = results.ping_result("vm", "1ms", reply, None, 60)
         assert run.wire["host"] == "vm" and ping.wire["host"] == "vm"

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from ctrlexec.core import report, results
-from ctrlexec.core.results import PING, RUN, Failure, HostResult, Reply
+from ctrlexec.core.results import PING, RUN, AgentReply, Failure, HostResult
 
 
-def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> Reply:
-    return Reply(status, phrase, body.encode() if isinstance(body, str) else body)
+def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> AgentReply:
+    return AgentReply(status, phrase, body.encode() if isinstance(body, str) else body)
 
 
 def run_text(wires: list[dict]) -> str:
@@ -68,17 +68,20 @@ def test_run_body_naming_another_host_reports_it():
     "reply, error",
     [
         (
-            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
             "forbidden: serial mismatch",
         ),
         (
-            Reply(403, "Forbidden", b'{"error":"certificate revoked"}'),
+            AgentReply(403, "Forbidden", b'{"error":"certificate revoked"}'),
             "forbidden: certificate revoked",
         ),
-        (Reply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
-        (Reply(413, "Content Too Large", b'{"error":"request too large"}'), "request too large"),
-        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
-        (Reply(500, "Internal Server Error", b""), "500 Internal Server Error"),
+        (AgentReply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
+        (
+            AgentReply(413, "Content Too Large", b'{"error":"request too large"}'),
+            "request too large",
+        ),
+        (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+        (AgentReply(500, "Internal Server Error", b""), "500 Internal Server Error"),
     ],
 )
 def test_run_http_failures_use_0_12_strings(reply, error):
@@ -191,11 +194,11 @@ def test_ping_agent_with_another_name():
     [
         (ok("{"), "invalid JSON"),
         (
-            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
             "forbidden: serial mismatch",
         ),
-        (Reply(413, "Content Too Large", b""), "request too large"),
-        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+        (AgentReply(413, "Content Too Large", b""), "request too large"),
+        (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
     ],
 )
 def test_ping_failures_have_no_reqid(reply, error):
@@ -357,7 +360,7 @@ def test_results_serialise_as_json():
 
 def test_an_async_refusal_passes_the_agent_answer_through_with_exit():
     """0.12 clients read `exit` from a refused async submission."""
-    refusal = Reply(
+    refusal = AgentReply(
         200,
         "OK",
         b'{"script":"nope","exit":-1,"error":"script not permitted","reqid":"r1"}',
@@ -378,12 +381,12 @@ def test_an_async_refusal_passes_the_agent_answer_through_with_exit():
     "reply,failure,status,error",
     [
         (
-            Reply(409, "Conflict", b'{"status":"busy","error":"script already running"}'),
+            AgentReply(409, "Conflict", b'{"status":"busy","error":"script already running"}'),
             None,
             "busy",
             "script already running",
         ),
-        (Reply(403, "Forbidden", b'{"error":"serial mismatch"}'), None, "error", None),
+        (AgentReply(403, "Forbidden", b'{"error":"serial mismatch"}'), None, "error", None),
         (None, Failure(results.REFUSED, "10.0.0.1", 7443), "error", None),
     ],
 )

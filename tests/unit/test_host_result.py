@@ -14,9 +14,9 @@ from ctrlexec.core.results import (
     PING,
     RUN,
     SUBMIT,
+    AgentReply,
     Failure,
     HostResult,
-    Reply,
 )
 
 
@@ -112,8 +112,8 @@ def test_text_and_has_render_raw_values():
     assert not result.has("reported_hostname") and result.has("expiry")
 
 
-def ok(body: str, status: int = 200) -> Reply:
-    return Reply(status, "OK", body.encode())
+def ok(body: str, status: int = 200) -> AgentReply:
+    return AgentReply(status, "OK", body.encode())
 
 
 # The exact key order of every §7.7 shape the dispatcher builds itself.

@@ -4,11 +4,11 @@ import pytest
 
 from ctrlexec.core import results
 from ctrlexec.core.ids import PAIRING_REQID, RUN_REQID, STATUS_REQID, new_reqid
-from ctrlexec.core.results import Reply
+from ctrlexec.core.results import AgentReply
 
 
-def ok(body: str, status: int = 200) -> Reply:
-    return Reply(status, "OK", body.encode())
+def ok(body: str, status: int = 200) -> AgentReply:
+    return AgentReply(status, "OK", body.encode())
 
 
 @pytest.mark.parametrize(
