@@ -50,10 +50,11 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
+from ..connections import Connections
 from ..core import admission, agent_wire
 from ..core.http import Request, RequestReader, response_bytes
 from ..core.ipallow import AddressFilter
@@ -61,7 +62,7 @@ from ..core.ratelimit import RateLimiter, Rule
 from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
 from ..netio import abort as _abort
-from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
+from ..netio import accepting, close_all, open_listeners, peer_address
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
@@ -111,17 +112,12 @@ class AgentServer:
             )
             self.trusted_limiter = RateLimiter(Rule.parse(config.rate_limit_trusted), None)
         self._limiter_lock = threading.Lock()
-        self.slots = admission.Slots(
+        self.connections = Connections(
             admission.Limits(
                 int(config.max_pending), int(config.max_pending_per_address), self.max_children
             )
         )
-        # key -> a duplicate of an unauthenticated connection's socket, kept
-        # so the accept loop can shut it down when it is evicted.
-        self._handles: dict[Hashable, socket.socket] = {}
         self._keys = itertools.count()
-        self._active = 0  # connection threads alive (graceful stop waits for them)
-        self._active_changed = threading.Condition()
         self._listeners: list[socket.socket] = []
         self._stopping = False
 
@@ -198,11 +194,8 @@ class AgentServer:
                 self._stopping = True
 
     def _drain_and_stop(self, pidfile: Path | None) -> None:
-        log.event("stop", log.INFO, ACTIVE=self._active)
-        deadline = self.clock() + SHUTDOWN_GRACE
-        with self._active_changed:
-            while self._active and self.clock() < deadline:
-                self._active_changed.wait(max(0.0, deadline - self.clock()))
+        log.event("stop", log.INFO, ACTIVE=self.connections.active)
+        self.connections.wait_idle(SHUTDOWN_GRACE)
         killed = self.endpoints.shutdown()
         if killed:
             log.event("stop-kill", log.WARNING, SCRIPTS=killed)
@@ -237,51 +230,21 @@ class AgentServer:
                 _abort(conn)
                 return
         key = next(self._keys)
-        victim: socket.socket | None = None
         try:
             handle = conn.dup()
         except OSError:  # out of descriptors: same as overload
             log.event("overload", log.WARNING, PEER=ip, REASON="descriptors")
             _abort(conn)
             return
-        with self._active_changed:
-            arrival = self.slots.arrive(key, ip)
-            self._handles[key] = handle
-            self._active += 1
-            if arrival.evict is not None:
-                victim = self._handles.pop(arrival.evict, None)
-        if victim is not None:
-            log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
-            interrupt(victim)
+        self.connections.arrive(key, ip, handle)
         try:
             threading.Thread(
                 target=self._connection, args=(conn, ip, key), daemon=True, name=f"conn-{ip}"
             ).start()
         except RuntimeError:  # no thread could be started: same as overload
-            self._leave(key)
+            self.connections.leave(key)
             log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
             _abort(conn)
-
-    def _leave(self, key: int) -> None:
-        with self._active_changed:
-            self.slots.leave(key)
-            handle = self._handles.pop(key, None)
-            self._active -= 1
-            self._active_changed.notify_all()
-        if handle is not None:
-            handle.close()
-
-    def _evicted(self, key: int) -> bool:
-        with self._active_changed:
-            return key not in self._handles
-
-    def _promote(self, key: int) -> str:
-        with self._active_changed:
-            outcome = self.slots.promote(key)
-            handle = self._handles.pop(key, None)
-        if handle is not None:
-            handle.close()
-        return outcome
 
     def _unauthenticated(self, ip: str) -> None:
         """A connection from `ip` ended without a trusted identity."""
@@ -308,7 +271,7 @@ class AgentServer:
                 conn.close()
             except OSError:
                 pass
-            self._leave(key)
+            self.connections.leave(key)
 
     def _serve_connection(self, conn: socket.socket, ip: str, key: int) -> None:
         deadline = self.clock() + self.handshake_timeout
@@ -338,7 +301,7 @@ class AgentServer:
             _finish(tls)
 
     def _tls_failure(self, ip: str, key: int, exc: BaseException) -> None:
-        if self._evicted(key):  # its slot went to a newcomer: logged then
+        if self.connections.evicted(key):  # its slot went to a newcomer: logged then
             self._unauthenticated(ip)
             return
         log.event("tls-failure", log.WARNING, PEER=ip, REASON=_failure_reason(exc))
@@ -365,7 +328,7 @@ class AgentServer:
         if dispatcher is None:
             self._unauthenticated(ip)
         else:
-            outcome = self._promote(key)
+            outcome = self.connections.promote(key)
             if outcome == admission.EVICTED:
                 self._unauthenticated(ip)
                 return None

@@ -499,11 +499,11 @@ class Engine:
         still_waiting: Callable[[], bool] | None = None,
     ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
-        started = self._clock()
         method = "GET" if body is None else "POST"
         check_peer = self._peer_check(target)
-        try:
-            outcome = agent_client.exchange(
+        return self._timed(
+            target,
+            lambda: agent_client.exchange(
                 context,
                 target.address,
                 target.port,
@@ -513,7 +513,19 @@ class Engine:
                 self.settings.read_timeout,
                 check_peer=check_peer,
                 still_waiting=still_waiting,
-            )
+            ),
+        )
+
+    def _timed(
+        self,
+        target: Target,
+        call: Callable[[], results.AgentReply | results.Failure],
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
+        """One exchange with an agent: (reply, failure, rtt). A bug below is
+        that host's failure, never the whole operation's."""
+        started = self._clock()
+        try:
+            outcome = call()
         except Exception as exc:
             outcome = results.Failure(
                 results.OTHER,
@@ -592,9 +604,9 @@ class Engine:
         follow: Follow,
     ) -> tuple[results.AgentReply | None, results.Failure | None, str] | None:
         """POST /run-stream; None when the agent cannot stream (0.12's 404)."""
-        started = self._clock()
-        try:
-            outcome = agent_stream.stream_run(
+        reply, failure, rtt = self._timed(
+            target,
+            lambda: agent_stream.stream_run(
                 context,
                 target.address,
                 target.port,
@@ -603,22 +615,15 @@ class Engine:
                 lambda stream, text: follow(target.name, stream, text),
                 self._waiter(context, target, script, reqid),
                 check_peer=self._peer_check(target),
-            )
-        except Exception as exc:
-            outcome = results.Failure(
-                results.OTHER,
-                target.address,
-                target.port,
-                f"internal error: {type(exc).__name__}: {exc}",
-            )
-        rtt = results.rtt_text(self._clock() - started)
-        if isinstance(outcome, results.Failure):
-            return None, outcome, rtt
-        if outcome.status == 404 and run_control.read_running(404, outcome.body) == (
-            run_control.UNSUPPORTED
+            ),
+        )
+        if (
+            reply is not None
+            and reply.status == 404
+            and run_control.read_running(404, reply.body) == run_control.UNSUPPORTED
         ):
             return None
-        return outcome, None, rtt
+        return reply, failure, rtt
 
     def _waiter(
         self, context: ssl.SSLContext, target: Target, script: str, reqid: str
