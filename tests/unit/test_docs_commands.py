@@ -5,6 +5,7 @@ is that an operator copying the line gets a command this build has."""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import shlex
@@ -48,6 +49,7 @@ def _words(command: str) -> list[str]:
         return command.split()
 
 
+@functools.cache  # building a role's parser is most of this file's time
 def _parser(role: str):
     module = importlib.import_module(cli_main.ROLES[role][0])
     if role == "install":
@@ -84,11 +86,20 @@ def test_documented_command_exists(command):
         return
     mode = next((w for w in rest if w in subparsers.choices), None)
     assert mode is not None, f"{command}: none of {modes} is a mode of {role}"
-    known = {
-        option for action in subparsers.choices[mode]._actions for option in action.option_strings
-    } | {option for action in parser._actions for option in action.option_strings}
+    known = _options(role, mode)
     for word in rest:
         if word.startswith("--") and word != "--":
             assert word.split("=", 1)[0] in known, f"{command}: {mode} has no option {word}"
         if word == "--":
             break
+
+
+@functools.cache
+def _options(role: str, mode: str) -> frozenset[str]:
+    """Every option `role mode` accepts (the mode's and the role's)."""
+    parser, _ = _parser(role)
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return frozenset(
+        {option for action in subparsers.choices[mode]._actions for option in action.option_strings}
+        | {option for action in parser._actions for option in action.option_strings}
+    )
