@@ -89,7 +89,7 @@ def test_ping_request_and_result_match_0_12(dispatcher, peer):
     )
     assert set(request.json) == {"reqid"} and re.fullmatch(r"[0-9a-f]{16}", request.json["reqid"])
     # C.4: the agent's fields plus host and rtt
-    assert set(result) == {"host", "rtt", "reqid", "staged", "expiry", "status", "version"}
+    assert set(result.wire) == {"host", "rtt", "reqid", "staged", "expiry", "status", "version"}
     assert result.wire["reqid"] == request.json["reqid"] and result.wire["host"] == "vm"
     assert re.fullmatch(r"\d+ms", result.wire["rtt"]) and result.wire["staged"] is False
     assert re.search(r"ACTION=ping REQID=[0-9a-f]{16} RESULT=ok RTT=\d+ms", dispatcher.log_text())
@@ -141,9 +141,9 @@ def test_one_reqid_for_every_host_and_results_in_the_order_given(dispatcher, ses
         dispatcher.register("db-02", first.port)
         dispatcher.register("web-01", second.port)
         results = run(dispatcher.engine(max_parallel=2), ["web-01", "db-02"], args=["x"])
-        assert [r["host"] for r in results] == ["web-01", "db-02"]
+        assert [r.host for r in results] == ["web-01", "db-02"]
         reqids = {first.received[0].json["reqid"], second.received[0].json["reqid"]}
-        assert len(reqids) == 1 and {r["reqid"] for r in results} == reqids
+        assert len(reqids) == 1 and {r.reqid for r in results} == reqids
 
 
 def test_host_port_overrides_the_registered_port(dispatcher, peer):
@@ -411,7 +411,7 @@ def test_locks_are_held_for_the_whole_run(dispatcher, peer):
     assert locked.value.conflicts == ["vm:sleep"]
     peer.release.set()
     first.join(10)
-    assert outcome and outcome[0][0]["exit"] == 0
+    assert outcome and outcome[0][0].exit_code == 0
     assert engine.locks.held() == []
     text = dispatcher.log_text()
     assert "ACTION=lock-acquire HOST=vm SCRIPT=sleep" in text
