@@ -42,7 +42,6 @@ seconds to finish, then any script still running is killed.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import selectors
 import signal
@@ -62,7 +61,7 @@ from ..core.ratelimit import RateLimiter, Rule
 from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
 from ..netio import abort as _abort
-from ..netio import accepting, close_all, open_listeners, peer_address
+from ..netio import accept_pending, accepting, close_all, open_listeners
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
@@ -206,17 +205,7 @@ class AgentServer:
 
     def _accept(self, listener: socket.socket) -> bool:
         """Accept what is pending; False when accept failed for lack of resources."""
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
-                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-            self._admit(conn, peer_address(address))
+        return accept_pending(listener, self._admit)
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
         if not self.addresses.allows(ip):

@@ -51,11 +51,11 @@ from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
 from ..netio import (
     abort,
+    accept_pending,
     accepting,
     close_all,
     finish,
     open_listeners,
-    peer_address,
 )
 from ..store import remove_own_pidfile, write_pidfile
 from .api import Api, ApiRequest
@@ -163,17 +163,7 @@ class ApiServer:
     # --- accept ------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
-                return
-            self._admit(conn, peer_address(address))
+        accept_pending(listener, self._admit)
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
         key = next(self._keys)

@@ -28,7 +28,6 @@ connection is served in its own thread; the accept loop never blocks on one.
 
 from __future__ import annotations
 
-import errno
 import secrets
 import select
 import selectors
@@ -56,7 +55,7 @@ from ..errors import (
     PairRequestError,
     StateError,
 )
-from ..netio import abort, accepting, finish, open_listeners, peer_address
+from ..netio import abort, accept_pending, accepting, finish, open_listeners
 from ..pki import csr as csr_rules
 from ..pki import revocation
 from ..pki.tls import server_only_context
@@ -217,16 +216,7 @@ class PairingListener:
 
     def _accept(self, listener: socket.socket) -> bool:
         """Accept what is pending; False when accept failed for lack of resources."""
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-            self.admit(conn, peer_address(address))
+        return accept_pending(listener, self.admit, log_errors=False)
 
     def close(self, grace: float = 5.0) -> None:
         """Stop taking requests; waiting agents are told `approval timeout`."""
