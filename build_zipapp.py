@@ -7,8 +7,9 @@
 
 What goes in:
 - the `ctrlexec` package, with bytecode for the building interpreter;
-- the pure-Python dependencies (tomlkit, platformdirs, pycparser), importable
-  straight from the archive;
+- the pure-Python dependencies (tomlkit, platformdirs, pycparser; pg8000 with
+  scramp, asn1crypto, python-dateutil and six for the PostgreSQL state
+  backend), importable straight from the archive;
 - native sets under `_natives/`: `cryptography` (abi3, one per platform) and
   `cffi` (one per platform and CPython minor), which the bootstrap unpacks on
   first use into a content-addressed cache (see ctrlexec/_bootstrap.py).
@@ -48,7 +49,18 @@ LOCK_FILE = HERE / "wheels.lock"
 
 CRYPTOGRAPHY = "50.0.2"
 CFFI = "2.1.1"
-PURE = {"tomlkit": "0.15.2", "platformdirs": "4.14.7", "pycparser": "2.23"}
+PURE = {
+    "tomlkit": "0.15.2",
+    "platformdirs": "4.14.7",
+    "pycparser": "2.23",
+    # The PostgreSQL state backend's driver and what it imports (all pure
+    # Python; loaded only when state_backend is a postgresql:// URL).
+    "pg8000": "1.31.6",
+    "scramp": "1.5.0",
+    "asn1crypto": "1.5.1",
+    "python-dateutil": "2.9.0.post0",
+    "six": "1.17.0",
+}
 PYTHONS = ("3.11", "3.12", "3.13", "3.14")
 SHEBANG = b"#!/usr/bin/env python3\n"
 DEFAULT_EPOCH = 946684800  # 2000-01-01T00:00:00Z
@@ -181,7 +193,11 @@ def wheel_plan(cache: Path, targets: list[Target]) -> dict[str, list[Path]]:
     for name, version in PURE.items():
         plan["pure"].append(
             fetch(
-                cache, f"{name}=={version}", rf"{name}-{re.escape(version)}-py3-none-any\.whl", []
+                cache,
+                f"{name}=={version}",
+                rf"{re.escape(name.replace('-', '_'))}-{re.escape(version)}"
+                r"-(py2\.)?py3-none-any\.whl",
+                [],
             )
         )
     for target in targets:

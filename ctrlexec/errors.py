@@ -71,6 +71,10 @@ class ConfigError(CtrlExecError):
         return f"{prefix}: {self.message}" if prefix else self.message
 
 
+class DsnError(ConfigError):
+    """The state_backend URL cannot be used."""
+
+
 class BadRequest(CtrlExecError):
     """The request itself is malformed: a command line (exit 2) or an API
     body (400)."""

@@ -172,3 +172,34 @@ def session_ca():
     from tests.support.testpki import SessionCA
 
     return SessionCA()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (tests/support/pgserver.py);
+    skips with the reason when it cannot run here."""
+    from tests.support import pgserver
+
+    reason = pgserver.unavailable_reason()
+    if reason:
+        if os.environ.get("CTRL_EXEC_REQUIRE_POSTGRESQL"):
+            pytest.fail(f"PostgreSQL is required here (CTRL_EXEC_REQUIRE_POSTGRESQL): {reason}")
+        pytest.skip(f"SKIPPED LOUDLY: PostgreSQL tests cannot run: {reason}")
+    server = pgserver.start_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pg_database(pg_server, request):
+    """A database of its own for one test module, dropped after it."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())
+    pg_server.drop_database(name)
+    pg_server.create_database(name)
+    yield name
+    pg_server.drop_database(name)

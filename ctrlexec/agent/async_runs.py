@@ -237,7 +237,11 @@ class AsyncRuns:
             with self.jobs.track(
                 record["owner"], record["reqid"], record["script"], run_control.ASYNC, job.timeout
             ) as tracked:
-                result = self.execute(dataclasses.replace(job, on_start=tracked.started))
+                result = self.execute(
+                    dataclasses.replace(
+                        job, on_start=tracked.started, on_stoppable=tracked.stoppable
+                    )
+                )
         finally:
             self._store_result(record, result, tracked is not None and tracked.cancelled)
             if result is not None and self.release is not None:

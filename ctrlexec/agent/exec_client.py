@@ -7,8 +7,10 @@ executor decides the file, user and profile from its own configuration, so
 the agent's resolved path is not sent. Transport failures become exit -1
 with 0.12's texts in stderr (`executor unreachable: ...`, `executor write
 failed: ...`, `executor closed before responding`, `truncated executor
-response`). Stopping the agent closes every open connection, which makes
-the executor kill those scripts.
+response`). Output records are handed to the job's `on_output` as they
+arrive (live output for `/run-stream`). Stopping the agent, or cancelling
+one run (the job's `on_stoppable` gets the stop function), half-closes the
+connection, which makes the executor kill that script.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ REPLY_MARGIN = 30.0
 RECV_CHUNK = 65_536
 # Room for the notes the runner appends to stderr beyond max_output.
 NOTES_ROOM = 4096
+
+
+def _half_close(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # already closed: the exchange is over
 
 
 def _failure(text: str) -> ScriptResult:
@@ -58,10 +67,7 @@ class ExecutorClient:
         with self._lock:
             conns = list(self._open)
         for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
+            _half_close(conn)
         return len(conns)
 
     def run(self, job: ScriptJob) -> ScriptResult:
@@ -86,6 +92,8 @@ class ExecutorClient:
                 conn.sendall(frame)
             except OSError as exc:
                 return _failure(f"executor write failed: {exc.strerror or exc}")
+            if job.on_stoppable is not None:
+                job.on_stoppable(lambda: _half_close(conn))
             return self._receive(conn, job)
         finally:
             with self._lock:
@@ -93,7 +101,7 @@ class ExecutorClient:
             conn.close()
 
     def _receive(self, conn: socket.socket, job: ScriptJob) -> ScriptResult:
-        parser = exec_frames.ResponseParser(job.max_output + NOTES_ROOM)
+        parser = exec_frames.ResponseParser(job.max_output + NOTES_ROOM, job.on_output)
         deadline = self.clock() + job.timeout + job.stdin_timeout + REPLY_MARGIN
         end = None
         try:

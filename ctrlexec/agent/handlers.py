@@ -236,7 +236,9 @@ class Endpoints:
         with self.jobs.track(
             peer.dispatcher or "", request.reqid, request.script, run_control.SYNC, job.timeout
         ) as tracked:
-            result = self.runner.run(dataclasses.replace(job, on_start=tracked.started))
+            result = self.runner.run(
+                dataclasses.replace(job, on_start=tracked.started, on_stoppable=tracked.stoppable)
+            )
         extra: dict[str, object] = {}
         if result.timed_out:
             extra["TIMEOUT"] = f"{job.timeout:g}"

@@ -10,7 +10,11 @@ it: SIGTERM to the script's process group, then SIGKILL after
 The process group id is the script's pid (runner starts every script in a
 new session); it is known once the runner calls `Job.started(pid)` and is
 forgotten when the runner has reaped the script, so a signal never reaches
-a recycled pid.
+a recycled pid. A script run by the privileged executor belongs to another
+process tree: the executor client hands over a stop function instead
+(`Job.stoppable`), which ends the exchange's sending side; the executor
+reads that as "cancel" and kills the script's process group at once
+(SIGKILL, as when the agent stops).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..core.timefmt import iso_utc
 
 # Seconds between SIGTERM and SIGKILL of a cancelled script's process group.
 CANCEL_GRACE = 5.0
-CANCEL_NOTE = "ctrl-exec-agent: cancelled by the dispatcher (SIGTERM, then SIGKILL)\n"
+CANCEL_NOTE = "ctrl-exec-agent: cancelled by the dispatcher\n"
 CANCELLED_ERROR = "cancelled by the dispatcher"
 
 
@@ -42,6 +46,7 @@ class Job:
         self.timeout = float(timeout)
         self.cancelled = False
         self._pgid: int | None = None
+        self._stop: Callable[[], None] | None = None
         self._lock = threading.Lock()
 
     def entry(self) -> RunningEntry:
@@ -55,15 +60,28 @@ class Job:
         if cancelled:  # cancelled before the process existed
             self._signal(signal.SIGTERM)
 
+    def stoppable(self, stop: Callable[[], None]) -> None:
+        """The run can be stopped by calling `stop` (the executor's runs)."""
+        with self._lock:
+            self._stop = stop
+            cancelled = self.cancelled
+        if cancelled:
+            stop()
+
     def reaped(self) -> None:
         with self._lock:
             self._pgid = None
+            self._stop = None
 
     def cancel(self, grace: float) -> None:
         with self._lock:
             if self.cancelled:
                 return
             self.cancelled = True
+            stop = self._stop
+        if stop is not None:
+            stop()
+            return
         self._signal(signal.SIGTERM)
         timer = threading.Timer(grace, self._signal, (signal.SIGKILL,))
         timer.daemon = True

@@ -129,7 +129,7 @@ class Status:
     paired: bool
     reason: str = ""
     expiry: str = ""
-    subject: str = ""
+    subject: str = ""  # the certificate's whole subject, "CN=web-01"
     serial: str = ""
 
 
@@ -154,10 +154,10 @@ def status(cert_path: str, key_path: str, ca_path: str, now: float | None = None
             False,
             f"certificate expired on {expiry}",
             expiry,
-            facts.subject_cn,
+            facts.subject,
             facts.serial.hex(),
         )
-    return Status(True, "", expiry, facts.subject_cn, facts.serial.hex())
+    return Status(True, "", expiry, facts.subject, facts.serial.hex())
 
 
 def identity_files_present(cert_path: str, key_path: str, ca_path: str) -> bool:

@@ -106,6 +106,10 @@ class ScriptJob:
     # Called with the pid (= process group) once the script started; run
     # tracking (agent/jobs.py) uses it to signal the group.
     on_start: Callable[[int], None] | None = None
+    # Called with a function that stops the run, when the script runs where
+    # the agent cannot signal it (the privileged executor); run tracking
+    # calls that function to cancel.
+    on_stoppable: Callable[[Callable[[], None]], None] | None = None
     # Called with ("stdout"|"stderr", bytes) as the script writes, from the
     # thread that runs it (live output, agent/streaming.py); may block,
     # which holds the script back (back-pressure).

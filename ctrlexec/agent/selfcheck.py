@@ -175,7 +175,9 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
     if facts.not_after <= now:
         checks.append(Check("certificate", False, f"expired on {expiry}"))
     else:
-        checks.append(Check("certificate", True, f"CN={facts.subject_cn}, {days} days left"))
+        checks.append(
+            Check("certificate", True, f"{facts.subject or '(empty subject)'}, {days} days left")
+        )
     problem = _verifies_against_ca(config)
     checks.append(
         Check(

@@ -43,11 +43,17 @@ def promote_cert(ctx: Context) -> int:
         config = load_agent(ctx.layout, ctx.config_path)
     except CtrlExecError as exc:
         ctx.err(f"{ctx.prog}: {exc}")
+        if ctx.json:  # 0.12: promote-cert never fails its ExecStartPre; it says why
+            ctx.emit_json({"ok": 0, "error": str(exc), "status": "failed"})
         return EXIT_OK
     ctx.configure_logging(config.log_target, config.log_format)
     outcome = service.promote_cert(config)
     if ctx.json:
-        ctx.emit_json({"ok": 1, "status": outcome.status, "detail": outcome.detail})
+        done = outcome.status in ("installed", "none")
+        ctx.emit_json(
+            {"ok": 1 if done else 0, "status": outcome.status, "detail": outcome.detail}
+            | ({} if done else {"error": f"staged certificate {outcome.status}: {outcome.detail}"})
+        )
     elif outcome.status == "installed":
         ctx.out(f"Installed the renewed certificate (serial {outcome.detail}) at {config.cert}.")
     elif outcome.status == "none":
@@ -63,9 +69,14 @@ def cert_staged(ctx: Context) -> int:
 
     try:
         config = load_agent(ctx.layout, ctx.config_path)
-    except CtrlExecError:
+    except CtrlExecError as exc:
+        if ctx.json:
+            ctx.emit_json({"ok": 0, "error": str(exc)})
         return EXIT_FAILURE
     staged = service.cert_staged(config)
     if ctx.json:
-        ctx.emit_json({"staged": staged, "path": config.cert_staging_path})
+        ctx.emit_json(
+            {"ok": 1 if staged else 0, "staged": staged, "path": config.cert_staging_path}
+            | ({} if staged else {"error": "no staged certificate"})
+        )
     return EXIT_OK if staged else EXIT_FAILURE

@@ -5,6 +5,7 @@ into its Request and its Outcome into text, JSON and an exit code."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ..config.load import load_agent
@@ -81,7 +82,13 @@ def request_pairing(ctx: Context) -> int:
     def on_pending(reqid: str) -> None:
         if ctx.json:
             ctx.emit_json(
-                {"status": "pending", "reqid": reqid, "code": shown["code"], "hostname": hostname}
+                {
+                    "ok": 1,
+                    "status": "pending",
+                    "reqid": reqid,
+                    "code": shown["code"],
+                    "hostname": hostname,
+                }
             )
         else:
             ctx.out(
@@ -105,6 +112,7 @@ def _print_detached(ctx: Context, outcome) -> None:
     if ctx.json:
         ctx.emit_json(
             {
+                "ok": 1,
                 "status": "pending",
                 "reqid": outcome.reqid,
                 "code": outcome.code,
@@ -122,6 +130,7 @@ def _print_approved(ctx: Context, outcome) -> None:
     if ctx.json:
         ctx.emit_json(
             {
+                "ok": 1,
                 "status": "approved",
                 "reqid": outcome.reqid,
                 "code": outcome.code,
@@ -154,7 +163,15 @@ def _print_approved(ctx: Context, outcome) -> None:
 
 def _print_failed(ctx: Context, outcome) -> None:
     if ctx.json:
-        ctx.emit_json({"status": outcome.status, "reqid": outcome.reqid, "reason": outcome.reason})
+        ctx.emit_json(
+            {
+                "ok": 0,
+                "error": outcome.reason,
+                "status": outcome.status,
+                "reqid": outcome.reqid,
+                "reason": outcome.reason,
+            }
+        )
     else:
         ctx.err(f"Pairing failed: {outcome.reason}")
 
@@ -167,6 +184,8 @@ def pairing_status(ctx: Context) -> int:
     if ctx.json:
         ctx.emit_json(
             {
+                "ok": 1 if status.paired else 0,
+                **({} if status.paired else {"error": f"not paired: {status.reason}"}),
                 "paired": status.paired,
                 "reason": status.reason,
                 "expiry": status.expiry,
@@ -176,6 +195,7 @@ def pairing_status(ctx: Context) -> int:
         )
     elif status.paired:
         ctx.out(f"Paired. Certificate expires: {status.expiry}")
+        ctx.out(f"Certificate subject: {status.subject or '(empty)'}")
     else:
         ctx.out(f"Not paired. Reason: {status.reason}")
     return 0 if status.paired else 1
@@ -185,7 +205,15 @@ def paired(ctx: Context) -> int:
     from ..agent import pairing_store
 
     config = load_agent(ctx.layout, ctx.config_path)
-    return 0 if pairing_store.identity_files_present(config.cert, config.key, config.ca) else 1
+    present = pairing_store.identity_files_present(config.cert, config.key, config.ca)
+    if ctx.json:
+        missing = [p for p in (config.cert, config.key, config.ca) if not os.path.isfile(p)]
+        ctx.emit_json(
+            {"ok": 1, "paired": True}
+            if present
+            else {"ok": 0, "paired": False, "error": "not paired: missing " + ", ".join(missing)}
+        )
+    return 0 if present else 1
 
 
 def register(subparsers) -> None:

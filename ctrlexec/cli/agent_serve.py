@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ..errors import EXIT_FAILURE, EXIT_OK, CtrlExecError
@@ -129,6 +130,10 @@ def serve(ctx: Context) -> int:
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.agent_pidfile
     )
+    if ctx.json:  # for a supervisor that reads stdout: where it listens, then nothing more
+        ctx.emit_json(
+            {"ok": 1, "pid": os.getpid(), "port": config.port, "bind": config.bind or "*"}
+        )
     server.serve(pidfile)
     return EXIT_OK
 
@@ -139,7 +144,11 @@ def self_check(ctx: Context) -> int:
     results = selfcheck.checks(ctx.layout, ctx.config_path, _allowlist_path(ctx))
     ok = all(check.ok for check in results)
     if ctx.json:
-        ctx.emit_json({"ok": ok, "checks": [check.as_dict() for check in results]})
+        report: dict = {"ok": ok, "checks": [check.as_dict() for check in results]}
+        if not ok:
+            failed = [check.name for check in results if not check.ok]
+            report["error"] = "failed: " + ", ".join(failed)
+        ctx.emit_json(report)
     else:
         for check in results:
             mark = "WARN" if check.warning else ("ok" if check.ok else "FAIL")
@@ -160,6 +169,8 @@ def self_ping(ctx: Context) -> int:
         config = load_agent(ctx.layout, ctx.config_path)
     except ConfigError as exc:  # 0.12: a config problem is a failed ping (1), not 78
         ctx.err(f"{ctx.prog}: {exc}")
+        if ctx.json:
+            ctx.emit_json({"ok": False, "stage": "config", "error": str(exc)})
         return EXIT_FAILURE
     host = selfcheck.loopback_address(config)
     absent = selfcheck.missing_identity(config)
@@ -177,6 +188,7 @@ def self_ping(ctx: Context) -> int:
                 "port": config.port,
                 "status": outcome.status,
                 "reply": outcome.body,
+                **({} if outcome.ok else {"error": outcome.detail}),
             }
         )
         return EXIT_OK if outcome.ok else EXIT_FAILURE

@@ -17,6 +17,7 @@ TOPICS: tuple[str, ...] = (
     "ctrlexec.cli.ced_lifecycle",
     "ctrlexec.cli.ced_revoke",
     "ctrlexec.cli.ced_completion",
+    "ctrlexec.cli.ced_db",
 )
 
 # The 17 modes of ctrl-exec 0.12's ctrl-exec-dispatcher, in its order.
@@ -87,7 +88,7 @@ def main(argv: list[str], prog: str = "ced") -> int:
     if not head:
         parser.print_help()
         return 0
-    args = parser.parse_args(head)
+    args = roles.parse(parser, head)
     args.script_args = script_args
     if getattr(args, "handler", None) is None:
         parser.print_usage()

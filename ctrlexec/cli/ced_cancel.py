@@ -62,13 +62,12 @@ def cancel_text(results: list[dict]) -> str:
 def cmd_cancel(ctx: Context) -> int:
     from ..dispatcher.registry import UnknownAgents
     from ..dispatcher.run_stop import cancel_run
-    from ..dispatcher.runstore import RunStore
 
     engine = _engine(ctx)
     try:
         results = cancel_run(
             engine,
-            RunStore(ctx.layout.runs_dir),
+            engine.state.runs,
             ctx.args.reqid,
             ctx.args.hosts,
             _caller(ctx),
@@ -78,7 +77,14 @@ def cmd_cancel(ctx: Context) -> int:
         return _stopped(ctx, exc)
     failed = any(result["status"] not in (CANCELLED, NOT_RUNNING) for result in results)
     if ctx.json:
-        write_text(json.dumps({"ok": 0 if failed else 1, "results": results}) + "\n")
+        report: dict = {"ok": 0 if failed else 1, "results": results}
+        if failed:
+            report["error"] = "not cancelled on " + ", ".join(
+                f"{result['host']} ({result['status']})"
+                for result in results
+                if result["status"] not in (CANCELLED, NOT_RUNNING)
+            )
+        write_text(json.dumps(report) + "\n")
     else:
         write_text(cancel_text(results))
     return EXIT_FAILURE if failed else 0

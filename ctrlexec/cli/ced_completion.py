@@ -115,19 +115,20 @@ def _options(mode: str) -> list[str]:
 
 def _hosts(ctx: Context) -> list[str]:
     from ..config.load import load_dispatcher
-    from ..dispatcher.registry import Registry
+    from ..state import for_layout
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
-    return ["@all", *Registry(settings.registry_dir).names()]
+    return ["@all", *for_layout(settings, ctx.layout).registry.names()]
 
 
 def cmd_completion(ctx: Context) -> int:
     shell = ctx.args.shell
-    if shell == "bash":
-        sys.stdout.write(_script(BASH))
-        return 0
-    if shell == "zsh":
-        sys.stdout.write(_script(ZSH))
+    if shell in ("bash", "zsh"):
+        script = _script(BASH if shell == "bash" else ZSH)
+        if ctx.json:
+            ctx.emit_json({"ok": 1, "shell": shell, "script": script})
+        else:
+            sys.stdout.write(script)
         return 0
     what = ctx.args.what
     if what[:1] == ["modes"]:
@@ -138,5 +139,8 @@ def cmd_completion(ctx: Context) -> int:
         words = _hosts(ctx)
     else:
         words = []
-    sys.stdout.write("".join(word + "\n" for word in words))
+    if ctx.json:
+        ctx.emit_json({"ok": 1, "words": words})
+    else:
+        sys.stdout.write("".join(word + "\n" for word in words))
     return 0

@@ -79,6 +79,11 @@ def rotate_cert(ctx: Context) -> int:
                 "agents": rotated.agents,
                 "updated": sent.confirmed,
                 "failed": sent.failed,
+                **(
+                    {"error": "serial not confirmed by " + ", ".join(sorted(sent.failed))}
+                    if sent.failed
+                    else {}
+                ),
             }
         )
     else:
@@ -99,11 +104,11 @@ def rotate_cert(ctx: Context) -> int:
 
 def serial_status(ctx: Context) -> int:
     from ..dispatcher import rotation
-    from ..dispatcher.registry import Registry
+    from ..state import for_layout
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    status = rotation.serial_status(settings, Registry(settings.registry_dir))
+    status = rotation.serial_status(settings, for_layout(settings, ctx.layout).registry)
     if ctx.json:
         ctx.emit_json(status)
         return 0
@@ -135,12 +140,19 @@ def serial_status(ctx: Context) -> int:
 
 
 def maintain(ctx: Context) -> int:
-    from ..dispatcher.maintenance import maintain as one_pass
+    from ..dispatcher.maintenance import maintain_once as one_pass
 
     settings, engine = _engine(ctx)
     summary = one_pass(engine, settings, ctx.layout.runs_dir)
     if ctx.json:
-        ctx.emit_json(summary.to_json())
+        report = summary.to_json()
+        if not summary.ok:
+            report["error"] = "; ".join(
+                [f"phase {phase}: {error}" for phase, error in summary.errors.items()]
+                + [f"renewal failed: {name}" for name in sorted(summary.renew_failed)]
+                + [f"serial broadcast failed: {name}" for name in sorted(summary.broadcast_failed)]
+            )
+        ctx.emit_json(report)
     else:
         ctx.out(
             f"Maintenance run: {summary.pinged}/{summary.agents} agents pinged, "

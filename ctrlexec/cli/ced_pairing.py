@@ -36,7 +36,7 @@ def settings_and_queue(ctx: Context):
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    return settings, open_queue(ctx.layout.pairing_dir, settings.registry_dir)
+    return settings, open_queue(ctx.layout.pairing_dir, settings.registry_dir, settings)
 
 
 def listed(request: dict) -> dict:

@@ -190,6 +190,7 @@ def _plan(ctx: Context, settings):
         pairing_dir=Path(ctx.layout.pairing_dir),
         registry_dir=Path(settings.registry_dir),
         ca_dir=Path(settings.ca_dir),
+        state_settings=settings,
     )
 
 
@@ -201,7 +202,9 @@ def _foreground(ctx: Context, settings, plan, interactive: bool) -> int:
     console = None
     operator = None
     if interactive:
-        console = Console(out, settings, open_queue(plan.pairing_dir, plan.registry_dir))
+        console = Console(
+            out, settings, open_queue(plan.pairing_dir, plan.registry_dir, plan.state_settings)
+        )
         operator = pairing_mode.Operator(sys.stdin.fileno(), console.line, console.notice_new)
 
     def on_listening(listening) -> None:
@@ -277,6 +280,12 @@ def _stop(ctx: Context) -> int:
     from ..dispatcher import pairing_mode
 
     stopped = pairing_mode.stop(ctx.layout.pairing_pidfile)
+    if ctx.json:
+        report: dict = {"ok": 1 if stopped.stopped else 0, "pid": stopped.pid}
+        if not stopped.stopped:
+            report["error"] = f"sent a stop to PID {stopped.pid}, but it is still running"
+        ctx.emit_json(report)
+        return 0 if stopped.stopped else 1
     if stopped.pid is None:
         ctx.out("No pairing mode is running.")
         return 0

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .. import log
 from ..config.load import load_dispatcher
-from ..dispatcher.registry import Registry
+from ..errors import CtrlExecError
+from ..state import for_layout
 from ..store import atomic_write
 from .common import Context, add_command
 
@@ -102,7 +103,12 @@ def setup_dispatcher(ctx: Context) -> int:
     paths = ca.CAPaths(Path(settings.ca_dir))
     ca.load_ca(paths)  # fail before asking anything when the CA is missing
     if cert_path.exists():
-        count = len(Registry(settings.registry_dir).names())
+        count = len(for_layout(settings, ctx.layout).registry.names())
+        if count and not ctx.args.yes and ctx.json:  # no prompt in the middle of JSON
+            raise CtrlExecError(
+                f"a dispatcher certificate exists and {count} agent(s) are registered; "
+                "a new one is not trusted by them: --yes to replace it"
+            )
         if count and not ctx.args.yes and not _confirm(ctx, count):
             ctx.out("Aborted; nothing changed.")
             return 0

@@ -19,7 +19,9 @@ from .common import Context, add_command, table
 def _registry(ctx: Context) -> Registry:
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
-    return Registry(settings.registry_dir)
+    from ..state import for_layout
+
+    return for_layout(settings, ctx.layout).registry  # type: ignore[return-value]
 
 
 def parse_tags(text: str) -> dict[str, str]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..config.load import load_dispatcher
-from ..errors import EXIT_FAILURE, EXIT_USAGE
-from .common import Context, add_command
+from ..errors import EXIT_FAILURE
+from .common import Context, add_command, usage_error
 
 DESCRIPTION = """Revoke a certificate: `ced revoke --agent NAME` (the serial recorded when the
 agent was approved or last renewed) or `ced revoke SERIAL` (hex, colon or
@@ -38,8 +38,7 @@ def revoke(ctx: Context) -> int:
     from ..dispatcher.revoke import revoke as do_revoke
 
     if bool(ctx.args.agent) == bool(ctx.args.serial):
-        ctx.err(f"{ctx.prog}: give either --agent NAME or a SERIAL")
-        return EXIT_USAGE
+        return usage_error(ctx, "give either --agent NAME or a SERIAL")
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
     engine = Engine.from_config(settings, ctx.layout)
@@ -59,6 +58,7 @@ def revoke(ctx: Context) -> int:
                 "serials": done.serials,
                 "pushed": done.pushed,
                 "not_pushed": done.not_pushed,
+                **({} if ok else {"error": "not pushed to " + ", ".join(sorted(done.not_pushed))}),
             }
         )
     else:

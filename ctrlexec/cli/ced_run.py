@@ -21,7 +21,6 @@ from ..core.caller import Caller
 from ..core.results import HostResult
 from ..core.selection import parse_tag
 from ..dispatcher.engine import Engine
-from ..dispatcher.locks import HostScriptLocks
 from ..errors import (
     EXIT_FAILURE,
     BadRequest,
@@ -456,10 +455,9 @@ def _interrupted(
     """The first Ctrl-C: stop waiting, record the run, say what still runs
     where and how to follow or cancel it."""
     from ..dispatcher.run_stop import record_interrupted
-    from ..dispatcher.runstore import RunStore
 
     stopped = record_interrupted(
-        engine, RunStore(ctx.layout.runs_dir), reqid, script, hosts, ctx.args.port, answered
+        engine, engine.state.runs, reqid, script, hosts, ctx.args.port, answered
     )
     if ctx.json:
         body = {
@@ -513,8 +511,6 @@ def _run_async(
     ctx: Context, engine: Engine, hosts: list[str], script: str, script_args: list[str]
 ) -> int:
     """Submit, record the run for `ced status`/`ced wait`, report acceptance."""
-    from ..dispatcher.runstore import RunStore
-
     reqid = engine.new_reqid()
     try:
         results = engine.run(
@@ -529,7 +525,7 @@ def _run_async(
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
     try:
-        RunStore(ctx.layout.runs_dir).record_async(reqid, script, results)
+        engine.state.runs.record_async(reqid, script, results)
     except StateError as exc:  # the jobs run anyway: say so, and that status cannot follow
         ctx.err(f"{ctx.prog}: warning: {exc}; `status {reqid}` will not find this run")
     if ctx.json:
@@ -572,7 +568,10 @@ def cmd_ping(ctx: Context) -> int:
 
 
 def cmd_list_locks(ctx: Context) -> int:
-    locks = HostScriptLocks(ctx.layout.locks_dir).held()
+    from ..state import for_layout
+
+    settings = load_dispatcher(ctx.layout, ctx.config_path)
+    locks = for_layout(settings, ctx.layout).locks.held()
     if ctx.json:
         ctx.emit_json({"ok": 1, "locks": locks})
     else:

@@ -98,12 +98,12 @@ def _port_option(parser: argparse.ArgumentParser) -> None:
 def _aggregator(ctx: Context):
     from ..config.load import load_dispatcher
     from ..dispatcher.engine import Engine
-    from ..dispatcher.runstore import RunStore, aggregate
+    from ..dispatcher.runstore import aggregate
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     ctx.configure_logging(settings.log_target, settings.log_format)
     engine = Engine.from_config(settings, ctx.layout)
-    store = RunStore(ctx.layout.runs_dir)
+    store = engine.state.runs
     return lambda reqid: aggregate(store, engine, reqid, ctx.args.port)
 
 

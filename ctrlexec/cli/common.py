@@ -20,9 +20,17 @@ DEBUG_ENV = "CTRL_EXEC_DEBUG"
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with usage errors on one line and exit code 2."""
+    """argparse with usage errors on one line and exit code 2; with `--json`
+    on the command line, also `{"ok": 0, "error": ...}` on stdout."""
+
+    # Set by a role's main before parsing (argparse stops at the first
+    # usage error, before it has seen `--json` wherever it was given).
+    json_errors = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        if Parser.json_errors:
+            sys.stdout.write(json.dumps({"ok": 0, "error": message}, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
 
 
@@ -171,6 +179,12 @@ def run_handler(ctx: Context) -> int:
             f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
         )
         return EXIT_FAILURE
+
+
+def usage_error(ctx: Context, message: str) -> int:
+    """A usage problem found after parsing: as a failed command, exit 2."""
+    _failed(ctx, message)
+    return EXIT_USAGE
 
 
 def _failed(ctx: Context, message: str) -> None:

@@ -63,7 +63,6 @@ def serve(ctx: Context) -> int:
     from ..dispatcher.api_server import ApiServer
     from ..dispatcher.api_tls import api_tls_context
     from ..dispatcher.engine import Engine
-    from ..dispatcher.runstore import RunStore
     from ..store import sweep_leftovers
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
@@ -71,7 +70,7 @@ def serve(ctx: Context) -> int:
     ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
     engine = Engine.from_config(settings, ctx.layout)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
-    store = RunStore(ctx.layout.runs_dir)
+    store = engine.state.runs
     sweep_leftovers((settings.registry_dir, ctx.layout.runs_dir, ctx.layout.dispatcher_state))
     api = Api(
         engine,
@@ -104,6 +103,11 @@ def serve(ctx: Context) -> int:
     pidfile = (
         Path(ctx.args.pidfile) if getattr(ctx.args, "pidfile", None) else ctx.layout.api_pidfile
     )
+    fleet = None
+    if engine.state.kind != "files":
+        from ..dispatcher.fleet import FleetLoop
+
+        fleet = FleetLoop(engine, settings).start()
     loop = None
     if not getattr(ctx.args, "no_maintenance", False):
         from ..dispatcher.maintenance import MaintenanceLoop
@@ -114,4 +118,6 @@ def serve(ctx: Context) -> int:
     finally:
         if loop is not None:
             loop.stop()
+        if fleet is not None:
+            fleet.stop()
     return EXIT_OK

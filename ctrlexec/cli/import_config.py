@@ -17,18 +17,17 @@ def _handler(role: str):
     def handler(ctx: Context) -> int:
         results = import_config(ctx.layout, role, write=not ctx.args.dry_run, force=ctx.args.force)
         if ctx.json:
-            ctx.emit_json(
-                [
-                    {
-                        "source": str(r.source),
-                        "target": str(r.target),
-                        "written": r.written,
-                        "skipped": r.skipped_reason or None,
-                        **({"toml": r.toml} if ctx.args.dry_run else {}),
-                    }
-                    for r in results
-                ]
-            )
+            files = [
+                {
+                    "source": str(r.source),
+                    "target": str(r.target),
+                    "written": r.written,
+                    "skipped": r.skipped_reason or None,
+                    **({"toml": r.toml} if ctx.args.dry_run else {}),
+                }
+                for r in results
+            ]
+            ctx.emit_json({"ok": 1, "files": files})
             return 0
         for result in results:
             if ctx.args.dry_run:

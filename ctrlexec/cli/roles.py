@@ -55,11 +55,17 @@ def value_options(parser: argparse.ArgumentParser) -> frozenset[str]:
     return frozenset(found)
 
 
+def parse(parser: Parser, argv: list[str]) -> argparse.Namespace:
+    """parse_args, with usage errors as JSON too when `--json` was given."""
+    Parser.json_errors = "--json" in argv
+    return parser.parse_args(argv)
+
+
 def run(parser: Parser, argv: list[str], prog: str, ident: str) -> int:
     if not argv:
         parser.print_help()
         return 0
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     if getattr(args, "handler", None) is None:
         parser.print_usage(sys.stderr)
         return EXIT_USAGE

@@ -97,6 +97,19 @@ def dispatcher_id(value: str) -> str | None:
     return None
 
 
+def state_backend(value: str) -> str | None:
+    if value == "files":
+        return None
+    from ..errors import DsnError
+    from ..state.dsn import parse_dsn
+
+    try:
+        parse_dsn(value)
+    except DsnError as exc:
+        return str(exc)
+    return None
+
+
 def username(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*|[0-9]+", value):
         return f"is not a valid user name: {value!r}"
@@ -248,6 +261,34 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "stable identity agents record for this dispatcher (default: host name)",
         dispatcher_id,
         optional=True,
+    ),
+    Key(
+        "state_backend",
+        "str",
+        "files",
+        "where the dispatcher's shared state lives: 'files' (the state directories) or "
+        "'postgresql://[user@]host[:port]/database' for several dispatchers sharing one "
+        "fleet (no password in the URL: use state_password_file or PGPASSWORD/PGPASSFILE)",
+        state_backend,
+        ours=True,
+    ),
+    Key(
+        "fleet_sync_interval",
+        "int",
+        60,
+        "seconds between the rounds in which a dispatcher sharing a PostgreSQL state "
+        "database adds the other dispatchers' serials to the agents that trust it",
+        between(1, 86400),
+        ours=True,
+    ),
+    Key(
+        "state_password_file",
+        "path",
+        None,
+        "file holding the PostgreSQL password (one line; mode 0600 or 0640)",
+        absolute_path,
+        optional=True,
+        ours=True,
     ),
     Key(
         "pairing_max_queue",

@@ -15,12 +15,20 @@ chunk of stdout or stderr (at most MAX_CHUNK bytes each), `x` ends the
 exchange with `[i32 exit][u8 flags][u32 stdin_unwritten]`. Streaming in
 bounded records means neither side ever holds one message the size of a
 script's whole output, and the agent learns whether the script timed out or
-was truncated (its `run` log line says so, as without an executor).
+was truncated (its `run` log line says so, as without an executor). The
+executor sends `o` and `e` records as the script writes (live output for
+`/run-stream`), at most the script's output limit per stream, then the rest
+of stderr (the runner's notes) and `x`.
+
+Cancel (ours): the agent half-closes its side of the connection (SHUT_WR)
+after the request; the executor reads that end of file as "stop this run",
+kills the script's process group and still answers with what it wrote.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import FrameError
@@ -185,8 +193,11 @@ class ResponseParser:
     bytes each, and returns the end record once seen. Bounded: at most one
     record header and MAX_CHUNK bytes are buffered beyond the output."""
 
-    def __init__(self, max_stream: int):
+    def __init__(self, max_stream: int, on_output: Callable[[str, bytes], None] | None = None):
         self.max_stream = max_stream
+        # Called with ("stdout"|"stderr", chunk) for each output record as
+        # it is parsed (live output).
+        self.on_output = on_output
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.end: ExecEnd | None = None
@@ -228,4 +239,6 @@ class ResponseParser:
                 if len(target) + len(payload) > self.max_stream:
                     raise FrameError(f"more than {self.max_stream} bytes of output")
                 target += payload
+                if self.on_output is not None and payload:
+                    self.on_output("stdout" if kind == KIND_STDOUT else "stderr", payload)
         return self.end

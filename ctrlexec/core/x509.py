@@ -5,7 +5,9 @@ The agent answers `/ping` with its certificate's notAfter and keys trust by
 the peer's serial; the dispatcher shows expiry dates. None of that may pull
 in `cryptography` (start-up time, memory, and a broken native bundle must not
 stop operations), so this module walks just enough of the X.509 structure:
-serial, validity and the subject common name. Anything malformed raises
+serial, validity, the subject common name and the subject as text
+(`CN=web-01`, `O=Example, CN=web-01`, in the certificate's order, as
+`openssl x509 -subject` lists it). Anything malformed raises
 ValueError; nothing here verifies a signature (TLS does that).
 """
 
@@ -28,6 +30,22 @@ _GENERALIZEDTIME = 0x18
 _CONTEXT_0 = 0xA0
 _OID_COMMON_NAME = bytes([0x55, 0x04, 0x03])
 _STRING_TAGS = {0x0C, 0x13, 0x14, 0x16, 0x1E}  # UTF8, Printable, T61, IA5, BMP
+# Attribute names for the subject text (RFC 4514's, and openssl's for the rest).
+_ATTRIBUTE_NAMES = {
+    bytes([0x55, 0x04, 0x03]): "CN",
+    bytes([0x55, 0x04, 0x05]): "serialNumber",
+    bytes([0x55, 0x04, 0x06]): "C",
+    bytes([0x55, 0x04, 0x07]): "L",
+    bytes([0x55, 0x04, 0x08]): "ST",
+    bytes([0x55, 0x04, 0x09]): "street",
+    bytes([0x55, 0x04, 0x0A]): "O",
+    bytes([0x55, 0x04, 0x0B]): "OU",
+    bytes([0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x19]): "DC",
+    bytes([0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x01]): "UID",
+    bytes([0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x09, 0x01]): "emailAddress",
+}
+# Longest subject text shown; a longer one is cut with "...".
+MAX_SUBJECT_TEXT = 1_024
 
 
 @dataclass(frozen=True)
@@ -36,6 +54,7 @@ class CertFacts:
     not_before: float
     not_after: float
     subject_cn: str
+    subject: str = ""  # the whole subject: "CN=web-01"
 
 
 def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
@@ -97,6 +116,60 @@ def _common_name(data: bytes, start: int, end: int) -> str:
     return ""
 
 
+def _oid_text(raw: bytes) -> str:
+    if not raw:
+        return "?"
+    arcs = [*divmod(raw[0], 40)] if raw[0] < 80 else [2, raw[0] - 80]
+    value = 0
+    for byte in raw[1:]:
+        value = (value << 7) | (byte & 0x7F)
+        if not byte & 0x80:
+            arcs.append(value)
+            value = 0
+    return ".".join(str(arc) for arc in arcs)
+
+
+def _value_text(tag: int, raw: bytes) -> str:
+    if tag not in _STRING_TAGS:
+        return "#" + raw.hex()
+    text = raw.decode("utf-16-be" if tag == 0x1E else "utf-8", "replace")
+    out = []
+    for char in text:
+        if char in ',+"\\<>;=':
+            out.append("\\" + char)
+        elif ord(char) < 0x20 or 0x7F <= ord(char) < 0xA0:
+            out.append(f"\\{ord(char):02x}")  # nothing that moves a terminal's cursor
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def _subject_text(data: bytes, start: int, end: int) -> str:
+    """The subject's attributes as `NAME=value`, in the certificate's order;
+    several in one RDN joined with `+`."""
+    rdns = []
+    for rdn_tag, rstart, rend in _children(data, start, end):
+        if rdn_tag != _SET:
+            continue
+        attributes = []
+        for atv_tag, astart, aend in _children(data, rstart, rend):
+            if atv_tag != _SEQUENCE:
+                continue
+            parts = list(_children(data, astart, aend))
+            if len(parts) != 2 or parts[0][0] != _OID:
+                continue
+            (_, os_, oe), (vtag, vs, ve) = parts
+            oid = data[os_:oe]
+            name = _ATTRIBUTE_NAMES.get(oid) or _oid_text(oid)
+            attributes.append(f"{name}={_value_text(vtag, data[vs:ve])}")
+        if attributes:
+            rdns.append("+".join(attributes))
+    text = ", ".join(rdns)
+    if len(text) > MAX_SUBJECT_TEXT:
+        text = text[: MAX_SUBJECT_TEXT - 3] + "..."
+    return text
+
+
 def facts_from_der(der: bytes) -> CertFacts:
     tag, start, _end = _read_tlv(der, 0)
     if tag != _SEQUENCE:
@@ -124,7 +197,13 @@ def facts_from_der(der: bytes) -> CertFacts:
     subject_tag, sub_start, sub_end = fields[4]
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
-    return CertFacts(Serial(serial), not_before, not_after, _common_name(der, sub_start, sub_end))
+    return CertFacts(
+        Serial(serial),
+        not_before,
+        not_after,
+        _common_name(der, sub_start, sub_end),
+        _subject_text(der, sub_start, sub_end),
+    )
 
 
 def first_pem_cert_der(pem_text: str) -> bytes:

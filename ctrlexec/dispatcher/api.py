@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
-from ..core import api_wire, run_record
+from ..core import api_wire, run_record, sse
 from ..core.caller import Caller
 from ..core.results import SUBMIT, HostResult
 from ..core.routing import Reply, Route
@@ -46,7 +46,8 @@ from ..errors import (
     StateError,
     UnknownAgents,
 )
-from . import metrics
+from . import api_stream, metrics
+from .api_stream import EventStream
 from .discovery_cache import DiscoveryCache
 from .engine import Engine
 from .metrics import Metrics
@@ -60,6 +61,7 @@ class ApiRequest:
     body: bytes
     authorization: str  # the Authorization header, or ""
     peer: str  # the client's IP
+    accept: str = ""  # the Accept header: text/event-stream streams a /run
 
 
 class Api:
@@ -88,7 +90,7 @@ class Api:
         self.pairing_dir = pairing_dir
         self.metrics = Metrics()
 
-    def handle(self, request: ApiRequest) -> Reply:
+    def handle(self, request: ApiRequest) -> Reply | EventStream:
         started = time.monotonic()
         found = api_wire.route(request.method, request.path)
         reply = self._handle(found, request)
@@ -102,7 +104,7 @@ class Api:
             found.name == api_wire.METRICS and self.metrics_open
         )
 
-    def _handle(self, found: Route, request: ApiRequest) -> Reply:
+    def _handle(self, found: Route, request: ApiRequest) -> Reply | EventStream:
         try:
             if not self._open(found):
                 token = api_wire.gate_token(request.body)
@@ -129,7 +131,7 @@ class Api:
             log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
             return api_wire.server_error("internal error")
 
-    def _endpoint(self, found: Route, request: ApiRequest) -> Reply:
+    def _endpoint(self, found: Route, request: ApiRequest) -> Reply | EventStream:
         name = found.name
         if name == api_wire.INDEX:
             return Reply(200, api_wire.index_body(self.version))
@@ -169,11 +171,13 @@ class Api:
         )
         return Reply(200, {"ok": True, "results": _wire(results)})
 
-    def _run(self, request: ApiRequest) -> Reply:
+    def _run(self, request: ApiRequest) -> Reply | EventStream:
         run = api_wire.parse_run(request.body)
         hosts = self._selected(run.hosts, run.select)
         reqid = self.engine.new_reqid()
         submitter = {"username": run.username, "source_ip": request.peer}
+        if not run.run_async and sse.wants_event_stream(request.accept):
+            return self._run_streamed(run, hosts, reqid, submitter, request.peer)
 
         def record_pending(reqid: str, targets) -> None:
             # before any agent is asked: a crash after this leaves a record
@@ -206,6 +210,41 @@ class Api:
                 202, {"ok": True, "reqid": reqid, "async": True, "results": _wire(results)}
             )
         return Reply(200, {"ok": True, "reqid": reqid, "results": _wire(results)})
+
+    def _run_streamed(
+        self, run: api_wire.RunRequest, hosts: list[str], reqid: str, submitter: dict, peer: str
+    ) -> EventStream:
+        """A synchronous run as an event stream (dispatcher.api_stream)."""
+
+        def execute(**callbacks) -> list[HostResult]:
+            return self.engine.run(
+                hosts,
+                run.script,
+                run.args,
+                caller=Caller.api(peer, run.username, run.token),
+                reqid=reqid,
+                **callbacks,
+            )
+
+        def started(targets: list) -> dict:
+            record = api_stream.in_progress_record(
+                reqid, run.script, hosts, targets, int(self.clock()), submitter
+            )
+            try:
+                self.store.save(record)
+            except StateError:
+                pass  # logged run-store-fail; the run goes on, as a plain sync run would
+            return {"reqid": reqid, "script": run.script, "hosts": [t.name for t in targets]}
+
+        def finish(results: list[HostResult]) -> dict:
+            self.metrics.runs(results)
+            try:
+                self.store.record_sync(reqid, run.script, hosts, results, submitter)
+            except StateError:
+                pass  # logged run-store-fail
+            return {"ok": True, "reqid": reqid, "results": _wire(results)}
+
+        return api_stream.start(execute, started, finish)
 
     def _discovery(self, request: ApiRequest) -> Reply:
         wanted = api_wire.parse_discovery(request.body)

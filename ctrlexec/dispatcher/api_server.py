@@ -58,7 +58,9 @@ from ..netio import (
     open_listeners,
 )
 from ..store import remove_own_pidfile, write_pidfile
+from . import api_stream
 from .api import Api, ApiRequest
+from .api_stream import EventStream
 
 RECV_CHUNK = 65_536
 # Seconds between purges of expired run records.
@@ -188,12 +190,16 @@ class ApiServer:
     def _connection(self, conn: socket.socket, ip: str, key: int) -> None:
         deadline = self.clock() + self.request_timeout  # handshake and request together
         sock: socket.socket | None = None
+        streamed: EventStream | None = None
         try:
             sock = self._handshake(conn, ip, key)
             if sock is None:
                 return
             reply = self._exchange(sock, ip, key, deadline)
-            if reply is not None:
+            if isinstance(reply, EventStream):
+                streamed = reply
+                self._send_events(sock, ip, reply)
+            elif reply is not None:
                 self._send(sock, ip, reply)
         except Exception as exc:
             log.event(
@@ -204,6 +210,8 @@ class ApiServer:
                 finish(sock)
             else:
                 abort(conn)
+            if streamed is not None:
+                streamed.close()  # the run goes on to its end, in this slot
             self.connections.leave(key)
 
     def _handshake(self, conn: socket.socket, ip: str, key: int) -> socket.socket | None:
@@ -225,7 +233,9 @@ class ApiServer:
             )
             return None
 
-    def _exchange(self, conn: socket.socket, ip: str, key: int, deadline: float) -> Reply | None:
+    def _exchange(
+        self, conn: socket.socket, ip: str, key: int, deadline: float
+    ) -> Reply | EventStream | None:
         reader = RequestReader()
         try:
             while True:
@@ -261,7 +271,12 @@ class ApiServer:
         try:
             return self.api.handle(
                 ApiRequest(
-                    request.method, request.path, request.body, request.header("authorization"), ip
+                    request.method,
+                    request.path,
+                    request.body,
+                    request.header("authorization"),
+                    ip,
+                    request.header("accept"),
                 )
             )
         except Exception as exc:
@@ -283,6 +298,18 @@ class ApiServer:
                 log.WARNING,
                 PEER=ip,
                 STATUS=reply.status,
+                REASON=getattr(exc, "strerror", None) or type(exc).__name__,
+            )
+
+    def _send_events(self, conn: socket.socket, ip: str, stream: EventStream) -> None:
+        try:
+            api_stream.send(conn, stream, self.request_timeout)
+        except (ssl.SSLError, OSError) as exc:
+            log.event(
+                "reply-fail",
+                log.WARNING,
+                PEER=ip,
+                STATUS=stream.status,
                 REASON=getattr(exc, "strerror", None) or type(exc).__name__,
             )
 

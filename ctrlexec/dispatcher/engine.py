@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .. import hooks, log
 from ..config.paths import Layout
@@ -53,8 +54,10 @@ from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client, agent_stream
 from .fanout import fan_out
-from .locks import HostScriptLocks
-from .registry import DEFAULT_AGENT_PORT, Registry, Target
+from .registry import DEFAULT_AGENT_PORT, Target
+
+if TYPE_CHECKING:
+    from ..state.interface import AgentRegistry, HostLocks
 
 # 0.12's Engine refuses more hosts than this in one operation.
 MAX_HOSTS = 500
@@ -106,8 +109,8 @@ class Engine:
     def __init__(
         self,
         settings: EngineSettings,
-        registry: Registry,
-        locks: HostScriptLocks,
+        registry: AgentRegistry,
+        locks: HostLocks,
         token_bytes: TokenBytes = secrets.token_bytes,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -122,14 +125,18 @@ class Engine:
         self._signature: tuple = ()
         self._context_lock = threading.Lock()
         self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
+        self.state: Any = None  # the State it was opened from (from_config)
 
     @classmethod
     def from_config(cls, settings, layout: Layout) -> Engine:
-        return cls(
-            EngineSettings.from_config(settings),
-            Registry(settings.registry_dir),
-            HostScriptLocks(layout.locks_dir),
-        )
+        """Registry and locks from the configured state backend
+        (`engine.state` holds the rest: run store, pairing queue, leases)."""
+        from ..state import for_layout
+
+        state = for_layout(settings, layout)
+        engine = cls(EngineSettings.from_config(settings), state.registry, state.locks)
+        engine.state = state
+        return engine
 
     @staticmethod
     def _process_user() -> str:

@@ -181,6 +181,8 @@ class HostScriptLocks:
             entries = os.listdir(self.directory)
         except FileNotFoundError:
             return []
+        except OSError as exc:
+            raise StateError(f"cannot list locks in {self.directory}: {exc.strerror}") from None
         found = []
         for entry in entries[:MAX_LISTED]:
             match = _LOCK_FILE.fullmatch(entry)

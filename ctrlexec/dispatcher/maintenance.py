@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import log
 from ..core import results
-from ..errors import CtrlExecError
+from ..errors import CtrlExecError, StateError
 from . import renewal, rotation
 from .engine import Engine
 from .fanout import fan_out
@@ -119,7 +119,8 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
             }
 
     def purge() -> None:
-        summary.purged = RunStore(runs_dir).purge()
+        runs = engine.state.runs if engine.state is not None else RunStore(runs_dir)
+        summary.purged = runs.purge()
 
     steps: dict[str, Callable[[], None]] = {
         "ping": lambda: _ping_all(engine, settings, summary, now),
@@ -141,6 +142,23 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
     return summary
 
 
+def maintain_once(engine: Engine, settings, runs_dir) -> Summary:
+    """`ced maintain`: one pass, if no other dispatcher of the fleet is
+    doing maintenance (it holds the lease while its `dispatcher serve`
+    runs); StateError otherwise."""
+    leader = engine.state.leader("maintenance") if engine.state is not None else None
+    if leader is not None and not leader.try_acquire():
+        raise StateError(
+            "another dispatcher of the fleet holds the maintenance lease (its "
+            "dispatcher serve runs the passes): run 'ced maintain' there, or stop it first"
+        )
+    try:
+        return maintain(engine, settings, runs_dir)
+    finally:
+        if leader is not None:
+            leader.release()
+
+
 class MaintenanceLoop:
     """`maintain` at start and then every `cert_check_interval` seconds, on a
     daemon thread, until `stop()`."""
@@ -160,9 +178,15 @@ class MaintenanceLoop:
         return self
 
     def _run(self) -> None:
+        # Several dispatchers sharing one database: one pass at a time, by
+        # whichever node holds the lease (the file backend always does).
+        leader = self.engine.state.leader("maintenance") if self.engine.state else None
         while not self._stop.is_set():
             try:
-                maintain(self.engine, self.settings, self.runs_dir)
+                if leader is None or leader.try_acquire():
+                    maintain(self.engine, self.settings, self.runs_dir)
+                else:
+                    log.event("maintain", log.INFO, SKIPPED="another node leads")
             except Exception as exc:
                 log.event("maintain", log.ERR, PHASE="loop", ERROR=f"{type(exc).__name__}: {exc}")
             self.passes += 1

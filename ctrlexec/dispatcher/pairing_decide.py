@@ -9,6 +9,7 @@ presents; then commit the approval body and the registry record together
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,13 @@ class Approved:
     cert_serial: Serial
 
 
-def open_queue(pairing_dir: str | Path, registry_dir: str | Path) -> PairingQueue:
+def open_queue(pairing_dir: str | Path, registry_dir: str | Path, settings=None) -> PairingQueue:
+    """The queue of the configured state backend (files without `settings`)."""
+    if settings is not None and getattr(settings, "state_backend", "files") != "files":
+        from ..state import open_state
+
+        queue = open_state(settings, os.devnull, os.devnull, pairing_dir).pairing_queue()
+        return queue  # type: ignore[return-value]
     return PairingQueue(pairing_dir, Registry(registry_dir))
 
 

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .. import log
 from ..detach import detach
@@ -53,6 +54,7 @@ class Plan:
     pairing_dir: Path
     registry_dir: Path
     ca_dir: Path
+    state_settings: Any = None  # the dispatcher settings: which state backend
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,7 @@ def serve(
     from .pairing_decide import open_queue
 
     fingerprint = ca_fingerprint(plan.ca_dir)
-    queue = open_queue(plan.pairing_dir, plan.registry_dir)
+    queue = open_queue(plan.pairing_dir, plan.registry_dir, plan.state_settings)
     instance = Instance(plan.pidfile)
     instance.acquire()
     swept = queue.sweep_temporary()  # writes a crash left half done

@@ -96,6 +96,11 @@ def revoke(
     if isinstance(digest, str) and digest:
         # The host's key is never certified again (pairing, approval).
         revocation.add_key(os.path.join(settings.ca_dir, REVOKED_KEYS), digest, note)
+    shared = engine.state.revocations if engine.state is not None else None
+    if shared is not None:  # the fleet's list: every node adds it to its files
+        shared.add("serial", list(keys), note)
+        if isinstance(digest, str) and digest:
+            shared.add("key", [digest.lower()], note)
     result = Revoked(keys, new)
     if push:
         _push(engine, settings, keys, result, skip=agent)

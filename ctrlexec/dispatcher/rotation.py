@@ -35,6 +35,7 @@ import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import log
 from ..core import lifecycle
@@ -46,7 +47,10 @@ from ..store import atomic_write, read_json_object, remove
 from .engine import Engine
 from .fanout import fan_out
 from .identity import dispatcher_id, dispatcher_serial
-from .registry import Registry, Target
+from .registry import Target
+
+if TYPE_CHECKING:
+    from ..state.interface import AgentRegistry
 
 
 def _known(failure: Failure | None) -> Failure:
@@ -162,7 +166,7 @@ def _finish_install(files: DispatcherFiles) -> None:
         remove(files.next_key)  # the new certificate was never written
 
 
-def _record_rotation(settings, registry: Registry, now: float) -> Rotated | None:
+def _record_rotation(settings, registry: AgentRegistry, now: float) -> Rotated | None:
     files = DispatcherFiles.of(settings)
     if not files.previous_cert.exists():
         return None
@@ -195,7 +199,7 @@ def _record_rotation(settings, registry: Registry, now: float) -> Rotated | None
     return Rotated(old, new, rotation.overlap_expires, len(names))
 
 
-def recover(settings, registry: Registry, now: float | None = None) -> Rotated | None:
+def recover(settings, registry: AgentRegistry, now: float | None = None) -> Rotated | None:
     """Complete a rotation interrupted by a crash (idempotent)."""
     _finish_install(DispatcherFiles.of(settings))
     return _record_rotation(settings, registry, time.time() if now is None else now)
@@ -206,7 +210,9 @@ def overlap_in_progress(settings) -> lifecycle.RotationState | None:
     return state if state is not None and state.previous_serial else None
 
 
-def rotate(settings, registry: Registry, now: float | None = None, force: bool = False) -> Rotated:
+def rotate(
+    settings, registry: AgentRegistry, now: float | None = None, force: bool = False
+) -> Rotated:
     """A new dispatcher key and certificate now; agents marked pending."""
     from ..pki import ca
 
@@ -245,7 +251,7 @@ def rotate(settings, registry: Registry, now: float | None = None, force: bool =
     return rotated
 
 
-def check_and_rotate(settings, registry: Registry, now: float | None = None) -> Rotated | None:
+def check_and_rotate(settings, registry: AgentRegistry, now: float | None = None) -> Rotated | None:
     """Rotate when at most `cert_renewal_days` remain (and no overlap runs)."""
     now = time.time() if now is None else now
     recover(settings, registry, now)
@@ -359,7 +365,7 @@ def broadcast(engine: Engine, settings, now: float | None = None) -> Broadcast:
     return result
 
 
-def expire_stale(registry: Registry, settings, now: float | None = None) -> list[str]:
+def expire_stale(registry: AgentRegistry, settings, now: float | None = None) -> list[str]:
     """After the overlap, agents that never confirmed become `stale`."""
     now = time.time() if now is None else now
     state = load_state(settings.rotation_file)
@@ -423,7 +429,7 @@ def retire(engine: Engine, settings, now: float | None = None) -> Retired | None
     return result
 
 
-def serial_status(settings, registry: Registry) -> dict:
+def serial_status(settings, registry: AgentRegistry) -> dict:
     state = load_state(settings.rotation_file)
     agents = [
         {

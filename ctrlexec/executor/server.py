@@ -14,9 +14,12 @@ exec (privdrop.py). Per connection, in this order:
 3. A forked handler process reads one request frame (core/exec_frames.py:
    bounded length, read within REQUEST_READ_SECONDS), re-reads agent.toml and
    scripts.toml, decides (decision.py), runs the script with its profile
-   applied in the script's child, and streams the result back. If the agent
-   goes away (end of file on the socket) the script's process group is
-   killed. SIGTERM to a handler kills its script.
+   applied in the script's child, and sends its output as it is written
+   (at most the script's output limit per stream), then the end record. If
+   the agent goes away or half-closes the connection (end of file on the
+   socket: the agent is stopping, or a dispatcher cancelled the run) the
+   script's process group is killed and what it wrote is still sent.
+   SIGTERM to a handler kills its script.
 
 Nothing in a request chooses a path, a user or a profile: it names a
 script, and the executor's own reading of the configuration decides. A
@@ -256,6 +259,39 @@ def _send_quietly(conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
 
 
+class LiveOutput:
+    """The script's output sent as it is written, from the runner's thread:
+    at most `cap` bytes per stream (the rest the runner counts as dropped).
+    A write that fails or stalls past SEND_TIMEOUT_SECONDS stops the live
+    sending; the run goes on (the agent has gone or stopped reading)."""
+
+    def __init__(self, conn: socket.socket, cap: int):
+        self.conn = conn
+        self.cap = cap
+        self.sent = {"stdout": 0, "stderr": 0}
+        self.stderr = bytearray()  # what was sent of stderr (its notes follow it)
+        self.failed = False
+
+    def output(self, name: str, chunk: bytes) -> None:
+        keep = chunk[: max(self.cap - self.sent[name], 0)]
+        if not keep or self.failed:
+            return
+        self.sent[name] += len(keep)
+        if name == "stderr":
+            self.stderr += keep
+        kind = exec_frames.KIND_STDOUT if name == "stdout" else exec_frames.KIND_STDERR
+        try:
+            self.conn.settimeout(SEND_TIMEOUT_SECONDS)
+            self.conn.sendall(exec_frames.encode_output(kind, keep))
+        except OSError:
+            self.failed = True
+
+    def rest_of_stderr(self, stderr: str) -> str:
+        """What the result's stderr adds to what was sent: the runner's notes."""
+        sent = self.stderr.decode("utf-8", "replace")
+        return stderr[len(sent) :] if stderr.startswith(sent) else ""
+
+
 class Handler:
     """One request, in its own process."""
 
@@ -308,6 +344,7 @@ class Handler:
             USER=decided.identity.name,
             LOGNAME=decided.identity.name,
         )
+        live = LiveOutput(self.conn, decided.max_output)
         job = ScriptJob(
             executable=decided.path,
             argv=(decided.argv0, *request.args),
@@ -321,6 +358,7 @@ class Handler:
             reqid=request.reqid,
             dispatcher=request.dispatcher,
             preexec=privdrop.child_setup(plan),
+            on_output=live.output,
         )
         result = self.runner.run(job, cancel=self.conn)
         log.event(
@@ -331,9 +369,12 @@ class Handler:
             EXIT=result.exit,
             **fields,
         )
+        if live.failed:
+            return  # nobody reads: the connection closes, the agent sees a truncated reply
         self._send(
-            exec_frames.encode_output(exec_frames.KIND_STDOUT, result.stdout.encode("utf-8"))
-            + exec_frames.encode_output(exec_frames.KIND_STDERR, result.stderr.encode("utf-8"))
+            exec_frames.encode_output(
+                exec_frames.KIND_STDERR, live.rest_of_stderr(result.stderr).encode("utf-8")
+            )
             + exec_frames.encode_end(
                 exec_frames.ExecEnd(
                     result.exit, result.timed_out, result.truncated, result.stdin_unwritten

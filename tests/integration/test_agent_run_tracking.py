@@ -102,3 +102,23 @@ def test_a_script_that_ignores_term_is_killed_after_the_grace(tmp_path):
     jobs.cancel("disp-a", "r1")
     thread.join(30)
     assert not thread.is_alive() and out["result"].exit == 126 and out["cancelled"]
+
+
+def test_a_run_with_a_stop_function_is_stopped_through_it():
+    """The executor's runs: no process group here, a stop function instead,
+    called on cancel, at once if the cancel came first, never after the end."""
+    jobs = RunningJobs()
+    stops: list[str] = []
+    with jobs.track("disp-a", "r1", "s", run_control.SYNC, 60) as job:
+        job.stoppable(lambda: stops.append("first"))
+        assert jobs.cancel("disp-b", "r1") == [] and stops == []
+        assert len(jobs.cancel("disp-a", "r1")) == 1
+        assert stops == ["first"]
+    with jobs.track("disp-a", "r2", "s", run_control.SYNC, 60) as job:
+        jobs.cancel("disp-a", "r2")
+        job.stoppable(lambda: stops.append("late"))
+        assert stops == ["first", "late"]
+    with jobs.track("disp-a", "r3", "s", run_control.SYNC, 60) as job:
+        job.stoppable(lambda: stops.append("ended"))
+    job.cancel(0)  # reaped: nothing left to stop
+    assert stops == ["first", "late"]

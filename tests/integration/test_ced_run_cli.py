@@ -219,7 +219,8 @@ def test_no_progress_line_when_stderr_is_not_a_terminal(disp, session_ca, peer):
 
 def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path):
     """A cache dir others could write is refused by the native bootstrap, so
-    any import of cryptography or cffi would fail the command."""
+    any import of cryptography or cffi would fail the command. The
+    PostgreSQL driver is not loaded either (the file backend is configured)."""
     register(disp, session_ca, "vm", peer.port)
     unsafe = tmp_path / "unsafe-cache"
     unsafe.mkdir()
@@ -240,6 +241,7 @@ def test_run_and_ping_never_import_cryptography(disp, session_ca, peer, tmp_path
             if line.startswith("import time:")
         }
         assert not imported & {"cryptography", "cffi", "_cffi_backend"}, argv
+        assert not imported & {"pg8000", "scramp", "asn1crypto", "dateutil"}, argv
     assert list(unsafe.iterdir()) == []
 
 

@@ -38,6 +38,11 @@ WRITES = (
     '  if ( : > "$p/probe" ) 2>/dev/null; then echo "ok $p"; else echo "fail $p"; fi\n'
     "done\n"
 )
+# Writes a line, records its pid in $1, waits for $1/go, writes another.
+TWO_LINES = (
+    '#!/bin/sh\necho first\necho $$ > "$1/pid"\n'
+    'while [ ! -e "$1/go" ]; do sleep 0.02; done\necho second\n'
+)
 # Marks its start in $1, waits for $1/go, then answers.
 GATED = (
     '#!/bin/sh\n: > "$1/started-$2"\nwhile [ ! -e "$1/go" ]; do sleep 0.02; done\necho "done $2"\n'
@@ -79,6 +84,7 @@ def site(session_ca, pyz_for, tmp_path_factory):
             ("writes-confined", WRITES, "writer"),
             ("writes-root", WRITES, "root"),
             ("gated", GATED, "root"),
+            ("two-lines", TWO_LINES, "nobody"),
         ):
             agent.add_script(name, text, profile=profile)
         agent.settings["executor_socket"] = str(sock)
@@ -386,3 +392,70 @@ def test_stopping_the_agent_ends_its_scripts_in_the_executor(site):
     site["process"].start()
     record = client.request(site["agent"].port, "GET", "/result/stop-1").json()
     assert record["status"] == "done" and record.get("interrupted") is True, record
+
+
+# -- live output and cancel through the executor ----------------------------------------------
+
+
+def _gate(site, name: str) -> Path:
+    gate = site["gates"] / name
+    gate.mkdir()
+    gate.chmod(0o777)  # the script runs as nobody
+    return gate
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_run_stream_sends_output_as_the_script_writes_it(site):
+    gate = _gate(site, "stream")
+    body = json.dumps({"script": "two-lines", "args": [str(gate)], "reqid": "s1"}).encode()
+    conn = site["client"].connect(site["agent"].port, timeout=60)
+    try:
+        conn.sendall(
+            b"POST /run-stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        # the first line arrives while the script still waits for its gate
+        while b'"data":"first\\n"' not in received:
+            chunk = conn.recv(65536)
+            assert chunk, received
+            received += chunk
+        assert not (gate / "go").exists()
+        assert b"application/x-ndjson" in received.split(b"\r\n\r\n", 1)[0]
+        (gate / "go").touch()
+        while chunk := conn.recv(65536):
+            received += chunk
+    finally:
+        conn.close()
+    frames = [json.loads(line) for line in received.split(b"\r\n\r\n", 1)[1].splitlines()]
+    output = "".join(frame["data"] for frame in frames if frame.get("stream") == "stdout")
+    assert output == "first\nsecond\n"
+    assert frames[-1]["result"]["stdout"] == "first\nsecond\n"
+    assert frames[-1]["result"]["exit"] == 0
+
+
+def test_cancel_stops_a_run_in_the_executor(site):
+    gate = _gate(site, "cancel")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_run, site, "two-lines", [str(gate)], reqid="c1")
+        wait_for(lambda: (gate / "pid").exists() and (gate / "pid").read_text().strip(), 30)
+        pid = int((gate / "pid").read_text())
+        assert _alive(pid)
+        running = site["client"].request(site["agent"].port, "GET", "/running")
+        assert [entry["reqid"] for entry in running.json()["running"]] == ["c1"]
+        cancelled = site["client"].request(site["agent"].port, "POST", "/cancel", {"reqid": "c1"})
+        assert cancelled.status == 200, cancelled.body
+        result = pending.result(60)
+    assert result["exit"] == 126, result
+    assert result["stdout"] == "first\n"
+    assert result["stderr"].endswith("ctrl-exec-agent: cancelled by the dispatcher\n")
+    wait_for(lambda: not _alive(pid), 10, "the script to be gone")
+    assert not (gate / "go").exists()

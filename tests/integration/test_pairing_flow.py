@@ -147,10 +147,11 @@ def test_pair_an_agent(dispatcher, tmp_path):
     # the status commands need no native library: a fresh cache stays empty
     agent.cache = tmp_path / "fresh-native-cache"
     status = agent.run("agent", "pairing-status")
-    assert (
-        status.returncode == 0
-        and status.stdout.strip() == f"Paired. Certificate expires: {record['expiry']}"
+    assert status.returncode == 0 and status.stdout == (
+        f"Paired. Certificate expires: {record['expiry']}\nCertificate subject: CN=web-01\n"
     )
+    as_json = json.loads(agent.run("agent", "--json", "pairing-status").stdout)
+    assert (as_json["paired"], as_json["subject"]) == (True, "CN=web-01")
     assert agent.run("agent", "paired").returncode == 0
     assert not agent.cache.exists() or not any(agent.cache.iterdir())
 

@@ -131,3 +131,14 @@ def test_failure_is_stderr_and_exit_minus_one():
     parser = ef.ResponseParser(100)
     assert parser.feed(ef.encode_failure("executor: script not permitted\n")) == ef.ExecEnd(-1)
     assert bytes(parser.stderr) == b"executor: script not permitted\n"
+
+
+def test_output_records_are_handed_over_as_they_are_parsed():
+    seen: list[tuple[str, bytes]] = []
+    parser = ef.ResponseParser(1_000, lambda name, chunk: seen.append((name, chunk)))
+    parser.feed(ef.encode_output(ef.KIND_STDOUT, b"one\n")[:3])
+    assert seen == []
+    parser.feed(ef.encode_output(ef.KIND_STDOUT, b"one\n")[3:])
+    assert seen == [("stdout", b"one\n")]
+    parser.feed(ef.encode_output(ef.KIND_STDERR, b"warn") + ef.encode_end(ef.ExecEnd(0)))
+    assert seen == [("stdout", b"one\n"), ("stderr", b"warn")]

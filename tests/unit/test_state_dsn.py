@@ -1,0 +1,88 @@
+"""The state_backend URL and pgpass lookups (state/dsn.py): a table of
+inputs and what comes out, and errors that never repeat a secret."""
+
+from __future__ import annotations
+
+import pytest
+
+from ctrlexec.config import schema
+from ctrlexec.state.dsn import Dsn, DsnError, parse_dsn, pgpass_lookup
+
+
+@pytest.mark.parametrize(
+    ("url", "env", "expected"),
+    [
+        (
+            "postgresql://ce@db.example.net:6432/fleet",
+            {},
+            Dsn("db.example.net", 6432, "fleet", "ce"),
+        ),
+        ("postgres://ce@127.0.0.1/fleet", {}, Dsn("127.0.0.1", 5432, "fleet", "ce")),
+        (
+            "postgresql:///fleet",
+            {"PGHOST": "pg1", "PGPORT": "5433", "PGUSER": "u"},
+            Dsn("pg1", 5433, "fleet", "u"),
+        ),
+        (
+            "postgresql://ce@/fleet?host=/run/postgresql",
+            {},
+            Dsn("/run/postgresql", 5432, "fleet", "ce"),
+        ),
+        ("postgresql:///", {"PGDATABASE": "d"}, Dsn("/run/postgresql", 5432, "d", None)),
+        (
+            "postgresql://ce@h/fleet?sslmode=verify-full&connect_timeout=3",
+            {},
+            Dsn("h", 5432, "fleet", "ce", "verify-full", 3),
+        ),
+    ],
+)
+def test_parse(url, env, expected):
+    assert parse_dsn(url, env) == expected
+
+
+def test_socket_path_and_description():
+    dsn = parse_dsn("postgresql://ce@/fleet?host=/run/postgresql", {})
+    assert dsn.unix_socket == "/run/postgresql/.s.PGSQL.5432"
+    assert dsn.describe() == "/run/postgresql/.s.PGSQL.5432/fleet"
+    assert parse_dsn("postgresql://ce@h:1/f", {}).describe() == "h:1/f"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("mysql://h/db", "must be 'files' or a postgresql:// URL"),
+        ("postgresql://ce:s3cret-value@h/db", "must not carry a password"),
+        ("postgresql://h:99999/db", "malformed"),
+        ("postgresql://h/", "names no database"),
+        ("postgresql://h/db;drop", "database name"),
+        ("postgresql://bad%20user@h/db", "user name"),
+        ("postgresql://h/db?sslmode=prefer", "sslmode"),
+        ("postgresql://h/db?connect_timeout=0", "connect_timeout"),
+        ("postgresql://h/db?password=x", "unknown URL parameter"),
+        ("postgresql://h/db?sslmode=require&sslmode=disable", "more than once"),
+        ("postgresql://h/db#frag", "fragment"),
+    ],
+)
+def test_refused(url, message):
+    with pytest.raises(DsnError, match=message) as refused:
+        parse_dsn(url, {})
+    assert "s3cret" not in str(refused.value)
+    assert url not in str(refused.value)
+
+
+def test_schema_check():
+    key = next(k for k in schema.DISPATCHER_KEYS if k.name == "state_backend")
+    assert key.default == "files" and key.check is not None
+    assert key.check("files") is None
+    assert key.check("postgresql://ce@h/db") is None
+    assert "password" in key.check("postgresql://ce:pw@h/db")
+
+
+def test_pgpass():
+    dsn = parse_dsn("postgresql://ce@db:5432/fleet", {})
+    text = "# comment\nother:5432:fleet:ce:wrong\ndb:5432:*:ce:pa\\:ss\\\\word\n*:*:*:*:fallback\n"
+    assert pgpass_lookup(text, dsn, "ce") == "pa:ss\\word"
+    assert pgpass_lookup(text, dsn, "someone") == "fallback"
+    socket = parse_dsn("postgresql://ce@/fleet?host=/tmp", {})
+    assert pgpass_lookup("localhost:5432:fleet:ce:local\n", socket, "ce") == "local"
+    assert pgpass_lookup("db:1:fleet:ce:x\n", dsn, "ce") is None
