@@ -63,13 +63,16 @@ def serve(ctx: Context) -> int:
     from ..dispatcher.api_server import ApiServer
     from ..dispatcher.api_tls import api_tls_context
     from ..dispatcher.engine import Engine
+    from ..dispatcher.fanout import limit_threads
     from ..store import sweep_leftovers
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     tls = api_tls_context(settings)
     ctx.configure_logging(settings.log_target, settings.log_format, daemon=True)
-    engine = Engine.from_config(settings, ctx.layout)
+    engine = Engine.from_config(settings, ctx.layout, resume_sessions=True)
     engine.tls_context()  # the dispatcher cert, key and CA must be usable before we listen
+    # Concurrent API operations share max_parallel fan-out threads between them.
+    limit_threads(settings.max_parallel)
     store = engine.state.runs
     sweep_leftovers((settings.registry_dir, ctx.layout.runs_dir, ctx.layout.dispatcher_state))
     api = Api(

@@ -220,7 +220,22 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
     Key(
         "timeout", "int", None, "deprecated alias of read_timeout", between(1, 86400), optional=True
     ),
-    Key("max_parallel", "int", 64, "agents contacted at once by one operation", between(1, 500)),
+    Key(
+        "max_parallel",
+        "int",
+        64,
+        "agents contacted at once (each takes a thread); dispatcher serve shares this "
+        "many among all its operations",
+        between(1, 500),
+    ),
+    Key(
+        "max_hosts",
+        "int",
+        500,
+        "agents one ping, run, discovery or cancel may name (0.12 allows 500)",
+        between(1, 20000),
+        ours=True,
+    ),
     Key(
         "cert_days",
         "int",

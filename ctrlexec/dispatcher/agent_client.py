@@ -27,6 +27,7 @@ from collections.abc import Callable
 from ..core import results
 from ..core.http import MAX_RESPONSE_BODY, ResponseReader, request_bytes
 from ..errors import FramingError, IncompleteMessage
+from .tls_sessions import Resumption
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
 _RECV = 65536
@@ -53,19 +54,24 @@ def exchange(
     max_body: int = MAX_RESPONSE_BODY,
     check_peer: Callable[[bytes], str | None] | None = None,
     still_waiting: Callable[[], bool] | None = None,
+    resume: Resumption | None = None,
 ) -> results.AgentReply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes.
     `check_peer(der)` may refuse the agent's certificate after the handshake,
-    before any request byte is sent."""
+    before any request byte is sent. With `resume`, the agent's last session
+    is offered and the new one remembered after a complete reply."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
 
-    sock = open_tls(context, address, port, timeout, check_peer)
+    sock = open_tls(context, address, port, timeout, check_peer, resume)
     if isinstance(sock, results.Failure):
         return sock
     try:
-        return _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+        outcome = _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
+        if resume is not None and isinstance(outcome, results.AgentReply):
+            resume.keep(sock)
+        return outcome
     finally:
         sock.close()
 
@@ -76,10 +82,11 @@ def open_tls(
     port: int,
     timeout: float,
     check_peer: Callable[[bytes], str | None] | None = None,
+    resume: Resumption | None = None,
 ) -> ssl.SSLSocket | results.Failure:
     """A TLS connection to the agent, every step bounded by `timeout`;
     `check_peer(der)` may refuse the agent's certificate after the handshake,
-    before any request byte is sent."""
+    resumed or not, before any request byte is sent."""
 
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
@@ -97,7 +104,8 @@ def open_tls(
             return failed(results.UNREACHABLE)
         return failed(results.OTHER, exc.strerror or str(exc))
     try:
-        sock = context.wrap_socket(raw, server_hostname=None)
+        session = resume.offer(context) if resume is not None else None
+        sock = context.wrap_socket(raw, server_hostname=None, session=session)
     except TimeoutError:
         raw.close()
         return failed(results.TIMEOUT)
@@ -106,10 +114,14 @@ def open_tls(
         return failed(results.CLOSED_BEFORE_TLS, str(exc))
     except (ssl.SSLError, ConnectionError, OSError) as exc:
         raw.close()
+        if resume is not None:
+            resume.forget()  # the next handshake is a full one
         return failed(results.TLS, str(exc))
     if check_peer is not None:
         problem = check_peer(sock.getpeercert(binary_form=True) or b"")
         if problem:
+            if resume is not None:
+                resume.forget()
             sock.close()
             return failed(results.IDENTITY, problem)
     return sock

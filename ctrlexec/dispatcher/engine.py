@@ -55,11 +55,13 @@ from ..pki.tls import dispatcher_client_context
 from . import agent_client, agent_stream
 from .fanout import fan_out
 from .registry import DEFAULT_AGENT_PORT, Target
+from .tls_sessions import SessionCache
 
 if TYPE_CHECKING:
     from ..state.interface import AgentRegistry, HostLocks
 
-# 0.12's Engine refuses more hosts than this in one operation.
+# 0.12's Engine refuses more hosts than this in one operation; ours by
+# default too (`max_hosts` raises it: docs/compatibility.md).
 MAX_HOSTS = 500
 # Bounds on what one run may carry (the agent caps its request body at 1 MiB).
 MAX_ARGS = 4096
@@ -82,21 +84,28 @@ class EngineSettings:
     ca: str
     read_timeout: int = 60
     max_parallel: int = 64
+    max_hosts: int = MAX_HOSTS
     auth_hook: str | None = None
     auth_hook_timeout: int = 10
     api_auth_default: str = "deny"
     default_port: int = DEFAULT_AGENT_PORT
     revoked_serials: str = ""  # the dispatcher's revocation list (ca_dir/revoked-serials)
+    # Remember agents' TLS sessions for later contacts (tls_sessions.py). Worth
+    # it in a long-lived process; a one-shot `ced` contacts each agent once or
+    # twice, and reading a session out of a connection costs CPU.
+    resume_sessions: bool = True
 
     @classmethod
-    def from_config(cls, settings) -> EngineSettings:
+    def from_config(cls, settings, resume_sessions: bool = False) -> EngineSettings:
         """From a loaded ctrl-exec.toml (config.load.load_dispatcher)."""
         return cls(
+            resume_sessions=resume_sessions,
             cert=settings.cert,
             key=settings.key,
             ca=settings.ca,
             read_timeout=settings.read_timeout,
             max_parallel=settings.max_parallel,
+            max_hosts=settings.max_hosts,
             auth_hook=settings.auth_hook,
             auth_hook_timeout=settings.auth_hook_timeout,
             api_auth_default=settings.api_auth_default,
@@ -122,19 +131,22 @@ class Engine:
         self._clock = clock
         self._wall_clock = wall_clock
         self._context: ssl.SSLContext | None = None
+        self._sessions: SessionCache | None = None
         self._signature: tuple = ()
         self._context_lock = threading.Lock()
         self.revoked = RevokedSerials(settings.revoked_serials or os.devnull)
         self.state: Any = None  # the State it was opened from (from_config)
 
     @classmethod
-    def from_config(cls, settings, layout: Layout) -> Engine:
+    def from_config(cls, settings, layout: Layout, resume_sessions: bool = False) -> Engine:
         """Registry and locks from the configured state backend
         (`engine.state` holds the rest: run store, pairing queue, leases)."""
         from ..state import for_layout
 
         state = for_layout(settings, layout)
-        engine = cls(EngineSettings.from_config(settings), state.registry, state.locks)
+        engine = cls(
+            EngineSettings.from_config(settings, resume_sessions), state.registry, state.locks
+        )
         engine.state = state
         return engine
 
@@ -194,7 +206,7 @@ class Engine:
         """The steps every operation starts with: the host list's bounds,
         the auth hook for `action` (`hook_fields`: script, args, reqid), then
         the registry targets."""
-        _check_hosts(hosts)
+        _check_hosts(hosts, self.settings.max_hosts)
         self.authorise(action, hosts, caller=caller, **hook_fields)
         return self.resolve(hosts, port)
 
@@ -235,6 +247,8 @@ class Engine:
         with self._context_lock:
             if self._context is None or signature != self._signature:
                 self._context = _client_context(self.settings)
+                if self.settings.resume_sessions:
+                    self._sessions = SessionCache(self._context)
                 self._signature = signature
             return self._context
 
@@ -242,6 +256,7 @@ class Engine:
         """Forget the client context (the dispatcher certificate was rotated)."""
         with self._context_lock:
             self._context = None
+            self._sessions = None
 
     def post(
         self, target: Target, path: str, payload: dict, context: ssl.SSLContext | None = None
@@ -437,6 +452,7 @@ class Engine:
         """POST /cancel of `reqid` to every host (auth hook action `cancel`);
         one `{host, reqid, status, detail}` per host, status one of
         cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
+        _check_hosts(hosts, self.settings.max_hosts)
         if not RUN_REQID.matches(reqid):
             raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
         targets = self.admit("cancel", hosts, caller, port, script=script, reqid=reqid)
@@ -508,6 +524,12 @@ class Engine:
         """POST `body` to `path`, or GET it when there is no body."""
         method = "GET" if body is None else "POST"
         check_peer = self._peer_check(target)
+        sessions = self._sessions
+        resume = (
+            None
+            if sessions is None
+            else sessions.slot((target.address, target.port, target.expect))
+        )
         return self._timed(
             target,
             lambda: agent_client.exchange(
@@ -520,6 +542,7 @@ class Engine:
                 self.settings.read_timeout,
                 check_peer=check_peer,
                 still_waiting=still_waiting,
+                resume=resume,
             ),
         )
 
@@ -769,11 +792,11 @@ def lock_holder(reqid: str, caller: str, username: str, now: float, user: str) -
     }
 
 
-def _check_hosts(hosts: Sequence[str]) -> None:
+def _check_hosts(hosts: Sequence[str], limit: int = MAX_HOSTS) -> None:
     if not hosts:
         raise BadRequest("at least one host is needed")
-    if len(hosts) > MAX_HOSTS:
-        raise BadRequest(f"too many hosts: {len(hosts)} (at most {MAX_HOSTS} per operation)")
+    if len(hosts) > limit:
+        raise BadRequest(f"too many hosts: {len(hosts)} (at most {limit} per operation)")
     for host in hosts:
         if not isinstance(host, str) or not host:
             raise BadRequest("hosts must be non-empty strings")
@@ -830,7 +853,7 @@ def _client_context(settings: EngineSettings) -> ssl.SSLContext:
 
 def _files_signature(settings: EngineSettings) -> tuple[tuple[int, int, int] | None, ...]:
     signature: list[tuple[int, int, int] | None] = []
-    for path in (settings.cert, settings.key):
+    for path in (settings.cert, settings.key, settings.ca):
         try:
             info = os.stat(path)
         except OSError:

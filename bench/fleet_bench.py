@@ -1,0 +1,369 @@
+"""Fan-out benchmarks against the fleet simulator. Prints figures; asserts nothing.
+
+    .venv/bin/python bench/fleet_bench.py                   # 100, 1000 and 5000 agents
+    .venv/bin/python bench/fleet_bench.py --sizes 1000 --json
+
+The simulator (bench/fleet_sim.py) runs as its own process with one address
+and one certificate per agent (cached under --work between runs). Then, in
+this order, each in the same run:
+
+  floor   the best a bare Python client does against the same simulator:
+          mTLS handshake plus one /ping per connection, on --parallel threads
+          (the same count ced uses), in exchanges per second;
+  ping    `ced ping` of N simulated agents through the built pyz: wall time,
+          the ced process's CPU (user + system), its peak RSS and its peak
+          thread count (sampled from /proc every few milliseconds);
+  api     runs per second through `dispatcher serve` (plain HTTP, no hook):
+          --clients concurrent clients each POSTing /run of one agent, and
+          how many of those runs resumed their agent's TLS session; then a
+          POST /ping of the largest fleet, twice (the second resumes); the
+          server's peak RSS (VmHWM) and threads over all of it.
+
+The load average of the machine is printed beside each figure: the
+simulator shares the machine's cores with the dispatcher, and other work
+on the machine moves every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import fleet_sim  # noqa: E402  (this directory is on sys.path)
+
+from ctrlexec.config.paths import system_layout  # noqa: E402
+from ctrlexec.core import http  # noqa: E402
+from ctrlexec.pki.tls import dispatcher_client_context  # noqa: E402
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+class Simulator:
+    """bench/fleet_sim.py as a child process."""
+
+    def __init__(self, work: Path, agents: int, workers: int):
+        self.work = work
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "bench" / "fleet_sim.py"),
+                "--agents",
+                str(agents),
+                "--work",
+                str(work),
+                "--workers",
+                str(workers),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if " agents on port " not in line:
+            raise SystemExit(f"the simulator did not start: {line!r}")
+        self.port = int(line.split(" agents on port ")[1].split()[0])
+
+    def stats(self) -> dict:
+        """The simulator's counters, asked for with SIGUSR1."""
+        assert self.process.stdout is not None
+        self.process.send_signal(signal.SIGUSR1)
+        return json.loads(self.process.stdout.readline())
+
+    def stop(self) -> dict:
+        self.process.send_signal(signal.SIGINT)
+        out, _ = self.process.communicate(timeout=60)
+        try:
+            return json.loads(out.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            return {}
+
+
+def floor(root: Path, port: int, agents: int, parallel: int, count: int) -> dict:
+    layout = system_layout(root)
+    context = dispatcher_client_context(
+        str(layout.dispatcher_cert), str(layout.dispatcher_key), str(layout.ca_cert)
+    )
+    cursor = iter(range(count))
+    lock = threading.Lock()
+    failures = [0]
+
+    def loop() -> None:
+        while True:
+            with lock:
+                n = next(cursor, None)
+            if n is None:
+                return
+            address = fleet_sim.agent_address(n % agents)
+            try:
+                with (
+                    socket.create_connection((address, port), timeout=30) as raw,
+                    context.wrap_socket(raw) as tls,
+                ):
+                    tls.sendall(http.request_bytes("POST", "/ping", b"{}"))
+                    while tls.recv(65536):
+                        pass
+            except OSError:
+                with lock:
+                    failures[0] += 1
+
+    before = load()
+    started = time.perf_counter()
+    cpu = time.process_time()
+    threads = [threading.Thread(target=loop) for _ in range(parallel)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    return {
+        "exchanges": count,
+        "threads": parallel,
+        "per_second": round(count / wall, 1),
+        "client_cpu_ms_each": round((time.process_time() - cpu) * 1000 / count, 2),
+        "failures": failures[0],
+        "load": [before, load()],
+    }
+
+
+def _status(pid: int) -> dict[str, int]:
+    values = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("Threads", "VmRSS", "VmHWM"):
+                values[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return values
+
+
+class Peak:
+    """Peak thread count and RSS of a process, sampled every few ms."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.values = {"Threads": 0, "VmRSS": 0, "VmHWM": 0}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.is_set():
+            for key, value in _status(self.pid).items():
+                self.values[key] = max(self.values[key], value)
+            self._done.wait(0.002)
+
+    def stop(self) -> dict[str, int]:
+        self._done.set()
+        self._thread.join()
+        return self.values
+
+
+def ced_ping(pyz: Path, root: Path, agents: int, env: dict) -> dict:
+    names = [fleet_sim.agent_name(n) for n in range(agents)]
+    argv = [sys.executable, str(pyz), "ced", "--root", str(root), "--json", "ping", *names]
+    before = load()
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    sampler = Peak(process.pid)
+    assert process.stdout is not None
+    out = process.stdout.read()
+    peak = sampler.stop()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    answers = json.loads(out)["results"] if out.strip() else []
+    return {
+        "agents": agents,
+        "exit": process.returncode,
+        "ok": sum(1 for answer in answers if answer.get("status") == "ok"),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "peak_threads": peak["Threads"],
+        "load": [before, load()],
+    }
+
+
+def api_ping(port: int, agents: int, sim_resumed) -> dict:
+    """One POST /ping of `agents` hosts through the API: the second one
+    resumes the agents' sessions from the first."""
+    hosts = [fleet_sim.agent_name(n) for n in range(agents)]
+    body = json.dumps({"hosts": hosts}).encode()
+    resumed_before = sim_resumed()
+    before = load()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as conn:
+        conn.sendall(http.request_bytes("POST", "/ping", body))
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    wall = time.perf_counter() - started
+    answer = json.loads(reply.split(b"\r\n\r\n", 1)[1] or b"{}")
+    return {
+        "agents": agents,
+        "ok": sum(1 for r in answer.get("results", []) if r.get("status") == "ok"),
+        "wall_s": round(wall, 2),
+        "resumed": sim_resumed() - resumed_before,
+        "load": [before, load()],
+    }
+
+
+def api_throughput(
+    pyz: Path,
+    root: Path,
+    agents: int,
+    clients: int,
+    runs: int,
+    env: dict,
+    sim_resumed,
+    fan_out_agents: int,
+) -> dict:
+    layout = system_layout(root)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = layout.dispatcher_config
+    saved = config.read_text()
+    config.write_text(
+        saved + f'api_port = {port}\napi_auth_default = "allow"\napi_max_children = 256\n'
+    )
+    pidfile = root / "api.pid"
+    pidfile.unlink(missing_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, str(pyz), "dispatcher", "--root", str(root), "serve", "--pidfile",
+         str(pidfile), "--no-maintenance"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("dispatcher serve did not start")
+            time.sleep(0.02)
+        cursor = iter(range(runs))
+        lock = threading.Lock()
+        failures = [0]
+
+        def client() -> None:
+            while True:
+                with lock:
+                    n = next(cursor, None)
+                if n is None:
+                    return
+                body = json.dumps(
+                    {"hosts": [fleet_sim.agent_name(n % agents)], "script": "trivial"}
+                ).encode()
+                with socket.create_connection(("127.0.0.1", port), timeout=60) as conn:
+                    conn.sendall(http.request_bytes("POST", "/run", body))
+                    reply = b""
+                    while chunk := conn.recv(65536):
+                        reply += chunk
+                if not reply.startswith(b"HTTP/1.0 200"):
+                    with lock:
+                        failures[0] += 1
+
+        resumed_before = sim_resumed()
+        before = load()
+        sampler = Peak(server.pid)
+        started = time.perf_counter()
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        resumed = sim_resumed() - resumed_before
+        fan_out = [api_ping(port, fan_out_agents, sim_resumed) for _ in range(2)]
+        peak = sampler.stop()
+        return {
+            "api_ping": fan_out,
+            "runs": runs,
+            "clients": clients,
+            "agents": agents,
+            "runs_per_second": round(runs / wall, 1),
+            "failures": failures[0],
+            "resumed": resumed,
+            "server_peak_rss_mib": round(peak["VmHWM"] / 1024, 1),
+            "server_peak_threads": peak["Threads"],
+            "load": [before, load()],
+        }
+    finally:
+        server.terminate()
+        server.wait(30)
+        config.write_text(saved)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pyz", type=Path, default=REPO / "dist/ctrl-exec.pyz")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/ctrl-exec-fleet-bench"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--parallel", type=int, default=64, help="max_parallel for ced")
+    parser.add_argument("--floor-count", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=16, help="simulator worker threads")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent API clients")
+    parser.add_argument("--api-runs", type=int, default=2000)
+    parser.add_argument(
+        "--api-ping-agents", type=int, default=0, help="hosts of the API /ping (default: largest)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="ced pings per size")
+    parser.add_argument("--no-ping", action="store_true", help="leave out the ced pings")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not args.pyz.exists():
+        parser.error(f"{args.pyz} is missing: run python3 build_zipapp.py first")
+    largest = max(args.sizes)
+    prepare_started = time.perf_counter()
+    simulator = Simulator(args.work, largest, args.workers)
+    root = (args.work / "dispatcher").resolve()
+    system_layout(root).dispatcher_config.write_text(
+        f"max_hosts = {max(largest, 500)}\nmax_parallel = {args.parallel}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CTRL_EXEC_")}
+    env["CTRL_EXEC_LOG_TARGET"] = str(args.work / "bench.log")
+    report: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "simulator_ready_s": round(time.perf_counter() - prepare_started, 1),
+        "max_parallel": args.parallel,
+    }
+    try:
+        report["floor"] = floor(root, simulator.port, largest, args.parallel, args.floor_count)
+        report["ping"] = [
+            ced_ping(args.pyz, root, size, env)
+            for size in args.sizes
+            for _ in range(0 if args.no_ping else args.rounds)
+        ]
+        report["api"] = api_throughput(
+            args.pyz,
+            root,
+            min(largest, 100),
+            args.clients,
+            args.api_runs,
+            env,
+            lambda: simulator.stats()["resumed"],
+            args.api_ping_agents or largest,
+        )
+    finally:
+        report["simulator"] = simulator.stop()
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
