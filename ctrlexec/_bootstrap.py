@@ -38,13 +38,11 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from .errors import NativeBundleError
+
 CACHE_ENV = "CTRL_EXEC_CACHE_DIR"
 ROOT_CACHE = "/var/cache/ctrl-exec"
 NATIVE_TOP_LEVEL = {"cryptography", "cffi", "_cffi_backend"}
-
-
-class NativeBundleError(ImportError):
-    """This pyz cannot provide cryptography here (wrong platform, unsafe cache)."""
 
 
 def _archive_path() -> str | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import _bootstrap
 from .config.paths import system_layout
-from .errors import CtrlExecError
+from .errors import DemoFailed
 
 STEP_TIMEOUT = 60
 READY_TIMEOUT = 20
@@ -35,10 +35,6 @@ DEMO_SCRIPTS = ("hello", "uptime-report", "fail-on-purpose")
 # Arguments that a shell would mangle: they arrive at the script exactly.
 DEMO_ARGS = ("two words", "", "ünïcödé", "$HOME;true")
 PAIRING_CODE = re.compile(r"\b(\d{6})\b")
-
-
-class DemoFailed(CtrlExecError):
-    """A step of the demo did not do what it should; the message says which."""
 
 
 def _self_command() -> list[str]:

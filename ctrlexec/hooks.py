@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import contain, log
+from .core.caller import API, CLI
 from .core.timefmt import iso_utc
 
 REASONS = {1: "denied", 2: "bad credentials", 3: "insufficient privilege"}
@@ -38,8 +39,8 @@ REASONS = {1: "denied", 2: "bad credentials", 3: "insufficient privilege"}
 # (bytes, UTF-8); well under the kernel's 128 KiB per string and 2 MiB total.
 MAX_ENV_VALUE = 64 * 1024
 
-CALLER_CLI = "cli"
-CALLER_API = "api"
+CALLER_CLI = CLI
+CALLER_API = API
 CALLER_AGENT = "agent"
 
 
@@ -50,7 +51,7 @@ class AuthRequest:
     hosts: list[str] = field(default_factory=list)
     args: list[str] = field(default_factory=list)
     username: str = ""
-    token: str = ""
+    token: str = field(default="", repr=False)  # a credential: never in a log line
     source_ip: str = ""
     dispatcher: str = ""
     dispatcher_serial: str = ""

@@ -31,7 +31,7 @@ from functools import partial
 from pathlib import Path
 
 from . import store
-from .errors import CtrlExecError
+from .errors import InstallError
 
 ROLES = ("agent", "dispatcher", "executor")
 PROGRAM_NAMES = (
@@ -119,10 +119,6 @@ PURGE_PATHS = {
 class Step:
     what: str
     run: Callable[[], None] = field(compare=False, repr=False)
-
-
-class InstallError(CtrlExecError):
-    pass
 
 
 # ---------------------------------------------------------------- sources

@@ -12,12 +12,16 @@ and bytes) before closing.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import selectors
 import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
+
+from . import log
 
 # Pending connections the kernel queues for us (0.12 uses 10; a fan-out of
 # hundreds of dispatcher connections must not be refused by the kernel).
@@ -38,6 +42,32 @@ def peer_address(address: tuple) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+# accept() failures that mean "out of resources": stop listening a moment.
+_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def accept_pending(
+    listener: socket.socket,
+    admit: Callable[[socket.socket, str], None],
+    log_errors: bool = True,
+) -> bool:
+    """Accept every connection pending on `listener` (non-blocking) and hand
+    each to `admit(conn, address)`; False when accept failed for lack of
+    resources (descriptors, memory), so that the caller can pause."""
+    while True:
+        try:
+            conn, address = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return True
+        except ConnectionAbortedError:
+            continue
+        except OSError as exc:
+            if log_errors:
+                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
+            return exc.errno not in _EXHAUSTED
+        admit(conn, peer_address(address))
 
 
 def open_listeners(bind: str, port: int) -> list[socket.socket]:

@@ -40,6 +40,7 @@ from pathlib import Path
 from .. import log
 from ..core import agent_wire, names, run_control
 from ..core.agent_wire import RunRequest
+from ..core.ids import RUN_REQID
 from ..core.timefmt import iso_utc
 from ..errors import StateError
 from ..store import atomic_write, ensure_dir, purge_expired, read_json
@@ -61,7 +62,7 @@ Execute = Callable[[ScriptJob], ScriptResult]
 
 
 def _is_record_name(name: str) -> bool:
-    return name.endswith(".json") and names.is_store_reqid(name[:-5])
+    return name.endswith(".json") and RUN_REQID.matches(name[:-5])
 
 
 class AsyncRuns:
@@ -168,7 +169,7 @@ class AsyncRuns:
         self, request: RunRequest, dispatcher: str, job: ScriptJob, log_fields: dict
     ) -> tuple[int, dict]:
         """Start `job` detached; (HTTP status, body) of 0.12's answers."""
-        if not names.is_store_reqid(request.reqid):
+        if not RUN_REQID.matches(request.reqid):
             return 200, agent_wire.run_refused(request, agent_wire.ASYNC_BAD_REQID)
         if not names.is_dispatcher_id(dispatcher):
             log.event(
@@ -296,7 +297,7 @@ class AsyncRuns:
     def result(self, reqid: str, dispatcher: str | None, log_fields: dict) -> tuple[int, dict]:
         """The caller's own record verbatim, else 404 `unknown`."""
         record = None
-        if dispatcher and names.is_dispatcher_id(dispatcher) and names.is_store_reqid(reqid):
+        if dispatcher and names.is_dispatcher_id(dispatcher) and RUN_REQID.matches(reqid):
             record = self._read(self._path(dispatcher, reqid))
         if record is not None and record.get("owner") == dispatcher:
             log.event("result", log.INFO, STATUS=record.get("status"), **log_fields)
@@ -310,7 +311,7 @@ class AsyncRuns:
     def _held_by_another(self, dispatcher: str | None, reqid: str) -> bool:
         """Whether another dispatcher's partition has this reqid (an audit
         signal: someone asks for a run that is not theirs)."""
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             return False
         return any(
             partition.name != dispatcher and (partition / f"{reqid}.json").exists()

@@ -20,6 +20,7 @@ import threading
 import time
 
 from ..core import exec_frames
+from ..errors import FrameError
 from .output_budget import OutputBudget
 from .runner import EXIT_NOT_STARTED, ScriptJob, ScriptResult
 
@@ -76,7 +77,7 @@ class ExecutorClient:
                     job.reqid, job.dispatcher, job.script, job.stdin, tuple(job.argv[1:])
                 )
             )
-        except exec_frames.FrameError as exc:
+        except FrameError as exc:
             return _failure(f"executor: {exc}")
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         with self._lock:
@@ -113,7 +114,7 @@ class ExecutorClient:
                 if not chunk:
                     break
                 end = parser.feed(chunk)
-        except exec_frames.FrameError as exc:
+        except FrameError as exc:
             return _failure(f"malformed executor response: {exc}")
         except TimeoutError:
             return _failure("executor did not answer in time")

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from .. import hooks, log
 from ..core import agent_wire, lifecycle, run_control
 from ..core.http import Request
+from ..core.routing import Reply
 from ..core.timefmt import iso_utc
-from ..errors import CtrlExecError, NotAllowlisted
+from ..errors import CancelRejected, CtrlExecError, NotAllowlisted, RotateRejected, RunRejected
 from ..pki import revocation
 from . import capabilities, renewal, streaming, trust
 from .async_runs import AsyncRuns
@@ -44,15 +45,6 @@ class Peer:
     key: str  # canonical trust key of the cert serial
     serial_hex: str  # the serial as 0.12 logs it
     dispatcher: str | None = None  # resolved id; None when untrusted
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict
-    # Called once the reply is sent (or could not be): gives back what the
-    # reply held of the agent's output budget.
-    on_sent: Callable[[], None] | None = None
 
 
 def _short(text: str) -> str:
@@ -174,7 +166,7 @@ class Endpoints:
         (request, job, log fields) for a script that may run."""
         try:
             request = agent_wire.parse_run(body)
-        except agent_wire.RunRejected as rejected:
+        except RunRejected as rejected:
             return Reply(200, rejected.body)
         fields: dict[str, object] = {
             "SCRIPT": _short(request.script),
@@ -217,7 +209,7 @@ class Endpoints:
                 return Reply(200, agent_wire.run_refused(request, ASYNC_UNAVAILABLE))
             return Reply(*self.async_runs.submit(request, peer.dispatcher or "", job, fields))
         answer, release = self._execute(request, job, fields, peer)
-        return Reply(200, answer, release)
+        return Reply(200, answer, on_sent=release)
 
     def run_stream(self, body: bytes, peer: Peer, state: AgentState):
         """POST /run-stream: a synchronous run whose output is sent as the
@@ -271,7 +263,7 @@ class Endpoints:
         the process group, SIGKILL after the grace."""
         try:
             reqid = run_control.parse_cancel(body)
-        except run_control.CancelRejected as rejected:
+        except CancelRejected as rejected:
             return Reply(400, rejected.body)
         found = self.jobs.cancel(peer.dispatcher or "", reqid)
         if not found:
@@ -363,7 +355,7 @@ class Endpoints:
         caller = peer.dispatcher or ""
         try:
             request = lifecycle.parse_rotate(body)
-        except lifecycle.RotateRejected as rejected:
+        except RotateRejected as rejected:
             log.event("rotate-fail", log.ERR, DISPATCHER=caller, ERROR=str(rejected))
             return Reply(200, rejected.body)
         decision = self._authorise(
@@ -402,7 +394,7 @@ class Endpoints:
         caller = peer.dispatcher or ""
         try:
             request = lifecycle.parse_revoke(body)
-        except lifecycle.RotateRejected as rejected:
+        except RotateRejected as rejected:
             return Reply(200, rejected.body)
         decision = self._authorise(
             state, peer, "revoke", args=(request.serial,), token=request.token

@@ -113,7 +113,7 @@ class AgentIdentity:
                 log.event(
                     "cert-swap",
                     log.INFO,
-                    SERIAL=format(facts.serial, "x"),
+                    SERIAL=facts.serial.hex(),
                     EXPIRY=openssl_notafter(facts.not_after),
                     CERT=cert,
                 )

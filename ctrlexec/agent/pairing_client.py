@@ -18,25 +18,20 @@ import ssl
 import time
 
 from ..core import pairing as wire
-from ..core.http import (
-    MAX_PAIRING_RESPONSE,
+from ..core.http import MAX_PAIRING_RESPONSE, ResponseReader, request_bytes
+from ..errors import (
+    DispatcherUnreachable,
     FramingError,
     IncompleteMessage,
-    ResponseReader,
-    request_bytes,
+    OperationTimeout,
+    ProtocolError,
 )
-from ..errors import CtrlExecError, OperationTimeout, ProtocolError
 from ..pki.tls import pairing_client_context
 
 PROBE_TIMEOUT = 5.0
 # Connect, handshake, send and acknowledgement: the dispatcher answers at once.
 EXCHANGE_TIMEOUT = 30.0
 READ_CHUNK = 16384
-
-
-class DispatcherUnreachable(CtrlExecError):
-    """The dispatcher's pairing port cannot be used; the message says why and
-    what to check."""
 
 
 def _where(host: str, port: int) -> str:

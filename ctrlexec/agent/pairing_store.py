@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.names import is_dispatcher_id
 from ..core.pairing import Approval
-from ..core.serial import normalise_received
+from ..core.serial import Serial, normalise_received
 from ..core.timefmt import openssl_notafter
 from ..core.x509 import facts_from_pem
 from ..errors import PairingRejected
@@ -38,7 +38,7 @@ AGENT_GROUP = "ctrl-exec-agent"
 class Stored:
     dispatcher_id: str
     dispatcher_serial: str
-    cert_serial: int
+    cert_serial: Serial
     expiry: str
     subject: str
     trusted: bool
@@ -155,9 +155,9 @@ def status(cert_path: str, key_path: str, ca_path: str, now: float | None = None
             f"certificate expired on {expiry}",
             expiry,
             facts.subject,
-            format(facts.serial, "x"),
+            facts.serial.hex(),
         )
-    return Status(True, "", expiry, facts.subject, format(facts.serial, "x"))
+    return Status(True, "", expiry, facts.subject, facts.serial.hex())
 
 
 def identity_files_present(cert_path: str, key_path: str, ca_path: str) -> bool:

@@ -22,17 +22,13 @@ from pathlib import Path
 
 from .. import log
 from ..core.x509 import facts_from_pem
-from ..errors import CtrlExecError
+from ..errors import CtrlExecError, RenewalRejected
 from ..store import atomic_write, ensure_dir
 
 # A certificate is a few KiB; anything much larger is not one.
 MAX_CERT_BYTES = 65_536
 # Peers' clocks differ: a certificate valid from a little in the future is fine.
 CLOCK_SKEW = 300.0
-
-
-class RenewalRejected(CtrlExecError):
-    """A renewed certificate fails a check; `str()` is the agent's error text."""
 
 
 @dataclass(frozen=True)
@@ -169,5 +165,5 @@ def promote(config, now: float | None = None) -> Promotion:
         log.event("cert-promote", log.WARNING, ERROR=f"cannot install: {exc.strerror or exc}")
         return Promotion("failed", exc.strerror or str(exc))
     facts = facts_from_pem(tidy)
-    log.event("cert-promote", log.INFO, STATUS="installed", SERIAL=format(facts.serial, "x"))
-    return Promotion("installed", format(facts.serial, "x"))
+    log.event("cert-promote", log.INFO, STATUS="installed", SERIAL=facts.serial.hex())
+    return Promotion("installed", facts.serial.hex())

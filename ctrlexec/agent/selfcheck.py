@@ -21,10 +21,10 @@ from pathlib import Path
 from ..config.load import AgentConfig, load_agent, load_allowlist
 from ..config.paths import Layout
 from ..core import ids
-from ..core.http import FramingError, IncompleteMessage, ResponseReader, encode_json, request_bytes
+from ..core.http import ResponseReader, encode_json, request_bytes
 from ..core.timefmt import openssl_notafter
 from ..core.x509 import facts_from_pem
-from ..errors import ConfigError, NotAllowlisted
+from ..errors import ConfigError, FramingError, IncompleteMessage, NotAllowlisted
 from ..pki import tls
 from . import capabilities, trust
 from .allowlist import Allowlist

@@ -42,7 +42,6 @@ seconds to finish, then any script still running is killed.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import selectors
 import signal
@@ -50,27 +49,23 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
+from ..connections import Connections
 from ..core import admission, agent_wire
-from ..core.http import (
-    FramingError,
-    IncompleteMessage,
-    Request,
-    RequestReader,
-    response_bytes,
-)
+from ..core.http import Request, RequestReader, response_bytes
 from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
-from ..core.serial import cert_serial_key, openssl_hex
+from ..core.routing import Reply
+from ..errors import FramingError, IncompleteMessage
 from ..netio import abort as _abort
-from ..netio import accepting, close_all, interrupt, open_listeners, peer_address
+from ..netio import accept_pending, accepting, close_all, open_listeners
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
-from .handlers import Endpoints, Peer, Reply
+from .handlers import Endpoints, Peer
 from .state import AgentRuntime
 from .streaming import StreamReply, send_stream
 
@@ -116,17 +111,12 @@ class AgentServer:
             )
             self.trusted_limiter = RateLimiter(Rule.parse(config.rate_limit_trusted), None)
         self._limiter_lock = threading.Lock()
-        self.slots = admission.Slots(
+        self.connections = Connections(
             admission.Limits(
                 int(config.max_pending), int(config.max_pending_per_address), self.max_children
             )
         )
-        # key -> a duplicate of an unauthenticated connection's socket, kept
-        # so the accept loop can shut it down when it is evicted.
-        self._handles: dict[Hashable, socket.socket] = {}
         self._keys = itertools.count()
-        self._active = 0  # connection threads alive (graceful stop waits for them)
-        self._active_changed = threading.Condition()
         self._listeners: list[socket.socket] = []
         self._stopping = False
 
@@ -203,11 +193,8 @@ class AgentServer:
                 self._stopping = True
 
     def _drain_and_stop(self, pidfile: Path | None) -> None:
-        log.event("stop", log.INFO, ACTIVE=self._active)
-        deadline = self.clock() + SHUTDOWN_GRACE
-        with self._active_changed:
-            while self._active and self.clock() < deadline:
-                self._active_changed.wait(max(0.0, deadline - self.clock()))
+        log.event("stop", log.INFO, ACTIVE=self.connections.active)
+        self.connections.wait_idle(SHUTDOWN_GRACE)
         killed = self.endpoints.shutdown()
         if killed:
             log.event("stop-kill", log.WARNING, SCRIPTS=killed)
@@ -218,17 +205,7 @@ class AgentServer:
 
     def _accept(self, listener: socket.socket) -> bool:
         """Accept what is pending; False when accept failed for lack of resources."""
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
-                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-            self._admit(conn, peer_address(address))
+        return accept_pending(listener, self._admit)
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
         if not self.addresses.allows(ip):
@@ -242,51 +219,21 @@ class AgentServer:
                 _abort(conn)
                 return
         key = next(self._keys)
-        victim: socket.socket | None = None
         try:
             handle = conn.dup()
         except OSError:  # out of descriptors: same as overload
             log.event("overload", log.WARNING, PEER=ip, REASON="descriptors")
             _abort(conn)
             return
-        with self._active_changed:
-            arrival = self.slots.arrive(key, ip)
-            self._handles[key] = handle
-            self._active += 1
-            if arrival.evict is not None:
-                victim = self._handles.pop(arrival.evict, None)
-        if victim is not None:
-            log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
-            interrupt(victim)
+        self.connections.arrive(key, ip, handle)
         try:
             threading.Thread(
                 target=self._connection, args=(conn, ip, key), daemon=True, name=f"conn-{ip}"
             ).start()
         except RuntimeError:  # no thread could be started: same as overload
-            self._leave(key)
+            self.connections.leave(key)
             log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
             _abort(conn)
-
-    def _leave(self, key: int) -> None:
-        with self._active_changed:
-            self.slots.leave(key)
-            handle = self._handles.pop(key, None)
-            self._active -= 1
-            self._active_changed.notify_all()
-        if handle is not None:
-            handle.close()
-
-    def _evicted(self, key: int) -> bool:
-        with self._active_changed:
-            return key not in self._handles
-
-    def _promote(self, key: int) -> str:
-        with self._active_changed:
-            outcome = self.slots.promote(key)
-            handle = self._handles.pop(key, None)
-        if handle is not None:
-            handle.close()
-        return outcome
 
     def _unauthenticated(self, ip: str) -> None:
         """A connection from `ip` ended without a trusted identity."""
@@ -313,7 +260,7 @@ class AgentServer:
                 conn.close()
             except OSError:
                 pass
-            self._leave(key)
+            self.connections.leave(key)
 
     def _serve_connection(self, conn: socket.socket, ip: str, key: int) -> None:
         deadline = self.clock() + self.handshake_timeout
@@ -343,7 +290,7 @@ class AgentServer:
             _finish(tls)
 
     def _tls_failure(self, ip: str, key: int, exc: BaseException) -> None:
-        if self._evicted(key):  # its slot went to a newcomer: logged then
+        if self.connections.evicted(key):  # its slot went to a newcomer: logged then
             self._unauthenticated(ip)
             return
         log.event("tls-failure", log.WARNING, PEER=ip, REASON=_failure_reason(exc))
@@ -359,8 +306,8 @@ class AgentServer:
 
     def _exchange(self, tls: ssl.SSLSocket, ip: str, key: int, deadline: float) -> Reply | None:
         serial = peer_serial(tls)
-        serial_key = "" if serial is None else cert_serial_key(serial)
-        serial_hex = "" if serial is None else openssl_hex(serial)
+        serial_key = "" if serial is None else serial.trust_key()
+        serial_hex = "" if serial is None else serial.openssl_hex()
         state = self.runtime.state()
         if state.revoked.revoked(serial_key):
             log.event("revoked-cert", log.WARNING, PEER=ip, SERIAL=serial_hex)
@@ -370,7 +317,7 @@ class AgentServer:
         if dispatcher is None:
             self._unauthenticated(ip)
         else:
-            outcome = self._promote(key)
+            outcome = self.connections.promote(key)
             if outcome == admission.EVICTED:
                 self._unauthenticated(ip)
                 return None
@@ -385,7 +332,7 @@ class AgentServer:
             if dispatcher is None:
                 reader = RequestReader()
                 method, path, _ = self._read_request_line(tls, deadline, reader)
-                if not agent_wire.route(method, path).ungated_op:
+                if not agent_wire.ungated(agent_wire.route(method, path)):
                     return self.endpoints.refuse(method, path, peer, state)
                 # /renew and /renew-complete need only the CA-signed client
                 # certificate (0.12): read the rest of that request.

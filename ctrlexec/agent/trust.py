@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..core.names import is_dispatcher_id
 from ..core.serial import normalise_received, serial_to_hex
-from ..errors import StateError
+from ..errors import NotOwned, StateError
 from ..store import FileLock, atomic_write_text, ensure_dir, read_state
 
 HEADER = (
@@ -82,10 +82,6 @@ def add_dispatcher(path: str | os.PathLike, serial: str, dispatcher_id: str) -> 
     if not is_dispatcher_id(dispatcher_id):
         raise ValueError(f"not a dispatcher id: {dispatcher_id!r}")
     return _update_map(Path(path), lambda entries: entries.__setitem__(key, dispatcher_id))
-
-
-class NotOwned(ValueError):
-    pass
 
 
 def remove_dispatcher(path: str | os.PathLike, serial: str, caller_id: str) -> bool:

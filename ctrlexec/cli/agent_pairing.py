@@ -137,7 +137,7 @@ def _print_approved(ctx: Context, outcome) -> None:
                 "hostname": outcome.hostname,
                 "dispatcher_id": stored.dispatcher_id,
                 "dispatcher_serial": stored.dispatcher_serial,
-                "cert_serial": format(stored.cert_serial, "x"),
+                "cert_serial": stored.cert_serial.hex(),
                 "expiry": stored.expiry,
                 "trusted": stored.trusted,
             }

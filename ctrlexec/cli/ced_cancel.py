@@ -12,8 +12,7 @@ import json
 from ..core import report
 from ..core.run_control import CANCELLED, NOT_RUNNING
 from ..errors import EXIT_FAILURE, Locked, PolicyDenied
-from ..hooks import CALLER_CLI
-from .ced_run import _engine, _identity, _identity_options, _stopped, write_text
+from .ced_run import _caller, _engine, _identity_options, _stopped, write_text
 from .common import Context, add_command
 
 EPILOG = """With no HOST, the hosts of the recorded run that may still be running it
@@ -71,8 +70,8 @@ def cmd_cancel(ctx: Context) -> int:
             engine.state.runs,
             ctx.args.reqid,
             ctx.args.hosts,
-            _identity(ctx),
-            CALLER_CLI,
+            _caller(ctx),
+            ctx.args.port,
         )
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)

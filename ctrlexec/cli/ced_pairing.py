@@ -144,7 +144,7 @@ def approve(ctx: Context) -> int:
         replace=args.replace,
     )
     if ctx.json:
-        ctx.emit_json(dict(result.record, ok=1, cert_serial=format(result.cert_serial, "x")))
+        ctx.emit_json(dict(result.record, ok=1, cert_serial=result.cert_serial.hex()))
         return 0
     for line in approval_lines(result):
         ctx.out(line)

@@ -47,7 +47,7 @@ def setup_ca(ctx: Context) -> int:
                 "cert": str(paths.cert),
                 "fingerprint": fingerprint,
                 "backups": [str(b) for b in backups],
-                "dispatcher_reissued": None if reissued is None else format(reissued.serial, "x"),
+                "dispatcher_reissued": None if reissued is None else reissued.serial.hex(),
             }
         )
         return 0
@@ -118,7 +118,7 @@ def setup_dispatcher(ctx: Context) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(key_path, key_pem, 0o600, _key_owner(settings))
     atomic_write(cert_path, issued.cert_pem.encode("ascii"), 0o644)
-    serial = format(issued.serial, "x")
+    serial = issued.serial.hex()
     log.event("setup-ctrl-exec", CERT=str(cert_path), SERIAL=serial, EXPIRY=issued.expiry)
     if ctx.json:
         ctx.emit_json(

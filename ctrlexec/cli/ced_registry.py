@@ -9,6 +9,7 @@ from .. import log
 from ..config.load import load_dispatcher
 from ..core import pairing as wire
 from ..core.names import TAG_KEY, is_agent_name
+from ..core.results import HostResult
 from ..core.timefmt import parse_openssl_notafter
 from ..dispatcher.registry import DEFAULT_AGENT_PORT, Registry, UnknownAgents
 from ..errors import CtrlExecError
@@ -46,19 +47,19 @@ def days_left(expiry: object, now: float) -> str:
     return "?" if epoch is None else str(int((epoch - now) // 86400))
 
 
-def _refresh_tags(ctx: Context) -> list[dict]:
+def _refresh_tags(ctx: Context) -> list[HostResult]:
     """Ask every agent for its capabilities (gated as `ping`, as 0.12's
     discovery) so the registry's cached tags are current; the failures."""
+    from ..core.caller import Caller
     from ..dispatcher.engine import Engine
-    from ..hooks import CALLER_CLI
 
     settings = load_dispatcher(ctx.layout, ctx.config_path)
     engine = Engine.from_config(settings, ctx.layout)
     names = engine.registry.names()
     if not names:
         return []
-    results = engine.discover(names, caller=CALLER_CLI)
-    return [result for result in results if result.get("status") != "ok"]
+    results = engine.discover(names, caller=Caller())
+    return [result for result in results if result.failed]
 
 
 def list_agents(ctx: Context) -> int:
@@ -66,7 +67,7 @@ def list_agents(ctx: Context) -> int:
     if ctx.args.refresh:
         for failed in _refresh_tags(ctx):
             ctx.err(
-                f"warning: {failed.get('host')}: {failed.get('error', 'no answer')} "
+                f"warning: {failed.wire.get('host')}: {failed.wire.get('error', 'no answer')} "
                 "(its cached tags are unchanged)"
             )
     records = list(registry.records())

@@ -17,12 +17,20 @@ import time
 
 from ..config.load import load_dispatcher
 from ..core import report
-from ..core.results import ping_failed, run_failed
-from ..core.selection import SelectionError, parse_tag
-from ..dispatcher.engine import BadRequest, Engine
-from ..dispatcher.registry import UnknownAgents
-from ..errors import EXIT_FAILURE, CtrlExecError, Locked, PolicyDenied, StateError
-from ..hooks import CALLER_CLI
+from ..core.caller import Caller
+from ..core.results import HostResult
+from ..core.selection import parse_tag
+from ..dispatcher.engine import Engine
+from ..errors import (
+    EXIT_FAILURE,
+    BadRequest,
+    CtrlExecError,
+    Locked,
+    PolicyDenied,
+    SelectionError,
+    StateError,
+    UnknownAgents,
+)
 from .common import Context, add_command
 
 # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C.
@@ -178,12 +186,11 @@ class ProgressLine:
     11 running, 2.4 s`, redrawn as answers arrive and every half second;
     replaced at the end by a summary line. Nothing of this on a pipe."""
 
-    def __init__(self, total: int, failed, stream=None, clock=time.monotonic, live=True):
+    def __init__(self, total: int, stream=None, clock=time.monotonic, live=True):
         self.stream = stream or sys.stderr
         self.total = total
         self.enabled = _is_terminal(self.stream)
         self.live = live and self.enabled  # no redrawn line under --follow's output
-        self._is_failure = failed
         self._clock = clock
         self.started = clock()
         self.done = 0
@@ -195,10 +202,10 @@ class ProgressLine:
             self._draw(force=True)
             threading.Thread(target=self._tick, name="progress", daemon=True).start()
 
-    def __call__(self, result: dict) -> None:
+    def __call__(self, result: HostResult) -> None:
         with self._lock:
             self.done += 1
-            self.failed += 1 if self._is_failure(result) else 0
+            self.failed += 1 if result.failed else 0
         self._draw(force=self.done == self.total)
 
     def _tick(self) -> None:
@@ -224,10 +231,10 @@ class ProgressLine:
                 self.stream.write("\r\x1b[K")
                 self.stream.flush()
 
-    def summary(self, results: list[dict]) -> None:
+    def summary(self, results: list[HostResult]) -> None:
         if self.enabled:
             elapsed = self._clock() - self.started
-            self.stream.write(report.summary_text(results, self._is_failure, elapsed) + "\n")
+            self.stream.write(report.summary_text(results, elapsed) + "\n")
             self.stream.flush()
 
 
@@ -294,12 +301,19 @@ class FollowPrinter:
         for (host, stream), rest in partial.items():
             write_text(f"{self._prefix(host, stream)}{rest}\n")
 
-    def results_text(self, results: list[dict]) -> str:
+    def results_text(self, results: list[HostResult]) -> str:
         """The usual result lines; output already shown is not repeated."""
         self.flush()
         shown = [
-            {key: value for key, value in result.items() if key not in ("stdout", "stderr")}
-            if result.get("host") in self.streamed
+            HostResult(
+                result.op,
+                {
+                    key: value
+                    for key, value in result.wire.items()
+                    if key not in ("stdout", "stderr")
+                },
+            )
+            if result.wire.get("host") in self.streamed
             else result
             for result in results
         ]
@@ -314,9 +328,13 @@ def write_text(text: str) -> None:
     sys.stdout.buffer.flush()
 
 
-def _results(ctx: Context, results: list[dict], as_text) -> None:
+def _wire(results: list[HostResult]) -> list[dict]:
+    return [result.to_wire() for result in results]
+
+
+def _results(ctx: Context, results: list[HostResult], as_text) -> None:
     if ctx.json:
-        write_text(json.dumps({"ok": 1, "results": results}, ensure_ascii=False) + "\n")
+        write_text(json.dumps({"ok": 1, "results": _wire(results)}, ensure_ascii=False) + "\n")
     else:
         write_text(as_text(results))
 
@@ -327,11 +345,12 @@ def _engine(ctx: Context) -> Engine:
     return Engine.from_config(settings, ctx.layout)
 
 
-def _identity(ctx: Context) -> dict:
+def _caller(ctx: Context) -> Caller:
+    """The operator, as the auth hook and the agents see them."""
     args = ctx.args
     username = args.username if args.username is not None else os.environ.get("USER", "")
     token = args.token if args.token is not None else os.environ.get("ENVEXEC_TOKEN", "")
-    return {"username": username, "token": token, "port": args.port}
+    return Caller(username, token)
 
 
 def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) -> str:
@@ -398,11 +417,11 @@ def cmd_run(ctx: Context) -> int:
     if ctx.args.run_async:
         return _run_async(ctx, engine, hosts, script, script_args)
     reqid = engine.new_reqid()
-    answered: list[dict] = []
+    answered: list[HostResult] = []
     printer = FollowPrinter(hosts, ctx.err) if ctx.args.follow and not ctx.json else None
 
-    def run(progress) -> list[dict]:
-        def done(result: dict) -> None:
+    def run(progress) -> list[HostResult]:
+        def done(result: HostResult) -> None:
             answered.append(result)
             progress(result)
 
@@ -410,23 +429,28 @@ def cmd_run(ctx: Context) -> int:
             hosts,
             script,
             script_args,
-            caller=CALLER_CLI,
+            caller=_caller(ctx),
+            port=ctx.args.port,
             reqid=reqid,
             progress=done,
             follow=printer.write if printer else None,
             on_fallback=printer.fallback if printer else None,
-            **_identity(ctx),
         )
 
     text = printer.results_text if printer else report.run_text
     try:
-        return _fan_out(ctx, hosts, run_failed, text, run, script, live=printer is None)
+        return _fan_out(ctx, hosts, text, run, script, live=printer is None)
     except KeyboardInterrupt:
         return _interrupted(ctx, engine, reqid, script, hosts, list(answered))
 
 
 def _interrupted(
-    ctx: Context, engine: Engine, reqid: str, script: str, hosts: list[str], answered: list[dict]
+    ctx: Context,
+    engine: Engine,
+    reqid: str,
+    script: str,
+    hosts: list[str],
+    answered: list[HostResult],
 ) -> int:
     """The first Ctrl-C: stop waiting, record the run, say what still runs
     where and how to follow or cancel it."""
@@ -441,7 +465,7 @@ def _interrupted(
             "error": "interrupted",
             "reqid": reqid,
             "still_running": stopped.still_running,
-            "results": answered,
+            "results": _wire(answered),
         }
         write_text(json.dumps(body, ensure_ascii=False) + "\n")
         return EXIT_INTERRUPTED
@@ -465,11 +489,11 @@ def _interrupted(
 
 
 def _fan_out(
-    ctx: Context, hosts: list[str], failed, text, call, script: str = "", live: bool = True
+    ctx: Context, hosts: list[str], text, call, script: str = "", live: bool = True
 ) -> int:
     """One operation over many hosts: a progress line while it runs, then the
     results; exit 1 when any host failed."""
-    progress = ProgressLine(len(hosts), failed, live=live)
+    progress = ProgressLine(len(hosts), live=live)
     try:
         results = call(progress)
     except UnknownAgents as exc:
@@ -480,7 +504,7 @@ def _fan_out(
         progress.clear()
     _results(ctx, results, text)
     progress.summary(results)
-    return EXIT_FAILURE if any(failed(result) for result in results) else 0
+    return EXIT_FAILURE if any(result.failed for result in results) else 0
 
 
 def _run_async(
@@ -493,10 +517,10 @@ def _run_async(
             hosts,
             script,
             script_args,
-            caller=CALLER_CLI,
+            caller=_caller(ctx),
+            port=ctx.args.port,
             reqid=reqid,
             run_async=True,
-            **_identity(ctx),
         )
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
@@ -506,11 +530,12 @@ def _run_async(
         ctx.err(f"{ctx.prog}: warning: {exc}; `status {reqid}` will not find this run")
     if ctx.json:
         write_text(
-            json.dumps({"ok": 1, "reqid": reqid, "results": results}, ensure_ascii=False) + "\n"
+            json.dumps({"ok": 1, "reqid": reqid, "results": _wire(results)}, ensure_ascii=False)
+            + "\n"
         )
     else:
         write_text(report.async_submit_text(reqid, results, f"{ctx.prog} status"))
-    return 0 if any(result.get("status") == "accepted" for result in results) else EXIT_FAILURE
+    return 0 if any(not result.failed for result in results) else EXIT_FAILURE
 
 
 def cmd_ping(ctx: Context) -> int:
@@ -530,10 +555,14 @@ def cmd_ping(ctx: Context) -> int:
     return _fan_out(
         ctx,
         hosts,
-        ping_failed,
         report.ping_text,
         lambda progress: ping_and_renew(
-            engine, settings, hosts, caller=CALLER_CLI, progress=progress, **_identity(ctx)
+            engine,
+            settings,
+            hosts,
+            caller=_caller(ctx),
+            port=ctx.args.port,
+            progress=progress,
         ),
     )
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, log
-from .._bootstrap import NativeBundleError
 from ..config.paths import Layout, resolve_layout
 from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
 
@@ -167,9 +166,6 @@ def run_handler(ctx: Context) -> int:
     except CtrlExecError as exc:
         _failed(ctx, str(exc))
         return exc.exit_code
-    except NativeBundleError as exc:
-        _failed(ctx, str(exc))
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         _failed(ctx, "interrupted")
         return 130

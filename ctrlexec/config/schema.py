@@ -100,7 +100,8 @@ def dispatcher_id(value: str) -> str | None:
 def state_backend(value: str) -> str | None:
     if value == "files":
         return None
-    from ..state.dsn import DsnError, parse_dsn
+    from ..errors import DsnError
+    from ..state.dsn import parse_dsn
 
     try:
         parse_dsn(value)

@@ -22,11 +22,14 @@ nothing); `script`, `reqid`, `username` and `token` must be strings and
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import RunRejected
 from . import names
 from .digest import schema_version_fallback
+from .ids import RUN_REQID
+from .routing import Route
 from .text import is_utf8, json_flag
 
 # Routes of 0.12's agent. `gated` routes need a trusted dispatcher serial.
@@ -72,28 +75,22 @@ MAX_SIDECAR_BYTES = 65_536
 SIDECAR_SUFFIX = ".schema.json"
 
 
-@dataclass(frozen=True)
-class Route:
-    name: str
-    gated: bool
-    arg: str = ""  # the id of /result/<id>
-
-    @property
-    def ungated_op(self) -> bool:
-        """/renew and /renew-complete: no serial gate, CA-signed cert only."""
-        return self.name in (RENEW, RENEW_COMPLETE)
+def ungated(found: Route) -> bool:
+    """/renew and /renew-complete: no serial gate, CA-signed cert only."""
+    return found.name in (RENEW, RENEW_COMPLETE)
 
 
 def route(method: str, path: str) -> Route:
     """Exact string match on method and path, as 0.12 (no query strings)."""
     found = _EXACT_ROUTES.get((method, path))
     if found:
-        return Route(*found)
+        name, gated = found
+        return Route(name, gated=gated)
     if method == "GET" and path.startswith(_RESULT_PREFIX):
         ident = path[len(_RESULT_PREFIX) :]
-        if names.REQID.fullmatch(ident):
-            return Route(RESULT, True, ident)
-    return Route(UNKNOWN, False)
+        if RUN_REQID.shaped(ident):
+            return Route(RESULT, ident, gated=True)
+    return Route(UNKNOWN)
 
 
 def gate_refusal(found: Route) -> tuple[int, dict[str, Any]]:
@@ -117,16 +114,8 @@ class RunRequest:
     args: tuple[str, ...]
     reqid: str
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     run_async: bool
-
-
-class RunRejected(Exception):
-    """A /run body refused before the allowlist; `body` is the 200 answer."""
-
-    def __init__(self, body: dict[str, Any]):
-        super().__init__(body.get("error", ""))
-        self.body = body
 
 
 def _json_object(body: bytes) -> dict[str, Any] | None:

@@ -22,11 +22,15 @@ given).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from ..errors import ApiError, FramingError
 from . import names
-from .http import FramingError
+from .ids import STATUS_REQID
+from .results import HostResult
+from .routing import Reply, Route
 from .text import is_utf8, json_flag
 
 # Route names.
@@ -72,12 +76,6 @@ OUR_ENDPOINTS = (("GET", "/metrics"),)
 HOSTS_SCHEMAS = ("PingRequest", "RunRequest", "DiscoveryRequest")
 
 
-@dataclass(frozen=True)
-class Route:
-    name: str
-    arg: str = ""  # the reqid of /status/<reqid>
-
-
 def route(method: str, path: str) -> Route:
     """Exact match on the upper-cased method and the verbatim path."""
     method = method.upper()
@@ -86,7 +84,7 @@ def route(method: str, path: str) -> Route:
         return Route(found)
     if method == "GET" and path.startswith(_STATUS_PREFIX):
         reqid = path[len(_STATUS_PREFIX) :]
-        if names.STATUS_REQID.fullmatch(reqid) and len(reqid) <= names.REQID_MAX:
+        if STATUS_REQID.matches(reqid):
             return Route(STATUS, reqid)
     return Route(NO_ROUTE)
 
@@ -94,26 +92,16 @@ def route(method: str, path: str) -> Route:
 # --- response bodies ---------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int
-    body: dict[str, Any] | bytes  # bytes: a document served verbatim
-    content_type: str = "application/json"
-
-
-class ApiError(Exception):
-    """A request refused with an error body; `reply` is the answer."""
-
-    def __init__(self, status: int, error: str, detail: str = ""):
-        super().__init__(detail or error)
-        self.reply = Reply(status, error_body(error, detail))
-
-
 def error_body(error: str, detail: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"ok": False, "error": error}
     if detail:
         body["detail"] = detail
     return body
+
+
+def error_reply(exc: ApiError) -> Reply:
+    """The answer to a refused request."""
+    return Reply(exc.status, error_body(exc.error, exc.detail))
 
 
 def bad_request(detail: str) -> ApiError:
@@ -193,7 +181,7 @@ class Selector:
 class PingRequest:
     hosts: list[str]
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     select: Selector | None = None
 
 
@@ -203,7 +191,7 @@ class RunRequest:
     script: str
     args: list[str]
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
     run_async: bool
     select: Selector | None = None
 
@@ -212,7 +200,7 @@ class RunRequest:
 class DiscoveryRequest:
     hosts: list[str]  # empty: every registered agent
     username: str
-    token: str
+    token: str = field(repr=False)  # a credential: never in a log line
 
 
 def _decode(body: bytes) -> Any:
@@ -365,7 +353,7 @@ def bearer_token(authorization: str) -> str:
 
 
 def live_spec(
-    spec: dict[str, Any], hosts: list[str], capabilities: list[dict[str, Any]], epoch: int
+    spec: dict[str, Any], hosts: list[str], capabilities: Sequence[HostResult], epoch: int
 ) -> dict[str, Any]:
     """The static document with the live host and script enums (0.12's rules):
     request `hosts` items enumerate the registry, the run request's `script`
@@ -381,10 +369,11 @@ def live_spec(
             hosts_schema.setdefault("items", {})["enum"] = list(hosts)
     variants: dict[str, dict[str, dict[str, Any]]] = {}
     for result in capabilities:
-        if result.get("status") != "ok" or not isinstance(result.get("scripts"), list):
+        scripts = result.wire.get("scripts")
+        if result.status != "ok" or not isinstance(scripts, list):
             continue
-        host = result.get("host")
-        for entry in result["scripts"]:
+        host = result.wire.get("host")
+        for entry in scripts:
             name = entry.get("name") if isinstance(entry, dict) else None
             if not isinstance(name, str) or not name:
                 continue

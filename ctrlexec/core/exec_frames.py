@@ -31,6 +31,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import FrameError
 from . import names
 
 # 0.12's executor limits (operations.md §4.6).
@@ -50,10 +51,6 @@ _U32 = struct.Struct(">I")
 FLAG_TIMED_OUT = 1
 FLAG_STDOUT_TRUNCATED = 2
 FLAG_STDERR_TRUNCATED = 4
-
-
-class FrameError(ValueError):
-    """A frame that breaks the rules; `str()` says which rule."""
 
 
 @dataclass(frozen=True)

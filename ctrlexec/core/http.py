@@ -27,6 +27,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ..errors import FramingError, IncompleteMessage
+
 # 0.12 answers 431 on the 33rd header line (agent and API alike).
 MAX_HEADER_LINES = 32
 # 0.12 answers 413 when Content-Length exceeds 1 MiB (agent and API alike).
@@ -68,21 +70,6 @@ class State(enum.Enum):
     HEADERS = "headers"
     BODY = "body"
     DONE = "done"
-
-
-class FramingError(Exception):
-    """A request or response that cannot be framed. `status` is the HTTP code a
-    server answers with; `reason` the short text 0.12 puts in its body."""
-
-    def __init__(self, status: int, reason: str, detail: str = ""):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-        self.detail = detail or reason
-
-
-class IncompleteMessage(Exception):
-    """The peer closed before a whole message arrived."""
 
 
 @dataclass
@@ -166,6 +153,7 @@ class _Reader(Generic[Message]):
 
     def __init__(self, max_headers: int, max_body: int):
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer already searched for a line end
         self._state = State.START_LINE
         self._max_headers = max_headers
         self._max_body = max_body
@@ -212,13 +200,17 @@ class _Reader(Generic[Message]):
         return True
 
     def _next_line(self) -> bytes | None:
-        end = self._buffer.find(b"\n")
+        # Search only what arrived since the last look: a peer that sends a
+        # line a byte at a time costs linear time, not quadratic.
+        end = self._buffer.find(b"\n", self._scanned)
         if end > MAX_LINE or (end < 0 and len(self._buffer) > MAX_LINE):
             raise self._line_too_long()
         if end < 0:
+            self._scanned = len(self._buffer)
             return None
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 1]
+        self._scanned = 0
         return line.rstrip(b"\r")
 
     def _add_header(self, line: bytes) -> None:
@@ -297,6 +289,7 @@ class RequestReader(_Reader[Request]):
         if self._state is State.START_LINE:
             self._start(bytes(self._buffer).rstrip(b"\r"))
             self._buffer.clear()
+            self._scanned = 0
             self._state = State.HEADERS
         assert self._request_line is not None
         return self._request_line

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .serial import cert_serial_key, normalise_received
+from ..errors import RotateRejected
+from .results import HostResult
+from .serial import normalise_received
 from .timefmt import iso_utc, parse_iso_utc, parse_openssl_notafter
 from .x509 import facts_from_der
 
@@ -53,13 +55,13 @@ def renewal_due(expiry: object, now: float, cert_days: int | None) -> bool:
     return not_after - now < (days / 2) * DAY
 
 
-def ping_wants_renewal(result: dict[str, Any], now: float, cert_days: int | None) -> bool:
+def ping_wants_renewal(result: HostResult, now: float, cert_days: int | None) -> bool:
     """A ping result that asks for a renewal: answered ok, an expiry, not
     already holding a staged certificate, and due."""
     return (
-        result.get("status") == "ok"
-        and result.get("staged") is not True
-        and renewal_due(result.get("expiry"), now, cert_days)
+        result.status == "ok"
+        and result.wire.get("staged") is not True
+        and renewal_due(result.wire.get("expiry"), now, cert_days)
     )
 
 
@@ -108,13 +110,7 @@ class RotateRequest:
     serial: str  # as sent (echoed in the reply)
     key: str  # canonical key for the map
     action: str
-    token: str
-
-
-class RotateRejected(Exception):
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.body = status_error(message)
+    token: str = field(repr=False)  # a credential: never in a log line
 
 
 def parse_rotate(body: bytes) -> RotateRequest:
@@ -291,7 +287,7 @@ def peer_problem(expected: ExpectedPeer | None, der: bytes, revoked: frozenset[s
         facts = facts_from_der(der)
     except ValueError:
         return "its certificate cannot be read"
-    if revoked and cert_serial_key(facts.serial) in revoked:
+    if revoked and facts.serial.trust_key() in revoked:
         return f"its certificate serial {facts.serial:x} is revoked"
     if expected is None:
         return None

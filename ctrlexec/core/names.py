@@ -13,16 +13,12 @@ from typing import TypeGuard
 SCRIPT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 AGENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DISPATCHER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-REQID = re.compile(r"[A-Za-z0-9_-]+")
-STATUS_REQID = re.compile(r"[a-f0-9]+")
 SCHEMA_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 TAG_KEY = re.compile(r"[A-Za-z0-9_.-]+")
 
 # Longest agent name we accept. 0.12 has no cap; names become file names in
 # the registry, so keep them inside one path component of any filesystem.
 AGENT_NAME_MAX = 253
-# Async reqids become file names in the agent run store.
-REQID_MAX = 128
 
 
 def is_script_name(name: object) -> TypeGuard[str]:
@@ -39,11 +35,6 @@ def is_agent_name(name: object) -> bool:
 
 def is_dispatcher_id(value: object) -> bool:
     return isinstance(value, str) and DISPATCHER_ID.fullmatch(value) is not None
-
-
-def is_store_reqid(value: object) -> bool:
-    """A reqid that may name a file in a run store (agent async, dispatcher runs)."""
-    return isinstance(value, str) and len(value) <= REQID_MAX and REQID.fullmatch(value) is not None
 
 
 def derive_dispatcher_id(configured: str | None, hostname: str) -> str:

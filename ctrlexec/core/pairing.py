@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PairingRejected, ProtocolError
+from ..errors import PairingRejected, PairRequestError, ProtocolError
 from .digest import pairing_code
+from .ids import PAIRING_REQID
 from .names import is_agent_name
 
 # 0.12's cap on a pairing body; checked on Content-Length before reading.
@@ -54,17 +55,6 @@ REASON_TIMEOUT = "approval timeout"
 # and refuse anything else rather than store arbitrary text.
 _NONCE = re.compile(r"[A-Za-z0-9]{0,128}")
 LOOKUP_CHOICES = ("ip", "hostname")
-
-
-class PairRequestError(ProtocolError):
-    """A pairing request to refuse. `reason` goes to the agent (a 0.12 text);
-    `log_reason` is the REASON of the `pair-reject` log line."""
-
-    def __init__(self, reason: str, log_reason: str, detail: str = ""):
-        self.reason = reason
-        self.log_reason = log_reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True)
@@ -255,13 +245,7 @@ def parse_ack(body: bytes) -> str:
     status = data.get("status")
     if status == "pending":
         reqid = data.get("reqid")
-        if (
-            isinstance(reqid, str)
-            and reqid
-            and len(reqid) <= 128
-            and reqid.isascii()
-            and reqid.isalnum()
-        ):
+        if PAIRING_REQID.matches(reqid):
             return reqid
         raise ProtocolError("the dispatcher's acknowledgement has no valid reqid")
     raise PairingRejected(_reason(data, "unexpected answer"))

@@ -17,10 +17,10 @@ drive the operator's terminal.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any, TypeGuard
 
-from .results import exit_code_of
+from .results import RUN, HostResult, exit_code
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -31,10 +31,10 @@ def visible(value: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
 
 
-def _host_label(result: dict[str, Any]) -> str:
-    label = visible(result.get("host", "?"))
-    if result.get("reported_hostname") is not None:
-        label += f" ({visible(result['reported_hostname'])})"
+def _host_label(result: HostResult) -> str:
+    label = visible(result.wire.get("host", "?"))
+    if result.has("reported_hostname"):
+        label += f" ({visible(result.wire['reported_hostname'])})"
     return label
 
 
@@ -42,17 +42,17 @@ def _has_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 
-def run_text(results: list[dict[str, Any]]) -> str:
+def run_text(results: list[HostResult]) -> str:
     lines: list[str] = []
     for result in results:
-        code = exit_code_of(result)
+        code = result.exit_code
         lines.append(
             f"==> {_host_label(result)}  [{'OK' if code == 0 else 'FAIL'}  exit:{code}  "
-            f"{visible(result.get('rtt', ''))}  req:{visible(result.get('reqid', ''))}]"
+            f"{visible(result.wire.get('rtt', ''))}  req:{visible(result.wire.get('reqid', ''))}]"
         )
-        if result.get("error"):
-            lines.append(f"    ERROR: {visible(result['error'])}")
-        _output(lines, result)
+        if result.error:
+            lines.append(f"    ERROR: {visible(result.error)}")
+        _output(lines, result.wire)
     return "".join(line + "\n" for line in lines)
 
 
@@ -64,7 +64,7 @@ def _ping_row(cells: tuple[str, ...]) -> str:
     return f"{host:<30}  {status:<8}  {rtt:<8}  {expiry:<28}  {version}"
 
 
-def ping_text(results: list[dict[str, Any]]) -> str:
+def ping_text(results: list[HostResult]) -> str:
     """0.12's ping table. Unlike 0.12, a failed host's error is shown under
     its row (0.12 shows only `error` and leaves the operator guessing)."""
     lines = [_ping_row(PING_HEADER), "-" * 85]
@@ -73,15 +73,15 @@ def ping_text(results: list[dict[str, Any]]) -> str:
             _ping_row(
                 (
                     _host_label(result),
-                    visible(result.get("status", "error")),
-                    visible(result.get("rtt", "?")),
-                    visible(result.get("expiry", "?")),
-                    visible(result.get("version", "?")),
+                    visible(result.wire.get("status", "error")),
+                    visible(result.wire.get("rtt", "?")),
+                    visible(result.wire.get("expiry", "?")),
+                    visible(result.wire.get("version", "?")),
                 )
             )
         )
-        if result.get("status") != "ok" and result.get("error"):
-            lines.append(f"    ERROR: {visible(result['error'])}")
+        if result.failed and result.error:
+            lines.append(f"    ERROR: {visible(result.error)}")
     return "\n".join(lines) + "\n"
 
 
@@ -136,37 +136,35 @@ def progress_text(done: int, total: int, failed: int, elapsed: float | None = No
 _UNREACHED = ("host '", "TLS handshake with '", "read timeout after ")
 
 
-def unreachable(result: dict[str, Any]) -> bool:
-    error = result.get("error")
+def unreachable(result: HostResult) -> bool:
+    error = result.wire.get("error")
     return isinstance(error, str) and error.startswith(_UNREACHED)
 
 
-def summary_text(
-    results: list[dict[str, Any]], failed: Callable[[dict[str, Any]], bool], elapsed: float
-) -> str:
+def summary_text(results: list[HostResult], elapsed: float) -> str:
     """`12 ok, 1 failed, 1 unreachable in 5.2 s` (a terminal only)."""
-    unreached = sum(1 for result in results if failed(result) and unreachable(result))
-    bad = sum(1 for result in results if failed(result)) - unreached
+    unreached = sum(1 for result in results if result.failed and unreachable(result))
+    bad = sum(1 for result in results if result.failed) - unreached
     ok = len(results) - bad - unreached
     return f"{ok} ok, {bad} failed, {unreached} unreachable in {elapsed:.1f} s"
 
 
-def async_submit_text(reqid: str, results: list[dict[str, Any]], status_command: str) -> str:
+def async_submit_text(reqid: str, results: list[HostResult], status_command: str) -> str:
     """What `ced run --async` prints: one line per host, then how to follow up."""
     lines = [f"Submitted async run  req:{visible(reqid)}"]
     for result in results:
-        status = result.get("status")
+        status = result.status
         if status == "accepted":
-            lines.append(f"==> {_host_label(result)}  [accepted  {visible(result.get('rtt', ''))}]")
+            lines.append(
+                f"==> {_host_label(result)}  [accepted  {visible(result.wire.get('rtt', ''))}]"
+            )
         elif status == "busy":
             lines.append(
-                f"==> {_host_label(result)}  "
-                f"[BUSY: {visible(result.get('error') or 'already running')}]"
+                f"==> {_host_label(result)}  [BUSY: {visible(result.error or 'already running')}]"
             )
         else:
             lines.append(
-                f"==> {_host_label(result)}  "
-                f"[ERROR: {visible(result.get('error') or 'submit failed')}]"
+                f"==> {_host_label(result)}  [ERROR: {visible(result.error or 'submit failed')}]"
             )
     lines.append(f"Check progress with: {status_command} {visible(reqid)}")
     return "".join(line + "\n" for line in lines)
@@ -183,14 +181,15 @@ def status_text(record: dict[str, Any]) -> str:
     hosts = record.get("hosts")
     if record.get("mode") != "async" or not isinstance(hosts, dict):
         results = record.get("results")
-        return head + run_text(results if isinstance(results, list) else [])
+        listed = results if isinstance(results, list) else []
+        return head + run_text([HostResult.from_wire(RUN, result) for result in listed])
     lines: list[str] = []
     for name in sorted(hosts):
         entry = hosts[name] if isinstance(hosts[name], dict) else {}
         status = str(entry.get("status") or "unknown")
         label = visible(name)
         if status == "done":
-            lines.append(f"==> {label}  [done  exit:{exit_code_of(entry)}]")
+            lines.append(f"==> {label}  [done  exit:{exit_code(entry.get('exit'))}]")
             if entry.get("error"):
                 lines.append(f"    ERROR: {visible(entry['error'])}")
             _output(lines, entry)
@@ -205,7 +204,7 @@ def status_text(record: dict[str, Any]) -> str:
     return head + "".join(line + "\n" for line in lines)
 
 
-def _output(lines: list[str], result: dict[str, Any]) -> None:
+def _output(lines: list[str], result: Mapping[str, Any]) -> None:
     """A script's stdout as written, then its stderr after `STDERR:`."""
     stdout = result.get("stdout")
     if _has_text(stdout):

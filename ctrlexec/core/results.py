@@ -10,15 +10,25 @@ what they saw with 0.12:
 - failure: a small object with an `error` string. The strings are 0.12's,
   so scripts that match on them keep working.
 
+Unlike 0.12, an answer that echoes another request's reqid is that host's
+failure (`reqid mismatch ...`), never passed on as the answer to ours: an
+agent (or something in between) mixing up requests must not make one run's
+output look like another's. An answer with no reqid, or an empty one, is
+accepted as before (0.12 agents omit it on early errors).
+
 An exchange ends in either an HTTP reply or a transport failure of one of
-the kinds below; `run_result` and `ping_result` decide the object.
+the kinds below; `run_result`, `ping_result` and their siblings decide the
+object and wrap it in a `HostResult`. Everything downstream (logs, text
+output, run records, exit codes) reads the typed properties; only the
+boundaries (API bodies, `--json`, run records) call `to_wire()`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 # Transport failure kinds (what went wrong before an HTTP reply arrived).
@@ -51,6 +61,108 @@ KINDS = (
 )
 
 
+# The operations a per-host result answers; each has its own failure rule.
+RUN = "run"  # synchronous /run
+SUBMIT = "submit"  # asynchronous /run (the agent's 202)
+PING = "ping"
+CAPABILITIES = "capabilities"
+FETCH = "result"  # /result/<reqid> of an async run
+OPS = (RUN, SUBMIT, PING, CAPABILITIES, FETCH)
+
+
+def exit_code(value: object) -> int:
+    """An `exit` value as an int; anything missing or odd counts as -1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return -1
+    return value
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+@dataclass(frozen=True)
+class HostResult:
+    """One host's answer to one operation.
+
+    `wire` is the 0.12 JSON object (keys in 0.12's order; read-only). Much of
+    it is the agent's own body, so its values can be of any JSON type: the
+    typed properties below are the one place that decides what a value
+    means, and `text()` renders a raw value for display."""
+
+    op: str
+    wire: Mapping[str, Any] = field(hash=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"unknown operation {self.op!r}")
+        object.__setattr__(self, "wire", MappingProxyType(dict(self.wire)))
+
+    @classmethod
+    def from_wire(cls, op: str, value: object) -> HostResult:
+        """A result read back from a run record (anything not an object is empty)."""
+        return cls(op, value if isinstance(value, dict) else {})
+
+    def to_wire(self) -> dict[str, Any]:
+        return dict(self.wire)
+
+    @property
+    def host(self) -> str:
+        return _text_or_none(self.wire.get("host")) or ""
+
+    @property
+    def status(self) -> str | None:
+        return _text_or_none(self.wire.get("status"))
+
+    @property
+    def error(self) -> str | None:
+        """The error text; None when there is none (absent, null or empty)."""
+        value = self.wire.get("error")
+        return str(value) if value else None
+
+    @property
+    def exit_code(self) -> int:
+        return exit_code(self.wire.get("exit"))
+
+    @property
+    def reqid(self) -> str | None:
+        return _text_or_none(self.wire.get("reqid"))
+
+    @property
+    def rtt(self) -> str:
+        return _text_or_none(self.wire.get("rtt")) or ""
+
+    @property
+    def stdout(self) -> str | None:
+        return _text_or_none(self.wire.get("stdout"))
+
+    @property
+    def stderr(self) -> str | None:
+        return _text_or_none(self.wire.get("stderr"))
+
+    @property
+    def failed(self) -> bool:
+        """0.12's rules: a run failed unless it exited 0; a ping or a
+        capabilities query unless its status is `ok`; a submission unless
+        the agent accepted it; a fetch when it could not be made."""
+        if self.op == RUN:
+            return self.exit_code != 0
+        if self.op == SUBMIT:
+            return self.status != "accepted"
+        if self.op == FETCH:
+            return self.status in (None, "error")
+        return self.status != "ok"
+
+    def text(self, key: str, default: str = "") -> str:
+        """A raw value as text, for display (callers make it terminal-safe)."""
+        value = self.wire.get(key)
+        return default if value is None else str(value)
+
+    def has(self, key: str) -> bool:
+        """Whether the object carries a non-null `key`."""
+        return self.wire.get(key) is not None
+
+
 @dataclass(frozen=True)
 class Failure:
     """A transport failure talking to `address:port`."""
@@ -62,8 +174,8 @@ class Failure:
 
 
 @dataclass(frozen=True)
-class Reply:
-    """An HTTP reply from an agent."""
+class AgentReply:
+    """An HTTP reply from an agent, as the dispatcher read it."""
 
     status: int
     phrase: str
@@ -128,13 +240,13 @@ def _object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _forbidden(reply: Reply) -> str:
+def _forbidden(reply: AgentReply) -> str:
     body = _object(reply.body) or {}
     error = body.get("error")
     return "forbidden: " + (str(error) if error is not None else reply.status_line)
 
 
-def _http_error(reply: Reply) -> str:
+def _http_error(reply: AgentReply) -> str:
     """Error text for a non-2xx reply to /run or /ping."""
     if reply.status == 403:
         return _forbidden(reply)
@@ -143,7 +255,7 @@ def _http_error(reply: Reply) -> str:
     return reply.status_line
 
 
-def _error(reply: Reply | None, failure: Failure | None, read_timeout: int, op: str) -> str:
+def _error(reply: AgentReply | None, failure: Failure | None, read_timeout: int, op: str) -> str:
     if reply is not None:
         return _http_error(reply)
     if failure is not None:
@@ -161,18 +273,26 @@ def _canonical(result: dict[str, Any], name: str) -> dict[str, Any]:
     return result
 
 
+REQID_MISMATCH = "reqid mismatch: the agent answered another request"
+
+
+def _echoes_another(body: dict[str, Any], reqid: str) -> bool:
+    echoed = body.get("reqid")
+    return echoed is not None and echoed != "" and echoed != reqid
+
+
 def _reported(result: dict[str, Any], body: dict[str, Any]) -> None:
     own = body.get("host")
     if isinstance(own, str) and own:
         result["reported_hostname"] = own
 
 
-def run_result(
+def _run_wire(
     name: str,
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> dict[str, Any]:
@@ -187,12 +307,12 @@ def run_result(
             "reqid": reqid,
         }
     body = _object(reply.body)
-    if body is None:
+    if body is None or _echoes_another(body, reqid):
         return {
             "host": name,
             "script": script,
             "exit": -1,
-            "error": "invalid JSON response",
+            "error": "invalid JSON response" if body is None else REQID_MISMATCH,
             "rtt": rtt,
             "reqid": reqid,
         }
@@ -211,15 +331,24 @@ def _echoed(body: dict[str, Any], rtt: str, reqid: str) -> dict[str, Any]:
     return result
 
 
-def ping_result(
-    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+def _ping_wire(
+    name: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
+    reqid: str | None = None,
 ) -> dict[str, Any]:
-    """One host's result of a ping."""
+    """One host's result of a ping (checked against the `reqid` sent, if given)."""
+    if reqid is not None and reply is not None and reply.ok:
+        body = _object(reply.body)
+        if body is not None and _echoes_another(body, reqid):
+            return {"host": name, "status": "error", "error": REQID_MISMATCH, "rtt": rtt}
     return _described(name, rtt, reply, lambda: _error(reply, failure, read_timeout, "ping"))
 
 
 def _described(
-    name: str, rtt: str, reply: Reply | None, error: Callable[[], str]
+    name: str, rtt: str, reply: AgentReply | None, error: Callable[[], str]
 ) -> dict[str, Any]:
     """An agent describing itself (ping, capabilities): its body plus `rtt`
     and `reported_hostname`, or `{host, status:"error", error, rtt}` with
@@ -235,29 +364,12 @@ def _described(
     return _canonical(result, name)
 
 
-def exit_code_of(result: dict[str, Any]) -> int:
-    """A run result's exit as an int; anything missing or odd counts as -1."""
-    value: Any = result.get("exit")
-    if isinstance(value, bool) or not isinstance(value, int):
-        return -1
-    return value
-
-
-def run_failed(result: dict[str, Any]) -> bool:
-    """0.12: a host failed unless it exited 0."""
-    return exit_code_of(result) != 0
-
-
-def ping_failed(result: dict[str, Any]) -> bool:
-    return result.get("status") != "ok"
-
-
-def async_submit_result(
+def _async_submit_wire(
     name: str,
     script: str,
     reqid: str,
     rtt: str,
-    reply: Reply | None,
+    reply: AgentReply | None,
     failure: Failure | None,
     read_timeout: int,
 ) -> dict[str, Any]:
@@ -285,6 +397,8 @@ def async_submit_result(
     body = _object(reply.body)
     if body is None:
         return refused("error", "invalid JSON response")
+    if _echoes_another(body, reqid):
+        return refused("error", REQID_MISMATCH)
     if body.get("status") != "accepted":
         result = _echoed(body, rtt, reqid)
         result.setdefault("script", script)
@@ -295,8 +409,8 @@ def async_submit_result(
     return _canonical(_echoed(body, rtt, reqid), name)
 
 
-def capabilities_result(
-    name: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+def _capabilities_wire(
+    name: str, rtt: str, reply: AgentReply | None, failure: Failure | None, read_timeout: int
 ) -> dict[str, Any]:
     """One host's /capabilities answer. 0.12 reports any refusal by its
     status line (`403 Forbidden`), not the agent's body."""
@@ -309,8 +423,13 @@ def capabilities_result(
     return _described(name, rtt, reply, error)
 
 
-def fetch_result(
-    name: str, reqid: str, rtt: str, reply: Reply | None, failure: Failure | None, read_timeout: int
+def _fetch_wire(
+    name: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
 ) -> dict[str, Any]:
     """One host's /result/<reqid> answer: the agent's record, `unknown` for a
     404, else `error`."""
@@ -325,14 +444,81 @@ def fetch_result(
             "rtt": rtt,
         }
     body = _object(reply.body)
-    if body is None:
+    if body is None or _echoes_another(body, reqid):
         return {
             "host": name,
             "status": "error",
-            "error": "invalid JSON",
+            "error": "invalid JSON" if body is None else REQID_MISMATCH,
             "reqid": reqid,
             "rtt": rtt,
         }
     result = _echoed(body, rtt, reqid)
     result["host"] = name
     return result
+
+
+# -- the per-host results, one function per operation ---------------------------------
+
+
+def run_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> HostResult:
+    """One host's result of a synchronous run."""
+    return HostResult(RUN, _run_wire(name, script, reqid, rtt, reply, failure, read_timeout))
+
+
+def ping_result(
+    name: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
+    reqid: str | None = None,
+) -> HostResult:
+    """One host's result of a ping (checked against the `reqid` sent, if given)."""
+    return HostResult(PING, _ping_wire(name, rtt, reply, failure, read_timeout, reqid))
+
+
+def async_submit_result(
+    name: str,
+    script: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> HostResult:
+    """One host's answer to an async submission (see _async_submit_wire)."""
+    return HostResult(
+        SUBMIT, _async_submit_wire(name, script, reqid, rtt, reply, failure, read_timeout)
+    )
+
+
+def capabilities_result(
+    name: str, rtt: str, reply: AgentReply | None, failure: Failure | None, read_timeout: int
+) -> HostResult:
+    """One host's /capabilities answer."""
+    return HostResult(CAPABILITIES, _capabilities_wire(name, rtt, reply, failure, read_timeout))
+
+
+def fetch_result(
+    name: str,
+    reqid: str,
+    rtt: str,
+    reply: AgentReply | None,
+    failure: Failure | None,
+    read_timeout: int,
+) -> HostResult:
+    """One host's /result/<reqid> answer."""
+    return HostResult(FETCH, _fetch_wire(name, reqid, rtt, reply, failure, read_timeout))
+
+
+def fetch_failure(name: str, error: str) -> HostResult:
+    """A /result/<reqid> that could not be asked (the host is not registered)."""
+    return HostResult(FETCH, {"status": "error", "error": error, "host": name})

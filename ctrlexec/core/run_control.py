@@ -25,7 +25,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from . import names
+from ..errors import CancelRejected
+from .ids import RUN_REQID
 
 RUNNING_PATH = "/running"
 CANCEL_PATH = "/cancel"
@@ -60,12 +61,6 @@ def running_body(entries: list[RunningEntry]) -> dict[str, Any]:
     return {"status": "ok", "running": [entry.to_wire() for entry in entries[:MAX_LISTED]]}
 
 
-class CancelRejected(Exception):
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.body = {"status": "error", "error": reason}
-
-
 def parse_cancel(body: bytes) -> str:
     """The reqid to cancel; CancelRejected (400) when there is none."""
     try:
@@ -75,7 +70,7 @@ def parse_cancel(body: bytes) -> str:
     if not isinstance(data, dict):
         raise CancelRejected("invalid JSON")
     reqid = data.get("reqid")
-    if not isinstance(reqid, str) or not names.REQID.fullmatch(reqid):
+    if not RUN_REQID.shaped(reqid):
         raise CancelRejected("reqid must be letters, digits, '_' and '-'")
     return reqid
 

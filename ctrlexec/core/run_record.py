@@ -28,7 +28,10 @@ result was still outstanding (`status:"running"`, left by an interrupted
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from .results import RUN, HostResult
 
 MODE_SYNC = "sync"
 MODE_ASYNC = "async"
@@ -43,7 +46,7 @@ def sync_record(
     reqid: str,
     script: str,
     hosts: list[str],
-    results: list[dict[str, Any]],
+    results: Sequence[HostResult],
     completed: int,
     submitter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -52,7 +55,7 @@ def sync_record(
         "script": script,
         "mode": MODE_SYNC,
         "hosts": list(hosts),
-        "results": list(results),
+        "results": [result.to_wire() for result in results],
         "completed": int(completed),
         "complete": True,
     }
@@ -64,20 +67,20 @@ def sync_record(
 def async_record(
     reqid: str,
     script: str,
-    submitted: list[dict[str, Any]],
+    submitted: Sequence[HostResult],
     created: int,
     submitter: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of an async submission, from the per-host submit results."""
     hosts: dict[str, dict[str, Any]] = {}
     for result in submitted:
-        name = result.get("host")
+        name = result.wire.get("host")
         if not isinstance(name, str):
             continue
-        status = result.get("status")
-        entry: dict[str, Any] = {"status": status if isinstance(status, str) else "error"}
-        if result.get("error") is not None:
-            entry["error"] = result["error"]
+        status = result.status
+        entry: dict[str, Any] = {"status": status if status is not None else "error"}
+        if result.has("error"):
+            entry["error"] = result.wire["error"]
         hosts[name] = entry
     record: dict[str, Any] = {
         "reqid": reqid,
@@ -112,7 +115,7 @@ def summarise(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def merge_fetched(record: dict[str, Any], fetched: dict[str, dict[str, Any]]) -> bool:
+def merge_fetched(record: dict[str, Any], fetched: Mapping[str, HostResult]) -> bool:
     """Apply `/result` answers (host name -> per-host result object, §7.7)
     to an async record in place; True when anything changed."""
     if not is_async(record):
@@ -122,17 +125,17 @@ def merge_fetched(record: dict[str, Any], fetched: dict[str, dict[str, Any]]) ->
         entry = record["hosts"].get(name)
         if not isinstance(entry, dict) or entry.get("status") not in PENDING:
             continue
-        status = answer.get("status")
+        status = answer.status
         if status == "done":
             done: dict[str, Any] = {
                 "status": "done",
-                "exit": answer.get("exit"),
-                "stdout": answer.get("stdout"),
-                "stderr": answer.get("stderr"),
+                "exit": answer.wire.get("exit"),
+                "stdout": answer.wire.get("stdout"),
+                "stderr": answer.wire.get("stderr"),
             }
             for key in ("error", "interrupted", "cancelled"):
-                if answer.get(key) is not None:
-                    done[key] = answer[key]
+                if answer.has(key):
+                    done[key] = answer.wire[key]
             record["hosts"][name] = done
         elif status == "running":
             entry["status"] = "running"
@@ -141,7 +144,7 @@ def merge_fetched(record: dict[str, Any], fetched: dict[str, dict[str, Any]]) ->
             entry["status"] = "expired"
             entry.pop("fetch_error", None)
         else:
-            entry["fetch_error"] = str(answer.get("error") or "fetch failed")
+            entry["fetch_error"] = answer.error or "fetch failed"
     summarise(record)
     return repr(record) != before
 
@@ -169,24 +172,22 @@ def any_failed(record: dict[str, Any]) -> bool:
     results = record.get("results")
     if not isinstance(results, list):
         return True
-    return any(
-        not isinstance(result, dict)
-        or result.get("exit") != 0
-        or isinstance(result.get("exit"), bool)
-        for result in results
-    )
+    return any(HostResult.from_wire(RUN, result).failed for result in results)
 
 
-def still_running_result(host: str, script: str, reqid: str) -> dict[str, Any]:
+def still_running_result(host: str, script: str, reqid: str) -> HostResult:
     """A sync host's entry when ced stopped waiting before its answer."""
-    return {
-        "host": host,
-        "script": script,
-        "reqid": reqid,
-        "exit": -1,
-        "status": STILL_RUNNING,
-        "error": STILL_RUNNING_ERROR,
-    }
+    return HostResult(
+        RUN,
+        {
+            "host": host,
+            "script": script,
+            "reqid": reqid,
+            "exit": -1,
+            "status": STILL_RUNNING,
+            "error": STILL_RUNNING_ERROR,
+        },
+    )
 
 
 def mark_cancelled(record: dict[str, Any], hosts: list[str]) -> bool:

@@ -15,14 +15,11 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping, Sequence
 
+from ..errors import SelectionError
 from .names import TAG_KEY
 
 ALL = "@all"
 _PATTERN_CHARS = frozenset("*?[")
-
-
-class SelectionError(ValueError):
-    """The selection is malformed or empty; the message says why."""
 
 
 def is_pattern(operand: str) -> bool:

@@ -1,4 +1,4 @@
-"""Certificate serial numbers as trust keys.
+"""Certificate serial numbers, and the trust keys 0.12 derives from them.
 
 The trusted-dispatcher map and the revocation list are keyed by a canonical
 text form of a certificate serial. ctrl-exec 0.12 derives that form with a
@@ -8,6 +8,13 @@ exactly. What is not kept is 0.12's habit of applying the function several
 times along the trust path (it is not idempotent): we apply it once, to raw
 certificate hex text, and store values that arrive already canonical
 (`dispatcher_serial`, the rotate `serial`) as received.
+
+A certificate's serial is a `Serial`: the integer itself (it compares,
+hashes and formats as the integer), with 0.12's text forms as methods
+(`trust_key`, `openssl_hex`, `hex`). A key is text and not a serial: the
+mapping is not injective (0x0A and 0x10 both become `a`), so text that is
+already a key (a map or revocation line, a received `dispatcher_serial`) goes
+through `serial_to_hex` or `normalise_received` and stays text.
 """
 
 from __future__ import annotations
@@ -56,11 +63,6 @@ def _garbage_to_hex(value: str) -> str:
     return ""
 
 
-def cert_serial_key(serial: int) -> str:
-    """Trust key of a certificate serial number: canonicalise its hex text once."""
-    return serial_to_hex(format(serial, "x"))
-
-
 def normalise_received(value: str | None) -> str:
     """A serial that arrives already canonical (pairing `dispatcher_serial`,
     rotate `serial`): tidy the spelling, never re-apply the decimal step."""
@@ -73,10 +75,34 @@ def normalise_received(value: str | None) -> str:
     return _strip_leading_zeros(value)
 
 
-def openssl_hex(serial: int) -> str:
-    """The serial as 0.12 reads it from a peer certificate (OpenSSL's
-    byte-padded hex, lowercased: 0x2 -> "02"): the text of `PEER_SERIAL`
-    log fields and the hook's ENVEXEC_DISPATCHER_SERIAL."""
-    if serial < 0:
-        return "-" + openssl_hex(-serial)
-    return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex()
+class Serial(int):
+    """A certificate serial number. DER allows a negative one; a CA that
+    follows RFC 5280 never issues it, and its trust key is empty (never
+    trusted)."""
+
+    __slots__ = ()
+
+    def __new__(cls, number: int) -> Serial:
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"a serial is an integer, not {type(number).__name__}")
+        return super().__new__(cls, number)
+
+    def trust_key(self) -> str:
+        """The key of the trusted-dispatcher map and the revocation list:
+        0.12's canonical form, applied once to the serial's hex text."""
+        return serial_to_hex(format(self, "x"))
+
+    def openssl_hex(self) -> str:
+        """As 0.12 reads it from a peer certificate (OpenSSL's byte-padded
+        hex, lowercased: 0x2 -> "02"): `PEER_SERIAL` log fields and the
+        hook's ENVEXEC_DISPATCHER_SERIAL."""
+        magnitude = abs(int(self))
+        text = magnitude.to_bytes(max(1, (magnitude.bit_length() + 7) // 8), "big").hex()
+        return "-" + text if self < 0 else text
+
+    def hex(self) -> str:
+        """For people, the registry and `--json`: lowercase hex, no leading zeros."""
+        return format(self, "x")
+
+    def __repr__(self) -> str:
+        return f"Serial(0x{self:x})" if self >= 0 else f"Serial(-0x{-self:x})"

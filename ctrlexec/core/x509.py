@@ -19,6 +19,8 @@ import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from .serial import Serial
+
 _SEQUENCE = 0x30
 _SET = 0x31
 _INTEGER = 0x02
@@ -48,7 +50,7 @@ MAX_SUBJECT_TEXT = 1_024
 
 @dataclass(frozen=True)
 class CertFacts:
-    serial: int
+    serial: Serial
     not_before: float
     not_after: float
     subject_cn: str
@@ -196,7 +198,7 @@ def facts_from_der(der: bytes) -> CertFacts:
     if subject_tag != _SEQUENCE:
         raise ValueError("certificate subject is malformed")
     return CertFacts(
-        serial,
+        Serial(serial),
         not_before,
         not_after,
         _common_name(der, sub_start, sub_end),

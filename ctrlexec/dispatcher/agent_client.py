@@ -13,7 +13,7 @@ request (`still_waiting`, asked after each silent `timeout` before the
 first reply byte) may keep the connection open longer. The reply size is
 bounded by core.http.MAX_RESPONSE_BODY.
 
-The result is a `Reply` or a `Failure` of one of the kinds in core.results;
+The result is an `AgentReply` or a `Failure` of one of the kinds in core.results;
 nothing here raises for a network problem.
 """
 
@@ -25,13 +25,8 @@ import ssl
 from collections.abc import Callable
 
 from ..core import results
-from ..core.http import (
-    MAX_RESPONSE_BODY,
-    FramingError,
-    IncompleteMessage,
-    ResponseReader,
-    request_bytes,
-)
+from ..core.http import MAX_RESPONSE_BODY, ResponseReader, request_bytes
+from ..errors import FramingError, IncompleteMessage
 from .tls_sessions import Resumption
 
 _UNREACHABLE = {errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN}
@@ -60,7 +55,7 @@ def exchange(
     check_peer: Callable[[bytes], str | None] | None = None,
     still_waiting: Callable[[], bool] | None = None,
     resume: Resumption | None = None,
-) -> results.Reply | results.Failure:
+) -> results.AgentReply | results.Failure:
     """Send one request and read one reply of at most `max_body` bytes.
     `check_peer(der)` may refuse the agent's certificate after the handshake,
     before any request byte is sent. With `resume`, the agent's last session
@@ -74,7 +69,7 @@ def exchange(
         return sock
     try:
         outcome = _request(sock, method, path, body, address, port, max_body, failed, still_waiting)
-        if resume is not None and isinstance(outcome, results.Reply):
+        if resume is not None and isinstance(outcome, results.AgentReply):
             resume.keep(sock)
         return outcome
     finally:
@@ -142,7 +137,7 @@ def _request(
     max_body: int,
     failed,
     still_waiting: Callable[[], bool] | None = None,
-) -> results.Reply | results.Failure:
+) -> results.AgentReply | results.Failure:
     host = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     reader = ResponseReader(max_body)
     received = 0
@@ -183,14 +178,14 @@ def _request(
         return failed(results.PROTOCOL, exc.reason)
     except OSError as exc:
         return failed(results.OTHER, exc.strerror or str(exc))
-    return results.Reply(response.status, response.phrase, response.body)
+    return results.AgentReply(response.status, response.phrase, response.body)
 
 
-def _finish(reader: ResponseReader, failed) -> results.Reply | results.Failure:
+def _finish(reader: ResponseReader, failed) -> results.AgentReply | results.Failure:
     try:
         response = reader.finish()
     except IncompleteMessage:
         return failed(results.PROTOCOL, "truncated response")
     except FramingError as exc:
         return failed(results.PROTOCOL, exc.reason)
-    return results.Reply(response.status, response.phrase, response.body)
+    return results.AgentReply(response.status, response.phrase, response.body)

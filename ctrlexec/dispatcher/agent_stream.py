@@ -3,7 +3,7 @@ arrives as the script writes it (the agent side and the frame format are
 in agent/streaming.py). Standard library only.
 
 `stream_run` returns what `agent_client.exchange` returns for `/run`: a
-Reply whose body is `/run`'s answer (the final `result` frame, or the
+AgentReply whose body is `/run`'s answer (the final `result` frame, or the
 agent's plain JSON answer when it refused the run), or a Failure. Every
 output frame is handed to `on_frame(stream, text)` first. A ctrl-exec 0.12
 agent answers 404 `{"error":"not found"}`, returned as such so the caller
@@ -17,8 +17,9 @@ import ssl
 from collections.abc import Callable
 
 from ..core import results
-from ..core.http import MAX_RESPONSE_BODY, FramingError, IncompleteMessage, ResponseReader
+from ..core.http import MAX_RESPONSE_BODY, ResponseReader
 from ..core.http import request_bytes as _request_bytes
+from ..errors import FramingError, IncompleteMessage
 from .agent_client import open_tls
 
 PATH = "/run-stream"
@@ -38,7 +39,7 @@ def stream_run(
     on_frame: Callable[[str, str], None],
     still_waiting: Callable[[], bool] | None = None,
     check_peer: Callable[[bytes], str | None] | None = None,
-) -> results.Reply | results.Failure:
+) -> results.AgentReply | results.Failure:
     def failed(kind: str, detail: str = "") -> results.Failure:
         return results.Failure(kind, address, port, detail)
 
@@ -98,7 +99,7 @@ def _is_stream(head: bytes) -> bool:
     return False
 
 
-def _plain(start: bytes, recv, failed) -> results.Reply | results.Failure:
+def _plain(start: bytes, recv, failed) -> results.AgentReply | results.Failure:
     """A plain JSON answer (a refusal, a 404 from 0.12): read it as /run's."""
     reader = ResponseReader(MAX_RESPONSE_BODY)
     try:
@@ -110,10 +111,10 @@ def _plain(start: bytes, recv, failed) -> results.Reply | results.Failure:
         return failed(results.PROTOCOL, "truncated response")
     except FramingError as exc:
         return failed(results.PROTOCOL, exc.reason)
-    return results.Reply(response.status, response.phrase, response.body)
+    return results.AgentReply(response.status, response.phrase, response.body)
 
 
-def _frames(rest: bytes, recv, on_frame, failed) -> results.Reply | results.Failure:
+def _frames(rest: bytes, recv, on_frame, failed) -> results.AgentReply | results.Failure:
     buffer = bytearray(rest)
     final: dict | None = None
     while True:
@@ -140,4 +141,4 @@ def _frames(rest: bytes, recv, on_frame, failed) -> results.Reply | results.Fail
         buffer += data
     if final is None:
         return failed(results.PROTOCOL, "stream ended without a result")
-    return results.Reply(200, "OK", json.dumps(final).encode("utf-8"))
+    return results.AgentReply(200, "OK", json.dumps(final).encode("utf-8"))

@@ -33,16 +33,24 @@ from pathlib import Path
 
 from .. import log
 from ..core import api_wire, run_record, sse
-from ..core.api_wire import ApiError, Reply
+from ..core.caller import Caller
+from ..core.results import SUBMIT, HostResult
+from ..core.routing import Reply, Route
 from ..core.timefmt import parse_openssl_notafter
-from ..errors import CtrlExecError, Locked, PolicyDenied, StateError
-from ..hooks import CALLER_API
+from ..errors import (
+    ApiError,
+    BadRequest,
+    CtrlExecError,
+    Locked,
+    PolicyDenied,
+    StateError,
+    UnknownAgents,
+)
 from . import api_stream, metrics
 from .api_stream import EventStream
 from .discovery_cache import DiscoveryCache
-from .engine import BadRequest, Engine
+from .engine import Engine
 from .metrics import Metrics
-from .registry import UnknownAgents
 from .runstore import RunStore, aggregate
 
 
@@ -91,12 +99,12 @@ class Api:
         )
         return reply
 
-    def _open(self, found: api_wire.Route) -> bool:
+    def _open(self, found: Route) -> bool:
         return (found.name == api_wire.HEALTH and self.health_open) or (
             found.name == api_wire.METRICS and self.metrics_open
         )
 
-    def _handle(self, found: api_wire.Route, request: ApiRequest) -> Reply | EventStream:
+    def _handle(self, found: Route, request: ApiRequest) -> Reply | EventStream:
         try:
             if not self._open(found):
                 token = api_wire.gate_token(request.body)
@@ -105,13 +113,11 @@ class Api:
                 self.engine.authorise(
                     "api",
                     [],
-                    caller=CALLER_API,
-                    token=token,
-                    source_ip=request.peer,
+                    caller=Caller.api(request.peer, token=token),
                 )
             return self._endpoint(found, request)
         except ApiError as exc:
-            return exc.reply
+            return api_wire.error_reply(exc)
         except PolicyDenied as exc:
             self.metrics.denial(exc.reason)
             return api_wire.denied(exc.reason, exc.code, self.deny_generic)
@@ -120,12 +126,12 @@ class Api:
         except Locked as exc:
             return api_wire.locked(exc.conflicts)
         except BadRequest as exc:
-            return api_wire.bad_request(str(exc)).reply
+            return api_wire.error_reply(api_wire.bad_request(str(exc)))
         except CtrlExecError as exc:  # the operator reads why in the log, not the client
             log.event("api-error", log.ERR, PATH=request.path[:200], ERROR=str(exc)[:300])
             return api_wire.server_error("internal error")
 
-    def _endpoint(self, found: api_wire.Route, request: ApiRequest) -> Reply | EventStream:
+    def _endpoint(self, found: Route, request: ApiRequest) -> Reply | EventStream:
         name = found.name
         if name == api_wire.INDEX:
             return Reply(200, api_wire.index_body(self.version))
@@ -161,12 +167,9 @@ class Api:
         ping = api_wire.parse_ping(request.body)
         results = self.engine.ping(
             self._selected(ping.hosts, ping.select),
-            caller=CALLER_API,
-            username=ping.username,
-            token=ping.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, ping.username, ping.token),
         )
-        return Reply(200, {"ok": True, "results": results})
+        return Reply(200, {"ok": True, "results": _wire(results)})
 
     def _run(self, request: ApiRequest) -> Reply | EventStream:
         run = api_wire.parse_run(request.body)
@@ -179,17 +182,17 @@ class Api:
         def record_pending(reqid: str, targets) -> None:
             # before any agent is asked: a crash after this leaves a record
             # whose hosts /status will ask (and find running, done or expired)
-            pending = [{"host": target.name, "status": "accepted"} for target in targets]
+            pending = [
+                HostResult(SUBMIT, {"host": target.name, "status": "accepted"})
+                for target in targets
+            ]
             self.store.record_async(reqid, run.script, pending, submitter)
 
         results = self.engine.run(
             hosts,
             run.script,
             run.args,
-            caller=CALLER_API,
-            username=run.username,
-            token=run.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, run.username, run.token),
             reqid=reqid,
             run_async=run.run_async,
             before_dispatch=record_pending if run.run_async else None,
@@ -203,23 +206,22 @@ class Api:
         except StateError:
             pass  # logged run-store-fail; the run happened and its answer stands (0.12)
         if run.run_async:
-            return Reply(202, {"ok": True, "reqid": reqid, "async": True, "results": results})
-        return Reply(200, {"ok": True, "reqid": reqid, "results": results})
+            return Reply(
+                202, {"ok": True, "reqid": reqid, "async": True, "results": _wire(results)}
+            )
+        return Reply(200, {"ok": True, "reqid": reqid, "results": _wire(results)})
 
     def _run_streamed(
         self, run: api_wire.RunRequest, hosts: list[str], reqid: str, submitter: dict, peer: str
     ) -> EventStream:
         """A synchronous run as an event stream (dispatcher.api_stream)."""
 
-        def execute(**callbacks) -> list[dict]:
+        def execute(**callbacks) -> list[HostResult]:
             return self.engine.run(
                 hosts,
                 run.script,
                 run.args,
-                caller=CALLER_API,
-                username=run.username,
-                token=run.token,
-                source_ip=peer,
+                caller=Caller.api(peer, run.username, run.token),
                 reqid=reqid,
                 **callbacks,
             )
@@ -234,13 +236,13 @@ class Api:
                 pass  # logged run-store-fail; the run goes on, as a plain sync run would
             return {"reqid": reqid, "script": run.script, "hosts": [t.name for t in targets]}
 
-        def finish(results: list[dict]) -> dict:
+        def finish(results: list[HostResult]) -> dict:
             self.metrics.runs(results)
             try:
                 self.store.record_sync(reqid, run.script, hosts, results, submitter)
             except StateError:
                 pass  # logged run-store-fail
-            return {"ok": True, "reqid": reqid, "results": results}
+            return {"ok": True, "reqid": reqid, "results": _wire(results)}
 
         return api_stream.start(execute, started, finish)
 
@@ -251,13 +253,12 @@ class Api:
             return Reply(200, {"ok": True, "hosts": {}})
         results = self.engine.discover(
             hosts,
-            caller=CALLER_API,
-            username=wanted.username,
-            token=wanted.token,
-            source_ip=request.peer,
+            caller=Caller.api(request.peer, wanted.username, wanted.token),
         )
         self.discovered.store(results)
-        return Reply(200, {"ok": True, "hosts": {result["host"]: result for result in results}})
+        return Reply(
+            200, {"ok": True, "hosts": {result.host: result.to_wire() for result in results}}
+        )
 
     def _status(self, reqid: str, request: ApiRequest) -> Reply:
         try:
@@ -271,9 +272,7 @@ class Api:
             self.engine.authorise(
                 "status",
                 [],
-                caller=CALLER_API,
-                token=api_wire.bearer_token(request.authorization),
-                source_ip=request.peer,
+                caller=Caller.api(request.peer, token=api_wire.bearer_token(request.authorization)),
                 reqid=reqid,
                 submitter=submitter if isinstance(submitter, dict) else None,
             )
@@ -305,12 +304,15 @@ class Api:
             self.engine.authorise(
                 "ping",
                 names,
-                caller=CALLER_API,
-                token=api_wire.bearer_token(request.authorization),
-                source_ip=request.peer,
+                caller=Caller.api(request.peer, token=api_wire.bearer_token(request.authorization)),
             )
         capabilities = self.discovered.results(
             names, lambda stale: self.engine.capabilities(self.engine.resolve(stale))
         )
         document = api_wire.live_spec(json.loads(self.spec), names, capabilities, int(self.clock()))
         return Reply(200, document)
+
+
+def _wire(results: list[HostResult]) -> list[dict]:
+    """Per-host results as 0.12's JSON objects."""
+    return [result.to_wire() for result in results]

@@ -40,20 +40,22 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from pathlib import Path
 
 from .. import log
+from ..connections import Connections
 from ..core import admission, api_wire
-from ..core.http import FramingError, IncompleteMessage, RequestReader, response_bytes
+from ..core.http import RequestReader, response_bytes
+from ..core.routing import Reply
+from ..errors import FramingError, IncompleteMessage
 from ..netio import (
     abort,
+    accept_pending,
     accepting,
     close_all,
     finish,
-    interrupt,
     open_listeners,
-    peer_address,
 )
 from ..store import remove_own_pidfile, write_pidfile
 from . import api_stream
@@ -90,15 +92,10 @@ class ApiServer:
         self.tls = tls
         self.purge = purge
         self.clock = clock
-        self.slots = admission.Slots(
+        self.connections = Connections(
             admission.Limits(max_pending, max_pending_per_address, max_children)
         )
-        # key -> a duplicate of a pending connection's socket, kept so the
-        # accept loop can shut it down when it is evicted.
-        self._handles: dict[Hashable, socket.socket] = {}
         self._keys = itertools.count()
-        self._active = 0  # connection threads alive (a graceful stop waits for them)
-        self._changed = threading.Condition()
         self._listeners: list[socket.socket] = []
         self._stopping = False
         self._next_purge = 0.0
@@ -128,7 +125,7 @@ class ApiServer:
             finally:
                 close_all(self._listeners)  # refuse new connections while draining
                 self._drain(wake)
-                log.event("api-stop", log.INFO, ACTIVE=self._active)
+                log.event("api-stop", log.INFO, ACTIVE=self.connections.active)
                 if pidfile is not None:
                     remove_own_pidfile(pidfile)
 
@@ -144,12 +141,10 @@ class ApiServer:
 
     def _drain(self, wake: socket.socket) -> None:
         """Wait for requests in progress; a second signal stops the wait."""
-        with self._changed:
-            while self._active:
-                self._changed.wait(STOP_POLL)
-                if _stop_requested(wake):
-                    log.event("api-stop-now", log.WARNING, ACTIVE=self._active)
-                    return
+        while not self.connections.wait_idle(STOP_POLL):
+            if _stop_requested(wake):
+                log.event("api-stop-now", log.WARNING, ACTIVE=self.connections.active)
+                return
 
     def _housekeeping(self) -> None:
         if self.purge is None or self.clock() < self._next_purge:
@@ -170,65 +165,25 @@ class ApiServer:
     # --- accept ------------------------------------------------------------
 
     def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                log.event("accept-error", log.ERR, ERROR=exc.strerror or str(exc))
-                return
-            self._admit(conn, peer_address(address))
+        accept_pending(listener, self._admit)
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
         key = next(self._keys)
-        victim: socket.socket | None = None
         try:
             handle = conn.dup()
         except OSError:  # out of descriptors: same as overload
             log.event("api-overload", log.WARNING, PEER=ip, REASON="descriptors")
             abort(conn)
             return
-        with self._changed:
-            arrival = self.slots.arrive(key, ip)
-            self._handles[key] = handle
-            self._active += 1
-            if arrival.evict is not None:
-                victim = self._handles.pop(arrival.evict, None)
-        if victim is not None:
-            log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
-            interrupt(victim)
+        self.connections.arrive(key, ip, handle)
         try:
             threading.Thread(
                 target=self._connection, args=(conn, ip, key), daemon=True, name=f"api-{ip}"
             ).start()
         except RuntimeError:  # no thread could be started
-            self._leave(key)
+            self.connections.leave(key)
             log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
             abort(conn)
-
-    def _leave(self, key: int) -> None:
-        with self._changed:
-            self.slots.leave(key)
-            handle = self._handles.pop(key, None)
-            self._active -= 1
-            self._changed.notify_all()
-        if handle is not None:
-            handle.close()
-
-    def _evicted(self, key: int) -> bool:
-        with self._changed:
-            return key not in self._handles
-
-    def _promote(self, key: int) -> str:
-        with self._changed:
-            outcome = self.slots.promote(key)
-            handle = self._handles.pop(key, None)
-        if handle is not None:
-            handle.close()
-        return outcome
 
     # --- one connection ----------------------------------------------------
 
@@ -257,7 +212,7 @@ class ApiServer:
                 abort(conn)
             if streamed is not None:
                 streamed.close()  # the run goes on to its end, in this slot
-            self._leave(key)
+            self.connections.leave(key)
 
     def _handshake(self, conn: socket.socket, ip: str, key: int) -> socket.socket | None:
         """The connection to talk on (TLS-wrapped when configured), or None
@@ -268,7 +223,7 @@ class ApiServer:
         try:
             return self.tls.wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError, ValueError) as exc:
-            if self._evicted(key):
+            if self.connections.evicted(key):
                 return None
             log.event(
                 "tls-failure",
@@ -280,7 +235,7 @@ class ApiServer:
 
     def _exchange(
         self, conn: socket.socket, ip: str, key: int, deadline: float
-    ) -> api_wire.Reply | EventStream | None:
+    ) -> Reply | EventStream | None:
         reader = RequestReader()
         try:
             while True:
@@ -299,7 +254,7 @@ class ApiServer:
             return None
         except (IncompleteMessage, ssl.SSLError, OSError):
             return None  # the client went away mid-request (or was evicted)
-        outcome = self._promote(key)
+        outcome = self.connections.promote(key)
         if outcome == admission.EVICTED:
             return None
         if outcome == admission.OVERLOAD:
@@ -333,7 +288,7 @@ class ApiServer:
             )
             return api_wire.server_error("internal error")
 
-    def _send(self, conn: socket.socket, ip: str, reply: api_wire.Reply) -> None:
+    def _send(self, conn: socket.socket, ip: str, reply: Reply) -> None:
         try:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
             conn.sendall(response_bytes(reply.status, reply.body, reply.content_type))

@@ -43,6 +43,7 @@ from typing import Any
 
 from .. import log
 from ..core import run_record, sse
+from ..core.results import RUN, HostResult
 
 # Events buffered between the run and the connection.
 QUEUE_EVENTS = 1_024
@@ -62,7 +63,7 @@ IN_PROGRESS_ERROR = "running: the run is in progress"
 
 _END = object()
 
-Execute = Callable[..., list[dict]]
+Execute = Callable[..., list[HostResult]]
 
 
 class EventStream:
@@ -134,7 +135,7 @@ class _Channel:
 def start(
     execute: Execute,
     started: Callable[[list], dict[str, Any]],
-    finish: Callable[[list[dict]], dict[str, Any]],
+    finish: Callable[[list[HostResult]], dict[str, Any]],
     capacity: int = QUEUE_EVENTS,
     stall: float = STALL_SECONDS,
 ) -> EventStream:
@@ -168,13 +169,13 @@ def start(
     def on_fallback(host: str) -> None:
         channel.put(sse.message("fallback", {"host": host, "detail": FALLBACK_DETAIL}))
 
-    def progress(result: dict) -> None:
-        host = str(result.get("host", ""))
+    def progress(result: HostResult) -> None:
+        host = result.host
         with lines_lock:
             left = lines.flush(host)
         for stream, text in left:
             output(host, stream, text)
-        channel.put(sse.message("result", result))
+        channel.put(sse.message("result", result.to_wire()))
 
     def work() -> None:
         try:
@@ -225,10 +226,13 @@ def in_progress_record(
     """The run record of a streamed run that has started: a sync record not
     yet complete, every host `running` until the run's end replaces it."""
     results = [
-        {
-            **run_record.still_running_result(target.name, script, reqid),
-            "error": IN_PROGRESS_ERROR,
-        }
+        HostResult(
+            RUN,
+            {
+                **run_record.still_running_result(target.name, script, reqid).wire,
+                "error": IN_PROGRESS_ERROR,
+            },
+        )
         for target in targets
     ]
     record = run_record.sync_record(reqid, script, hosts, results, started, submitter)

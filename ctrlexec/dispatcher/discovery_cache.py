@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from ..core.results import HostResult
+
 # How long an agent's capabilities are served before they are asked again.
 DEFAULT_TTL = 300.0
 
@@ -22,21 +24,21 @@ class DiscoveryCache:
     def __init__(self, ttl: float = DEFAULT_TTL, clock: Callable[[], float] = time.monotonic):
         self.ttl = ttl
         self.clock = clock
-        self._results: dict[str, tuple[float, dict]] = {}
+        self._results: dict[str, tuple[float, HostResult]] = {}
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
 
-    def store(self, results: Sequence[dict]) -> None:
+    def store(self, results: Sequence[HostResult]) -> None:
         now = self.clock()
         with self._lock:
             for result in results:
-                host = result.get("host")
+                host = result.wire.get("host")
                 if isinstance(host, str):
                     self._results[host] = (now, result)
 
     def results(
-        self, names: Sequence[str], refresh: Callable[[list[str]], Sequence[dict]]
-    ) -> list[dict]:
+        self, names: Sequence[str], refresh: Callable[[list[str]], Sequence[HostResult]]
+    ) -> list[HostResult]:
         """The cached answers of `names`, asking `refresh` (one fan-out) for
         the ones missing or stale."""
         with self._refreshing:

@@ -1,7 +1,7 @@
 """Ping and run fan-out: how every dispatcher front end talks to agents.
 
 `ced ping`/`ced run` call it, and the HTTP API (`dispatcher serve`) calls it
-the same way with `caller="api"` and its client's address. One call is:
+the same way with a `Caller.api(...)` (its client's address). One call is:
 
 1. validate the request (hosts, script name, args) -> BadRequest;
 2. the auth hook for the action (`ping` or `run`) -> PolicyDenied;
@@ -34,13 +34,22 @@ from typing import TYPE_CHECKING, Any
 
 from .. import hooks, log
 from ..config.paths import Layout
-from ..core import names, results, run_control, selection
+from ..core import results, run_control, selection
+from ..core.caller import Caller
 from ..core.http import encode_json
-from ..core.ids import TokenBytes, new_reqid
+from ..core.ids import RUN_REQID, TokenBytes, new_reqid
 from ..core.lifecycle import peer_problem
 from ..core.names import is_script_name
 from ..core.timefmt import iso_utc
-from ..errors import EXIT_FAILURE, EXIT_USAGE, ConfigError, CtrlExecError, Locked, PolicyDenied
+from ..errors import (
+    BadRequest,
+    ConfigError,
+    CtrlExecError,
+    EmptySelection,
+    Locked,
+    PolicyDenied,
+    SelectionError,
+)
 from ..pki.revocation import RevokedSerials
 from ..pki.tls import dispatcher_client_context
 from . import agent_client, agent_stream
@@ -54,8 +63,6 @@ if TYPE_CHECKING:
 # 0.12's Engine refuses more hosts than this in one operation; ours by
 # default too (`max_hosts` raises it: docs/compatibility.md).
 MAX_HOSTS = 500
-# What 0.12's CLI reports to the auth hook as the caller's address.
-CLI_SOURCE_IP = "127.0.0.1"
 # Bounds on what one run may carry (the agent caps its request body at 1 MiB).
 MAX_ARGS = 4096
 # Discovery caches an agent's tags in its registry record; an agent has at
@@ -63,23 +70,11 @@ MAX_ARGS = 4096
 MAX_CACHED_TAGS = 256
 MAX_TAG_TEXT = 1024
 
-Progress = Callable[[dict], None]
+Progress = Callable[[results.HostResult], None]
 # The dispatcher's revocation list, in ca_dir.
 REVOKED_SERIALS = "revoked-serials"
 
 Follow = Callable[[str, str, str], None]  # (host, "stdout"|"stderr", text)
-
-
-class BadRequest(CtrlExecError):
-    """The request itself is malformed (the API answers 400)."""
-
-    exit_code = EXIT_USAGE
-
-
-class EmptySelection(BadRequest):
-    """No agent matches the patterns and tag filters (the API answers 400)."""
-
-    exit_code = EXIT_FAILURE
 
 
 @dataclass(frozen=True)
@@ -172,10 +167,7 @@ class Engine:
         action: str,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = "",
+        caller: Caller,
         script: str = "",
         args: Sequence[str] = (),
         reqid: str = "",
@@ -187,9 +179,9 @@ class Engine:
             script=script,
             hosts=list(hosts),
             args=list(args),
-            username=username,
-            token=token,
-            source_ip=source_ip,
+            username=caller.username,
+            token=caller.token,
+            source_ip=caller.source_ip,
             reqid=reqid,
             submitter=submitter,
         )
@@ -197,11 +189,26 @@ class Engine:
             request,
             self.settings.auth_hook,
             self.settings.auth_hook_timeout,
-            caller,
+            caller.front,
             self.settings.api_auth_default,
         )
         if not decision.allowed:
             raise PolicyDenied(decision.reason, decision.code)
+
+    def admit(
+        self,
+        action: str,
+        hosts: Sequence[str],
+        caller: Caller,
+        port: int | None = None,
+        **hook_fields,
+    ) -> list[Target]:
+        """The steps every operation starts with: the host list's bounds,
+        the auth hook for `action` (`hook_fields`: script, args, reqid), then
+        the registry targets."""
+        _check_hosts(hosts, self.settings.max_hosts)
+        self.authorise(action, hosts, caller=caller, **hook_fields)
+        return self.resolve(hosts, port)
 
     def resolve(self, hosts: Sequence[str], port: int | None = None) -> list[Target]:
         """Registry targets for the hosts (UnknownAgents names every unknown one)."""
@@ -229,7 +236,7 @@ class Engine:
                 agents[name] = cached if isinstance(cached, dict) else {}
         try:
             return selection.select(operands, tags, agents)
-        except selection.SelectionError as exc:
+        except SelectionError as exc:
             raise EmptySelection(str(exc)) from None
 
     def tls_context(self) -> ssl.SSLContext:
@@ -253,7 +260,7 @@ class Engine:
 
     def post(
         self, target: Target, path: str, payload: dict, context: ssl.SSLContext | None = None
-    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
         """One POST to one agent: (reply, failure, rtt); never raises for the
         network. `context` presents another certificate (rotation)."""
         return self._exchange(context or self.tls_context(), target, path, encode_json(payload))
@@ -264,20 +271,13 @@ class Engine:
         self,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         reqid: str | None = None,
         progress: Progress | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """POST /ping to every host; one result per host (§7.7)."""
-        _check_hosts(hosts, self.settings.max_hosts)
-        self.authorise(
-            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("ping", hosts, caller, port)
         reqid = reqid or self.new_reqid()
         context = self.tls_context()
         body = encode_json({"reqid": reqid})
@@ -294,10 +294,7 @@ class Engine:
         script: str,
         args: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         reqid: str | None = None,
         progress: Progress | None = None,
@@ -305,7 +302,7 @@ class Engine:
         follow: Follow | None = None,
         on_fallback: Callable[[str], None] | None = None,
         before_dispatch: Callable[[str, list[Target]], None] | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """POST /run of `script` with `args` to every host, holding the
         host:script locks throughout; one result per host (§7.7). With
         `run_async` the agents only accept the job (202) and the results are
@@ -316,19 +313,8 @@ class Engine:
         locked, before the first request (the API records an async run there,
         so a crash cannot leave a job without a record); if it raises, nothing
         is sent."""
-        _check_hosts(hosts, self.settings.max_hosts)
         _check_run(script, args)
-        self.authorise(
-            "run",
-            hosts,
-            caller=caller,
-            username=username,
-            token=token,
-            source_ip=source_ip,
-            script=script,
-            args=args,
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("run", hosts, caller, port, script=script, args=args)
         reqid = reqid or self.new_reqid()
         held = self.locks.acquire([target.name for target in targets], script)
         ended: set[str] = set()  # hosts whose run is over (their answer is in)
@@ -338,7 +324,13 @@ class Engine:
             if held.stale:
                 self._check_stale(held, targets, script, context)
             held.record(
-                lock_holder(reqid, caller, username, self._wall_clock(), self._process_user())
+                lock_holder(
+                    reqid,
+                    caller.front,
+                    caller.username,
+                    self._wall_clock(),
+                    self._process_user(),
+                )
             )
             log.event(
                 "dispatch",
@@ -352,8 +344,8 @@ class Engine:
                 "script": script,
                 "args": list(args),
                 "reqid": reqid,
-                "username": username,
-                "token": token,
+                "username": caller.username,
+                "token": caller.token,
             }
             if run_async:
                 request["async"] = True
@@ -371,8 +363,8 @@ class Engine:
             else:
                 one = self._run_one
 
-            def done(result: dict) -> None:
-                ended.add(result.get("host", ""))
+            def done(result: results.HostResult) -> None:
+                ended.add(result.host)
                 if progress is not None:
                     progress(result)
 
@@ -392,7 +384,7 @@ class Engine:
         return outcome
 
     def _still_running_after(
-        self, outcome: list[dict], targets: Sequence[Target], run_async: bool
+        self, outcome: list[results.HostResult], targets: Sequence[Target], run_async: bool
     ) -> set[str]:
         """Hosts whose synchronous run we stopped waiting for without its end
         (the script may still run there): their holder records stay."""
@@ -401,7 +393,7 @@ class Engine:
         return {
             target.name
             for target, result in zip(targets, outcome, strict=True)
-            if result.get("error", "").startswith("read timeout")
+            if (result.error or "").startswith("read timeout")
         }
 
     def _check_stale(
@@ -453,10 +445,7 @@ class Engine:
         hosts: Sequence[str],
         reqid: str,
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
         script: str = "",
     ) -> list[dict]:
@@ -464,19 +453,9 @@ class Engine:
         one `{host, reqid, status, detail}` per host, status one of
         cancelled, not-running, cannot-cancel (a 0.12 agent) or error."""
         _check_hosts(hosts, self.settings.max_hosts)
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             raise BadRequest(f"invalid reqid {reqid!r}: letters, digits, '_' and '-' only")
-        self.authorise(
-            "cancel",
-            hosts,
-            caller=caller,
-            username=username,
-            token=token,
-            source_ip=source_ip,
-            script=script,
-            reqid=reqid,
-        )
-        targets = self.resolve(hosts, port)
+        targets = self.admit("cancel", hosts, caller, port, script=script, reqid=reqid)
         context = self.tls_context()
         body = encode_json({"reqid": reqid})
         return fan_out(
@@ -497,7 +476,7 @@ class Engine:
         log.event("cancel", level, TARGET=target.label, RESULT=status, RTT=rtt, REQID=reqid)
         return {"host": target.name, "reqid": reqid, "status": status, "detail": detail}
 
-    def capabilities(self, targets: Sequence[Target]) -> list[dict]:
+    def capabilities(self, targets: Sequence[Target]) -> list[results.HostResult]:
         """GET /capabilities from every target; one result per target. No
         auth hook here: `discover` is the gated front door."""
         context = self.tls_context()
@@ -511,25 +490,19 @@ class Engine:
         self,
         hosts: Sequence[str],
         *,
-        caller: str,
-        username: str = "",
-        token: str = "",
-        source_ip: str = CLI_SOURCE_IP,
+        caller: Caller,
         port: int | None = None,
-    ) -> list[dict]:
+    ) -> list[results.HostResult]:
         """Discovery as 0.12 gates it (the `ping` action), then the agents'
         capabilities; each OK agent's tags are cached in the registry."""
-        _check_hosts(hosts, self.settings.max_hosts)
-        self.authorise(
-            "ping", hosts, caller=caller, username=username, token=token, source_ip=source_ip
-        )
-        results = self.capabilities(self.resolve(hosts, port))
-        for result in results:
-            if result.get("status") == "ok" and isinstance(result.get("tags"), dict):
-                self._cache_tags(result["host"], result["tags"])
-        return results
+        answers = self.capabilities(self.admit("ping", hosts, caller, port))
+        for answer in answers:
+            tags = answer.wire.get("tags")
+            if not answer.failed and isinstance(tags, dict):
+                self._cache_tags(answer.host, tags)
+        return answers
 
-    def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[dict]:
+    def fetch_results(self, targets: Sequence[Target], reqid: str) -> list[results.HostResult]:
         """GET /result/<reqid> from every target (an async run's progress)."""
         context = self.tls_context()
         return fan_out(
@@ -547,9 +520,8 @@ class Engine:
         path: str,
         body: bytes | None,
         still_waiting: Callable[[], bool] | None = None,
-    ) -> tuple[results.Reply | None, results.Failure | None, str]:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
         """POST `body` to `path`, or GET it when there is no body."""
-        started = self._clock()
         method = "GET" if body is None else "POST"
         check_peer = self._peer_check(target)
         sessions = self._sessions
@@ -558,8 +530,9 @@ class Engine:
             if sessions is None
             else sessions.slot((target.address, target.port, target.expect))
         )
-        try:
-            outcome = agent_client.exchange(
+        return self._timed(
+            target,
+            lambda: agent_client.exchange(
                 context,
                 target.address,
                 target.port,
@@ -570,7 +543,19 @@ class Engine:
                 check_peer=check_peer,
                 still_waiting=still_waiting,
                 resume=resume,
-            )
+            ),
+        )
+
+    def _timed(
+        self,
+        target: Target,
+        call: Callable[[], results.AgentReply | results.Failure],
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str]:
+        """One exchange with an agent: (reply, failure, rtt). A bug below is
+        that host's failure, never the whole operation's."""
+        started = self._clock()
+        try:
+            outcome = call()
         except Exception as exc:
             outcome = results.Failure(
                 results.OTHER,
@@ -602,7 +587,7 @@ class Engine:
         reqid: str,
         follow: Follow | None = None,
         on_fallback: Callable[[str], None] | None = None,
-    ) -> dict:
+    ) -> results.HostResult:
         streamed = None
         if follow is not None:
             streamed = self._stream(context, target, body, script, reqid, follow)
@@ -617,13 +602,13 @@ class Engine:
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if reply is not None and reply.ok:
+        if reply is not None and reply.ok and result.error != results.REQID_MISMATCH:
             log.event(
                 "run",
                 log.INFO,
                 SCRIPT=script,
                 TARGET=target.label,
-                EXIT=results.exit_code_of(result),
+                EXIT=result.exit_code,
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -633,7 +618,7 @@ class Engine:
                 log.ERR,
                 SCRIPT=script,
                 TARGET=target.label,
-                ERROR=result["error"],
+                ERROR=result.error,
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -647,11 +632,11 @@ class Engine:
         script: str,
         reqid: str,
         follow: Follow,
-    ) -> tuple[results.Reply | None, results.Failure | None, str] | None:
+    ) -> tuple[results.AgentReply | None, results.Failure | None, str] | None:
         """POST /run-stream; None when the agent cannot stream (0.12's 404)."""
-        started = self._clock()
-        try:
-            outcome = agent_stream.stream_run(
+        reply, failure, rtt = self._timed(
+            target,
+            lambda: agent_stream.stream_run(
                 context,
                 target.address,
                 target.port,
@@ -660,22 +645,15 @@ class Engine:
                 lambda stream, text: follow(target.name, stream, text),
                 self._waiter(context, target, script, reqid),
                 check_peer=self._peer_check(target),
-            )
-        except Exception as exc:
-            outcome = results.Failure(
-                results.OTHER,
-                target.address,
-                target.port,
-                f"internal error: {type(exc).__name__}: {exc}",
-            )
-        rtt = results.rtt_text(self._clock() - started)
-        if isinstance(outcome, results.Failure):
-            return None, outcome, rtt
-        if outcome.status == 404 and run_control.read_running(404, outcome.body) == (
-            run_control.UNSUPPORTED
+            ),
+        )
+        if (
+            reply is not None
+            and reply.status == 404
+            and run_control.read_running(404, reply.body) == run_control.UNSUPPORTED
         ):
             return None
-        return outcome, None, rtt
+        return reply, failure, rtt
 
     def _waiter(
         self, context: ssl.SSLContext, target: Target, script: str, reqid: str
@@ -701,51 +679,52 @@ class Engine:
 
     def _submit_one(
         self, context: ssl.SSLContext, target: Target, body: bytes, script: str, reqid: str
-    ) -> dict:
+    ) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/run", body)
         result = results.async_submit_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        status = result.get("status")
+        status = result.status
         fields = {"SCRIPT": script, "TARGET": target.label, "RTT": rtt, "REQID": reqid}
         if status == "accepted":
             log.event("run-async", log.INFO, STATUS=status, **fields)
         elif status == "busy":
             log.event("run-async", log.WARNING, STATUS=status, **fields)
         else:
-            log.event("run-async", log.ERR, ERROR=result.get("error", ""), **fields)
+            log.event("run-async", log.ERR, ERROR=result.text("error"), **fields)
         return result
 
-    def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> dict:
+    def _capabilities_one(self, context: ssl.SSLContext, target: Target) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/capabilities", None)
         result = results.capabilities_result(
             target.name, rtt, reply, failure, self.settings.read_timeout
         )
-        if result.get("status") == "ok" and isinstance(result.get("scripts"), list):
+        scripts = result.wire.get("scripts")
+        if result.status == "ok" and isinstance(scripts, list):
             log.event(
                 "capabilities",
                 log.INFO,
                 TARGET=target.label,
-                SCRIPTS=len(result["scripts"]),
+                SCRIPTS=len(scripts),
                 RTT=rtt,
             )
         else:
             log.event(
-                "capabilities", log.ERR, TARGET=target.label, ERROR=result.get("error", ""), RTT=rtt
+                "capabilities", log.ERR, TARGET=target.label, ERROR=result.text("error"), RTT=rtt
             )
         return result
 
-    def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> dict:
+    def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, f"/result/{reqid}", None)
         result = results.fetch_result(
             target.name, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if result.get("status") == "error":
+        if result.status == "error":
             log.event(
                 "result",
                 log.ERR,
                 TARGET=target.label,
-                ERROR=result.get("error", ""),
+                ERROR=result.text("error"),
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -754,7 +733,7 @@ class Engine:
                 "result",
                 log.INFO,
                 TARGET=target.label,
-                STATUS=result.get("status"),
+                STATUS=result.wire.get("status"),
                 RTT=rtt,
                 REQID=reqid,
             )
@@ -779,15 +758,19 @@ class Engine:
         except (CtrlExecError, OSError) as exc:
             log.event("registry-fail", log.WARNING, HOST=name, ERROR=str(exc)[:200])
 
-    def _ping_one(self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str) -> dict:
+    def _ping_one(
+        self, context: ssl.SSLContext, target: Target, body: bytes, reqid: str
+    ) -> results.HostResult:
         reply, failure, rtt = self._exchange(context, target, "/ping", body)
-        result = results.ping_result(target.name, rtt, reply, failure, self.settings.read_timeout)
-        if results.ping_failed(result):
+        result = results.ping_result(
+            target.name, rtt, reply, failure, self.settings.read_timeout, reqid
+        )
+        if result.failed:
             log.event(
                 "ping",
                 log.ERR,
                 TARGET=target.label,
-                ERROR=result.get("error", ""),
+                ERROR=result.text("error"),
                 RTT=rtt,
                 REQID=reqid,
             )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 
 from ..core.names import derive_dispatcher_id
-from ..core.serial import cert_serial_key
 from ..core.x509 import facts_from_pem
 from ..errors import StateError
 
@@ -28,6 +27,6 @@ def dispatcher_serial(cert_path: str) -> str:
             "run 'ced setup-ctrl-exec' first"
         ) from None
     try:
-        return cert_serial_key(facts_from_pem(text).serial)
+        return facts_from_pem(text).serial.trust_key()
     except ValueError as exc:
         raise StateError(f"cannot read the serial of {cert_path}: {exc}") from None

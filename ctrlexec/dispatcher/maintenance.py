@@ -72,14 +72,14 @@ def _ping_all(engine: Engine, settings, summary: Summary, now: float) -> None:
     targets = rotation.targets_for(engine, settings, names)
     reqid = engine.new_reqid()
 
-    def one(target) -> dict:
+    def one(target) -> results.HostResult:
         reply, failure, rtt = engine.post(target, "/ping", {"reqid": reqid})
-        return results.ping_result(target.name, rtt, reply, failure, settings.read_timeout)
+        return results.ping_result(target.name, rtt, reply, failure, settings.read_timeout, reqid)
 
     answers = fan_out(targets, one, settings.max_parallel)
     for answer in answers:
-        if results.ping_failed(answer):
-            summary.unreachable.append(answer["host"])
+        if answer.failed:
+            summary.unreachable.append(answer.host)
         else:
             summary.pinged += 1
     for outcome in renewal.renew_due(engine, settings, targets, answers, now):

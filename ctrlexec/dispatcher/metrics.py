@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+from ..core.results import HostResult
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Seconds; fan-out runs wait for scripts, so the top buckets are long.
@@ -52,17 +54,15 @@ def _number(value: float) -> str:
     )
 
 
-def run_outcome(result) -> str:
+def run_outcome(result: HostResult) -> str:
     """ok / failed / error for a synchronous per-host result, accepted /
-    busy / error for an async submission (a dict on the wire, or a typed
-    result with the same fields)."""
-    get = result.get if isinstance(result, Mapping) else (lambda key: getattr(result, key, None))
-    status = get("status")
+    busy / error for an async submission."""
+    status = result.status
     if status in ("accepted", "busy"):
         return status
-    if get("error"):
+    if result.error:
         return "error"
-    exit_code = get("exit")
+    exit_code = result.wire.get("exit")
     if exit_code == 0:
         return "ok"
     return "error" if exit_code in (None, -1) else "failed"
@@ -89,7 +89,7 @@ class Metrics:
             counts[-2] += seconds
             counts[-1] += 1
 
-    def runs(self, results: Iterable) -> None:
+    def runs(self, results: Iterable[HostResult]) -> None:
         with self._lock:
             for result in results:
                 outcome = run_outcome(result)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import log
 from ..core import pairing as wire
+from ..core.serial import Serial
 from ..core.timefmt import iso_utc
 from ..errors import StateError
 from ..pki import ca, revocation
@@ -32,7 +33,7 @@ REVOKED_KEYS = "revoked-keys"
 class Approved:
     request: dict
     record: dict
-    cert_serial: int
+    cert_serial: Serial
 
 
 def open_queue(pairing_dir: str | Path, registry_dir: str | Path, settings=None) -> PairingQueue:
@@ -100,7 +101,7 @@ def approve(
             serial_confirmed=stamp if serial_key else "",
         )
         # Who the agent is on later connections (checked by the dispatcher).
-        record["cert_serial"] = format(issued.serial, "x")
+        record["cert_serial"] = issued.serial.hex()
         record["cert_fingerprint"] = ca.fingerprint(issued.cert_pem)
         record["cert_cn"] = request["hostname"]
         record["cert_key_sha256"] = key_digest

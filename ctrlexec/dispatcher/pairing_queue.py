@@ -24,12 +24,12 @@ queue, a complete one.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..core.http import encode_json
+from ..core.ids import PAIRING_REQID
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..errors import StateError
 from ..store import (
@@ -43,16 +43,9 @@ from ..store import (
 )
 from .registry import Registry
 
-# Request ids we create are 16 hex; accept 0.12's older forms, nothing that
-# could leave the directory.
-REQID = re.compile(r"[a-f0-9]{4,64}")
 FILE_MODE = 0o640
 # Queue files are small (a CSR is at most 10 KiB); refuse to parse more.
 MAX_QUEUE_FILE = 256 * 1024
-
-
-def is_reqid(value: object) -> bool:
-    return isinstance(value, str) and REQID.fullmatch(value) is not None
 
 
 class PairingQueue:
@@ -69,7 +62,7 @@ class PairingQueue:
     # --- paths and locking --------------------------------------------------
 
     def path(self, reqid: str, suffix: str) -> Path:
-        if not is_reqid(reqid):
+        if not PAIRING_REQID.matches(reqid):
             raise StateError(f"not a pairing request id: {reqid!r}")
         return self.directory / f"{reqid}{suffix}"
 
@@ -85,7 +78,7 @@ class PairingQueue:
         return [
             name[: -len(suffix)]
             for name in names
-            if name.endswith(suffix) and is_reqid(name[: -len(suffix)])
+            if name.endswith(suffix) and PAIRING_REQID.matches(name[: -len(suffix)])
         ]
 
     def _read(self, path: Path) -> dict | None:
@@ -203,7 +196,7 @@ class PairingQueue:
 
     def get_pending(self, reqid: str) -> dict:
         """The undecided request (caller holds the lock); StateError otherwise."""
-        if not is_reqid(reqid):
+        if not PAIRING_REQID.matches(reqid):
             raise StateError(f"no pending pairing request '{reqid}'")
         record = self._read(self.path(reqid, ".json"))
         if record is None:

@@ -28,7 +28,6 @@ connection is served in its own thread; the accept loop never blocks on one.
 
 from __future__ import annotations
 
-import errno
 import secrets
 import select
 import selectors
@@ -44,12 +43,19 @@ from dataclasses import dataclass
 
 from .. import log
 from ..core import pairing as wire
-from ..core.http import FramingError, IncompleteMessage, RequestReader, encode_json, response_bytes
+from ..core.http import RequestReader, encode_json, response_bytes
 from ..core.ids import TokenBytes, new_reqid
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.timefmt import iso_utc
-from ..errors import StateError
-from ..netio import abort, accepting, finish, open_listeners, peer_address
+from ..errors import (
+    CsrRejected,
+    FramingError,
+    IncompleteMessage,
+    PairingRefused,
+    PairRequestError,
+    StateError,
+)
+from ..netio import abort, accept_pending, accepting, finish, open_listeners
 from ..pki import csr as csr_rules
 from ..pki import revocation
 from ..pki.tls import server_only_context
@@ -92,16 +98,6 @@ class ListenerSettings:
     revoked_keys: str = ""  # ca_dir/revoked-keys: keys never certified again
     # How often a waiting connection looks for the operator's decision.
     poll_interval: float = POLL_INTERVAL
-
-
-class _Refuse(Exception):
-    """End the connection: send `reason` (if any) as an error body, log."""
-
-    def __init__(self, reason: str | None, log_reason: str, detail: str = ""):
-        super().__init__(log_reason)
-        self.reason = reason
-        self.log_reason = log_reason
-        self.detail = detail
 
 
 def _lookup(ip: str) -> tuple[str, bool]:
@@ -220,16 +216,7 @@ class PairingListener:
 
     def _accept(self, listener: socket.socket) -> bool:
         """Accept what is pending; False when accept failed for lack of resources."""
-        while True:
-            try:
-                conn, address = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return True
-            except ConnectionAbortedError:
-                continue
-            except OSError as exc:
-                return exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-            self.admit(conn, peer_address(address))
+        return accept_pending(listener, self.admit, log_errors=False)
 
     def close(self, grace: float = 5.0) -> None:
         """Stop taking requests; waiting agents are told `approval timeout`."""
@@ -308,7 +295,7 @@ class PairingListener:
         try:
             try:
                 reqid, hostname = self._queue_request(tls, ip, deadline)
-            except _Refuse as refusal:
+            except PairingRefused as refusal:
                 if refusal.reason and self._send(tls, encode_json(wire.error_body(refusal.reason))):
                     finish(tls)  # the agent reads the answer, not a reset
                 fields = {"DETAIL": refusal.detail} if refusal.detail else {}
@@ -325,24 +312,24 @@ class PairingListener:
         request = _read_request(tls, deadline)
         try:
             pair = wire.parse_request(request.body)
-        except wire.PairRequestError as exc:
-            raise _Refuse(exc.reason, exc.log_reason, exc.detail) from None
+        except PairRequestError as exc:
+            raise PairingRefused(exc.reason, exc.log_reason, exc.detail) from None
         try:
             facts = csr_rules.validate(pair.csr, expected_cn=pair.hostname)
-        except csr_rules.CsrRejected as exc:
-            raise _Refuse(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
+        except CsrRejected as exc:
+            raise PairingRefused(wire.REASON_INVALID, "invalid-csr", str(exc)) from None
         if self.settings.revoked_keys and facts.key_sha256 in revocation.read_keys(
             self.settings.revoked_keys
         ):
             # The key of a revoked certificate: refused at once (read per request).
-            raise _Refuse(wire.REASON_INVALID, "revoked-key", "key of a revoked certificate")
+            raise PairingRefused(wire.REASON_INVALID, "revoked-key", "key of a revoked certificate")
         if self._closing.is_set():
-            raise _Refuse(None, "pairing-mode-stopped")
+            raise PairingRefused(None, "pairing-mode-stopped")
         reqid = new_reqid(self.token_bytes)
         name, confirmed = self.resolve(ip)
         record = wire.queue_record(pair, reqid, ip, iso_utc(self.clock()), name, confirmed)
         if not self.queue.add(record, self.settings.max_queue):
-            raise _Refuse(wire.REASON_QUEUE_FULL, "queue-full")
+            raise PairingRefused(wire.REASON_QUEUE_FULL, "queue-full")
         fields = {"REPORTED_IP": pair.ip} if pair.ip else {}
         log.event(
             "pair-request", AGENT=pair.hostname, IP=ip, REQID=reqid, STATUS="pending", **fields
@@ -394,25 +381,25 @@ def _read_request(tls: socket.socket, deadline: float):
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise _Refuse(None, "timeout")
+            raise PairingRefused(None, "timeout")
         tls.settimeout(remaining)
         try:
             data = tls.recv(READ_CHUNK)
         except TimeoutError:
-            raise _Refuse(None, "timeout") from None
+            raise PairingRefused(None, "timeout") from None
         except (ssl.SSLError, OSError):
-            raise _Refuse(None, "truncated") from None
+            raise PairingRefused(None, "truncated") from None
         try:
             if not data:
                 reader.finish()
-                raise _Refuse(wire.REASON_INVALID, "truncated")
+                raise PairingRefused(wire.REASON_INVALID, "truncated")
             request = reader.feed(data)
         except FramingError as exc:
             if exc.status == 413:
-                raise _Refuse(wire.REASON_TOO_LARGE, "body-too-large") from None
-            raise _Refuse(wire.REASON_INVALID, "invalid-request", exc.detail) from None
+                raise PairingRefused(wire.REASON_TOO_LARGE, "body-too-large") from None
+            raise PairingRefused(wire.REASON_INVALID, "invalid-request", exc.detail) from None
         except IncompleteMessage:
-            raise _Refuse(wire.REASON_INVALID, "truncated") from None
+            raise PairingRefused(wire.REASON_INVALID, "truncated") from None
         if request is not None:
             return request
 

@@ -28,7 +28,7 @@ def reissue_if_foreign(settings):
     log.event(
         "setup-ctrl-exec",
         CERT=str(cert_path),
-        SERIAL=format(issued.serial, "x"),
+        SERIAL=issued.serial.hex(),
         EXPIRY=issued.expiry,
         REASON="CA replaced",
     )

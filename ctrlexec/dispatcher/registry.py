@@ -17,16 +17,10 @@ from pathlib import Path
 
 from ..core.lifecycle import ExpectedPeer
 from ..core.names import is_agent_name
-from ..errors import CtrlExecError
+from ..errors import CtrlExecError, UnknownAgents
 from ..store import FileLock, ensure_dir, read_json_object, remove, write_json
 
 DEFAULT_AGENT_PORT = 7443
-
-
-class UnknownAgents(CtrlExecError):
-    def __init__(self, names: list[str]):
-        self.names = list(names)
-        super().__init__("unknown agent(s): " + ", ".join(self.names))
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import log
 from ..core import lifecycle
-from ..core.results import Failure, failure_text
+from ..core.results import Failure, HostResult, failure_text
 from ..errors import CtrlExecError
 from .engine import Engine
 from .registry import Target
@@ -77,7 +78,7 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
         ca_pem = ca.read_ca_pem(paths)
     except CtrlExecError as exc:
         return _fail(target, reqid, f"signing refused: {exc}")
-    new_serial = format(issued.serial, "x")
+    new_serial = issued.serial.hex()
     try:
         # Accepted as this agent's identity from now on, even if the answer
         # to /renew-complete is lost after the agent staged it.
@@ -119,7 +120,7 @@ def renew_due(
     engine: Engine,
     settings,
     targets: list[Target],
-    ping_results: list[dict],
+    ping_results: Sequence[HostResult],
     now: float | None = None,
 ) -> list[Renewal]:
     """Renew every agent whose ping result asks for it (targets and results
@@ -143,7 +144,7 @@ def renew_due(
     return [renew_one(engine, settings, target, now) for target in due]
 
 
-def ping_and_renew(engine: Engine, settings, hosts: list[str], **ping_args) -> list[dict]:
+def ping_and_renew(engine: Engine, settings, hosts: list[str], **ping_args) -> list[HostResult]:
     """`ced ping`: the ping results (0.12's), then renewals for the agents
     that need one (renewal never changes the results)."""
     results = engine.ping(hosts, **ping_args)

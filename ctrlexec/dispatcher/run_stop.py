@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..core import run_record
+from ..core.caller import Caller
+from ..core.results import HostResult
 from ..core.run_control import CANCELLED
 from ..errors import CtrlExecError, StateError
 from .engine import BadRequest, Engine
@@ -38,7 +40,7 @@ def record_interrupted(
     script: str,
     hosts: Sequence[str],
     port: int | None,
-    answered: Sequence[dict],
+    answered: Sequence[HostResult],
 ) -> Interrupted:
     """Record an interrupted synchronous run: `answered` are the per-host
     results that came in, every other host is still running."""
@@ -46,7 +48,7 @@ def record_interrupted(
         names = [target.name for target in engine.resolve(hosts, port)]
     except CtrlExecError as exc:  # interrupted before the hosts were even resolved
         return Interrupted(reqid, [], False, str(exc))
-    by_host = {result.get("host"): result for result in answered}
+    by_host = {result.host: result for result in answered}
     still = [name for name in names if name not in by_host]
     results = [
         by_host.get(name) or run_record.still_running_result(name, script, reqid) for name in names
@@ -63,8 +65,8 @@ def cancel_run(
     store: RunStore,
     reqid: str,
     hosts: Sequence[str],
-    identity: dict,
-    caller: str,
+    caller: Caller,
+    port: int | None = None,
 ) -> list[dict]:
     """Cancel `reqid` on `hosts` (none given: the hosts of its record that
     may still run it); per-host results. The record, if any, is updated."""
@@ -81,7 +83,7 @@ def cancel_run(
         hosts = _unfinished_hosts(record)
         if not hosts:
             raise BadRequest(f"run {reqid} has no host left running (see: status {reqid})")
-    results = engine.cancel(list(hosts), reqid, caller=caller, script=script, **identity)
+    results = engine.cancel(list(hosts), reqid, caller=caller, port=port, script=script)
     cancelled = [result["host"] for result in results if result["status"] == CANCELLED]
     if record is not None and cancelled:
         try:

@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .. import log
-from ..core import names, run_record
+from ..core import run_record
+from ..core.ids import RUN_REQID
+from ..core.results import HostResult, fetch_failure
 from ..errors import CtrlExecError, StateError
 from ..store import FileLock, atomic_write, ensure_dir, purge_expired, read_json_object
 from .registry import UnknownAgents
@@ -45,7 +47,7 @@ class RunStore:
         self.clock = clock
 
     def path(self, reqid: str) -> Path:
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             raise CtrlExecError(f"invalid reqid: {reqid!r}")
         return self.directory / f"{reqid}.json"
 
@@ -72,7 +74,7 @@ class RunStore:
     def load(self, reqid: str) -> dict | None:
         """The record, or None when there is none, it is past the TTL, or the
         reqid cannot be one; StateError when it cannot be read."""
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             return None
         path = self.path(reqid)
         try:
@@ -111,7 +113,7 @@ class RunStore:
         reqid: str,
         script: str,
         hosts: list[str],
-        results: list[dict],
+        results: Sequence[HostResult],
         submitter: dict | None = None,
     ) -> dict:
         record = run_record.sync_record(reqid, script, hosts, results, int(self.clock()), submitter)
@@ -119,7 +121,11 @@ class RunStore:
         return record
 
     def record_async(
-        self, reqid: str, script: str, submitted: list[dict], submitter: dict | None = None
+        self,
+        reqid: str,
+        script: str,
+        submitted: Sequence[HostResult],
+        submitter: dict | None = None,
     ) -> dict:
         record = run_record.async_record(reqid, script, submitted, int(self.clock()), submitter)
         self.save(record)
@@ -135,7 +141,7 @@ class RunStore:
 
 
 def _is_record_name(name: str) -> bool:
-    return name.endswith(".json") and names.is_store_reqid(name[:-5])
+    return name.endswith(".json") and RUN_REQID.matches(name[:-5])
 
 
 def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> dict | None:
@@ -148,13 +154,13 @@ def aggregate(store: RunStore, engine, reqid: str, port: int | None = None) -> d
     pending = run_record.pending_hosts(record)
     if not pending:
         return record
-    fetched: dict[str, dict] = {}
+    fetched: dict[str, HostResult] = {}
     targets = []
     for name in pending:
         try:
             targets.extend(engine.resolve([name], port))
         except UnknownAgents:
-            fetched[name] = {"status": "error", "error": "not a registered agent"}
+            fetched[name] = fetch_failure(name, "not a registered agent")
     for answer in engine.fetch_results(targets, reqid):
-        fetched[answer["host"]] = answer
+        fetched[answer.host] = answer
     return store.update(reqid, lambda current: run_record.merge_fetched(current, fetched))

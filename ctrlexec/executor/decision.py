@@ -18,7 +18,7 @@ from pathlib import Path
 from ..agent.allowlist import OUTSIDE_SCRIPT_DIRS, Allowlist
 from ..config.load import AgentConfig, Profile, load_agent, load_allowlist
 from ..config.paths import Layout
-from ..errors import ConfigError, NotAllowlisted
+from ..errors import ConfigError, ExecutorRefused, NotAllowlisted
 from . import privdrop
 
 # Refusals, in 0.12's words (the `executor: ...` texts and resolve's DENY codes).
@@ -36,15 +36,6 @@ DENY_CODES = {
     UNKNOWN_USER: "unknown-user",
     UNSUPPORTED_CAPABILITY: "unsupported-capability",
 }
-
-
-class Refused(Exception):
-    """The executor will not run this script; `reason` is one of the texts above."""
-
-    def __init__(self, reason: str, detail: str = ""):
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
 @dataclass(frozen=True)
@@ -99,12 +90,12 @@ class Decision:
 
 def identity_for(user: str) -> Identity:
     """A user by name or number: uid, primary gid and every group of the
-    user (as initgroups would set them). Refused when a name is unknown."""
+    user (as initgroups would set them). ExecutorRefused when a name is unknown."""
     try:
         entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
         if not user.isdigit():
-            raise Refused(UNKNOWN_USER, user) from None
+            raise ExecutorRefused(UNKNOWN_USER, user) from None
         # A number with no passwd entry: that uid, a group of the same
         # number and no supplementary groups (0.12 does the same).
         uid = int(user)
@@ -145,24 +136,24 @@ def decide(
     script: str,
     agent_user: str,
 ) -> Decision:
-    """The decision for `script`; Refused when there is none."""
+    """The decision for `script`; ExecutorRefused when there is none."""
     try:
         config = load_agent(layout, agent_toml)
         entries = load_allowlist(layout, scripts_toml, None)
     except ConfigError as exc:
-        raise Refused(CONFIG_ERROR, str(exc)) from None
+        raise ExecutorRefused(CONFIG_ERROR, str(exc)) from None
     allowlist = Allowlist(entries, tuple(config.script_dirs))
     try:
         resolved = allowlist.resolve(script)
     except NotAllowlisted as exc:
         reason = NOT_IN_SCRIPT_DIRS if exc.why == OUTSIDE_SCRIPT_DIRS else NOT_ALLOWLISTED
-        raise Refused(reason, script) from None
+        raise ExecutorRefused(reason, script) from None
     profile = config.profiles.get(resolved.entry.profile)
     if profile is None:
-        raise Refused(UNDEFINED_PROFILE, resolved.entry.profile)
+        raise ExecutorRefused(UNDEFINED_PROFILE, resolved.entry.profile)
     unknown = [cap for cap in profile.caps if privdrop.capability_number(cap) is None]
     if unknown:
-        raise Refused(UNSUPPORTED_CAPABILITY, ",".join(unknown))
+        raise ExecutorRefused(UNSUPPORTED_CAPABILITY, ",".join(unknown))
     identity = identity_for(profile.run_as or agent_user)
     scripts_path = scripts_toml or layout.allowlist
     return Decision(
@@ -190,7 +181,7 @@ EXIT_CONFIG_UNREADABLE = 2  # 0.12's resolve: a configuration that cannot be par
 @dataclass(frozen=True)
 class Outcome:
     decision: Decision | None
-    refused: Refused | None
+    refused: ExecutorRefused | None
 
     @property
     def exit_code(self) -> int:
@@ -237,11 +228,11 @@ def resolve(
 ) -> Outcome:
     for path in (agent_toml, scripts_toml):
         if not path.is_file():
-            return Outcome(None, Refused(CONFIG_ERROR, f"{path}: no such file"))
+            return Outcome(None, ExecutorRefused(CONFIG_ERROR, f"{path}: no such file"))
     try:
         return Outcome(
             decide(layout, agent_toml, scripts_toml, script, agent_user or default_agent_user()),
             None,
         )
-    except Refused as exc:
+    except ExecutorRefused as exc:
         return Outcome(None, exc)

@@ -48,6 +48,8 @@ import os
 import platform
 from dataclasses import dataclass
 
+from ..errors import ProfileError
+
 # The child's exit status when its profile could not be applied (0.12's
 # "cannot execute" status, as for its access check).
 EXIT_PROFILE_FAILED = 126
@@ -123,10 +125,6 @@ _SYSCALLS = {
     "aarch64": {"capset": 91, "mount_setattr": 442},
 }
 TMP_OPTIONS = b"mode=1777"
-
-
-class ProfileError(Exception):
-    """A step of the profile could not be applied."""
 
 
 class _MountAttr(ctypes.Structure):

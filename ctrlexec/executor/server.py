@@ -48,7 +48,7 @@ from .. import log
 from ..agent.runner import Runner, ScriptJob, script_environment
 from ..config.paths import Layout
 from ..core import exec_frames
-from ..errors import ConfigError
+from ..errors import ConfigError, ExecutorRefused, FrameError, ProfileError
 from . import decision as decisions
 from . import privdrop
 
@@ -309,7 +309,7 @@ class Handler:
         signal.signal(signal.SIGTERM, self._terminate)
         try:
             request = self._read_request()
-        except exec_frames.FrameError as exc:
+        except FrameError as exc:
             log.event("exec-reject", log.WARNING, REASON=str(exc)[:200])
             self._send(exec_frames.encode_failure(f"executor: malformed request ({exc})\n"))
             return
@@ -335,11 +335,11 @@ class Handler:
                 self.server.agent_name,
             )
             plan = privdrop.plan_for(decided)
-        except decisions.Refused as exc:
+        except ExecutorRefused as exc:
             log.event("exec-deny", log.WARNING, REASON=str(exc)[:200], **fields)
             self._send(exec_frames.encode_failure(f"executor: {exc.reason}\n"))
             return
-        except privdrop.ProfileError as exc:
+        except ProfileError as exc:
             log.event("exec-deny", log.WARNING, REASON=str(exc)[:200], **fields)
             self._send(exec_frames.encode_failure(f"executor: {exc}\n"))
             return
@@ -399,7 +399,7 @@ class Handler:
             self.conn.settimeout(remaining)
             chunk = self.conn.recv(min(RECV_CHUNK, size - len(chunks)))
             if not chunk:
-                raise exec_frames.FrameError(
+                raise FrameError(
                     f"truncated request: {len(chunks)} of {size} bytes before end of file"
                 )
             chunks += chunk

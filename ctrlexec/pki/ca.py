@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.ids import TokenBytes
+from ..core.serial import Serial
 from ..core.timefmt import openssl_notafter
-from ..errors import CtrlExecError, StateError
+from ..errors import CAExists, StateError
 from ..store import FileLock, atomic_write, ensure_dir
 from . import csr as csr_rules
 from . import keys
@@ -47,10 +48,6 @@ SERIAL_BYTES = 16
 # How long a signer waits for another one to finish.
 LOCK_TIMEOUT = 30
 _ALL_DIGITS = re.compile(r"[0-9]+")
-
-
-class CAExists(CtrlExecError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -80,7 +77,7 @@ class CAPaths:
 @dataclass(frozen=True)
 class Issued:
     cert_pem: str
-    serial: int
+    serial: Serial
     not_after: float
 
     @property
@@ -272,7 +269,7 @@ def _sign(
             .sign(ca_key, keys.signing_hash(ca_key))
         )
     pem = cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    return Issued(pem, serial, not_after.timestamp())
+    return Issued(pem, Serial(serial), not_after.timestamp())
 
 
 def sign_csr(

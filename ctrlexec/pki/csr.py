@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.pairing import CSR_BEGIN, MAX_CSR
-from ..errors import CtrlExecError
+from ..errors import CsrRejected
 
 RSA_MIN_BITS = 2048
 # Verifying a signature with a huge RSA modulus is slow; no real key is larger.
@@ -23,10 +23,6 @@ RSA_MAX_BITS = 16384
 EC_CURVES = ("secp256r1", "secp384r1")
 HASHES = ("sha224", "sha256", "sha384", "sha512")
 CSR_END = "-----END CERTIFICATE REQUEST-----"
-
-
-class CsrRejected(CtrlExecError):
-    """The CA refuses to sign this CSR; `str()` says why."""
 
 
 @dataclass(frozen=True)

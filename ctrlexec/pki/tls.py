@@ -11,7 +11,7 @@ IP or name interchangeably); instead:
 
 - TLS proves the peer holds a key certified by our CA (CERT_REQUIRED);
 - then, before any request byte is read, the peer's serial number is
-  canonicalised once (core.serial.cert_serial_key) and looked up in the
+  canonicalised once (core.serial.Serial.trust_key) and looked up in the
   revocation list and the trusted-dispatcher map (agent side).
 
 The agent requires a client certificate, stricter than 0.12 (which lets a
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ssl
 
+from ..core.serial import Serial
 from ..core.x509 import facts_from_der
 
 TLS12_CIPHERS = (
@@ -87,7 +88,7 @@ def pairing_client_context(pinned_ca_pem: str | None = None) -> ssl.SSLContext:
     return context
 
 
-def peer_serial(sock: ssl.SSLSocket) -> int | None:
+def peer_serial(sock: ssl.SSLSocket) -> Serial | None:
     """Serial number of the peer certificate (None when there is none or it
     cannot be read)."""
     der = sock.getpeercert(binary_form=True)

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from ..errors import ConfigError
+from ..errors import DsnError
 
 SCHEMES = ("postgresql", "postgres")
 SSLMODES = ("disable", "require", "verify-full")
@@ -28,10 +28,6 @@ _IDENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.$-]{0,62}")
 DEFAULT_PORT = 5432
 DEFAULT_SOCKET_DIR = "/run/postgresql"
 MAX_CONNECT_TIMEOUT = 300
-
-
-class DsnError(ConfigError):
-    """The state_backend URL cannot be used."""
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ pairing_queue.py) and PostgreSQL (state/postgres.py), chosen by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
+from ..core.results import HostResult
 from ..dispatcher.locks import HeldLocks
 from ..dispatcher.registry import Target
 
@@ -41,11 +42,15 @@ class RunRecords(Protocol):
         reqid: str,
         script: str,
         hosts: list[str],
-        results: list[dict],
+        results: Sequence[HostResult],
         submitter: dict | None = None,
     ) -> dict: ...
     def record_async(
-        self, reqid: str, script: str, submitted: list[dict], submitter: dict | None = None
+        self,
+        reqid: str,
+        script: str,
+        submitted: Sequence[HostResult],
+        submitter: dict | None = None,
     ) -> dict: ...
     def purge(self, ttl: int = ...) -> int: ...
 

@@ -27,12 +27,13 @@ from typing import Any
 
 from .. import log
 from ..core import names
+from ..core.ids import PAIRING_REQID, RUN_REQID
 from ..core.pairing import CLIENT_WINDOW, STALE_AFTER
 from ..dispatcher.locks import HOLDER_FIELDS, HeldLocks, HostScriptLocks
-from ..dispatcher.pairing_queue import PairingQueue, is_reqid
-from ..dispatcher.registry import Registry, UnknownAgents
+from ..dispatcher.pairing_queue import PairingQueue
+from ..dispatcher.registry import Registry
 from ..dispatcher.runstore import TTL, RunStore
-from ..errors import CtrlExecError, Locked, StateError
+from ..errors import CtrlExecError, Locked, StateError, UnknownAgents
 from .db import Database
 from .keys import advisory_key, split_key
 
@@ -173,7 +174,7 @@ class PgRunStore(RunStore):
 
     def save(self, record: dict) -> None:
         reqid = record["reqid"]
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             raise CtrlExecError(f"invalid reqid: {reqid!r}")
         try:
             self.db.run(
@@ -189,7 +190,7 @@ class PgRunStore(RunStore):
             raise StateError(f"cannot record run {reqid}: {exc}") from None
 
     def load(self, reqid: str) -> dict | None:
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             return None
         rows = self.db.run("SELECT record, written FROM ctrl_exec_runs WHERE reqid = :q", q=reqid)
         if not rows:
@@ -200,7 +201,7 @@ class PgRunStore(RunStore):
         return _obj(rows[0][0])
 
     def update(self, reqid: str, change: Callable[[dict], bool]) -> dict | None:
-        if not names.is_store_reqid(reqid):
+        if not RUN_REQID.matches(reqid):
             return None
         with self.db.transaction() as conn:
             rows = conn.run(
@@ -386,7 +387,7 @@ class PgPairingQueue(PairingQueue):
         return sorted(row[0] for row in rows)
 
     def add(self, record: dict, max_queue: int) -> bool:
-        if not is_reqid(record.get("id")):
+        if not PAIRING_REQID.matches(record.get("id")):
             raise StateError(f"not a pairing request id: {record.get('id')!r}")
         with self.lock():
             self.tidy()
@@ -406,7 +407,7 @@ class PgPairingQueue(PairingQueue):
         return self._body(reqid)
 
     def _body(self, reqid: str) -> bytes | None:
-        if not is_reqid(reqid):
+        if not PAIRING_REQID.matches(reqid):
             raise StateError(f"not a pairing request id: {reqid!r}")
         rows = self.db.run(
             "SELECT body FROM ctrl_exec_pairing WHERE reqid = :q AND state <> 'pending'",
@@ -415,7 +416,7 @@ class PgPairingQueue(PairingQueue):
         return bytes(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def delivered(self, reqid: str) -> None:
-        if is_reqid(reqid):
+        if PAIRING_REQID.matches(reqid):
             self.db.run("DELETE FROM ctrl_exec_pairing WHERE reqid = :q", q=reqid)
 
     def withdraw(self, reqid: str) -> bytes | None:
@@ -439,7 +440,7 @@ class PgPairingQueue(PairingQueue):
         return sorted(records, key=lambda r: (str(r.get("received", "")), str(r.get("id", ""))))
 
     def get_pending(self, reqid: str) -> dict:
-        if not is_reqid(reqid):
+        if not PAIRING_REQID.matches(reqid):
             raise StateError(f"no pending pairing request '{reqid}'")
         rows = self.db.run("SELECT request, state FROM ctrl_exec_pairing WHERE reqid = :q", q=reqid)
         if not rows:

@@ -136,5 +136,6 @@ def test_random_bodies_never_crash_validation():
             try:
                 parse(body)
             except api_wire.ApiError as exc:
-                assert exc.reply.status == 400 and exc.reply.body["detail"]
+                reply = api_wire.error_reply(exc)
+                assert reply.status == 400 and reply.body["detail"]
         api_wire.gate_token(body)

@@ -57,7 +57,7 @@ def test_hostile_replies_become_protocol_failures(context, session_ca, tmp_path,
     assert isinstance(outcome, results.Failure)
     assert (outcome.kind, outcome.detail) == (results.PROTOCOL, detail)
     result = results.run_result("vm", "s", "r", "1ms", None, outcome, 5)
-    assert result["exit"] == -1 and detail in result["error"]
+    assert result.wire["exit"] == -1 and detail in result.wire["error"]
 
 
 def test_endless_body_without_length_is_bounded(context, session_ca, tmp_path):
@@ -92,13 +92,14 @@ def test_random_bodies_always_give_a_result_that_renders():
     for _ in range(3000):
         value, body = random_body(rng, RESULT_KEYS)
         status = rng.choice([200, 200, 202, 403, 404, 413, 500, 599])
-        reply = results.Reply(status, "Whatever", body)
+        reply = results.AgentReply(status, "Whatever", body)
         run = results.run_result("vm", "s", "r", "1ms", reply, None, 60)
         ping = results.ping_result("vm", "1ms", reply, None, 60)
-        assert run["host"] == "vm" and ping["host"] == "vm"
-        assert isinstance(results.exit_code_of(run), int)
-        if results.run_failed(run) and not (200 <= status < 300 and isinstance(value, dict)):
-            assert run["exit"] == -1 and isinstance(run["error"], str)
+        assert run.wire["host"] == "vm" and ping.wire["host"] == "vm"
+        assert run.host == "vm" and ping.host == "vm"
+        assert isinstance(run.exit_code, int)
+        if run.failed and not (200 <= status < 300 and isinstance(value, dict)):
+            assert run.wire["exit"] == -1 and isinstance(run.wire["error"], str)
         report.run_text([run])
         report.ping_text([ping])
-        json.dumps({"ok": 1, "results": [run, ping]})
+        json.dumps({"ok": 1, "results": [run.to_wire(), ping.to_wire()]})

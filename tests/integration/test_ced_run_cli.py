@@ -124,8 +124,12 @@ def test_output_survives_text_that_cannot_be_encoded(disp, session_ca, tmp_path)
     """JSON may carry a lone surrogate; printing it must not crash ced."""
     from tests.support.peer012 import http_response
 
-    body = b'{"exit":0,"stdout":"bad \\ud800 text\\n","stderr":"","script":"s","reqid":"r"}'
-    with Peer012(session_ca, tmp_path / "p", behaviour=lambda r: http_response(200, body)) as odd:
+    def answer(request):  # echoes the reqid, as every agent does
+        reqid = request.json["reqid"].encode()
+        body = b'{"exit":0,"stdout":"bad \\ud800 text\\n","stderr":"","script":"s","reqid":"'
+        return http_response(200, body + reqid + b'"}')
+
+    with Peer012(session_ca, tmp_path / "p", behaviour=answer) as odd:
         register(disp, session_ca, "vm", odd.port)
         for argv in (["run", "vm", "s"], ["--json", "run", "vm", "s"]):
             result = disp.run("ced", *argv)

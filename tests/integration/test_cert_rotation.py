@@ -15,7 +15,6 @@ import threading
 import pytest
 
 from ctrlexec.agent import trust
-from ctrlexec.core.serial import cert_serial_key
 from ctrlexec.core.x509 import facts_from_pem
 from ctrlexec.dispatcher.registry import Registry
 from tests.support import testpki
@@ -91,7 +90,7 @@ def test_rotation_overlap_then_retire(fleet):
     result = ced.run("ced", "rotate-cert", "--json")
     assert result.returncode == 1, result.stderr  # web-03 is offline
     report = json.loads(result.stdout)
-    new_serial = cert_serial_key(facts_from_pem(layout.dispatcher_cert.read_text()).serial)
+    new_serial = facts_from_pem(layout.dispatcher_cert.read_text()).serial.trust_key()
     assert report["old_serial"] == old.serial_key and report["new_serial"] == new_serial
     assert sorted(report["updated"]) == ["perl-01", "web-01", "web-02"]
     assert list(report["failed"]) == ["web-03"]

@@ -21,6 +21,7 @@ from bench import fleet_sim
 from ctrlexec import log
 from ctrlexec.config.paths import system_layout
 from ctrlexec.core import results
+from ctrlexec.core.caller import Caller
 from ctrlexec.core.lifecycle import ExpectedPeer, peer_problem
 from ctrlexec.core.x509 import facts_from_der
 from ctrlexec.dispatcher import agent_client
@@ -79,22 +80,22 @@ def test_every_host_gets_its_own_result_in_the_order_given(fleet):
     files, simulator = fleet
     hosts = names()
     random.Random(15).shuffle(hosts)
-    outcome = engine_for(files).run(hosts, "whoami", ["one arg"], caller="cli")
-    assert [result["host"] for result in outcome] == hosts
+    outcome = engine_for(files).run(hosts, "whoami", ["one arg"], caller=Caller())
+    assert [result.wire["host"] for result in outcome] == hosts
     silent = {fleet_sim.agent_name(n) for n in range(AGENTS - SILENT, AGENTS)}
     for result in outcome:
-        if result["host"] in silent:
-            address = fleet_sim.agent_address(int(result["host"].removeprefix("sim-")))
-            assert result["exit"] == -1
-            assert result["error"].startswith(
+        if result.wire["host"] in silent:
+            address = fleet_sim.agent_address(int(result.wire["host"].removeprefix("sim-")))
+            assert result.wire["exit"] == -1
+            assert result.wire["error"].startswith(
                 f"host '{address}' did not respond on port {simulator.port} - connection refused"
             ), result
         else:
             # The simulated agent names itself on the first line: the answer
             # of that very agent, not of a neighbour, is in this host's result.
-            assert result["exit"] == 0, result
-            assert result["stdout"] == f"{result['host']}\none arg\n"
-    assert len({result["reqid"] for result in outcome}) == 1
+            assert result.wire["exit"] == 0, result
+            assert result.wire["stdout"] == f"{result.wire['host']}\none arg\n"
+    assert len({result.wire["reqid"] for result in outcome}) == 1
 
 
 def test_threads_stay_within_max_parallel_during_a_large_fan_out(fleet):
@@ -105,12 +106,12 @@ def test_threads_stay_within_max_parallel_during_a_large_fan_out(fleet):
     tasks_baseline = len(os.listdir("/proc/self/task"))
     samples: list[tuple[int, int]] = []
 
-    def progress(_result: dict) -> None:
+    def progress(_result) -> None:
         # Sampled as each host's answer arrives, while the fan-out runs.
         samples.append((threading.active_count(), len(os.listdir("/proc/self/task"))))
 
-    outcome = engine.ping(names(AGENTS - SILENT), caller="cli", progress=progress)
-    assert all(result["status"] == "ok" for result in outcome)
+    outcome = engine.ping(names(AGENTS - SILENT), caller=Caller(), progress=progress)
+    assert all(result.wire["status"] == "ok" for result in outcome)
     assert len(samples) == AGENTS - SILENT
     # This thread works too: at most MAX_PARALLEL - 1 helpers besides it.
     peak_threads = max(count for count, _ in samples)
@@ -126,11 +127,11 @@ def test_a_second_contact_resumes_the_tls_session(fleet):
     engine = engine_for(files)
     hosts = names(40)
     before = simulator.resumed()
-    first = engine.ping(hosts, caller="cli")
-    assert all(result["status"] == "ok" for result in first)
+    first = engine.ping(hosts, caller=Caller())
+    assert all(result.wire["status"] == "ok" for result in first)
     assert simulator.resumed() == before  # a new process knows no agent yet
-    second = engine.ping(hosts, caller="cli")
-    assert all(result["status"] == "ok" for result in second)
+    second = engine.ping(hosts, caller=Caller())
+    assert all(result.wire["status"] == "ok" for result in second)
     assert simulator.resumed() == before + len(hosts)
 
 
@@ -154,7 +155,7 @@ def test_identity_is_checked_on_a_resumed_session(fleet):
         context, target.address, target.port, "POST", "/ping", b"{}", 10,
         check_peer=accept, resume=cache.slot("sim-00001"),
     )  # fmt: skip
-    assert isinstance(first, results.Reply) and first.status == 200
+    assert isinstance(first, results.AgentReply) and first.status == 200
     assert len(cache) == 1
 
     expect_other = other.expect
@@ -186,16 +187,16 @@ def test_a_resumed_session_of_a_revoked_agent_is_refused(fleet):
     revoked_file = files.work / "revoked-serials"
     revoked_file.write_text("")
     engine = engine_for(files, revoked_serials=str(revoked_file))
-    [first] = engine.ping(["sim-00003"], caller="cli")
-    assert first["status"] == "ok"
+    [first] = engine.ping(["sim-00003"], caller=Caller())
+    assert first.wire["status"] == "ok"
     serial = facts_from_der(_peer_der(engine, engine.resolve(["sim-00003"])[0])).serial
     revoked_file.write_text(f"{serial:x}\n")
     before = simulator.resumed()
-    [again] = engine.ping(["sim-00003"], caller="cli")
+    [again] = engine.ping(["sim-00003"], caller=Caller())
     assert simulator.resumed() == before + 1  # resumed, and refused all the same
-    assert again["status"] == "error" and "revoked" in again["error"], again
-    [third] = engine.ping(["sim-00003"], caller="cli")
-    assert third["status"] == "error" and "revoked" in third["error"], third
+    assert again.wire["status"] == "error" and "revoked" in again.wire["error"], again
+    [third] = engine.ping(["sim-00003"], caller=Caller())
+    assert third.wire["status"] == "error" and "revoked" in third.wire["error"], third
     assert simulator.resumed() == before + 1  # the refused agent's session was dropped
 
 
@@ -212,7 +213,7 @@ def test_max_hosts_bounds_one_operation(fleet):
     files, _ = fleet
     engine = engine_for(files, max_hosts=100)
     with pytest.raises(BadRequest, match=r"too many hosts: 101 \(at most 100 per operation\)"):
-        engine.ping(names(101), caller="cli")
+        engine.ping(names(101), caller=Caller())
 
 
 def test_ced_pings_hundreds_of_agents_with_max_hosts_set(fleet, pyz, native_cache):

@@ -20,7 +20,6 @@ import threading
 import pytest
 
 from ctrlexec.agent import trust
-from ctrlexec.core.serial import cert_serial_key
 from ctrlexec.core.x509 import facts_from_pem
 from tests.support import openssl
 from tests.support.pairing import (
@@ -246,7 +245,7 @@ def test_our_agent_pairs_with_a_0_12_dispatcher(ctl, tmp_path, counter, key):
     assert state.read_text().splitlines()[2:] == [f"{key} perl-ref-dispatcher"]
     dispatcher_serial = facts_from_pem((tmp_path / "d.crt").read_text()).serial
     # the agent will recognise the dispatcher's certificate by that key
-    assert trust.load_map(state) == {cert_serial_key(dispatcher_serial): "perl-ref-dispatcher"}
+    assert trust.load_map(state) == {dispatcher_serial.trust_key(): "perl-ref-dispatcher"}
     assert (agent.root / "etc/ctrl-exec-agent/ca.crt").read_text() == (
         tmp_path / "ca.crt"
     ).read_text()

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from ctrlexec.core.digest import pairing_code
-from ctrlexec.core.serial import cert_serial_key, serial_to_hex
+from ctrlexec.core.serial import serial_to_hex
 from ctrlexec.core.x509 import facts_from_pem
 from ctrlexec.pki import csr as csr_rules
 from ctrlexec.pki import keys
@@ -124,7 +124,7 @@ def test_serial_keys_match_bc_on_openssl_serial_text(serial_certs):
         assert serial_to_hex(text) == key, text
         assert serial_to_hex("serial=" + text) == key, text
         # the agent's view: the serial read from the certificate itself
-        assert cert_serial_key(facts_from_pem(path.read_text()).serial) == key, text
+        assert facts_from_pem(path.read_text()).serial.trust_key() == key, text
 
 
 def test_spec_table_rows(serial_certs):

@@ -8,7 +8,6 @@ import stat
 import pytest
 from cryptography import x509
 
-from ctrlexec.core.serial import cert_serial_key
 from ctrlexec.pki import ca, csr, keys
 from tests.support import openssl
 
@@ -79,7 +78,7 @@ def test_signed_csr_verifies_strictly_and_serials_are_fresh(ca_paths, tmp_path):
         text = format(serial, "x")
         assert text in issued_file
         # never all decimal digits: 0.12 agents would misread the key
-        assert not text.isdigit() and cert_serial_key(serial) == text
+        assert not text.isdigit() and serial.trust_key() == text
 
 
 def test_dispatcher_identity(ca_paths, tmp_path):

@@ -12,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from ctrlexec.dispatcher.registry import Target, UnknownAgents
+from ctrlexec.core.results import FETCH, RUN, SUBMIT, HostResult
+from ctrlexec.dispatcher.registry import Target
 from ctrlexec.dispatcher.runstore import RunStore, aggregate
-from ctrlexec.errors import CtrlExecError, StateError
+from ctrlexec.errors import CtrlExecError, StateError, UnknownAgents
 
 SUBMITTED = [
-    {"host": "a", "script": "s", "status": "accepted", "reqid": "r", "rtt": "1ms"},
-    {"host": "b", "script": "s", "status": "busy", "error": "script already running"},
-    {"host": "c", "script": "s", "exit": -1, "error": "odd"},
-    {"host": "d", "script": "s", "status": "accepted"},
+    HostResult(SUBMIT, wire)
+    for wire in (
+        {"host": "a", "script": "s", "status": "accepted", "reqid": "r", "rtt": "1ms"},
+        {"host": "b", "script": "s", "status": "busy", "error": "script already running"},
+        {"host": "c", "script": "s", "exit": -1, "error": "odd"},
+        {"host": "d", "script": "s", "status": "accepted"},
+    )
 ]
 
 
@@ -38,7 +42,11 @@ class Clock:
 def test_store_round_trip_and_mode(tmp_path):
     store = RunStore(tmp_path / "runs", Clock(1000))
     record = store.record_sync(
-        "abc", "s", ["a"], [{"host": "a", "exit": 0}], {"username": "u", "source_ip": "1.2.3.4"}
+        "abc",
+        "s",
+        ["a"],
+        [HostResult(RUN, {"host": "a", "exit": 0})],
+        {"username": "u", "source_ip": "1.2.3.4"},
     )
     path = tmp_path / "runs" / "abc.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
@@ -88,7 +96,10 @@ class Engine:
 
     def fetch_results(self, targets, reqid):
         self.asked += [target.name for target in targets]
-        return [dict(self.answers[target.name], host=target.name) for target in targets]
+        return [
+            HostResult(FETCH, dict(self.answers[target.name], host=target.name))
+            for target in targets
+        ]
 
 
 def test_aggregate(tmp_path):

@@ -22,9 +22,10 @@ import pytest
 from ctrlexec.config.load import load_dispatcher
 from ctrlexec.config.paths import system_layout
 from ctrlexec.core import pairing as wire
+from ctrlexec.core.results import RUN, SUBMIT, HostResult
 from ctrlexec.dispatcher import pairing_decide
-from ctrlexec.dispatcher.registry import UnknownAgents, new_record
-from ctrlexec.errors import ConfigError, CtrlExecError, Locked, StateError
+from ctrlexec.dispatcher.registry import new_record
+from ctrlexec.errors import ConfigError, CtrlExecError, Locked, StateError, UnknownAgents
 from ctrlexec.pki import ca, csr, keys
 from ctrlexec.state import admin, migrations, open_state
 from ctrlexec.store import atomic_write
@@ -158,10 +159,13 @@ def test_run_store(backend):
     _, state, _ = backend
     store = state.runs
     store.clock = Clock(time.time())  # the file backend ages records by mtime
-    record = store.record_sync("abc", "s", ["a"], [{"host": "a", "exit": 0}], {"username": "u"})
+    ran = [HostResult(RUN, {"host": "a", "exit": 0})]
+    record = store.record_sync("abc", "s", ["a"], ran, {"username": "u"})
     assert store.load("abc") == record and record["completed"] == int(store.clock.now)
     assert store.load("nothing") is None and store.load("../x") is None
-    submitted = [{"host": "a", "script": "s", "status": "accepted", "reqid": "r"}]
+    submitted = [
+        HostResult(SUBMIT, {"host": "a", "script": "s", "status": "accepted", "reqid": "r"})
+    ]
     store.record_async("def", "s", submitted)
 
     def finish(current: dict) -> bool:

@@ -9,6 +9,7 @@ import ssl
 import pytest
 
 from ctrlexec.agent import trust
+from ctrlexec.core.caller import Caller
 from ctrlexec.core.http import ResponseReader, request_bytes
 from ctrlexec.dispatcher import agent_client
 from ctrlexec.dispatcher.engine import Engine, EngineSettings
@@ -83,9 +84,9 @@ def test_a_second_contact_resumes_and_the_agent_still_checks_the_dispatcher(pair
 def test_the_engine_resumes_on_a_second_contact(pair):
     engine, _, _ = pair
     context = engine.tls_context()
-    first = engine.ping(["web-01"], caller="cli")
-    second = engine.ping(["web-01"], caller="cli")
-    assert [r["status"] for r in first + second] == ["ok", "ok"]
+    first = engine.ping(["web-01"], caller=Caller())
+    second = engine.ping(["web-01"], caller=Caller())
+    assert [r.wire["status"] for r in first + second] == ["ok", "ok"]
     # The engine remembered the agent's session from the first contact.
     target = engine.resolve(["web-01"])[0]
     sessions = engine._sessions

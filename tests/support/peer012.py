@@ -231,9 +231,9 @@ class SerialGate012:
         self.lock = threading.Lock()
 
     def __call__(self, request: Received) -> bytes:
-        from ctrlexec.core.serial import cert_serial_key, normalise_received
+        from ctrlexec.core.serial import Serial, normalise_received
 
-        key = "" if request.peer_serial is None else cert_serial_key(request.peer_serial)
+        key = "" if request.peer_serial is None else Serial(request.peer_serial).trust_key()
         with self.lock:
             caller = self.trusted.get(key)
             if caller is None:

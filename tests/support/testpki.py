@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 
 from ctrlexec.agent import trust
 from ctrlexec.config.paths import Layout, system_layout
-from ctrlexec.core.serial import cert_serial_key
+from ctrlexec.core.serial import Serial
 from ctrlexec.core.timefmt import iso_utc, openssl_notafter
 from ctrlexec.dispatcher.registry import Registry, new_record
 
@@ -49,7 +49,7 @@ class Issued:
 
     @property
     def serial_key(self) -> str:
-        return cert_serial_key(self.serial)
+        return Serial(self.serial).trust_key()
 
 
 class SessionCA:

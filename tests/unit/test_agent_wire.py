@@ -6,6 +6,7 @@ import json
 import pytest
 
 from ctrlexec.core import agent_wire as wire
+from ctrlexec.core.routing import Route
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,7 @@ from ctrlexec.core import agent_wire as wire
     ],
 )
 def test_routes_are_exact(method, path, name, gated, arg):
-    assert wire.route(method, path) == wire.Route(name, gated, arg)
+    assert wire.route(method, path) == Route(name, arg, gated=gated)
 
 
 def test_gate_refusals_are_0_12_bodies():

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from ctrlexec.core import api_wire as wire
-from ctrlexec.core.http import FramingError
+from ctrlexec.core.results import CAPABILITIES, HostResult
+from ctrlexec.errors import FramingError
 
 
 @pytest.mark.parametrize(
@@ -46,7 +47,7 @@ def test_no_route_body_upper_cases_the_method():
 def detail_of(call, body):
     with pytest.raises(wire.ApiError) as caught:
         call(body)
-    reply = caught.value.reply
+    reply = wire.error_reply(caught.value)
     assert reply.status == 400 and reply.body["error"] == "bad request"
     return reply.body["detail"]
 
@@ -273,7 +274,8 @@ def test_live_spec_groups_scripts_by_schema_version():
         },
         {"host": "d", "status": "error", "scripts": [{"name": "hidden"}]},
     ]
-    document = wire.live_spec(SPEC, ["a", "b", "c", "d"], caps, 5)
+    typed = [HostResult(CAPABILITIES, cap) for cap in caps]
+    document = wire.live_spec(SPEC, ["a", "b", "c", "d"], typed, 5)
     schemas = document["components"]["schemas"]
     assert schemas["RunRequest"]["properties"]["hosts"]["items"]["enum"] == ["a", "b", "c", "d"]
     assert schemas["RunRequest"]["properties"]["script"]["enum"] == ["backup", "plain"]

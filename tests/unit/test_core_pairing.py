@@ -168,7 +168,14 @@ def test_ack():
     assert wire.parse_ack(b'{"reqid":"41d6061dbd366e74","status":"pending"}') == "41d6061dbd366e74"
     with pytest.raises(PairingRejected, match="pairing queue full"):
         wire.parse_ack(b'{"status":"error","reason":"pairing queue full"}')
-    for bad in (b'{"status":"pending"}', b'{"status":"pending","reqid":"../x"}', b"nope", b"[]"):
+    for bad in (
+        b'{"status":"pending"}',
+        b'{"status":"pending","reqid":"../x"}',
+        b'{"status":"pending","reqid":"ABCDEF01"}',
+        b'{"status":"pending","reqid":"' + b"a" * 65 + b'"}',
+        b"nope",
+        b"[]",
+    ):
         with pytest.raises(ProtocolError):
             wire.parse_ack(bad)
 

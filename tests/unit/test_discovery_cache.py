@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from ctrlexec.core.results import CAPABILITIES, HostResult
 from ctrlexec.dispatcher.discovery_cache import DiscoveryCache
 
 
@@ -16,7 +17,9 @@ class Clock:
 
 
 def answers(names):
-    return [{"host": name, "status": "ok", "scripts": []} for name in names]
+    return [
+        HostResult(CAPABILITIES, {"host": name, "status": "ok", "scripts": []}) for name in names
+    ]
 
 
 def test_fresh_answers_are_served_without_asking_and_stale_ones_are_asked_again():
@@ -28,7 +31,7 @@ def test_fresh_answers_are_served_without_asking_and_stale_ones_are_asked_again(
         asked.append(list(names))
         return answers(names)
 
-    assert [r["host"] for r in cache.results(["a", "b"], refresh)] == ["a", "b"]
+    assert [r.host for r in cache.results(["a", "b"], refresh)] == ["a", "b"]
     cache.results(["a", "b"], refresh)
     assert asked == [["a", "b"]]
     clock.now += 200
@@ -41,7 +44,7 @@ def test_fresh_answers_are_served_without_asking_and_stale_ones_are_asked_again(
 def test_an_unregistered_agent_leaves_the_cache():
     cache = DiscoveryCache(clock=Clock())
     cache.results(["a", "b"], answers)
-    assert [r["host"] for r in cache.results(["b"], answers)] == ["b"]
+    assert [r.host for r in cache.results(["b"], answers)] == ["b"]
 
 
 def test_concurrent_readers_share_one_refresh():

@@ -5,11 +5,19 @@ import json
 import pytest
 
 from ctrlexec.core import report, results
-from ctrlexec.core.results import Failure, Reply
+from ctrlexec.core.results import PING, RUN, AgentReply, Failure, HostResult
 
 
-def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> Reply:
-    return Reply(status, phrase, body.encode() if isinstance(body, str) else body)
+def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> AgentReply:
+    return AgentReply(status, phrase, body.encode() if isinstance(body, str) else body)
+
+
+def run_text(wires: list[dict]) -> str:
+    return report.run_text([HostResult(RUN, wire) for wire in wires])
+
+
+def ping_text(wires: list[dict]) -> str:
+    return report.ping_text([HostResult(PING, wire) for wire in wires])
 
 
 # -- run results ---------------------------------------------------------------
@@ -21,7 +29,7 @@ def test_run_success_is_the_agent_body_plus_host_and_rtt():
         '"reqid":"bcdda31da6596e86"}'
     )
     result = results.run_result("vm", "echo-args", "bcdda31da6596e86", "40ms", ok(body), None, 60)
-    assert result == {
+    assert result.to_wire() == {
         "script": "echo-args",
         "stderr": "",
         "stdout": "hello\ntwo words\n",
@@ -37,45 +45,48 @@ def test_run_error_from_agent_keeps_its_shape_and_gains_reqid():
     result = results.run_result(
         "vm", "x", "r1", "3ms", ok('{"error":"invalid JSON","exit":-1}'), None, 60
     )
-    assert result == {
+    assert result.to_wire() == {
         "error": "invalid JSON",
         "exit": -1,
         "reqid": "r1",
         "host": "vm",
         "rtt": "3ms",
     }
-    assert results.run_failed(result)
+    assert result.failed
 
 
 def test_run_body_naming_another_host_reports_it():
     result = results.run_result(
         "vm", "s", "r", "1ms", ok('{"exit":0,"host":"vm.example"}'), None, 60
     )
-    assert result["host"] == "vm" and result["reported_hostname"] == "vm.example"
+    assert result.wire["host"] == "vm" and result.wire["reported_hostname"] == "vm.example"
     same = results.run_result("vm", "s", "r", "1ms", ok('{"exit":0,"host":"vm"}'), None, 60)
-    assert "reported_hostname" not in same
+    assert "reported_hostname" not in same.wire
 
 
 @pytest.mark.parametrize(
     "reply, error",
     [
         (
-            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
             "forbidden: serial mismatch",
         ),
         (
-            Reply(403, "Forbidden", b'{"error":"certificate revoked"}'),
+            AgentReply(403, "Forbidden", b'{"error":"certificate revoked"}'),
             "forbidden: certificate revoked",
         ),
-        (Reply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
-        (Reply(413, "Content Too Large", b'{"error":"request too large"}'), "request too large"),
-        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
-        (Reply(500, "Internal Server Error", b""), "500 Internal Server Error"),
+        (AgentReply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
+        (
+            AgentReply(413, "Content Too Large", b'{"error":"request too large"}'),
+            "request too large",
+        ),
+        (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+        (AgentReply(500, "Internal Server Error", b""), "500 Internal Server Error"),
     ],
 )
 def test_run_http_failures_use_0_12_strings(reply, error):
     result = results.run_result("vm", "fail", "r9", "5ms", reply, None, 60)
-    assert result == {
+    assert result.to_wire() == {
         "host": "vm",
         "script": "fail",
         "exit": -1,
@@ -88,8 +99,8 @@ def test_run_http_failures_use_0_12_strings(reply, error):
 @pytest.mark.parametrize("body", [b"", b"nope", b"[1,2]", b'"text"', b"\xff\xfe"])
 def test_run_body_that_is_not_a_json_object(body):
     result = results.run_result("vm", "s", "r", "1ms", ok(body), None, 60)
-    assert result["exit"] == -1 and result["error"] == "invalid JSON response"
-    assert result["host"] == "vm" and result["reqid"] == "r"
+    assert result.wire["exit"] == -1 and result.wire["error"] == "invalid JSON response"
+    assert result.wire["host"] == "vm" and result.wire["reqid"] == "r"
 
 
 @pytest.mark.parametrize(
@@ -127,7 +138,7 @@ def test_run_body_that_is_not_a_json_object(body):
 def test_transport_failures_use_0_12_strings(kind, run_text, ping_text):
     failure = Failure(kind, "h.example", 7443)
     run = results.run_result("web", "s", "r", "2ms", None, failure, 60)
-    assert run == {
+    assert run.to_wire() == {
         "host": "web",
         "script": "s",
         "exit": -1,
@@ -136,7 +147,12 @@ def test_transport_failures_use_0_12_strings(kind, run_text, ping_text):
         "reqid": "r",
     }
     ping = results.ping_result("web", "2ms", None, failure, 60)
-    assert ping == {"host": "web", "status": "error", "error": ping_text or run_text, "rtt": "2ms"}
+    assert ping.to_wire() == {
+        "host": "web",
+        "status": "error",
+        "error": ping_text or run_text,
+        "rtt": "2ms",
+    }
 
 
 @pytest.mark.parametrize("kind", results.KINDS)
@@ -154,7 +170,7 @@ def test_ping_success_adds_rtt_and_keeps_the_agent_fields():
         '"status":"ok","expiry":"Feb 24 12:58:55 2029 GMT"}'
     )
     result = results.ping_result("vm", "69ms", ok(body), None, 60)
-    assert result == {
+    assert result.to_wire() == {
         "host": "vm",
         "staged": False,
         "version": "0.12.3",
@@ -163,14 +179,14 @@ def test_ping_success_adds_rtt_and_keeps_the_agent_fields():
         "expiry": "Feb 24 12:58:55 2029 GMT",
         "rtt": "69ms",
     }
-    assert not results.ping_failed(result)
+    assert not result.failed
 
 
 def test_ping_agent_with_another_name():
     result = results.ping_result(
         "web-01", "1ms", ok('{"host":"web-01.lan","status":"ok"}'), None, 60
     )
-    assert result["host"] == "web-01" and result["reported_hostname"] == "web-01.lan"
+    assert result.wire["host"] == "web-01" and result.wire["reported_hostname"] == "web-01.lan"
 
 
 @pytest.mark.parametrize(
@@ -178,15 +194,15 @@ def test_ping_agent_with_another_name():
     [
         (ok("{"), "invalid JSON"),
         (
-            Reply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+            AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
             "forbidden: serial mismatch",
         ),
-        (Reply(413, "Content Too Large", b""), "request too large"),
-        (Reply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+        (AgentReply(413, "Content Too Large", b""), "request too large"),
+        (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
     ],
 )
 def test_ping_failures_have_no_reqid(reply, error):
-    assert results.ping_result("vm", "1ms", reply, None, 60) == {
+    assert results.ping_result("vm", "1ms", reply, None, 60).to_wire() == {
         "host": "vm",
         "status": "error",
         "error": error,
@@ -205,14 +221,14 @@ def test_rtt_text(seconds, text):
     "value, failed", [(0, False), (1, True), (-1, True), (None, True), ("0", True), (True, True)]
 )
 def test_only_an_integer_zero_exit_succeeds(value, failed):
-    assert results.run_failed({"exit": value}) is failed
+    assert HostResult(RUN, {"exit": value}).failed is failed
 
 
 # -- text ----------------------------------------------------------------------
 
 
 def test_run_text_is_0_12s_layout():
-    text = report.run_text(
+    text = run_text(
         [
             {
                 "host": "vm",
@@ -252,7 +268,7 @@ def test_run_text_is_0_12s_layout():
 
 
 def test_run_text_shows_a_reported_hostname_and_defuses_control_characters():
-    text = report.run_text(
+    text = run_text(
         [
             {
                 "host": "vm",
@@ -269,7 +285,7 @@ def test_run_text_shows_a_reported_hostname_and_defuses_control_characters():
 
 
 def test_ping_table_is_0_12s_layout_with_errors_underneath():
-    text = report.ping_text(
+    text = ping_text(
         [
             {
                 "host": "vm",
@@ -332,25 +348,25 @@ def test_summary_text_tells_failures_from_unreachable_hosts():
     timed_out = {"host": "e", "exit": -1, "error": "read timeout after 60s"}
     results_ = [ok, failed, refused, denied, timed_out]
     assert (
-        report.summary_text(results_, results.run_failed, 5.25)
+        report.summary_text([HostResult(RUN, r) for r in results_], 5.25)
         == "1 ok, 2 failed, 2 unreachable in 5.2 s"
     )
 
 
 def test_results_serialise_as_json():
     result = results.run_result("vm", "s", "r", "1ms", ok('{"exit":0,"stdout":"é"}'), None, 60)
-    assert json.loads(json.dumps(result)) == result
+    assert json.loads(json.dumps(result.to_wire())) == result.to_wire()
 
 
 def test_an_async_refusal_passes_the_agent_answer_through_with_exit():
     """0.12 clients read `exit` from a refused async submission."""
-    refusal = Reply(
+    refusal = AgentReply(
         200,
         "OK",
         b'{"script":"nope","exit":-1,"error":"script not permitted","reqid":"r1"}',
     )
     result = results.async_submit_result("vm", "nope", "r1", "3ms", refusal, None, 60)
-    assert result == {
+    assert result.to_wire() == {
         "host": "vm",
         "script": "nope",
         "exit": -1,
@@ -365,18 +381,18 @@ def test_an_async_refusal_passes_the_agent_answer_through_with_exit():
     "reply,failure,status,error",
     [
         (
-            Reply(409, "Conflict", b'{"status":"busy","error":"script already running"}'),
+            AgentReply(409, "Conflict", b'{"status":"busy","error":"script already running"}'),
             None,
             "busy",
             "script already running",
         ),
-        (Reply(403, "Forbidden", b'{"error":"serial mismatch"}'), None, "error", None),
+        (AgentReply(403, "Forbidden", b'{"error":"serial mismatch"}'), None, "error", None),
         (None, Failure(results.REFUSED, "10.0.0.1", 7443), "error", None),
     ],
 )
 def test_other_async_submission_failures_keep_0_12_s_small_shape(reply, failure, status, error):
     result = results.async_submit_result("vm", "s", "r1", "3ms", reply, failure, 60)
-    assert set(result) == {"host", "script", "status", "error", "rtt", "reqid"}
-    assert result["status"] == status
+    assert set(result.wire) == {"host", "script", "status", "error", "rtt", "reqid"}
+    assert result.wire["status"] == status
     if error is not None:
-        assert result["error"] == error
+        assert result.wire["error"] == error

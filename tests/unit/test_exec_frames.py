@@ -88,14 +88,22 @@ def test_random_bodies_never_escape_as_other_errors():
             pass
 
 
-def test_response_stream_in_any_split():
-    out = b"x" * (ef.MAX_CHUNK + 10)
+@pytest.mark.parametrize(
+    "size, steps",
+    [
+        (10, (1, 2, 3)),  # every byte boundary of every record
+        (ef.MAX_CHUNK + 10, (5, 4096, None)),  # output split over two records
+    ],
+)
+def test_response_stream_in_any_split(size, steps):
+    out = b"x" * size
     data = (
         ef.encode_output(ef.KIND_STDOUT, out)
         + ef.encode_output(ef.KIND_STDERR, b"warn\n")
         + ef.encode_end(ef.ExecEnd(3, True, ("stderr",), 7))
     )
-    for step in (1, 5, 4096, len(data)):
+    for step in steps:
+        step = step or len(data)
         parser = ef.ResponseParser(1_000_000)
         end = None
         for start in range(0, len(data), step):

@@ -7,14 +7,13 @@ from ctrlexec.core.http import (
     MAX_LINE,
     MAX_RESPONSE_BODY,
     MAX_RESPONSE_HEADER_LINES,
-    FramingError,
-    IncompleteMessage,
     Request,
     RequestReader,
     ResponseReader,
     State,
     response_bytes,
 )
+from ctrlexec.errors import FramingError, IncompleteMessage
 
 LWP_RUN = (
     b"POST /run HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"

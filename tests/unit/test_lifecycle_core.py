@@ -7,6 +7,7 @@ import json
 import pytest
 
 from ctrlexec.core import lifecycle
+from ctrlexec.core.results import PING, HostResult
 from ctrlexec.core.timefmt import openssl_notafter, parse_iso_utc
 
 NOW = 1_800_000_000.0
@@ -37,11 +38,15 @@ def test_renewal_never_due_without_a_readable_expiry(expiry):
 
 def test_ping_wants_renewal_skips_staged_and_failed():
     expiry = openssl_notafter(NOW + 10 * DAY)
-    assert lifecycle.ping_wants_renewal({"status": "ok", "expiry": expiry}, NOW, None)
+
+    def ping(**wire):
+        return HostResult(PING, wire)
+
+    assert lifecycle.ping_wants_renewal(ping(status="ok", expiry=expiry), NOW, None)
     assert not lifecycle.ping_wants_renewal(
-        {"status": "ok", "expiry": expiry, "staged": True}, NOW, None
+        ping(status="ok", expiry=expiry, staged=True), NOW, None
     )
-    assert not lifecycle.ping_wants_renewal({"status": "error", "expiry": expiry}, NOW, None)
+    assert not lifecycle.ping_wants_renewal(ping(status="error", expiry=expiry), NOW, None)
 
 
 @pytest.mark.parametrize(

@@ -6,13 +6,28 @@ from __future__ import annotations
 import pytest
 
 from ctrlexec.core import report, run_record
+from ctrlexec.core.results import FETCH, RUN, SUBMIT, HostResult
 
 SUBMITTED = [
-    {"host": "a", "script": "s", "status": "accepted", "reqid": "r", "rtt": "1ms"},
-    {"host": "b", "script": "s", "status": "busy", "error": "script already running"},
-    {"host": "c", "script": "s", "exit": -1, "error": "odd"},
-    {"host": "d", "script": "s", "status": "accepted"},
+    HostResult(SUBMIT, wire)
+    for wire in (
+        {"host": "a", "script": "s", "status": "accepted", "reqid": "r", "rtt": "1ms"},
+        {"host": "b", "script": "s", "status": "busy", "error": "script already running"},
+        {"host": "c", "script": "s", "exit": -1, "error": "odd"},
+        {"host": "d", "script": "s", "status": "accepted"},
+    )
 ]
+
+
+def merge(record: dict, answers: dict[str, dict]) -> bool:
+    """merge_fetched with `/result` answers given as their wire objects."""
+    return run_record.merge_fetched(
+        record, {name: HostResult(FETCH, wire) for name, wire in answers.items()}
+    )
+
+
+def ran(*wires: dict) -> list[HostResult]:
+    return [HostResult(RUN, wire) for wire in wires]
 
 
 def test_async_record():
@@ -38,7 +53,7 @@ def test_async_record():
 def test_merge_transitions():
     record = run_record.async_record("r", "s", SUBMITTED, 100)
     record["hosts"]["d"]["fetch_error"] = "earlier"
-    changed = run_record.merge_fetched(
+    changed = merge(
         record,
         {
             "a": {
@@ -59,19 +74,19 @@ def test_merge_transitions():
     assert record["hosts"]["b"]["status"] == "busy"
     assert record["hosts"]["d"] == {"status": "running"}
     assert record["pending"] == ["d"] and record["complete"] is False
-    assert not run_record.merge_fetched(record, {"d": {"status": "running"}})
-    assert run_record.merge_fetched(record, {"d": {"status": "error", "error": "refused"}})
+    assert not merge(record, {"d": {"status": "running"}})
+    assert merge(record, {"d": {"status": "error", "error": "refused"}})
     assert record["hosts"]["d"] == {"status": "running", "fetch_error": "refused"}
-    run_record.merge_fetched(record, {"d": {"status": "something-new"}})
+    merge(record, {"d": {"status": "something-new"}})
     assert record["hosts"]["d"]["fetch_error"] == "fetch failed"
-    run_record.merge_fetched(record, {"d": {"status": "unknown", "reqid": "r"}})
+    merge(record, {"d": {"status": "unknown", "reqid": "r"}})
     assert record["hosts"]["d"] == {"status": "expired"}
     assert record["complete"] is True and record["pending"] == []
 
 
 def test_interrupted_is_kept():
     record = run_record.async_record("r", "s", SUBMITTED[:1], 1)
-    run_record.merge_fetched(
+    merge(
         record,
         {
             "a": {
@@ -106,16 +121,16 @@ def test_host_failed(entry, failed):
 
 
 def test_sync_failures():
-    ok = run_record.sync_record("r", "s", ["a"], [{"host": "a", "exit": 0}], 5)
+    ok = run_record.sync_record("r", "s", ["a"], ran({"host": "a", "exit": 0}), 5)
     assert ok["complete"] is True and not run_record.any_failed(ok)
     assert "submitter" not in ok
-    bad = run_record.sync_record("r", "s", ["a"], [{"host": "a", "exit": 0}, {"exit": -1}], 5)
+    bad = run_record.sync_record("r", "s", ["a"], ran({"host": "a", "exit": 0}, {"exit": -1}), 5)
     assert run_record.any_failed(bad)
 
 
 def test_status_text():
     record = run_record.async_record("0123", "s", SUBMITTED, 1)
-    run_record.merge_fetched(
+    merge(
         record,
         {
             "a": {"status": "done", "exit": 1, "stdout": "out\n", "stderr": "err\n"},
@@ -133,7 +148,7 @@ def test_status_text():
         "0123",
         "s",
         ["a"],
-        [{"host": "a", "exit": 0, "rtt": "3ms", "reqid": "0123", "stdout": "hi\n"}],
+        ran({"host": "a", "exit": 0, "rtt": "3ms", "reqid": "0123", "stdout": "hi\n"}),
         1,
     )
     assert report.status_text(sync) == (

@@ -8,7 +8,8 @@ import json
 import pytest
 
 from ctrlexec.core import api_wire
-from ctrlexec.core.selection import SelectionError, is_pattern, parse_tag, select
+from ctrlexec.core.selection import is_pattern, parse_tag, select
+from ctrlexec.errors import SelectionError
 
 AGENTS = {
     "web-01": {"env": "prod", "role": "web"},
@@ -105,4 +106,4 @@ def test_api_select_field():
 def test_api_select_field_refusals(body):
     with pytest.raises(api_wire.ApiError) as refused:
         api_wire.parse_run(json.dumps(body).encode())
-    assert refused.value.reply.status == 400
+    assert api_wire.error_reply(refused.value).status == 400

@@ -2,6 +2,7 @@
 
 from ctrlexec.agent import trust
 from ctrlexec.core import x509 as der
+from ctrlexec.core.serial import Serial
 from ctrlexec.dispatcher.registry import Registry
 from tests.support import testpki
 
@@ -14,6 +15,6 @@ def test_installed_files_read_back(tmp_path):
     assert trust.load_map(layout.trusted_dispatchers) == {dispatcher.serial_key: "test-dispatcher"}
     assert oct(layout.agent_key.stat().st_mode & 0o777) == "0o600"
     facts = der.facts_from_pem(layout.agent_cert.read_text())
-    assert facts.serial == agent.serial
+    assert facts.serial == Serial(agent.serial)
     testpki.register_agent(tmp_path, "web-01", 17443, agent, dispatcher)
     assert Registry(layout.registry_dir).get("web-01")["port"] == 17443
