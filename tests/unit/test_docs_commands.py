@@ -134,6 +134,11 @@ EXECUTED: dict[str, list[tuple[str, str]]] = {
         ("tests/integration/test_release_build.py", '"CTRL_EXEC_WHEEL_CACHE": str(WHEEL_CACHE)'),
     ],
     ".venv/bin/python -m pytest": [(".ci/run", ".venv/bin/python -m pytest")],
+    # Selections of the suite .ci/run runs whole:
+    ".venv/bin/python -m pytest tests/unit tests/hostile -q": [
+        (".ci/run", ".venv/bin/python -m pytest")
+    ],
+    '.venv/bin/python -m pytest -m "not slow" -q': [(".ci/run", ".venv/bin/python -m pytest")],
     ".venv/bin/python -m pytest tests/unit -q": [
         ("tests/integration/test_readme_setup.py", "tests/unit"),
     ],
