@@ -13,11 +13,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 from . import log
 from .core import admission
-from .netio import interrupt
+from .netio import abort, interrupt
 
 
 class Connections:
@@ -41,6 +41,37 @@ class Connections:
         if victim is not None:
             log.event("conn-evict", log.INFO, PEER=arrival.evicted_address)
             interrupt(victim)
+
+    def start(
+        self,
+        key: int,
+        conn: socket.socket,
+        ip: str,
+        serve: Callable[[socket.socket, str, int], None],
+        overload: Callable[[str], None],
+        thread_name: str,
+    ) -> None:
+        """Count a just-accepted connection and serve it on a thread of its
+        own (`serve(conn, ip, key)`, which must call `leave(key)` at its
+        end). Without a descriptor for the duplicate or a thread, the
+        connection is closed unanswered and `overload("descriptors")` or
+        `overload("threads")` logs why."""
+        try:
+            handle = conn.dup()
+        except OSError:
+            overload("descriptors")
+            abort(conn)
+            return
+        self.arrive(key, ip, handle)
+        try:
+            thread = threading.Thread(
+                target=serve, args=(conn, ip, key), daemon=True, name=thread_name
+            )
+            thread.start()
+        except RuntimeError:
+            self.leave(key)
+            overload("threads")
+            abort(conn)
 
     def leave(self, key: Hashable) -> None:
         """The connection's thread ends (or never started)."""

@@ -218,22 +218,21 @@ class AgentServer:
             if blocked:
                 _abort(conn)
                 return
-        key = next(self._keys)
-        try:
-            handle = conn.dup()
-        except OSError:  # out of descriptors: same as overload
-            log.event("overload", log.WARNING, PEER=ip, REASON="descriptors")
-            _abort(conn)
-            return
-        self.connections.arrive(key, ip, handle)
-        try:
-            threading.Thread(
-                target=self._connection, args=(conn, ip, key), daemon=True, name=f"conn-{ip}"
-            ).start()
-        except RuntimeError:  # no thread could be started: same as overload
-            self.connections.leave(key)
-            log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
-            _abort(conn)
+        self.connections.start(
+            next(self._keys), conn, ip, self._connection, self._overload(ip), f"conn-{ip}"
+        )
+
+    def _overload(self, ip: str) -> Callable[[str], None]:
+        """How a connection refused for lack of descriptors or threads is
+        logged (the same ACTION as a full house)."""
+
+        def overload(reason: str) -> None:
+            if reason == "descriptors":
+                log.event("overload", log.WARNING, PEER=ip, REASON=reason)
+            else:
+                log.event("overload", log.WARNING, PEER=ip, MAX=self.max_children)
+
+        return overload
 
     def _unauthenticated(self, ip: str) -> None:
         """A connection from `ip` ended without a trusted identity."""

@@ -168,22 +168,13 @@ class ApiServer:
         accept_pending(listener, self._admit)
 
     def _admit(self, conn: socket.socket, ip: str) -> None:
-        key = next(self._keys)
-        try:
-            handle = conn.dup()
-        except OSError:  # out of descriptors: same as overload
-            log.event("api-overload", log.WARNING, PEER=ip, REASON="descriptors")
-            abort(conn)
-            return
-        self.connections.arrive(key, ip, handle)
-        try:
-            threading.Thread(
-                target=self._connection, args=(conn, ip, key), daemon=True, name=f"api-{ip}"
-            ).start()
-        except RuntimeError:  # no thread could be started
-            self.connections.leave(key)
-            log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
-            abort(conn)
+        def overload(reason: str) -> None:
+            if reason == "descriptors":
+                log.event("api-overload", log.WARNING, PEER=ip, REASON=reason)
+            else:
+                log.event("api-overload", log.WARNING, PEER=ip, MAX=self.max_children)
+
+        self.connections.start(next(self._keys), conn, ip, self._connection, overload, f"api-{ip}")
 
     # --- one connection ----------------------------------------------------
 

@@ -602,26 +602,16 @@ class Engine:
         result = results.run_result(
             target.name, script, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if reply is not None and reply.ok and result.error != results.REQID_MISMATCH:
-            log.event(
-                "run",
-                log.INFO,
-                SCRIPT=script,
-                TARGET=target.label,
-                EXIT=result.exit_code,
-                RTT=rtt,
-                REQID=reqid,
-            )
-        else:
-            log.event(
-                "run",
-                log.ERR,
-                SCRIPT=script,
-                TARGET=target.label,
-                ERROR=result.error,
-                RTT=rtt,
-                REQID=reqid,
-            )
+        answered = reply is not None and reply.ok and result.error != results.REQID_MISMATCH
+        _log_host(
+            "run",
+            {"EXIT": result.exit_code} if answered else None,
+            result.error,
+            SCRIPT=script,
+            TARGET=target.label,
+            RTT=rtt,
+            REQID=reqid,
+        )
         return result
 
     def _stream(
@@ -700,18 +690,15 @@ class Engine:
             target.name, rtt, reply, failure, self.settings.read_timeout
         )
         scripts = result.wire.get("scripts")
-        if result.status == "ok" and isinstance(scripts, list):
-            log.event(
-                "capabilities",
-                log.INFO,
-                TARGET=target.label,
-                SCRIPTS=len(scripts),
-                RTT=rtt,
-            )
-        else:
-            log.event(
-                "capabilities", log.ERR, TARGET=target.label, ERROR=result.text("error"), RTT=rtt
-            )
+        _log_host(
+            "capabilities",
+            {"SCRIPTS": len(scripts)}
+            if isinstance(scripts, list) and result.status == "ok"
+            else None,
+            result.text("error"),
+            TARGET=target.label,
+            RTT=rtt,
+        )
         return result
 
     def _fetch_one(self, context: ssl.SSLContext, target: Target, reqid: str) -> results.HostResult:
@@ -719,24 +706,14 @@ class Engine:
         result = results.fetch_result(
             target.name, reqid, rtt, reply, failure, self.settings.read_timeout
         )
-        if result.status == "error":
-            log.event(
-                "result",
-                log.ERR,
-                TARGET=target.label,
-                ERROR=result.text("error"),
-                RTT=rtt,
-                REQID=reqid,
-            )
-        else:
-            log.event(
-                "result",
-                log.INFO,
-                TARGET=target.label,
-                STATUS=result.wire.get("status"),
-                RTT=rtt,
-                REQID=reqid,
-            )
+        _log_host(
+            "result",
+            None if result.status == "error" else {"STATUS": result.wire.get("status")},
+            result.text("error"),
+            TARGET=target.label,
+            RTT=rtt,
+            REQID=reqid,
+        )
         return result
 
     def _cache_tags(self, name: str, tags: dict) -> None:
@@ -765,18 +742,24 @@ class Engine:
         result = results.ping_result(
             target.name, rtt, reply, failure, self.settings.read_timeout, reqid
         )
-        if result.failed:
-            log.event(
-                "ping",
-                log.ERR,
-                TARGET=target.label,
-                ERROR=result.text("error"),
-                RTT=rtt,
-                REQID=reqid,
-            )
-        else:
-            log.event("ping", log.INFO, TARGET=target.label, RESULT="ok", RTT=rtt, REQID=reqid)
+        _log_host(
+            "ping",
+            None if result.failed else {"RESULT": "ok"},
+            result.text("error"),
+            TARGET=target.label,
+            RTT=rtt,
+            REQID=reqid,
+        )
         return result
+
+
+def _log_host(action: str, success: dict | None, error: object, **fields: object) -> None:
+    """One host's outcome: INFO with the `success` fields, or ERR with its
+    error when `success` is None."""
+    if success is not None:
+        log.event(action, log.INFO, **success, **fields)
+    else:
+        log.event(action, log.ERR, ERROR=error, **fields)
 
 
 def lock_holder(reqid: str, caller: str, username: str, now: float, user: str) -> dict:
