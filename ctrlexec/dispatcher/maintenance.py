@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .. import log
 from ..core import results
@@ -25,6 +26,9 @@ from . import renewal, rotation
 from .engine import Engine
 from .fanout import fan_out
 from .runstore import RunStore
+
+if TYPE_CHECKING:
+    from ..state.interface import Leader
 
 PHASES = ("ping", "rotate", "broadcast", "expire", "purge")
 
@@ -161,13 +165,32 @@ def maintain_once(engine: Engine, settings, runs_dir) -> Summary:
 
 class MaintenanceLoop:
     """`maintain` at start and then every `cert_check_interval` seconds, on a
-    daemon thread, until `stop()`."""
+    daemon thread, until `stop()`.
 
-    def __init__(self, engine: Engine, settings, runs_dir, interval: float | None = None):
+    Dispatchers sharing one database: the pass runs on the node holding the
+    maintenance lease. The others try to take it every `fleet_sync_interval`
+    seconds (at most every pass interval), so when the holder dies, a
+    survivor takes over within one of those rounds, logs `maintain
+    LEASE=taken` and runs a pass at once; they log `maintain SKIPPED=...`
+    once per pass interval. The holder checks its lease as often, so a lease
+    lost with its database session (a failover) is taken again."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings,
+        runs_dir,
+        interval: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.engine = engine
         self.settings = settings
         self.runs_dir = runs_dir
         self.interval = float(interval or settings.cert_check_interval)
+        self.shared = engine.state is not None and engine.state.kind != "files"
+        retry = float(getattr(settings, "fleet_sync_interval", self.interval))
+        self.retry = min(retry, self.interval) if self.shared else self.interval
+        self.clock = clock
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.passes = 0
@@ -178,19 +201,33 @@ class MaintenanceLoop:
         return self
 
     def _run(self) -> None:
-        # Several dispatchers sharing one database: one pass at a time, by
-        # whichever node holds the lease (the file backend always does).
         leader = self.engine.state.leader("maintenance") if self.engine.state else None
+        leading = False
+        due = self.clock()  # the first pass (or SKIPPED line) at once
         while not self._stop.is_set():
-            try:
-                if leader is None or leader.try_acquire():
-                    maintain(self.engine, self.settings, self.runs_dir)
-                else:
-                    log.event("maintain", log.INFO, SKIPPED="another node leads")
-            except Exception as exc:
-                log.event("maintain", log.ERR, PHASE="loop", ERROR=f"{type(exc).__name__}: {exc}")
-            self.passes += 1
-            self._stop.wait(self.interval)
+            due, leading = self.step(leader, leading, due)
+            self._stop.wait(max(0.0, min(self.retry, due - self.clock())))
+
+    def step(self, leader: Leader | None, leading: bool, due: float) -> tuple[float, bool]:
+        """One wake-up: take or check the lease, run the pass when it is due
+        (or at once on taking the lease). Returns the next due time and
+        whether this node leads."""
+        now = self.clock()
+        try:
+            held = leader is None or leader.try_acquire()
+            if held and (not leading or now >= due):
+                if self.shared and not leading:
+                    log.event("maintain", log.INFO, LEASE="taken")
+                maintain(self.engine, self.settings, self.runs_dir)
+                self.passes += 1
+                return now + self.interval, True
+            if not held and now >= due:
+                log.event("maintain", log.INFO, SKIPPED="another node leads")
+                return now + self.interval, False
+            return due, held
+        except Exception as exc:
+            log.event("maintain", log.ERR, PHASE="loop", ERROR=f"{type(exc).__name__}: {exc}")
+            return (now + self.interval if now >= due else due), False
 
     def stop(self) -> None:
         self._stop.set()

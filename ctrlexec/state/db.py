@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
+import select
 import ssl
 import stat
 import threading
@@ -41,11 +42,19 @@ ACQUIRE_WAIT = 30.0
 STATEMENT_TIMEOUT_MS = 30_000
 READ_MARGIN = 15.0
 MAX_PASSWORD_BYTES = 1024
+MAX_CA_BYTES = 1 << 20
 
 
-def read_password(path: str | None, dsn: Dsn, user: str, env: Mapping[str, str]) -> str | None:
+def read_password(
+    path: str | None,
+    dsn: Dsn,
+    user: str,
+    env: Mapping[str, str],
+    server: tuple[str, int] | None = None,
+) -> str | None:
     """The password: from `path` (state_password_file), else PGPASSWORD,
-    else PGPASSFILE or ~/.pgpass; None when none applies."""
+    else PGPASSFILE or ~/.pgpass (for `server`, one of the host list's);
+    None when none applies."""
     if path:
         return _read_secret_file(Path(path)).splitlines()[0].rstrip("\r")
     if env.get("PGPASSWORD"):
@@ -57,7 +66,7 @@ def read_password(path: str | None, dsn: Dsn, user: str, env: Mapping[str, str])
         if env.get("PGPASSFILE"):
             raise
         return None
-    return pgpass_lookup(text, dsn, user)
+    return pgpass_lookup(text, dsn, user, server)
 
 
 def _read_secret_file(path: Path) -> str:
@@ -96,7 +105,11 @@ class Database:
         self.dsn = dsn
         env = dict(os.environ) if env is None else env
         self.user = dsn.user or env.get("PGUSER") or getpass.getuser()
-        self._password = read_password(password_file, dsn, self.user, env)
+        self._passwords = {
+            server: read_password(password_file, dsn, self.user, env, server)
+            for server in dsn.servers
+        }
+        self._ssl_context = tls_context(dsn)
         self._application_name = application_name
         self._idle: list[Any] = []
         self._lock = threading.Lock()
@@ -108,7 +121,8 @@ class Database:
     # -- connections ----------------------------------------------------------
 
     def open(self) -> Any:
-        """A new connection (pg8000.native.Connection); StateError if none."""
+        """A new connection (pg8000.native.Connection) to the first server of
+        the host list that accepts writes; StateError if none does."""
         try:
             import pg8000.native  # only here: the PostgreSQL backend is configured
         except ImportError:
@@ -118,32 +132,52 @@ class Database:
                 "pip install 'ctrl-exec[postgresql]')"
             ) from None
 
+        failures = []
+        for server in self.dsn.servers:
+            try:
+                return self._open_one(pg8000.native, server)
+            except (TimeoutError, pg8000.native.Error, OSError) as exc:
+                failures.append((server, _reason(exc)))
+            except _ReadOnly:
+                failures.append((server, "a read-only server (a standby), not the primary"))
+        if len(failures) == 1:
+            raise StateError(f"cannot connect to PostgreSQL at {self.describe()}: {failures[0][1]}")
+        tried = "; ".join(f"{_where(*server)}: {why}" for server, why in failures)
+        raise StateError(
+            f"cannot connect to PostgreSQL (database {self.dsn.database}): "
+            f"no server of the host list accepts writes ({tried})"
+        )
+
+    def _open_one(self, driver: Any, server: tuple[str, int]) -> Any:
+        host, port = server
         kwargs: dict[str, Any] = {
             "user": self.user,
             "database": self.dsn.database,
             "timeout": self.dsn.connect_timeout,
             "application_name": self._application_name,
+            # False: no TLS at all (the driver would otherwise try it
+            # unverified, which is neither disable nor require).
+            "ssl_context": self._ssl_context if self._ssl_context is not None else False,
         }
-        if self._password is not None:
-            kwargs["password"] = self._password
-        if self.dsn.unix_socket:
-            kwargs["unix_sock"] = self.dsn.unix_socket
+        password = self._passwords.get(server)
+        if password is not None:
+            kwargs["password"] = password
+        if host.startswith("/"):
+            kwargs["unix_sock"] = f"{host.rstrip('/')}/.s.PGSQL.{port}"
         else:
-            kwargs["host"] = self.dsn.host
-            kwargs["port"] = self.dsn.port
-            if self.dsn.sslmode != "disable":
-                context = ssl.create_default_context()
-                if self.dsn.sslmode == "require":
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                kwargs["ssl_context"] = context
+            kwargs["host"] = host
+            kwargs["port"] = port
+        conn = driver.Connection(**kwargs)
         try:
-            conn = pg8000.native.Connection(**kwargs)
             conn.run(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        except (TimeoutError, pg8000.native.Error, OSError) as exc:
-            raise StateError(
-                f"cannot connect to PostgreSQL at {self.describe()}: {_reason(exc)}"
-            ) from None
+            # What libpq's target_session_attrs=read-write checks: after a
+            # failover the old primary may come back as a standby.
+            if conn.run("SHOW transaction_read_only")[0][0] != "off":
+                raise _ReadOnly()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise
         # The connect timeout also bounds every later read of the socket;
         # a statement may legitimately wait up to the server's statement
         # timeout (a blocking advisory lock), so reads wait a little longer
@@ -163,11 +197,22 @@ class Database:
             self._slots.release()
             raise
 
+    def _take_idle(self) -> Any:
+        """An idle connection the server has not closed meanwhile, or None.
+        A server that stopped or failed over has sent its sessions an error
+        and closed them: every idle connection has something to read, and
+        is dropped here rather than failing the next request."""
+        while True:
+            with self._lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None or not conn.closed_by_server():
+                return conn
+            conn.close()
+
     @contextlib.contextmanager
     def connection(self) -> Iterator[Any]:
         """A pooled connection for short statements."""
-        with self._lock:
-            conn = self._idle.pop() if self._idle else None
+        conn = self._take_idle()
         if conn is None:
             conn = self.dedicated()
         broken = False
@@ -228,6 +273,18 @@ class _Counted:
         except (TimeoutError, pg8000.native.Error, OSError) as exc:
             raise StateError(f"PostgreSQL: {_reason(exc)}") from None
 
+    def closed_by_server(self) -> bool:
+        """Whether an idle connection has anything to read (an idle session
+        is sent nothing but its end: an error, a close, an EOF)."""
+        sock = getattr(self._conn, "_usock", None)
+        if sock is None:
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable)
+
     def healthy(self) -> bool:
         try:
             self._conn.run("SELECT 1")
@@ -243,14 +300,66 @@ class _Counted:
             self._slots = None
 
 
+class _ReadOnly(Exception):
+    """The server accepts no writes (a standby)."""
+
+
+def _where(host: str, port: int) -> str:
+    if host.startswith("/"):
+        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tls_context(dsn: Dsn) -> ssl.SSLContext | None:
+    """The TLS context of `sslmode` (None: disable). `verify-full` checks the
+    certificate chain and the host name against `sslrootcert` when given,
+    else the system CA store. A CA file that cannot be used is a
+    configuration error (exit 78), found when the backend is opened."""
+    if dsn.sslmode == "disable":
+        return None
+    if dsn.sslmode == "require":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if dsn.sslrootcert is None:
+        return ssl.create_default_context()
+    try:
+        fd = os.open(dsn.sslrootcert, os.O_RDONLY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"sslrootcert {dsn.sslrootcert} is not a regular file")
+            pem = handle.read(MAX_CA_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read sslrootcert {dsn.sslrootcert}: {exc.strerror}") from None
+    if len(pem) > MAX_CA_BYTES:
+        raise ConfigError(f"sslrootcert {dsn.sslrootcert} is larger than {MAX_CA_BYTES} bytes")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies chain and name
+    try:
+        context.load_verify_locations(cadata=pem.decode("ascii", "replace"))
+    except (ssl.SSLError, ValueError):
+        raise ConfigError(f"sslrootcert {dsn.sslrootcert} holds no PEM CA certificate") from None
+    return context
+
+
 def _reason(exc: BaseException) -> str:
     """A driver error as one line: the server's message and SQLSTATE when it
-    sent one, else the exception text (no credentials in either)."""
+    sent one, else the exception text and what caused it (a refused or
+    timed-out connection, a certificate that failed verification); no
+    credentials in any of them."""
     args = getattr(exc, "args", ())
     if args and isinstance(args[0], dict):
         fields = args[0]
         message = str(fields.get("M", "error"))
         code = fields.get("C")
         return f"{message} ({code})" if code else message
-    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS: the server's certificate was refused: {exc.verify_message}"[:300]
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and not str(exc).startswith("Can't create"):
+        text = f"{exc}: {cause.strerror or cause}"
+    elif isinstance(cause, OSError):
+        text = cause.strerror or str(cause) or type(cause).__name__
+    else:
+        text = str(exc) or type(exc).__name__
     return text.splitlines()[0][:300]

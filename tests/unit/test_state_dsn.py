@@ -86,3 +86,47 @@ def test_pgpass():
     socket = parse_dsn("postgresql://ce@/fleet?host=/tmp", {})
     assert pgpass_lookup("localhost:5432:fleet:ce:local\n", socket, "ce") == "local"
     assert pgpass_lookup("db:1:fleet:ce:x\n", dsn, "ce") is None
+
+
+def test_a_host_list_is_tried_in_order():
+    dsn = parse_dsn(
+        "postgresql://ce@pg-a:6432,PG-B,[fd00::5]:7000/fleet?target_session_attrs=read-write",
+        {"PGPORT": "5433"},
+    )
+    assert dsn.servers == (("pg-a", 6432), ("pg-b", 5433), ("fd00::5", 7000))
+    assert (dsn.host, dsn.port) == ("pg-a", 6432)
+    assert dsn.describe() == "pg-a:6432,pg-b:5433,[fd00::5]:7000/fleet"
+    assert dsn.unix_socket is None
+    text = "pg-a:6432:fleet:ce:first\npg-b:5433:fleet:ce:second\n"
+    assert pgpass_lookup(text, dsn, "ce") == "first"
+    assert pgpass_lookup(text, dsn, "ce", ("pg-b", 5433)) == "second"
+
+
+def test_a_port_without_a_host_keeps_the_port():
+    dsn = parse_dsn("postgresql://ce@:6543/fleet", {"PGHOST": "pg1"})
+    assert dsn.servers == (("pg1", 6543),)
+
+
+def test_a_ca_file_for_verify_full():
+    dsn = parse_dsn("postgresql://ce@db/fleet?sslmode=verify-full&sslrootcert=/etc/pg/ca.pem", {})
+    assert dsn.sslmode == "verify-full" and dsn.sslrootcert == "/etc/pg/ca.pem"
+    assert parse_dsn("postgresql://ce@db/fleet", {}).sslrootcert is None
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("postgresql://h/db?sslmode=require&sslrootcert=/ca.pem", "needs sslmode=verify-full"),
+        ("postgresql://h/db?sslrootcert=/ca.pem", "needs sslmode=verify-full"),
+        ("postgresql://h/db?sslmode=verify-full&sslrootcert=ca.pem", "absolute path"),
+        ("postgresql://h/db?target_session_attrs=any", "can only be read-write"),
+        ("postgresql://ce@/db?host=/run/postgresql&sslmode=require", "Unix socket"),
+        ("postgresql://a,,b/db", "host list"),
+        ("postgresql://a,b:0/db", "port out of range"),
+        ("postgresql://" + ",".join("h" * 9) + "/db", "at most 8 hosts"),
+        ("postgresql://a,b/db?host=/run/postgresql,/x", "one host or socket directory"),
+    ],
+)
+def test_tls_and_host_list_refusals(url, message):
+    with pytest.raises(DsnError, match=message):
+        parse_dsn(url, {})
