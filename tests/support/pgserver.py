@@ -9,6 +9,10 @@ that need the server skip with the reason (never a silent pass).
 Login: role `ctrlexec` with a password, SCRAM over TCP (what a deployment
 uses); the superuser `postgres` over the socket (trust) to create and drop
 databases.
+
+For the failure tests, a server of their own: `enable_tls` (a certificate
+from a throwaway CA, `ssl = on`), `standby` (a streaming replica made with
+`pg_basebackup -R`), `halt`, `launch` and `promote`.
 """
 
 from __future__ import annotations
@@ -108,6 +112,90 @@ class PgServer:
         )
         return done.stdout.strip()
 
+    def _own(self, path: Path, data: bytes, mode: int) -> None:
+        user = pwd.getpwnam(OS_USER)
+        path.write_bytes(data)
+        os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(path, mode)
+
+    def _configure(self) -> None:
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.socket_dir}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "max_connections = 200\nshared_buffers = 32MB\n"
+            )
+
+    def launch(self) -> None:
+        """pg_ctl start on the data directory as it is; returns once it accepts."""
+        self._as_postgres(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
+
+    def halt(self, mode: str = "fast") -> None:
+        """pg_ctl stop, keeping the data (`fast`: sessions are told and closed)."""
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
+
+    def promote(self) -> None:
+        """A standby becomes a primary; returns once it accepts writes."""
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
+    def enable_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
+        """ssl = on with this certificate and key (a reload: no restart)."""
+        self._own(self.data / "server.crt", cert_pem, 0o644)
+        self._own(self.data / "server.key", key_pem, 0o600)
+        with (self.data / "postgresql.auto.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+        self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "reload")
+        from tests.support.agentproc import wait_for
+
+        wait = "SELECT 1 FROM pg_settings WHERE name = 'ssl' AND setting = 'on'"
+        wait_for(lambda: self.psql(wait) == "1", 30, "PostgreSQL's ssl = on")
+
+    def standby(self) -> PgServer:
+        """A hot standby of this server, streaming from it over its Unix
+        socket, in a directory and on a port of its own, started."""
+        user = pwd.getpwnam(OS_USER)
+        root = Path(tempfile.mkdtemp(prefix="ctrl-exec-pg-standby-"))
+        replica = PgServer(self.bindir, root, _free_port(), self.password)
+        for path in (root, replica.socket_dir):
+            path.mkdir(mode=0o700, exist_ok=True)
+            os.chown(path, user.pw_uid, user.pw_gid)
+        os.chmod(root, 0o711)
+        os.chmod(replica.socket_dir, 0o755)
+        try:
+            self._as_postgres(
+                str(self.bindir / "pg_basebackup"),
+                "-D",
+                str(replica.data),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                OS_USER,
+            )
+            replica._configure()  # its own port and socket (later lines win)
+            replica.launch()
+        except BaseException:
+            replica.stop()
+            raise
+        return replica
+
     def start(self) -> None:
         user = pwd.getpwnam(OS_USER)
         for path in (self.root, self.socket_dir):
@@ -127,23 +215,8 @@ class PgServer:
             "UTF8",
             "--no-sync",
         )
-        (self.data / "postgresql.auto.conf").write_text(
-            f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
-            f"unix_socket_directories = '{self.socket_dir}'\n"
-            "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-            "max_connections = 200\nshared_buffers = 32MB\n"
-        )
-        self._as_postgres(
-            str(self.bindir / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "server.log"),
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
+        self._configure()
+        self.launch()
         self.psql(f"CREATE ROLE {ROLE} LOGIN PASSWORD '{self.password}'")
 
     def stop(self) -> None:
