@@ -282,8 +282,10 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "str",
         "files",
         "where the dispatcher's shared state lives: 'files' (the state directories) or "
-        "'postgresql://[user@]host[:port]/database' for several dispatchers sharing one "
-        "fleet (no password in the URL: use state_password_file or PGPASSWORD/PGPASSFILE)",
+        "'postgresql://[user@]host[:port][,host2[:port]...]/database' for several dispatchers "
+        "sharing one fleet (a host list is tried in order for the server that accepts writes; "
+        "sslmode=disable|require|verify-full, sslrootcert=/path/ca.pem; no password in the "
+        "URL: use state_password_file or PGPASSWORD/PGPASSFILE)",
         state_backend,
         ours=True,
     ),

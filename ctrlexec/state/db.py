@@ -28,6 +28,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import log
 from ..errors import ConfigError, StateError
 from .dsn import Dsn, pgpass_lookup
 
@@ -112,6 +113,7 @@ class Database:
         self._ssl_context = tls_context(dsn)
         self._application_name = application_name
         self._idle: list[Any] = []
+        self._server: tuple[str, int] | None = None  # the last one that accepted writes
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_OPEN)
 
@@ -135,11 +137,14 @@ class Database:
         failures = []
         for server in self.dsn.servers:
             try:
-                return self._open_one(pg8000.native, server)
+                conn = self._open_one(pg8000.native, server)
             except (TimeoutError, pg8000.native.Error, OSError) as exc:
                 failures.append((server, _reason(exc)))
             except _ReadOnly:
                 failures.append((server, "a read-only server (a standby), not the primary"))
+            else:
+                self._note_server(server)
+                return conn
         if len(failures) == 1:
             raise StateError(f"cannot connect to PostgreSQL at {self.describe()}: {failures[0][1]}")
         tried = "; ".join(f"{_where(*server)}: {why}" for server, why in failures)
@@ -147,6 +152,15 @@ class Database:
             f"cannot connect to PostgreSQL (database {self.dsn.database}): "
             f"no server of the host list accepts writes ({tried})"
         )
+
+    def _note_server(self, server: tuple[str, int]) -> None:
+        """Log when the writable server changes (a followed failover)."""
+        with self._lock:
+            previous, self._server = self._server, server
+        if previous is not None and previous != server:
+            log.event(
+                "state-server", log.WARNING, SERVER=_where(*server), PREVIOUS=_where(*previous)
+            )
 
     def _open_one(self, driver: Any, server: tuple[str, int]) -> Any:
         host, port = server

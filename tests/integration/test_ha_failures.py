@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import os
 import re
 import secrets
 from pathlib import Path
@@ -66,6 +67,8 @@ def stop(*nodes) -> None:
 def own_server():
     """A PostgreSQL server of the test's own (it is stopped or reconfigured)."""
     reason = pgserver.unavailable_reason()
+    if reason and os.environ.get("CTRL_EXEC_REQUIRE_POSTGRESQL"):
+        pytest.fail(f"PostgreSQL is required here (CTRL_EXEC_REQUIRE_POSTGRESQL): {reason}")
     if reason:
         pytest.skip(f"SKIPPED LOUDLY: PostgreSQL tests cannot run: {reason}")
     return pgserver.start_server()
@@ -184,6 +187,8 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         assert "agent-01" in json.dumps(listed)
         shown = dispatcher.ctl.run("ced", "status", reqid, "--json")
         assert "one" in shown.stdout
+        moved = f"PREVIOUS=127.0.0.1:{primary.port} SERVER=127.0.0.1:{standby.port}"
+        assert f"ACTION=state-server {moved}" in dispatcher.ctl.log_text()
         # The maintenance lease went with the old primary's session: taken again.
         wait_for(lambda: dispatcher.ctl.log_text().count(TAKEN) == 2, 30, "the lease retaken")
     finally:

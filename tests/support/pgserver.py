@@ -146,8 +146,12 @@ class PgServer:
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "stop")
 
     def promote(self) -> None:
-        """A standby becomes a primary; returns once it accepts writes."""
+        """A standby becomes a primary; returns once new sessions can write
+        (pg_ctl's wait ends when pg_control says so, a moment before)."""
+        from tests.support.agentproc import wait_for
+
         self._as_postgres(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+        wait_for(lambda: self.psql("SELECT pg_is_in_recovery()") == "f", 30, "the promotion")
 
     def enable_tls(self, cert_pem: bytes, key_pem: bytes) -> None:
         """ssl = on with this certificate and key (a reload: no restart)."""
