@@ -497,10 +497,15 @@ class PgLeader:
         self._conn: Any = None
 
     def try_acquire(self) -> bool:
+        """True while this holder keeps the lease. A lease lost with its
+        session (the server restarted or failed over) answers False once,
+        so the caller knows another node may have led meanwhile; the next
+        call tries to take it again."""
         if self._conn is not None:
             if self._conn.healthy():
                 return True
             self.release()
+            return False
         conn = self.db.dedicated()
         try:
             got = bool(conn.run("SELECT pg_try_advisory_lock(:k)", k=self.key)[0][0])

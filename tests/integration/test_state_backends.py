@@ -29,6 +29,7 @@ from ctrlexec.errors import ConfigError, CtrlExecError, Locked, StateError, Unkn
 from ctrlexec.pki import ca, csr, keys
 from ctrlexec.state import admin, migrations, open_state
 from ctrlexec.store import atomic_write
+from tests.support.agentproc import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = (  # emptied before each PostgreSQL case
@@ -317,7 +318,7 @@ def test_pairing_queue_approve_deny_withdraw(with_ca):
 # -- leader lease and schema ----------------------------------------------------------------
 
 
-def test_one_leader_at_a_time(backend):
+def test_one_leader_at_a_time(backend, request):
     settings, state, layout = backend
     if state.kind == "files":
         assert state.leader("maintenance").try_acquire()  # one host: always leads
@@ -343,6 +344,15 @@ def test_one_leader_at_a_time(backend):
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert here.try_acquire()  # held: asking again keeps it
+    # Its session is cut (a server restart, a failover): the holder is told
+    # once that it lost the lease, then takes it again.
+    server = request.getfixturevalue("pg_server")
+    pid = here._conn.run("SELECT pg_backend_pid()")[0][0]
+    server.psql(f"SELECT pg_terminate_backend({pid})")
+    gone = f"SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"
+    wait_for(lambda: server.psql(gone) == "0", 30, "the session ended")
+    assert not here.try_acquire()
+    assert here.try_acquire()
     here.release()
 
 
