@@ -30,7 +30,7 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError, StateError
-from .dsn import Dsn, pgpass_lookup
+from .dsn import Dsn, pgpass_lookup, where
 
 # Idle connections kept for short statements; more are opened when busy
 # (up to MAX_OPEN) and closed when returned beyond this.
@@ -147,7 +147,7 @@ class Database:
                 return conn
         if len(failures) == 1:
             raise StateError(f"cannot connect to PostgreSQL at {self.describe()}: {failures[0][1]}")
-        tried = "; ".join(f"{_where(*server)}: {why}" for server, why in failures)
+        tried = "; ".join(f"{where(*server)}: {why}" for server, why in failures)
         raise StateError(
             f"cannot connect to PostgreSQL (database {self.dsn.database}): "
             f"no server of the host list accepts writes ({tried})"
@@ -158,9 +158,7 @@ class Database:
         with self._lock:
             previous, self._server = self._server, server
         if previous is not None and previous != server:
-            log.event(
-                "state-server", log.WARNING, SERVER=_where(*server), PREVIOUS=_where(*previous)
-            )
+            log.event("state-server", log.WARNING, SERVER=where(*server), PREVIOUS=where(*previous))
 
     def _open_one(self, driver: Any, server: tuple[str, int]) -> Any:
         host, port = server
@@ -177,7 +175,7 @@ class Database:
         if password is not None:
             kwargs["password"] = password
         if host.startswith("/"):
-            kwargs["unix_sock"] = f"{host.rstrip('/')}/.s.PGSQL.{port}"
+            kwargs["unix_sock"] = where(host, port)
         else:
             kwargs["host"] = host
             kwargs["port"] = port
@@ -318,12 +316,6 @@ class _ReadOnly(Exception):
     """The server accepts no writes (a standby)."""
 
 
-def _where(host: str, port: int) -> str:
-    if host.startswith("/"):
-        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def tls_context(dsn: Dsn) -> ssl.SSLContext | None:
     """The TLS context of `sslmode` (None: disable). `verify-full` checks the
     certificate chain and the host name against `sslrootcert` when given,
@@ -369,10 +361,8 @@ def _reason(exc: BaseException) -> str:
         return f"{message} ({code})" if code else message
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS: the server's certificate was refused: {exc.verify_message}"[:300]
-    cause = exc.__cause__
-    if isinstance(cause, OSError) and not str(exc).startswith("Can't create"):
-        text = f"{exc}: {cause.strerror or cause}"
-    elif isinstance(cause, OSError):
+    cause = exc.__cause__  # the driver wraps socket errors: say what happened
+    if isinstance(cause, OSError):
         text = cause.strerror or str(cause) or type(cause).__name__
     else:
         text = str(exc) or type(exc).__name__

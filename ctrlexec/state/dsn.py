@@ -64,16 +64,19 @@ class Dsn:
     def unix_socket(self) -> str | None:
         """The socket path when `host` is a directory (libpq's rule)."""
         if self.host.startswith("/"):
-            return f"{self.host.rstrip('/')}/.s.PGSQL.{self.port}"
+            return where(self.host, self.port)
         return None
 
     def describe(self) -> str:
         """Where, for messages and logs: no user, no password."""
-        where = self.unix_socket or ",".join(_where(h, p) for h, p in self.servers)
-        return f"{where}/{self.database}"
+        return ",".join(where(h, p) for h, p in self.servers) + f"/{self.database}"
 
 
-def _where(host: str, port: int) -> str:
+def where(host: str, port: int) -> str:
+    """One server as messages name it: `host:port`, `[v6]:port`, or the
+    socket path when `host` is a directory (libpq's rule)."""
+    if host.startswith("/"):
+        return f"{host.rstrip('/')}/.s.PGSQL.{port}"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
