@@ -8,7 +8,9 @@ temporary directories) and real `dispatcher serve` processes from the pyz:
   is promoted): while no server accepts writes the API answers 500
   (`api-error`) and `ced` exits 1 with the reason, never the password;
   after the promotion the same dispatcher serves again without a restart,
-  with the registered agent and the finished run's record;
+  with the registered agent and the finished run's record, and a run that
+  was in progress keeps its script from running twice (the holder record
+  survives, the agent is asked);
 - TLS to the database: `sslmode=require` encrypts (pg_stat_ssl), and
   `verify-full` with the operator's CA (`sslrootcert`) connects, while a
   wrong CA or a wrong host name is refused (exit 1) and an unusable CA file
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +38,7 @@ from tests.support import agentproc, apiproc, pgserver, testpki
 from tests.support.agentproc import wait_for
 
 MAINTAIN = "ACTION=maintain AGENTS="
+SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK)
 TAKEN = "ACTION=maintain LEASE=taken"
 
 
@@ -62,6 +66,20 @@ def stop(*nodes) -> None:
     for one in nodes:
         if one.api is not None and one.api.proc.poll() is None:
             one.api.stop()
+
+
+def in_thread(call):
+    """Start `call` on a thread; the returned function waits for its value."""
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(value=call()), daemon=True)
+    thread.start()
+
+    def result(timeout: float = 60.0):
+        thread.join(timeout)
+        assert not thread.is_alive(), "request did not finish"
+        return box["value"]
+
+    return result
 
 
 def own_server():
@@ -137,9 +155,7 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         dispatcher = node(pyz_for, tmp_path / "node", session_ca, url, password, "node-a")
         dispatcher.ctl.run("ced", "db", "migrate")
         runner = pyz_for(tmp_path / "agent-01")
-        site = agentproc.install_site(
-            session_ca, runner.root, dispatcher.issued, scripts=agentproc.APPENDIX_C_SCRIPTS
-        )
+        site = agentproc.install_site(session_ca, runner.root, dispatcher.issued, scripts=SCRIPTS)
         agent = agentproc.AgentProcess(runner, site).start()
         record = testpki.register_agent(
             tmp_path / "scratch", "agent-01", site.port, site.issued, dispatcher.issued
@@ -159,6 +175,15 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         # the failover starts once the standby has replayed the run's record.
         replayed = f"SELECT count(*) FROM ctrl_exec_runs WHERE reqid = '{reqid}'"
         wait_for(lambda: standby.psql(replayed, "fleet") == "1", 30, "replication")
+        # A run in progress across the failover: its lock goes with the old
+        # primary's session, its holder record is on the standby.
+        gate = tmp_path / "gate"
+        gate.mkdir()
+        block = {"hosts": ["agent-01"], "script": "block", "args": [str(gate)]}
+        blocked = in_thread(lambda: client.post("/run", block))
+        wait_for((gate / "started").exists, 30, "block started")
+        holder = "SELECT count(*) FROM ctrl_exec_lock_holders WHERE script = 'block'"
+        wait_for(lambda: standby.psql(holder, "fleet") == "1", 30, "the holder replicated")
 
         primary.halt("fast")
         down = client.get(f"/status/{reqid}")
@@ -187,6 +212,18 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         assert "agent-01" in json.dumps(listed)
         shown = dispatcher.ctl.run("ced", "status", reqid, "--json")
         assert "one" in shown.stdout
+        # The lock is gone with the old primary, the holder record is not:
+        # the agent is asked, says the script still runs, and the run is refused.
+        refused = client.post("/run", block)
+        assert refused.status == 409, refused.json
+        assert "RESULT=still-running" in dispatcher.ctl.log_text()
+        (gate / "go").touch()
+        first = blocked()
+        assert first.status == 200 and first.json["results"][0]["stdout"].strip() == "released"
+        # It ended: the next run of the script goes ahead.
+        after = client.post("/run", block)
+        assert after.status == 200 and after.json["results"][0]["exit"] == 0, after.json
+        assert "RESULT=ended" in dispatcher.ctl.log_text()
         moved = f"PREVIOUS=127.0.0.1:{primary.port} SERVER=127.0.0.1:{standby.port}"
         assert f"ACTION=state-server {moved}" in dispatcher.ctl.log_text()
         # The maintenance lease went with the old primary's session: taken again.
