@@ -308,7 +308,10 @@ def test_tls_to_the_database(session_ca, pyz_for, tmp_path):
             database = Database(parse_dsn(url, {}), str(password), env={})
             try:
                 query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()"
-                return database.run(query)[0][0]
+                encrypted = database.run(query)[0][0]
+                with database.connection() as idle:  # the pooled session, reused
+                    assert not idle.closed_by_server()
+                return encrypted
             finally:
                 database.close()
 
