@@ -18,7 +18,9 @@ Each logical line is cut at `&&`, `|`, `;` and `$( )` into simple commands:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import importlib
 import io
 import re
@@ -258,6 +260,21 @@ def _variants(words: list[str]) -> list[list[str]]:
     return out
 
 
+@functools.cache
+def _parser(role: str, prog: str) -> argparse.ArgumentParser:
+    """The role's real parser, built once per (role, program name): parsing
+    leaves a parser as it was, and building one is most of this file's time."""
+    module = importlib.import_module(cli_main.ROLES[role][0])
+    if role in ("install", "demo"):
+        return module.build_parser(prog)
+    version = {"ced": "ctrl-exec-dispatcher", "dispatcher": "ctrl-exec-api"}.get(
+        role, f"ctrl-exec-{role}"
+    )
+    return roles.build_parser(
+        prog, version, "", module.TOPICS, module.COMPAT_MODES, getattr(module, "EPILOG", "")
+    )
+
+
 def _parse(argv: list[str]) -> str | None:
     """None when our real parser accepts argv, else why not."""
     name = _program(argv[0])
@@ -275,31 +292,22 @@ def _parse(argv: list[str]) -> str | None:
     if role not in cli_main.ROLES:
         return f"no role {role!r}"
     module = importlib.import_module(cli_main.ROLES[role][0])
-    if role in ("install", "demo"):
-        parser = module.build_parser(prog)
-        head = rest
-    elif role == "doctor":
+    if role == "doctor":
         return None if not rest or rest in (["--json"], ["--help"]) else f"doctor takes {rest}?"
-    else:
-        version = {"ced": "ctrl-exec-dispatcher", "dispatcher": "ctrl-exec-api"}.get(
-            role, f"ctrl-exec-{role}"
+    parser = _parser(role, prog)
+    head = rest
+    if role == "ced":
+        head, _ = module.split_script_args(rest)
+        values = roles.value_options(parser)
+        head = module.operands_last(
+            module.mode_first(head, set(module.COMPAT_MODES), values), values
         )
-        parser = roles.build_parser(
-            prog, version, "", module.TOPICS, module.COMPAT_MODES, getattr(module, "EPILOG", "")
-        )
-        head = rest
-        if role == "ced":
-            head, _ = module.split_script_args(rest)
-            values = roles.value_options(parser)
-            head = module.operands_last(
-                module.mode_first(head, set(module.COMPAT_MODES), values), values
-            )
-        if (
-            role == "dispatcher"
-            and prog == module.API_PROGRAM
-            and not set(rest) & {*module.COMPAT_MODES, "-h", "--help", "--version"}
-        ):
-            head = ["serve", *rest]
+    if (
+        role == "dispatcher"
+        and prog == module.API_PROGRAM
+        and not set(rest) & {*module.COMPAT_MODES, "-h", "--help", "--version"}
+    ):
+        head = ["serve", *rest]
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
