@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,11 +46,80 @@ import fleet_sim  # noqa: E402  (this directory is on sys.path)
 
 from ctrlexec.config.paths import system_layout  # noqa: E402
 from ctrlexec.core import http  # noqa: E402
-from ctrlexec.pki.tls import dispatcher_client_context  # noqa: E402
+from ctrlexec.pki.tls import agent_server_context, dispatcher_client_context  # noqa: E402
 
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a running process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def openssl_ceiling(root: Path, work: Path, seconds: int) -> dict:
+    """What OpenSSL's own C programs cost per mutual-TLS handshake with the
+    same certificates and the agent's ticket setting: `openssl s_time`
+    (one connection at a time, the dispatcher's certificate) against
+    `openssl s_server` (a simulated agent's certificate). The sum of both
+    sides' CPU per handshake bounds the handshakes per second that this
+    machine's cores can do when they play both ends, whatever the language."""
+    if shutil.which("openssl") is None:
+        return {"skipped": "no openssl binary"}
+    layout = system_layout(root)
+    agent_pem = str(work / "agents" / f"{fleet_sim.agent_name(0)}.pem")
+    tickets = agent_server_context(agent_pem, agent_pem, str(work / "ca.pem")).num_tickets
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-quiet", "-num_tickets", str(tickets), "-cert", agent_pem,
+         "-key", agent_pem, "-CAfile", str(work / "ca.pem"), "-Verify", "1",
+         "-accept", f"127.0.0.1:{port}", "-naccept", "1000000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    return {"skipped": "openssl s_server did not start"}
+                time.sleep(0.05)
+        server_cpu = process_cpu(server.pid)
+        client = subprocess.Popen(
+            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-time", str(seconds),
+             "-cert", str(layout.dispatcher_cert), "-key", str(layout.dispatcher_key),
+             "-CAfile", str(layout.ca_cert)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        assert client.stdout is not None
+        out = client.stdout.read()  # s_time stops by itself after `seconds`
+        _, _, usage = os.wait4(client.pid, 0)
+        client.returncode = 0
+        server_cpu = process_cpu(server.pid) - server_cpu
+    finally:
+        server.terminate()
+        server.wait(10)
+    counts = re.findall(r"^(\d+) connections in [\d.]+ real seconds", out, re.M)
+    if not counts:
+        return {"skipped": "openssl s_time gave no count"}
+    handshakes = int(counts[-1])
+    client_ms = (usage.ru_utime + usage.ru_stime) * 1000 / handshakes
+    server_ms = server_cpu * 1000 / handshakes
+    cpus = os.cpu_count() or 1
+    return {
+        "handshakes": handshakes,
+        "tickets_per_handshake": tickets,
+        "client_cpu_ms_each": round(client_ms, 2),
+        "server_cpu_ms_each": round(server_ms, 2),
+        "both_ends_per_second_max": round(cpus * 1000 / (client_ms + server_ms), 1),
+        "load": load(),
+    }
 
 
 class Simulator:
@@ -76,6 +147,10 @@ class Simulator:
             raise SystemExit(f"the simulator did not start: {line!r}")
         self.port = int(line.split(" agents on port ")[1].split()[0])
 
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the simulator has used so far."""
+        return process_cpu(self.process.pid)
+
     def stats(self) -> dict:
         """The simulator's counters, asked for with SIGUSR1."""
         assert self.process.stdout is not None
@@ -91,7 +166,7 @@ class Simulator:
             return {}
 
 
-def floor(root: Path, port: int, agents: int, parallel: int, count: int) -> dict:
+def floor(root: Path, port: int, agents: int, parallel: int, count: int, sim_cpu) -> dict:
     layout = system_layout(root)
     context = dispatcher_client_context(
         str(layout.dispatcher_cert), str(layout.dispatcher_key), str(layout.ca_cert)
@@ -122,6 +197,7 @@ def floor(root: Path, port: int, agents: int, parallel: int, count: int) -> dict
     before = load()
     started = time.perf_counter()
     cpu = time.process_time()
+    sim_before = sim_cpu()
     threads = [threading.Thread(target=loop) for _ in range(parallel)]
     for thread in threads:
         thread.start()
@@ -133,6 +209,7 @@ def floor(root: Path, port: int, agents: int, parallel: int, count: int) -> dict
         "threads": parallel,
         "per_second": round(count / wall, 1),
         "client_cpu_ms_each": round((time.process_time() - cpu) * 1000 / count, 2),
+        "simulator_cpu_ms_each": round((sim_cpu() - sim_before) * 1000 / count, 2),
         "failures": failures[0],
         "load": [before, load()],
     }
@@ -172,10 +249,11 @@ class Peak:
         return self.values
 
 
-def ced_ping(pyz: Path, root: Path, agents: int, env: dict) -> dict:
+def ced_ping(pyz: Path, root: Path, agents: int, env: dict, sim_cpu) -> dict:
     names = [fleet_sim.agent_name(n) for n in range(agents)]
     argv = [sys.executable, str(pyz), "ced", "--root", str(root), "--json", "ping", *names]
     before = load()
+    sim_before = sim_cpu()
     started = time.perf_counter()
     process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     sampler = Peak(process.pid)
@@ -192,6 +270,7 @@ def ced_ping(pyz: Path, root: Path, agents: int, env: dict) -> dict:
         "ok": sum(1 for answer in answers if answer.get("status") == "ok"),
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "simulator_cpu_s": round(sim_cpu() - sim_before, 2),
         "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "peak_threads": peak["Threads"],
         "load": [before, load()],
@@ -324,6 +403,10 @@ def main() -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="ced pings per size")
     parser.add_argument("--no-ping", action="store_true", help="leave out the ced pings")
+    parser.add_argument("--no-api", action="store_true", help="leave out dispatcher serve")
+    parser.add_argument(
+        "--ceiling-seconds", type=int, default=5, help="length of the OpenSSL measurement (0: none)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.pyz.exists():
@@ -343,22 +426,27 @@ def main() -> int:
         "max_parallel": args.parallel,
     }
     try:
-        report["floor"] = floor(root, simulator.port, largest, args.parallel, args.floor_count)
+        if args.ceiling_seconds:
+            report["openssl"] = openssl_ceiling(root, args.work, args.ceiling_seconds)
+        report["floor"] = floor(
+            root, simulator.port, largest, args.parallel, args.floor_count, simulator.cpu
+        )
         report["ping"] = [
-            ced_ping(args.pyz, root, size, env)
+            ced_ping(args.pyz, root, size, env, simulator.cpu)
             for size in args.sizes
             for _ in range(0 if args.no_ping else args.rounds)
         ]
-        report["api"] = api_throughput(
-            args.pyz,
-            root,
-            min(largest, 100),
-            args.clients,
-            args.api_runs,
-            env,
-            lambda: simulator.stats()["resumed"],
-            args.api_ping_agents or largest,
-        )
+        if not args.no_api:
+            report["api"] = api_throughput(
+                args.pyz,
+                root,
+                min(largest, 100),
+                args.clients,
+                args.api_runs,
+                env,
+                lambda: simulator.stats()["resumed"],
+                args.api_ping_agents or largest,
+            )
     finally:
         report["simulator"] = simulator.stop()
     print(json.dumps(report, indent=None if args.json else 2))

@@ -53,6 +53,10 @@ def agent_server_context(cert: str, key: str, ca: str) -> ssl.SSLContext:
     context.load_cert_chain(cert, key)
     context.load_verify_locations(cafile=ca)
     context.verify_mode = ssl.CERT_REQUIRED
+    # One TLS 1.3 ticket per handshake instead of OpenSSL's two: a dispatcher
+    # keeps one session per agent, and with OpenSSL 3.0 each ticket costs the
+    # agent about 0.6 ms and the dispatcher about 0.2 ms of CPU per connection.
+    context.num_tickets = 1
     return context
 
 

@@ -36,7 +36,12 @@ def test_bench_runs_every_part_with_tiny_sizes(pyz):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report
+    assert report["floor"]["failures"] == 0 and report["floor"]["simulator_cpu_ms_each"] > 0
+    assert [ping["ok"] for ping in report["ping"]] == [3]
+    assert report["api"]["failures"] == 0
+    assert [ping["ok"] for ping in report["api"]["api_ping"]] == [3, 3]
+    ceiling = report["openssl"]
+    assert ceiling["tickets_per_handshake"] == 1 and ceiling["both_ends_per_second_max"] > 0
 
 
 def test_fleet_bench_runs_every_part_with_tiny_sizes(pyz, tmp_path):
@@ -45,6 +50,7 @@ def test_fleet_bench_runs_every_part_with_tiny_sizes(pyz, tmp_path):
             *[sys.executable, str(REPO / "bench/fleet_bench.py"), "--pyz", str(pyz)],
             *["--work", str(tmp_path), "--sizes", "3", "--floor-count", "3", "--clients", "2"],
             *["--api-runs", "3", "--api-ping-agents", "3", "--rounds", "1", "--json"],
+            *["--ceiling-seconds", "1"],
         ],
         capture_output=True,
         text=True,
@@ -53,4 +59,9 @@ def test_fleet_bench_runs_every_part_with_tiny_sizes(pyz, tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report
+    assert report["floor"]["failures"] == 0 and report["floor"]["simulator_cpu_ms_each"] > 0
+    assert [ping["ok"] for ping in report["ping"]] == [3]
+    assert report["api"]["failures"] == 0
+    assert [ping["ok"] for ping in report["api"]["api_ping"]] == [3, 3]
+    ceiling = report["openssl"]
+    assert ceiling["tickets_per_handshake"] == 1 and ceiling["both_ends_per_second_max"] > 0
