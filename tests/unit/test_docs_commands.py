@@ -31,6 +31,7 @@ import pytest
 
 from ctrlexec.cli import main as cli_main
 from ctrlexec.cli import roles
+from tests.support.tables import each_case
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_BLOCKS = ("sh", "shell", "bash", "console")
@@ -325,14 +326,13 @@ def _parse(argv: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("path", DOCUMENTS, ids=lambda path: path.name)
-def test_documented_commands_are_parsed_or_executed(path):
+def test_documented_commands_are_parsed_or_executed():
     problems = []
-    for number, text, shell in _logical_lines(path):
+    for where, text, shell in _documented():
         try:
             _check_command(text, shell)
         except AssertionError as problem:
-            problems.append(f"{path.name}:{number}: {problem}")
+            problems.append(f"{where}: {problem}")
     assert not problems, "\n".join(problems)
 
 
@@ -377,21 +377,23 @@ def test_every_executed_entry_is_still_documented():
     assert not stale, f"EXECUTED lists commands no doc shows any more: {sorted(stale)}"
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "ced run --no-such-option web-01 backup",
-        "ced approve",  # the reqid operand is missing
-        "ced pairing-mode start --timeout soon",
-        "ctrl-exec-agent request-pairing --dispatcher HOST --key-type dsa",
-        "ctrl-exec.pyz install --role toaster",
-        "ctrl-exec.pyz --version --shout",
-        "ced no-such-mode",
-    ],
-)
-def test_the_check_refuses_wrong_commands(bad):
-    problems = [_parse(v) for v in _variants(_ours(_simple_commands(bad)[0]) or [])]
-    assert any(problems), bad
+THE_CHECK_REFUSES_WRONG_COMMANDS_CASES = [
+    "ced run --no-such-option web-01 backup",
+    "ced approve",  # the reqid operand is missing
+    "ced pairing-mode start --timeout soon",
+    "ctrl-exec-agent request-pairing --dispatcher HOST --key-type dsa",
+    "ctrl-exec.pyz install --role toaster",
+    "ctrl-exec.pyz --version --shout",
+    "ced no-such-mode",
+]
+
+
+def test_the_check_refuses_wrong_commands():
+    def check(bad):
+        problems = [_parse(v) for v in _variants(_ours(_simple_commands(bad)[0]) or [])]
+        assert any(problems), bad
+
+    each_case(THE_CHECK_REFUSES_WRONG_COMMANDS_CASES, check, unpack=False)
 
 
 def test_a_new_foreign_command_must_be_listed():
