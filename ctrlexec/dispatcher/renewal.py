@@ -146,6 +146,10 @@ def ping_and_renew(engine: Engine, settings, hosts: list[str], **ping_args) -> l
     """`ced ping`: the ping results (0.12's), then renewals for the agents
     that need one (renewal never changes the results)."""
     results = engine.ping(hosts, **ping_args)
-    targets = engine.resolve(hosts, ping_args.get("port"))
-    renew_due(engine, settings, targets, results)
+    now = time.time()
+    # The registry is read again only when an agent asks for renewal: a ping
+    # of thousands of healthy agents reads each record once.
+    if any(lifecycle.ping_wants_renewal(result, now, settings.cert_days) for result in results):
+        targets = engine.resolve(hosts, ping_args.get("port"))
+        renew_due(engine, settings, targets, results, now)
     return results
