@@ -194,28 +194,11 @@ class Demo:
         _wait_for_port(pairing_port, listener, "ced pairing-mode")
 
         self.say("\n3. The agent generates its key and asks to pair")
-        self.show(
-            "agent",
-            [
-                "request-pairing",
-                "--dispatcher",
-                "127.0.0.1",
-                "--port",
-                str(pairing_port),
-                "--background",
-            ],
-        )
+        port = str(pairing_port)
+        ask = ["request-pairing", "--dispatcher", "127.0.0.1", "--port", port, "--background"]
+        self.show("agent", ask)
         requester = subprocess.Popen(
-            [
-                *self.command,
-                "agent",
-                "request-pairing",
-                "--dispatcher",
-                "127.0.0.1",
-                "--port",
-                str(pairing_port),
-                "--background",
-            ],
+            [*self.command, "agent", *ask],
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

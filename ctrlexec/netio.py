@@ -111,6 +111,15 @@ def signals_as_bytes(signals: tuple[int, ...]):
         wake_w.close()
 
 
+def received_signals(wake: socket.socket) -> bytes:
+    """The numbers of the signals waiting on a wake-up socket (as
+    signals_as_bytes delivers them); empty when there are none."""
+    try:
+        return wake.recv(512)
+    except BlockingIOError:
+        return b""
+
+
 @contextlib.contextmanager
 def accepting(listeners: list[socket.socket], signals: tuple[int, ...]):
     """A selector over the listening sockets (key data: the socket) and the
@@ -126,6 +135,46 @@ def accepting(listeners: list[socket.socket], signals: tuple[int, ...]):
             yield selector, wake
         finally:
             close_all(listeners)
+
+
+# After accept fails for lack of file descriptors or memory, the listeners
+# are not polled for this long (instead of spinning on them).
+ACCEPT_BACKOFF = 0.1
+
+
+class ListenerPause:
+    """The listeners of one accept loop, taken out of its selector for
+    ACCEPT_BACKOFF when accept failed for lack of resources, then put back."""
+
+    def __init__(
+        self,
+        selector: selectors.BaseSelector,
+        listeners: list[socket.socket],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.selector = selector
+        self.listeners = listeners
+        self.clock = clock
+        self.until: float | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.until is not None
+
+    def timeout(self) -> float | None:
+        """How long select may block: until the pause ends (None: no bound)."""
+        return None if self.until is None else max(0.0, self.until - self.clock())
+
+    def pause(self) -> None:
+        self.until = self.clock() + ACCEPT_BACKOFF
+        for sock in self.listeners:
+            self.selector.unregister(sock)
+
+    def resume_if_due(self) -> None:
+        if self.until is not None and self.clock() >= self.until:
+            self.until = None
+            for sock in self.listeners:
+                self.selector.register(sock, selectors.EVENT_READ, sock)
 
 
 def close_all(listeners: list[socket.socket]) -> None:

@@ -65,6 +65,18 @@ def _is_record_name(name: str) -> bool:
     return name.endswith(".json") and RUN_REQID.matches(name[:-5])
 
 
+def _ended_early(result: ScriptResult | None, error: str, flag: str) -> dict:
+    """The fields of a job the agent did not see end by itself: 0.12's exit -1,
+    whatever output there was, the reason, and a flag saying which."""
+    return {
+        "exit": -1,
+        "stdout": result.stdout if result else "",
+        "stderr": result.stderr if result else "",
+        "error": error,
+        flag: True,
+    }
+
+
 class AsyncRuns:
     def __init__(
         self,
@@ -259,25 +271,9 @@ class AsyncRuns:
         agent stopped it (or never saw it end), or cancelled by its owner."""
         done = dict(record, status="done", finished=iso_utc(self.clock()))
         if cancelled:
-            done.update(
-                {
-                    "exit": -1,
-                    "stdout": result.stdout if result else "",
-                    "stderr": result.stderr if result else "",
-                    "error": CANCELLED_ERROR,
-                    "cancelled": True,
-                }
-            )
+            done.update(_ended_early(result, CANCELLED_ERROR, "cancelled"))
         elif result is None or (self._stopping and result.exit == EXIT_SIGNALLED):
-            done.update(
-                {
-                    "exit": -1,
-                    "stdout": result.stdout if result else "",
-                    "stderr": result.stderr if result else "",
-                    "error": INTERRUPTED,
-                    "interrupted": True,
-                }
-            )
+            done.update(_ended_early(result, INTERRUPTED, "interrupted"))
             log.event(
                 "async-interrupted",
                 log.WARNING,

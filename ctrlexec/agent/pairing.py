@@ -16,7 +16,6 @@ runs in tests on any connected stream.
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,12 +71,6 @@ class Outcome:
         if self.status == DENIED:
             return EXIT_FAILED
         return EXIT_STORED
-
-
-def local_hostname() -> str:
-    """0.12's choice: the FQDN when it has a dot, else the short host name."""
-    fqdn = socket.getfqdn()
-    return fqdn if "." in fqdn else socket.gethostname()
 
 
 def request_pairing(

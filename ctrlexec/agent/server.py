@@ -60,8 +60,15 @@ from ..core.ipallow import AddressFilter
 from ..core.ratelimit import RateLimiter, Rule
 from ..core.routing import Reply
 from ..errors import FramingError, IncompleteMessage
+from ..netio import (
+    ListenerPause,
+    accept_pending,
+    accepting,
+    close_all,
+    open_listeners,
+    received_signals,
+)
 from ..netio import abort as _abort
-from ..netio import accept_pending, accepting, close_all, open_listeners
 from ..netio import finish as _finish
 from ..pki.tls import peer_serial
 from ..store import remove_own_pidfile, sweep_leftovers, write_pidfile
@@ -72,8 +79,6 @@ from .streaming import StreamReply, send_stream
 RECV_CHUNK = 65_536
 # On SIGTERM, how long running requests may take before scripts are killed.
 SHUTDOWN_GRACE = 10.0
-# Pause before accepting again when accept fails for lack of resources.
-ACCEPT_BACKOFF = 0.1
 
 
 def _failure_reason(exc: BaseException) -> str:
@@ -164,29 +169,17 @@ class AgentServer:
         sweep_leftovers([Path(config.trusted_dispatchers_path).parent, runs, *partitions])
 
     def _accept_loop(self, selector: selectors.BaseSelector, wake: socket.socket) -> None:
-        paused_until: float | None = None
+        pause = ListenerPause(selector, self._listeners, self.clock)
         while not self._stopping:
-            timeout = None if paused_until is None else max(0.0, paused_until - self.clock())
-            for key, _ in selector.select(timeout):
+            for key, _ in selector.select(pause.timeout()):
                 if key.data is None:
                     self._signals(wake)
-                elif paused_until is None and not self._stopping and not self._accept(key.data):
-                    # Out of file descriptors or memory: stop polling the
-                    # listeners for a moment instead of spinning on them.
-                    paused_until = self.clock() + ACCEPT_BACKOFF
-                    for sock in self._listeners:
-                        selector.unregister(sock)
-            if paused_until is not None and self.clock() >= paused_until:
-                paused_until = None
-                for sock in self._listeners:
-                    selector.register(sock, selectors.EVENT_READ, sock)
+                elif not pause.paused and not self._stopping and not self._accept(key.data):
+                    pause.pause()
+            pause.resume_if_due()
 
     def _signals(self, wake: socket.socket) -> None:
-        try:
-            data = wake.recv(512)
-        except BlockingIOError:
-            return
-        for number in data:
+        for number in received_signals(wake):
             if number == signal.SIGHUP:
                 self.runtime.reload()
             elif number in (signal.SIGTERM, signal.SIGINT):

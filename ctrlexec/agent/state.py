@@ -17,7 +17,6 @@ reload never changes the rules in the middle of a request.
 from __future__ import annotations
 
 import os
-import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,16 +32,11 @@ from ..core.x509 import facts_from_pem
 from ..errors import ConfigError
 from . import capabilities, trust
 from .allowlist import Allowlist
+from .hostname import local_hostname
 
 UNKNOWN_EXPIRY = "unknown"
 
 T = TypeVar("T")
-
-
-def fqdn() -> str:
-    """The host name the agent reports: its FQDN when it has one (0.12)."""
-    name = socket.getfqdn()
-    return name if "." in name else socket.gethostname()
 
 
 def cert_expiry(cert_path: str) -> str:
@@ -136,7 +130,7 @@ class AgentRuntime:
         self.identity = identity
         self.layout = layout
         self.allowlist_path = allowlist_path
-        self.host = host or fqdn()
+        self.host = host or local_hostname()
         self._reload_lock = threading.Lock()
         try:
             self._map = WatchedFile(

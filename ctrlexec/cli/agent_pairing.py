@@ -47,12 +47,13 @@ def _pin(ctx: Context) -> str | None:
 
 def request_pairing(ctx: Context) -> int:
     from ..agent import pairing
+    from ..agent.hostname import local_hostname
 
     args = ctx.args
     timeout = _timeout(ctx)
     pin = _pin(ctx)
     config = _config(ctx)
-    hostname = args.hostname or pairing.local_hostname()
+    hostname = args.hostname or local_hostname()
     if "." not in hostname and not args.hostname and not ctx.json:
         ctx.err(f"note: this host has no domain name; pairing as '{hostname}'")
     port = config.pairing_port if args.port is None else args.port

@@ -3,16 +3,14 @@ dispatcher's own certificate."""
 
 from __future__ import annotations
 
-import os
-import pwd
 import sys
 from pathlib import Path
 
 from .. import log
 from ..config.load import load_dispatcher
+from ..dispatcher import pki_setup
 from ..errors import CtrlExecError
 from ..state import for_layout
-from ..store import atomic_write
 from .common import Context, add_command
 
 
@@ -29,9 +27,7 @@ def setup_ca(ctx: Context) -> int:
     key_type = ctx.args.key_type or settings.key_type
     paths = ca.CAPaths(Path(settings.ca_dir))
     backups = ca.create_ca(paths, key_type=key_type, common_name=ctx.args.cn, force=ctx.args.force)
-    from ..dispatcher.pki_setup import reissue_if_foreign
-
-    reissued = reissue_if_foreign(settings)
+    reissued = pki_setup.reissue_if_foreign(settings)
     fingerprint = ca.fingerprint(paths.cert.read_text())
     log.event(
         "setup-ca",
@@ -84,17 +80,6 @@ def _confirm(ctx: Context, count: int) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def _key_owner(settings) -> tuple[int, int] | None:
-    """As root, the dispatcher key belongs to service_user (the API reads it)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(settings.service_user)
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
-
-
 def setup_dispatcher(ctx: Context) -> int:
     from ..pki import ca
 
@@ -112,14 +97,8 @@ def setup_dispatcher(ctx: Context) -> int:
         if count and not ctx.args.yes and not _confirm(ctx, count):
             ctx.out("Aborted; nothing changed.")
             return 0
-    key_type = ctx.args.key_type or settings.key_type
-    key_pem, issued = ca.issue_key_and_cert(paths, ca.DISPATCHER_COMMON_NAME, key_type)
-    for path in (cert_path, key_path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(key_path, key_pem, 0o600, _key_owner(settings))
-    atomic_write(cert_path, issued.cert_pem.encode("ascii"), 0o644)
+    issued = pki_setup.install_certificate(settings, ctx.args.key_type or settings.key_type)
     serial = issued.serial.hex()
-    log.event("setup-ctrl-exec", CERT=str(cert_path), SERIAL=serial, EXPIRY=issued.expiry)
     if ctx.json:
         ctx.emit_json(
             {

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from ..config.load import load_dispatcher
 from ..core import report
@@ -353,6 +354,21 @@ def _caller(ctx: Context) -> Caller:
     return Caller(username, token)
 
 
+def _engine_run(
+    ctx: Context,
+    engine: Engine,
+    hosts: list[str],
+    script: str,
+    script_args: list[str],
+    reqid: str,
+    **how: Any,
+) -> list[HostResult]:
+    """Engine.run as the operator asked: their identity and `--port`."""
+    return engine.run(
+        hosts, script, script_args, caller=_caller(ctx), port=ctx.args.port, reqid=reqid, **how
+    )
+
+
 def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) -> str:
     """`ced run web-01 hello extra`: `hello` is no agent; the operator most
     likely meant script `hello` with argument `extra`."""
@@ -425,13 +441,13 @@ def cmd_run(ctx: Context) -> int:
             answered.append(result)
             progress(result)
 
-        return engine.run(
+        return _engine_run(
+            ctx,
+            engine,
             hosts,
             script,
             script_args,
-            caller=_caller(ctx),
-            port=ctx.args.port,
-            reqid=reqid,
+            reqid,
             progress=done,
             follow=printer.write if printer else None,
             on_fallback=printer.fallback if printer else None,
@@ -513,15 +529,7 @@ def _run_async(
     """Submit, record the run for `ced status`/`ced wait`, report acceptance."""
     reqid = engine.new_reqid()
     try:
-        results = engine.run(
-            hosts,
-            script,
-            script_args,
-            caller=_caller(ctx),
-            port=ctx.args.port,
-            reqid=reqid,
-            run_async=True,
-        )
+        results = _engine_run(ctx, engine, hosts, script, script_args, reqid, run_async=True)
     except (PolicyDenied, Locked, UnknownAgents) as exc:
         return _stopped(ctx, exc)
     try:

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from . import schema
+from .textfile import read_config_text
 
 DISPATCHER_LEGACY_NAME = "ctrl-exec.conf"
 AGENT_LEGACY_NAME = "agent.conf"
@@ -85,19 +86,7 @@ class Parsed:
 
 
 def read_text(path: Path) -> str:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_LEGACY_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError("file not found", str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from None
-    if len(raw) > MAX_LEGACY_BYTES:
-        raise ConfigError(f"larger than {MAX_LEGACY_BYTES} bytes", str(path))
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", str(path)) from None
+    return read_config_text(path, MAX_LEGACY_BYTES)
 
 
 def is_legacy_path(path: Path) -> bool:

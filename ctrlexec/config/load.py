@@ -18,6 +18,7 @@ from .. import log
 from ..errors import ConfigError
 from . import legacy, schema
 from .paths import Layout
+from .textfile import read_config_text
 
 # A config file larger than this is not a config file.
 MAX_CONFIG_BYTES = 1_048_576
@@ -140,19 +141,7 @@ def _split_dotted(text: str) -> tuple[str, ...]:
 
 
 def read_document(path: Path) -> _Document:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError("file not found", str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", str(path)) from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"larger than {MAX_CONFIG_BYTES} bytes", str(path))
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError("not UTF-8 text", str(path)) from None
+    text = read_config_text(path, MAX_CONFIG_BYTES)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -81,11 +81,7 @@ class RateLimiter:
             if entry.blocked_until > now:
                 return Verdict(False)
             del self._table[address]
-            entry = None
-        evicted = False
-        if entry is None:
-            evicted = self._make_room(now)
-            entry = self._table.setdefault(address, _Entry())
+        entry, evicted = self._entry(address, now)
         rule = self.volume
         if rule and rule.limit > 0:
             _expire(entry.connections, now - rule.window)
@@ -97,39 +93,42 @@ class RateLimiter:
 
     def record_failure(self, address: str, now: float) -> Verdict:
         """A failed handshake from `address`; may block it (probe rule)."""
-        entry = self._table.get(address)
-        evicted = False
-        if entry is None:
-            evicted = self._make_room(now)
-            entry = self._table.setdefault(address, _Entry())
-        rule = self.probe
-        if entry.blocked_until > now:
-            return Verdict(False, None, evicted)
-        if rule and rule.limit > 0:
-            _expire(entry.failures, now - rule.window)
-            _push(entry.failures, now)
-            if len(entry.failures) >= rule.limit:
-                entry.blocked_until = now + rule.block
-                return Verdict(False, "probe", evicted)
-        return Verdict(True, None, evicted)
+        entry, evicted = self._entry(address, now)
+        return self._count(entry.failures, self.probe, "probe", entry, now, evicted)
 
     def record_unauthenticated(self, address: str, now: float) -> Verdict:
         """A connection from `address` ended without a trusted identity: the
         volume rule counts it, and the `limit`-th within `window` blocks."""
+        entry, evicted = self._entry(address, now)
+        return self._count(entry.connections, self.volume, "volume", entry, now, evicted)
+
+    def _entry(self, address: str, now: float) -> tuple[_Entry, bool]:
+        """The address's entry, made (room first) when new; whether another was evicted."""
         entry = self._table.get(address)
-        evicted = False
-        if entry is None:
-            evicted = self._make_room(now)
-            entry = self._table.setdefault(address, _Entry())
-        rule = self.volume
+        if entry is not None:
+            return entry, False
+        evicted = self._make_room(now)
+        return self._table.setdefault(address, _Entry()), evicted
+
+    @staticmethod
+    def _count(
+        times: deque[float],
+        rule: Rule | None,
+        reason: str,
+        entry: _Entry,
+        now: float,
+        evicted: bool,
+    ) -> Verdict:
+        """Count one event at `now` in `times` against `rule`; the `limit`-th
+        within `window` blocks the address for `block` seconds."""
         if entry.blocked_until > now:
             return Verdict(False, None, evicted)
         if rule and rule.limit > 0:
-            _expire(entry.connections, now - rule.window)
-            _push(entry.connections, now)
-            if len(entry.connections) >= rule.limit:
+            _expire(times, now - rule.window)
+            _push(times, now)
+            if len(times) >= rule.limit:
                 entry.blocked_until = now + rule.block
-                return Verdict(False, "volume", evicted)
+                return Verdict(False, reason, evicted)
         return Verdict(True, None, evicted)
 
     def is_blocked(self, address: str, now: float) -> bool:

@@ -196,6 +196,12 @@ def rtt_text(seconds: float) -> str:
     return f"{seconds * 1000:.0f}ms"
 
 
+def known_failure(failure: Failure | None) -> Failure:
+    """The failure of an exchange that got no reply (there always is one then)."""
+    assert failure is not None
+    return failure
+
+
 def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
     """0.12's wording for a transport failure. Only a run reports a read
     timeout as such; other operations call every timeout a timeout."""

@@ -56,6 +56,7 @@ from ..netio import (
     close_all,
     finish,
     open_listeners,
+    received_signals,
 )
 from ..store import remove_own_pidfile, write_pidfile
 from . import api_stream
@@ -284,31 +285,26 @@ class ApiServer:
             conn.settimeout(self.request_timeout)  # inactivity bound while the client reads
             conn.sendall(response_bytes(reply.status, reply.body, reply.content_type))
         except (ssl.SSLError, OSError) as exc:
-            log.event(
-                "reply-fail",
-                log.WARNING,
-                PEER=ip,
-                STATUS=reply.status,
-                REASON=getattr(exc, "strerror", None) or type(exc).__name__,
-            )
+            _reply_failed(ip, reply.status, exc)
 
     def _send_events(self, conn: socket.socket, ip: str, stream: EventStream) -> None:
         try:
             api_stream.send(conn, stream, self.request_timeout)
         except (ssl.SSLError, OSError) as exc:
-            log.event(
-                "reply-fail",
-                log.WARNING,
-                PEER=ip,
-                STATUS=stream.status,
-                REASON=getattr(exc, "strerror", None) or type(exc).__name__,
-            )
+            _reply_failed(ip, stream.status, exc)
+
+
+def _reply_failed(ip: str, status: int, exc: OSError) -> None:
+    """The client went away or stalled while its answer was being sent."""
+    log.event(
+        "reply-fail",
+        log.WARNING,
+        PEER=ip,
+        STATUS=status,
+        REASON=getattr(exc, "strerror", None) or type(exc).__name__,
+    )
 
 
 def _stop_requested(wake: socket.socket) -> bool:
     """Whether SIGTERM or SIGINT arrived on the wake-up socket."""
-    try:
-        data = wake.recv(512)
-    except BlockingIOError:
-        return False
-    return any(number in (signal.SIGTERM, signal.SIGINT) for number in data)
+    return any(number in (signal.SIGTERM, signal.SIGINT) for number in received_signals(wake))

@@ -55,7 +55,7 @@ from ..errors import (
     PairRequestError,
     StateError,
 )
-from ..netio import abort, accept_pending, accepting, finish, open_listeners
+from ..netio import ListenerPause, abort, accept_pending, accepting, finish, open_listeners
 from ..pki import csr as csr_rules
 from ..pki import revocation
 from ..pki.tls import server_only_context
@@ -71,9 +71,6 @@ EXTRA_HANDLERS = 64
 READ_CHUNK = 16384
 # Any of these ends pairing mode (SIGHUP too: the terminal went away).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# After accept fails for lack of file descriptors or memory, stop polling
-# the listener this long instead of spinning on it.
-ACCEPT_BACKOFF = 0.1
 
 # What the accept loop returns: why it stopped.
 TIMEOUT = "timeout"
@@ -188,7 +185,7 @@ class PairingListener:
         on_idle: Callable[[], None] | None,
     ) -> str:
         next_idle = time.monotonic() + POLL_INTERVAL
-        paused_until: float | None = None
+        pause = ListenerPause(selector, self._listeners)
         while True:
             now = time.monotonic()
             if now >= deadline:
@@ -205,14 +202,9 @@ class PairingListener:
                         return QUIT
                     if verdict == INPUT_CLOSED:
                         selector.unregister(key.fileobj)
-                elif paused_until is None and not self._accept(key.data):
-                    paused_until = time.monotonic() + ACCEPT_BACKOFF
-                    for sock in self._listeners:
-                        selector.unregister(sock)
-            if paused_until is not None and time.monotonic() >= paused_until:
-                paused_until = None
-                for sock in self._listeners:
-                    selector.register(sock, selectors.EVENT_READ, sock)
+                elif not pause.paused and not self._accept(key.data):
+                    pause.pause()
+            pause.resume_if_due()
 
     def _accept(self, listener: socket.socket) -> bool:
         """Accept what is pending; False when accept failed for lack of resources."""

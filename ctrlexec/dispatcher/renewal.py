@@ -27,16 +27,10 @@ from pathlib import Path
 
 from .. import log
 from ..core import lifecycle
-from ..core.results import Failure, HostResult, failure_text
+from ..core.results import HostResult, failure_text, known_failure
 from ..errors import CtrlExecError
 from .engine import Engine
 from .registry import Target
-
-
-def _known(failure: Failure | None) -> Failure:
-    """A reply is None only when there is a failure."""
-    assert failure is not None
-    return failure
 
 
 @dataclass(frozen=True)
@@ -58,7 +52,9 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
     log.event("renew", log.INFO, TARGET=target.label, STATUS="starting", REQID=reqid)
     reply, failure, _ = engine.post(target, "/renew", {"reqid": reqid})
     if reply is None:
-        return _fail(target, reqid, failure_text(_known(failure), settings.read_timeout, "renew"))
+        return _fail(
+            target, reqid, failure_text(known_failure(failure), settings.read_timeout, "renew")
+        )
     body = lifecycle.reply_ok(reply.body) if reply.ok else None
     csr_pem = lifecycle.text_field(body or {}, "csr")
     if not csr_pem:
@@ -91,7 +87,9 @@ def renew_one(engine: Engine, settings, target: Target, now: float) -> Renewal:
         target, "/renew-complete", {"cert": issued.cert_pem, "ca": ca_pem, "reqid": reqid}
     )
     if reply is None:
-        return _fail(target, reqid, failure_text(_known(failure), settings.read_timeout, "renew"))
+        return _fail(
+            target, reqid, failure_text(known_failure(failure), settings.read_timeout, "renew")
+        )
     if not reply.ok or lifecycle.reply_ok(reply.body) is None:
         detail = lifecycle.reply_error(reply.body, f"HTTP {reply.status}")
         return _fail(target, reqid, f"agent refused the renewed cert: {detail}")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import log
 from ..core import lifecycle
-from ..core.results import Failure, failure_text
+from ..core.results import failure_text, known_failure
 from ..core.serial import normalise_received, serial_to_hex
 from ..errors import CtrlExecError
 from ..pki import revocation
@@ -31,12 +31,6 @@ from .engine import REVOKED_SERIALS, Engine
 from .fanout import fan_out
 from .identity import dispatcher_serial
 from .pairing_decide import REVOKED_KEYS
-
-
-def _known(failure: Failure | None) -> Failure:
-    """A reply is None only when there is a failure."""
-    assert failure is not None
-    return failure
 
 
 @dataclass
@@ -120,7 +114,9 @@ def _push(engine: Engine, settings, keys: list[str], result: Revoked, skip: str 
         for key in keys:
             reply, failure, _ = engine.post(target, "/revoke-serial", {"serial": key})
             if reply is None:
-                return target.name, failure_text(_known(failure), settings.read_timeout, "revoke")
+                return target.name, failure_text(
+                    known_failure(failure), settings.read_timeout, "revoke"
+                )
             if reply.status == 404:
                 return target.name, "the agent has no /revoke-serial (0.12): edit its list"
             if not reply.ok or lifecycle.reply_ok(reply.body) is None:

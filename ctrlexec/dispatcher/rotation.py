@@ -31,7 +31,6 @@ one, never a certificate that does not match its key.
 from __future__ import annotations
 
 import os
-import pwd
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..core import lifecycle
-from ..core.results import Failure, failure_text
+from ..core.results import failure_text, known_failure
 from ..core.timefmt import iso_utc
 from ..core.x509 import facts_from_pem
 from ..errors import CtrlExecError, StateError
@@ -47,16 +46,11 @@ from ..store import atomic_write, read_json_object, remove
 from .engine import Engine
 from .fanout import fan_out
 from .identity import dispatcher_id, dispatcher_serial
+from .pki_setup import key_owner
 from .registry import Target
 
 if TYPE_CHECKING:
     from ..state.interface import AgentRegistry
-
-
-def _known(failure: Failure | None) -> Failure:
-    """A reply is None only when there is a failure."""
-    assert failure is not None
-    return failure
 
 
 @dataclass(frozen=True)
@@ -137,17 +131,6 @@ def save_state(path: str | os.PathLike, state: lifecycle.RotationState) -> None:
     text = json.dumps(state.to_json(), indent=2, sort_keys=True) + "\n"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, text.encode("ascii"), 0o640)
-
-
-def _key_owner(settings) -> tuple[int, int] | None:
-    """As root, the dispatcher key belongs to service_user (the API reads it)."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(settings.service_user)
-    except KeyError:
-        return None
-    return entry.pw_uid, entry.pw_gid
 
 
 def _serial_of(path: Path) -> str:
@@ -232,7 +215,7 @@ def rotate(
         raise StateError(
             f"no dispatcher certificate at {files.cert}: run 'ced setup-ctrl-exec' first"
         ) from None
-    owner = _key_owner(settings)
+    owner = key_owner(settings)
     atomic_write(files.previous_key, old_key, 0o600, owner)
     atomic_write(files.previous_cert, old_cert, 0o644)
     key_pem, issued = ca.issue_key_and_cert(
@@ -306,7 +289,7 @@ def _old_context(settings):
 def _answer(reply, failure, settings) -> str | None:
     """None when the agent answered ok, else why not."""
     if reply is None:
-        return failure_text(_known(failure), settings.read_timeout, "rotate")
+        return failure_text(known_failure(failure), settings.read_timeout, "rotate")
     if reply.ok and lifecycle.reply_ok(reply.body) is not None:
         return None
     return f"HTTP {reply.status}: " + lifecycle.reply_error(reply.body, "not ok")

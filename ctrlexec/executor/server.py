@@ -49,6 +49,7 @@ from ..agent.runner import Runner, ScriptJob, script_environment
 from ..config.paths import Layout
 from ..core import exec_frames
 from ..errors import ConfigError, ExecutorRefused, FrameError, ProfileError
+from ..netio import received_signals
 from . import decision as decisions
 from . import privdrop
 
@@ -169,11 +170,7 @@ class ExecutorServer:
             wake_w.close()
 
     def _signals(self, wake: socket.socket) -> None:
-        try:
-            data = wake.recv(512)
-        except BlockingIOError:
-            return
-        for number in data:
+        for number in received_signals(wake):
             if number == signal.SIGHUP:
                 log.event("exec-reload", log.INFO, MSG="configuration is read per request")
             elif number in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,8 @@ import time
 import pytest
 
 from ctrlexec.core import api_wire
-from tests.support import agentproc, apiproc, testpki
+from tests.support import agentproc, apiproc
+from tests.support.fleet import running_fleet
 from tests.support.fuzz import random_body
 
 REQUEST_TIMEOUT = 1
@@ -23,28 +24,18 @@ KEYS = ["hosts", "script", "args", "username", "token", "async", "x"]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, session_ca, pyz_for):
     base = tmp_path_factory.mktemp("api-hostile")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        base,
-        dispatcher.root,
-        issued,
-        ("agent-01",),
-        {"echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"]},
-    )
-    process = apiproc.ApiProcess(
-        dispatcher, api_auth_default="allow", api_request_timeout=REQUEST_TIMEOUT
-    ).start()
-    try:
-        yield {"process": process, "client": process.client(), "ctl": dispatcher}
-        assert process.proc.poll() is None, "the API died"
-        log = dispatcher.log_text()
-        assert "ACTION=connection-error" not in log and "ACTION=api-error" not in log
-    finally:
-        assert process.stop() == 0
-        agentproc.stop_agents(agents)
+    scripts = {"echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"]}
+    with running_fleet(session_ca, pyz_for, base, ("agent-01",), scripts) as fleet:
+        process = apiproc.ApiProcess(
+            fleet.dispatcher, api_auth_default="allow", api_request_timeout=REQUEST_TIMEOUT
+        ).start()
+        try:
+            yield {"process": process, "client": process.client(), "ctl": fleet.dispatcher}
+            assert process.proc.poll() is None, "the API died"
+            log = fleet.dispatcher.log_text()
+            assert "ACTION=connection-error" not in log and "ACTION=api-error" not in log
+        finally:
+            assert process.stop() == 0
 
 
 def serving(env) -> bool:

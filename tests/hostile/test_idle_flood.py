@@ -20,7 +20,8 @@ import json
 
 import pytest
 
-from tests.support import agentproc, apiproc, testpki
+from tests.support import agentproc, apiproc
+from tests.support.fleet import running_fleet
 from tests.support.flood import IdleFlood, stranger_addresses, timed, wait_until_idle
 
 RUNS = 20
@@ -46,19 +47,12 @@ def _assert_unharmed(before: list[float], during: list[float]) -> None:
     ids=["defaults", "slots-only"],
 )
 def agent(request, session_ca, pyz_for, tmp_path):
-    dispatcher = pyz_for(tmp_path / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    runner = pyz_for(tmp_path / "agent")
-    site = agentproc.install_site(
-        session_ca, runner.root, issued, name="flooded", settings=dict(request.param)
-    )
-    process = agentproc.AgentProcess(runner, site).start()
-    testpki.register_agent(dispatcher.root, "flooded", site.port, site.issued, issued)
-    try:
-        yield dispatcher, runner, site, request.param, process.pid
-    finally:
+    names = ("flooded",)
+    settings = dict(request.param)
+    with running_fleet(session_ca, pyz_for, tmp_path, names, settings=settings) as fleet:
+        process = fleet.agent("flooded")
+        yield fleet.dispatcher, fleet.runner("flooded"), process.site, request.param, process.pid
         assert process.alive(), "the agent died"
-        process.stop()
 
 
 def test_idle_strangers_do_not_slow_or_block_the_agent_s_dispatcher(agent):
@@ -94,31 +88,20 @@ def test_idle_strangers_do_not_slow_or_block_the_agent_s_dispatcher(agent):
 
 @pytest.fixture
 def api(session_ca, pyz_for, tmp_path):
-    dispatcher = pyz_for(tmp_path / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        tmp_path,
-        dispatcher.root,
-        issued,
-        ("behind-api",),
-        agentproc.APPENDIX_C_SCRIPTS,
-    )
-    api_cert = session_ca.issue("localhost")
-    cert, key = tmp_path / "api.crt", tmp_path / "api.key"
-    cert.write_bytes(api_cert.cert_pem)
-    key.write_bytes(api_cert.key_pem)
-    key.chmod(0o600)
-    process = apiproc.ApiProcess(
-        dispatcher, api_auth_default="allow", api_cert=str(cert), api_key=str(key)
-    ).start()
-    try:
-        yield process, process.client(tls_ca=testpki.layout_for(dispatcher.root).ca_cert)
-    finally:
-        assert process.proc is not None and process.proc.poll() is None, "the API died"
-        process.stop()
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, tmp_path, ("behind-api",)) as fleet:
+        api_cert = session_ca.issue("localhost")
+        cert, key = tmp_path / "api.crt", tmp_path / "api.key"
+        cert.write_bytes(api_cert.cert_pem)
+        key.write_bytes(api_cert.key_pem)
+        key.chmod(0o600)
+        process = apiproc.ApiProcess(
+            fleet.dispatcher, api_auth_default="allow", api_cert=str(cert), api_key=str(key)
+        ).start()
+        try:
+            yield process, process.client(tls_ca=fleet.layout.ca_cert)
+        finally:
+            assert process.proc is not None and process.proc.poll() is None, "the API died"
+            process.stop()
 
 
 def test_idle_strangers_do_not_slow_or_block_the_api(api):

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support import agentproc, apiproc, testpki
+from tests.support import agentproc, apiproc
+from tests.support.fleet import running_fleet
 
 NOT_UTF8 = "must be valid UTF-8 (no lone surrogates)"
 NOT_A_FLAG = "async must be true or false (or 1 or 0)"
@@ -16,31 +17,19 @@ NOT_A_FLAG = "async must be true or false (or 1 or 0)"
 @pytest.fixture(scope="module")
 def env(tmp_path_factory, session_ca, pyz_for):
     base = tmp_path_factory.mktemp("odd-input")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        base,
-        dispatcher.root,
-        issued,
-        ("odd",),
-        agentproc.APPENDIX_C_SCRIPTS,
-    )
-    process = apiproc.ApiProcess(dispatcher, api_auth_default="allow").start()
-    _, agent = agents["odd"]
-    try:
-        yield {
-            "agent": agent,
-            "client": agentproc.DispatcherClient.for_dispatcher(dispatcher.root),
-            "api": process.client(),
-            "ctl": dispatcher,
-        }
-        assert process.proc.poll() is None, "the API died"
-        assert "ACTION=api-error" not in dispatcher.log_text()
-    finally:
-        process.stop()
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, base, ("odd",)) as fleet:
+        process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()
+        try:
+            yield {
+                "agent": fleet.agent("odd"),
+                "client": fleet.client(),
+                "api": process.client(),
+                "ctl": fleet.dispatcher,
+            }
+            assert process.proc.poll() is None, "the API died"
+            assert "ACTION=api-error" not in fleet.dispatcher.log_text()
+        finally:
+            process.stop()
 
 
 def _agent_run(env, body: bytes) -> agentproc.RawResponse:

@@ -16,6 +16,7 @@ import pytest
 
 from ctrlexec.agent import trust
 from tests.support import agentproc, testpki
+from tests.support.fleet import running_fleet
 
 # Prints, then waits for DIR/go.
 PARTIAL = (
@@ -65,40 +66,31 @@ class Site:
 @pytest.fixture(scope="module")
 def site(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("async")
-    dispatcher = pyz_for(base / "disp-a")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
     other_root = base / "disp-b"
     other = testpki.install_dispatcher(session_ca, other_root)
-    runner = pyz_for(base / "agent")
-    agent_site = agentproc.install_site(
-        session_ca,
-        runner.root,
-        issued,
-        name="agent-async",
-        dispatcher_id="disp-a",
-        scripts={
-            "block": agentproc.BLOCK,
-            "partial": PARTIAL,
-            "echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"],
-        },
-    )
-    trust.add_dispatcher(agent_site.layout.trusted_dispatchers, other.serial_key, "disp-b")
-    agent_issued = agent_site.issued
-    process = agentproc.AgentProcess(runner, agent_site).start()
-    testpki.register_agent(dispatcher.root, "agent-async", agent_site.port, agent_issued, issued)
-    try:
+    scripts = {
+        "block": agentproc.BLOCK,
+        "partial": PARTIAL,
+        "echo-args": agentproc.APPENDIX_C_SCRIPTS["echo-args"],
+    }
+
+    def also_trust_b(agent_site, runner):
+        trust.add_dispatcher(agent_site.layout.trusted_dispatchers, other.serial_key, "disp-b")
+
+    with running_fleet(
+        session_ca, pyz_for, base, ("agent-async",), scripts, also_trust_b, dispatcher_id="disp-a"
+    ) as fleet:
+        process = fleet.agent("agent-async")
         yield Site(
             base,
-            runner,
+            fleet.runner("agent-async"),
             process,
-            dispatcher,
-            issued,
-            agent_issued,
-            agentproc.DispatcherClient.for_dispatcher(dispatcher.root),
+            fleet.dispatcher,
+            fleet.issued,
+            process.site.issued,
+            fleet.client(),
             agentproc.DispatcherClient.for_dispatcher(other_root),
         )
-    finally:
-        process.stop()
 
 
 def done(site, client, reqid: str) -> dict:

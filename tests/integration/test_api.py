@@ -23,55 +23,27 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from tests.support import agentproc, apiproc, hookscripts, openapi_check, testpki
+from tests.support.fleet import running_fleet
 
 NAMES = ("agent-01", "agent-02")
 REQID = re.compile(r"[0-9a-f]{16}")
 
 
-class Fleet:
-    def __init__(self, dispatcher, issued, agents, base):
-        self.dispatcher = dispatcher  # Pyz runner of the dispatcher root
-        self.issued = issued
-        self.agents = agents  # name -> (runner, AgentProcess)
-        self.base = base
-        self.layout = testpki.layout_for(dispatcher.root)
-        self._gates = 0
-
-    def gate(self):
-        """A fresh directory for one `block` run."""
-        self._gates += 1
-        path = self.base / "gates" / str(self._gates)
-        path.mkdir(parents=True)
-        return path
-
-    def record(self, reqid: str) -> dict:
-        return json.loads((self.layout.runs_dir / f"{reqid}.json").read_text())
+def record_of(fleet, reqid: str) -> dict:
+    return json.loads((fleet.layout.runs_dir / f"{reqid}.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("api-fleet")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
 
     def prepare(site, runner):
         site.tags = {"env": "test", "name": site.name}
         site.write_config()
 
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        base,
-        dispatcher.root,
-        issued,
-        NAMES,
-        dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK),
-        prepare,
-    )
-    try:
-        yield Fleet(dispatcher, issued, agents, base)
-    finally:
-        agentproc.stop_agents(agents)
+    scripts = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK)
+    with running_fleet(session_ca, pyz_for, base, NAMES, scripts, prepare) as fleet:
+        yield fleet
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +183,7 @@ def test_sync_run_is_recorded_for_status(api, fleet):
         }
     path = fleet.layout.runs_dir / f"{reqid}.json"
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    record = fleet.record(reqid)
+    record = record_of(fleet, reqid)
     assert record["submitter"] == {"username": "alice", "source_ip": "127.0.0.1"}
     assert "t0k" not in path.read_text()
     status = api.get(f"/status/{reqid}")
@@ -448,7 +420,7 @@ def test_async_run_pending_then_complete(api, fleet):
     assert done.json["hosts"] == {
         name: {"status": "done", "exit": 0, "stdout": "released\n", "stderr": ""} for name in NAMES
     }
-    assert fleet.record(reqid)["submitter"] == {"username": "bob", "source_ip": "127.0.0.1"}
+    assert record_of(fleet, reqid)["submitter"] == {"username": "bob", "source_ip": "127.0.0.1"}
     waited = fleet.dispatcher.run("ced", "wait", reqid)
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout.startswith(

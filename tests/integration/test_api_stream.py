@@ -18,6 +18,7 @@ import time
 import pytest
 
 from tests.support import agentproc, apiproc, openapi_check, testpki
+from tests.support.fleet import running_fleet
 from tests.support.peer012 import Peer012
 
 NAMES = ("stream-01", "stream-02")
@@ -98,17 +99,12 @@ class EventReader:
 @pytest.fixture(scope="module")
 def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("api-stream")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca, pyz_for, base, dispatcher.root, issued, NAMES, SCRIPTS
-    )
-    api = apiproc.ApiProcess(dispatcher, api_auth_default="allow").start()
-    try:
-        yield dispatcher, issued, api, base
-    finally:
-        api.stop()
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, base, NAMES, SCRIPTS) as fleet:
+        api = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()
+        try:
+            yield fleet.dispatcher, fleet.issued, api, base
+        finally:
+            api.stop()
 
 
 def test_output_lines_arrive_as_the_scripts_write_them(fleet):

@@ -36,7 +36,12 @@ def test_bench_runs_every_part_with_tiny_sizes(pyz):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
-    assert report
+    # every part ran, with the sizes asked for
+    assert report["agent"]["run_ms"]["n"] == 3 and report["agent"]["ping_ms"]["n"] == 3
+    assert report["ced"]["ced_run_ms"]["n"] == 1 and report["ced"]["ced_ping_ms"]["n"] == 1
+    assert report["memory"]["requests"] == 3
+    assert report["api"]["health_ms"]["n"] == 3 and report["api"]["run_ms"]["n"] == 3
+    assert report["fanout"]["agents"] == 2
 
 
 def test_fleet_bench_runs_every_part_with_tiny_sizes(pyz, tmp_path):

@@ -19,13 +19,8 @@ from cryptography import x509
 from ctrlexec.core.x509 import facts_from_pem
 from ctrlexec.dispatcher.registry import Registry
 from tests.support import testpki
-from tests.support.agentproc import (
-    BLOCK,
-    AgentProcess,
-    DispatcherClient,
-    install_site,
-    wait_for,
-)
+from tests.support.agentproc import BLOCK, DispatcherClient, wait_for
+from tests.support.fleet import running_fleet
 
 
 def presented_serial(client: DispatcherClient, port: int) -> int:
@@ -37,33 +32,28 @@ def presented_serial(client: DispatcherClient, port: int) -> int:
 
 @pytest.fixture
 def renewal(tmp_path, session_ca, pyz_for):
-    droot = tmp_path / "dispatcher"
-    dispatcher = testpki.install_dispatcher(session_ca, droot)
-    testpki.install_ca_key(session_ca, droot)
-    site = install_site(
+    with running_fleet(
         session_ca,
-        tmp_path / "agent",
-        dispatcher,
-        scripts={"block": BLOCK},
+        pyz_for,
+        tmp_path,
+        ("agent-01",),
+        {"block": BLOCK},
+        settings={"script_dirs": []},
+        ca_key=True,
         agent_days=30,
-    )
-    site.settings["script_dirs"] = []
-    site.write_config()
-    agent = AgentProcess(pyz_for(tmp_path / "agent"), site).start()
-    old = facts_from_pem(site.layout.agent_cert.read_text())
-    record = testpki.register_agent(droot, site.name, site.port, site.issued, dispatcher)
-    ced = pyz_for(droot)
-    yield {
-        "site": site,
-        "agent": agent,
-        "ced": ced,
-        "droot": droot,
-        "old": old,
-        "record": record,
-        "client": DispatcherClient.for_dispatcher(droot),
-        "tmp": tmp_path,
-    }
-    agent.stop()
+    ) as fleet:
+        agent = fleet.agent("agent-01")
+        site = agent.site
+        old = facts_from_pem(site.layout.agent_cert.read_text())
+        yield {
+            "site": site,
+            "agent": agent,
+            "ced": fleet.dispatcher,
+            "droot": fleet.dispatcher.root,
+            "old": old,
+            "client": fleet.client(),
+            "tmp": tmp_path,
+        }
 
 
 def test_ping_renews_and_agent_swaps_without_restart(renewal):

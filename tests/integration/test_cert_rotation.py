@@ -23,42 +23,35 @@ from tests.support.agentproc import (
     BLOCK,
     DispatcherClient,
     free_port,
-    start_agents,
-    stop_agents,
     wait_for,
 )
+from tests.support.fleet import running_fleet
 from tests.support.peer012 import Peer012, SerialGate012
 
 
 @pytest.fixture
 def fleet(tmp_path, session_ca, pyz_for):
-    droot = tmp_path / "dispatcher"
-    dispatcher = testpki.install_dispatcher(session_ca, droot)
-    testpki.install_ca_key(session_ca, droot)
     scripts = dict(APPENDIX_C_SCRIPTS, block=BLOCK)
-
-    def no_dirs(site, runner):
-        site.settings["script_dirs"] = []
-        site.write_config()
-
-    agents = start_agents(
-        session_ca, pyz_for, tmp_path, droot, dispatcher, ("web-01", "web-02"), scripts, no_dirs
-    )
-    offline = session_ca.issue("web-03")
-    testpki.register_agent(droot, "web-03", free_port(), offline, dispatcher)
-    gate = SerialGate012({dispatcher.serial_key: "test-dispatcher"})
-    with Peer012(session_ca, tmp_path / "perl", behaviour=gate, cn="perl-01") as perl:
-        testpki.register_agent(droot, "perl-01", perl.port, perl.issued, dispatcher)
-        yield {
-            "agents": agents,
-            "ced": pyz_for(droot),
-            "droot": droot,
-            "old": dispatcher,
-            "perl": perl,
-            "gate": gate,
-            "tmp": tmp_path,
-        }
-    stop_agents(agents)
+    names = ("web-01", "web-02")
+    settings = {"script_dirs": []}
+    with running_fleet(
+        session_ca, pyz_for, tmp_path, names, scripts, settings=settings, ca_key=True
+    ) as started:
+        droot, dispatcher = started.dispatcher.root, started.issued
+        offline = session_ca.issue("web-03")
+        testpki.register_agent(droot, "web-03", free_port(), offline, dispatcher)
+        gate = SerialGate012({dispatcher.serial_key: "test-dispatcher"})
+        with Peer012(session_ca, tmp_path / "perl", behaviour=gate, cn="perl-01") as perl:
+            testpki.register_agent(droot, "perl-01", perl.port, perl.issued, dispatcher)
+            yield {
+                "agents": started.agents,
+                "ced": started.dispatcher,
+                "droot": droot,
+                "old": dispatcher,
+                "perl": perl,
+                "gate": gate,
+                "tmp": tmp_path,
+            }
 
 
 def _map(agents, name) -> dict:

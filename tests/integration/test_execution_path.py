@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import agentproc, hookscripts, testpki
+from tests.support.fleet import running_fleet
 
 TOKEN = "tok-5e1f-never-logged"
 NAMES = ("agent-01", "agent-02")
@@ -22,32 +23,9 @@ NAMES = ("agent-01", "agent-02")
 BLOCK = agentproc.BLOCK
 
 
-class Fleet:
-    def __init__(self, dispatcher, issued, agents):
-        self.dispatcher = dispatcher
-        self.issued = issued
-        self.agents = agents  # name -> (pyz runner, AgentProcess)
-        self.layout = testpki.layout_for(dispatcher.root)
-
-    def ced(self, *argv: str, env: dict | None = None, timeout: float = 60):
-        return self.dispatcher.run("ced", *argv, env=env, timeout=timeout)
-
-    def configure(self, **keys) -> None:
-        lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
-        self.layout.dispatcher_config.write_text("\n".join(lines) + "\n")
-
-    def agent_log(self, name: str) -> str:
-        return self.agents[name][0].log_text()
-
-    def all_logs(self) -> str:
-        return self.dispatcher.log_text() + "".join(self.agent_log(name) for name in self.agents)
-
-
 @pytest.fixture(scope="module")
 def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("fleet")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
 
     def prepare(site, runner):
         outside = agentproc.write_script(
@@ -59,20 +37,9 @@ def fleet(session_ca, pyz_for, tmp_path_factory):
         site.allowlist["escape"] = str(escape)
         site.write_allowlist()
 
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        base,
-        dispatcher.root,
-        issued,
-        NAMES,
-        dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK),
-        prepare,
-    )
-    try:
-        yield Fleet(dispatcher, issued, agents)
-    finally:
-        agentproc.stop_agents(agents)
+    scripts = dict(agentproc.APPENDIX_C_SCRIPTS, block=BLOCK)
+    with running_fleet(session_ca, pyz_for, base, NAMES, scripts, prepare) as fleet:
+        yield fleet
 
 
 @pytest.fixture(autouse=True)

@@ -9,42 +9,27 @@ from __future__ import annotations
 
 import json
 
-from tests.support import agentproc, apiproc, hookscripts, testpki
+from tests.support import apiproc, hookscripts
+from tests.support.fleet import running_fleet
 
 BIG = "x" * (100 * 1024)
 
 
 def test_a_large_argument_reaches_both_hooks_on_stdin(session_ca, pyz_for, tmp_path):
-    dispatcher = pyz_for(tmp_path / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
     agent_hook = hookscripts.write_hook(tmp_path / "agent-hook", 0, tmp_path / "agent-calls")
     api_hook = hookscripts.write_hook(tmp_path / "api-hook", 0, tmp_path / "api-calls")
-
-    def prepare(site, runner):
-        site.settings["auth_hook"] = str(agent_hook)
-        site.write_config()
-
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        tmp_path,
-        dispatcher.root,
-        issued,
-        ("big",),
-        agentproc.APPENDIX_C_SCRIPTS,
-        prepare,
-    )
-    process = apiproc.ApiProcess(dispatcher, auth_hook=str(api_hook)).start()
-    try:
-        response = process.client().post(
-            "/run", {"hosts": ["big"], "script": "echo-args", "args": [BIG, BIG, "small"]}
-        )
-        assert response.status == 200, response.json
-        [result] = response.json["results"]
-        assert result["exit"] == 0 and result["stdout"] == f"{BIG}\n{BIG}\nsmall\n"
-    finally:
-        process.stop()
-        agentproc.stop_agents(agents)
+    settings = {"auth_hook": str(agent_hook)}
+    with running_fleet(session_ca, pyz_for, tmp_path, ("big",), settings=settings) as fleet:
+        process = apiproc.ApiProcess(fleet.dispatcher, auth_hook=str(api_hook)).start()
+        try:
+            response = process.client().post(
+                "/run", {"hosts": ["big"], "script": "echo-args", "args": [BIG, BIG, "small"]}
+            )
+            assert response.status == 200, response.json
+            [result] = response.json["results"]
+            assert result["exit"] == 0 and result["stdout"] == f"{BIG}\n{BIG}\nsmall\n"
+        finally:
+            process.stop()
 
     for record in ("api-calls", "agent-calls"):
         run_calls = [

@@ -9,18 +9,19 @@ import pytest
 
 from ctrlexec.dispatcher.registry import Registry
 from tests.support import testpki
-from tests.support.agentproc import APPENDIX_C_SCRIPTS, DispatcherClient, start_agents, stop_agents
+from tests.support.agentproc import DispatcherClient
+from tests.support.fleet import running_fleet
 
 
 @pytest.fixture
 def pair(tmp_path, session_ca, pyz_for):
-    droot = tmp_path / "dispatcher"
-    dispatcher = testpki.install_dispatcher(session_ca, droot)
-    agents = start_agents(
-        session_ca, pyz_for, tmp_path, droot, dispatcher, ("web-01", "web-02"), APPENDIX_C_SCRIPTS
-    )
-    yield {"ced": pyz_for(droot), "agents": agents, "droot": droot, "dispatcher": dispatcher}
-    stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, tmp_path, ("web-01", "web-02")) as fleet:
+        yield {
+            "ced": fleet.dispatcher,
+            "agents": fleet.agents,
+            "droot": fleet.dispatcher.root,
+            "dispatcher": fleet.issued,
+        }
 
 
 def _results(completed) -> list[dict]:

@@ -25,6 +25,7 @@ from ctrlexec.cli import agent as agent_role
 from ctrlexec.cli import ced as ced_role
 from ctrlexec.cli import roles
 from tests.support import agentproc, apiproc, testpki
+from tests.support.fleet import Fleet, running_fleet
 
 REPO = Path(__file__).resolve().parents[2]
 MISSING_CONFIG = "/nonexistent/ctrl-exec-json-test.toml"
@@ -110,17 +111,13 @@ class Hosts:
     """The runners: `d` a dispatcher with a running agent `json-01` (`a`),
     `f` a dispatcher set up by `ced` itself that pairs `g` and `h`."""
 
-    def __init__(self, session_ca, pyz_for, base: Path):
-        self.base = base
+    def __init__(self, fleet: Fleet, pyz_for):
+        self.base = fleet.base
         self.pyz_for = pyz_for
-        self.d = pyz_for(base / "d")
-        self.issued = testpki.install_dispatcher(session_ca, self.d.root)
-        testpki.install_ca_key(session_ca, self.d.root)
-        self.agents = agentproc.start_agents(
-            session_ca, pyz_for, base, self.d.root, self.issued, ("json-01",), SCRIPTS
-        )
-        self.a = self.agents["json-01"][0]
-        self.site = self.agents["json-01"][1].site
+        self.d = fleet.dispatcher
+        self.issued = fleet.issued
+        self.a = fleet.runner("json-01")
+        self.site = fleet.site("json-01")
 
     def fresh(self, name: str):
         return self.pyz_for(self.base / name)
@@ -261,13 +258,12 @@ def exercise_agent(hosts: Hosts, session_ca) -> None:
 
 @pytest.fixture(scope="module")
 def exercised(session_ca, pyz_for, tmp_path_factory):
-    hosts = Hosts(session_ca, pyz_for, tmp_path_factory.mktemp("json-everywhere"))
-    try:
+    base = tmp_path_factory.mktemp("json-everywhere")
+    with running_fleet(session_ca, pyz_for, base, ("json-01",), SCRIPTS, ca_key=True) as fleet:
+        hosts = Hosts(fleet, pyz_for)
         exercise_dispatcher(hosts)
         exercise_pairing(hosts)
         exercise_agent(hosts, session_ca)
-    finally:
-        agentproc.stop_agents(hosts.agents)
     return CASES
 
 

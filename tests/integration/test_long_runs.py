@@ -25,6 +25,7 @@ import time
 import pytest
 
 from tests.support import agentproc, testpki
+from tests.support.fleet import running_fleet
 from tests.support.peer012 import Peer012, http_response, run_body
 
 NAMES = ("long-01", "long-02")
@@ -35,36 +36,11 @@ TICK = '#!/bin/sh\nfor i in 1 2 3 4 5 6; do echo "tick $i"; sleep 0.5; done\nech
 SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK, tree=TREE, tick=TICK)
 
 
-class Fleet:
-    def __init__(self, dispatcher, issued, agents):
-        self.dispatcher = dispatcher
-        self.issued = issued
-        self.agents = agents
-        self.layout = testpki.layout_for(dispatcher.root)
-
-    def ced(self, *argv: str, timeout: float = 60):
-        return self.dispatcher.run("ced", *argv, timeout=timeout)
-
-    def configure(self, **keys) -> None:
-        lines = [f"{key} = {json.dumps(value)}" for key, value in keys.items()]
-        self.layout.dispatcher_config.write_text("\n".join(lines) + "\n")
-
-    def agent_log(self, name: str = "long-01") -> str:
-        return self.agents[name][0].log_text()
-
-
 @pytest.fixture(scope="module")
 def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("long")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca, pyz_for, base, dispatcher.root, issued, NAMES, SCRIPTS
-    )
-    try:
-        yield Fleet(dispatcher, issued, agents)
-    finally:
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, base, NAMES, SCRIPTS) as fleet:
+        yield fleet
 
 
 @pytest.fixture(autouse=True)
@@ -182,7 +158,7 @@ def test_a_killed_dispatcher_does_not_free_the_lock_while_the_script_runs(fleet,
     # once the script has ended there, the lock is free again
     (gate / "go").touch()
     agentproc.wait_for(
-        lambda: re.search(rf"ACTION=run .*REQID={orphan['reqid']}", fleet.agent_log()),
+        lambda: re.search(rf"ACTION=run .*REQID={orphan['reqid']}", fleet.agent_log("long-01")),
         30,
         "the orphaned script to end on the agent",
     )
@@ -231,21 +207,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _read_all(fd: int, proc: subprocess.Popen, seconds: float = 60) -> str:
+def _read_all(fd: int, seconds: float = 60) -> str:
+    """What was written to the terminal until the last process holding it
+    closed it (reading then fails with EIO, or returns nothing)."""
     seen = b""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        ready = select.select([fd], [], [], 0.1)[0]
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                chunk = b""
-            if chunk:
-                seen += chunk
-                continue
-        if proc.poll() is not None and not ready:
+        if not select.select([fd], [], [], 0.1)[0]:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            chunk = b""
+        if not chunk:
             break
+        seen += chunk
     return seen.decode("utf-8", "replace")
 
 
@@ -267,7 +243,7 @@ def test_ctrl_c_prints_the_reqid_and_cancel_stops_the_process_group(fleet, tmp_p
         )
         assert proc.poll() is None
         proc.send_signal(signal.SIGINT)  # what Ctrl-C on its terminal sends
-        output = _read_all(master, proc)
+        output = _read_all(master)
         proc.wait(30)
     finally:
         os.close(master)
@@ -289,8 +265,8 @@ def test_ctrl_c_prints_the_reqid_and_cancel_stops_the_process_group(fleet, tmp_p
     agentproc.wait_for(
         lambda: not _alive(script_pid) and not _alive(child_pid), 30, "the process group to end"
     )
-    assert re.search(rf"ACTION=run-cancel .*REQID={reqid}", fleet.agent_log())
-    assert re.search(rf"ACTION=run .*CANCELLED=1 .*REQID={reqid}", fleet.agent_log())
+    assert re.search(rf"ACTION=run-cancel .*REQID={reqid}", fleet.agent_log("long-01"))
+    assert re.search(rf"ACTION=run .*CANCELLED=1 .*REQID={reqid}", fleet.agent_log("long-01"))
     shown = fleet.ced("status", reqid)
     assert shown.returncode == 0 and "ERROR: cancelled" in shown.stdout
     [result] = json.loads(fleet.ced("--json", "status", reqid).stdout)["results"]

@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import agentproc, apiproc, testpki
+from tests.support.fleet import running_fleet
 
 NAMES = ("agent-m1",)
 
@@ -15,15 +16,8 @@ NAMES = ("agent-m1",)
 @pytest.fixture(scope="module")
 def fleet(session_ca, pyz_for, tmp_path_factory):
     base = tmp_path_factory.mktemp("metrics-fleet")
-    dispatcher = pyz_for(base / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca, pyz_for, base, dispatcher.root, issued, NAMES, agentproc.APPENDIX_C_SCRIPTS
-    )
-    try:
-        yield dispatcher
-    finally:
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, base, NAMES) as fleet:
+        yield fleet.dispatcher
 
 
 def scrape(client: apiproc.ApiClient) -> tuple[int, str, dict]:

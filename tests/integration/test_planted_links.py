@@ -15,6 +15,7 @@ import pytest
 
 from tests.support import agentproc, openssl, testpki
 from tests.support.agentproc import wait_for
+from tests.support.fleet import running_fleet
 from tests.support.pairing import RawPairing, pair_body, setup_dispatcher, start_listener
 
 REFUSED = "is a symbolic link: refused"
@@ -68,21 +69,8 @@ def test_the_pairing_listener_never_sends_a_linked_file(ctl, tmp_path, target):
 
 @pytest.fixture
 def dispatcher_and_agent(session_ca, pyz_for, tmp_path):
-    dispatcher = pyz_for(tmp_path / "dispatcher")
-    issued = testpki.install_dispatcher(session_ca, dispatcher.root)
-    agents = agentproc.start_agents(
-        session_ca,
-        pyz_for,
-        tmp_path,
-        dispatcher.root,
-        issued,
-        ("linked",),
-        agentproc.APPENDIX_C_SCRIPTS,
-    )
-    try:
-        yield dispatcher, agents["linked"]
-    finally:
-        agentproc.stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, tmp_path, ("linked",)) as fleet:
+        yield fleet.dispatcher, fleet.agents["linked"]
 
 
 def _secret_record(path: Path, **fields) -> str:

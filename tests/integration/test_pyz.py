@@ -260,23 +260,3 @@ def test_no_fitting_native_set_is_one_clear_line(tmp_path, native_cache):
     assert "Traceback" not in result.stdout + result.stderr
     assert "has no native libraries for CPython" in result.stdout
     assert "it carries: musl aarch64" in result.stdout
-
-
-def test_build_is_reproducible(tmp_path):
-    outputs = []
-    for name in ("one.pyz", "two.pyz"):
-        out = tmp_path / name
-        subprocess.run(
-            [
-                sys.executable,
-                str(REPO / "build_zipapp.py"),
-                "--target",
-                "host",
-                "--output",
-                str(out),
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
-        outputs.append(out.read_bytes())
-    assert outputs[0] == outputs[1]

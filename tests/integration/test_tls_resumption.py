@@ -17,31 +17,24 @@ from ctrlexec.dispatcher.locks import HostScriptLocks
 from ctrlexec.dispatcher.registry import Registry
 from ctrlexec.dispatcher.tls_sessions import SessionCache
 from tests.support import testpki
-from tests.support.agentproc import APPENDIX_C_SCRIPTS, start_agents, stop_agents
+from tests.support.fleet import running_fleet
 
 
 @pytest.fixture
 def pair(tmp_path, session_ca, pyz_for):
-    droot = tmp_path / "dispatcher"
-    dispatcher = testpki.install_dispatcher(session_ca, droot)
-    agents = start_agents(
-        session_ca, pyz_for, tmp_path, droot, dispatcher, ("web-01",), APPENDIX_C_SCRIPTS
-    )
-    layout = testpki.layout_for(droot)
-    engine = Engine(
-        EngineSettings(
-            cert=str(layout.dispatcher_cert),
-            key=str(layout.dispatcher_key),
-            ca=str(layout.ca_cert),
-            read_timeout=20,
-        ),
-        Registry(layout.registry_dir),
-        HostScriptLocks(layout.locks_dir),
-    )
-    try:
-        yield engine, agents["web-01"], dispatcher
-    finally:
-        stop_agents(agents)
+    with running_fleet(session_ca, pyz_for, tmp_path, ("web-01",)) as fleet:
+        layout = fleet.layout
+        engine = Engine(
+            EngineSettings(
+                cert=str(layout.dispatcher_cert),
+                key=str(layout.dispatcher_key),
+                ca=str(layout.ca_cert),
+                read_timeout=20,
+            ),
+            Registry(layout.registry_dir),
+            HostScriptLocks(layout.locks_dir),
+        )
+        yield engine, fleet.agents["web-01"], fleet.issued
 
 
 def _ping(engine: Engine, cache: SessionCache) -> tuple[bool, int]:

@@ -211,39 +211,6 @@ def await_pidfile(proc: subprocess.Popen, pidfile: Path, seconds: float, what: s
     raise AssertionError(f"{what} not ready within {seconds} s")
 
 
-def start_agents(
-    ca: testpki.SessionCA,
-    pyz_for,
-    base: Path,
-    dispatcher_root: Path,
-    dispatcher: testpki.Issued,
-    names: tuple[str, ...],
-    scripts: dict[str, str],
-    prepare=None,
-) -> dict:
-    """Agents `names` under `base/<name>`, trusting `dispatcher`, started and
-    registered with it; `prepare(site, runner)` may change a site before it
-    starts. name -> (pyz runner, AgentProcess); stop them with stop_agents."""
-    agents: dict = {}
-    try:
-        for name in names:
-            runner = pyz_for(base / name)
-            site = install_site(ca, runner.root, dispatcher, name=name, scripts=scripts)
-            if prepare is not None:
-                prepare(site, runner)
-            agents[name] = (runner, AgentProcess(runner, site).start())
-            testpki.register_agent(dispatcher_root, name, site.port, site.issued, dispatcher)
-    except BaseException:
-        stop_agents(agents)
-        raise
-    return agents
-
-
-def stop_agents(agents: dict) -> None:
-    for _, process in agents.values():
-        process.stop()
-
-
 def wait_for(predicate, seconds: float = 20.0, what: str = "condition"):
     """Poll `predicate` until it returns something truthy (and return that),
     failing after `seconds`. For conditions no event announces: a file

@@ -7,6 +7,7 @@ import pytest
 from ctrlexec.agent.allowlist import OUTSIDE_SCRIPT_DIRS, Allowlist, inside
 from ctrlexec.config.load import ScriptEntry
 from ctrlexec.errors import NotAllowlisted
+from tests.support.tables import each_case
 
 
 @pytest.fixture
@@ -58,10 +59,15 @@ def test_without_script_dirs_the_configured_path_runs(tree):
     assert allowlist.resolve("escape").executable == str(tree / "scripts/escape.sh")
 
 
-@pytest.mark.parametrize("name", ["missing", "", "ok.sh", "../ok", "ok ", "\u00e9", "a/b"])
-def test_unknown_or_malformed_names(tree, name):
-    with pytest.raises(NotAllowlisted):
-        _allowlist(tree, ok="scripts/ok.sh").resolve(name)
+UNKNOWN_OR_MALFORMED_NAMES_CASES = ["missing", "", "ok.sh", "../ok", "ok ", "\u00e9", "a/b"]
+
+
+def test_unknown_or_malformed_names(tree):
+    def check(name):
+        with pytest.raises(NotAllowlisted):
+            _allowlist(tree, ok="scripts/ok.sh").resolve(name)
+
+    each_case(UNKNOWN_OR_MALFORMED_NAMES_CASES, check, unpack=False)
 
 
 def test_symlink_swapped_after_load_is_caught_at_run_time(tree):
@@ -73,16 +79,18 @@ def test_symlink_swapped_after_load_is_caught_at_run_time(tree):
         allowlist.resolve("alias")
 
 
-@pytest.mark.parametrize(
-    "path, directory, expected",
-    [
-        ("/opt/s/a", "/opt/s", True),
-        ("/opt/s", "/opt/s", True),
-        ("/opt/sx/a", "/opt/s", False),
-        ("/opt/s/a", "/opt/s/", True),
-        ("/anything", "/", True),
-        ("/opt", "/opt/s", False),
-    ],
-)
-def test_inside(path, directory, expected):
-    assert inside(path, directory) is expected
+INSIDE_CASES = [
+    ("/opt/s/a", "/opt/s", True),
+    ("/opt/s", "/opt/s", True),
+    ("/opt/sx/a", "/opt/s", False),
+    ("/opt/s/a", "/opt/s/", True),
+    ("/anything", "/", True),
+    ("/opt", "/opt/s", False),
+]
+
+
+def test_inside():
+    def check(path, directory, expected):
+        assert inside(path, directory) is expected
+
+    each_case(INSIDE_CASES, check)

@@ -7,32 +7,34 @@ import pytest
 
 from ctrlexec.core import agent_wire as wire
 from ctrlexec.core.routing import Route
+from tests.support.tables import each_case
+
+ROUTES_ARE_EXACT_CASES = [
+    ("POST", "/run", "run", True, ""),
+    ("POST", "/ping", "ping", True, ""),
+    ("GET", "/capabilities", "capabilities", True, ""),
+    ("GET", "/result/abc_1-2", "result", True, "abc_1-2"),
+    ("POST", "/rotate-serial", "rotate-serial", True, ""),
+    ("POST", "/renew", "renew", False, ""),
+    ("POST", "/renew-complete", "renew-complete", False, ""),
+    ("GET", "/run", "unknown", False, ""),
+    ("post", "/run", "unknown", False, ""),
+    ("POST", "/ping?x=1", "unknown", False, ""),
+    ("POST", "/ping/", "unknown", False, ""),
+    ("GET", "/result/", "unknown", False, ""),
+    ("GET", "/result/a/b", "unknown", False, ""),
+    ("GET", "/result/a.b", "unknown", False, ""),
+    ("POST", "/result/abc", "unknown", False, ""),
+    ("GET", "/capabilities?x", "unknown", False, ""),
+    ("", "", "unknown", False, ""),
+]
 
 
-@pytest.mark.parametrize(
-    "method, path, name, gated, arg",
-    [
-        ("POST", "/run", "run", True, ""),
-        ("POST", "/ping", "ping", True, ""),
-        ("GET", "/capabilities", "capabilities", True, ""),
-        ("GET", "/result/abc_1-2", "result", True, "abc_1-2"),
-        ("POST", "/rotate-serial", "rotate-serial", True, ""),
-        ("POST", "/renew", "renew", False, ""),
-        ("POST", "/renew-complete", "renew-complete", False, ""),
-        ("GET", "/run", "unknown", False, ""),
-        ("post", "/run", "unknown", False, ""),
-        ("POST", "/ping?x=1", "unknown", False, ""),
-        ("POST", "/ping/", "unknown", False, ""),
-        ("GET", "/result/", "unknown", False, ""),
-        ("GET", "/result/a/b", "unknown", False, ""),
-        ("GET", "/result/a.b", "unknown", False, ""),
-        ("POST", "/result/abc", "unknown", False, ""),
-        ("GET", "/capabilities?x", "unknown", False, ""),
-        ("", "", "unknown", False, ""),
-    ],
-)
-def test_routes_are_exact(method, path, name, gated, arg):
-    assert wire.route(method, path) == Route(name, arg, gated=gated)
+def test_routes_are_exact():
+    def check(method, path, name, gated, arg):
+        assert wire.route(method, path) == Route(name, arg, gated=gated)
+
+    each_case(ROUTES_ARE_EXACT_CASES, check)
 
 
 def test_gate_refusals_are_0_12_bodies():
@@ -50,72 +52,74 @@ def _rejected(body: bytes) -> dict:
     return info.value.body
 
 
-@pytest.mark.parametrize(
-    "body, expected",
-    [
-        (b"nope", {"exit": -1, "error": "invalid JSON"}),
-        (b"", {"exit": -1, "error": "invalid JSON"}),
-        (b"\xff\xfe", {"exit": -1, "error": "invalid JSON"}),
-        (b"[1,2]", {"exit": -1, "error": "invalid JSON"}),
-        (b'"text"', {"exit": -1, "error": "invalid JSON"}),
-        (b"null", {"exit": -1, "error": "invalid JSON"}),
-        (b"[" * 100000, {"exit": -1, "error": "invalid JSON"}),
-        (
-            b'{"script":"echo-args","args":"x","reqid":"r2"}',
-            {"exit": -1, "error": "args must be an array", "reqid": "r2"},
-        ),
-        (
-            b'{"args":{},"reqid":"r2"}',
-            {"exit": -1, "error": "args must be an array", "reqid": "r2"},
-        ),
-        (
-            b'{"args":[1],"reqid":"r"}',
-            {"exit": -1, "error": "args must be strings without NUL", "reqid": "r"},
-        ),
-        (
-            b'{"args":["a\\u0000b"]}',
-            {"exit": -1, "error": "args must be strings without NUL", "reqid": ""},
-        ),
-        (b'{"reqid":5}', {"exit": -1, "error": "reqid must be a string"}),
-        (
-            b'{"script":["x"],"reqid":"q"}',
-            {"exit": -1, "error": "script must be a string", "reqid": "q"},
-        ),
-        (b'{"script":"x","token":1}', {"exit": -1, "error": "token must be a string", "reqid": ""}),
-        (
-            b'{"script":"x","username":{}}',
-            {"exit": -1, "error": "username must be a string", "reqid": ""},
-        ),
-        # lone surrogates: a clear answer, not a connection closed unanswered
-        (
-            b'{"script":"x","args":["a\\ud800"],"reqid":"s"}',
-            {"exit": -1, "error": "args must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
-        ),
-        (
-            b'{"script":"x","reqid":"\\udfff"}',
-            {"exit": -1, "error": "reqid must be valid UTF-8 (no lone surrogates)"},
-        ),
-        (
-            b'{"script":"\\ud83d","reqid":"s"}',
-            {"exit": -1, "error": "script must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
-        ),
-        (
-            b'{"script":"x","token":"\\udc80","reqid":"s"}',
-            {"exit": -1, "error": "token must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
-        ),
-        # "false" is true to Perl: any non-boolean async is refused
-        (
-            b'{"script":"x","async":"false","reqid":"s"}',
-            {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
-        ),
-        (
-            b'{"script":"x","async":2,"reqid":"s"}',
-            {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
-        ),
-    ],
-)
-def test_run_rejections_have_0_12_shapes(body, expected):
-    assert _rejected(body) == expected
+RUN_REJECTIONS_HAVE_0_12_SHAPES_CASES = [
+    (b"nope", {"exit": -1, "error": "invalid JSON"}),
+    (b"", {"exit": -1, "error": "invalid JSON"}),
+    (b"\xff\xfe", {"exit": -1, "error": "invalid JSON"}),
+    (b"[1,2]", {"exit": -1, "error": "invalid JSON"}),
+    (b'"text"', {"exit": -1, "error": "invalid JSON"}),
+    (b"null", {"exit": -1, "error": "invalid JSON"}),
+    (b"[" * 100000, {"exit": -1, "error": "invalid JSON"}),
+    (
+        b'{"script":"echo-args","args":"x","reqid":"r2"}',
+        {"exit": -1, "error": "args must be an array", "reqid": "r2"},
+    ),
+    (
+        b'{"args":{},"reqid":"r2"}',
+        {"exit": -1, "error": "args must be an array", "reqid": "r2"},
+    ),
+    (
+        b'{"args":[1],"reqid":"r"}',
+        {"exit": -1, "error": "args must be strings without NUL", "reqid": "r"},
+    ),
+    (
+        b'{"args":["a\\u0000b"]}',
+        {"exit": -1, "error": "args must be strings without NUL", "reqid": ""},
+    ),
+    (b'{"reqid":5}', {"exit": -1, "error": "reqid must be a string"}),
+    (
+        b'{"script":["x"],"reqid":"q"}',
+        {"exit": -1, "error": "script must be a string", "reqid": "q"},
+    ),
+    (b'{"script":"x","token":1}', {"exit": -1, "error": "token must be a string", "reqid": ""}),
+    (
+        b'{"script":"x","username":{}}',
+        {"exit": -1, "error": "username must be a string", "reqid": ""},
+    ),
+    # lone surrogates: a clear answer, not a connection closed unanswered
+    (
+        b'{"script":"x","args":["a\\ud800"],"reqid":"s"}',
+        {"exit": -1, "error": "args must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+    ),
+    (
+        b'{"script":"x","reqid":"\\udfff"}',
+        {"exit": -1, "error": "reqid must be valid UTF-8 (no lone surrogates)"},
+    ),
+    (
+        b'{"script":"\\ud83d","reqid":"s"}',
+        {"exit": -1, "error": "script must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+    ),
+    (
+        b'{"script":"x","token":"\\udc80","reqid":"s"}',
+        {"exit": -1, "error": "token must be valid UTF-8 (no lone surrogates)", "reqid": "s"},
+    ),
+    # "false" is true to Perl: any non-boolean async is refused
+    (
+        b'{"script":"x","async":"false","reqid":"s"}',
+        {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
+    ),
+    (
+        b'{"script":"x","async":2,"reqid":"s"}',
+        {"exit": -1, "error": "async must be true or false (or 1 or 0)", "reqid": "s"},
+    ),
+]
+
+
+def test_run_rejections_have_0_12_shapes():
+    def check(body, expected):
+        assert _rejected(body) == expected
+
+    each_case(RUN_REJECTIONS_HAVE_0_12_SHAPES_CASES, check)
 
 
 def test_run_defaults_and_fields():
@@ -168,19 +172,21 @@ def test_script_context_is_one_compact_line():
     assert "\u00e9".encode() in wire.script_context(unicode, "", "", "")
 
 
-@pytest.mark.parametrize(
-    "body, reqid",
-    [
-        (b'{"reqid":"abc123"}', "abc123"),
-        (b"", ""),
-        (b"garbage", ""),
-        (b"[]", ""),
-        (b'{"reqid":7}', ""),
-        (b'{"other":1}', ""),
-    ],
-)
-def test_ping_reqid(body, reqid):
-    assert wire.ping_reqid(body) == reqid
+PING_REQID_CASES = [
+    (b'{"reqid":"abc123"}', "abc123"),
+    (b"", ""),
+    (b"garbage", ""),
+    (b"[]", ""),
+    (b'{"reqid":7}', ""),
+    (b'{"other":1}', ""),
+]
+
+
+def test_ping_reqid():
+    def check(body, reqid):
+        assert wire.ping_reqid(body) == reqid
+
+    each_case(PING_REQID_CASES, check)
 
 
 def test_ping_body_keys():
@@ -200,23 +206,25 @@ def _expected_fallback(schema: dict) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-@pytest.mark.parametrize(
-    "schema, version, rejected",
-    [
-        ({"version": "1.2.0", "read_only": True}, "1.2.0", False),
-        ({"version": "sha256:abc"}, None, True),
-        ({"version": "has space"}, None, True),
-        ({"version": "x" * 65}, None, True),
-        ({"version": 3}, None, True),
-        ({"version": {"a": 1}}, None, False),
-        ({"description": "no version", "b": [1, 2], "a": "\u00e9"}, None, False),
-    ],
-)
-def test_sidecar_version(schema, version, rejected):
-    sidecar = wire.parse_sidecar(json.dumps(schema, indent=2).encode())
-    assert sidecar.schema == schema
-    assert sidecar.version == (version or _expected_fallback(schema))
-    assert sidecar.version_rejected is rejected
+SIDECAR_VERSION_CASES = [
+    ({"version": "1.2.0", "read_only": True}, "1.2.0", False),
+    ({"version": "sha256:abc"}, None, True),
+    ({"version": "has space"}, None, True),
+    ({"version": "x" * 65}, None, True),
+    ({"version": 3}, None, True),
+    ({"version": {"a": 1}}, None, False),
+    ({"description": "no version", "b": [1, 2], "a": "\u00e9"}, None, False),
+]
+
+
+def test_sidecar_version():
+    def check(schema, version, rejected):
+        sidecar = wire.parse_sidecar(json.dumps(schema, indent=2).encode())
+        assert sidecar.schema == schema
+        assert sidecar.version == (version or _expected_fallback(schema))
+        assert sidecar.version_rejected is rejected
+
+    each_case(SIDECAR_VERSION_CASES, check)
 
 
 def test_sidecar_reformatting_keeps_the_derived_version():

@@ -9,32 +9,34 @@ import pytest
 from ctrlexec.core import api_wire as wire
 from ctrlexec.core.results import CAPABILITIES, HostResult
 from ctrlexec.errors import FramingError
+from tests.support.tables import each_case
+
+ROUTES_CASES = [
+    ("GET", "/", wire.INDEX, ""),
+    ("get", "/health", wire.HEALTH, ""),
+    ("POST", "/ping", wire.PING, ""),
+    ("POST", "/run", wire.RUN, ""),
+    ("GET", "/discovery", wire.DISCOVERY, ""),
+    ("POST", "/discovery", wire.DISCOVERY, ""),
+    ("GET", "/status/0a1b", wire.STATUS, "0a1b"),
+    ("GET", "/openapi.json", wire.OPENAPI, ""),
+    ("GET", "/openapi-live.json", wire.OPENAPI_LIVE, ""),
+    ("GET", "/status/0A1B", wire.NO_ROUTE, ""),
+    ("GET", "/status/", wire.NO_ROUTE, ""),
+    ("GET", "/status/" + "a" * 129, wire.NO_ROUTE, ""),
+    ("POST", "/status/ab", wire.NO_ROUTE, ""),
+    ("GET", "/health?x=1", wire.NO_ROUTE, ""),
+    ("GET", "/run", wire.NO_ROUTE, ""),
+    ("PUT", "/run", wire.NO_ROUTE, ""),
+    ("GET", "//health", wire.NO_ROUTE, ""),
+]
 
 
-@pytest.mark.parametrize(
-    "method,path,name,arg",
-    [
-        ("GET", "/", wire.INDEX, ""),
-        ("get", "/health", wire.HEALTH, ""),
-        ("POST", "/ping", wire.PING, ""),
-        ("POST", "/run", wire.RUN, ""),
-        ("GET", "/discovery", wire.DISCOVERY, ""),
-        ("POST", "/discovery", wire.DISCOVERY, ""),
-        ("GET", "/status/0a1b", wire.STATUS, "0a1b"),
-        ("GET", "/openapi.json", wire.OPENAPI, ""),
-        ("GET", "/openapi-live.json", wire.OPENAPI_LIVE, ""),
-        ("GET", "/status/0A1B", wire.NO_ROUTE, ""),
-        ("GET", "/status/", wire.NO_ROUTE, ""),
-        ("GET", "/status/" + "a" * 129, wire.NO_ROUTE, ""),
-        ("POST", "/status/ab", wire.NO_ROUTE, ""),
-        ("GET", "/health?x=1", wire.NO_ROUTE, ""),
-        ("GET", "/run", wire.NO_ROUTE, ""),
-        ("PUT", "/run", wire.NO_ROUTE, ""),
-        ("GET", "//health", wire.NO_ROUTE, ""),
-    ],
-)
-def test_routes(method, path, name, arg):
-    assert wire.route(method, path) == wire.Route(name, arg)
+def test_routes():
+    def check(method, path, name, arg):
+        assert wire.route(method, path) == wire.Route(name, arg)
+
+    each_case(ROUTES_CASES, check)
 
 
 def test_no_route_body_upper_cases_the_method():
@@ -52,47 +54,49 @@ def detail_of(call, body):
     return reply.body["detail"]
 
 
-@pytest.mark.parametrize(
-    "body,detail",
-    [
-        (b"", "request body required"),
-        (b"{", "invalid JSON body"),
-        (b'"text"', "invalid JSON body"),
-        (b"\xff", "invalid JSON body"),
-        (b"[" * 100_000, "invalid JSON body"),
-        (b"{}", "hosts must be a non-empty array"),
-        (b'{"hosts":{}}', "hosts must be a non-empty array"),
-        (b'{"hosts":["a"]}', "script name required (alphanumeric and hyphens only)"),
-        (b'{"hosts":["a"],"script":""}', "script name required (alphanumeric and hyphens only)"),
-        (b'{"hosts":["a"],"script":"a b"}', "script name required (alphanumeric and hyphens only)"),
-        (b'{"hosts":["a"],"script":5}', "script name required (alphanumeric and hyphens only)"),
-        (b'{"hosts":["a"],"script":"s","args":{}}', "args must be an array"),
-        (b'{"hosts":["a"],"script":"s","args":[null]}', "args must be strings"),
-        (b'{"hosts":[""],"script":"s"}', "hosts must be non-empty strings"),
-        (b'{"hosts":["a"],"script":"s","username":[]}', "username must be a string"),
-        (b'{"hosts":["a"],"script":"s","token":1}', "token must be a string"),
-        (
-            b'{"hosts":["a"],"script":"s","token":"\\ud800"}',
-            "token must be valid UTF-8 (no lone surrogates)",
-        ),
-        (
-            b'{"hosts":["a"],"script":"s","username":"x\\udfff"}',
-            "username must be valid UTF-8 (no lone surrogates)",
-        ),
-        (
-            b'{"hosts":["a"],"script":"s","args":["\\ud800"]}',
-            "args must be valid UTF-8 (no lone surrogates)",
-        ),
-        (b'{"hosts":["\\ud800"],"script":"s"}', "hosts must be valid UTF-8 (no lone surrogates)"),
-        (
-            b'{"hosts":["a"],"script":"s","async":"false"}',
-            "async must be true or false (or 1 or 0)",
-        ),
-        (b'{"hosts":["a"],"script":"s","async":"1"}', "async must be true or false (or 1 or 0)"),
-    ],
-)
-def test_run_validation_order_and_details(body, detail):
-    assert detail_of(wire.parse_run, body) == detail
+RUN_VALIDATION_ORDER_AND_DETAILS_CASES = [
+    (b"", "request body required"),
+    (b"{", "invalid JSON body"),
+    (b'"text"', "invalid JSON body"),
+    (b"\xff", "invalid JSON body"),
+    (b"[" * 100_000, "invalid JSON body"),
+    (b"{}", "hosts must be a non-empty array"),
+    (b'{"hosts":{}}', "hosts must be a non-empty array"),
+    (b'{"hosts":["a"]}', "script name required (alphanumeric and hyphens only)"),
+    (b'{"hosts":["a"],"script":""}', "script name required (alphanumeric and hyphens only)"),
+    (b'{"hosts":["a"],"script":"a b"}', "script name required (alphanumeric and hyphens only)"),
+    (b'{"hosts":["a"],"script":5}', "script name required (alphanumeric and hyphens only)"),
+    (b'{"hosts":["a"],"script":"s","args":{}}', "args must be an array"),
+    (b'{"hosts":["a"],"script":"s","args":[null]}', "args must be strings"),
+    (b'{"hosts":[""],"script":"s"}', "hosts must be non-empty strings"),
+    (b'{"hosts":["a"],"script":"s","username":[]}', "username must be a string"),
+    (b'{"hosts":["a"],"script":"s","token":1}', "token must be a string"),
+    (
+        b'{"hosts":["a"],"script":"s","token":"\\ud800"}',
+        "token must be valid UTF-8 (no lone surrogates)",
+    ),
+    (
+        b'{"hosts":["a"],"script":"s","username":"x\\udfff"}',
+        "username must be valid UTF-8 (no lone surrogates)",
+    ),
+    (
+        b'{"hosts":["a"],"script":"s","args":["\\ud800"]}',
+        "args must be valid UTF-8 (no lone surrogates)",
+    ),
+    (b'{"hosts":["\\ud800"],"script":"s"}', "hosts must be valid UTF-8 (no lone surrogates)"),
+    (
+        b'{"hosts":["a"],"script":"s","async":"false"}',
+        "async must be true or false (or 1 or 0)",
+    ),
+    (b'{"hosts":["a"],"script":"s","async":"1"}', "async must be true or false (or 1 or 0)"),
+]
+
+
+def test_run_validation_order_and_details():
+    def check(body, detail):
+        assert detail_of(wire.parse_run, body) == detail
+
+    each_case(RUN_VALIDATION_ORDER_AND_DETAILS_CASES, check)
 
 
 def test_run_request():
@@ -110,58 +114,64 @@ def test_ping_request():
     assert detail_of(wire.parse_ping, b"[]") == "invalid JSON body"
 
 
-@pytest.mark.parametrize(
-    "body,hosts",
-    [
-        (b"", []),
-        (b"junk", []),
-        (b"[1]", []),
-        (b"{}", []),
-        (b'{"hosts":"a"}', []),
-        (b'{"hosts":[]}', []),
-        (b'{"hosts":["a","b"]}', ["a", "b"]),
-    ],
-)
-def test_discovery_body_is_optional(body, hosts):
-    assert wire.parse_discovery(body).hosts == hosts
+DISCOVERY_BODY_IS_OPTIONAL_CASES = [
+    (b"", []),
+    (b"junk", []),
+    (b"[1]", []),
+    (b"{}", []),
+    (b'{"hosts":"a"}', []),
+    (b'{"hosts":[]}', []),
+    (b'{"hosts":["a","b"]}', ["a", "b"]),
+]
+
+
+def test_discovery_body_is_optional():
+    def check(body, hosts):
+        assert wire.parse_discovery(body).hosts == hosts
+
+    each_case(DISCOVERY_BODY_IS_OPTIONAL_CASES, check)
 
 
 def test_discovery_rejects_non_string_hosts():
     assert detail_of(wire.parse_discovery, b'{"hosts":[1]}') == "hosts must be non-empty strings"
 
 
-@pytest.mark.parametrize(
-    "body,token",
-    [
-        (b'{"token":"t"}', "t"),
-        (b' {"token":"t"}', ""),
-        (b'{"token":5}', ""),
-        (b"{bad", ""),
-        (b"", ""),
-        (b'["token"]', ""),
-        (b'{"x":1}', ""),
-        (b'{"token":"\\ud800"}', ""),
-    ],
-)
-def test_gate_token(body, token):
-    assert wire.gate_token(body) == token
+GATE_TOKEN_CASES = [
+    (b'{"token":"t"}', "t"),
+    (b' {"token":"t"}', ""),
+    (b'{"token":5}', ""),
+    (b"{bad", ""),
+    (b"", ""),
+    (b'["token"]', ""),
+    (b'{"x":1}', ""),
+    (b'{"token":"\\ud800"}', ""),
+]
 
 
-@pytest.mark.parametrize(
-    "header,token",
-    [
-        ("Bearer abc", "abc"),
-        ("bearer abc", "abc"),
-        ("BEARER  abc  ", "abc"),
-        ("Bearer a b", "a"),
-        ("Basic abc", ""),
-        ("Bearer", ""),
-        ("", ""),
-        ("abc", ""),
-    ],
-)
-def test_bearer_token(header, token):
-    assert wire.bearer_token(header) == token
+def test_gate_token():
+    def check(body, token):
+        assert wire.gate_token(body) == token
+
+    each_case(GATE_TOKEN_CASES, check)
+
+
+BEARER_TOKEN_CASES = [
+    ("Bearer abc", "abc"),
+    ("bearer abc", "abc"),
+    ("BEARER  abc  ", "abc"),
+    ("Bearer a b", "a"),
+    ("Basic abc", ""),
+    ("Bearer", ""),
+    ("", ""),
+    ("abc", ""),
+]
+
+
+def test_bearer_token():
+    def check(header, token):
+        assert wire.bearer_token(header) == token
+
+    each_case(BEARER_TOKEN_CASES, check)
 
 
 def test_error_bodies():

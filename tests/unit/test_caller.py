@@ -7,6 +7,7 @@ import pytest
 from ctrlexec.core import agent_wire, api_wire, lifecycle
 from ctrlexec.core.caller import API, CLI, CLI_SOURCE_IP, Caller
 from ctrlexec.hooks import CALLER_API, CALLER_CLI, AuthRequest
+from tests.support.tables import each_case
 
 SECRET = "s3cret-token"
 
@@ -22,25 +23,25 @@ def test_front_ends_are_the_hook_callers():
     assert (CLI, API) == (CALLER_CLI, CALLER_API)
 
 
-@pytest.mark.parametrize(
-    "value",
-    [
-        Caller("alice", SECRET),
-        Caller.api("10.0.0.1", "bob", SECRET),
-        AuthRequest("run", username="alice", token=SECRET),
-        agent_wire.parse_run(
-            b'{"script":"s","args":[],"reqid":"r1","username":"u","token":"'
-            + SECRET.encode()
-            + b'"}'
-        ),
-        api_wire.parse_run(b'{"hosts":["a"],"script":"s","token":"' + SECRET.encode() + b'"}'),
-        api_wire.parse_ping(b'{"hosts":["a"],"token":"' + SECRET.encode() + b'"}'),
-        api_wire.parse_discovery(b'{"token":"' + SECRET.encode() + b'"}'),
-        lifecycle.parse_revoke(b'{"serial":"1a","token":"' + SECRET.encode() + b'"}'),
-    ],
-)
-def test_the_token_is_never_in_repr_or_str(value):
-    assert SECRET not in repr(value) and SECRET not in str(value)
+THE_TOKEN_IS_NEVER_IN_REPR_OR_STR_CASES = [
+    Caller("alice", SECRET),
+    Caller.api("10.0.0.1", "bob", SECRET),
+    AuthRequest("run", username="alice", token=SECRET),
+    agent_wire.parse_run(
+        b'{"script":"s","args":[],"reqid":"r1","username":"u","token":"' + SECRET.encode() + b'"}'
+    ),
+    api_wire.parse_run(b'{"hosts":["a"],"script":"s","token":"' + SECRET.encode() + b'"}'),
+    api_wire.parse_ping(b'{"hosts":["a"],"token":"' + SECRET.encode() + b'"}'),
+    api_wire.parse_discovery(b'{"token":"' + SECRET.encode() + b'"}'),
+    lifecycle.parse_revoke(b'{"serial":"1a","token":"' + SECRET.encode() + b'"}'),
+]
+
+
+def test_the_token_is_never_in_repr_or_str():
+    def check(value):
+        assert SECRET not in repr(value) and SECRET not in str(value)
+
+    each_case(THE_TOKEN_IS_NEVER_IN_REPR_OR_STR_CASES, check, unpack=False)
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ import pytest
 
 from ctrlexec.cli import roles
 from ctrlexec.cli.ced import COMPAT_MODES, DESCRIPTION, EPILOG, TOPICS, mode_first
+from tests.support.tables import each_case
 
 MODES = set(COMPAT_MODES)
 VALUE_OPTIONS = roles.value_options(
@@ -34,24 +35,26 @@ def test_value_options_come_from_the_parser():
     assert not {"--json", "--async", "--help", "--version", "--yes"} & VALUE_OPTIONS
 
 
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["--json", "ping", "vm"], ["ping", "--json", "vm"]),
-        (["--timeout", "60", "wait", "abc"], ["wait", "--timeout", "60", "abc"]),
-        (["--username", "run", "ping", "vm"], ["ping", "--username", "run", "vm"]),
-        (
-            ["--port", "17443", "--async", "run", "vm", "s"],
-            ["run", "--port", "17443", "--async", "vm", "s"],
-        ),
-        (["ping", "--json", "vm"], ["ping", "--json", "vm"]),
-        (["--help"], ["--help"]),
-        (["vm", "ping"], ["vm", "ping"]),
-        ([], []),
-    ],
-)
-def test_options_before_the_mode_move_after_it(argv, expected):
-    assert mode_first(argv, MODES, VALUE_OPTIONS) == expected
+OPTIONS_BEFORE_THE_MODE_MOVE_AFTER_IT_CASES = [
+    (["--json", "ping", "vm"], ["ping", "--json", "vm"]),
+    (["--timeout", "60", "wait", "abc"], ["wait", "--timeout", "60", "abc"]),
+    (["--username", "run", "ping", "vm"], ["ping", "--username", "run", "vm"]),
+    (
+        ["--port", "17443", "--async", "run", "vm", "s"],
+        ["run", "--port", "17443", "--async", "vm", "s"],
+    ),
+    (["ping", "--json", "vm"], ["ping", "--json", "vm"]),
+    (["--help"], ["--help"]),
+    (["vm", "ping"], ["vm", "ping"]),
+    ([], []),
+]
+
+
+def test_options_before_the_mode_move_after_it():
+    def check(argv, expected):
+        assert mode_first(argv, MODES, VALUE_OPTIONS) == expected
+
+    each_case(OPTIONS_BEFORE_THE_MODE_MOVE_AFTER_IT_CASES, check)
 
 
 @pytest.mark.parametrize("role", ["ced", "agent", "executor", "dispatcher"])

@@ -8,6 +8,7 @@ import pytest
 
 from ctrlexec.core import pairing as wire
 from ctrlexec.errors import PairingRejected, ProtocolError
+from tests.support.tables import each_case
 
 CSR = "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
 NONCE = "9fb2e5da0af54bd6943d62b666c61e0d"
@@ -31,84 +32,90 @@ def test_observed_request_parses():
     )
 
 
-@pytest.mark.parametrize(
-    "raw, reason, log_reason",
-    [
-        (b"not json", wire.REASON_INVALID, "invalid-request"),
-        (b"\xff\xfe", wire.REASON_INVALID, "invalid-request"),
-        (b"[]", wire.REASON_INVALID, "invalid-request"),
-        (b'"text"', wire.REASON_INVALID, "invalid-request"),
-        (b"", wire.REASON_INVALID, "invalid-request"),
-        (b"[" * 100000, wire.REASON_INVALID, "invalid-request"),
-        (body(csr=...), wire.REASON_INVALID, "invalid-request"),
-        (body(hostname=...), wire.REASON_INVALID, "invalid-request"),
-        (body(csr=""), wire.REASON_INVALID, "invalid-request"),
-        (body(csr=5), wire.REASON_INVALID, "invalid-request"),
-        (body(hostname=["vm"]), wire.REASON_INVALID, "invalid-request"),
-        (body(hostname="../etc/passwd"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="a/b"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname=".hidden"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="-x"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="a b"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="web\x00"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="wéb"), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(hostname="a" * 254), wire.REASON_HOSTNAME, "invalid-hostname"),
-        (body(nonce=12), wire.REASON_INVALID, "invalid-request"),
-        (body(nonce="has space"), wire.REASON_INVALID, "invalid-request"),
-        (body(nonce="x" * 129), wire.REASON_INVALID, "invalid-request"),
-        (body(csr="not a pem"), wire.REASON_INVALID, "invalid-csr"),
-        (body(csr=CSR + "A" * 10_240), wire.REASON_INVALID, "invalid-csr"),
-    ],
-)
-def test_refusals_in_0_12_order(raw, reason, log_reason):
-    with pytest.raises(wire.PairRequestError) as info:
-        wire.parse_request(raw)
-    assert (info.value.reason, info.value.log_reason) == (reason, log_reason)
+REFUSALS_IN_0_12_ORDER_CASES = [
+    (b"not json", wire.REASON_INVALID, "invalid-request"),
+    (b"\xff\xfe", wire.REASON_INVALID, "invalid-request"),
+    (b"[]", wire.REASON_INVALID, "invalid-request"),
+    (b'"text"', wire.REASON_INVALID, "invalid-request"),
+    (b"", wire.REASON_INVALID, "invalid-request"),
+    (b"[" * 100000, wire.REASON_INVALID, "invalid-request"),
+    (body(csr=...), wire.REASON_INVALID, "invalid-request"),
+    (body(hostname=...), wire.REASON_INVALID, "invalid-request"),
+    (body(csr=""), wire.REASON_INVALID, "invalid-request"),
+    (body(csr=5), wire.REASON_INVALID, "invalid-request"),
+    (body(hostname=["vm"]), wire.REASON_INVALID, "invalid-request"),
+    (body(hostname="../etc/passwd"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="a/b"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname=".hidden"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="-x"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="a b"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="web\x00"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="wéb"), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(hostname="a" * 254), wire.REASON_HOSTNAME, "invalid-hostname"),
+    (body(nonce=12), wire.REASON_INVALID, "invalid-request"),
+    (body(nonce="has space"), wire.REASON_INVALID, "invalid-request"),
+    (body(nonce="x" * 129), wire.REASON_INVALID, "invalid-request"),
+    (body(csr="not a pem"), wire.REASON_INVALID, "invalid-csr"),
+    (body(csr=CSR + "A" * 10_240), wire.REASON_INVALID, "invalid-csr"),
+]
+
+
+def test_refusals_in_0_12_order():
+    def check(raw, reason, log_reason):
+        with pytest.raises(wire.PairRequestError) as info:
+            wire.parse_request(raw)
+        assert (info.value.reason, info.value.log_reason) == (reason, log_reason)
+
+    each_case(REFUSALS_IN_0_12_ORDER_CASES, check)
 
 
 def test_missing_nonce_is_empty_as_in_0_12():
     assert wire.parse_request(body(nonce=...)).nonce == ""
 
 
-@pytest.mark.parametrize(
-    "value, port",
-    [
-        ("17443", 17443),
-        (17443, 17443),
-        ("1", 1),
-        (65535, 65535),
-        ("65536", None),
-        (0, None),
-        ("0", None),
-        ("-1", None),
-        (True, None),
-        ("７４４３", None),
-        ("12a", None),
-        (None, None),
-        (7443.0, None),
-        ("000080", None),
-    ],
-)
-def test_valid_port(value, port):
-    assert wire.valid_port(value) == port
+VALID_PORT_CASES = [
+    ("17443", 17443),
+    (17443, 17443),
+    ("1", 1),
+    (65535, 65535),
+    ("65536", None),
+    (0, None),
+    ("0", None),
+    ("-1", None),
+    (True, None),
+    ("７４４３", None),
+    ("12a", None),
+    (None, None),
+    (7443.0, None),
+    ("000080", None),
+]
 
 
-@pytest.mark.parametrize(
-    "value, ip",
-    [
-        ("127.0.0.1", "127.0.0.1"),
-        ("::1", "::1"),
-        ("2001:DB8::1", "2001:db8::1"),
-        ("999.1.1.1", None),
-        ("unknown", None),
-        ("", None),
-        (None, None),
-        (7, None),
-        ("10.0.0.1/8", None),
-    ],
-)
-def test_valid_ip(value, ip):
-    assert wire.valid_ip(value) == ip
+def test_valid_port():
+    def check(value, port):
+        assert wire.valid_port(value) == port
+
+    each_case(VALID_PORT_CASES, check)
+
+
+VALID_IP_CASES = [
+    ("127.0.0.1", "127.0.0.1"),
+    ("::1", "::1"),
+    ("2001:DB8::1", "2001:db8::1"),
+    ("999.1.1.1", None),
+    ("unknown", None),
+    ("", None),
+    (None, None),
+    (7, None),
+    ("10.0.0.1/8", None),
+]
+
+
+def test_valid_ip():
+    def check(value, ip):
+        assert wire.valid_ip(value) == ip
+
+    each_case(VALID_IP_CASES, check)
 
 
 def test_invalid_optional_fields_are_dropped():
@@ -201,19 +208,21 @@ def test_result_approved():
     assert (approval.dispatcher_serial, approval.dispatcher_id) == ("", "")
 
 
-@pytest.mark.parametrize(
-    "raw, reason, timed_out",
-    [
-        (b'{"status":"denied","reason":"rejected by operator"}', "rejected by operator", False),
-        (b'{"status":"denied","reason":"approval timeout"}', "approval timeout", True),
-        (b'{"status":"denied"}', "denied", False),
-        (approved(nonce="0" * 32), "nonce mismatch in pairing result", False),
-        (approved(cert=""), "approval without a certificate and CA", False),
-        (approved(ca=None), "approval without a certificate and CA", False),
-    ],
-)
-def test_result_refusals(raw, reason, timed_out):
-    with pytest.raises(PairingRejected) as info:
-        wire.parse_result(raw, NONCE)
-    assert (info.value.reason, info.value.timed_out) == (reason, timed_out)
-    assert info.value.exit_code == 3
+RESULT_REFUSALS_CASES = [
+    (b'{"status":"denied","reason":"rejected by operator"}', "rejected by operator", False),
+    (b'{"status":"denied","reason":"approval timeout"}', "approval timeout", True),
+    (b'{"status":"denied"}', "denied", False),
+    (approved(nonce="0" * 32), "nonce mismatch in pairing result", False),
+    (approved(cert=""), "approval without a certificate and CA", False),
+    (approved(ca=None), "approval without a certificate and CA", False),
+]
+
+
+def test_result_refusals():
+    def check(raw, reason, timed_out):
+        with pytest.raises(PairingRejected) as info:
+            wire.parse_result(raw, NONCE)
+        assert (info.value.reason, info.value.timed_out) == (reason, timed_out)
+        assert info.value.exit_code == 3
+
+    each_case(RESULT_REFUSALS_CASES, check)

@@ -124,7 +124,7 @@ def test_fan_out_keeps_input_order_and_bounds_parallelism():
     runner.start()
     for _ in range(4):
         assert started.acquire(timeout=10)
-    assert not started.acquire(timeout=0.05)  # a fifth is not started while four run
+    assert not started.acquire(timeout=0.01)  # a fifth is not started while four run
     release.set()
     runner.join(10)
     assert outcome == [[item * 10 for item in range(20)]]

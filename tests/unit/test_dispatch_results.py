@@ -6,6 +6,7 @@ import pytest
 
 from ctrlexec.core import report, results
 from ctrlexec.core.results import PING, RUN, AgentReply, Failure, HostResult
+from tests.support.tables import each_case
 
 
 def ok(body: bytes | str, status: int = 200, phrase: str = "OK") -> AgentReply:
@@ -64,36 +65,38 @@ def test_run_body_naming_another_host_reports_it():
     assert "reported_hostname" not in same.wire
 
 
-@pytest.mark.parametrize(
-    "reply, error",
-    [
-        (
-            AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
-            "forbidden: serial mismatch",
-        ),
-        (
-            AgentReply(403, "Forbidden", b'{"error":"certificate revoked"}'),
-            "forbidden: certificate revoked",
-        ),
-        (AgentReply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
-        (
-            AgentReply(413, "Content Too Large", b'{"error":"request too large"}'),
-            "request too large",
-        ),
-        (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
-        (AgentReply(500, "Internal Server Error", b""), "500 Internal Server Error"),
-    ],
-)
-def test_run_http_failures_use_0_12_strings(reply, error):
-    result = results.run_result("vm", "fail", "r9", "5ms", reply, None, 60)
-    assert result.to_wire() == {
-        "host": "vm",
-        "script": "fail",
-        "exit": -1,
-        "error": error,
-        "rtt": "5ms",
-        "reqid": "r9",
-    }
+RUN_HTTP_FAILURES_USE_0_12_STRINGS_CASES = [
+    (
+        AgentReply(403, "Forbidden", b'{"error":"serial mismatch","status":"forbidden"}'),
+        "forbidden: serial mismatch",
+    ),
+    (
+        AgentReply(403, "Forbidden", b'{"error":"certificate revoked"}'),
+        "forbidden: certificate revoked",
+    ),
+    (AgentReply(403, "Forbidden", b"not json"), "forbidden: 403 Forbidden"),
+    (
+        AgentReply(413, "Content Too Large", b'{"error":"request too large"}'),
+        "request too large",
+    ),
+    (AgentReply(404, "Not Found", b'{"error":"not found"}'), "404 Not Found"),
+    (AgentReply(500, "Internal Server Error", b""), "500 Internal Server Error"),
+]
+
+
+def test_run_http_failures_use_0_12_strings():
+    def check(reply, error):
+        result = results.run_result("vm", "fail", "r9", "5ms", reply, None, 60)
+        assert result.to_wire() == {
+            "host": "vm",
+            "script": "fail",
+            "exit": -1,
+            "error": error,
+            "rtt": "5ms",
+            "reqid": "r9",
+        }
+
+    each_case(RUN_HTTP_FAILURES_USE_0_12_STRINGS_CASES, check)
 
 
 @pytest.mark.parametrize("body", [b"", b"nope", b"[1,2]", b'"text"', b"\xff\xfe"])
@@ -103,62 +106,66 @@ def test_run_body_that_is_not_a_json_object(body):
     assert result.wire["host"] == "vm" and result.wire["reqid"] == "r"
 
 
-@pytest.mark.parametrize(
-    "kind, run_text, ping_text",
-    [
-        (
-            results.RESOLVE,
-            "host 'h.example' did not resolve - check the name or use an IP address",
-            None,
-        ),
-        (
-            results.REFUSED,
-            "host 'h.example' did not respond on port 7443 - connection refused "
-            "(agent not running, or wrong port?)",
-            None,
-        ),
-        (
-            results.UNREACHABLE,
-            "host 'h.example' is unreachable - no route to host or network down",
-            None,
-        ),
-        (results.TIMEOUT, "host 'h.example' did not respond - connection timed out", None),
-        (
-            results.READ_TIMEOUT,
-            "read timeout after 60s",
-            "host 'h.example' did not respond - connection timed out",
-        ),
-        (
-            results.TLS,
-            "TLS handshake with 'h.example' failed - certificate or trust mismatch",
-            None,
-        ),
-    ],
-)
-def test_transport_failures_use_0_12_strings(kind, run_text, ping_text):
-    failure = Failure(kind, "h.example", 7443)
-    run = results.run_result("web", "s", "r", "2ms", None, failure, 60)
-    assert run.to_wire() == {
-        "host": "web",
-        "script": "s",
-        "exit": -1,
-        "error": run_text,
-        "rtt": "2ms",
-        "reqid": "r",
-    }
-    ping = results.ping_result("web", "2ms", None, failure, 60)
-    assert ping.to_wire() == {
-        "host": "web",
-        "status": "error",
-        "error": ping_text or run_text,
-        "rtt": "2ms",
-    }
+TRANSPORT_FAILURES_USE_0_12_STRINGS_CASES = [
+    (
+        results.RESOLVE,
+        "host 'h.example' did not resolve - check the name or use an IP address",
+        None,
+    ),
+    (
+        results.REFUSED,
+        "host 'h.example' did not respond on port 7443 - connection refused "
+        "(agent not running, or wrong port?)",
+        None,
+    ),
+    (
+        results.UNREACHABLE,
+        "host 'h.example' is unreachable - no route to host or network down",
+        None,
+    ),
+    (results.TIMEOUT, "host 'h.example' did not respond - connection timed out", None),
+    (
+        results.READ_TIMEOUT,
+        "read timeout after 60s",
+        "host 'h.example' did not respond - connection timed out",
+    ),
+    (
+        results.TLS,
+        "TLS handshake with 'h.example' failed - certificate or trust mismatch",
+        None,
+    ),
+]
 
 
-@pytest.mark.parametrize("kind", results.KINDS)
-def test_every_failure_kind_names_the_host(kind):
-    text = results.failure_text(Failure(kind, "10.0.0.9", 17443, "detail"), 5, "ping")
-    assert "10.0.0.9" in text
+def test_transport_failures_use_0_12_strings():
+    def check(kind, run_text, ping_text):
+        failure = Failure(kind, "h.example", 7443)
+        run = results.run_result("web", "s", "r", "2ms", None, failure, 60)
+        assert run.to_wire() == {
+            "host": "web",
+            "script": "s",
+            "exit": -1,
+            "error": run_text,
+            "rtt": "2ms",
+            "reqid": "r",
+        }
+        ping = results.ping_result("web", "2ms", None, failure, 60)
+        assert ping.to_wire() == {
+            "host": "web",
+            "status": "error",
+            "error": ping_text or run_text,
+            "rtt": "2ms",
+        }
+
+    each_case(TRANSPORT_FAILURES_USE_0_12_STRINGS_CASES, check)
+
+
+def test_every_failure_kind_names_the_host():
+    def check(kind):
+        text = results.failure_text(Failure(kind, "10.0.0.9", 17443, "detail"), 5, "ping")
+        assert "10.0.0.9" in text
+
+    each_case(results.KINDS, check, unpack=False)
 
 
 # -- ping results --------------------------------------------------------------
@@ -217,11 +224,21 @@ def test_rtt_text(seconds, text):
     assert results.rtt_text(seconds) == text
 
 
-@pytest.mark.parametrize(
-    "value, failed", [(0, False), (1, True), (-1, True), (None, True), ("0", True), (True, True)]
-)
-def test_only_an_integer_zero_exit_succeeds(value, failed):
-    assert HostResult(RUN, {"exit": value}).failed is failed
+ONLY_AN_INTEGER_ZERO_EXIT_SUCCEEDS_CASES = [
+    (0, False),
+    (1, True),
+    (-1, True),
+    (None, True),
+    ("0", True),
+    (True, True),
+]
+
+
+def test_only_an_integer_zero_exit_succeeds():
+    def check(value, failed):
+        assert HostResult(RUN, {"exit": value}).failed is failed
+
+    each_case(ONLY_AN_INTEGER_ZERO_EXIT_SUCCEEDS_CASES, check)
 
 
 # -- text ----------------------------------------------------------------------

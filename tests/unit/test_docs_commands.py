@@ -18,7 +18,9 @@ Each logical line is cut at `&&`, `|`, `;` and `$( )` into simple commands:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
 import importlib
 import io
 import re
@@ -29,6 +31,7 @@ import pytest
 
 from ctrlexec.cli import main as cli_main
 from ctrlexec.cli import roles
+from tests.support.tables import each_case
 
 REPO = Path(__file__).resolve().parents[2]
 SHELL_BLOCKS = ("sh", "shell", "bash", "console")
@@ -195,10 +198,14 @@ def _logical_lines(path: Path):
                 yield number, match.group(1), False
 
 
+DOCUMENTS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
 def _documented():
-    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+    """(where, text, from a shell block) of every documented command."""
+    for path in DOCUMENTS:
         for number, text, shell in _logical_lines(path):
-            yield pytest.param(text, shell, id=f"{path.name}:{number}")
+            yield f"{path.name}:{number}", text, shell
 
 
 def _strip_comment(text: str) -> str:
@@ -258,6 +265,21 @@ def _variants(words: list[str]) -> list[list[str]]:
     return out
 
 
+@functools.cache
+def _parser(role: str, prog: str) -> argparse.ArgumentParser:
+    """The role's real parser, built once per (role, program name): parsing
+    leaves a parser as it was, and building one is most of this file's time."""
+    module = importlib.import_module(cli_main.ROLES[role][0])
+    if role in ("install", "demo"):
+        return module.build_parser(prog)
+    version = {"ced": "ctrl-exec-dispatcher", "dispatcher": "ctrl-exec-api"}.get(
+        role, f"ctrl-exec-{role}"
+    )
+    return roles.build_parser(
+        prog, version, "", module.TOPICS, module.COMPAT_MODES, getattr(module, "EPILOG", "")
+    )
+
+
 def _parse(argv: list[str]) -> str | None:
     """None when our real parser accepts argv, else why not."""
     name = _program(argv[0])
@@ -275,31 +297,22 @@ def _parse(argv: list[str]) -> str | None:
     if role not in cli_main.ROLES:
         return f"no role {role!r}"
     module = importlib.import_module(cli_main.ROLES[role][0])
-    if role in ("install", "demo"):
-        parser = module.build_parser(prog)
-        head = rest
-    elif role == "doctor":
+    if role == "doctor":
         return None if not rest or rest in (["--json"], ["--help"]) else f"doctor takes {rest}?"
-    else:
-        version = {"ced": "ctrl-exec-dispatcher", "dispatcher": "ctrl-exec-api"}.get(
-            role, f"ctrl-exec-{role}"
+    parser = _parser(role, prog)
+    head = rest
+    if role == "ced":
+        head, _ = module.split_script_args(rest)
+        values = roles.value_options(parser)
+        head = module.operands_last(
+            module.mode_first(head, set(module.COMPAT_MODES), values), values
         )
-        parser = roles.build_parser(
-            prog, version, "", module.TOPICS, module.COMPAT_MODES, getattr(module, "EPILOG", "")
-        )
-        head = rest
-        if role == "ced":
-            head, _ = module.split_script_args(rest)
-            values = roles.value_options(parser)
-            head = module.operands_last(
-                module.mode_first(head, set(module.COMPAT_MODES), values), values
-            )
-        if (
-            role == "dispatcher"
-            and prog == module.API_PROGRAM
-            and not set(rest) & {*module.COMPAT_MODES, "-h", "--help", "--version"}
-        ):
-            head = ["serve", *rest]
+    if (
+        role == "dispatcher"
+        and prog == module.API_PROGRAM
+        and not set(rest) & {*module.COMPAT_MODES, "-h", "--help", "--version"}
+    ):
+        head = ["serve", *rest]
     errors = io.StringIO()
     try:
         with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
@@ -313,8 +326,17 @@ def _parse(argv: list[str]) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("text, shell", list(_documented()))
-def test_documented_command_is_parsed_or_executed(text, shell):
+def test_documented_commands_are_parsed_or_executed():
+    problems = []
+    for where, text, shell in _documented():
+        try:
+            _check_command(text, shell)
+        except AssertionError as problem:
+            problems.append(f"{where}: {problem}")
+    assert not problems, "\n".join(problems)
+
+
+def _check_command(text: str, shell: bool) -> None:
     commands = _simple_commands(text)
     others = []
     for words in commands:
@@ -337,39 +359,43 @@ def test_documented_command_is_parsed_or_executed(text, shell):
     )
 
 
-@pytest.mark.parametrize("line", sorted(EXECUTED))
-def test_each_executed_entry_names_real_evidence(line):
-    for relative, evidence in EXECUTED[line]:
-        path = REPO / relative
-        assert path.exists(), f"{line!r}: {relative} does not exist"
-        assert evidence in path.read_text(), f"{line!r}: {relative} does not contain {evidence!r}"
+def test_each_executed_entry_names_real_evidence():
+    problems = []
+    for line, evidence_list in sorted(EXECUTED.items()):
+        for relative, evidence in evidence_list:
+            path = REPO / relative
+            if not path.exists():
+                problems.append(f"{line!r}: {relative} does not exist")
+            elif evidence not in path.read_text():
+                problems.append(f"{line!r}: {relative} does not contain {evidence!r}")
+    assert not problems, "\n".join(problems)
 
 
 def test_every_executed_entry_is_still_documented():
-    documented = {
-        p.values[0].split(" #", 1)[0].strip() for p in _documented() if isinstance(p.values[0], str)
-    }
+    documented = {text.split(" #", 1)[0].strip() for _, text, _ in _documented()}
     stale = set(EXECUTED) - documented
     assert not stale, f"EXECUTED lists commands no doc shows any more: {sorted(stale)}"
 
 
-@pytest.mark.parametrize(
-    "bad",
-    [
-        "ced run --no-such-option web-01 backup",
-        "ced approve",  # the reqid operand is missing
-        "ced pairing-mode start --timeout soon",
-        "ctrl-exec-agent request-pairing --dispatcher HOST --key-type dsa",
-        "ctrl-exec.pyz install --role toaster",
-        "ctrl-exec.pyz --version --shout",
-        "ced no-such-mode",
-    ],
-)
-def test_the_check_refuses_wrong_commands(bad):
-    problems = [_parse(v) for v in _variants(_ours(_simple_commands(bad)[0]) or [])]
-    assert any(problems), bad
+THE_CHECK_REFUSES_WRONG_COMMANDS_CASES = [
+    "ced run --no-such-option web-01 backup",
+    "ced approve",  # the reqid operand is missing
+    "ced pairing-mode start --timeout soon",
+    "ctrl-exec-agent request-pairing --dispatcher HOST --key-type dsa",
+    "ctrl-exec.pyz install --role toaster",
+    "ctrl-exec.pyz --version --shout",
+    "ced no-such-mode",
+]
+
+
+def test_the_check_refuses_wrong_commands():
+    def check(bad):
+        problems = [_parse(v) for v in _variants(_ours(_simple_commands(bad)[0]) or [])]
+        assert any(problems), bad
+
+    each_case(THE_CHECK_REFUSES_WRONG_COMMANDS_CASES, check, unpack=False)
 
 
 def test_a_new_foreign_command_must_be_listed():
     with pytest.raises(AssertionError, match="no test runs it"):
-        test_documented_command_is_parsed_or_executed("rsync -a dist/ host:/opt/", True)
+        _check_command("rsync -a dist/ host:/opt/", True)

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from ctrlexec.core import exec_frames as ef
+from tests.support.tables import each_case
 
 
 def _field(data: bytes) -> bytes:
@@ -35,24 +36,26 @@ def test_request_round_trip_matches_012_framing():
     assert ef.decode_request(frame[4:]) == REQUEST
 
 
-@pytest.mark.parametrize(
-    "body, message",
-    [
-        (b"", "truncated reqid length"),
-        (_field(b"r") + struct.pack(">I", 99) + b"d", "dispatcher_id length 99 runs past"),
-        (_body(b"r", b"d", b"../etc", b""), "not a valid script name"),
-        (_body(b"r", b"d", b"s", b"", argc=257), "argc 257 exceeds 256"),
-        (_body(b"r", b"d", b"s", b"", argc=2, args=(b"x",)), "truncated argument 2 length"),
-        (_body(b"r", b"d", b"s", b"", args=(b"\xff",)), "argument 1 is not valid UTF-8"),
-        (_body(b"r", b"d", b"s", b"", args=(b"a\x00b",)), "argument 1 contains a NUL"),
-        (_body(b"r", b"d", b"s", b"") + b"extra", "5 unexpected bytes"),
-        (_body(b"r" * 300, b"d", b"s", b""), "reqid longer than 256"),
-    ],
-)
-def test_bad_requests_name_the_rule(body, message):
-    with pytest.raises(ef.FrameError) as info:
-        ef.decode_request(body)
-    assert message in str(info.value)
+BAD_REQUESTS_NAME_THE_RULE_CASES = [
+    (b"", "truncated reqid length"),
+    (_field(b"r") + struct.pack(">I", 99) + b"d", "dispatcher_id length 99 runs past"),
+    (_body(b"r", b"d", b"../etc", b""), "not a valid script name"),
+    (_body(b"r", b"d", b"s", b"", argc=257), "argc 257 exceeds 256"),
+    (_body(b"r", b"d", b"s", b"", argc=2, args=(b"x",)), "truncated argument 2 length"),
+    (_body(b"r", b"d", b"s", b"", args=(b"\xff",)), "argument 1 is not valid UTF-8"),
+    (_body(b"r", b"d", b"s", b"", args=(b"a\x00b",)), "argument 1 contains a NUL"),
+    (_body(b"r", b"d", b"s", b"") + b"extra", "5 unexpected bytes"),
+    (_body(b"r" * 300, b"d", b"s", b""), "reqid longer than 256"),
+]
+
+
+def test_bad_requests_name_the_rule():
+    def check(body, message):
+        with pytest.raises(ef.FrameError) as info:
+            ef.decode_request(body)
+        assert message in str(info.value)
+
+    each_case(BAD_REQUESTS_NAME_THE_RULE_CASES, check)
 
 
 @pytest.mark.parametrize(

@@ -5,21 +5,23 @@ from __future__ import annotations
 import pytest
 
 from ctrlexec.dispatcher.fleet import known_serials, missing_serials
+from tests.support.tables import each_case
+
+KNOWN_CASES = [
+    ({"dispatcher_serial": "a1"}, ["a1"]),
+    ({"dispatcher_serial": "a1", "fleet_serials": ["a1", "b1"]}, ["a1", "b1"]),
+    ({"dispatcher_serial": ""}, []),
+    ({}, []),
+    ({"dispatcher_serial": "a1", "fleet_serials": "a1"}, ["a1"]),  # malformed: ignored
+    ({"dispatcher_serial": "a1", "fleet_serials": [1]}, ["a1"]),
+]
 
 
-@pytest.mark.parametrize(
-    ("record", "known"),
-    [
-        ({"dispatcher_serial": "a1"}, ["a1"]),
-        ({"dispatcher_serial": "a1", "fleet_serials": ["a1", "b1"]}, ["a1", "b1"]),
-        ({"dispatcher_serial": ""}, []),
-        ({}, []),
-        ({"dispatcher_serial": "a1", "fleet_serials": "a1"}, ["a1"]),  # malformed: ignored
-        ({"dispatcher_serial": "a1", "fleet_serials": [1]}, ["a1"]),
-    ],
-)
-def test_known(record, known):
-    assert known_serials(record) == known
+def test_known():
+    def check(record, known):
+        assert known_serials(record) == known
+
+    each_case(KNOWN_CASES, check)
 
 
 @pytest.mark.parametrize(

@@ -18,35 +18,37 @@ from ctrlexec.core.results import (
     Failure,
     HostResult,
 )
+from tests.support.tables import each_case
+
+FAILED_FOLLOWS_EACH_OPERATIONS_RULE_CASES = [
+    (RUN, {"exit": 0}, False),
+    (RUN, {"exit": 3}, True),
+    (RUN, {"exit": "0"}, True),
+    (RUN, {"exit": True}, True),
+    (RUN, {"exit": False}, True),
+    (RUN, {}, True),
+    (PING, {"status": "ok"}, False),
+    (PING, {"status": "error"}, True),
+    (PING, {"status": ["ok"]}, True),
+    (PING, {}, True),
+    (CAPABILITIES, {"status": "ok"}, False),
+    (CAPABILITIES, {"status": "forbidden"}, True),
+    (SUBMIT, {"status": "accepted"}, False),
+    (SUBMIT, {"status": "busy"}, True),
+    (SUBMIT, {"exit": -1, "error": "x"}, True),
+    (FETCH, {"status": "done", "exit": 1}, False),
+    (FETCH, {"status": "running"}, False),
+    (FETCH, {"status": "unknown"}, False),
+    (FETCH, {"status": "error"}, True),
+    (FETCH, {}, True),
+]
 
 
-@pytest.mark.parametrize(
-    "op, wire, failed",
-    [
-        (RUN, {"exit": 0}, False),
-        (RUN, {"exit": 3}, True),
-        (RUN, {"exit": "0"}, True),
-        (RUN, {"exit": True}, True),
-        (RUN, {"exit": False}, True),
-        (RUN, {}, True),
-        (PING, {"status": "ok"}, False),
-        (PING, {"status": "error"}, True),
-        (PING, {"status": ["ok"]}, True),
-        (PING, {}, True),
-        (CAPABILITIES, {"status": "ok"}, False),
-        (CAPABILITIES, {"status": "forbidden"}, True),
-        (SUBMIT, {"status": "accepted"}, False),
-        (SUBMIT, {"status": "busy"}, True),
-        (SUBMIT, {"exit": -1, "error": "x"}, True),
-        (FETCH, {"status": "done", "exit": 1}, False),
-        (FETCH, {"status": "running"}, False),
-        (FETCH, {"status": "unknown"}, False),
-        (FETCH, {"status": "error"}, True),
-        (FETCH, {}, True),
-    ],
-)
-def test_failed_follows_each_operations_rule(op, wire, failed):
-    assert HostResult(op, wire).failed is failed
+def test_failed_follows_each_operations_rule():
+    def check(op, wire, failed):
+        assert HostResult(op, wire).failed is failed
+
+    each_case(FAILED_FOLLOWS_EACH_OPERATIONS_RULE_CASES, check)
 
 
 @pytest.mark.parametrize(
@@ -117,46 +119,53 @@ def ok(body: str, status: int = 200) -> AgentReply:
 
 
 # The exact key order of every §7.7 shape the dispatcher builds itself.
-@pytest.mark.parametrize(
-    "build, keys",
-    [
-        (
-            lambda: results.run_result("vm", "s", "r", "1ms", None, Failure("tls", "a", 1), 5),
-            ["host", "script", "exit", "error", "rtt", "reqid"],
+WIRE_KEY_ORDER_IS_0_12S_CASES = [
+    (
+        lambda: results.run_result("vm", "s", "r", "1ms", None, Failure("tls", "a", 1), 5),
+        ["host", "script", "exit", "error", "rtt", "reqid"],
+    ),
+    (
+        lambda: results.run_result(
+            "vm",
+            "s",
+            "r",
+            "1ms",
+            ok('{"script":"s","exit":0,"stdout":"","stderr":""}'),
+            None,
+            5,
         ),
-        (
-            lambda: results.run_result(
-                "vm", "s", "r", "1ms", ok('{"script":"s","exit":0,"stdout":"","stderr":""}'),
-                None, 5,
-            ),
-            ["script", "exit", "stdout", "stderr", "rtt", "reqid", "host"],
-        ),
-        (
-            lambda: results.ping_result("vm", "1ms", None, Failure("refused", "a", 1), 5),
-            ["host", "status", "error", "rtt"],
-        ),
-        (
-            lambda: results.async_submit_result("vm", "s", "r", "1ms", ok("{}", 409), None, 5),
-            ["host", "script", "status", "error", "rtt", "reqid"],
-        ),
-        (
-            lambda: results.capabilities_result("vm", "1ms", ok("{}", 403), None, 5),
-            ["host", "status", "error", "rtt"],
-        ),
-        (
-            lambda: results.fetch_result("vm", "r", "1ms", ok("{}", 404), None, 5),
-            ["host", "status", "reqid", "rtt"],
-        ),
-        (
-            lambda: results.fetch_result("vm", "r", "1ms", ok("{}", 500), None, 5),
-            ["host", "status", "error", "reqid", "rtt"],
-        ),
-    ],
-)  # fmt: skip
-def test_wire_key_order_is_0_12s(build, keys):
-    result = build()
-    assert list(result.to_wire()) == keys
-    assert json.loads(json.dumps(result.to_wire())) == result.to_wire()
+        ["script", "exit", "stdout", "stderr", "rtt", "reqid", "host"],
+    ),
+    (
+        lambda: results.ping_result("vm", "1ms", None, Failure("refused", "a", 1), 5),
+        ["host", "status", "error", "rtt"],
+    ),
+    (
+        lambda: results.async_submit_result("vm", "s", "r", "1ms", ok("{}", 409), None, 5),
+        ["host", "script", "status", "error", "rtt", "reqid"],
+    ),
+    (
+        lambda: results.capabilities_result("vm", "1ms", ok("{}", 403), None, 5),
+        ["host", "status", "error", "rtt"],
+    ),
+    (
+        lambda: results.fetch_result("vm", "r", "1ms", ok("{}", 404), None, 5),
+        ["host", "status", "reqid", "rtt"],
+    ),
+    (
+        lambda: results.fetch_result("vm", "r", "1ms", ok("{}", 500), None, 5),
+        ["host", "status", "error", "reqid", "rtt"],
+    ),
+]
+
+
+def test_wire_key_order_is_0_12s():
+    def check(build, keys):
+        result = build()
+        assert list(result.to_wire()) == keys
+        assert json.loads(json.dumps(result.to_wire())) == result.to_wire()
+
+    each_case(WIRE_KEY_ORDER_IS_0_12S_CASES, check)
 
 
 def test_results_of_each_op_carry_their_op():

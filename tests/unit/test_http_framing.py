@@ -14,6 +14,7 @@ from ctrlexec.core.http import (
     response_bytes,
 )
 from ctrlexec.errors import FramingError, IncompleteMessage
+from tests.support.tables import each_case
 
 LWP_RUN = (
     b"POST /run HTTP/1.1\r\nTE: deflate,gzip;q=0.3\r\nConnection: TE, close\r\n"
@@ -241,10 +242,12 @@ REQUESTS = {
 }
 
 
-@pytest.mark.parametrize("step", [None, 1], ids=["whole", "bytewise"])
-@pytest.mark.parametrize("data, eof, expected", REQUESTS.values(), ids=REQUESTS.keys())
-def test_request_framing(data, eof, expected, step):
-    assert _events(RequestReader, data, eof, step) == expected
+def test_request_framing():
+    def check(data, eof, expected):
+        assert _events(RequestReader, data, eof, None) == expected
+        assert _events(RequestReader, data, eof, 1) == expected, "fed one byte at a time"
+
+    each_case(REQUESTS.values(), check, ids=REQUESTS.keys())
 
 
 def _status(line: bytes) -> bytes:
@@ -315,10 +318,12 @@ RESPONSES = {
 }
 
 
-@pytest.mark.parametrize("step", [None, 1], ids=["whole", "bytewise"])
-@pytest.mark.parametrize("data, eof, expected", RESPONSES.values(), ids=RESPONSES.keys())
-def test_response_framing(data, eof, expected, step):
-    assert _events(ResponseReader, data, eof, step) == expected
+def test_response_framing():
+    def check(data, eof, expected):
+        assert _events(ResponseReader, data, eof, None) == expected
+        assert _events(ResponseReader, data, eof, 1) == expected, "fed one byte at a time"
+
+    each_case(RESPONSES.values(), check, ids=RESPONSES.keys())
 
 
 def test_a_response_read_to_eof_is_bounded():
@@ -362,22 +367,26 @@ REQUEST_LINES = {
 }
 
 
-@pytest.mark.parametrize("step", [None, 1], ids=["whole", "bytewise"])
-@pytest.mark.parametrize("data, eof, expected", REQUEST_LINES.values(), ids=REQUEST_LINES.keys())
-def test_request_line_only(data, eof, expected, step):
+def _line_events(data: bytes, eof: bool, step: int | None) -> tuple:
     reader = RequestReader()
     try:
         for chunk in _chunks(data, step):
             line = reader.feed_request_line(chunk)
             if line is not None:
-                assert ("line", *line) == expected
-                return
+                return ("line", *line)
         if not eof:
-            assert expected == ("more",)
-            return
-        assert ("line", *reader.finish_request_line()) == expected
+            return ("more",)
+        return ("line", *reader.finish_request_line())
     except FramingError as exc:
-        assert ("error", exc.status, exc.reason) == expected
+        return ("error", exc.status, exc.reason)
+
+
+def test_request_line_only():
+    def check(data, eof, expected):
+        assert _line_events(data, eof, None) == expected
+        assert _line_events(data, eof, 1) == expected, "fed one byte at a time"
+
+    each_case(REQUEST_LINES.values(), check, ids=REQUEST_LINES.keys())
 
 
 def test_conflicting_content_length_headers_are_400():

@@ -9,26 +9,29 @@ import pytest
 from ctrlexec.core import lifecycle
 from ctrlexec.core.results import PING, HostResult
 from ctrlexec.core.timefmt import openssl_notafter, parse_iso_utc
+from tests.support.tables import each_case
 
 NOW = 1_800_000_000.0
 DAY = 86_400
 
 
-@pytest.mark.parametrize(
-    "days_left, cert_days, due",
-    [
-        (200, None, False),  # default 365: renew under 182.5 days
-        (183, None, False),
-        (182, None, True),
-        (30, None, True),
-        (-1, None, True),  # already expired: still try
-        (40, 90, True),
-        (50, 90, False),
-    ],
-)
-def test_renewal_due(days_left, cert_days, due):
-    expiry = openssl_notafter(NOW + days_left * DAY)
-    assert lifecycle.renewal_due(expiry, NOW, cert_days) is due
+RENEWAL_DUE_CASES = [
+    (200, None, False),  # default 365: renew under 182.5 days
+    (183, None, False),
+    (182, None, True),
+    (30, None, True),
+    (-1, None, True),  # already expired: still try
+    (40, 90, True),
+    (50, 90, False),
+]
+
+
+def test_renewal_due():
+    def check(days_left, cert_days, due):
+        expiry = openssl_notafter(NOW + days_left * DAY)
+        assert lifecycle.renewal_due(expiry, NOW, cert_days) is due
+
+    each_case(RENEWAL_DUE_CASES, check)
 
 
 @pytest.mark.parametrize("expiry", [None, "", "unknown", 12, "2029-01-01"])
@@ -49,24 +52,26 @@ def test_ping_wants_renewal_skips_staged_and_failed():
     assert not lifecycle.ping_wants_renewal(ping(status="error", expiry=expiry), NOW, None)
 
 
-@pytest.mark.parametrize(
-    "body, error",
-    [
-        (b"", "serial required"),
-        (b"not json", "serial required"),
-        (b"[]", "serial required"),
-        (b'{"serial": ""}', "serial required"),
-        (b'{"serial": 12}', "serial required"),
-        (b'{"serial": "ab", "action": "drop"}', "invalid action 'drop'"),
-        (b'{"serial": "ab", "action": 3}', "invalid action '3'"),
-        (b'{"serial": "xyz"}', "invalid serial: hexadecimal, at most 40 digits"),
-        (b'{"serial": "' + b"1" * 41 + b'"}', "invalid serial: hexadecimal, at most 40 digits"),
-    ],
-)
-def test_parse_rotate_refusals_in_012_order(body, error):
-    with pytest.raises(lifecycle.RotateRejected) as caught:
-        lifecycle.parse_rotate(body)
-    assert caught.value.body == {"status": "error", "error": error}
+PARSE_ROTATE_REFUSALS_IN_012_ORDER_CASES = [
+    (b"", "serial required"),
+    (b"not json", "serial required"),
+    (b"[]", "serial required"),
+    (b'{"serial": ""}', "serial required"),
+    (b'{"serial": 12}', "serial required"),
+    (b'{"serial": "ab", "action": "drop"}', "invalid action 'drop'"),
+    (b'{"serial": "ab", "action": 3}', "invalid action '3'"),
+    (b'{"serial": "xyz"}', "invalid serial: hexadecimal, at most 40 digits"),
+    (b'{"serial": "' + b"1" * 41 + b'"}', "invalid serial: hexadecimal, at most 40 digits"),
+]
+
+
+def test_parse_rotate_refusals_in_012_order():
+    def check(body, error):
+        with pytest.raises(lifecycle.RotateRejected) as caught:
+            lifecycle.parse_rotate(body)
+        assert caught.value.body == {"status": "error", "error": error}
+
+    each_case(PARSE_ROTATE_REFUSALS_IN_012_ORDER_CASES, check)
 
 
 @pytest.mark.parametrize(

@@ -1,26 +1,26 @@
 import hashlib
 
-import pytest
-
 from ctrlexec.core import names
 from ctrlexec.core.digest import pairing_code, schema_version_fallback
 from ctrlexec.core.timefmt import iso_utc, openssl_notafter, parse_openssl_notafter
+from tests.support.tables import each_case
+
+DISPATCHER_ID_CASES = [
+    ("perl-ref-dispatcher", "x", "perl-ref-dispatcher"),
+    (None, "vm.example.org", "vm.example.org"),
+    ("", "host name!", "host-name-"),
+    (None, "--.x", "x"),
+    (None, "", "dispatcher"),
+    (None, "a" * 80, "a" * 64),
+    ("_..", "h", "dispatcher"),
+]
 
 
-@pytest.mark.parametrize(
-    "configured, hostname, expected",
-    [
-        ("perl-ref-dispatcher", "x", "perl-ref-dispatcher"),
-        (None, "vm.example.org", "vm.example.org"),
-        ("", "host name!", "host-name-"),
-        (None, "--.x", "x"),
-        (None, "", "dispatcher"),
-        (None, "a" * 80, "a" * 64),
-        ("_..", "h", "dispatcher"),
-    ],
-)
-def test_dispatcher_id(configured, hostname, expected):
-    assert names.derive_dispatcher_id(configured, hostname) == expected
+def test_dispatcher_id():
+    def check(configured, hostname, expected):
+        assert names.derive_dispatcher_id(configured, hostname) == expected
+
+    each_case(DISPATCHER_ID_CASES, check)
 
 
 def test_pairing_code_matches_the_formula():
@@ -48,16 +48,18 @@ def test_notafter_text_round_trips():
     assert iso_utc(0) == "1970-01-01T00:00:00Z"
 
 
-@pytest.mark.parametrize(
-    "name, ok",
-    [
-        ("echo-args", True),
-        ("a_b", True),
-        ("x y", False),
-        ("../x", False),
-        ("", False),
-        ("caf\u00e9", False),
-    ],
-)
-def test_script_names(name, ok):
-    assert names.is_script_name(name) is ok
+SCRIPT_NAMES_CASES = [
+    ("echo-args", True),
+    ("a_b", True),
+    ("x y", False),
+    ("../x", False),
+    ("", False),
+    ("caf\u00e9", False),
+]
+
+
+def test_script_names():
+    def check(name, ok):
+        assert names.is_script_name(name) is ok
+
+    each_case(SCRIPT_NAMES_CASES, check)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ctrlexec.core import agent_wire, run_control
+from tests.support.tables import each_case
 
 
 @pytest.mark.parametrize(
@@ -34,14 +35,24 @@ def test_parse_cancel(body, reqid):
     assert run_control.parse_cancel(body) == reqid
 
 
-@pytest.mark.parametrize(
-    "body",
-    [b"", b"[]", b"not json", b'{"reqid":""}', b'{"reqid":"a/b"}', b'{"reqid":5}', b"{}"],
-)
-def test_parse_cancel_refuses(body):
-    with pytest.raises(run_control.CancelRejected) as refused:
-        run_control.parse_cancel(body)
-    assert refused.value.body["status"] == "error"
+PARSE_CANCEL_REFUSES_CASES = [
+    b"",
+    b"[]",
+    b"not json",
+    b'{"reqid":""}',
+    b'{"reqid":"a/b"}',
+    b'{"reqid":5}',
+    b"{}",
+]
+
+
+def test_parse_cancel_refuses():
+    def check(body):
+        with pytest.raises(run_control.CancelRejected) as refused:
+            run_control.parse_cancel(body)
+        assert refused.value.body["status"] == "error"
+
+    each_case(PARSE_CANCEL_REFUSES_CASES, check, unpack=False)
 
 
 def test_running_body_and_its_reading():

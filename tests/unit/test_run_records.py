@@ -3,10 +3,9 @@ run store on real files is in tests/integration/test_run_store.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from ctrlexec.core import report, run_record
 from ctrlexec.core.results import FETCH, RUN, SUBMIT, HostResult
+from tests.support.tables import each_case
 
 SUBMITTED = [
     HostResult(SUBMIT, wire)
@@ -103,21 +102,23 @@ def test_interrupted_is_kept():
     assert run_record.any_failed(record)
 
 
-@pytest.mark.parametrize(
-    "entry,failed",
-    [
-        ({"status": "done", "exit": 0}, False),
-        ({"status": "done", "exit": 2}, True),
-        ({"status": "done", "exit": None}, True),
-        ({"status": "done", "exit": False}, True),
-        ({"status": "busy"}, True),
-        ({"status": "error"}, True),
-        ({"status": "expired"}, True),
-        ({"status": "running"}, False),
-    ],
-)
-def test_host_failed(entry, failed):
-    assert run_record.host_failed(entry) is failed
+HOST_FAILED_CASES = [
+    ({"status": "done", "exit": 0}, False),
+    ({"status": "done", "exit": 2}, True),
+    ({"status": "done", "exit": None}, True),
+    ({"status": "done", "exit": False}, True),
+    ({"status": "busy"}, True),
+    ({"status": "error"}, True),
+    ({"status": "expired"}, True),
+    ({"status": "running"}, False),
+]
+
+
+def test_host_failed():
+    def check(entry, failed):
+        assert run_record.host_failed(entry) is failed
+
+    each_case(HOST_FAILED_CASES, check)
 
 
 def test_sync_failures():

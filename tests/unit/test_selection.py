@@ -10,6 +10,7 @@ import pytest
 from ctrlexec.core import api_wire
 from ctrlexec.core.selection import is_pattern, parse_tag, select
 from ctrlexec.errors import SelectionError
+from tests.support.tables import each_case
 
 AGENTS = {
     "web-01": {"env": "prod", "role": "web"},
@@ -19,32 +20,34 @@ AGENTS = {
 }
 
 
-@pytest.mark.parametrize(
-    "operands, tags, expected",
-    [
-        (["@all"], [], ["app", "db-01", "web-01", "web-02"]),
-        ([], [("env", "prod")], ["db-01", "web-01"]),
-        (["web-*"], [], ["web-01", "web-02"]),
-        (["web-*"], [("env", "prod")], ["web-01"]),
-        (["*-0[1]"], [], ["db-01", "web-01"]),
-        (["?pp"], [], ["app"]),
-        (["web-02", "web-*"], [], ["web-02", "web-01"]),  # named first, not twice
-        (["web-01:7450", "web-*"], [], ["web-01:7450", "web-02"]),
-        (["nosuch"], [], ["nosuch"]),  # a name passes through (unknown agent later)
-        (["web-01", "db-01"], [("role", "db")], ["db-01"]),
-        (["@all"], [("env", "prod"), ("role", "db")], ["db-01"]),
-        (["WEB-*"], [], None),  # case matters, as for names
-        (["web-*"], [("env", "dev")], None),
-        ([], [("missing", "")], None),  # a tag must exist, even with an empty value
-        (["web-01"], [("env", "staging")], None),
-    ],
-)
-def test_select(operands, tags, expected):
-    if expected is None:
-        with pytest.raises(SelectionError, match="no agent matches"):
-            select(operands, tags, AGENTS)
-    else:
-        assert select(operands, tags, AGENTS) == expected
+SELECT_CASES = [
+    (["@all"], [], ["app", "db-01", "web-01", "web-02"]),
+    ([], [("env", "prod")], ["db-01", "web-01"]),
+    (["web-*"], [], ["web-01", "web-02"]),
+    (["web-*"], [("env", "prod")], ["web-01"]),
+    (["*-0[1]"], [], ["db-01", "web-01"]),
+    (["?pp"], [], ["app"]),
+    (["web-02", "web-*"], [], ["web-02", "web-01"]),  # named first, not twice
+    (["web-01:7450", "web-*"], [], ["web-01:7450", "web-02"]),
+    (["nosuch"], [], ["nosuch"]),  # a name passes through (unknown agent later)
+    (["web-01", "db-01"], [("role", "db")], ["db-01"]),
+    (["@all"], [("env", "prod"), ("role", "db")], ["db-01"]),
+    (["WEB-*"], [], None),  # case matters, as for names
+    (["web-*"], [("env", "dev")], None),
+    ([], [("missing", "")], None),  # a tag must exist, even with an empty value
+    (["web-01"], [("env", "staging")], None),
+]
+
+
+def test_select():
+    def check(operands, tags, expected):
+        if expected is None:
+            with pytest.raises(SelectionError, match="no agent matches"):
+                select(operands, tags, AGENTS)
+        else:
+            assert select(operands, tags, AGENTS) == expected
+
+    each_case(SELECT_CASES, check)
 
 
 def test_empty_registry_is_an_empty_selection():
@@ -89,21 +92,23 @@ def test_api_select_field():
     assert api_wire.parse_ping(b'{"hosts":["a"]}').select is None
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"script": "s"},
-        {"script": "s", "select": {}},
-        {"script": "s", "select": []},
-        {"script": "s", "select": {"hosts": "web-*"}},
-        {"script": "s", "select": {"hosts": [""]}},
-        {"script": "s", "select": {"tags": {"env": 1}}},
-        {"script": "s", "select": {"tags": {"bad key": "x"}}},
-        {"script": "s", "select": {"hosts": ["a"], "other": 1}},
-        {"script": "s", "hosts": [], "select": None},
-    ],
-)
-def test_api_select_field_refusals(body):
-    with pytest.raises(api_wire.ApiError) as refused:
-        api_wire.parse_run(json.dumps(body).encode())
-    assert api_wire.error_reply(refused.value).status == 400
+API_SELECT_FIELD_REFUSALS_CASES = [
+    {"script": "s"},
+    {"script": "s", "select": {}},
+    {"script": "s", "select": []},
+    {"script": "s", "select": {"hosts": "web-*"}},
+    {"script": "s", "select": {"hosts": [""]}},
+    {"script": "s", "select": {"tags": {"env": 1}}},
+    {"script": "s", "select": {"tags": {"bad key": "x"}}},
+    {"script": "s", "select": {"hosts": ["a"], "other": 1}},
+    {"script": "s", "hosts": [], "select": None},
+]
+
+
+def test_api_select_field_refusals():
+    def check(body):
+        with pytest.raises(api_wire.ApiError) as refused:
+            api_wire.parse_run(json.dumps(body).encode())
+        assert api_wire.error_reply(refused.value).status == 400
+
+    each_case(API_SELECT_FIELD_REFUSALS_CASES, check, unpack=False)

@@ -5,31 +5,31 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from ctrlexec.core import sse
+from tests.support.tables import each_case
+
+WANTS_EVENT_STREAM_CASES = [
+    ("text/event-stream", True),
+    ("TEXT/Event-Stream", True),
+    ("application/json, text/event-stream", True),
+    ("text/event-stream; q=0.5", True),
+    ("text/event-stream;q=0", False),
+    ("text/event-stream;q=0.0, application/json", False),
+    ("text/event-stream;q=bogus", False),
+    ("*/*", False),
+    ("text/*", False),
+    ("application/json", False),
+    ("", False),
+    ("text/event-streams", False),
+    ("x" * sse.MAX_ACCEPT + ", text/event-stream", False),
+]
 
 
-@pytest.mark.parametrize(
-    "accept, wanted",
-    [
-        ("text/event-stream", True),
-        ("TEXT/Event-Stream", True),
-        ("application/json, text/event-stream", True),
-        ("text/event-stream; q=0.5", True),
-        ("text/event-stream;q=0", False),
-        ("text/event-stream;q=0.0, application/json", False),
-        ("text/event-stream;q=bogus", False),
-        ("*/*", False),
-        ("text/*", False),
-        ("application/json", False),
-        ("", False),
-        ("text/event-streams", False),
-        ("x" * sse.MAX_ACCEPT + ", text/event-stream", False),
-    ],
-)
-def test_wants_event_stream(accept, wanted):
-    assert sse.wants_event_stream(accept) is wanted
+def test_wants_event_stream():
+    def check(accept, wanted):
+        assert sse.wants_event_stream(accept) is wanted
+
+    each_case(WANTS_EVENT_STREAM_CASES, check)
 
 
 def test_event_is_one_data_line_whatever_the_text():
