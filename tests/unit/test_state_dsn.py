@@ -117,20 +117,22 @@ def test_a_ca_file_for_verify_full():
     assert parse_dsn("postgresql://ce@db/fleet", {}).sslrootcert is None
 
 
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("postgresql://h/db?sslmode=require&sslrootcert=/ca.pem", "needs sslmode=verify-full"),
-        ("postgresql://h/db?sslrootcert=/ca.pem", "needs sslmode=verify-full"),
-        ("postgresql://h/db?sslmode=verify-full&sslrootcert=ca.pem", "absolute path"),
-        ("postgresql://h/db?target_session_attrs=any", "can only be read-write"),
-        ("postgresql://ce@/db?host=/run/postgresql&sslmode=require", "Unix socket"),
-        ("postgresql://a,,b/db", "host list"),
-        ("postgresql://a,b:0/db", "port out of range"),
-        ("postgresql://" + ",".join("h" * 9) + "/db", "at most 8 hosts"),
-        ("postgresql://a,b/db?host=/run/postgresql,/x", "one host or socket directory"),
-    ],
-)
-def test_tls_and_host_list_refusals(url, message):
-    with pytest.raises(DsnError, match=message):
-        parse_dsn(url, {})
+TLS_AND_HOST_LIST_REFUSALS = [
+    ("postgresql://h/db?sslmode=require&sslrootcert=/ca.pem", "needs sslmode=verify-full"),
+    ("postgresql://h/db?sslrootcert=/ca.pem", "needs sslmode=verify-full"),
+    ("postgresql://h/db?sslmode=verify-full&sslrootcert=ca.pem", "absolute path"),
+    ("postgresql://h/db?target_session_attrs=any", "can only be read-write"),
+    ("postgresql://ce@/db?host=/run/postgresql&sslmode=require", "Unix socket"),
+    ("postgresql://a,,b/db", "host list"),
+    ("postgresql://a,b:0/db", "port out of range"),
+    ("postgresql://" + ",".join("h" * 9) + "/db", "at most 8 hosts"),
+    ("postgresql://a,b/db?host=/run/postgresql,/x", "one host or socket directory"),
+]
+
+
+def test_tls_and_host_list_refusals():
+    def check(url, message):
+        with pytest.raises(DsnError, match=message):
+            parse_dsn(url, {})
+
+    each_case(TLS_AND_HOST_LIST_REFUSALS, check)
