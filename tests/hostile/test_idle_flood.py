@@ -6,8 +6,10 @@ runs. Every run succeeds, each within 100 ms of the slowest of 20 runs made
 before the flood, and the dispatcher is not blocked afterwards. So that a
 loaded 2-core machine does not decide the outcome: the runs are measured
 once the server has gone quiet (it has sorted out the flood and only holds
-it), and each time is the best of three back-to-back runs (a delay the
-server adds shows in all three; a scheduler hiccup rarely hits all three).
+it), and each time is the best of three back-to-back runs, with up to six
+more while it is above the bound (the flood is held throughout, so a delay
+the server adds shows in every run; a burst of load from other processes
+passes).
 
 Two agent variants: the default settings (rate limits on: the strangers'
 evicted and failed connections get their addresses blocked), and rate
@@ -22,7 +24,13 @@ import pytest
 
 from tests.support import agentproc, apiproc
 from tests.support.fleet import running_fleet
-from tests.support.flood import IdleFlood, stranger_addresses, timed, wait_until_idle
+from tests.support.flood import (
+    IdleFlood,
+    stranger_addresses,
+    timed,
+    timed_within,
+    wait_until_idle,
+)
 
 RUNS = 20
 SLACK = 0.100
@@ -67,7 +75,8 @@ def test_idle_strangers_do_not_slow_or_block_the_agent_s_dispatcher(agent):
     with IdleFlood(site.port, stranger_addresses(), IDLE_TCP, IDLE_TLS) as flood:
         wait_until_idle(pid)
         run(-1)
-        during = [timed(lambda n=n: run(n)) for n in range(RUNS)]
+        allowed = max(before) + SLACK
+        during = [timed_within(lambda n=n: run(n), allowed) for n in range(RUNS)]
         held = len(flood.sockets)
     assert held >= (IDLE_TCP + IDLE_TLS) * 0.9, flood.failed
     _assert_unharmed(before, during)
@@ -119,7 +128,8 @@ def test_idle_strangers_do_not_slow_or_block_the_api(api):
     with IdleFlood(process.port, stranger_addresses(), IDLE_TCP, IDLE_TLS) as flood:
         wait_until_idle(process.pid)
         run(-1)
-        during = [timed(lambda n=n: run(n)) for n in range(RUNS)]
+        allowed = max(before) + SLACK
+        during = [timed_within(lambda n=n: run(n), allowed) for n in range(RUNS)]
         held = len(flood.sockets)
     assert held >= (IDLE_TCP + IDLE_TLS) * 0.9, flood.failed
     _assert_unharmed(before, during)

@@ -101,6 +101,19 @@ def timed(call, tries: int = 3) -> float:
     return best
 
 
+def timed_within(call, allowed: float, tries: int = 3, more: int = 6) -> float:
+    """timed(), then up to `more` further calls while the best is still above
+    `allowed`: the flood is held throughout, so a delay the server adds
+    shows in every call, while a burst of load from other processes on the
+    machine passes. The result is the best time seen."""
+    best = timed(call, tries)
+    for _ in range(more):
+        if best <= allowed:
+            break
+        best = min(best, timed(call, 1))
+    return best
+
+
 def _cpu_ticks(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as handle:
         fields = handle.read().rsplit(")", 1)[1].split()
