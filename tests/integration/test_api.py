@@ -23,6 +23,7 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from tests.support import agentproc, apiproc, hookscripts, openapi_check, testpki
+from tests.support.agentproc import in_thread
 from tests.support.fleet import running_fleet
 
 NAMES = ("agent-01", "agent-02")
@@ -52,31 +53,6 @@ def api(fleet):
     process = apiproc.ApiProcess(fleet.dispatcher, api_auth_default="allow").start()
     yield process.client()
     process.stop()
-
-
-def in_thread(call):
-    """Run `call` on a thread; `.result()` waits for what it returned."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["value"] = call()
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-
-    class Pending:
-        @staticmethod
-        def result(timeout: float = 60.0):
-            thread.join(timeout)
-            assert not thread.is_alive(), "request did not finish"
-            if "error" in box:
-                raise box["error"]
-            return box["value"]
-
-    return Pending
 
 
 def await_file(path, what: str = "file"):
@@ -367,7 +343,7 @@ def test_lock_conflict_while_a_run_holds_the_lock(api, fleet):
         "conflicts": ["agent-01:block"],
     }
     (gate / "go").touch()
-    done = first.result()
+    done = first()
     assert done.status == 200 and done.json["results"][0]["stdout"] == "released\n"
 
 
@@ -716,7 +692,7 @@ def test_overload_answers_503(fleet):
             "detail": "too many concurrent requests",
         }
         (gate / "go").touch()
-        assert busy.result().status == 200
+        assert busy().status == 200
         assert agentproc.wait_for(lambda: client.get("/health").status == 200, 30, "a free slot")
         assert "ACTION=api-overload MAX=1 PEER=127.0.0.1" in fleet.dispatcher.log_text()
     finally:
@@ -779,7 +755,7 @@ def test_sigterm_lets_requests_in_progress_finish(fleet):
     agentproc.wait_for(refused, 30, "the listener to close")
     assert process.proc.poll() is None  # still answering the run in progress
     (gate / "go").touch()
-    response = running.result()
+    response = running()
     assert response.status == 200 and response.json["results"][0]["stdout"] == "released\n"
     assert process.proc.wait(30) == 0  # exits by itself once the run was answered
     process.stop()
@@ -821,7 +797,7 @@ def test_kill_9_mid_request_leaves_no_partial_record(fleet):
     for worker in workers:
         worker.join(30)
     with pytest.raises((OSError, AssertionError, ValueError)):
-        blocked.result()
+        blocked()
     (gate / "go").touch()
     for path in runs.iterdir():
         if path.name.endswith(".json") and not path.name.startswith("."):

@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.support import agentproc, apiproc, testpki
-from tests.support.agentproc import wait_for
+from tests.support.agentproc import in_thread, wait_for
 from tests.support.pairing import Reaped, agent_env, start_listener
 from tests.support.peer012 import Peer012, SerialGate012
 
@@ -132,19 +132,6 @@ def await_fleet_trust(fleet, name: str) -> None:
     """Both nodes' serials in the agent's map (a node's sync round adds them)."""
     wanted = {node.issued.serial_key for node in fleet.nodes.values()}
     wait_for(lambda: wanted <= fleet_serials(fleet, name), 60, f"fleet trust on {name}")
-
-
-def in_thread(call):
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(value=call()), daemon=True)
-    thread.start()
-
-    def result(timeout: float = 60.0):
-        thread.join(timeout)
-        assert not thread.is_alive(), "request did not finish"
-        return box["value"]
-
-    return result
 
 
 def gate(fleet) -> Path:

@@ -24,7 +24,6 @@ import json
 import os
 import re
 import secrets
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support import agentproc, apiproc, pgserver, testpki
-from tests.support.agentproc import wait_for
+from tests.support.agentproc import in_thread, wait_for
 
 MAINTAIN = "ACTION=maintain AGENTS="
 SCRIPTS = dict(agentproc.APPENDIX_C_SCRIPTS, block=agentproc.BLOCK)
@@ -66,20 +65,6 @@ def stop(*nodes) -> None:
     for one in nodes:
         if one.api is not None and one.api.proc.poll() is None:
             one.api.stop()
-
-
-def in_thread(call):
-    """Start `call` on a thread; the returned function waits for its value."""
-    box: dict = {}
-    thread = threading.Thread(target=lambda: box.update(value=call()), daemon=True)
-    thread.start()
-
-    def result(timeout: float = 60.0):
-        thread.join(timeout)
-        assert not thread.is_alive(), "request did not finish"
-        return box["value"]
-
-    return result
 
 
 def own_server():

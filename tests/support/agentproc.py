@@ -14,6 +14,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,6 +223,30 @@ def wait_for(predicate, seconds: float = 20.0, what: str = "condition"):
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def in_thread(call):
+    """Start `call` on a thread; the returned function waits for it (at most
+    `timeout` seconds) and returns its value or raises its exception."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+
+    def result(timeout: float = 60.0):
+        thread.join(timeout)
+        assert not thread.is_alive(), "the call did not finish"
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return result
 
 
 @dataclass
