@@ -10,7 +10,7 @@ def _database(settings):
     backend = getattr(settings, "state_backend", None) or "files"
     if backend == "files":
         raise ConfigError(
-            "the state backend is 'files': there is no database to migrate "
+            "the state backend is 'files': there is no state database "
             '(set state_backend = "postgresql://..." in ctrl-exec.toml to use one)'
         )
     from . import open_database

@@ -306,6 +306,8 @@ def the_old_primary_comes_back(primary, standby, dispatcher, site, url, password
     standby.halt("fast")
     down = client.get(f"/status/{reqid}")
     assert down.status == 500, down.json
+    refused = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args"})
+    assert refused.status == 500, refused.json
     cli = ctl.run("ced", "status", reqid, check=False)
     assert cli.returncode == 1, cli.stdout
     assert (
