@@ -159,7 +159,11 @@ class Simulator:
 
     def stop(self) -> dict:
         self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=60)
+        try:
+            out, _ = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # the figures measured so far still get printed
+            out, _ = self.process.communicate()
         try:
             return json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
