@@ -137,6 +137,8 @@ class Database:
         self._surveyed: float | None = None
         self._survey_every = survey_every
         self._clock = clock
+        self._survey_lock = threading.Lock()
+        self._last_survey: tuple[float, str | None] | None = None  # (ended, error)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_OPEN)
 
@@ -163,21 +165,52 @@ class Database:
         so that a higher timeline elsewhere is found and an old primary
         that came back is seen and logged."""
         driver = self._driver()
-        known = self._remembered()
+        self._remembered()
         with self._lock:
-            server = self._server
             due = self._surveyed is None or self._clock() - self._surveyed >= self._survey_every
-        if server is not None and not due:
+        if not due:
+            conn = self._try_current(driver)
+            if conn is not None:
+                return conn
+        return self._survey_once(driver)
+
+    def _try_current(self, driver: Any) -> Any:
+        """A connection to the server in use if it still may be used, else None."""
+        with self._lock:
+            server, known = self._server, self._known
+        if server is None:
+            return None
+        try:
+            conn, lineage = self._open_one(driver, server)
+        except (TimeoutError, driver.Error, OSError, ValueError, _ReadOnly):
+            return None  # gone, demoted or not what it was: look at the whole list
+        if refusal(known, lineage) is None:
+            return self._use(server, lineage, conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+        return None
+
+    def _survey_once(self, driver: Any) -> Any:
+        """One survey at a time: while the database is down every request
+        needs one, and each would open a connection to every listed server.
+        A request that waited for another's survey takes its outcome (its
+        server, or its error) instead of surveying again."""
+        asked = self._clock()
+        with self._survey_lock:
+            last = self._last_survey
+            if last is not None and last[0] >= asked:
+                if last[1] is not None:
+                    raise StateError(last[1])
+                conn = self._try_current(driver)
+                if conn is not None:
+                    return conn
             try:
-                conn, lineage = self._open_one(driver, server)
-            except (TimeoutError, driver.Error, OSError, ValueError, _ReadOnly):
-                pass  # gone, demoted or not what it was: look at the whole list
-            else:
-                if refusal(known, lineage) is None:
-                    return self._use(server, lineage, conn)
-                with contextlib.suppress(Exception):
-                    conn.close()
-        return self._survey(driver)
+                conn = self._survey(driver)
+            except StateError as exc:
+                self._last_survey = (self._clock(), str(exc))
+                raise
+            self._last_survey = (self._clock(), None)
+            return conn
 
     def survey(self) -> list[dict[str, Any]]:
         """Every listed server as it is now, for `ced db accept`: where,
@@ -287,16 +320,25 @@ class Database:
         `conn`, or StateError (and `conn` closed) when the record cannot be
         written."""
         with self._lock:
-            previous, self._server = self._server, server
             before = self._known
-            if before is None or lineage.timeline > before.timeline:
-                self._known = lineage
-        if previous is not None and (previous != server or lineage != before):
+            # Checked again under the lock: another thread may have moved
+            # to a higher timeline since this connection was judged.
+            why = refusal(before, lineage)
+            if why is None:
+                previous, self._server = self._server, server
+                if before is None or lineage.timeline > before.timeline:
+                    self._known = lineage
+        if why is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise StateError(f"cannot use PostgreSQL at {where(*server)}: {why}")
+        moved = previous is not None and previous != server
+        if moved or (before is not None and lineage != before):
             log.event(
                 "state-server",
                 log.WARNING,
                 SERVER=where(*server),
-                PREVIOUS=where(*previous),
+                PREVIOUS=where(*previous) if previous is not None else "",
                 TIMELINE=lineage.timeline,
             )
         if self._history is not None and lineage != before:
