@@ -140,11 +140,16 @@ def lineage_record(settings, database: str) -> Any:
     rotation_file = getattr(settings, "rotation_file", None)
     if not rotation_file:
         return None
-    from ..dispatcher.pki_setup import key_owner
+    import pwd
+
     from .lineage_file import FILE_NAME, LineageFile
 
-    owner = key_owner(settings) if hasattr(settings, "service_user") else None
-    return LineageFile(Path(rotation_file).parent / FILE_NAME, database, owner)
+    try:
+        entry = pwd.getpwnam(getattr(settings, "service_user", None) or "")
+        service: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+    except KeyError:
+        service = None
+    return LineageFile(Path(rotation_file).parent / FILE_NAME, database, service)
 
 
 def open_state(

@@ -11,8 +11,8 @@ failover it missed; this file is that memory. One record per database name
 
 Written atomically, mode 0640 (operators in the service group run `ced` as
 themselves and must read it; it holds no secret), only by root (the file
-then belongs to `service_user`) or by the owner of the directory (the
-service user): another account keeps what it learns in memory. The record
+then belongs to `service_user`) or by the service user (`dispatcher
+serve`): another account keeps what it learns in memory. The record
 only moves forward (a higher timeline of the same cluster); `ced db accept`
 replaces it. A record that cannot be read or parsed stops every use of the
 database (fail closed) with the path and the reason.
@@ -35,10 +35,11 @@ MAX_BYTES = 64 * 1024
 
 
 class LineageFile:
-    def __init__(self, path: Path, database: str, owner: tuple[int, int] | None = None):
+    def __init__(self, path: Path, database: str, service: tuple[int, int] | None = None):
+        """`service`: the service user's uid and gid (None: no such user)."""
         self.path = path
         self.database = database
-        self._owner = owner
+        self._service = service
         self._lock = threading.Lock()
 
     def load(self) -> Lineage | None:
@@ -59,10 +60,13 @@ class LineageFile:
         return Lineage(system, timeline)
 
     def may_write(self) -> bool:
-        if os.geteuid() == 0:
+        """Root and the service user; also the directory's owner (a
+        per-user layout, where the service is the user's own)."""
+        euid = os.geteuid()
+        if euid == 0 or (self._service is not None and euid == self._service[0]):
             return True
         try:
-            return os.stat(self.path.parent).st_uid == os.geteuid()
+            return os.stat(self.path.parent).st_uid == euid
         except OSError:
             return False
 
@@ -85,8 +89,8 @@ class LineageFile:
         """Record `lineage` whatever was recorded; what was."""
         if not self.may_write():
             raise StateError(
-                f"{self.path} can only be written by root or the directory's owner "
-                "(the service user): run this command as one of them"
+                f"{self.path} can only be written by root or the service user: "
+                "run this command as one of them"
             )
         with self._lock:
             before = self.load()
@@ -121,6 +125,7 @@ class LineageFile:
         text = json.dumps({"version": 1, "databases": databases}, indent=2, sort_keys=True)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, (text + "\n").encode("ascii"), 0o640, self._owner)
+            owner = self._service if os.geteuid() == 0 else None
+            atomic_write(self.path, (text + "\n").encode("ascii"), 0o640, owner)
         except OSError as exc:
             raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from None

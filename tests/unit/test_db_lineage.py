@@ -110,46 +110,58 @@ def test_a_planted_link_is_refused(tmp_path):
         LineageFile(tmp_path / "lineage.json", "fleet").load()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another account")
-def test_another_account_reads_and_does_not_write():
-    """An operator in the service group: reads the record, keeps what it
-    learns in memory, cannot replace it."""
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as other accounts")
+def test_operators_read_and_only_the_service_user_writes():
+    """/var/lib/ctrl-exec is root:ctrl-exec 0770: root writes the record for
+    the service user, an operator in the group reads it, keeps what it
+    learns in memory and cannot replace it, `dispatcher serve` (the
+    service user) moves it forward."""
     import shutil
     import subprocess
     import tempfile
     from pathlib import Path
 
+    service, operator, group = 65534, 65533, 65534
     directory = Path(tempfile.mkdtemp(prefix="ctrl-exec-lineage-"))
     try:
+        os.chown(directory, 0, group)
+        directory.chmod(0o770)
         path = directory / "lineage.json"
-        LineageFile(path, "fleet").advance(X1, "db1:5432")
-        directory.chmod(0o755)
-        path.chmod(0o644)
-        code = (
-            "from pathlib import Path\n"
-            "from ctrlexec.core.db_lineage import Lineage\n"
-            "from ctrlexec.errors import StateError\n"
-            "from ctrlexec.state.lineage_file import LineageFile\n"
-            f"r = LineageFile(Path({str(path)!r}), 'fleet')\n"
-            "print(r.load().timeline, r.advance(Lineage(r.load().system, 5), 'db2:5432'))\n"
-            "try:\n    r.replace(Lineage('1', 1), 'x:1')\nexcept StateError as e:\n    print(e)\n"
-        )
-        done = subprocess.run(
-            ["/usr/bin/python3", "-c", code],
-            user=65534,
-            group=65534,
-            extra_groups=[],
-            capture_output=True,
-            text=True,
-            cwd="/",
-            env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/usr/bin:/bin"},
-            check=False,
-            timeout=60,
-        )
-        assert done.returncode == 0, done.stderr
-        first, second = done.stdout.splitlines()
-        assert first == "1 False"
-        assert "can only be written by root or the directory's owner" in second
+        LineageFile(path, "fleet", (service, group)).advance(X1, "db1:5432")
+        assert (path.stat().st_uid, path.stat().st_mode & 0o777) == (service, 0o640)
+
+        def as_account(uid: int) -> list[str]:
+            code = (
+                "from pathlib import Path\n"
+                "from ctrlexec.core.db_lineage import Lineage\n"
+                "from ctrlexec.errors import StateError\n"
+                "from ctrlexec.state.lineage_file import LineageFile\n"
+                f"r = LineageFile(Path({str(path)!r}), 'fleet', ({service}, {group}))\n"
+                "print(r.load().timeline, r.advance(Lineage(r.load().system, 5), 'db2:5432'))\n"
+                "try:\n    r.replace(Lineage('1', 1), 'x:1')\nexcept StateError as e:\n"
+                "    print(e)\nelse:\n    print('replaced')\n"
+            )
+            done = subprocess.run(
+                ["/usr/bin/python3", "-c", code],
+                user=uid,
+                group=group,
+                extra_groups=[],
+                capture_output=True,
+                text=True,
+                cwd="/",
+                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/bin"},
+                check=False,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        read, refused = as_account(operator)
+        assert read == "1 False"
+        assert "can only be written by root or the service user" in refused
         assert LineageFile(path, "fleet").load() == X1
+        moved, replaced = as_account(service)
+        assert (moved, replaced) == ("1 True", "replaced")
+        assert LineageFile(path, "fleet").load() == Lineage("1", 1)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
