@@ -123,7 +123,13 @@ def test_operators_read_and_only_the_service_user_writes():
 
     service, operator, group = 65534, 65533, 65534
     directory = Path(tempfile.mkdtemp(prefix="ctrl-exec-lineage-"))
+    # The package where the other accounts can read it (a checkout may be
+    # under a directory only root enters).
+    source = Path(tempfile.mkdtemp(prefix="ctrl-exec-lineage-src-"))
     try:
+        source.chmod(0o755)
+        package = Path(__file__).resolve().parents[2] / "ctrlexec"
+        shutil.copytree(package, source / "ctrlexec", ignore=shutil.ignore_patterns("__pycache__"))
         os.chown(directory, 0, group)
         directory.chmod(0o770)
         path = directory / "lineage.json"
@@ -149,7 +155,7 @@ def test_operators_read_and_only_the_service_user_writes():
                 capture_output=True,
                 text=True,
                 cwd="/",
-                env={"PYTHONPATH": str(Path(__file__).resolve().parents[2]), "PATH": "/bin"},
+                env={"PYTHONPATH": str(source), "PATH": "/bin"},
                 check=False,
                 timeout=60,
             )
@@ -165,3 +171,4 @@ def test_operators_read_and_only_the_service_user_writes():
         assert LineageFile(path, "fleet").load() == Lineage("1", 1)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(source, ignore_errors=True)
