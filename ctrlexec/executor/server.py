@@ -51,7 +51,7 @@ from ..core import exec_frames
 from ..errors import ConfigError, ExecutorRefused, FrameError, ProfileError
 from ..netio import received_signals
 from . import decision as decisions
-from . import privdrop
+from . import privdrop, socket_dir
 
 LISTEN_BACKLOG = 64
 # Handler processes at once: the agent's max_children plus its async jobs.
@@ -82,8 +82,10 @@ def agent_identity(user: str) -> tuple[str, int, int]:
 
 def bind_socket(path: Path, owner_uid: int, owner_gid: int) -> socket.socket:
     """The listening socket at `path`: 0600, owned by the agent's user. A
-    stale socket is replaced; any other file there is an error."""
+    stale socket is replaced; any other file there is an error, and so is a
+    directory that anyone but root may change (socket_dir.py)."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    socket_dir.check(path)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
