@@ -219,13 +219,17 @@ def _quiet_fallback() -> str:
 
 
 def _open_log_file(path: str):
-    """Append to a log file; never through a symlink (a state directory
-    writable by a group must not redirect root's writes)."""
+    """Append to a log file; never through a symlink, nor to a file with
+    another hard link (a state directory writable by a group must not
+    redirect root's writes to another file)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o640)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_nlink != 1:
+            raise OSError(errno.EMLINK, f"{path} has {info.st_nlink} hard links")
     except OSError:
         os.close(fd)
         raise

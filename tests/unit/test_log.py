@@ -1,3 +1,4 @@
+import os
 import re
 
 import pytest
@@ -66,3 +67,17 @@ def test_file_target_writes_lines(tmp_path):
     finally:
         log.configure("ctrl-exec-agent", "stderr", "kv")
     assert "ACTION=start PORT=7443" in target.read_text()
+
+
+def test_a_log_file_with_another_hard_link_is_not_written(tmp_path):
+    """A link planted where the log file goes (say to /etc/passwd, where
+    fs.protected_hardlinks is off) must not receive root's lines."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("precious\n")
+    os.link(elsewhere, tmp_path / "ctrl-exec.log")
+    try:
+        with pytest.raises(OSError, match="hard links"):
+            log.configure("ctrl-exec-agent", str(tmp_path / "ctrl-exec.log"), "kv")
+    finally:
+        log.configure("ctrl-exec-agent", "stderr", "kv")
+    assert elsewhere.read_text() == "precious\n"
