@@ -104,7 +104,7 @@ def executor(session_ca, pyz_for):
     with temporary_user(AGENT_USER), shared_root("ce-exec-hostile-") as base:
         ctl = pyz_for(base / "agent")
         # the canary, running as root here, writes its marker; its directory
-        # is open to all, the socket's stays root's (executor/socket_dir.py)
+        # is open to all, the socket's stays root's (executor/rootonly.py)
         outbox = base / "out"
         outbox.mkdir()
         outbox.chmod(0o777)
