@@ -64,3 +64,30 @@ def test_a_user_outside_the_group_is_told_about_permissions_not_an_internal_erro
     assert "run as root, or as a member of the group" in error
     assert "internal error" not in result.stderr and "Traceback" not in result.stderr
     assert "root:root" in error  # who owns it, so the operator knows which group
+
+
+def test_a_failed_handshake_logs_why_beside_the_0_12_error(session_ca, pyz_for, tmp_path):
+    """An agent whose certificate expired (it was off for longer than its
+    lifetime): the result keeps 0.12's error text, and the dispatcher's log
+    line says what OpenSSL found, so the operator knows to pair it again."""
+    from tests.support import testpki
+    from tests.support.agentproc import AgentProcess, install_site
+
+    dispatcher_root, agent_root = tmp_path / "dispatcher", tmp_path / "agent"
+    dispatcher = testpki.install_dispatcher(session_ca, dispatcher_root)
+    site = install_site(session_ca, agent_root, dispatcher, name="web-01", scripts={})
+    expired = testpki.install_agent(
+        session_ca, agent_root, "web-01", None, days=30, backdate_days=40
+    )
+    testpki.register_agent(dispatcher_root, "web-01", site.port, expired, dispatcher)
+    agent = AgentProcess(pyz_for(agent_root), site).start()
+    try:
+        ced = pyz_for(dispatcher_root)
+        result = ced.run("ced", "--json", "ping", "web-01")
+    finally:
+        agent.stop()
+    assert result.returncode == 1, result
+    (host,) = json.loads(result.stdout)["results"]
+    assert host["error"] == "TLS handshake with '127.0.0.1' failed - certificate or trust mismatch"
+    (line,) = [x for x in ced.log_text().splitlines() if " ACTION=ping " in f" {x}"]
+    assert 'DETAIL="certificate has expired"' in line, line
