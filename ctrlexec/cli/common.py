@@ -18,6 +18,7 @@ from typing import Any
 from .. import __version__, log
 from ..config.paths import Layout, resolve_layout
 from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
+from . import exit_status
 
 DEBUG_ENV = "CTRL_EXEC_DEBUG"
 
@@ -147,11 +148,12 @@ def add_command(
     description: str | None = None,
     epilog: str | None = None,
 ) -> argparse.ArgumentParser:
+    description = description or help_text
     parser = subparsers.add_parser(
         name,
         help=help_text,
-        description=description or help_text,
-        epilog=epilog,
+        description=description,
+        epilog=exit_status.with_exit_status(name, description, epilog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_global_options(parser, suppress=True)
