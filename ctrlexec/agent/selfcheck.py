@@ -194,7 +194,25 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
             "key matches, signed by the CA" if problem is None else problem,
         )
     )
+    checks.append(key_mode_check(config.key))
     return checks
+
+
+def key_mode_check(path: str) -> Check:
+    """The private key may be read by its owner and the agent's group (0640,
+    as pairing writes it), never by other users, never written by the group."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        return Check("key permissions", False, f"{path}: {exc.strerror}")
+    if mode & 0o037:
+        return Check(
+            "key permissions",
+            False,
+            f"{path} is mode {mode:04o}: other users can read or change the agent's private "
+            f"key (chmod 0640 {path}, and pair again if it may have been copied)",
+        )
+    return Check("key permissions", True, f"{path} mode {mode:04o}")
 
 
 def script_checks(allowlist: Allowlist) -> list[Check]:

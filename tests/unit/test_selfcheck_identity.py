@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from ctrlexec.agent import selfcheck
 from tests.support.testpki import install_agent, install_dispatcher, layout_for
 
@@ -41,3 +43,18 @@ def test_a_good_certificate_passes(session_ca, tmp_path):
     install_agent(session_ca, tmp_path, "web-01", dispatcher)
     found = _by_name(selfcheck.checks(layout_for(tmp_path), None, None))
     assert found["certificate"].ok and found["certificate chain"].ok
+
+
+@pytest.mark.parametrize(
+    ("mode", "ok"), [(0o600, True), (0o640, True), (0o644, False), (0o660, False)]
+)
+def test_a_private_key_other_users_can_read_or_change_fails(session_ca, tmp_path, mode, ok):
+    dispatcher = install_dispatcher(session_ca, tmp_path)
+    install_agent(session_ca, tmp_path, "web-01", dispatcher)
+    layout = layout_for(tmp_path)
+    layout.agent_key.chmod(mode)
+    check = _by_name(selfcheck.checks(layout, None, None))["key permissions"]
+    assert check.ok is ok, check
+    if not ok:
+        assert f"is mode {mode:04o}: other users can read or change" in check.detail
+        assert f"chmod 0640 {layout.agent_key}" in check.detail
