@@ -9,7 +9,9 @@ this order, each in the same run:
 
   floor   the best a bare Python client does against the same simulator:
           mTLS handshake plus one /ping per connection, on --parallel threads
-          (the same count ced uses), in exchanges per second;
+          (the same count ced uses), in exchanges per second; then the same
+          client offering each agent the session of its previous exchange
+          (resumed handshakes, as `dispatcher serve` makes them);
   ping    `ced ping` of N simulated agents through the built pyz: wall time,
           the ced process's CPU (user + system), its peak RSS and its peak
           thread count (sampled from /proc every few milliseconds);
@@ -33,6 +35,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -159,54 +162,83 @@ class Simulator:
 
     def stop(self) -> dict:
         self.process.send_signal(signal.SIGINT)
-        out, _ = self.process.communicate(timeout=60)
+        try:
+            out, _ = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # the figures measured so far still get printed
+            out, _ = self.process.communicate()
         try:
             return json.loads(out.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {}
 
 
-def floor(root: Path, port: int, agents: int, parallel: int, count: int, sim_cpu) -> dict:
+def floor(
+    root: Path, port: int, agents: int, parallel: int, count: int, sim_cpu, resume: bool = False
+) -> dict:
+    """A bare Python client: `count` exchanges (handshake and one /ping) on
+    `parallel` threads. With `resume`, a first pass over at most `count`
+    agents (not measured) keeps each agent's session, and the measured pass
+    offers it: what a client that can keep sessions (`dispatcher serve`)
+    pays per exchange."""
     layout = system_layout(root)
     context = dispatcher_client_context(
         str(layout.dispatcher_cert), str(layout.dispatcher_key), str(layout.ca_cert)
     )
-    cursor = iter(range(count))
     lock = threading.Lock()
     failures = [0]
+    resumed = [0]
+    sessions: dict[str, ssl.SSLSession] = {}
+    if resume:
+        agents = min(agents, count)
 
-    def loop() -> None:
+    def exchange(address: str) -> None:
+        with (
+            socket.create_connection((address, port), timeout=30) as raw,
+            context.wrap_socket(raw, session=sessions.get(address)) as tls,
+        ):
+            tls.sendall(http.request_bytes("POST", "/ping", b"{}"))
+            while tls.recv(65536):
+                pass
+            if resume and tls.session is not None:
+                sessions[address] = tls.session
+            if tls.session_reused:
+                with lock:
+                    resumed[0] += 1
+
+    def loop(cursor) -> None:
         while True:
             with lock:
                 n = next(cursor, None)
             if n is None:
                 return
-            address = fleet_sim.agent_address(n % agents)
             try:
-                with (
-                    socket.create_connection((address, port), timeout=30) as raw,
-                    context.wrap_socket(raw) as tls,
-                ):
-                    tls.sendall(http.request_bytes("POST", "/ping", b"{}"))
-                    while tls.recv(65536):
-                        pass
+                exchange(fleet_sim.agent_address(n % agents))
             except OSError:
                 with lock:
                     failures[0] += 1
 
+    def run(total: int) -> None:
+        cursor = iter(range(total))
+        threads = [threading.Thread(target=loop, args=(cursor,)) for _ in range(parallel)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    if resume:
+        run(agents)  # the sessions the measured pass offers
+        failures[0] = resumed[0] = 0
     before = load()
     started = time.perf_counter()
     cpu = time.process_time()
     sim_before = sim_cpu()
-    threads = [threading.Thread(target=loop) for _ in range(parallel)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run(count)
     wall = time.perf_counter() - started
     return {
         "exchanges": count,
         "threads": parallel,
+        "resumed": resumed[0],
         "per_second": round(count / wall, 1),
         "client_cpu_ms_each": round((time.process_time() - cpu) * 1000 / count, 2),
         "simulator_cpu_ms_each": round((sim_cpu() - sim_before) * 1000 / count, 2),
@@ -430,6 +462,9 @@ def main() -> int:
             report["openssl"] = openssl_ceiling(root, args.work, args.ceiling_seconds)
         report["floor"] = floor(
             root, simulator.port, largest, args.parallel, args.floor_count, simulator.cpu
+        )
+        report["floor_resumed"] = floor(
+            root, simulator.port, largest, args.parallel, args.floor_count, simulator.cpu, True
         )
         report["ping"] = [
             ced_ping(args.pyz, root, size, env, simulator.cpu)

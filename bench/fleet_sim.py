@@ -361,7 +361,13 @@ def main() -> int:
         print(json.dumps({**simulator.counters.__dict__, "resumed": simulator.resumed()}))
         sys.stdout.flush()
 
+    def interrupt(_signum, _frame) -> None:
+        raise KeyboardInterrupt
+
     signal.signal(signal.SIGUSR1, report)  # counters on demand, one JSON line
+    # Set explicitly: a job started in the background inherits SIGINT ignored.
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         while True:
             time.sleep(3600)

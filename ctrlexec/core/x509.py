@@ -57,21 +57,23 @@ class CertFacts:
     subject: str = ""  # the whole subject: "CN=web-01"
 
 
-def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
-    """(tag, start of value, end of value) of the element at pos."""
-    if pos + 2 > len(data):
+def _read_tlv(data: bytes, pos: int, limit: int | None = None) -> tuple[int, int, int]:
+    """(tag, start of value, end of value) of the element at pos, which must
+    end by `limit` (its container's end; the whole of `data` by default)."""
+    limit = len(data) if limit is None else limit
+    if pos + 2 > limit:
         raise ValueError("truncated DER element")
     tag = data[pos]
     length = data[pos + 1]
     pos += 2
     if length & 0x80:
         count = length & 0x7F
-        if count == 0 or count > 4 or pos + count > len(data):
+        if count == 0 or count > 4 or pos + count > limit:
             raise ValueError("unsupported DER length")
         length = int.from_bytes(data[pos : pos + count], "big")
         pos += count
     end = pos + length
-    if end > len(data):
+    if end > limit:
         raise ValueError("DER element overruns its container")
     return tag, pos, end
 
@@ -79,7 +81,7 @@ def _read_tlv(data: bytes, pos: int) -> tuple[int, int, int]:
 def _children(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int]]:
     pos = start
     while pos < end:
-        tag, vstart, vend = _read_tlv(data[:end], pos)
+        tag, vstart, vend = _read_tlv(data, pos, end)
         yield tag, vstart, vend
         pos = vend
 

@@ -9,11 +9,11 @@ added with 0.12's own message for a new trusted serial, `POST
 already trusts; the agent stores S under that caller's id and reloads its
 map. Nothing new travels on the wire, so a 0.12 agent joins a fleet too.
 
-The registry record keeps `fleet_serials` (ours): the serials this agent's
-map is known to hold. A record without it holds `dispatcher_serial` only.
-Each node, every `fleet_sync_interval` seconds, sends what is missing to the
-agents whose map holds its own serial; an agent nobody can reach yet (not
-restarted after pairing, down) is tried again on the next round.
+The registry record keeps `fleet_serials` (ours, core/fleet_trust.py): the
+serials this agent's map is known to hold. Each node, every
+`fleet_sync_interval` seconds, sends what is missing to the agents whose map
+holds its own serial; an agent nobody can reach yet (not restarted after
+pairing, down) is tried again on the next round.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .. import log
 from ..core import lifecycle
+from ..core.fleet_trust import missing_serials, record_added
 from ..errors import CtrlExecError
 from .engine import Engine
 from .fanout import fan_out
@@ -30,9 +31,6 @@ from .identity import dispatcher_id, dispatcher_serial
 from .registry import Target
 from .rotation import _answer
 
-FLEET_FIELD = "fleet_serials"
-# One agent's map grows by at most this many serials in one round.
-MAX_FLEET = 64
 # Seconds since its last announcement after which a node's serial is no
 # longer added to agents (at least ten rounds).
 MEMBER_TTL = 3600.0
@@ -42,22 +40,6 @@ MEMBER_TTL = 3600.0
 class Spread:
     added: dict[str, list[str]] = field(default_factory=dict)  # agent -> serials added
     failed: dict[str, str] = field(default_factory=dict)  # agent -> why
-
-
-def known_serials(record: dict) -> list[str]:
-    value = record.get(FLEET_FIELD)
-    if isinstance(value, list) and all(isinstance(s, str) for s in value):
-        return list(value)
-    serial = record.get("dispatcher_serial")
-    return [serial] if isinstance(serial, str) and serial else []
-
-
-def missing_serials(record: dict, own: str, fleet: list[str]) -> list[str]:
-    """What to add to this agent's map, when this node can (it is trusted)."""
-    known = known_serials(record)
-    if own not in known:
-        return []
-    return [serial for serial in fleet if serial not in known][:MAX_FLEET]
 
 
 def spread_trust(engine: Engine, settings, own: str, fleet: list[str]) -> Spread:
@@ -93,8 +75,7 @@ def spread_trust(engine: Engine, settings, own: str, fleet: list[str]) -> Spread
             result.added[name] = added
 
             def change(record: dict, added: list[str] = added) -> None:
-                known = known_serials(record)
-                record[FLEET_FIELD] = known + [s for s in added if s not in known]
+                record_added(record, added)
 
             try:
                 engine.registry.update(name, change)

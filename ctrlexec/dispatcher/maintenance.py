@@ -7,8 +7,17 @@ ERROR=...` and the next one still runs), in 0.12's order:
 1. ping every registered agent, renewing the certificates past half-life;
 2. rotate the dispatcher certificate when at most `cert_renewal_days` remain;
 3. broadcast the current serial to pending and unknown agents;
-4. after the overlap: pending agents become stale, the old serial is retired;
-5. purge expired run records.
+4. after the overlap: pending agents become stale;
+5. after the overlap: the old serial is retired from the agents' maps;
+6. purge expired run records.
+
+Dispatchers sharing one database (a fleet) divide them: the node holding
+the maintenance lease runs every phase; each of the others runs, on the
+same schedule, the phases about its own certificate (rotate, broadcast,
+retire; `OWN_PHASES`), which only it can do: its key, its certificate and
+its `rotation.json` are its own files. Without that, a node's certificate
+would renew only while it led, and its old serial would stay in the
+agents' maps after a rotation.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from .runstore import RunStore
 if TYPE_CHECKING:
     from ..state.interface import Leader
 
-PHASES = ("ping", "rotate", "broadcast", "expire", "purge")
+PHASES = ("ping", "rotate", "broadcast", "expire", "retire", "purge")
+OWN_PHASES = ("rotate", "broadcast", "retire")
 
 
 @dataclass
@@ -93,7 +103,13 @@ def _ping_all(engine: Engine, settings, summary: Summary, now: float) -> None:
             summary.renew_failed[outcome.host] = outcome.detail
 
 
-def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Summary:
+def maintain(
+    engine: Engine,
+    settings,
+    runs_dir,
+    now: float | None = None,
+    phases: tuple[str, ...] = PHASES,
+) -> Summary:
     now = time.time() if now is None else now
     summary = Summary()
 
@@ -114,6 +130,8 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
 
     def expire() -> None:
         summary.stale = rotation.expire_stale(engine.registry, settings, now)
+
+    def retire() -> None:
         retired = rotation.retire(engine, settings, now)
         if retired is not None:
             summary.retired = {
@@ -131,9 +149,10 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
         "rotate": rotate,
         "broadcast": broadcast,
         "expire": expire,
+        "retire": retire,
         "purge": purge,
     }
-    for phase in PHASES:
+    for phase in phases:
         try:
             steps[phase]()
         except (CtrlExecError, OSError, ValueError) as exc:
@@ -142,7 +161,10 @@ def maintain(engine: Engine, settings, runs_dir, now: float | None = None) -> Su
         except Exception as exc:  # one phase's bug must not stop the others
             summary.errors[phase] = f"{type(exc).__name__}: {exc}"[:300]
             log.event("maintain", log.ERR, PHASE=phase, ERROR=f"{type(exc).__name__}: {exc}")
-    log.event("maintain", log.INFO, AGENTS=summary.agents, PINGED=summary.pinged)
+    if phases == PHASES:
+        log.event("maintain", log.INFO, AGENTS=summary.agents, PINGED=summary.pinged)
+    else:
+        log.event("maintain", log.INFO, PHASES=",".join(phases))
     return summary
 
 
@@ -172,7 +194,8 @@ class MaintenanceLoop:
     seconds (at most every pass interval), so when the holder dies, a
     survivor takes over within one of those rounds, logs `maintain
     LEASE=taken` and runs a pass at once; they log `maintain SKIPPED=...`
-    once per pass interval. The holder checks its lease as often, so a lease
+    once per pass interval and run the phases of their own certificate
+    (`OWN_PHASES`). The holder checks its lease as often, so a lease
     lost with its database session (a failover) is taken again."""
 
     def __init__(
@@ -223,6 +246,7 @@ class MaintenanceLoop:
                 return now + self.interval, True
             if not held and now >= due:
                 log.event("maintain", log.INFO, SKIPPED="another node leads")
+                maintain(self.engine, self.settings, self.runs_dir, phases=OWN_PHASES)
                 return now + self.interval, False
             return due, held
         except Exception as exc:

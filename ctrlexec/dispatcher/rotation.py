@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from .. import log
 from ..core import lifecycle
+from ..core.fleet_trust import FLEET_FIELD, record_added, record_removed
 from ..core.results import failure_text, known_failure
 from ..core.timefmt import iso_utc
 from ..core.x509 import facts_from_pem
@@ -331,6 +332,8 @@ def broadcast(engine: Engine, settings, now: float | None = None) -> Broadcast:
         if error is None:
 
             def change(record: dict) -> None:
+                if FLEET_FIELD in record:
+                    record_added(record, [current])
                 record["serial_status"] = lifecycle.CURRENT
                 record["dispatcher_serial"] = current
                 record["serial_confirmed"] = stamp
@@ -402,6 +405,7 @@ def retire(engine: Engine, settings, now: float | None = None) -> Retired | None
     for name, error in fan_out(targets_for(engine, settings, names), one, settings.max_parallel):
         if error is None:
             result.removed.append(name)
+            _forget_in_fleet_record(engine.registry, name, result.serial)
         else:
             result.failed[name] = error
             log.event("serial-retire-error", log.WARNING, AGENT=name, ERROR=error[:200])
@@ -410,6 +414,15 @@ def retire(engine: Engine, settings, now: float | None = None) -> Retired | None
     remove(files.previous_key)
     remove(files.previous_cert)
     return result
+
+
+def _forget_in_fleet_record(registry: AgentRegistry, name: str, serial: str) -> None:
+    """A fleet's record lists the serials the agent trusts: not this one now."""
+    try:
+        if FLEET_FIELD in (registry.get(name) or {}):
+            registry.update(name, lambda record: record_removed(record, serial))
+    except CtrlExecError:
+        pass  # unregistered meanwhile
 
 
 def serial_status(settings, registry: AgentRegistry) -> dict:

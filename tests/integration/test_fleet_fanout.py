@@ -5,14 +5,19 @@ certificate from the simulator's CA, over real mutual TLS.
 What is checked here is behaviour, never speed: every host gets its own
 result in the order given (also when some fail), the number of threads
 stays within `max_parallel` during the fan-out, a second contact resumes
-the agent's TLS session, and an agent presenting the wrong certificate is
-refused on a resumed session as on a full one."""
+the agent's TLS session, an agent presenting the wrong certificate is
+refused on a resumed session as on a full one, and `ced`'s progress line
+on a terminal stays consistent from the first host to the last."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import pty
 import random
+import re
+import subprocess
 import threading
 
 import pytest
@@ -236,3 +241,60 @@ def test_ced_pings_hundreds_of_agents_with_max_hosts_set(fleet, pyz, native_cach
     ok = [answer for answer in answers if answer["status"] == "ok"]
     assert len(ok) == AGENTS - SILENT
     assert all(answer["version"] == fleet_sim.VERSION for answer in ok)
+
+
+PROGRESS = re.compile(rb"\[ *(\d+)/(\d+)\] hosts done, (\d+) failed, (\d+) running, [\d.]+ s")
+
+
+def test_the_progress_line_stays_accurate_over_hundreds_of_agents(fleet, pyz, native_cache):
+    """Every redraw of `ced ping`'s progress line on a terminal, with answers
+    arriving from up to 16 threads at once: counts never go back, done plus
+    running is the total, and the summary matches the results."""
+    from tests.conftest import Pyz
+
+    files, _ = fleet
+    root = files.dispatcher_root.resolve()
+    config = system_layout(root).dispatcher_config
+    config.write_text("max_hosts = 1000\nmax_parallel = 16\n")
+    runner = Pyz(pyz, native_cache, root)
+    master, slave = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:  # read while ced writes: a full pty would stall it
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every writer of the terminal has gone
+                return
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    try:
+        proc = subprocess.Popen(
+            runner.argv("ced", "--json", "ping", *names()),
+            env=runner.env(),
+            stdout=subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        reader.start()
+        stdout, _ = proc.communicate(timeout=300)
+        reader.join(30)
+    finally:
+        config.unlink()
+        os.close(master)
+    assert proc.returncode == 1  # the silent agents fail
+    answers = json.loads(stdout)["results"]
+    failed = sum(1 for answer in answers if answer["status"] != "ok")
+    assert failed == SILENT
+    drawn = [tuple(map(int, m.groups())) for m in PROGRESS.finditer(bytes(seen))]
+    assert drawn[0] == (0, AGENTS, 0, AGENTS), bytes(seen[:200])
+    assert drawn[-1] == (AGENTS, AGENTS, SILENT, 0), drawn[-5:]
+    for (done, total, bad, running), (later_done, _, later_bad, _) in itertools.pairwise(drawn):
+        assert total == AGENTS and done + running == AGENTS and bad <= done
+        assert later_done >= done and later_bad >= bad
+    _, _, summary = bytes(seen).rpartition(b"\r\x1b[K")
+    expected = rb"%d ok, 0 failed, %d unreachable in \d+\.\d s\r?\n" % (AGENTS - SILENT, SILENT)
+    assert re.fullmatch(expected, summary), summary

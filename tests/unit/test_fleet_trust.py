@@ -1,10 +1,16 @@
-"""Which serials a node adds to an agent's map (dispatcher/fleet.py)."""
+"""Which serials a node adds to an agent's map, and what the registry record
+keeps of each change (core/fleet_trust.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from ctrlexec.dispatcher.fleet import known_serials, missing_serials
+from ctrlexec.core.fleet_trust import (
+    known_serials,
+    missing_serials,
+    record_added,
+    record_removed,
+)
 from tests.support.tables import each_case
 
 KNOWN_CASES = [
@@ -35,3 +41,20 @@ def test_known():
 )
 def test_missing(record, own, fleet, missing):
     assert missing_serials(record, own, fleet) == missing
+
+
+def test_the_record_follows_adds_and_removals():
+    record = {"dispatcher_serial": "a1"}
+    record_added(record, ["b1", "a1"])
+    assert record["fleet_serials"] == ["a1", "b1"]
+    record_added(record, ["a2"])
+    record_removed(record, "a1")
+    assert record["fleet_serials"] == ["b1", "a2"]
+    record_removed(record, "zz")  # not there: nothing changes
+    assert record["fleet_serials"] == ["b1", "a2"]
+
+
+def test_a_record_outside_a_fleet_is_left_as_it_is_by_a_removal():
+    record = {"dispatcher_serial": "a2"}  # the file backend's shape
+    record_removed(record, "a1")
+    assert record == {"dispatcher_serial": "a2"}

@@ -1,7 +1,8 @@
 """When the maintenance loop runs a pass on a fleet sharing a database
 (dispatcher/maintenance.py MaintenanceLoop.step), on an injected clock: a
 follower retries the lease every fleet_sync_interval and runs a pass as soon
-as it takes it; the holder runs one every cert_check_interval."""
+as it takes it, and meanwhile runs its own certificate's phases once per
+cert_check_interval; the holder runs a whole pass every cert_check_interval."""
 
 from __future__ import annotations
 
@@ -37,7 +38,13 @@ def world(monkeypatch):
     passes: list[float] = []
     events: list[tuple[str, dict]] = []
     clock = Clock()
-    monkeypatch.setattr(maintenance, "maintain", lambda *args: passes.append(clock.now))
+    own: list[float] = []
+
+    def maintain(*args, phases=maintenance.PHASES):
+        (passes if phases == maintenance.PHASES else own).append(clock.now)
+        assert phases in (maintenance.PHASES, maintenance.OWN_PHASES)
+
+    monkeypatch.setattr(maintenance, "maintain", maintain)
 
     def seen(action, level, fields):
         events.append((action, dict(fields)))
@@ -49,7 +56,7 @@ def world(monkeypatch):
         settings = SimpleNamespace(cert_check_interval=3600, fleet_sync_interval=5)
         return maintenance.MaintenanceLoop(engine, settings, "/nonexistent", clock=clock)
 
-    return SimpleNamespace(passes=passes, events=events, clock=clock, loop=loop)
+    return SimpleNamespace(passes=passes, own=own, events=events, clock=clock, loop=loop)
 
 
 def test_a_follower_takes_the_lease_within_one_round_and_runs_a_pass_at_once(world):
@@ -59,9 +66,10 @@ def test_a_follower_takes_the_lease_within_one_round_and_runs_a_pass_at_once(wor
     due, leading = loop.step(lease, False, world.clock.now)
     assert (due, leading) == (world.clock.now + 3600, False)
     assert world.events == [("maintain", {"SKIPPED": "another node leads"})]
+    assert world.own == [world.clock.now]  # its own certificate's phases, on schedule
     world.clock.now += 5
     assert loop.step(lease, leading, due) == (due, False)  # quiet retry
-    assert world.passes == [] and len(world.events) == 1
+    assert world.passes == [] and len(world.events) == 1 and len(world.own) == 1
     lease.free = True  # the holder died
     world.clock.now += 5
     due, leading = loop.step(lease, leading, due)
