@@ -30,7 +30,11 @@ docs/install.md has the whole procedure.
 
 install always writes the system paths (/etc, /var/lib, the units, the
 users): --root and CTRL_EXEC_ROOT are refused; --prefix moves the archive
-and the program names, --dry-run shows every step without a change."""
+and the program names, --dry-run shows every step without a change.
+
+Exit status: 0 done (or nothing to do); 1 a step failed, or not run as
+root; 2 a malformed command line (no --role, --purge without --uninstall,
+--root)."""
 
 
 def _handler(ctx: Context) -> int:

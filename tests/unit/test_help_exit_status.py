@@ -36,3 +36,14 @@ def test_the_paragraph_is_added_once_and_wrapped():
     assert all(len(line) <= 76 for line in epilog.splitlines())
     own = "Exit status: 0 always."
     assert exit_status.with_exit_status("unpair", own, None) is None
+
+
+@pytest.mark.parametrize("role", ["install", "demo", "doctor"])
+def test_the_one_command_roles_state_their_exit_status(role, capsys):
+    module = importlib.import_module(main.ROLES[role][0])
+    with pytest.raises(SystemExit):
+        if hasattr(module, "build_parser"):
+            module.build_parser().parse_args(["--help"])
+        else:
+            module.main(["--help"])
+    assert exit_status.has_exit_status(capsys.readouterr().out)
