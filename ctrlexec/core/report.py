@@ -48,8 +48,8 @@ _HINTS = (
     (
         "forbidden: serial mismatch",
         "the agent does not trust this dispatcher's certificate: 'ced serial-status' "
-        "shows whether it was told the current serial ('ced maintain' tells it again); "
-        "otherwise pair it again",
+        "shows whether it confirmed the current serial ('ced maintain' tells pending "
+        "agents again); otherwise pair it again",
     ),
     (
         "forbidden: certificate revoked",
