@@ -229,6 +229,30 @@ def new_rotation(new_serial: str, old_serial: str, now: float, overlap_days: int
     )
 
 
+def pending_expired(
+    record: dict[str, Any], state: RotationState | None, now: float, overlap_days: int
+) -> bool:
+    """Whether an agent still `pending` has missed its overlap. It became
+    pending at its `serial_broadcast` stamp, by a rotation of this node or,
+    in a fleet of dispatchers, of another node: it is stale once that stamp
+    is `overlap_days` old, or once this node's overlap is over if it became
+    pending no later than this node's rotation (a record without a readable
+    stamp follows this node's overlap, as in 0.12)."""
+    since = _stamp(record.get("serial_broadcast"))
+    if since is not None and since + overlap_days * DAY <= now:
+        return True
+    if state is None or not state.overlap_over(now):
+        return False
+    return since is None or since <= parse_iso_utc(state.rotated_at)
+
+
+def _stamp(value: object) -> float | None:
+    try:
+        return parse_iso_utc(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
 def days_left(not_after: float, now: float) -> int:
     return int((not_after - now) // DAY)
 

@@ -352,14 +352,15 @@ def broadcast(engine: Engine, settings, now: float | None = None) -> Broadcast:
 
 
 def expire_stale(registry: AgentRegistry, settings, now: float | None = None) -> list[str]:
-    """After the overlap, agents that never confirmed become `stale`."""
+    """After the overlap, agents that never confirmed become `stale` (each
+    by the overlap of the rotation that made it pending: lifecycle.pending_expired)."""
     now = time.time() if now is None else now
     state = load_state(settings.rotation_file)
-    if state is None or not state.overlap_over(now):
-        return []
     stale = []
     for record in list(registry.records()):
         if record.get("serial_status") != lifecycle.PENDING:
+            continue
+        if not lifecycle.pending_expired(record, state, now, settings.cert_overlap_days):
             continue
         name = str(record.get("hostname"))
 

@@ -8,7 +8,7 @@ import pytest
 
 from ctrlexec.core import lifecycle
 from ctrlexec.core.results import PING, HostResult
-from ctrlexec.core.timefmt import openssl_notafter, parse_iso_utc
+from ctrlexec.core.timefmt import iso_utc, openssl_notafter, parse_iso_utc
 from tests.support.tables import each_case
 
 NOW = 1_800_000_000.0
@@ -132,3 +132,37 @@ def test_x509_reader_finds_the_subject_cn(session_ca):
     facts = facts_from_pem(issued.cert_pem.decode())
     assert facts.subject_cn == "web-07.example" and facts.serial == issued.serial
     assert facts_from_pem(session_ca.cert_pem.decode()).subject_cn == "ctrl-exec CA"
+
+
+# (pending since, in days before NOW or None; this node's rotation, in days
+# before NOW or None; overlap days; stale?)
+PENDING_EXPIRED_CASES = [
+    (40, None, 30, True),  # pending for longer than the overlap: stale, whoever rotated
+    (10, None, 30, False),
+    (None, None, 30, False),  # no stamp, no rotation of this node: nothing to judge by
+    (40, 40, 30, True),  # this node's rotation made it pending, its overlap is over
+    (None, 40, 30, True),  # no stamp: this node's overlap decides (0.12)
+    (10, 40, 30, False),  # another node's later rotation: its own overlap runs
+    (10, 10, 30, False),  # this node's overlap still runs
+    (0, 0, 0, True),  # no overlap at all
+]
+
+
+def test_pending_expired():
+    def check(since, rotated, overlap, stale):
+        record = {"serial_status": "pending"}
+        if since is not None:
+            record["serial_broadcast"] = iso_utc(NOW - since * DAY)
+        state = None
+        if rotated is not None:
+            state = lifecycle.new_rotation("b2", "b1", NOW - rotated * DAY, overlap)
+        assert lifecycle.pending_expired(record, state, NOW, overlap) is stale
+
+    each_case(PENDING_EXPIRED_CASES, check)
+
+
+def test_an_unreadable_stamp_follows_this_nodes_overlap():
+    state = lifecycle.new_rotation("b2", "b1", NOW - 40 * DAY, 30)
+    record = {"serial_broadcast": "yesterday"}
+    assert lifecycle.pending_expired(record, state, NOW, 30) is True
+    assert lifecycle.pending_expired(record, None, NOW, 30) is False
