@@ -18,6 +18,8 @@ from tests.support import agentproc, testpki
 from tests.support.agentproc import wait_for
 from tests.support.nodes import await_fleet_trust, fleet_serials, two_nodes
 
+OWN_PASS = "ACTION=maintain PHASES=rotate,broadcast,retire"
+
 
 @pytest.fixture
 def fleet(session_ca, pyz_for, tmp_path, pg_server, pg_database):
@@ -72,15 +74,19 @@ def test_a_follower_rotates_and_retires_its_own_serial(fleet):
     state["overlap_expires"] = "2000-01-01T00:00:00Z"
     layout.rotation_file.write_text(json.dumps(state))
     follower.api.stop()
+    passes = follower.ctl.log_text().count(OWN_PASS)
     follower.start()
     wait_for(
         lambda: old not in fleet_serials(fleet, "agent-01"), 60, "the old serial retired"
     )  # the registry is written once the agent answered
+    # The old certificate's files are removed after that, and the pass is
+    # logged once they are.
+    wait_for(lambda: follower.ctl.log_text().count(OWN_PASS) > passes, 60, "the pass ended")
 
     assert agent_map(fleet) == {new, leader_serial}
     assert fleet_serials(fleet, "agent-01") == {new, leader_serial}
     log = follower.ctl.log_text()
-    assert "ACTION=maintain PHASES=rotate,broadcast,retire" in log
+    assert OWN_PASS in log
     assert f"ACTION=serial-retire HOSTS=agent-01 SERIAL={old}" in log
     previous = layout.dispatcher_cert.with_name(layout.dispatcher_cert.name + ".previous")
     assert not previous.exists()
