@@ -290,7 +290,20 @@ class Database:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(len(servers), thread_name_prefix="pg-survey") as pool:
-            return list(pool.map(reach, servers))
+            futures = [pool.submit(reach, server) for server in servers]
+        outcomes, failure = [], None
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except BaseException as exc:  # what reach() does not expect
+                failure = failure or exc
+        if failure is not None:
+            for outcome in outcomes:  # no connection is left open behind the error
+                if not isinstance(outcome, str):
+                    with contextlib.suppress(Exception):
+                        outcome[0].close()
+            raise failure
+        return outcomes
 
     def _driver(self) -> Any:
         try:
