@@ -2,9 +2,11 @@
 
 Format: `ACTION=<action>` first, then every other key sorted (ASCII), single
 spaces between pairs; a value containing whitespace is wrapped in double
-quotes (inner quotes are not escaped, as 0.12); None becomes empty. Unlike
-0.12 we escape control characters (a newline in a value would otherwise
-forge a second log line).
+quotes; None becomes empty. Unlike 0.12 we escape control characters, the
+Unicode line separators and double quotes (`\x0a`, `\u2028`, `\x22`): a
+newline in a value would otherwise forge a second log line, and a quote
+would end a quoted value early, so that the rest of it (`a" ACTION=run
+USER="b`) reads as pairs of its own.
 
 Destination (`auto`, the default): syslog when its socket exists (`/dev/log`,
 or CTRL_EXEC_SYSLOG_SOCKET), facility daemon, 0.12's idents with the pid in
@@ -45,7 +47,10 @@ TARGETS = ("auto", "syslog", "stderr", "discard")
 FORMATS = ("kv", "json")
 
 _WHITESPACE = re.compile(r"\s")
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# What a value may not carry raw: control characters (C0, DEL, C1), the
+# Unicode line and paragraph separators (line ends to some log readers) and
+# the double quote that delimits a value.
+_CONTROL = re.compile(r'[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029"]')
 
 
 SYSLOG_SOCKET_ENV = "CTRL_EXEC_SYSLOG_SOCKET"
@@ -214,13 +219,17 @@ def _quiet_fallback() -> str:
 
 
 def _open_log_file(path: str):
-    """Append to a log file; never through a symlink (a state directory
-    writable by a group must not redirect root's writes)."""
+    """Append to a log file; never through a symlink, nor to a file with
+    another hard link (a state directory writable by a group must not
+    redirect root's writes to another file)."""
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
     fd = os.open(path, flags, 0o640)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if info.st_nlink != 1:
+            raise OSError(errno.EMLINK, f"{path} has {info.st_nlink} hard links")
     except OSError:
         os.close(fd)
         raise
@@ -241,7 +250,12 @@ def _clean(value: object) -> str:
         text = "1" if value else "0"
     else:
         text = str(value)
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    code = ord(match.group(0))
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def format_line(action: str, fields: dict[str, object]) -> str:

@@ -70,9 +70,25 @@ def make_csr(config, fallback_cn: str) -> str:
     return csr.build(key, current_cn(config) or fallback_cn)
 
 
-def check_renewed(config, cert_pem: str, now: float) -> str:
+def _issued_at(path: str) -> float | None:
+    """When the certificate at `path` was issued (its notBefore), if it can be read."""
+    try:
+        return facts_from_pem(_read_text(path, "cert")).not_before
+    except (RenewalRejected, ValueError):
+        return None
+
+
+def check_renewed(config, cert_pem: str, now: float, in_use: tuple[str, ...] | None = None) -> str:
     """Every check a renewed certificate must pass; its PEM text, tidied.
-    RenewalRejected says which check failed."""
+    RenewalRejected says which check failed.
+
+    It must also be no older than the certificates in `in_use` (default: the
+    installed one and a staged one). `/renew-complete` needs no trusted
+    identity (0.12: a rotated dispatcher must reach it), and renewal keeps
+    the key, so every certificate this agent ever had would otherwise pass:
+    any holder of a certificate from the CA (another agent) could send back
+    one of this agent's superseded certificates, which the dispatcher no
+    longer accepts as this agent's identity, and cut it off the fleet."""
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
@@ -110,6 +126,10 @@ def check_renewed(config, cert_pem: str, now: float) -> str:
         )
     if facts.not_after <= now or facts.not_before > now + CLOCK_SKEW:
         raise RenewalRejected("renewed cert is not valid now (expired or not yet valid)")
+    paths = (config.cert, config.cert_staging_path) if in_use is None else in_use
+    issued = [when for when in map(_issued_at, paths) if when is not None]
+    if issued and facts.not_before < max(issued):
+        raise RenewalRejected("renewed cert is older than the certificate in use")
     return tidy
 
 
@@ -145,7 +165,9 @@ def promote(config, now: float | None = None) -> Promotion:
     if not staged.exists():
         return Promotion("none", "no staged certificate")
     try:
-        tidy = check_renewed(config, _read_text(str(staged), "staged cert"), now)
+        tidy = check_renewed(
+            config, _read_text(str(staged), "staged cert"), now, in_use=(config.cert,)
+        )
     except RenewalRejected as exc:
         try:
             staged.unlink()

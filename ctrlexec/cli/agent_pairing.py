@@ -10,6 +10,7 @@ import sys
 
 from ..config.load import load_agent
 from ..core import pairing as wire
+from ..core.report import visible
 from ..errors import CtrlExecError
 from .common import Context, add_command
 
@@ -174,7 +175,7 @@ def _print_failed(ctx: Context, outcome) -> None:
             }
         )
     else:
-        ctx.err(f"Pairing failed: {outcome.reason}")
+        ctx.err(f"Pairing failed: {visible(outcome.reason)}")
 
 
 def pairing_status(ctx: Context) -> int:

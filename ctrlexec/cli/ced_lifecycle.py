@@ -4,6 +4,7 @@ certificate's rotation and the periodic maintenance pass."""
 from __future__ import annotations
 
 from ..config.load import load_dispatcher
+from ..core.report import visible
 from ..errors import EXIT_FAILURE
 from .common import Context, add_command, table
 
@@ -94,7 +95,7 @@ def rotate_cert(ctx: Context) -> int:
         ctx.out(f"Updated: {len(sent.confirmed)}")
         ctx.out(f"Failed:  {len(sent.failed)}")
         for name, error in sorted(sent.failed.items()):
-            ctx.out(f"  {name}: {error}")
+            ctx.out(f"  {name}: {visible(error)}")
         if sent.failed:
             ctx.out(
                 "Failed agents stay pending; 'ced maintain' retries them until the overlap ends."
@@ -161,17 +162,17 @@ def maintain(ctx: Context) -> int:
         for name in summary.renewed:
             ctx.out(f"  renewed: {name}")
         for name, error in sorted(summary.renew_failed.items()):
-            ctx.out(f"  renewal failed: {name}: {error}")
+            ctx.out(f"  renewal failed: {name}: {visible(error)}")
         if summary.rotated:
             ctx.out(f"  rotated: new serial {summary.rotated['new_serial']}")
         for name in summary.confirmed:
             ctx.out(f"  serial confirmed: {name}")
         for name, error in sorted(summary.broadcast_failed.items()):
-            ctx.out(f"  serial broadcast failed: {name}: {error}")
+            ctx.out(f"  serial broadcast failed: {name}: {visible(error)}")
         for name in summary.stale:
             ctx.out(f"  stale (must pair again): {name}")
         if summary.retired:
             ctx.out(f"  retired serial {summary.retired['serial']}")
         for phase, error in summary.errors.items():
-            ctx.out(f"  phase {phase} failed: {error}")
+            ctx.out(f"  phase {phase} failed: {visible(error)}")
     return 0 if summary.ok else EXIT_FAILURE

@@ -9,6 +9,7 @@ from .. import log
 from ..config.load import load_dispatcher
 from ..core import pairing as wire
 from ..core.names import TAG_KEY, is_agent_name
+from ..core.report import visible
 from ..core.results import HostResult
 from ..core.timefmt import parse_openssl_notafter
 from ..dispatcher.registry import DEFAULT_AGENT_PORT, Registry, UnknownAgents
@@ -67,7 +68,8 @@ def list_agents(ctx: Context) -> int:
     if ctx.args.refresh:
         for failed in _refresh_tags(ctx):
             ctx.err(
-                f"warning: {failed.wire.get('host')}: {failed.wire.get('error', 'no answer')} "
+                f"warning: {visible(failed.wire.get('host'))}: "
+                f"{visible(failed.wire.get('error', 'no answer'))} "
                 "(its cached tags are unchanged)"
             )
     records = list(registry.records())
@@ -108,7 +110,8 @@ def list_agents(ctx: Context) -> int:
 def tags_text(tags: object) -> str:
     if not isinstance(tags, dict) or not tags:
         return "-"
-    return ",".join(f"{key}={value}" for key, value in sorted(tags.items()))
+    # tags are what an agent reported: shown, never sent to the terminal
+    return ",".join(f"{visible(key)}={visible(value)}" for key, value in sorted(tags.items()))
 
 
 def edit_agent(ctx: Context) -> int:

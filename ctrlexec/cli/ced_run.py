@@ -21,6 +21,7 @@ from ..core import report
 from ..core.caller import Caller
 from ..core.results import HostResult
 from ..core.selection import parse_tag
+from ..core.sse import LineSplitter
 from ..dispatcher.engine import Engine
 from ..errors import (
     EXIT_FAILURE,
@@ -253,7 +254,10 @@ COLOURS = ("36", "33", "35", "32", "34", "96", "93", "95")
 class FollowPrinter:
     """`--follow`: each line a script writes, as `host | line` (stderr lines
     as `host ! line`), host names aligned and coloured on a terminal; one
-    notice for agents that cannot stream. Lines are printed whole."""
+    notice for agents that cannot stream. Lines are printed whole, up to
+    core.sse.MAX_LINE characters: a longer one (a progress bar redrawn with
+    CR, or an agent that never ends its line) comes out in pieces of that
+    size, so what is held back per host stays bounded."""
 
     def __init__(self, hosts: list[str], notice, stream=None):
         self.stream = stream or sys.stdout
@@ -261,9 +265,9 @@ class FollowPrinter:
         self.width = max((len(host) for host in hosts), default=0)
         self.colour = _is_terminal(self.stream) and not os.environ.get("NO_COLOR")
         self._lock = threading.Lock()
-        self._partial: dict[tuple[str, str], str] = {}
+        self._lines = LineSplitter()
         self._colours: dict[str, str] = {}
-        self.streamed: set[str] = set()
+        self.streamed: dict[str, None] = {}  # in the order they first wrote
         self._fell_back: list[str] = []
 
     def _prefix(self, host: str, stream: str) -> str:
@@ -276,12 +280,8 @@ class FollowPrinter:
 
     def write(self, host: str, stream: str, text: str) -> None:
         with self._lock:
-            self.streamed.add(host)
-            key = (host, stream)
-            pending = self._partial.pop(key, "") + text
-            *lines, rest = pending.split("\n")
-            if rest:
-                self._partial[key] = rest
+            self.streamed.setdefault(host)
+            lines = self._lines.feed(host, stream, text)
             if lines:
                 prefix = self._prefix(host, stream)
                 write_text("".join(f"{prefix}{line}\n" for line in lines))
@@ -298,8 +298,8 @@ class FollowPrinter:
 
     def flush(self) -> None:
         with self._lock:
-            partial, self._partial = self._partial, {}
-        for (host, stream), rest in partial.items():
+            partial = [(host, *left) for host in self.streamed for left in self._lines.flush(host)]
+        for host, stream, rest in partial:
             write_text(f"{self._prefix(host, stream)}{rest}\n")
 
     def results_text(self, results: list[HostResult]) -> str:

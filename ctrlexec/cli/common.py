@@ -17,6 +17,7 @@ from typing import Any
 
 from .. import __version__, log
 from ..config.paths import Layout, resolve_layout
+from ..core.report import visible
 from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
 from . import exit_status
 
@@ -233,8 +234,10 @@ def usage_error(ctx: Context, message: str) -> int:
 
 def _failed(ctx: Context, message: str) -> None:
     """A command that stopped: one line on stderr, and with --json also one
-    object `{"ok": 0, "error": ...}` on stdout for scripts."""
-    ctx.err(f"{ctx.prog}: {message}")
+    object `{"ok": 0, "error": ...}` on stdout for scripts. The message may
+    quote a peer (an agent's error, a pairing reason): its control
+    characters are shown, never sent to the terminal."""
+    ctx.err(f"{ctx.prog}: {visible(message)}")
     if ctx.json:
         try:
             ctx.emit_json({"ok": 0, "error": message})

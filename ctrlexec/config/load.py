@@ -241,14 +241,26 @@ def _load_or_defaults(
     (may be absent: all defaults apply). A `.conf` path, or 0.12's file at
     `legacy_path` when the TOML file does not exist, is read with `parse`
     (config/legacy.py)."""
+    source = config_source(path, default_path, legacy_path if parse is not None else None)
+    if source is None:
+        return None
+    if parse is not None and (source == legacy_path or legacy.is_legacy_path(source)):
+        return _legacy_document(parse(source))
+    return read_document(source)
+
+
+def config_source(
+    path: Path | None, default_path: Path, legacy_path: Path | None = None
+) -> Path | None:
+    """Which file a configuration is read from: the explicit path, else the
+    default one when it exists, else 0.12's file when that exists; None
+    when there is none (all defaults apply)."""
     if path is not None:
-        if parse is not None and legacy.is_legacy_path(Path(path)):
-            return _legacy_document(parse(Path(path)))
-        return read_document(Path(path))
+        return Path(path)
     if default_path.exists():
-        return read_document(default_path)
-    if legacy_path is not None and parse is not None and legacy_path.exists():
-        return _legacy_document(parse(legacy_path))
+        return default_path
+    if legacy_path is not None and legacy_path.exists():
+        return legacy_path
     return None
 
 

@@ -252,14 +252,41 @@ def tls_reason(failure: Failure | None) -> str:
     return text.strip()[:200]
 
 
+# No agent reply nests deeper than a few levels (capabilities: 4). A deeper
+# one is hostile: it would stop the decoder (RecursionError) or, just under
+# the interpreter's limit, every later encoding of the result.
+MAX_REPLY_DEPTH = 32
+
+
 def _object(body: bytes) -> dict[str, Any] | None:
     """The reply body as a JSON object, or None (0.12 treats anything that
-    does not decode as `invalid JSON`)."""
+    does not decode as `invalid JSON`; so are bodies nested deeper than
+    MAX_REPLY_DEPTH)."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    if not isinstance(value, dict) or nesting_exceeds(value, MAX_REPLY_DEPTH):
+        return None
+    return value
+
+
+def nesting_exceeds(value: object, limit: int) -> bool:
+    """Whether a decoded JSON value nests containers deeper than `limit`
+    (iterative: the check itself cannot hit the recursion limit)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _forbidden(reply: AgentReply) -> str:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from ..core import results
 from ..core.http import MAX_RESPONSE_BODY, ResponseReader
 from ..core.http import request_bytes as _request_bytes
+from ..core.lines import LineSplitter, LineTooLong
 from ..errors import FramingError, IncompleteMessage
 from .agent_client import open_tls
 
@@ -115,12 +116,16 @@ def _plain(start: bytes, recv, failed) -> results.AgentReply | results.Failure:
 
 
 def _frames(rest: bytes, recv, on_frame, failed) -> results.AgentReply | results.Failure:
-    buffer = bytearray(rest)
+    # linear in what arrives, however the agent cuts its frames (core/lines.py)
+    splitter = LineSplitter(MAX_FRAME)
     final: dict | None = None
+    data = rest
     while True:
-        while b"\n" in buffer:
-            line, _, tail = bytes(buffer).partition(b"\n")
-            buffer = bytearray(tail)
+        try:
+            lines = splitter.feed(data)
+        except LineTooLong:
+            return failed(results.PROTOCOL, "stream frame too large")
+        for line in lines:
             try:
                 value = json.loads(line)
             except (ValueError, UnicodeDecodeError, RecursionError):
@@ -129,16 +134,13 @@ def _frames(rest: bytes, recv, on_frame, failed) -> results.AgentReply | results
                 return failed(results.PROTOCOL, "invalid stream frame")
             if "result" in value:
                 final = value["result"] if isinstance(value["result"], dict) else None
-                if final is None:
+                if final is None or results.nesting_exceeds(final, results.MAX_REPLY_DEPTH):
                     return failed(results.PROTOCOL, "invalid result frame")
             elif isinstance(value.get("stream"), str) and isinstance(value.get("data"), str):
                 on_frame(value["stream"], value["data"])
-        if len(buffer) > MAX_FRAME:
-            return failed(results.PROTOCOL, "stream frame too large")
         data = recv()
         if not data:
             break
-        buffer += data
     if final is None:
         return failed(results.PROTOCOL, "stream ended without a result")
     return results.AgentReply(200, "OK", json.dumps(final).encode("utf-8"))

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..agent.allowlist import OUTSIDE_SCRIPT_DIRS, Allowlist
-from ..config.load import AgentConfig, Profile, load_agent, load_allowlist
+from ..config.load import AgentConfig, Profile, config_source, load_agent, load_allowlist
 from ..config.paths import Layout
 from ..errors import ConfigError, ExecutorRefused, NotAllowlisted
-from . import privdrop
+from . import privdrop, rootonly
 
 # Refusals, in 0.12's words (the `executor: ...` texts and resolve's DENY codes).
 NOT_ALLOWLISTED = "script not permitted"
@@ -28,6 +28,9 @@ UNDEFINED_PROFILE = "undefined profile"
 CONFIG_ERROR = "config error"
 UNKNOWN_USER = "unknown user"
 UNSUPPORTED_CAPABILITY = "unsupported capability"
+# Ours: a configuration file or the script could be changed by a user other
+# than root (rootonly.py); the detail, in the log, says which and why.
+NOT_ROOT_ONLY = "file not protected (writable by a user other than root)"
 
 DENY_CODES = {
     NOT_ALLOWLISTED: "not-allowlisted",
@@ -35,6 +38,7 @@ DENY_CODES = {
     UNDEFINED_PROFILE: "undefined-profile",
     UNKNOWN_USER: "unknown-user",
     UNSUPPORTED_CAPABILITY: "unsupported-capability",
+    NOT_ROOT_ONLY: "not-root-only",
 }
 
 
@@ -129,6 +133,19 @@ def protected_dirs(config: AgentConfig, layout: Layout, allowlist_path: Path | N
     return tuple(sorted(found))
 
 
+def check_configuration(layout: Layout, agent_toml: Path | None, scripts_toml: Path | None) -> None:
+    """ExecutorRefused unless only root can change the agent.toml and
+    scripts.toml (or 0.12's files) the executor reads: they choose the user
+    and the capabilities of every script."""
+    for source in (
+        config_source(agent_toml, layout.agent_config, layout.legacy_agent_config),
+        config_source(scripts_toml, layout.allowlist, layout.legacy_allowlist),
+    ):
+        problem = None if source is None else rootonly.who_else_can_change(source)
+        if problem is not None:
+            raise ExecutorRefused(NOT_ROOT_ONLY, problem)
+
+
 def decide(
     layout: Layout,
     agent_toml: Path | None,
@@ -137,6 +154,7 @@ def decide(
     agent_user: str,
 ) -> Decision:
     """The decision for `script`; ExecutorRefused when there is none."""
+    check_configuration(layout, agent_toml, scripts_toml)
     try:
         config = load_agent(layout, agent_toml)
         entries = load_allowlist(layout, scripts_toml, None)
@@ -154,6 +172,9 @@ def decide(
     unknown = [cap for cap in profile.caps if privdrop.capability_number(cap) is None]
     if unknown:
         raise ExecutorRefused(UNSUPPORTED_CAPABILITY, ",".join(unknown))
+    problem = rootonly.who_else_can_change(Path(resolved.executable))
+    if problem is not None:
+        raise ExecutorRefused(NOT_ROOT_ONLY, f"script {script}: {problem}")
     identity = identity_for(profile.run_as or agent_user)
     scripts_path = scripts_toml or layout.allowlist
     return Decision(

@@ -51,7 +51,7 @@ from ..core import exec_frames
 from ..errors import ConfigError, ExecutorRefused, FrameError, ProfileError
 from ..netio import received_signals
 from . import decision as decisions
-from . import privdrop
+from . import privdrop, rootonly
 
 LISTEN_BACKLOG = 64
 # Handler processes at once: the agent's max_children plus its async jobs.
@@ -82,8 +82,10 @@ def agent_identity(user: str) -> tuple[str, int, int]:
 
 def bind_socket(path: Path, owner_uid: int, owner_gid: int) -> socket.socket:
     """The listening socket at `path`: 0600, owned by the agent's user. A
-    stale socket is replaced; any other file there is an error."""
+    stale socket is replaced; any other file there is an error, and so is a
+    directory that anyone but root may change (rootonly.py)."""
     path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    rootonly.check_socket_directory(path)
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -439,6 +441,13 @@ def run(
         configure_logging(config)
     # The files must be usable now; they are read again for every request.
     load_allowlist(layout, scripts_toml, config.profiles)
+    try:
+        decisions.check_configuration(layout, agent_toml, scripts_toml)
+    except ExecutorRefused as exc:
+        raise ConfigError(
+            f"refusing to serve: {exc.detail}; whoever may change agent.toml or "
+            "scripts.toml chooses what runs as root"
+        ) from None
     if socket_path is None:
         socket_path = Path(config.executor_socket or layout.executor_socket)
     server = ExecutorServer(socket_path, agent_user, layout, agent_toml, scripts_toml)

@@ -103,7 +103,12 @@ def executor(session_ca, pyz_for):
     require_root()
     with temporary_user(AGENT_USER), shared_root("ce-exec-hostile-") as base:
         ctl = pyz_for(base / "agent")
-        marker = base / "marker"
+        # the canary, running as root here, writes its marker; its directory
+        # is open to all, the socket's stays root's (executor/rootonly.py)
+        outbox = base / "out"
+        outbox.mkdir()
+        outbox.chmod(0o777)
+        marker = outbox / "marker"
         site = install_site(
             session_ca,
             ctl.root,
@@ -117,7 +122,6 @@ def executor(session_ca, pyz_for):
         config = site.layout.agent_config
         config.write_text(config.read_text() + '\n[profile.root]\nrun_as = "root"\n')
         site.write_allowlist()
-        base.chmod(0o777)  # the canary, running as root here, writes its marker
         process = ExecutorProcess(ctl, sock, AGENT_USER).start()
         try:
             yield {"ctl": ctl, "socket": sock, "marker": marker, "process": process}

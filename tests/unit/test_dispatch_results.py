@@ -99,7 +99,28 @@ def test_run_http_failures_use_0_12_strings():
     each_case(RUN_HTTP_FAILURES_USE_0_12_STRINGS_CASES, check)
 
 
-@pytest.mark.parametrize("body", [b"", b"nope", b"[1,2]", b'"text"', b"\xff\xfe"])
+NESTED = (
+    b'{"exit":0,"stdout":'
+    + b"[" * (results.MAX_REPLY_DEPTH)
+    + b"]" * (results.MAX_REPLY_DEPTH)
+    + b"}"
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"nope",
+        b"[1,2]",
+        b'"text"',
+        b"\xff\xfe",
+        b"[" * 100_000,  # past the decoder's recursion limit
+        b'{"a":' * 100_000,
+        NESTED,  # decodes, but nests deeper than any agent reply
+        b'{"exit":' + b"9" * 5000 + b"}",  # past int's digit limit
+    ],
+)
 def test_run_body_that_is_not_a_json_object(body):
     result = results.run_result("vm", "s", "r", "1ms", ok(body), None, 60)
     assert result.wire["exit"] == -1 and result.wire["error"] == "invalid JSON response"
@@ -413,3 +434,12 @@ def test_other_async_submission_failures_keep_0_12_s_small_shape(reply, failure,
     assert result.wire["status"] == status
     if error is not None:
         assert result.wire["error"] == error
+
+
+def test_nesting_is_measured_without_recursion():
+    deep: list = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert results.nesting_exceeds(deep, 32)
+    assert not results.nesting_exceeds({"a": [{"b": 1}], "c": "x"}, 3)
+    assert results.nesting_exceeds({"a": [{"b": []}]}, 3)
