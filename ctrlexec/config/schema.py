@@ -294,7 +294,8 @@ DISPATCHER_KEYS: tuple[Key, ...] = (
         "int",
         60,
         "seconds between the rounds in which a dispatcher sharing a PostgreSQL state "
-        "database adds the other dispatchers' serials to the agents that trust it",
+        "database adds the other dispatchers' serials to the agents that trust it; also "
+        "how often it looks at every server of the state_backend host list again",
         between(1, 86400),
         ours=True,
     ),

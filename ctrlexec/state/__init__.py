@@ -123,9 +123,33 @@ def open_database(settings) -> Any:
     with _databases_lock:
         database = _databases.get(key)
         if database is None:
-            database = Database(parse_dsn(url, os.environ), password_file)
+            dsn = parse_dsn(url, os.environ)
+            database = Database(
+                dsn,
+                password_file,
+                history=lineage_record(settings, dsn.database),
+                survey_every=float(getattr(settings, "fleet_sync_interval", None) or 60),
+            )
             _databases[key] = database
         return database
+
+
+def lineage_record(settings, database: str) -> Any:
+    """The host's record of the PostgreSQL lineage it used (beside
+    rotation.json in the dispatcher's state directory); None without one."""
+    rotation_file = getattr(settings, "rotation_file", None)
+    if not rotation_file:
+        return None
+    import pwd
+
+    from .lineage_file import FILE_NAME, LineageFile
+
+    try:
+        entry = pwd.getpwnam(getattr(settings, "service_user", None) or "")
+        service: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+    except KeyError:
+        service = None
+    return LineageFile(Path(rotation_file).parent / FILE_NAME, database, service)
 
 
 def open_state(

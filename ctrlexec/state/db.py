@@ -24,13 +24,16 @@ import select
 import ssl
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import log
+from ..core.db_lineage import Lineage, choose, lineage_from_row, refusal
 from ..errors import ConfigError, StateError
 from .dsn import Dsn, pgpass_lookup, where
+from .lineage_file import LineageFile
 
 # Idle connections kept for short statements; more are opened when busy
 # (up to MAX_OPEN) and closed when returned beyond this.
@@ -43,6 +46,17 @@ ACQUIRE_WAIT = 30.0
 STATEMENT_TIMEOUT_MS = 30_000
 READ_MARGIN = 15.0
 MAX_PASSWORD_BYTES = 1024
+# Seconds after which the next new session looks at every listed server
+# again, not only the one in use (see Database.open).
+SURVEY_EVERY = 60.0
+# Whether the server accepts writes, its current WAL file (the timeline is
+# in its name; a standby has none) and its cluster's system identifier:
+# every function here is executable by any role on PostgreSQL 10 and later.
+LINEAGE_QUERY = (
+    "SELECT current_setting('transaction_read_only'), "
+    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, "
+    "(SELECT system_identifier FROM pg_control_system())"
+)
 MAX_CA_BYTES = 1 << 20
 
 
@@ -102,6 +116,9 @@ class Database:
         password_file: str | None = None,
         env: Mapping[str, str] | None = None,
         application_name: str = "ctrl-exec",
+        history: LineageFile | None = None,
+        survey_every: float = SURVEY_EVERY,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.dsn = dsn
         env = dict(os.environ) if env is None else env
@@ -113,18 +130,169 @@ class Database:
         self._ssl_context = tls_context(dsn)
         self._application_name = application_name
         self._idle: list[Any] = []
-        self._server: tuple[str, int] | None = None  # the last one that accepted writes
+        self._server: tuple[str, int] | None = None  # the last one used
+        self._history = history
+        self._known: Lineage | None = None  # the highest lineage used (or recorded)
+        self._loaded = False
+        self._surveyed: float | None = None
+        self._survey_every = survey_every
+        self._clock = clock
+        self._survey_lock = threading.Lock()
+        self._last_survey: tuple[float, str | None] | None = None  # (ended, error)
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_OPEN)
 
     def describe(self) -> str:
         return self.dsn.describe()
 
+    @property
+    def history(self) -> LineageFile | None:
+        """The host's record of the lineage it used (None: memory only)."""
+        return self._history
+
     # -- connections ----------------------------------------------------------
 
     def open(self) -> Any:
-        """A new connection (pg8000.native.Connection) to the first server of
-        the host list that accepts writes; StateError if none does."""
+        """A new connection (pg8000.native.Connection) to the server the
+        state lives on; StateError if no listed server may be used.
+
+        The fence (core/db_lineage.py): a server is used only if it accepts
+        writes, belongs to the cluster used before and is not on a lower
+        timeline than the one used before. The server last used is tried
+        first, checked in the round trip that checks it accepts writes; the
+        whole host list is looked at (a survey) at the first session, when
+        that server fails or is refused, and every `survey_every` seconds,
+        so that a higher timeline elsewhere is found and an old primary
+        that came back is seen and logged."""
+        driver = self._driver()
+        self._remembered()
+        with self._lock:
+            due = self._surveyed is None or self._clock() - self._surveyed >= self._survey_every
+        if not due:
+            conn = self._try_current(driver)
+            if conn is not None:
+                return conn
+        return self._survey_once(driver)
+
+    def _try_current(self, driver: Any) -> Any:
+        """A connection to the server in use if it still may be used, else None."""
+        with self._lock:
+            server, known = self._server, self._known
+        if server is None:
+            return None
+        try:
+            conn, lineage = self._open_one(driver, server)
+        except (TimeoutError, driver.Error, OSError, ValueError, _ReadOnly):
+            return None  # gone, demoted or not what it was: look at the whole list
+        if refusal(known, lineage) is None:
+            return self._use(server, lineage, conn)
+        with contextlib.suppress(Exception):
+            conn.close()
+        return None
+
+    def _survey_once(self, driver: Any) -> Any:
+        """One survey at a time: while the database is down every request
+        needs one, and each would open a connection to every listed server.
+        A request that waited for another's survey takes its outcome (its
+        server, or its error) instead of surveying again."""
+        asked = self._clock()
+        with self._survey_lock:
+            last = self._last_survey
+            if last is not None and last[0] >= asked:
+                if last[1] is not None:
+                    raise StateError(last[1])
+                conn = self._try_current(driver)
+                if conn is not None:
+                    return conn
+            try:
+                conn = self._survey(driver)
+            except StateError as exc:
+                self._last_survey = (self._clock(), str(exc))
+                raise
+            self._last_survey = (self._clock(), None)
+            return conn
+
+    def survey(self) -> list[dict[str, Any]]:
+        """Every listed server as it is now, for `ced db accept`: where,
+        whether it accepts writes, its lineage, or why it cannot be used.
+        Ignores what was used before (that is what accept replaces)."""
+        driver = self._driver()
+        found = []
+        for server, outcome in zip(self.dsn.servers, self._reach_all(driver), strict=True):
+            entry: dict[str, Any] = {"server": where(*server)}
+            if isinstance(outcome, str):
+                entry.update(writable=False, error=outcome)
+            else:
+                conn, lineage = outcome
+                with contextlib.suppress(Exception):
+                    conn.close()
+                entry.update(writable=True, system=lineage.system, timeline=lineage.timeline)
+            found.append(entry)
+        return found
+
+    def _survey(self, driver: Any) -> Any:
+        with self._lock:
+            self._surveyed = self._clock()
+            known = self._known
+        outcomes = self._reach_all(driver)
+        reasons: dict[int, str] = {i: o for i, o in enumerate(outcomes) if isinstance(o, str)}
+        writable = [i for i, o in enumerate(outcomes) if not isinstance(o, str)]
+        lineages = [outcomes[i][1] for i in writable]
+        choice = choose(known, lineages)
+        for position, why in choice.refused:
+            index = writable[position]
+            reasons[index] = why
+            log.event(
+                "state-server-refused",
+                log.WARNING,
+                SERVER=where(*self.dsn.servers[index]),
+                SYSTEM=lineages[position].system,
+                TIMELINE=lineages[position].timeline,
+                USED=known.timeline if known is not None else "",
+                REASON=why,
+            )
+        chosen = writable[choice.chosen] if choice.chosen is not None else None
+        for index in writable:
+            if index != chosen:
+                with contextlib.suppress(Exception):
+                    outcomes[index][0].close()
+        if chosen is not None:
+            conn, lineage = outcomes[chosen]
+            return self._use(self.dsn.servers[chosen], lineage, conn)
+        if len(self.dsn.servers) == 1 and choice.reason is None:
+            raise StateError(f"cannot connect to PostgreSQL at {self.describe()}: {reasons[0]}")
+        tried = "; ".join(
+            f"{where(*server)}: {reasons[i]}" for i, server in enumerate(self.dsn.servers)
+        )
+        why = choice.reason or "no server of the host list accepts writes and may be used"
+        raise StateError(
+            f"cannot connect to PostgreSQL (database {self.dsn.database}): {why} ({tried})"
+        )
+
+    def _reach_all(self, driver: Any) -> list[Any]:
+        """Connect to every listed server at once (a dead one costs at most
+        connect_timeout, not that times the list): per server, (connection,
+        lineage) when it accepts writes, else why not."""
+        servers = self.dsn.servers
+
+        def reach(server: tuple[str, int]) -> Any:
+            try:
+                return self._open_one(driver, server)
+            except (TimeoutError, driver.Error, OSError) as exc:
+                return _reason(exc)
+            except ValueError as exc:
+                return f"its history could not be read ({exc})"
+            except _ReadOnly:
+                return "a read-only server (a standby), not the primary"
+
+        if len(servers) == 1:
+            return [reach(servers[0])]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(servers), thread_name_prefix="pg-survey") as pool:
+            return list(pool.map(reach, servers))
+
+    def _driver(self) -> Any:
         try:
             import pg8000.native  # only here: the PostgreSQL backend is configured
         except ImportError:
@@ -133,34 +301,57 @@ class Database:
                 "installed (the pyz carries it; for a package install: "
                 "pip install 'ctrl-exec[postgresql]')"
             ) from None
+        return pg8000.native
 
-        failures = []
-        for server in self.dsn.servers:
-            try:
-                conn = self._open_one(pg8000.native, server)
-            except (TimeoutError, pg8000.native.Error, OSError) as exc:
-                failures.append((server, _reason(exc)))
-            except _ReadOnly:
-                failures.append((server, "a read-only server (a standby), not the primary"))
-            else:
-                self._note_server(server)
-                return conn
-        if len(failures) == 1:
-            raise StateError(f"cannot connect to PostgreSQL at {self.describe()}: {failures[0][1]}")
-        tried = "; ".join(f"{where(*server)}: {why}" for server, why in failures)
-        raise StateError(
-            f"cannot connect to PostgreSQL (database {self.dsn.database}): "
-            f"no server of the host list accepts writes ({tried})"
-        )
-
-    def _note_server(self, server: tuple[str, int]) -> None:
-        """Log when the writable server changes (a followed failover)."""
+    def _remembered(self) -> Lineage | None:
+        """What this process used before: in memory, else the host's record."""
         with self._lock:
-            previous, self._server = self._server, server
-        if previous is not None and previous != server:
-            log.event("state-server", log.WARNING, SERVER=where(*server), PREVIOUS=where(*previous))
+            if self._loaded:
+                return self._known
+        recorded = self._history.load() if self._history is not None else None
+        with self._lock:
+            if not self._loaded:
+                self._known, self._loaded = recorded, True
+            return self._known
 
-    def _open_one(self, driver: Any, server: tuple[str, int]) -> Any:
+    def _use(self, server: tuple[str, int], lineage: Lineage, conn: Any) -> Any:
+        """Note the server used and its lineage: logged when either moved
+        (a followed failover), recorded on the host when it moved forward;
+        `conn`, or StateError (and `conn` closed) when the record cannot be
+        written."""
+        with self._lock:
+            before = self._known
+            # Checked again under the lock: another thread may have moved
+            # to a higher timeline since this connection was judged.
+            why = refusal(before, lineage)
+            if why is None:
+                previous, self._server = self._server, server
+                if before is None or lineage.timeline > before.timeline:
+                    self._known = lineage
+        if why is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+            raise StateError(f"cannot use PostgreSQL at {where(*server)}: {why}")
+        moved = previous is not None and previous != server
+        if moved or (before is not None and lineage != before):
+            log.event(
+                "state-server",
+                log.WARNING,
+                SERVER=where(*server),
+                PREVIOUS=where(*previous) if previous is not None else "",
+                TIMELINE=lineage.timeline,
+            )
+        if self._history is not None and lineage != before:
+            try:
+                self._history.advance(lineage, where(*server))
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    conn.close()
+                raise
+        return conn
+
+    def _open_one(self, driver: Any, server: tuple[str, int]) -> tuple[Any, Lineage]:
+        """A connection to `server` if it accepts writes, with its lineage."""
         host, port = server
         kwargs: dict[str, Any] = {
             "user": self.user,
@@ -182,10 +373,13 @@ class Database:
         conn = driver.Connection(**kwargs)
         try:
             conn.run(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-            # What libpq's target_session_attrs=read-write checks: after a
-            # failover the old primary may come back as a standby.
-            if conn.run("SHOW transaction_read_only")[0][0] != "off":
+            # What libpq's target_session_attrs=read-write checks (after a
+            # failover the old primary may come back as a standby), and the
+            # server's place in its cluster's history, in one round trip.
+            read_only, walfile, system = conn.run(LINEAGE_QUERY)[0]
+            if read_only != "off":
                 raise _ReadOnly()
+            lineage = lineage_from_row(system, walfile)
         except BaseException:
             with contextlib.suppress(Exception):
                 conn.close()
@@ -197,7 +391,7 @@ class Database:
         # connection (a run holding its locks) reads nothing and never times out.
         with contextlib.suppress(OSError, AttributeError):
             conn._usock.settimeout(STATEMENT_TIMEOUT_MS / 1000 + READ_MARGIN)
-        return conn
+        return conn, lineage
 
     def dedicated(self) -> Any:
         """A connection of its own (close it to release what it holds)."""

@@ -209,10 +209,13 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         after = client.post("/run", block)
         assert after.status == 200 and after.json["results"][0]["exit"] == 0, after.json
         assert "RESULT=ended" in dispatcher.ctl.log_text()
-        moved = f"PREVIOUS=127.0.0.1:{primary.port} SERVER=127.0.0.1:{standby.port}"
+        moved = f"PREVIOUS=127.0.0.1:{primary.port} SERVER=127.0.0.1:{standby.port} TIMELINE=2"
         assert f"ACTION=state-server {moved}" in dispatcher.ctl.log_text()
         # The maintenance lease went with the old primary's session: taken again.
         wait_for(lambda: dispatcher.ctl.log_text().count(TAKEN) == 2, 30, "the lease retaken")
+        the_old_primary_comes_back(
+            primary, standby, dispatcher, site, url, password, reqid, tmp_path / "gate-after"
+        )
     finally:
         if dispatcher is not None:
             stop(dispatcher)
@@ -221,6 +224,114 @@ def test_a_dispatcher_follows_a_failover_to_the_promoted_standby(session_ca, pyz
         if standby is not None:
             standby.stop()
         primary.stop()
+
+
+# The old primary's ctrl-exec tables, as one digest: unchanged means no
+# session wrote to it.
+TABLES = (
+    "ctrl_exec_agents",
+    "ctrl_exec_runs",
+    "ctrl_exec_lock_holders",
+    "ctrl_exec_pairing",
+    "ctrl_exec_dispatchers",
+    "ctrl_exec_revoked",
+)
+ROWS = " UNION ALL ".join(f"SELECT '{table}' || t::text AS x FROM {table} t" for table in TABLES)
+DIGEST = f"SELECT md5(string_agg(x, '|' ORDER BY x)) FROM ({ROWS}) rows"
+
+
+def the_old_primary_comes_back(primary, standby, dispatcher, site, url, password, reqid, gate):
+    """After the failover, the old primary is started again as it was
+    (writable, on the timeline before the promotion): the dispatcher, a new
+    `ced` and a process with no record keep to the promoted server and log
+    the refusal; with the promoted server down, requests fail closed
+    instead of going to the old primary; `ced db accept` is the explicit
+    way to take it."""
+    from ctrlexec.state.db import Database
+    from ctrlexec.state.dsn import parse_dsn
+
+    ctl = dispatcher.ctl
+    client = dispatcher.api.client()
+    secret = password.read_text().strip()
+    # The dispatcher's role is an ordinary one; the fence reads what it may.
+    assert standby.psql(f"SELECT rolsuper FROM pg_roles WHERE rolname = '{pgserver.ROLE}'") == "f"
+    system = standby.psql("SELECT system_identifier FROM pg_control_system()")
+    record = next(ctl.root.rglob("postgresql-lineage.json"))
+    assert record.stat().st_mode & 0o777 == 0o640
+    entry = json.loads(record.read_text())["databases"]["fleet"]
+    assert (entry["system"], entry["timeline"]) == (system, 2), entry
+
+    primary.launch()  # an operator's mistake: the old primary, writable again
+    assert primary.psql("SELECT pg_is_in_recovery()") == "f"
+    assert (primary.timeline(), standby.timeline()) == (1, 2)
+    untouched = primary.psql(DIGEST, "fleet")
+
+    # A process with no memory at all: the highest timeline, listed second.
+    fresh = Database(parse_dsn(url, {}), str(password), env={})
+    try:
+        assert fresh.run("SELECT inet_server_port()")[0][0] == standby.port
+    finally:
+        fresh.close()
+
+    # The dispatcher keeps to the promoted server: runs, status, locks. It
+    # looks at the whole host list again within fleet_sync_interval (1 s).
+    def served_and_seen():
+        ran = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args", "args": ["3"]})
+        assert ran.status == 200 and ran.json["results"][0]["exit"] == 0, ran.json
+        return "ACTION=state-server-refused" in ctl.log_text() and ran.json["reqid"]
+
+    latest = wait_for(served_and_seen, 30, "the old primary seen and refused")
+    line = next(x for x in ctl.log_text().splitlines() if "ACTION=state-server-refused" in x)
+    assert f"SERVER=127.0.0.1:{primary.port}" in line and f"SYSTEM={system}" in line, line
+    assert "TIMELINE=1 USED=2" in line and "behind timeline 2" in line, line
+    assert client.get(f"/status/{latest}").status == 200
+    assert standby.psql(f"SELECT count(*) FROM ctrl_exec_runs WHERE reqid = '{latest}'", "fleet")
+    gate.mkdir()
+    block = {"hosts": ["agent-01"], "script": "block", "args": [str(gate)]}
+    blocked = in_thread(lambda: client.post("/run", block))
+    wait_for((gate / "started").exists, 30, "block started")
+    assert client.post("/run", block).status == 409  # its lock is on the promoted server
+    (gate / "go").touch()
+    assert blocked().status == 200
+
+    # A `ced` started now: its record says timeline 2; it writes to the promoted server.
+    refusals = ctl.log_text().count("ACTION=state-server-refused")
+    edited = ctl.run("ced", "edit-agent", "agent-01", "--agent-port", str(site.port))
+    assert edited.returncode == 0, edited.stderr
+    assert ctl.log_text().count("ACTION=state-server-refused") > refusals
+    assert primary.psql(DIGEST, "fleet") == untouched
+
+    # The promoted server stops: nothing goes to the old primary; requests
+    # fail with the reason (the server and both timelines).
+    standby.halt("fast")
+    down = client.get(f"/status/{reqid}")
+    assert down.status == 500, down.json
+    refused = client.post("/run", {"hosts": ["agent-01"], "script": "echo-args"})
+    assert refused.status == 500, refused.json
+    cli = ctl.run("ced", "status", reqid, check=False)
+    assert cli.returncode == 1, cli.stdout
+    assert (
+        f"127.0.0.1:{primary.port}: writable on timeline 1, behind timeline 2 used before"
+        in cli.stderr
+    ), cli.stderr
+    assert f"127.0.0.1:{standby.port}: Connection refused" in cli.stderr
+    log = ctl.log_text()
+    assert re.search(r"ACTION=api-error .*behind timeline 2", log), log[-2000:]
+    assert primary.psql(DIGEST, "fleet") == untouched
+    assert secret not in cli.stderr + cli.stdout + log
+
+    # The operator decides the old primary is the database now (here the
+    # same cluster; a rebuilt one is another system identifier).
+    accepted = ctl.run("ced", "db", "accept", "--json")
+    assert accepted.returncode == 0, accepted.stderr
+    result = json.loads(accepted.stdout)
+    assert (result["server"], result["timeline"]) == (f"127.0.0.1:{primary.port}", 1)
+    assert result["previous"] == {"system": system, "timeline": 2}
+    assert "ACTION=state-server-accepted" in ctl.log_text()
+    shown = ctl.run("ced", "status", reqid, "--json")
+    assert shown.returncode == 0 and "one" in shown.stdout, shown.stderr
+    # The running dispatcher keeps what it used in memory until restarted.
+    assert client.get(f"/status/{reqid}").status == 500
 
 
 # -- TLS to the database --------------------------------------------------------------------

@@ -90,27 +90,22 @@ class PgServer:
             timeout=120,
         )
 
+    def _client(self, program: str, *argv: str) -> subprocess.CompletedProcess:
+        """A client program of the server's binaries, connected as the
+        superuser over this server's Unix socket."""
+        where = ("-h", str(self.socket_dir), "-p", str(self.port), "-U", OS_USER)
+        return self._as_postgres(str(self.bindir / program), *where, *argv)
+
     def psql(self, sql: str, database: str = "postgres") -> str:
-        done = self._as_postgres(
-            str(self.bindir / "psql"),
-            "-X",
-            "-q",
-            "-A",
-            "-t",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            str(self.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            OS_USER,
-            "-d",
-            database,
-            "-c",
-            sql,
+        done = self._client(
+            "psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", database, "-c", sql
         )
         return done.stdout.strip()
+
+    def timeline(self) -> int:
+        """The timeline this primary writes on (a promotion starts a new one)."""
+        walfile = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        return int(walfile[:8], 16)
 
     def _own(self, path: Path, data: bytes, mode: int) -> None:
         user = pwd.getpwnam(OS_USER)
@@ -177,21 +172,8 @@ class PgServer:
         os.chmod(root, 0o711)
         os.chmod(replica.socket_dir, 0o755)
         try:
-            self._as_postgres(
-                str(self.bindir / "pg_basebackup"),
-                "-D",
-                str(replica.data),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                OS_USER,
+            self._client(
+                "pg_basebackup", "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast"
             )
             replica._configure()  # its own port and socket (later lines win)
             replica.launch()
