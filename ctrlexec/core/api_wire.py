@@ -375,8 +375,8 @@ def live_spec(
         host = result.wire.get("host")
         for entry in scripts:
             name = entry.get("name") if isinstance(entry, dict) else None
-            if not isinstance(name, str) or not name:
-                continue
+            if not names.is_script_name(name):
+                continue  # nothing could run it; an agent's text is no name
             version = entry.get("schema_version")
             key = version if isinstance(version, str) else ""
             slot = variants.setdefault(name, {}).setdefault(key, {"hosts": set()})

@@ -26,6 +26,7 @@ boundaries (API bodies, `--json`, run records) call `to_wire()`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -258,12 +259,30 @@ def tls_reason(failure: Failure | None) -> str:
     return text.strip()[:200]
 
 
+class _NotJson(ValueError):
+    """A number JSON has no spelling for."""
+
+
+def _refuse_constant(name: str) -> float:
+    raise _NotJson(name)
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _NotJson(text)
+    return value
+
+
 def _object(body: bytes) -> dict[str, Any] | None:
     """The reply body as a JSON object, or None (0.12 treats anything that
     does not decode as `invalid JSON`; so are bodies nested deeper than
-    MAX_REPLY_DEPTH)."""
+    MAX_REPLY_DEPTH, and bodies with NaN, Infinity or a number too large
+    for a float: Python's decoder takes them, but what we pass on must stay
+    JSON, or one agent's answer makes the API's whole reply, and
+    `ced --json`'s, unreadable to strict parsers)."""
     try:
-        value = json.loads(body)
+        value = json.loads(body, parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(value, dict) or nesting_exceeds(value, MAX_REPLY_DEPTH):

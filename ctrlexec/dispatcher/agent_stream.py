@@ -28,6 +28,13 @@ NDJSON = "application/x-ndjson"
 # Largest response head, and largest single frame.
 MAX_HEAD = 16_384
 MAX_FRAME = MAX_RESPONSE_BODY
+# Output one stream may carry, both streams together: what fits in /run's
+# reply fits here (an agent sends at most its max_output_bytes per stream).
+MAX_STREAM_OUTPUT = MAX_RESPONSE_BODY
+# Bytes of frames, overhead included: far above any real stream, but an
+# agent sending empty frames forever cannot hold a dispatcher thread and
+# its CPU forever.
+MAX_STREAM_BYTES = 16 * MAX_RESPONSE_BODY
 _RECV = 65_536
 
 
@@ -120,7 +127,11 @@ def _frames(rest: bytes, recv, on_frame, failed) -> results.AgentReply | results
     splitter = LineSplitter(MAX_FRAME)
     final: dict | None = None
     data = rest
+    total = output = 0
     while True:
+        total += len(data)
+        if total > MAX_STREAM_BYTES:
+            return failed(results.PROTOCOL, "stream too large")
         try:
             lines = splitter.feed(data)
         except LineTooLong:
@@ -137,6 +148,9 @@ def _frames(rest: bytes, recv, on_frame, failed) -> results.AgentReply | results
                 if final is None or results.nesting_exceeds(final, results.MAX_REPLY_DEPTH):
                     return failed(results.PROTOCOL, "invalid result frame")
             elif isinstance(value.get("stream"), str) and isinstance(value.get("data"), str):
+                output += len(value["data"])
+                if output > MAX_STREAM_OUTPUT:
+                    return failed(results.PROTOCOL, "stream output too large")
                 on_frame(value["stream"], value["data"])
         data = recv()
         if not data:

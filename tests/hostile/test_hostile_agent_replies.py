@@ -31,11 +31,24 @@ def _deep(request):
     return http_response(200, b'{"exit":0,"stdout":' + DEEP)
 
 
-@pytest.mark.parametrize("body", [DEEP, b'{"exit":0,"stdout":' + DEEP])
+def strict(text: str):
+    """JSON as RFC 8259 has it: no NaN or Infinity."""
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [DEEP, b'{"exit":0,"stdout":' + DEEP, b'{"exit":0,"stdout":"x\\n","n":NaN}', b'{"exit":1e999}'],
+)
 def test_deeply_nested_reply_is_that_hosts_failure(disp, session_ca, tmp_path, body):
-    """A reply nested past the decoder's recursion limit is `invalid JSON
-    response` for that host: no traceback, the other host's result intact,
-    the lock released."""
+    """A reply nested past the decoder's recursion limit, or with numbers
+    JSON does not have, is `invalid JSON response` for that host: no
+    traceback, the other host's result intact, the output strict JSON, the
+    lock released."""
     with (
         Peer012(session_ca, tmp_path / "bad", behaviour=lambda r: http_response(200, body)) as bad,
         Peer012(session_ca, tmp_path / "good") as good,
@@ -45,7 +58,7 @@ def test_deeply_nested_reply_is_that_hosts_failure(disp, session_ca, tmp_path, b
         run = disp.run("ced", "--json", "run", "bad", "good", "echo-args", "--", "x")
         assert "Traceback" not in run.stderr, run.stderr
         assert run.returncode == 1
-        bad_result, good_result = json.loads(run.stdout)["results"]
+        bad_result, good_result = strict(run.stdout)["results"]
         assert bad_result["host"] == "bad" and bad_result["exit"] == -1
         assert bad_result["error"] == "invalid JSON response"
         assert good_result["exit"] == 0 and good_result["stdout"] == "x\n"

@@ -275,6 +275,8 @@ def test_live_spec_groups_scripts_by_schema_version():
                 {"name": "plain"},
                 "junk",
                 {"name": ""},
+                {"name": "../../etc"},  # no script can be called that
+                {"name": "<script>alert(1)</script>"},
             ],
         },
         {

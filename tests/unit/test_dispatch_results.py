@@ -119,6 +119,10 @@ NESTED = (
         b'{"a":' * 100_000,
         NESTED,  # decodes, but nests deeper than any agent reply
         b'{"exit":' + b"9" * 5000 + b"}",  # past int's digit limit
+        b'{"exit":NaN}',  # Python's decoder takes these; JSON has no such numbers
+        b'{"exit":0,"stdout":"x","t":Infinity}',
+        b'{"exit":-Infinity}',
+        b'{"exit":1e999}',  # a float overflowing to infinity
     ],
 )
 def test_run_body_that_is_not_a_json_object(body):
@@ -443,3 +447,10 @@ def test_nesting_is_measured_without_recursion():
     assert results.nesting_exceeds(deep, 32)
     assert not results.nesting_exceeds({"a": [{"b": 1}], "c": "x"}, 3)
     assert results.nesting_exceeds({"a": [{"b": []}]}, 3)
+
+
+def test_a_result_is_always_strict_json():
+    """Whatever numbers an agent writes, what we pass on parses as JSON."""
+    for body in (b'{"exit":0,"n":1.5e300,"m":-2}', b'{"exit":NaN}', b'{"exit":1e400}'):
+        wire = results.run_result("vm", "s", "r", "1ms", ok(body), None, 60).to_wire()
+        json.dumps(wire, allow_nan=False)
