@@ -2,14 +2,18 @@
 (docs/agent.md, "Admission"; docs/security.md): 1,000 silent TCP
 connections and 200 stalled TLS handshakes from 50 loopback addresses,
 against the agent and against the API, while a trusted dispatcher makes 20
-runs. Every run succeeds, each within 100 ms of the slowest of 20 runs made
-before the flood, and the dispatcher is not blocked afterwards. So that a
-loaded 2-core machine does not decide the outcome: the runs are measured
-once the server has gone quiet (it has sorted out the flood and only holds
-it), and each time is the best of three back-to-back runs, with up to six
-more while it is above the bound (the flood is held throughout, so a delay
-the server adds shows in every run; a burst of load from other processes
-passes).
+runs. Every run succeeds and the dispatcher is not blocked afterwards.
+
+Speed, measured so that a loaded 2-core machine does not decide the
+outcome: the runs are timed once the server has gone quiet (it has sorted
+out the flood and only holds it), each time is the best of three
+back-to-back runs, and a time above the bound is measured again up to six
+times (the flood is held throughout, so a delay the server adds shows in
+every run; a burst of load from other processes passes). The agent is
+compared with an identical agent of the same dispatcher that nobody floods,
+run for run in turn, so that load lasting seconds slows both: each
+flooded run is within 100 ms of its control run. The API is compared with
+the slowest of 20 runs made before the flood, plus 100 ms.
 
 Two agent variants: the default settings (rate limits on: the strangers'
 evicted and failed connections get their addresses blocked), and rate
@@ -26,6 +30,7 @@ from tests.support import agentproc, apiproc
 from tests.support.fleet import running_fleet
 from tests.support.flood import (
     IdleFlood,
+    excess_within,
     stranger_addresses,
     timed,
     timed_within,
@@ -55,31 +60,40 @@ def _assert_unharmed(before: list[float], during: list[float]) -> None:
     ids=["defaults", "slots-only"],
 )
 def agent(request, session_ca, pyz_for, tmp_path):
-    names = ("flooded",)
+    names = ("flooded", "control")
     settings = dict(request.param)
     with running_fleet(session_ca, pyz_for, tmp_path, names, settings=settings) as fleet:
         process = fleet.agent("flooded")
-        yield fleet.dispatcher, fleet.runner("flooded"), process.site, request.param, process.pid
+        yield (
+            fleet.dispatcher,
+            fleet.runner("flooded"),
+            process.site,
+            fleet.site("control"),
+            request.param,
+            process.pid,
+        )
         assert process.alive(), "the agent died"
 
 
 def test_idle_strangers_do_not_slow_or_block_the_agent_s_dispatcher(agent):
-    dispatcher, runner, site, settings, pid = agent
+    dispatcher, runner, site, control, settings, pid = agent
     client = agentproc.DispatcherClient.for_dispatcher(dispatcher.root)
 
-    def run(n: int) -> None:
-        answer = client.run(site.port, "echo-args", [f"run-{n}"], reqid=f"r{n}")
+    def run(port: int, n: int) -> None:
+        answer = client.run(port, "echo-args", [f"run-{n}"], reqid=f"r{n}")
         assert answer["exit"] == 0 and answer["stdout"] == f"run-{n}\n", answer
 
-    before = [timed(lambda n=n: run(n)) for n in range(RUNS)]
     with IdleFlood(site.port, stranger_addresses(), IDLE_TCP, IDLE_TLS) as flood:
         wait_until_idle(pid)
-        run(-1)
-        allowed = max(before) + SLACK
-        during = [timed_within(lambda n=n: run(n), allowed) for n in range(RUNS)]
+        run(site.port, -1)
+        excess = [
+            excess_within(lambda n=n: run(site.port, n), lambda n=n: run(control.port, n), SLACK)
+            for n in range(RUNS)
+        ]
         held = len(flood.sockets)
     assert held >= (IDLE_TCP + IDLE_TLS) * 0.9, flood.failed
-    _assert_unharmed(before, during)
+    slow = [round(t, 3) for t in excess if t > SLACK]
+    assert not slow, f"runs slower under the flood than on the control agent by: {slow}"
 
     # The real dispatcher, through the pyz, is not blocked afterwards.
     result = dispatcher.run("ced", "--json", "ping", "flooded")
