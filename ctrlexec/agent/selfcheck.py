@@ -31,6 +31,11 @@ from .allowlist import Allowlist
 
 PAIRING_HINT = "run `ctrl-exec-agent request-pairing --dispatcher HOST` first"
 SELF_PING_TIMEOUT = 5.0
+# An expired certificate cannot be renewed over mTLS: the dispatcher refuses it.
+EXPIRED_HINT = (
+    "it cannot be renewed any more: pair again with `ctrl-exec-agent request-pairing "
+    "--dispatcher HOST`, approved there with `ced approve REQID --replace`"
+)
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,9 @@ def _verifies_against_ca(config: AgentConfig) -> str | None:
                 done[name] = True
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 pass
+            except ssl.SSLCertVerificationError as exc:
+                # OpenSSL's words ("certificate has expired"), not its reason code
+                return exc.verify_message or exc.reason or str(exc)
             except ssl.SSLError as exc:
                 return exc.reason or str(exc)
             server_in.write(client_out.read())
@@ -173,7 +181,7 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
     days = int((facts.not_after - now) // 86400)
     checks = [Check("paired", True, f"yes (cert expires {expiry})")]
     if facts.not_after <= now:
-        checks.append(Check("certificate", False, f"expired on {expiry}"))
+        checks.append(Check("certificate", False, f"expired on {expiry} ({EXPIRED_HINT})"))
     else:
         checks.append(
             Check("certificate", True, f"{facts.subject or '(empty subject)'}, {days} days left")
@@ -186,7 +194,25 @@ def identity_checks(config: AgentConfig, now: float) -> list[Check]:
             "key matches, signed by the CA" if problem is None else problem,
         )
     )
+    checks.append(key_mode_check(config.key))
     return checks
+
+
+def key_mode_check(path: str) -> Check:
+    """The private key may be read by its owner and the agent's group (0640,
+    as pairing writes it), never by other users, never written by the group."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        return Check("key permissions", False, f"{path}: {exc.strerror}")
+    if mode & 0o037:
+        return Check(
+            "key permissions",
+            False,
+            f"{path} is mode {mode:04o}: other users can read or change the agent's private "
+            f"key (chmod 0640 {path}, and pair again if it may have been copied)",
+        )
+    return Check("key permissions", True, f"{path} mode {mode:04o}")
 
 
 def script_checks(allowlist: Allowlist) -> list[Check]:

@@ -47,6 +47,11 @@ scripts on them and manage the registry."""
 EPILOG = """Hosts are registered agent names, optionally NAME:PORT. Script arguments
 follow `--` and are passed as an argument list, never through a shell:
   ced run web-01 db-02 backup -- --full "two words"
+
+Every mode takes --json for scripts (docs/running.md lists what each
+prints). Exit status: 0 done; 1 failed (each mode's --help says when);
+2 a malformed command line; 78 a configuration file, or the dispatcher's
+certificate, missing or unusable; 130 stopped by Ctrl-C.
 """
 
 

@@ -385,13 +385,28 @@ def _args_hint(ctx: Context, hosts: list[str], script: str, unknown: list[str]) 
     )
 
 
+def _denied_hint(exc: PolicyDenied) -> str:
+    """The line under `Denied: ...` (0.12's first line stays as it is)."""
+    if "not found or not executable" in exc.reason:
+        return "Fix auth_hook in ctrl-exec.toml: it must name an executable file."
+    return (
+        f"The auth hook (auth_hook in ctrl-exec.toml) refused it with exit {exc.code}; it "
+        "is given --username (default $USER) and --token (default $ENVEXEC_TOKEN)."
+    )
+
+
 def _stopped(ctx: Context, exc: CtrlExecError, hint: str = "") -> int:
     """The operation did not start: say why, as 0.12 does."""
     if isinstance(exc, PolicyDenied):
-        body, text = {"ok": 0, "error": exc.reason, "code": exc.code}, f"Denied: {exc.reason}"
+        body = {"ok": 0, "error": exc.reason, "code": exc.code}
+        text = f"Denied: {exc.reason}\n{_denied_hint(exc)}"
     elif isinstance(exc, Locked):
         body = {"ok": 0, "error": "locked", "code": 4, "conflicts": exc.conflicts}
-        text = "Locked: already running: " + ", ".join(exc.conflicts)
+        text = (
+            "Locked: already running: " + ", ".join(exc.conflicts) + "\n"
+            f"Another run of that script holds the lock: '{ctx.prog} list-locks' shows it; "
+            f"wait for it to end, or stop it with '{ctx.prog} cancel REQID'."
+        )
     else:
         assert isinstance(exc, UnknownAgents)
         detail = "not a registered agent: " + ", ".join(exc.names)

@@ -145,5 +145,11 @@ def cmd_wait(ctx: Context) -> int:
         time.sleep(min(ctx.args.interval, remaining))
     _show(ctx, record)
     if not record.get("complete"):
+        if not ctx.json:
+            reqid = report.visible(ctx.args.reqid)
+            ctx.err(
+                f"Still running after {ctx.args.timeout:g}s (--timeout): wait again with "
+                f"'{ctx.prog} wait {reqid}', or stop it with '{ctx.prog} cancel {reqid}'."
+            )
         return EXIT_PENDING
     return EXIT_FAILURE if run_record.any_failed(record) else 0

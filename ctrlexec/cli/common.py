@@ -4,8 +4,11 @@ output helpers and the one place where errors become exit codes."""
 from __future__ import annotations
 
 import argparse
+import grp
 import json
 import os
+import pwd
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from .. import __version__, log
 from ..config.paths import Layout, resolve_layout
 from ..core.report import visible
 from ..errors import EXIT_FAILURE, EXIT_USAGE, CtrlExecError
+from . import exit_status
 
 DEBUG_ENV = "CTRL_EXEC_DEBUG"
 
@@ -145,11 +149,12 @@ def add_command(
     description: str | None = None,
     epilog: str | None = None,
 ) -> argparse.ArgumentParser:
+    description = description or help_text
     parser = subparsers.add_parser(
         name,
         help=help_text,
-        description=description or help_text,
-        epilog=epilog,
+        description=description,
+        epilog=exit_status.with_exit_status(name, description, epilog),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_global_options(parser, suppress=True)
@@ -172,6 +177,11 @@ def run_handler(ctx: Context) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_FAILURE
+    except PermissionError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        _failed(ctx, permission_message(exc))
+        return EXIT_FAILURE
     except Exception as exc:
         if os.environ.get(DEBUG_ENV):
             raise
@@ -180,6 +190,40 @@ def run_handler(ctx: Context) -> int:
             f"internal error: {type(exc).__name__}: {exc} (set {DEBUG_ENV}=1 for a traceback)",
         )
         return EXIT_FAILURE
+
+
+def permission_message(exc: PermissionError) -> str:
+    """What an operator without access to a file reads: the file, who may use
+    it, and what to do (the usual cause is a user outside the service group)."""
+    path = exc.filename
+    if not path:
+        return f"permission denied: {exc.strerror or exc}: run as root or as the service's user"
+    owner = _nearest_owner(Path(os.fsdecode(path)))
+    who = f" ({owner})" if owner else ""
+    return (
+        f"permission denied: {os.fsdecode(path)}{who}: run as root, or as a member of the group "
+        "that owns it (docs/paths.md: who may write where)"
+    )
+
+
+def _nearest_owner(path: Path) -> str:
+    """`mode owner:group` of the path, else of its nearest existing parent."""
+    for candidate in (path, *path.parents):
+        try:
+            st = candidate.stat()
+        except OSError:
+            continue
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = str(st.st_uid)
+        try:
+            group = grp.getgrgid(st.st_gid).gr_name
+        except KeyError:
+            group = str(st.st_gid)
+        where = "" if candidate == path else f"{candidate} is "
+        return f"{where}{stat.S_IMODE(st.st_mode):04o} {owner}:{group}"
+    return ""
 
 
 def usage_error(ctx: Context, message: str) -> int:

@@ -20,7 +20,10 @@ from .common import Parser, version_line
 
 def build_parser(prog: str = "ctrl-exec demo") -> Parser:
     parser = Parser(
-        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog,
+        description=__doc__,
+        epilog="Exit status: 0 the script ran on the agent; 1 a step failed (it is named).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=version_line("ctrl-exec"))
     parser.add_argument(

@@ -45,7 +45,11 @@ def checks() -> dict:
 
 
 def main(argv: list[str], prog: str = "ctrl-exec doctor") -> int:
-    parser = Parser(prog=prog, description=__doc__)
+    parser = Parser(
+        prog=prog,
+        description=__doc__,
+        epilog="Exit status: 0 ctrl-exec can run here; 1 it cannot (the report says why).",
+    )
     parser.add_argument("--version", action="version", version=version_line("ctrl-exec"))
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)

@@ -48,6 +48,7 @@ def register_for(subparsers, role: str) -> None:
         "import-config",
         _handler(role),
         "convert ctrl-exec 0.12 .conf files to TOML, keeping comments",
+        description="Convert ctrl-exec 0.12's .conf files to TOML, keeping their comments.",
         epilog=EPILOG,
     )
     parser.add_argument(

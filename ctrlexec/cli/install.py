@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from .. import installer, log
+from ..config.paths import ROOT_ENV
 from .common import Context, Parser, add_global_options, run_handler
 
 DESCRIPTION = """Install ctrl-exec on this host (root): the archive in PREFIX/lib/ctrl-exec,
@@ -24,7 +26,15 @@ EPILOG = """examples:
 
 Units are installed, not started: after pairing (docs/pairing.md) run
   systemctl enable --now ctrl-exec-agent     (or ctrl-exec-api)
-docs/install.md has the whole procedure."""
+docs/install.md has the whole procedure.
+
+install always writes the system paths (/etc, /var/lib, the units, the
+users): --root and CTRL_EXEC_ROOT are refused; --prefix moves the archive
+and the program names, --dry-run shows every step without a change.
+
+Exit status: 0 done (or nothing to do); 1 a step failed, or not run as
+root; 2 a malformed command line (no --role, --purge without --uninstall,
+--root)."""
 
 
 def _handler(ctx: Context) -> int:
@@ -75,4 +85,13 @@ def main(argv: list[str], prog: str = "ctrl-exec install") -> int:
     args.handler = _handler
     if not args.role:
         parser.error("name at least one --role (agent, dispatcher, executor)")
+    root = args.root or os.environ.get(ROOT_ENV)
+    if root and Path(root).resolve() != Path("/"):
+        # Honouring it would be a half-sandbox (users and units are system-wide);
+        # ignoring it would install for real on a host meant to stay untouched.
+        parser.error(
+            f"--root / {ROOT_ENV} ({root}) does not apply to install: it always writes "
+            "/etc, /var/lib, the systemd units and the service users; use --prefix for "
+            "the archive and program names, --dry-run to see every step"
+        )
     return run_handler(Context(args=args, prog=prog, ident=log.IDENT_DISPATCHER))

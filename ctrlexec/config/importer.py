@@ -67,11 +67,12 @@ def import_config(
     """Convert the role's 0.12 files found in the layout's config directory."""
     results = []
     agent_toml = None
-    found = False
+    converted = []
+    # Every file is converted and checked before any is written: agent.toml
+    # alone, beside a scripts.conf that would not convert, is half an upgrade.
     for source, target, parse in _plan(layout, role):
         if not source.exists():
             continue
-        found = True
         parsed = parse(source)
         text = legacy.to_toml(parsed)
         try:
@@ -82,6 +83,9 @@ def import_config(
             ) from None
         if target.name == layout.agent_config.name:
             agent_toml = text
+        converted.append((source, target, text))
+    found = bool(converted)
+    for source, target, text in converted:
         if not write:
             results.append(Conversion(source, target, text, False, "dry run"))
             continue

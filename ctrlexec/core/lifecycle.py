@@ -312,7 +312,10 @@ def peer_problem(expected: ExpectedPeer | None, der: bytes, revoked: frozenset[s
     except ValueError:
         return "its certificate cannot be read"
     if revoked and facts.serial.trust_key() in revoked:
-        return f"its certificate serial {facts.serial:x} is revoked"
+        return (
+            f"its certificate serial {facts.serial:x} is revoked (ced revoke); "
+            "to use the host again, pair it again for a new certificate"
+        )
     if expected is None:
         return None
     if expected.serials or expected.fingerprints:

@@ -42,6 +42,49 @@ def _has_text(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and bool(value.strip())
 
 
+# What to do about the errors an operator meets most, shown under their
+# 0.12 text (which stays as it is: scripts match on it).
+_HINTS = (
+    (
+        "forbidden: serial mismatch",
+        "the agent does not trust this dispatcher's certificate: 'ced serial-status' "
+        "shows whether it confirmed the current serial ('ced maintain' tells pending "
+        "agents again); otherwise pair it again",
+    ),
+    (
+        "forbidden: certificate revoked",
+        "the agent lists this dispatcher's certificate in its revoked-serials file",
+    ),
+    (
+        "script not permitted",
+        "the script is not in that agent's allowlist (scripts.toml; "
+        "'ctrl-exec-agent self-check' on the agent lists it)",
+    ),
+    (
+        "TLS handshake with ",
+        "DETAIL= in the dispatcher's log line says why (an expired certificate, "
+        "another CA); an expired agent certificate needs a new pairing",
+    ),
+)
+
+
+def error_hint(error: str | None) -> str | None:
+    """The line of advice shown under a host's error, or None."""
+    if not error:
+        return None
+    for start, hint in _HINTS:
+        if error.startswith(start):
+            return hint
+    return None
+
+
+def _error_lines(lines: list[str], error: str) -> None:
+    lines.append(f"    ERROR: {visible(error)}")
+    hint = error_hint(error)
+    if hint:
+        lines.append(f"    hint: {hint}")
+
+
 def run_text(results: list[HostResult]) -> str:
     lines: list[str] = []
     for result in results:
@@ -51,7 +94,7 @@ def run_text(results: list[HostResult]) -> str:
             f"{visible(result.wire.get('rtt', ''))}  req:{visible(result.wire.get('reqid', ''))}]"
         )
         if result.error:
-            lines.append(f"    ERROR: {visible(result.error)}")
+            _error_lines(lines, result.error)
         _output(lines, result.wire)
     return "".join(line + "\n" for line in lines)
 
@@ -81,7 +124,7 @@ def ping_text(results: list[HostResult]) -> str:
             )
         )
         if result.failed and result.error:
-            lines.append(f"    ERROR: {visible(result.error)}")
+            _error_lines(lines, result.error)
     return "\n".join(lines) + "\n"
 
 

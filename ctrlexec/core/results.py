@@ -258,6 +258,22 @@ def _finite(text: str) -> float:
     return value
 
 
+def tls_reason(failure: Failure | None) -> str:
+    """Why a TLS handshake failed, in OpenSSL's words (`certificate has
+    expired`, `tlsv1 alert unknown ca`), from the text of the ssl error; ""
+    for any other failure."""
+    if failure is None or failure.kind != TLS or not failure.detail:
+        return ""
+    text = failure.detail
+    if "certificate verify failed: " in text:
+        text = text.split("certificate verify failed: ", 1)[1]
+    elif text.startswith("[SSL") and "] " in text:
+        text = text.split("] ", 1)[1]
+    if text.endswith(")") and " (_ssl.c:" in text:
+        text = text.rsplit(" (_ssl.c:", 1)[0]
+    return text.strip()[:200]
+
+
 def _object(body: bytes) -> dict[str, Any] | None:
     """The reply body as a JSON object, or None (0.12 treats anything that
     does not decode as `invalid JSON`; so are bodies nested deeper than

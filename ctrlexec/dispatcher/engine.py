@@ -607,6 +607,7 @@ class Engine:
             "run",
             {"EXIT": result.exit_code} if answered else None,
             result.error,
+            failure,
             SCRIPT=script,
             TARGET=target.label,
             RTT=rtt,
@@ -696,6 +697,7 @@ class Engine:
             if isinstance(scripts, list) and result.status == "ok"
             else None,
             result.text("error"),
+            failure,
             TARGET=target.label,
             RTT=rtt,
         )
@@ -710,6 +712,7 @@ class Engine:
             "result",
             None if result.status == "error" else {"STATUS": result.wire.get("status")},
             result.text("error"),
+            failure,
             TARGET=target.label,
             RTT=rtt,
             REQID=reqid,
@@ -746,6 +749,7 @@ class Engine:
             "ping",
             None if result.failed else {"RESULT": "ok"},
             result.text("error"),
+            failure,
             TARGET=target.label,
             RTT=rtt,
             REQID=reqid,
@@ -753,13 +757,23 @@ class Engine:
         return result
 
 
-def _log_host(action: str, success: dict | None, error: object, **fields: object) -> None:
+def _log_host(
+    action: str,
+    success: dict | None,
+    error: object,
+    failure: results.Failure | None = None,
+    **fields: object,
+) -> None:
     """One host's outcome: INFO with the `success` fields, or ERR with its
-    error when `success` is None."""
+    error when `success` is None. A failed TLS handshake also gets DETAIL,
+    why it failed (0.12's ERROR text does not say, and must stay as it is)."""
     if success is not None:
         log.event(action, log.INFO, **success, **fields)
-    else:
-        log.event(action, log.ERR, ERROR=error, **fields)
+        return
+    reason = results.tls_reason(failure)
+    if reason:
+        fields["DETAIL"] = reason
+    log.event(action, log.ERR, ERROR=error, **fields)
 
 
 def lock_holder(reqid: str, caller: str, username: str, now: float, user: str) -> dict:

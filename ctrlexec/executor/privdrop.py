@@ -180,8 +180,37 @@ class Plan:
     no_new_privileges: bool
 
 
+PRIVATE_TMP = "/tmp"
+
+
+def private_tmp_conflict(executable: str, writable: tuple[str, ...]) -> str | None:
+    """Why a profile with `writable` cannot be applied as written, or None.
+    Such a profile mounts a fresh tmpfs on /tmp (step 2), so a script kept
+    under /tmp would not be there to run, and a writable path under /tmp
+    would be an empty, private directory: both are refused, never run silently."""
+    if not writable:
+        return None
+    inside = PRIVATE_TMP + "/"
+    if executable.startswith(inside):
+        return (
+            f"script {executable} is under /tmp, which a profile with `writable` replaces "
+            "with a private tmpfs: install the script outside /tmp"
+        )
+    for path in writable:
+        if path.startswith(inside):
+            return (
+                f"writable path {path} is under /tmp, which a profile with `writable` "
+                "replaces with a private tmpfs: choose a path outside /tmp"
+            )
+    return None
+
+
 def plan_for(decision) -> Plan:
     """The Plan of an executor Decision (see decision.py)."""
+    writable = tuple(os.path.realpath(path) for path in decision.writable)
+    conflict = private_tmp_conflict(decision.path, writable)
+    if conflict:
+        raise ProfileError(conflict)
     numbers = []
     for name in decision.caps:
         number = capability_number(name)
@@ -195,7 +224,7 @@ def plan_for(decision) -> Plan:
         groups=decision.identity.groups,
         caps=tuple(sorted(set(numbers))),
         last_cap=last_capability(),
-        writable=tuple(os.path.realpath(path) for path in decision.writable),
+        writable=writable,
         protected=decision.protected,
         no_new_privileges=decision.no_new_privileges,
     )

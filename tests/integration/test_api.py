@@ -420,6 +420,8 @@ def test_async_busy_and_wait_exit_codes(api, fleet):
     pending = fleet.dispatcher.run("ced", "wait", reqid, "--timeout", "0.3", "--interval", "0.1")
     assert pending.returncode == 2, pending.stderr
     assert f"Request {reqid}  (script: block)  [PENDING]" in pending.stdout
+    assert pending.stderr.startswith("Still running after 0.3s (--timeout): wait again with '")
+    assert pending.stderr.rstrip().endswith(f" cancel {reqid}'.")
     # the agent refuses a second copy of the script: busy, a failure for wait
     busy = api.post(
         "/run", {"hosts": ["agent-01"], "script": "block", "args": [str(gate)], "async": True}

@@ -261,7 +261,14 @@ def test_hook_denies(fleet, tmp_path, behaviour, reason, code):
     reason = reason.format(hook=hook)
     before = {name: fleet.agent_log(name).count("ACTION=run ") for name in NAMES}
     text = fleet.ced("run", *NAMES, "echo-args", env={"ENVEXEC_TOKEN": TOKEN})
-    assert (text.returncode, text.stdout, text.stderr) == (1, "", f"Denied: {reason}\n")
+    assert (text.returncode, text.stdout) == (1, "")
+    denied, hint = text.stderr.splitlines()  # 0.12's line, then what to do
+    assert denied == f"Denied: {reason}"
+    if behaviour == "missing":
+        assert hint == "Fix auth_hook in ctrl-exec.toml: it must name an executable file."
+    else:
+        assert f"auth_hook in ctrl-exec.toml) refused it with exit {code}" in hint
+        assert "--token (default $ENVEXEC_TOKEN)" in hint
     as_json = fleet.ced("--json", "ping", *NAMES, env={"ENVEXEC_TOKEN": TOKEN})
     assert as_json.returncode == 1
     assert json.loads(as_json.stdout) == {"ok": 0, "error": reason, "code": code}
@@ -286,7 +293,7 @@ def test_hook_timeout_ends_what_the_hook_left_in_another_session(fleet, tmp_path
     text = fleet.ced("run", "agent-01", "echo-args")
     child = int((tmp_path / "child.pid").read_text())
     try:
-        assert (text.returncode, text.stderr) == (1, "Denied: denied\n")
+        assert (text.returncode, text.stderr.splitlines()[0]) == (1, "Denied: denied")
 
         def gone() -> bool:
             try:
@@ -319,10 +326,10 @@ def test_lock_conflict_while_a_run_is_in_progress(fleet, tmp_path):
         )
         assert first.poll() is None, first.communicate()
         second = fleet.ced("run", "agent-01", "block", "--", str(gate))
-        assert (second.returncode, second.stderr) == (
-            1,
-            "Locked: already running: agent-01:block\n",
-        )
+        locked, hint = second.stderr.splitlines()  # 0.12's line, then what to do
+        assert (second.returncode, locked) == (1, "Locked: already running: agent-01:block")
+        assert "list-locks' shows it; wait for it to end, or stop it with '" in hint
+        assert hint.endswith(" cancel REQID'.")
         as_json = fleet.ced("--json", "run", "agent-02", "agent-01", "block", "--", str(gate))
         assert json.loads(as_json.stdout) == {
             "ok": 0,

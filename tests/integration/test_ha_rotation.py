@@ -73,17 +73,20 @@ def test_a_follower_rotates_and_retires_its_own_serial(fleet):
     layout.rotation_file.write_text(json.dumps(state))
     follower.api.stop()
     follower.start()
+    previous = layout.dispatcher_cert.with_name(layout.dispatcher_cert.name + ".previous")
+    # The registry is written as each agent answers; the old files go after
+    # the last one, so the retirement is over only once they are gone.
     wait_for(
-        lambda: old not in fleet_serials(fleet, "agent-01"), 60, "the old serial retired"
-    )  # the registry is written once the agent answered
+        lambda: old not in fleet_serials(fleet, "agent-01") and not previous.exists(),
+        60,
+        "the old serial retired",
+    )
 
     assert agent_map(fleet) == {new, leader_serial}
     assert fleet_serials(fleet, "agent-01") == {new, leader_serial}
     log = follower.ctl.log_text()
     assert "ACTION=maintain PHASES=rotate,broadcast,retire" in log
     assert f"ACTION=serial-retire HOSTS=agent-01 SERIAL={old}" in log
-    previous = layout.dispatcher_cert.with_name(layout.dispatcher_cert.name + ".previous")
-    assert not previous.exists()
     status = json.loads(follower.ced("serial-status", "--json").stdout)
     assert "previous_serial" not in status["state"] and status["state"]["previous_retired"]
     both_drive(fleet)

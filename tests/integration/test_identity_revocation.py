@@ -72,6 +72,7 @@ def test_revoke_agent_refused_by_the_dispatcher_at_once(pair):
     completed = ced.run("ced", "--json", "run", "web-02", "echo-args")
     [result] = _results(completed)
     assert "is revoked" in result["error"] and completed.returncode == 1
+    assert result["error"].endswith("to use the host again, pair it again for a new certificate")
     assert ced.run("ced", "run", "web-01", "echo-args").returncode == 0
     # the dispatcher's own serial is refused without --force
     own = pair["dispatcher"].serial_key

@@ -48,6 +48,16 @@ def test_refusals(pyz, tmp_path):
     assert no_role.returncode == 2 and "--role" in no_role.stderr
     purge_alone = run("--role", "agent", "--purge", "--dry-run")
     assert purge_alone.returncode != 0 and "--purge goes with --uninstall" in purge_alone.stderr
+    # install writes the system paths: a --root (or CTRL_EXEC_ROOT) that would
+    # be ignored is refused, so nobody installs for real while meaning a sandbox
+    sandbox = tmp_path / "sandbox"
+    for how in (
+        run("--role", "agent", "--root", str(sandbox), "--dry-run", "--json"),
+        run("--role", "agent", "--dry-run", env={**os.environ, "CTRL_EXEC_ROOT": str(sandbox)}),
+    ):
+        assert how.returncode == 2 and "--root" in how.stderr and "/etc" in how.stderr, how
+        assert "/usr/local" not in how.stdout
+    assert run("--role", "agent", "--root", "/", "--dry-run").returncode == 0
     if os.geteuid() == 0:
         nobody = pwd.getpwnam("nobody")
         tmp_path.chmod(0o755)

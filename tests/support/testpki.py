@@ -87,9 +87,13 @@ class SessionCA:
         )
         self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, cn: str, serial: int | None = None, days: int = 825) -> Issued:
+    def issue(
+        self, cn: str, serial: int | None = None, days: int = 825, backdate_days: int = 0
+    ) -> Issued:
+        """`backdate_days` moves the whole validity into the past (an expired
+        certificate when it exceeds `days`)."""
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(days=backdate_days)
         serial = serial if serial is not None else x509.random_serial_number()
         not_after = (now + dt.timedelta(days=days)).replace(microsecond=0)
         cert = (
@@ -134,10 +138,11 @@ def install_agent(
     dispatcher: Issued | None = None,
     dispatcher_id: str = "test-dispatcher",
     days: int = 825,
+    backdate_days: int = 0,
 ) -> Issued:
     """Agent cert/key/CA under `root`, trusting `dispatcher` (as pairing leaves them)."""
     layout = layout_for(root)
-    issued = ca.issue(name, days=days)
+    issued = ca.issue(name, days=days, backdate_days=backdate_days)
     _write(layout.agent_cert, issued.cert_pem, 0o644)
     _write(layout.agent_key, issued.key_pem, 0o600)
     _write(layout.agent_ca, ca.cert_pem, 0o644)
