@@ -236,6 +236,12 @@ def failure_text(failure: Failure, read_timeout: int, op: str) -> str:
     return f"host '{host}' on port {port}: {failure.detail or 'connection failed'}"
 
 
+# No agent reply nests deeper than a few levels (capabilities: 4). A deeper
+# one is hostile: it would stop the decoder (RecursionError) or, just under
+# the interpreter's limit, every later encoding of the result.
+MAX_REPLY_DEPTH = 32
+
+
 def tls_reason(failure: Failure | None) -> str:
     """Why a TLS handshake failed, in OpenSSL's words (`certificate has
     expired`, `tlsv1 alert unknown ca`), from the text of the ssl error; ""
@@ -250,12 +256,6 @@ def tls_reason(failure: Failure | None) -> str:
     if text.endswith(")") and " (_ssl.c:" in text:
         text = text.rsplit(" (_ssl.c:", 1)[0]
     return text.strip()[:200]
-
-
-# No agent reply nests deeper than a few levels (capabilities: 4). A deeper
-# one is hostile: it would stop the decoder (RecursionError) or, just under
-# the interpreter's limit, every later encoding of the result.
-MAX_REPLY_DEPTH = 32
 
 
 def _object(body: bytes) -> dict[str, Any] | None:
