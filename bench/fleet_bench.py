@@ -272,7 +272,10 @@ class Peak:
     def _sample(self) -> None:
         while not self._done.is_set():
             for key, value in _status(self.pid).items():
-                self.values[key] = max(self.values[key], value)
+                # VmHWM is already a peak: the latest one is that of the
+                # program the process runs now (a child reads as its parent
+                # until its exec).
+                self.values[key] = value if key == "VmHWM" else max(self.values[key], value)
             self._done.wait(0.002)
 
     def stop(self) -> dict[str, int]:
@@ -303,7 +306,9 @@ def ced_ping(pyz: Path, root: Path, agents: int, env: dict, sim_cpu) -> dict:
         "wall_s": round(wall, 2),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
         "simulator_cpu_s": round(sim_cpu() - sim_before, 2),
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        # VmHWM of ced's own image: the child's ru_maxrss also counts this
+        # process's memory at the moment it was spawned (before the exec).
+        "peak_rss_mib": round(peak["VmHWM"] / 1024, 1),
         "peak_threads": peak["Threads"],
         "load": [before, load()],
     }
